@@ -1,0 +1,38 @@
+# kproxy: thin, documented wrappers around cargo and the test scripts.
+# `make help` lists the targets.
+
+CARGO ?= cargo $(if $(CI),--locked,)
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: help build deps test unit golden golden-check lint fmt demo proto-test bench bench-quick msrv
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+
+build: ## build everything (debug)
+	$(CARGO) build --workspace --all-targets
+
+deps: ## install the Debian packages tests and the demo need (nftables iptables conntrack iproute2)
+	@scripts/ensure-deps.sh
+
+test: deps ## every test: unit, golden, syntax checks, kernel tests, proto-tests
+	$(CARGO) test --workspace --no-fail-fast
+
+unit: ## unit tests only (no root needed)
+	$(CARGO) test --workspace --lib
+
+golden: ## regenerate the golden files after an intended output change
+	UPDATE_GOLDEN=1 $(CARGO) test --workspace --test golden
+
+lint: ## rustfmt check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+demo: deps ## the seed article's cluster: kproxy's view of it
+	$(CARGO) run -q -p kproxy-daemon -- graph --node-name node-01 --cluster-cidr 10.244.0.0/16 testdata/fixtures/seed.yaml
+
+msrv: ## check the workspace with the pinned (MSRV) toolchain
+	$(CARGO) +1.95.0 check --workspace

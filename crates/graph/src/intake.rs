@@ -1,0 +1,969 @@
+//! Intake: Kubernetes objects (or their YAML/JSON text) in, a
+//! [`ServiceGraph`] out.
+//!
+//! Invalid values never panic and never affect other Services: the
+//! offending item (an address, a port, a whole object) is skipped and a
+//! [`Warning`] names the object, the field and the reason.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::changes::fingerprint;
+use crate::config::{DetectLocalMode, NodePortAddress, ProxyConfig, ProxyMode};
+use crate::model::{
+    Endpoint, FamilyGraph, IpFamily, LbIpMode, LoadBalancerIp, LocalTraffic, NodeInfo, NodePortIps,
+    Protocol, ServiceGraph, ServicePort, ServicePortName, SessionAffinity, TrafficPolicy,
+};
+use crate::select::{select, sort_endpoints};
+use crate::warning::{ObjectKind, Warning};
+
+/// The label that assigns a Service to a particular proxy.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// The label that marks headless Services' EndpointSlices.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The zone label.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// The default ClientIP affinity timeout (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
+/// The largest ClientIP affinity timeout the API allows (1 day).
+pub const MAX_AFFINITY_TIMEOUT: u32 = 86400;
+
+/// The Kubernetes objects a graph is built from.
+#[derive(Debug, Clone, Default)]
+pub struct Objects {
+    /// Services.
+    pub services: Vec<Service>,
+    /// EndpointSlices.
+    pub endpoint_slices: Vec<EndpointSlice>,
+    /// Nodes (only the proxy's own is used).
+    pub nodes: Vec<Node>,
+}
+
+/// A whole input that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The text is not YAML (or JSON).
+    #[error("{source_name}: document {document}: {message}")]
+    Yaml {
+        /// Where the text came from (a file name).
+        source_name: String,
+        /// The 1-based document index.
+        document: usize,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+}
+
+fn object_name(v: &serde_json::Value) -> String {
+    let meta = v.get("metadata");
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .unwrap_or("<unnamed>");
+    match meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(|n| n.as_str())
+    {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    }
+}
+
+impl Objects {
+    /// Read multi-document YAML or JSON: single objects, `kind: List`, and
+    /// the exact output of `kubectl get services,endpointslices,nodes -A -o
+    /// yaml`. Objects of other kinds are ignored; objects that do not match
+    /// their schema are skipped with a warning. `source_name` appears in
+    /// errors.
+    pub fn add_yaml(&mut self, source_name: &str, text: &str) -> Result<Vec<Warning>, IntakeError> {
+        let mut warnings = Vec::new();
+        for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            let value: serde_json::Value =
+                serde::Deserialize::deserialize(doc).map_err(|e| IntakeError::Yaml {
+                    source_name: source_name.to_string(),
+                    document: i + 1,
+                    message: e.to_string(),
+                })?;
+            self.add_value(value, &mut warnings);
+        }
+        Ok(warnings)
+    }
+
+    /// Add one decoded object (or `List`).
+    pub fn add_value(&mut self, value: serde_json::Value, warnings: &mut Vec<Warning>) {
+        if value.is_null() {
+            return;
+        }
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+            .to_string();
+        match kind.as_str() {
+            "List" | "ServiceList" | "EndpointSliceList" | "NodeList" => {
+                if let Some(items) = value.get("items").and_then(|i| i.as_array()) {
+                    let item_kind = kind.strip_suffix("List").unwrap_or("");
+                    for item in items.clone() {
+                        let mut item = item;
+                        if item.get("kind").is_none()
+                            && !item_kind.is_empty()
+                            && let Some(obj) = item.as_object_mut()
+                        {
+                            obj.insert("kind".into(), item_kind.into());
+                        }
+                        self.add_value(item, warnings);
+                    }
+                }
+            }
+            "Service" => match serde_json::from_value::<Service>(value.clone()) {
+                Ok(s) => self.services.push(s),
+                Err(e) => warnings.push(Warning::new(
+                    ObjectKind::Service,
+                    object_name(&value),
+                    "<object>",
+                    format!("does not match the Service schema, skipped: {e}"),
+                )),
+            },
+            "EndpointSlice" => match serde_json::from_value::<EndpointSlice>(value.clone()) {
+                Ok(s) => self.endpoint_slices.push(s),
+                Err(e) => warnings.push(Warning::new(
+                    ObjectKind::EndpointSlice,
+                    object_name(&value),
+                    "<object>",
+                    format!("does not match the EndpointSlice schema, skipped: {e}"),
+                )),
+            },
+            "Node" => match serde_json::from_value::<Node>(value.clone()) {
+                Ok(n) => self.nodes.push(n),
+                Err(e) => warnings.push(Warning::new(
+                    ObjectKind::Node,
+                    object_name(&value),
+                    "<object>",
+                    format!("does not match the Node schema, skipped: {e}"),
+                )),
+            },
+            _ => {}
+        }
+    }
+
+    /// Parse text into a fresh set of objects.
+    pub fn from_yaml(source_name: &str, text: &str) -> Result<(Self, Vec<Warning>), IntakeError> {
+        let mut o = Objects::default();
+        let w = o.add_yaml(source_name, text)?;
+        Ok((o, w))
+    }
+}
+
+// === building ===
+
+struct Ctx<'a> {
+    config: &'a ProxyConfig,
+    warnings: Vec<Warning>,
+}
+
+impl Ctx<'_> {
+    fn warn(
+        &mut self,
+        kind: ObjectKind,
+        object: &str,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) {
+        self.warnings
+            .push(Warning::new(kind, object, field, reason));
+    }
+}
+
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    s.trim().parse().ok()
+}
+
+/// The per-Service facts shared by all its ports, for one family.
+struct SvcCommon {
+    cluster_ip: IpAddr,
+    external_ips: Vec<IpAddr>,
+    lb_ips: Vec<LoadBalancerIp>,
+    source_ranges: Vec<IpNet>,
+    affinity: Option<SessionAffinity>,
+    itp: TrafficPolicy,
+    etp_local: bool,
+    hcnp: Option<u16>,
+    traffic_distribution: Option<String>,
+    node_port_type: bool,
+}
+
+impl ServiceGraph {
+    /// Build this node's graph from `objects`.
+    pub fn build(objects: &Objects, config: &ProxyConfig) -> ServiceGraph {
+        let mut cx = Ctx {
+            config,
+            warnings: Vec::new(),
+        };
+        let node = node_info(&mut cx, objects);
+
+        // Service ports per family, keyed by name; plus every Service
+        // name seen (proxied or not) so slices of skipped Services are not
+        // reported as orphans.
+        let mut families: BTreeMap<IpFamily, FamilyGraph> = BTreeMap::new();
+        for family in &config.families {
+            let mut fg = FamilyGraph::empty(*family);
+            fg.node_ips = node
+                .ips
+                .iter()
+                .filter(|ip| IpFamily::of(ip) == *family)
+                .copied()
+                .collect();
+            fg.local_traffic = local_traffic(&mut cx, &node, *family);
+            let (np, localhost) = nodeport_ips(config, &node, *family);
+            fg.nodeport_ips = np;
+            fg.localhost_nodeports = localhost;
+            fg.service_cidrs = config
+                .service_cidrs
+                .iter()
+                .filter(|c| IpFamily::of_net(c) == *family)
+                .copied()
+                .collect();
+            families.insert(*family, fg);
+        }
+
+        let mut known_services: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut proxied: BTreeSet<(String, String)> = BTreeSet::new();
+        for svc in &objects.services {
+            let ns = svc
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            let Some(name) = svc.metadata.name.clone() else {
+                cx.warn(
+                    ObjectKind::Service,
+                    "<unnamed>",
+                    "metadata.name",
+                    "missing, skipped",
+                );
+                continue;
+            };
+            known_services.insert((ns.clone(), name.clone()));
+            if intake_service(&mut cx, svc, &ns, &name, &mut families) {
+                proxied.insert((ns, name));
+            }
+        }
+
+        intake_slices(
+            &mut cx,
+            objects,
+            &known_services,
+            &proxied,
+            &node,
+            &mut families,
+        );
+
+        for fg in families.values_mut() {
+            for sp in fg.services.values_mut() {
+                sort_endpoints(&mut sp.endpoints);
+                select(sp, &node.name, node.zone.as_deref());
+            }
+            fg.fingerprints = fg
+                .services
+                .iter()
+                .map(|(k, v)| (k.clone(), fingerprint(v)))
+                .collect();
+        }
+
+        cx.warnings.sort();
+        cx.warnings.dedup();
+        ServiceGraph {
+            node,
+            config: config.clone(),
+            families,
+            warnings: cx.warnings,
+        }
+    }
+}
+
+fn node_info(cx: &mut Ctx<'_>, objects: &Objects) -> NodeInfo {
+    let mut info = NodeInfo {
+        name: cx.config.node_name.clone(),
+        ..NodeInfo::default()
+    };
+    let node = objects
+        .nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(cx.config.node_name.as_str()));
+    let mut ips: Vec<IpAddr> = Vec::new();
+    let mut primary: BTreeMap<IpFamily, IpAddr> = BTreeMap::new();
+    if let Some(node) = node {
+        info.known = true;
+        let name = cx.config.node_name.clone();
+        if let Some(labels) = &node.metadata.labels {
+            info.zone = labels.get(ZONE_LABEL).filter(|z| !z.is_empty()).cloned();
+            info.topology_labels = labels
+                .iter()
+                .filter(|(k, _)| k.starts_with("topology.kubernetes.io/"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+        }
+        info.draining = node.metadata.deletion_timestamp.is_some()
+            || node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|t| t.iter().any(|t| t.key == "ToBeDeletedByClusterAutoscaler"));
+        if let Some(spec) = &node.spec {
+            let mut cidrs: Vec<String> = spec.pod_cidrs.clone().unwrap_or_default();
+            if cidrs.is_empty()
+                && let Some(c) = &spec.pod_cidr
+            {
+                cidrs.push(c.clone());
+            }
+            for (i, c) in cidrs.iter().enumerate() {
+                match c.trim().parse::<IpNet>() {
+                    Ok(n) => info.pod_cidrs.push(n),
+                    Err(_) => cx.warn(
+                        ObjectKind::Node,
+                        &name,
+                        format!("spec.podCIDRs[{i}]"),
+                        format!("{c:?} is not a CIDR, ignored"),
+                    ),
+                }
+            }
+        }
+        if let Some(addrs) = node.status.as_ref().and_then(|s| s.addresses.as_ref()) {
+            // InternalIPs first: the first InternalIP of a family is its primary.
+            for want in ["InternalIP", "ExternalIP"] {
+                for (i, a) in addrs.iter().enumerate().filter(|(_, a)| a.type_ == want) {
+                    match parse_ip(&a.address) {
+                        Some(ip) => {
+                            primary.entry(IpFamily::of(&ip)).or_insert(ip);
+                            ips.push(ip);
+                        }
+                        None => cx.warn(
+                            ObjectKind::Node,
+                            &name,
+                            format!("status.addresses[{i}].address"),
+                            format!("{:?} is not an IP address, ignored", a.address),
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    for ip in &cx.config.extra_node_ips {
+        primary.entry(IpFamily::of(ip)).or_insert(*ip);
+        ips.push(*ip);
+    }
+    ips.sort();
+    ips.dedup();
+    info.ips = ips;
+    info.primary_ips = primary.into_values().collect();
+    info
+}
+
+fn local_traffic(cx: &mut Ctx<'_>, node: &NodeInfo, family: IpFamily) -> LocalTraffic {
+    let c = cx.config;
+    match c.detect_local_mode {
+        DetectLocalMode::ClusterCidr => c
+            .cluster_cidrs
+            .iter()
+            .find(|n| IpFamily::of_net(n) == family)
+            .map(|n| LocalTraffic::Cidr(n.trunc()))
+            .unwrap_or(LocalTraffic::None),
+        DetectLocalMode::NodeCidr => node
+            .pod_cidrs
+            .iter()
+            .find(|n| IpFamily::of_net(n) == family)
+            .map(|n| LocalTraffic::Cidr(n.trunc()))
+            .unwrap_or(LocalTraffic::None),
+        DetectLocalMode::BridgeInterface => match &c.bridge_interface {
+            Some(b) if valid_ifname(b) => LocalTraffic::Interface(b.clone()),
+            other => {
+                cx.warn(
+                    ObjectKind::Document,
+                    "configuration",
+                    "detectLocal.bridgeInterface",
+                    format!("{other:?} is not a usable interface name; no local-traffic detector"),
+                );
+                LocalTraffic::None
+            }
+        },
+        DetectLocalMode::InterfaceNamePrefix => {
+            match &c.interface_name_prefix {
+                Some(p) if valid_ifname(p) => LocalTraffic::InterfacePrefix(p.clone()),
+                other => {
+                    cx.warn(ObjectKind::Document, "configuration", "detectLocal.interfaceNamePrefix", format!("{other:?} is not a usable interface name prefix; no local-traffic detector"));
+                    LocalTraffic::None
+                }
+            }
+        }
+    }
+}
+
+/// A Linux interface name: 1 to 15 bytes, no `/`, whitespace, quotes or `+`.
+pub fn valid_ifname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+}
+
+fn nodeport_ips(config: &ProxyConfig, node: &NodeInfo, family: IpFamily) -> (NodePortIps, bool) {
+    let loopback = family.loopback_net();
+    let entries: Vec<NodePortAddress> = if config.nodeport_addresses.is_empty() {
+        match config.mode {
+            ProxyMode::Iptables => Vec::new(),
+            ProxyMode::Nftables => vec![NodePortAddress::Primary],
+        }
+    } else {
+        config.nodeport_addresses.clone()
+    };
+    let fam_entries: Vec<&NodePortAddress> = entries
+        .iter()
+        .filter(|e| match e {
+            NodePortAddress::Primary => true,
+            NodePortAddress::Cidr(n) => IpFamily::of_net(n) == family,
+        })
+        .collect();
+    let all = entries.is_empty()
+        || fam_entries
+            .iter()
+            .any(|e| matches!(e, NodePortAddress::Cidr(n) if n.prefix_len() == 0));
+    let localhost_allowed =
+        config.mode == ProxyMode::Iptables && family == IpFamily::V4 && config.localhost_nodeports;
+    if all {
+        return (NodePortIps::All, localhost_allowed);
+    }
+    let mut ips: Vec<IpAddr> = Vec::new();
+    let mut localhost = false;
+    for e in fam_entries {
+        match e {
+            NodePortAddress::Primary => ips.extend(
+                node.primary_ips
+                    .iter()
+                    .filter(|ip| IpFamily::of(ip) == family),
+            ),
+            NodePortAddress::Cidr(n) => {
+                ips.extend(node.ips.iter().filter(|ip| n.contains(*ip)));
+                if n.contains(&loopback.addr()) {
+                    localhost = true;
+                }
+            }
+        }
+    }
+    ips.retain(|ip| !loopback.contains(ip));
+    ips.sort();
+    ips.dedup();
+    (NodePortIps::Only(ips), localhost && localhost_allowed)
+}
+
+/// Intake one Service into every family it has a ClusterIP in. Returns
+/// whether the Service is proxied at all.
+fn intake_service(
+    cx: &mut Ctx<'_>,
+    svc: &Service,
+    ns: &str,
+    name: &str,
+    families: &mut BTreeMap<IpFamily, FamilyGraph>,
+) -> bool {
+    let obj = format!("{ns}/{name}");
+    let labels = svc.metadata.labels.clone().unwrap_or_default();
+    if let Some(v) = labels.get(SERVICE_PROXY_NAME_LABEL)
+        && cx.config.proxy_name.as_deref() != Some(v.as_str())
+    {
+        return false;
+    }
+    let Some(spec) = &svc.spec else {
+        cx.warn(ObjectKind::Service, &obj, "spec", "missing, skipped");
+        return false;
+    };
+    let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if type_ == "ExternalName" {
+        return false;
+    }
+    let mut cluster_ip_strs: Vec<String> = spec.cluster_ips.clone().unwrap_or_default();
+    if cluster_ip_strs.is_empty()
+        && let Some(ip) = &spec.cluster_ip
+    {
+        cluster_ip_strs.push(ip.clone());
+    }
+    if cluster_ip_strs.is_empty() || cluster_ip_strs.iter().any(|s| s == "None") {
+        return false; // headless (or not yet allocated)
+    }
+    let mut cluster_ips: BTreeMap<IpFamily, IpAddr> = BTreeMap::new();
+    for (i, s) in cluster_ip_strs.iter().enumerate() {
+        match parse_ip(s) {
+            Some(ip) => {
+                if cluster_ips.contains_key(&IpFamily::of(&ip)) {
+                    cx.warn(
+                        ObjectKind::Service,
+                        &obj,
+                        format!("spec.clusterIPs[{i}]"),
+                        format!("{s:?} is a second address of the same family, ignored"),
+                    );
+                } else {
+                    cluster_ips.insert(IpFamily::of(&ip), ip);
+                }
+            }
+            None => cx.warn(
+                ObjectKind::Service,
+                &obj,
+                format!("spec.clusterIPs[{i}]"),
+                format!("{s:?} is not an IP address, ignored"),
+            ),
+        }
+    }
+    if cluster_ips.is_empty() {
+        cx.warn(
+            ObjectKind::Service,
+            &obj,
+            "spec.clusterIPs",
+            "no valid ClusterIP, Service skipped",
+        );
+        return false;
+    }
+
+    let is_lb = type_ == "LoadBalancer";
+    let node_port_type = type_ == "NodePort" || is_lb;
+
+    let mut external_ips: Vec<IpAddr> = Vec::new();
+    for (i, s) in spec.external_ips.iter().flatten().enumerate() {
+        match parse_ip(s) {
+            Some(ip) => external_ips.push(ip),
+            None => cx.warn(
+                ObjectKind::Service,
+                &obj,
+                format!("spec.externalIPs[{i}]"),
+                format!("{s:?} is not an IP address, ignored"),
+            ),
+        }
+    }
+    let mut lb_ips: Vec<LoadBalancerIp> = Vec::new();
+    if is_lb {
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref());
+        for (i, ing) in ingress.into_iter().flatten().enumerate() {
+            let Some(s) = &ing.ip else { continue };
+            let Some(ip) = parse_ip(s) else {
+                cx.warn(
+                    ObjectKind::Service,
+                    &obj,
+                    format!("status.loadBalancer.ingress[{i}].ip"),
+                    format!("{s:?} is not an IP address, ignored"),
+                );
+                continue;
+            };
+            let mode = match ing.ip_mode.as_deref() {
+                Some("Proxy") => LbIpMode::Proxy,
+                None | Some("VIP") => LbIpMode::Vip,
+                Some(other) => {
+                    cx.warn(
+                        ObjectKind::Service,
+                        &obj,
+                        format!("status.loadBalancer.ingress[{i}].ipMode"),
+                        format!("{other:?} is not VIP or Proxy, treated as VIP"),
+                    );
+                    LbIpMode::Vip
+                }
+            };
+            lb_ips.push(LoadBalancerIp { ip, mode });
+        }
+    }
+    let mut source_ranges: Vec<IpNet> = Vec::new();
+    if is_lb {
+        for (i, s) in spec
+            .load_balancer_source_ranges
+            .iter()
+            .flatten()
+            .enumerate()
+        {
+            match s.trim().parse::<IpNet>() {
+                Ok(n) => source_ranges.push(n.trunc()),
+                Err(_) => match parse_ip(s) {
+                    // A bare address is a /32 (or /128).
+                    Some(ip) => source_ranges.push(IpNet::from(ip)),
+                    None => cx.warn(
+                        ObjectKind::Service,
+                        &obj,
+                        format!("spec.loadBalancerSourceRanges[{i}]"),
+                        format!("{s:?} is not a CIDR, ignored"),
+                    ),
+                },
+            }
+        }
+    }
+    let affinity = if spec.session_affinity.as_deref() == Some("ClientIP") {
+        let t = spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds);
+        let timeout = match t {
+            None => DEFAULT_AFFINITY_TIMEOUT,
+            Some(t) if t >= 1 && t <= MAX_AFFINITY_TIMEOUT as i32 => t as u32,
+            Some(t) => {
+                cx.warn(
+                    ObjectKind::Service,
+                    &obj,
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                    format!("{t} is outside 1..86400, using {DEFAULT_AFFINITY_TIMEOUT}"),
+                );
+                DEFAULT_AFFINITY_TIMEOUT
+            }
+        };
+        Some(SessionAffinity {
+            timeout_seconds: timeout,
+        })
+    } else {
+        None
+    };
+    let itp = match spec.internal_traffic_policy.as_deref() {
+        Some("Local") => TrafficPolicy::Local,
+        _ => TrafficPolicy::Cluster,
+    };
+    let etp_local = matches!(spec.external_traffic_policy.as_deref(), Some("Local"));
+    let hcnp = if is_lb && etp_local {
+        match spec.health_check_node_port {
+            None | Some(0) => None,
+            Some(p) => match u16::try_from(p) {
+                Ok(p) if p > 0 => Some(p),
+                _ => {
+                    cx.warn(
+                        ObjectKind::Service,
+                        &obj,
+                        "spec.healthCheckNodePort",
+                        format!("{p} is not a port, ignored"),
+                    );
+                    None
+                }
+            },
+        }
+    } else {
+        None
+    };
+
+    for (family, cluster_ip) in cluster_ips {
+        let Some(fg) = families.get_mut(&family) else {
+            continue;
+        };
+        let common = SvcCommon {
+            cluster_ip,
+            external_ips: sorted_family(&external_ips, family),
+            lb_ips: {
+                let mut v: Vec<LoadBalancerIp> = lb_ips
+                    .iter()
+                    .filter(|l| IpFamily::of(&l.ip) == family)
+                    .copied()
+                    .collect();
+                v.sort();
+                v.dedup_by(|a, b| a.ip == b.ip);
+                v
+            },
+            source_ranges: {
+                let mut v: Vec<IpNet> = source_ranges
+                    .iter()
+                    .filter(|n| IpFamily::of_net(n) == family)
+                    .copied()
+                    .collect();
+                v.sort();
+                v.dedup();
+                v
+            },
+            affinity,
+            itp,
+            etp_local,
+            hcnp,
+            traffic_distribution: spec.traffic_distribution.clone(),
+            node_port_type,
+        };
+        for (i, p) in spec.ports.iter().flatten().enumerate() {
+            let proto_s = p.protocol.as_deref().unwrap_or("TCP");
+            let Some(protocol) = Protocol::from_k8s(proto_s) else {
+                cx.warn(
+                    ObjectKind::Service,
+                    &obj,
+                    format!("spec.ports[{i}].protocol"),
+                    format!("{proto_s:?} is not TCP, UDP or SCTP; port skipped"),
+                );
+                continue;
+            };
+            let port = match u16::try_from(p.port) {
+                Ok(v) if v > 0 => v,
+                _ => {
+                    cx.warn(
+                        ObjectKind::Service,
+                        &obj,
+                        format!("spec.ports[{i}].port"),
+                        format!("{} is outside 1..65535; port skipped", p.port),
+                    );
+                    continue;
+                }
+            };
+            let node_port = if common.node_port_type {
+                match p.node_port {
+                    None | Some(0) => None,
+                    Some(np) => match u16::try_from(np) {
+                        Ok(v) if v > 0 => Some(v),
+                        _ => {
+                            cx.warn(
+                                ObjectKind::Service,
+                                &obj,
+                                format!("spec.ports[{i}].nodePort"),
+                                format!("{np} is outside 1..65535, ignored"),
+                            );
+                            None
+                        }
+                    },
+                }
+            } else {
+                None
+            };
+            let spn = ServicePortName {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                port: p.name.clone().unwrap_or_default(),
+                protocol,
+            };
+            if fg.services.contains_key(&spn) {
+                cx.warn(
+                    ObjectKind::Service,
+                    &obj,
+                    format!("spec.ports[{i}]"),
+                    format!("duplicate port {spn} {protocol}, ignored"),
+                );
+                continue;
+            }
+            let mut sp = ServicePort {
+                name: spn.clone(),
+                port,
+                cluster_ip: common.cluster_ip,
+                external_ips: common.external_ips.clone(),
+                load_balancer_ips: common.lb_ips.clone(),
+                source_ranges: common.source_ranges.clone(),
+                node_port,
+                health_check_node_port: common.hcnp,
+                session_affinity: common.affinity,
+                internal_traffic_policy: common.itp,
+                external_traffic_policy: TrafficPolicy::Cluster,
+                traffic_distribution: common.traffic_distribution.clone(),
+                endpoints: Vec::new(),
+                cluster_endpoints: Vec::new(),
+                local_endpoints: Vec::new(),
+                reachable_endpoints: Vec::new(),
+                decisions: Default::default(),
+                ready_local_endpoints: 0,
+            };
+            if common.etp_local && sp.externally_accessible() {
+                sp.external_traffic_policy = TrafficPolicy::Local;
+            }
+            fg.services.insert(spn, sp);
+        }
+    }
+    true
+}
+
+fn sorted_family(ips: &[IpAddr], family: IpFamily) -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = ips
+        .iter()
+        .filter(|ip| IpFamily::of(ip) == family)
+        .copied()
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn intake_slices(
+    cx: &mut Ctx<'_>,
+    objects: &Objects,
+    known: &BTreeSet<(String, String)>,
+    proxied: &BTreeSet<(String, String)>,
+    node: &NodeInfo,
+    families: &mut BTreeMap<IpFamily, FamilyGraph>,
+) {
+    // Slices in name order, so duplicates resolve the same way every time.
+    let mut slices: Vec<&EndpointSlice> = objects.endpoint_slices.iter().collect();
+    slices.sort_by(|a, b| {
+        (a.metadata.namespace.as_deref(), a.metadata.name.as_deref())
+            .cmp(&(b.metadata.namespace.as_deref(), b.metadata.name.as_deref()))
+    });
+    // (service port name, family) -> endpoints by ip:port text
+    let mut merged: HashMap<(ServicePortName, IpFamily), BTreeMap<String, Endpoint>> =
+        HashMap::new();
+    for slice in slices {
+        let ns = slice
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let sname = slice
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_else(|| "<unnamed>".into());
+        let obj = format!("{ns}/{sname}");
+        let labels = slice.metadata.labels.clone().unwrap_or_default();
+        if labels.contains_key(HEADLESS_LABEL) {
+            continue;
+        }
+        if let Some(v) = labels.get(SERVICE_PROXY_NAME_LABEL)
+            && cx.config.proxy_name.as_deref() != Some(v.as_str())
+        {
+            continue;
+        }
+        let Some(svc_name) = labels.get(SERVICE_NAME_LABEL).cloned() else {
+            cx.warn(
+                ObjectKind::EndpointSlice,
+                &obj,
+                format!("metadata.labels[{SERVICE_NAME_LABEL}]"),
+                "missing: the slice belongs to no Service, skipped",
+            );
+            continue;
+        };
+        let key = (ns.clone(), svc_name.clone());
+        if !known.contains(&key) {
+            cx.warn(
+                ObjectKind::EndpointSlice,
+                &obj,
+                format!("metadata.labels[{SERVICE_NAME_LABEL}]"),
+                format!("Service {ns}/{svc_name} does not exist, slice skipped"),
+            );
+            continue;
+        }
+        if !proxied.contains(&key) {
+            continue;
+        }
+        let family = match slice.address_type.as_str() {
+            "IPv4" => IpFamily::V4,
+            "IPv6" => IpFamily::V6,
+            "FQDN" => continue,
+            other => {
+                cx.warn(
+                    ObjectKind::EndpointSlice,
+                    &obj,
+                    "addressType",
+                    format!("{other:?} is not IPv4, IPv6 or FQDN, slice skipped"),
+                );
+                continue;
+            }
+        };
+        if !families.contains_key(&family) {
+            continue;
+        }
+        for (pi, p) in slice.ports.iter().flatten().enumerate() {
+            let Some(port) = p.port else { continue };
+            let port = match u16::try_from(port) {
+                Ok(v) if v > 0 => v,
+                _ => {
+                    cx.warn(
+                        ObjectKind::EndpointSlice,
+                        &obj,
+                        format!("ports[{pi}].port"),
+                        format!("{port} is outside 1..65535, port skipped"),
+                    );
+                    continue;
+                }
+            };
+            let proto_s = p.protocol.as_deref().unwrap_or("TCP");
+            let Some(protocol) = Protocol::from_k8s(proto_s) else {
+                cx.warn(
+                    ObjectKind::EndpointSlice,
+                    &obj,
+                    format!("ports[{pi}].protocol"),
+                    format!("{proto_s:?} is not TCP, UDP or SCTP; port skipped"),
+                );
+                continue;
+            };
+            let spn = ServicePortName {
+                namespace: ns.clone(),
+                name: svc_name.clone(),
+                port: p.name.clone().unwrap_or_default(),
+                protocol,
+            };
+            let entry = merged.entry((spn, family)).or_default();
+            for (ei, ep) in slice.endpoints.iter().enumerate() {
+                let Some(addr) = ep.addresses.first() else {
+                    cx.warn(
+                        ObjectKind::EndpointSlice,
+                        &obj,
+                        format!("endpoints[{ei}].addresses"),
+                        "empty, endpoint skipped",
+                    );
+                    continue;
+                };
+                let ip = match parse_ip(addr) {
+                    Some(ip) if IpFamily::of(&ip) == family => ip,
+                    Some(_) => {
+                        if pi == 0 {
+                            cx.warn(
+                                ObjectKind::EndpointSlice,
+                                &obj,
+                                format!("endpoints[{ei}].addresses[0]"),
+                                format!("{addr:?} is not an {family} address, endpoint skipped"),
+                            );
+                        }
+                        continue;
+                    }
+                    None => {
+                        if pi == 0 {
+                            cx.warn(
+                                ObjectKind::EndpointSlice,
+                                &obj,
+                                format!("endpoints[{ei}].addresses[0]"),
+                                format!("{addr:?} is not an IP address, endpoint skipped"),
+                            );
+                        }
+                        continue;
+                    }
+                };
+                let cond = ep.conditions.clone().unwrap_or_default();
+                let ready = cond.ready.unwrap_or(true);
+                // discovery/v1: a nil `serving` defers to `ready`.
+                let serving = cond.serving.unwrap_or(ready);
+                let terminating = cond.terminating.unwrap_or(false);
+                let hints = ep.hints.as_ref();
+                let endpoint = Endpoint {
+                    ip,
+                    port,
+                    node_name: ep.node_name.clone(),
+                    zone: ep.zone.clone(),
+                    ready,
+                    serving,
+                    terminating,
+                    zone_hints: hints
+                        .and_then(|h| h.for_zones.as_ref())
+                        .map(|z| z.iter().map(|z| z.name.clone()).collect()),
+                    node_hints: hints
+                        .and_then(|h| h.for_nodes.as_ref())
+                        .map(|n| n.iter().map(|n| n.name.clone()).collect()),
+                    is_local: !node.name.is_empty()
+                        && ep.node_name.as_deref() == Some(node.name.as_str()),
+                };
+                let text = endpoint.addr_string();
+                match entry.get(&text) {
+                    // A duplicate across slices: keep the first, unless a
+                    // later copy is ready and the first is not.
+                    Some(existing) if existing.ready || !endpoint.ready => {}
+                    _ => {
+                        entry.insert(text, endpoint);
+                    }
+                }
+            }
+        }
+    }
+    for ((spn, family), eps) in merged {
+        if let Some(sp) = families
+            .get_mut(&family)
+            .and_then(|fg| fg.services.get_mut(&spn))
+        {
+            sp.endpoints = eps.into_values().collect();
+        }
+    }
+}

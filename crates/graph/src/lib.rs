@@ -1,0 +1,44 @@
+//! kproxy's service graph: what one node's Service proxy must implement,
+//! decided once for every backend.
+//!
+//! - [`Objects`] reads Services, EndpointSlices and Nodes (as Kubernetes
+//!   types or their YAML/JSON text);
+//! - [`ServiceGraph::build`] validates and normalises them for one node and
+//!   [`ProxyConfig`]: per family ([`FamilyGraph`]), one [`ServicePort`] per
+//!   Service port with its [`Endpoint`]s and the [`Decisions`] of endpoint
+//!   selection (cluster and local endpoint sets, terminating fallback,
+//!   topology, REJECT versus DROP, firewall, masquerading);
+//! - [`ChangeSet::between`] says which service ports changed between two
+//!   graphs, from per-service fingerprints, for incremental syncs;
+//! - [`backend`] holds the traits every backend implements: a pure
+//!   [`Generator`] and [`Render`], a kernel-facing [`Transport`], and the
+//!   daemon's [`Backend`] handle.
+//!
+//! The crate is pure: no async runtime, no Kubernetes client, no processes,
+//! no kernel access. Bad input never panics: the offending item is skipped
+//! and reported as a [`Warning`].
+
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod changes;
+pub mod config;
+pub mod display;
+pub mod intake;
+pub mod model;
+pub mod select;
+pub mod warning;
+
+pub use backend::{
+    ApplyError, Backend, BackendKind, GenError, Generator, Render, SyncStats, Transport,
+};
+pub use changes::{ChangeSet, FamilyChanges};
+pub use config::{
+    DetectLocalMode, KubeProxyConfiguration, NodePortAddress, ProxyConfig, ProxyMode,
+};
+pub use intake::{IntakeError, Objects};
+pub use model::*;
+pub use warning::{ObjectKind, Warning};
+
+#[cfg(test)]
+mod tests;

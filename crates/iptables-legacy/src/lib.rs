@@ -1,0 +1,1 @@
+//! kproxy-iptables-legacy (under construction).

@@ -1,0 +1,1 @@
+//! kproxy-iptables-nft (under construction).

@@ -1,0 +1,1 @@
+//! kproxy-iptables (under construction).

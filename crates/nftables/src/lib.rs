@@ -1,0 +1,1 @@
+//! kproxy-nftables (under construction).
