@@ -1,0 +1,233 @@
+//! Test support shared by kproxy's crates:
+//! - [`fixtures`] and [`load_fixture`]: the Kubernetes YAML fixtures in
+//!   `testdata/fixtures/` with their configurations in `testdata/configs/`;
+//! - [`assert_golden`]: compare output with a checked-in golden file, or
+//!   rewrite it when `UPDATE_GOLDEN=1` (`make golden`);
+//! - [`NetNs`]: a network namespace that is deleted on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kproxy_graph::{KubeProxyConfiguration, Objects, ProxyConfig, ProxyMode, ServiceGraph};
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+/// `testdata/` in the repository.
+pub fn testdata() -> PathBuf {
+    repo_root().join("testdata")
+}
+
+/// The names of every fixture (`testdata/fixtures/<name>.yaml`), sorted.
+pub fn fixtures() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(testdata().join("fixtures"))
+        .expect("testdata/fixtures")
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            (p.extension()? == "yaml").then(|| p.file_stem()?.to_str().map(String::from))?
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// The path of a fixture's objects.
+pub fn fixture_path(name: &str) -> PathBuf {
+    testdata().join("fixtures").join(format!("{name}.yaml"))
+}
+
+/// The configuration of a fixture: `testdata/configs/<name>.yaml` (a
+/// KubeProxyConfiguration; `hostnameOverride` names the node), or
+/// `testdata/configs/default.yaml` when the fixture has none. `mode` is
+/// set afterwards, so one fixture serves every backend.
+pub fn fixture_config(name: &str, mode: ProxyMode) -> ProxyConfig {
+    let own = testdata().join("configs").join(format!("{name}.yaml"));
+    let path = if own.exists() {
+        own
+    } else {
+        testdata().join("configs/default.yaml")
+    };
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut pc = ProxyConfig::default();
+    KubeProxyConfiguration::from_yaml(&text)
+        .and_then(|c| c.apply_to(&mut pc))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    pc.mode = mode;
+    pc
+}
+
+/// Build a fixture's graph for the given mode.
+pub fn load_fixture(name: &str, mode: ProxyMode) -> ServiceGraph {
+    let path = fixture_path(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let (objects, warnings) =
+        Objects::from_yaml(&path.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"));
+    let mut g = ServiceGraph::build(&objects, &fixture_config(name, mode));
+    g.warnings.extend(warnings);
+    g.warnings.sort();
+    g
+}
+
+/// Compare `actual` with the golden file at `path`. With `UPDATE_GOLDEN=1`
+/// the file is (re)written instead. On a difference, panics with a
+/// line diff and the hint to run `make golden`.
+pub fn assert_golden(path: &Path, actual: &str) {
+    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("golden directory");
+        }
+        if std::fs::read_to_string(path).ok().as_deref() != Some(actual) {
+            std::fs::write(path, actual).expect("write golden file");
+        }
+        return;
+    }
+    let expected = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "golden file {} missing ({e}); run `make golden`",
+            path.display()
+        )
+    });
+    if expected != actual {
+        panic!(
+            "output differs from {} (run `make golden` if the change is intended):\n{}",
+            path.display(),
+            line_diff(&expected, actual)
+        );
+    }
+}
+
+/// A minimal line diff: lines only in `expected` are `-`, only in `actual`
+/// are `+`, in order of first difference (bounded to 80 lines).
+pub fn line_diff(expected: &str, actual: &str) -> String {
+    let e: Vec<&str> = expected.lines().collect();
+    let a: Vec<&str> = actual.lines().collect();
+    let mut out = String::new();
+    let (mut i, mut j, mut shown) = (0, 0, 0);
+    while (i < e.len() || j < a.len()) && shown < 80 {
+        if i < e.len() && j < a.len() && e[i] == a[j] {
+            i += 1;
+            j += 1;
+            continue;
+        }
+        // Resynchronise on the next line of `actual` that appears later in `expected`.
+        if j < a.len()
+            && let Some(k) = e[i..].iter().position(|l| *l == a[j])
+        {
+            for l in &e[i..i + k] {
+                out.push_str(&format!("-{l}\n"));
+                shown += 1;
+            }
+            i += k;
+            continue;
+        }
+        if j < a.len() {
+            out.push_str(&format!("+{}\n", a[j]));
+            j += 1;
+        } else {
+            out.push_str(&format!("-{}\n", e[i]));
+            i += 1;
+        }
+        shown += 1;
+    }
+    out
+}
+
+/// A network namespace, deleted on drop. Names are made unique per
+/// process and call so parallel tests do not collide.
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Create `kp-<prefix>-<pid>-<n>`. Panics (failing the test, never
+    /// skipping it) when namespaces cannot be made (not root, no `ip`).
+    pub fn new(prefix: &str) -> NetNs {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "kp-{prefix}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let out = Command::new("ip").args(["netns", "add", &name]).output().unwrap_or_else(|e| {
+            panic!("cannot run `ip netns add` ({e}): kernel tests need iproute2 and root; run `make test` as root")
+        });
+        assert!(
+            out.status.success(),
+            "`ip netns add {name}` failed: {} (kernel tests need root)",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ns = NetNs { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A command that runs inside the namespace (`ip netns exec NAME ...`).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Run a command inside the namespace; panic with its output if it fails.
+    pub fn exec(&self, argv: &[&str]) -> String {
+        let out = self
+            .command(argv[0])
+            .args(&argv[1..])
+            .output()
+            .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{argv:?} in {} failed: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run a command inside the namespace with `stdin`; return (success, stdout, stderr).
+    pub fn run_with_input(&self, argv: &[&str], stdin: &str) -> (bool, String, String) {
+        use std::io::Write as _;
+        use std::process::Stdio;
+        let mut child = self
+            .command(argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        let mut sin = child.stdin.take().expect("stdin");
+        let input = stdin.to_string();
+        let writer = std::thread::spawn(move || {
+            let _ = sin.write_all(input.as_bytes());
+        });
+        let out = child.wait_with_output().expect("wait");
+        let _ = writer.join();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
