@@ -1,0 +1,396 @@
+//! `kproxy-apiserver-emulator`: a small Kubernetes API server for tests.
+//!
+//! [`Emulator`] serves, over plain HTTP/1.1 on loopback, what a service
+//! proxy reads: LIST, GET and WATCH of Services (`/api/v1/services`),
+//! EndpointSlices (`/apis/discovery.k8s.io/v1/endpointslices`) and Nodes
+//! (`/api/v1/nodes`, also a single node by name or by the field selector
+//! `metadata.name=...`), plus enough discovery (`/version`, `/api`,
+//! `/apis`, `/api/v1`, ...) for kube-rs.
+//!
+//! It behaves like the real API server where a client can tell the
+//! difference: one global resourceVersion counter, ADDED/MODIFIED/DELETED
+//! watch events honouring label and field selectors (an object that
+//! leaves a watch's selection is seen as DELETED, one that enters it as
+//! ADDED), BOOKMARK events when the watch allows them, and a 410 Gone
+//! (an `ERROR` event carrying a `Status` with code 410, as the real server
+//! sends it) when a watch asks to resume from a resourceVersion older than
+//! the retained history.
+//!
+//! Tests drive it with [`Emulator::apply`] and [`Emulator::delete`], and
+//! break it with [`Emulator::fail_for`] (HTTP 500 for every request),
+//! [`Emulator::hang_up_watches`], [`Emulator::expire_watches`],
+//! [`Emulator::set_history_limit`] and [`Emulator::stop`] /
+//! [`Emulator::restart`] (same port, state kept, like an API server
+//! restart in front of etcd). [`Emulator::write_kubeconfig`] points a
+//! client at it. Errors are [`EmulatorError`]; kinds are [`Kind`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+mod selector;
+mod server;
+mod store;
+
+pub use selector::{FieldSelector, LabelSelector};
+
+use store::State;
+
+/// The kinds the emulator serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// `v1` Service.
+    Service,
+    /// `discovery.k8s.io/v1` EndpointSlice.
+    EndpointSlice,
+    /// `v1` Node.
+    Node,
+}
+
+impl Kind {
+    /// The `kind` field.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Node => "Node",
+        }
+    }
+
+    /// The `apiVersion` field.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::Service | Kind::Node => "v1",
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
+        }
+    }
+
+    /// The plural resource name in URLs.
+    pub fn resource(self) -> &'static str {
+        match self {
+            Kind::Service => "services",
+            Kind::EndpointSlice => "endpointslices",
+            Kind::Node => "nodes",
+        }
+    }
+
+    /// Whether objects of this kind live in a namespace.
+    pub fn namespaced(self) -> bool {
+        !matches!(self, Kind::Node)
+    }
+
+    /// The kind named by a `kind` field value.
+    pub fn from_kind(kind: &str) -> Option<Kind> {
+        match kind {
+            "Service" => Some(Kind::Service),
+            "EndpointSlice" => Some(Kind::EndpointSlice),
+            "Node" => Some(Kind::Node),
+            _ => None,
+        }
+    }
+}
+
+/// What can go wrong driving the emulator.
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    /// The listening socket could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An object given to [`Emulator::apply`] is not one the emulator can store.
+    #[error("invalid object: {0}")]
+    InvalidObject(String),
+    /// An object could not be turned into JSON.
+    #[error("serializing object: {0}")]
+    Serialize(#[from] serde_json::Error),
+    /// A file (the kubeconfig) could not be written.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// State shared by the server tasks and the test's handle.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// Bumped on every change; open watches wait on it.
+    changed: tokio::sync::watch::Sender<u64>,
+    /// Bumped to make open watches end their streams.
+    hangup: tokio::sync::watch::Sender<u64>,
+    /// Bumped to make open watches send a 410 and end.
+    expire: tokio::sync::watch::Sender<u64>,
+    open_watches: AtomicUsize,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave `State` half-updated
+        // in a way that matters to tests, so a poisoned lock is still used.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|g| *g += 1);
+    }
+}
+
+/// A running (or stopped) API server emulator. Dropping it stops the
+/// server and closes every connection.
+#[derive(Debug)]
+pub struct Emulator {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    server: Option<JoinHandle<()>>,
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    // Connections live in this task's JoinSet, so aborting the task (stop)
+    // drops every connection, open watches included.
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let shared = shared.clone();
+                    conns.spawn(async move {
+                        let svc = service_fn(move |req| {
+                            let shared = shared.clone();
+                            async move { Ok::<_, Infallible>(server::handle(shared, req).await) }
+                        });
+                        // A client going away mid-stream is normal here.
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+                // Out of file descriptors and the like: try again shortly.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+impl Emulator {
+    /// Starts an emulator on an ephemeral loopback port.
+    pub async fn start() -> Result<(Emulator, SocketAddr), EmulatorError> {
+        Emulator::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts an emulator on the given address.
+    pub async fn start_on(addr: SocketAddr) -> Result<(Emulator, SocketAddr), EmulatorError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| EmulatorError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| EmulatorError::Bind { addr, source })?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new()),
+            changed: tokio::sync::watch::Sender::new(0),
+            hangup: tokio::sync::watch::Sender::new(0),
+            expire: tokio::sync::watch::Sender::new(0),
+            open_watches: AtomicUsize::new(0),
+        });
+        let server = tokio::spawn(serve(listener, shared.clone()));
+        Ok((
+            Emulator {
+                shared,
+                addr,
+                server: Some(server),
+            },
+            addr,
+        ))
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Creates or replaces an object (anything serializing to a Service,
+    /// EndpointSlice or Node with `kind` set, such as k8s-openapi types or
+    /// `serde_json::Value`). Namespaced objects without a namespace go to
+    /// `default`. Returns the object's resourceVersion; re-applying an
+    /// unchanged object is a no-op, as on a real API server.
+    pub fn apply<T: Serialize>(&self, object: &T) -> Result<u64, EmulatorError> {
+        let value = serde_json::to_value(object)?;
+        let rv = self.shared.lock().apply(value)?;
+        self.shared.notify();
+        Ok(rv)
+    }
+
+    /// Deletes an object (`namespace` is ignored for Nodes); returns the
+    /// deletion's resourceVersion, or `None` if it did not exist.
+    pub fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Option<u64> {
+        let rv = self.shared.lock().delete(kind, namespace, name);
+        self.shared.notify();
+        rv
+    }
+
+    /// The stored object, as the API would return it.
+    pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
+        let ns = if kind.namespaced() { namespace } else { "" };
+        self.shared
+            .lock()
+            .objects
+            .get(&(kind, ns.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// The current (latest) resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.lock().rv
+    }
+
+    /// Answers every request with HTTP 500 for `duration` (open watches
+    /// keep streaming; combine with [`Emulator::hang_up_watches`]).
+    pub fn fail_for(&self, duration: Duration) {
+        self.shared.lock().fail_until = Some(Instant::now() + duration);
+    }
+
+    /// Stops failing requests now.
+    pub fn recover(&self) {
+        self.shared.lock().fail_until = None;
+    }
+
+    /// Ends every open watch stream (cleanly, as on a server-side timeout).
+    pub fn hang_up_watches(&self) {
+        self.shared.hangup.send_modify(|g| *g += 1);
+    }
+
+    /// Sends every open watch a 410 Gone and ends it, and drops the whole
+    /// history so resuming from any earlier resourceVersion is also 410:
+    /// clients must list again.
+    pub fn expire_watches(&self) {
+        {
+            let mut st = self.shared.lock();
+            let limit = st.history_limit;
+            st.trim_history(0);
+            // Later changes are retained again.
+            st.history_limit = limit;
+        }
+        self.shared.expire.send_modify(|g| *g += 1);
+    }
+
+    /// Keeps at most `limit` change events; a watch resuming from before
+    /// the oldest retained one gets 410 Gone (0 drops all history).
+    pub fn set_history_limit(&self, limit: usize) {
+        self.shared.lock().trim_history(limit);
+    }
+
+    /// How often open watches that allow bookmarks get a BOOKMARK (1 s by default).
+    pub fn set_bookmark_interval(&self, interval: Duration) {
+        self.shared.lock().bookmark_interval = interval;
+    }
+
+    /// The number of watch streams open now.
+    pub fn open_watches(&self) -> usize {
+        self.shared.open_watches.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` watch streams are open; false on timeout.
+    pub async fn wait_for_watches(&self, n: usize, timeout: Duration) -> bool {
+        let end = tokio::time::Instant::now() + timeout;
+        while self.open_watches() < n {
+            if tokio::time::Instant::now() >= end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// Every request so far, as `METHOD PATH?DECODED-QUERY`.
+    pub fn requests(&self) -> Vec<String> {
+        self.shared.lock().requests.clone()
+    }
+
+    /// Stops listening and closes every connection; the objects stay.
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+            // Waiting for the task makes sure the listener is closed, so
+            // that `restart` can bind the port again.
+            let _ = server.await;
+        }
+    }
+
+    /// Whether the server is running.
+    pub fn is_running(&self) -> bool {
+        self.server.is_some()
+    }
+
+    /// Starts serving again on the same address after [`Emulator::stop`].
+    pub async fn restart(&mut self) -> Result<(), EmulatorError> {
+        self.stop().await;
+        let listener =
+            TcpListener::bind(self.addr)
+                .await
+                .map_err(|source| EmulatorError::Bind {
+                    addr: self.addr,
+                    source,
+                })?;
+        self.server = Some(tokio::spawn(serve(listener, self.shared.clone())));
+        Ok(())
+    }
+
+    /// A kubeconfig (YAML) pointing at the emulator, without credentials.
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\n\
+             kind: Config\n\
+             clusters:\n\
+             - name: emulator\n  cluster:\n    server: {url}\n\
+             users:\n\
+             - name: emulator\n  user: {{}}\n\
+             contexts:\n\
+             - name: emulator\n  context:\n    cluster: emulator\n    user: emulator\n    namespace: default\n\
+             current-context: emulator\n",
+            url = self.url()
+        )
+    }
+
+    /// Writes [`Emulator::kubeconfig`] to `path`.
+    pub fn write_kubeconfig(&self, path: &Path) -> Result<(), EmulatorError> {
+        std::fs::write(path, self.kubeconfig()).map_err(|source| EmulatorError::Write {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}

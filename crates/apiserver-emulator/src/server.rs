@@ -1,0 +1,513 @@
+//! The HTTP side: routing, LIST, GET, WATCH and discovery.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::store::{Change, EventType};
+use crate::{Kind, Shared};
+
+pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+fn full(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())).boxed_unsync());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A `Status` object as the API server returns for errors.
+pub(crate) fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    })
+}
+
+fn error(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
+    full(code, &status(code.as_u16(), reason, message))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[derive(Debug, Default)]
+struct Query {
+    label_selector: String,
+    field_selector: String,
+    watch: bool,
+    resource_version: Option<String>,
+    bookmarks: bool,
+    timeout: Option<u64>,
+}
+
+fn parse_query(q: Option<&str>) -> Query {
+    let mut out = Query::default();
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v);
+        match k {
+            "labelSelector" => out.label_selector = v,
+            "fieldSelector" => out.field_selector = v,
+            "watch" => out.watch = v == "true" || v == "1",
+            "resourceVersion" => out.resource_version = Some(v),
+            "allowWatchBookmarks" => out.bookmarks = v == "true",
+            "timeoutSeconds" => out.timeout = v.parse().ok(),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// What a path names.
+enum Target {
+    Collection(Kind, Option<String>),
+    Object(Kind, String, String),
+    Discovery(Value),
+}
+
+fn discovery_v1() -> Value {
+    json!({
+        "kind": "APIResourceList",
+        "groupVersion": "v1",
+        "resources": [
+            {"name": "services", "singularName": "service", "namespaced": true, "kind": "Service",
+             "verbs": ["get", "list", "watch"], "shortNames": ["svc"]},
+            {"name": "nodes", "singularName": "node", "namespaced": false, "kind": "Node",
+             "verbs": ["get", "list", "watch"], "shortNames": ["no"]},
+        ]
+    })
+}
+
+fn discovery_slices() -> Value {
+    json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": "discovery.k8s.io/v1",
+        "resources": [
+            {"name": "endpointslices", "singularName": "endpointslice", "namespaced": true,
+             "kind": "EndpointSlice", "verbs": ["get", "list", "watch"]},
+        ]
+    })
+}
+
+fn route(path: &str) -> Option<Target> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let kind_of = |group: &[&str], resource: &str| -> Option<Kind> {
+        match (group, resource) {
+            (["api", "v1"], "services") => Some(Kind::Service),
+            (["api", "v1"], "nodes") => Some(Kind::Node),
+            (["apis", "discovery.k8s.io", "v1"], "endpointslices") => Some(Kind::EndpointSlice),
+            _ => None,
+        }
+    };
+    let (group, rest) = match segs.as_slice() {
+        ["version"] => {
+            return Some(Target::Discovery(json!({
+                "major": "1", "minor": "34", "gitVersion": "v1.34.0-kproxy-emulator",
+                "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+                "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc",
+                "platform": "linux/amd64"
+            })));
+        }
+        ["api"] => {
+            return Some(Target::Discovery(json!({
+                "kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]
+            })));
+        }
+        ["apis"] => {
+            return Some(Target::Discovery(json!({
+                "kind": "APIGroupList", "apiVersion": "v1",
+                "groups": [{"name": "discovery.k8s.io",
+                    "versions": [{"groupVersion": "discovery.k8s.io/v1", "version": "v1"}],
+                    "preferredVersion": {"groupVersion": "discovery.k8s.io/v1", "version": "v1"}}]
+            })));
+        }
+        ["api", "v1"] => return Some(Target::Discovery(discovery_v1())),
+        ["apis", "discovery.k8s.io", "v1"] => return Some(Target::Discovery(discovery_slices())),
+        ["api", "v1", rest @ ..] => (&segs[..2], rest),
+        ["apis", "discovery.k8s.io", "v1", rest @ ..] => (&segs[..3], rest),
+        _ => return None,
+    };
+    match rest {
+        [resource] => Some(Target::Collection(kind_of(group, resource)?, None)),
+        [resource, name] => {
+            let kind = kind_of(group, resource)?;
+            (!kind.namespaced()).then(|| Target::Object(kind, String::new(), name.to_string()))
+        }
+        ["namespaces", ns, resource] => {
+            let kind = kind_of(group, resource)?;
+            kind.namespaced()
+                .then(|| Target::Collection(kind, Some(ns.to_string())))
+        }
+        ["namespaces", ns, resource, name] => {
+            let kind = kind_of(group, resource)?;
+            kind.namespaced()
+                .then(|| Target::Object(kind, ns.to_string(), name.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// Serves one request.
+pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    {
+        let mut st = shared.lock();
+        st.requests.push(match &query {
+            Some(q) => format!("{} {path}?{}", req.method(), percent_decode(q)),
+            None => format!("{} {path}", req.method()),
+        });
+        if matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
+            let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")).boxed_unsync());
+            if st.failing() {
+                *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            }
+            return resp;
+        }
+        if st.failing() {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "the emulator was told to fail requests",
+            );
+        }
+    }
+    if req.method() != Method::GET {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "the emulator serves GET only",
+        );
+    }
+    let Some(target) = route(&path) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("the server could not find the requested resource: {path}"),
+        );
+    };
+    let q = parse_query(query.as_deref());
+    match target {
+        Target::Discovery(v) => full(StatusCode::OK, &v),
+        Target::Object(kind, ns, name) => {
+            let st = shared.lock();
+            match st.objects.get(&(kind, ns, name.clone())) {
+                Some(o) => full(StatusCode::OK, o),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("{} {name:?} not found", kind.resource()),
+                ),
+            }
+        }
+        Target::Collection(kind, ns) => {
+            let labels = match LabelSelector::parse(&q.label_selector) {
+                Ok(s) => s,
+                Err(e) => return error(StatusCode::BAD_REQUEST, "BadRequest", &e),
+            };
+            let mut fields = match FieldSelector::parse(&q.field_selector) {
+                Ok(s) => s,
+                Err(e) => return error(StatusCode::BAD_REQUEST, "BadRequest", &e),
+            };
+            if let Some(ns) = &ns
+                && let Ok(f) = FieldSelector::parse(&format!("metadata.namespace={ns}"))
+            {
+                fields = fields.and(f);
+            }
+            let filter = Filter {
+                kind,
+                labels,
+                fields,
+            };
+            if q.watch {
+                watch(shared, filter, &q)
+            } else {
+                list(&shared, &filter)
+            }
+        }
+    }
+}
+
+/// Which objects a request selects.
+struct Filter {
+    kind: Kind,
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl Filter {
+    fn matches(&self, o: &Value) -> bool {
+        self.labels.matches(o) && self.fields.matches(o)
+    }
+}
+
+fn list(shared: &Shared, filter: &Filter) -> Response<Body> {
+    let st = shared.lock();
+    // Paging (limit/continue) is not implemented: answering with the whole
+    // list and no continue token is valid API behaviour.
+    let items: Vec<Value> = st
+        .objects
+        .iter()
+        .filter(|((k, _, _), o)| *k == filter.kind && filter.matches(o))
+        .map(|(_, o)| o.clone())
+        .collect();
+    full(
+        StatusCode::OK,
+        &json!({
+            "kind": format!("{}List", filter.kind.kind()),
+            "apiVersion": filter.kind.api_version(),
+            "metadata": {"resourceVersion": st.rv.to_string()},
+            "items": items,
+        }),
+    )
+}
+
+fn event_line(kind: &str, object: &Value) -> Bytes {
+    let mut s = json!({"type": kind, "object": object}).to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
+
+/// A 410 Gone, delivered inside the watch stream as the real API server does.
+fn gone(requested: u64, oldest: u64) -> Bytes {
+    event_line(
+        "ERROR",
+        &status(
+            410,
+            "Expired",
+            &format!("too old resource version: {requested} ({oldest})"),
+        ),
+    )
+}
+
+struct WatchState {
+    shared: Arc<Shared>,
+    filter: Filter,
+    pos: u64,
+    queue: VecDeque<Bytes>,
+    done: bool,
+    bookmarks: bool,
+    deadline: Instant,
+    next_bookmark: Instant,
+    changed: tokio::sync::watch::Receiver<u64>,
+    hangup: tokio::sync::watch::Receiver<u64>,
+    expire: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Drop for WatchState {
+    fn drop(&mut self) {
+        self.shared.open_watches.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl WatchState {
+    fn translate(&self, c: &Change) -> Option<Bytes> {
+        if c.kind != self.filter.kind {
+            return None;
+        }
+        let now = self.filter.matches(&c.object);
+        let ty = match c.event {
+            EventType::Added => now.then_some("ADDED")?,
+            EventType::Deleted => now.then_some("DELETED")?,
+            EventType::Modified => {
+                let before = c.old.as_ref().is_some_and(|o| self.filter.matches(o));
+                match (before, now) {
+                    (true, true) => "MODIFIED",
+                    (false, true) => "ADDED",
+                    (true, false) => "DELETED",
+                    (false, false) => return None,
+                }
+            }
+        };
+        Some(event_line(ty, &c.object))
+    }
+
+    fn collect(&mut self) {
+        let shared = self.shared.clone();
+        let st = shared.lock();
+        if self.pos < st.compacted {
+            self.queue.push_back(gone(self.pos, st.compacted + 1));
+            self.done = true;
+            return;
+        }
+        for c in st.history.iter().filter(|c| c.rv > self.pos) {
+            if let Some(b) = self.translate(c) {
+                self.queue.push_back(b);
+            }
+        }
+        self.pos = self.pos.max(st.rv);
+    }
+
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(b) = self.queue.pop_front() {
+                return Some(b);
+            }
+            if self.done {
+                return None;
+            }
+            self.changed.borrow_and_update();
+            self.collect();
+            if !self.queue.is_empty() || self.done {
+                continue;
+            }
+            tokio::select! {
+                r = self.changed.changed() => if r.is_err() { return None },
+                _ = self.hangup.changed() => return None,
+                _ = self.expire.changed() => {
+                    let compacted = self.shared.lock().compacted;
+                    self.queue.push_back(gone(self.pos, compacted + 1));
+                    self.done = true;
+                }
+                _ = tokio::time::sleep_until(self.next_bookmark), if self.bookmarks => {
+                    let interval = self.shared.lock().bookmark_interval;
+                    self.next_bookmark = Instant::now() + interval;
+                    let kind = self.filter.kind;
+                    self.queue.push_back(event_line("BOOKMARK", &json!({
+                        "kind": kind.kind(),
+                        "apiVersion": kind.api_version(),
+                        "metadata": {"resourceVersion": self.pos.to_string()},
+                    })));
+                }
+                _ = tokio::time::sleep_until(self.deadline) => return None,
+            }
+        }
+    }
+}
+
+fn watch(shared: Arc<Shared>, filter: Filter, q: &Query) -> Response<Body> {
+    let mut queue = VecDeque::new();
+    let (pos, interval) = {
+        let st = shared.lock();
+        let requested = q
+            .resource_version
+            .as_deref()
+            .filter(|v| !v.is_empty() && *v != "0");
+        let pos = match requested {
+            // "" and "0" mean "start from any version": the API server
+            // then sends the current state as synthetic ADDED events.
+            None => {
+                for ((k, _, _), o) in &st.objects {
+                    if *k == filter.kind && filter.matches(o) {
+                        queue.push_back(event_line("ADDED", o));
+                    }
+                }
+                st.rv
+            }
+            Some(v) => match v.parse::<u64>() {
+                Ok(v) => v,
+                Err(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        &format!("invalid resource version {v:?}"),
+                    );
+                }
+            },
+        };
+        (pos, st.bookmark_interval)
+    };
+    shared.open_watches.fetch_add(1, Ordering::SeqCst);
+    let now = Instant::now();
+    let state = WatchState {
+        changed: shared.changed.subscribe(),
+        hangup: shared.hangup.subscribe(),
+        expire: shared.expire.subscribe(),
+        shared,
+        filter,
+        pos,
+        queue,
+        done: false,
+        bookmarks: q.bookmarks,
+        deadline: now + Duration::from_secs(q.timeout.unwrap_or(1800).max(1)),
+        next_bookmark: now + interval,
+    };
+    let stream = futures::stream::unfold(state, |mut st| async move {
+        let chunk = st.next_chunk().await?;
+        Some((Ok::<_, Infallible>(Frame::data(chunk)), st))
+    });
+    let mut resp = Response::new(StreamBody::new(stream).boxed_unsync());
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode() {
+        assert_eq!(
+            percent_decode("%21service.kubernetes.io%2Fheadless%2Ca+in+%28b%29"),
+            "!service.kubernetes.io/headless,a in (b)"
+        );
+        assert_eq!(percent_decode("50%"), "50%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn routes() {
+        assert!(matches!(
+            route("/api/v1/services"),
+            Some(Target::Collection(Kind::Service, None))
+        ));
+        assert!(matches!(
+            route("/apis/discovery.k8s.io/v1/namespaces/ns/endpointslices"),
+            Some(Target::Collection(Kind::EndpointSlice, Some(_)))
+        ));
+        assert!(matches!(
+            route("/api/v1/nodes/n1"),
+            Some(Target::Object(Kind::Node, _, _))
+        ));
+        assert!(route("/api/v1/services/x").is_none());
+        assert!(route("/api/v1/namespaces/a/nodes").is_none());
+        assert!(route("/api/v1/pods").is_none());
+    }
+}
