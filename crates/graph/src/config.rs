@@ -192,6 +192,7 @@ pub struct KubeProxyConfiguration {
     pub api_version: Option<String>,
     pub kind: Option<String>,
     pub mode: Option<String>,
+    #[serde(rename = "clusterCIDR")]
     pub cluster_cidr: Option<String>,
     pub detect_local_mode: Option<String>,
     #[serde(default)]
@@ -221,6 +222,7 @@ pub struct KubeProxyConfiguration {
     pub bind_address_hard_fail: Option<bool>,
     pub enable_profiling: Option<bool>,
     pub hostname_override: Option<String>,
+    #[serde(rename = "nodeIPOverride")]
     pub node_ip_override: Option<Vec<String>>,
     #[serde(default)]
     pub client_connection: serde_json::Value,

@@ -8,6 +8,12 @@ use crate::model::{
     Endpoint, LbIpMode, LocalTraffic, NodePortIps, ServiceGraph, ServicePort, TrafficPolicy,
 };
 
+/// Names come from objects and may hold anything (quotes, newlines):
+/// print them escaped so one object can never forge lines of output.
+fn safe(s: &str) -> String {
+    s.escape_debug().to_string()
+}
+
 fn policy(p: TrafficPolicy) -> &'static str {
     match p {
         TrafficPolicy::Cluster => "Cluster",
@@ -35,7 +41,7 @@ fn endpoint_line(ep: &Endpoint) -> String {
     let mut s = format!(
         "{} node={} [{}]",
         ep.addr_string(),
-        ep.node_name.as_deref().unwrap_or("-"),
+        safe(ep.node_name.as_deref().unwrap_or("-")),
         flags.join(",")
     );
     if let Some(z) = &ep.zone {
@@ -64,7 +70,13 @@ fn list(eps: &[Endpoint]) -> String {
 /// Format one service port.
 pub fn service_port(out: &mut String, sp: &ServicePort) {
     let d = &sp.decisions;
-    let _ = writeln!(out, "  {} {}/{}", sp.name, sp.port, sp.name.protocol);
+    let _ = writeln!(
+        out,
+        "  {} {}/{}",
+        safe(&sp.name.to_string()),
+        sp.port,
+        sp.name.protocol
+    );
     let _ = writeln!(out, "    cluster IP:     {}:{}", sp.cluster_ip, sp.port);
     if !sp.external_ips.is_empty() {
         let ips: Vec<String> = sp.external_ips.iter().map(ToString::to_string).collect();
@@ -223,7 +235,7 @@ pub fn graph(g: &ServiceGraph) -> String {
     } else {
         let _ = writeln!(out, "warnings: {}", g.warnings.len());
         for w in &g.warnings {
-            let _ = writeln!(out, "  {w}");
+            let _ = writeln!(out, "  {}", safe(&w.to_string()));
         }
     }
     out

@@ -449,7 +449,8 @@ fn nodeport_ips(config: &ProxyConfig, node: &NodeInfo, family: IpFamily) -> (Nod
             ),
             NodePortAddress::Cidr(n) => {
                 ips.extend(node.ips.iter().filter(|ip| n.contains(*ip)));
-                if n.contains(&loopback.addr()) {
+                // Any overlap with the loopback network admits localhost.
+                if loopback.contains(&n.network()) || n.contains(&loopback.network()) {
                     localhost = true;
                 }
             }
