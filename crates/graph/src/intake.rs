@@ -498,18 +498,17 @@ fn intake_service(
     let mut cluster_ips: BTreeMap<IpFamily, IpAddr> = BTreeMap::new();
     for (i, s) in cluster_ip_strs.iter().enumerate() {
         match parse_ip(s) {
-            Some(ip) => {
-                if cluster_ips.contains_key(&IpFamily::of(&ip)) {
-                    cx.warn(
-                        ObjectKind::Service,
-                        &obj,
-                        format!("spec.clusterIPs[{i}]"),
-                        format!("{s:?} is a second address of the same family, ignored"),
-                    );
-                } else {
-                    cluster_ips.insert(IpFamily::of(&ip), ip);
+            Some(ip) => match cluster_ips.entry(IpFamily::of(&ip)) {
+                std::collections::btree_map::Entry::Occupied(_) => cx.warn(
+                    ObjectKind::Service,
+                    &obj,
+                    format!("spec.clusterIPs[{i}]"),
+                    format!("{s:?} is a second address of the same family, ignored"),
+                ),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(ip);
                 }
-            }
+            },
             None => cx.warn(
                 ObjectKind::Service,
                 &obj,
