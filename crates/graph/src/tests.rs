@@ -35,13 +35,17 @@ fn svc(ns: &str, name: &str, spec: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns}, "spec": spec})
 }
 
-/// An EndpointSlice with one unnamed TCP port 80; each endpoint is
-/// (ip, node, ready, serving, terminating).
-fn slice(
-    ns: &str,
-    svc: &str,
-    eps: &[(&str, Option<&str>, Option<bool>, Option<bool>, Option<bool>)],
-) -> Value {
+/// (ip, node, ready, serving, terminating); `None` leaves a field unset.
+type Ep<'a> = (
+    &'a str,
+    Option<&'a str>,
+    Option<bool>,
+    Option<bool>,
+    Option<bool>,
+);
+
+/// An EndpointSlice with one unnamed TCP port 80.
+fn slice(ns: &str, svc: &str, eps: &[Ep<'_>]) -> Value {
     let endpoints: Vec<Value> = eps
         .iter()
         .map(|(ip, node, r, s, t)| {
@@ -67,16 +71,7 @@ fn slice(
         "addressType": "IPv4", "ports": [{"port": 80, "protocol": "TCP"}], "endpoints": endpoints})
 }
 
-fn ready<'a>(
-    ip: &'a str,
-    node: Option<&'a str>,
-) -> (
-    &'a str,
-    Option<&'a str>,
-    Option<bool>,
-    Option<bool>,
-    Option<bool>,
-) {
+fn ready<'a>(ip: &'a str, node: Option<&'a str>) -> Ep<'a> {
     (ip, node, Some(true), Some(true), Some(false))
 }
 
