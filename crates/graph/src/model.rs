@@ -355,11 +355,12 @@ impl ServicePort {
             || self.vip_load_balancer_ips().next().is_some()
     }
 
-    /// Uses cluster endpoints for some traffic (iTP or eTP is Cluster).
+    /// Uses cluster endpoints for some traffic: iTP is Cluster, or the port
+    /// accepts external traffic at all (even with eTP=Local, pod and node
+    /// traffic to external addresses is short-circuited to the cluster
+    /// endpoints, as upstream's `UsesClusterEndpoints`).
     pub fn uses_cluster_endpoints(&self) -> bool {
-        self.internal_traffic_policy == TrafficPolicy::Cluster
-            || (self.externally_accessible()
-                && self.external_traffic_policy == TrafficPolicy::Cluster)
+        self.internal_traffic_policy == TrafficPolicy::Cluster || self.externally_accessible()
     }
 
     /// Uses local endpoints for some traffic (iTP or eTP is Local).

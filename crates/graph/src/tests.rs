@@ -985,3 +985,39 @@ fn seed_fixture_text() {
     assert!(sp.decisions.uses_external_chain && sp.decisions.uses_cluster_chain);
     assert_eq!(g.node.ips, vec!["192.168.49.2".parse::<IpAddr>().unwrap()]);
 }
+
+#[test]
+fn local_policies_everywhere_still_use_cluster_endpoints_for_short_circuits() {
+    // iTP=Local and eTP=Local on a LoadBalancer: external traffic from pods
+    // and the node short-circuits to the cluster endpoints, so the cluster
+    // set is computed (upstream UsesClusterEndpoints).
+    let s = with_lb_status(
+        svc(
+            "ns1",
+            "svc1",
+            lb_local(json!({"internalTrafficPolicy": "Local"})),
+        ),
+        "1.2.3.4",
+    );
+    let g = graph_of(
+        vec![
+            s,
+            slice(
+                "ns1",
+                "svc1",
+                &[
+                    ready("10.0.1.1", Some(NODE)),
+                    ready("10.0.1.2", Some("node2")),
+                ],
+            ),
+            node(None),
+        ],
+        &cfg(),
+    );
+    let sp = port(&g, "ns1", "svc1");
+    assert_eq!(ips(&sp.cluster_endpoints), ["10.0.1.1", "10.0.1.2"]);
+    assert_eq!(ips(&sp.local_endpoints), ["10.0.1.1"]);
+    assert!(sp.decisions.uses_cluster_chain && sp.decisions.uses_local_chain);
+    assert_eq!(sp.decisions.internal_policy_chain, TrafficPolicy::Local);
+    assert_eq!(sp.decisions.external_policy_chain, TrafficPolicy::Local);
+}
