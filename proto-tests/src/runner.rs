@@ -1,0 +1,702 @@
+//! Running a [`Scenario`] on one backend: build the [`Topology`], sync
+//! (`kproxy run --once`, or a fixed nftables script for the harness's own
+//! tests), probe, judge each probe against its expectation ([`judge`]),
+//! tear down. [`ScenarioReport`] says what happened, per probe.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::scenario::{
+    BackendName, EndpointsExpect, Expect, Probe, Scenario, SimpleExpect, Source, objects_yaml,
+};
+use crate::topo::{Topology, TopologySpec};
+use crate::wire::{Attempt, Proto, Target};
+
+/// How the rules get into the node namespace.
+#[derive(Debug, Clone)]
+pub enum Applier {
+    /// `kproxy run --once --backend B --source DIR --config F --node-name N`.
+    Kproxy {
+        /// The `kproxy` binary.
+        bin: PathBuf,
+    },
+    /// `nft -f -` with this script at every step (the harness's own tests).
+    Nft {
+        /// The ruleset.
+        script: String,
+    },
+}
+
+/// Everything a run needs besides the scenario.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The `kproxy-proto` binary (echo servers, probes, sysctls).
+    pub proto_bin: PathBuf,
+    /// How rules are applied.
+    pub applier: Applier,
+    /// Timeout of one probe attempt.
+    pub timeout: Duration,
+    /// Whether this kernel has SCTP (SCTP probes are not run without it).
+    pub sctp: bool,
+}
+
+/// The verdict on one probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// As expected.
+    Pass,
+    /// Not as expected.
+    Fail(String),
+    /// Not as expected, but marked `known_failure` (reason, what went wrong).
+    KnownFailure(String, String),
+    /// Marked `known_failure` but passed: the mark must go.
+    UnexpectedPass(String),
+    /// Could not be run here (reason), e.g. no SCTP in this kernel.
+    NotRun(String),
+}
+
+/// One probe's report.
+#[derive(Debug, Clone)]
+pub struct ProbeReport {
+    /// Step number (0 = first sync).
+    pub step: usize,
+    /// `from -> to`.
+    pub probe: String,
+    /// The expectation in force for this backend.
+    pub expect: String,
+    /// What was seen, summarised.
+    pub observed: String,
+    /// The verdict.
+    pub verdict: Verdict,
+}
+
+/// One scenario on one backend.
+#[derive(Debug, Clone)]
+pub struct ScenarioReport {
+    /// Scenario name.
+    pub scenario: String,
+    /// Backend name.
+    pub backend: String,
+    /// Setup or sync failure (the probes of the failed step are not run).
+    pub setup_error: Option<String>,
+    /// Known failure of the whole scenario (reason).
+    pub known_failure: Option<String>,
+    /// Per probe.
+    pub probes: Vec<ProbeReport>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl ScenarioReport {
+    /// Whether this run fails the suite.
+    pub fn failed(&self) -> bool {
+        let probe_fail = self
+            .probes
+            .iter()
+            .any(|p| matches!(p.verdict, Verdict::Fail(_) | Verdict::UnexpectedPass(_)));
+        match &self.known_failure {
+            None => self.setup_error.is_some() || probe_fail,
+            // A known-failing scenario fails the suite only when it passes
+            // (so the mark gets removed).
+            Some(_) => self.setup_error.is_none() && !probe_fail && !self.probes.is_empty(),
+        }
+    }
+
+    /// Count of probes per verdict kind: (pass, fail, known, not run).
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        let mut c = (0, 0, 0, 0);
+        for p in &self.probes {
+            match p.verdict {
+                Verdict::Pass => c.0 += 1,
+                Verdict::Fail(_) | Verdict::UnexpectedPass(_) => c.1 += 1,
+                Verdict::KnownFailure(..) => c.2 += 1,
+                Verdict::NotRun(_) => c.3 += 1,
+            }
+        }
+        c
+    }
+
+    /// A human-readable report: one line per probe.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let (pass, fail, known, notrun) = self.counts();
+        let status = if self.failed() {
+            "FAIL"
+        } else if self.known_failure.is_some() || known > 0 {
+            "ok (KNOWN FAILURES)"
+        } else {
+            "ok"
+        };
+        let _ = writeln!(
+            s,
+            "== {} on {}: {status}: {pass} passed, {fail} failed, {known} known failures, {notrun} not run ({:.1}s)",
+            self.scenario,
+            self.backend,
+            self.elapsed.as_secs_f64()
+        );
+        if let Some(r) = &self.known_failure {
+            let _ = writeln!(s, "   KNOWN FAILURE (whole scenario): {r}");
+            if !self.failed() && self.setup_error.is_none() && fail == 0 && !self.probes.is_empty()
+            {
+                // unreachable by construction; kept for clarity
+            }
+        }
+        if let Some(e) = &self.setup_error {
+            let _ = writeln!(s, "   SETUP/SYNC FAILED: {e}");
+        }
+        for p in &self.probes {
+            let (tag, why) = match &p.verdict {
+                Verdict::Pass => ("pass", String::new()),
+                Verdict::Fail(w) => ("FAIL", format!("\n        why: {w}")),
+                Verdict::KnownFailure(r, w) => (
+                    "KNOWN",
+                    format!("\n        known failure: {r}\n        why: {w}"),
+                ),
+                Verdict::UnexpectedPass(r) => (
+                    "XPASS",
+                    format!("\n        marked known_failure ({r}) but passed: remove the mark"),
+                ),
+                Verdict::NotRun(r) => ("NOT RUN", format!(" ({r})")),
+            };
+            let _ = writeln!(
+                s,
+                "   [{tag}] step {} {}: expect {}; saw {}{why}",
+                p.step, p.probe, p.expect, p.observed
+            );
+        }
+        if self.known_failure.is_some() && self.failed() {
+            let _ = writeln!(
+                s,
+                "   XPASS: the scenario is marked known_failure but every probe passed: remove the mark"
+            );
+        }
+        s
+    }
+}
+
+/// The topology a scenario needs.
+pub fn topology_spec(s: &Scenario) -> TopologySpec {
+    let node_ips = s.node_ips();
+    let mut spec = TopologySpec {
+        node_ips: node_ips.clone(),
+        extra_node_ips: s.node.extra_ips.clone(),
+        ..TopologySpec::default()
+    };
+    for h in s.endpoint_hosts() {
+        if node_ips.contains(&h.ip) || s.node.extra_ips.contains(&h.ip) {
+            spec.node_endpoints.push((h.ip, h.ports));
+        } else if h.local {
+            spec.local_pods.push((h.ip, h.ports));
+        } else {
+            spec.remote.push((h.ip, h.ports));
+        }
+    }
+    for (_, p) in s.all_probes() {
+        match Source::parse(&p.from) {
+            Ok(Source::External(ip)) if !spec.external.contains(&ip) => spec.external.push(ip),
+            Ok(Source::Pod(ip))
+                if !spec.local_pods.iter().any(|(i, _)| *i == ip)
+                    && !spec.remote.iter().any(|(i, _)| *i == ip) =>
+            {
+                // A client pod on this node that is no endpoint.
+                spec.local_pods.push((ip, Vec::new()));
+            }
+            _ => {}
+        }
+    }
+    spec
+}
+
+/// Run one scenario on one backend. Never panics on kernel trouble: every
+/// failure ends up in the report; the topology is gone when this returns.
+pub fn run_scenario(s: &Scenario, backend: BackendName, cfg: &RunConfig) -> ScenarioReport {
+    let start = Instant::now();
+    let mut rep = ScenarioReport {
+        scenario: s.name.clone(),
+        backend: backend.to_string(),
+        setup_error: None,
+        known_failure: s
+            .known_failure
+            .as_ref()
+            .and_then(|k| k.get(backend))
+            .cloned(),
+        probes: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    let topo = match Topology::build(&topology_spec(s), &cfg.proto_bin) {
+        Ok(t) => t,
+        Err(e) => {
+            rep.setup_error = Some(format!("building the topology: {e}"));
+            rep.elapsed = start.elapsed();
+            return rep;
+        }
+    };
+    let per_step = s.objects_per_step();
+    let probes_per_step: Vec<&[Probe]> = std::iter::once(s.probes.as_slice())
+        .chain(s.steps.iter().map(|st| st.probes.as_slice()))
+        .collect();
+    for (step, (objs, probes)) in per_step.iter().zip(probes_per_step).enumerate() {
+        if let Err(e) = sync(s, &topo, objs, backend, cfg) {
+            rep.setup_error = Some(format!("step {step}: {e}"));
+            break;
+        }
+        for p in probes {
+            if let Some(r) = run_probe(&topo, step, p, backend, cfg, rep.known_failure.is_some()) {
+                rep.probes.push(r);
+            }
+        }
+    }
+    drop(topo);
+    rep.elapsed = start.elapsed();
+    rep
+}
+
+fn sync(
+    s: &Scenario,
+    topo: &Topology,
+    objs: &[serde_yaml_ng::Value],
+    backend: BackendName,
+    cfg: &RunConfig,
+) -> Result<(), String> {
+    match &cfg.applier {
+        Applier::Nft { script } => topo
+            .node
+            .exec_input(&["nft", "-f", "-"], Some(script))
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Applier::Kproxy { bin } => {
+            let src = topo.dir.join("objects");
+            std::fs::create_dir_all(&src).map_err(|e| e.to_string())?;
+            std::fs::write(src.join("objects.yaml"), objects_yaml(objs))
+                .map_err(|e| e.to_string())?;
+            let config = topo.dir.join("config.yaml");
+            std::fs::write(&config, s.config_yaml()).map_err(|e| e.to_string())?;
+            let mut c = topo.node.command(bin);
+            c.args(["run", "--once", "--backend", backend.as_str(), "--source"])
+                .arg(&src)
+                .arg("--config")
+                .arg(&config)
+                .args(["--node-name", &s.node.name]);
+            run_bounded(c, Duration::from_secs(60))
+        }
+    }
+}
+
+/// Run a command with a deadline; stdout/stderr in the error.
+fn run_bounded(mut c: Command, limit: Duration) -> Result<(), String> {
+    let what = format!("{c:?}");
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{what}: {e}"))?;
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if start.elapsed() > limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{what}: no exit within {}s", limit.as_secs()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("{what}: {e}")),
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{what}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The default number of connections of a probe.
+pub fn default_count(e: &Expect, sticky: bool) -> u32 {
+    match e {
+        Expect::Endpoints(ep) if sticky => 10.max(ep.endpoints.len() as u32 * 5),
+        // With n endpoints picked at random, 10n+10 connections miss one of
+        // them with probability n*(1-1/n)^(10n+10): 2e-6 for n=2, 2e-5 for n=3.
+        Expect::Endpoints(ep) if ep.endpoints.len() > 1 => 10 * ep.endpoints.len() as u32 + 10,
+        Expect::Endpoints(_) => 3,
+        Expect::Simple(SimpleExpect::Drop) => 1,
+        Expect::Simple(_) => 2,
+    }
+}
+
+fn run_probe(
+    topo: &Topology,
+    step: usize,
+    p: &Probe,
+    backend: BackendName,
+    cfg: &RunConfig,
+    scenario_known: bool,
+) -> Option<ProbeReport> {
+    if let Some(bs) = &p.backends
+        && !bs.iter().any(|k| backend.matches_key(k))
+    {
+        return None;
+    }
+    let expect = p.expect.get(backend)?.clone();
+    let mut rep = ProbeReport {
+        step,
+        probe: format!(
+            "{} -> {}{}",
+            p.from,
+            p.to,
+            if p.sticky { " (sticky)" } else { "" }
+        ),
+        expect: describe(&expect),
+        observed: String::new(),
+        verdict: Verdict::Pass,
+    };
+    if !p.note.is_empty() {
+        rep.probe = format!("{} [{}]", rep.probe, p.note);
+    }
+    let (Ok(src), Ok(to)) = (Source::parse(&p.from), p.to.parse::<Target>()) else {
+        rep.verdict = Verdict::Fail("unparsable probe (checked at load time)".into());
+        return Some(rep);
+    };
+    if to.proto == Proto::Sctp && !cfg.sctp {
+        rep.verdict = Verdict::NotRun("this kernel has no SCTP".into());
+        rep.observed = "-".into();
+        return Some(rep);
+    }
+    let count = p.count.unwrap_or_else(|| default_count(&expect, p.sticky));
+    let attempts = match topo.source(&src) {
+        Ok((ns, bind)) => probe_in(ns, &cfg.proto_bin, &to, bind, count, cfg.timeout),
+        Err(e) => Err(e),
+    };
+    let result = attempts.and_then(|a| {
+        rep.observed = summarize(&a);
+        judge(&expect, p.sticky, &a)
+    });
+    let known = p
+        .known_failure
+        .as_ref()
+        .and_then(|k| k.get(backend))
+        .cloned();
+    rep.verdict = match (result, known) {
+        (Ok(()), None) => Verdict::Pass,
+        (Ok(()), Some(r)) => Verdict::UnexpectedPass(r),
+        (Err(w), Some(r)) => Verdict::KnownFailure(r, w),
+        (Err(w), None) if scenario_known => {
+            Verdict::KnownFailure("scenario known failure".into(), w)
+        }
+        (Err(w), None) => Verdict::Fail(w),
+    };
+    Some(rep)
+}
+
+fn probe_in(
+    ns: &crate::topo::Ns,
+    proto_bin: &Path,
+    to: &Target,
+    bind: Option<IpAddr>,
+    count: u32,
+    timeout: Duration,
+) -> Result<Vec<Attempt>, String> {
+    let mut c = ns.command(proto_bin);
+    c.args([
+        "probe",
+        "--to",
+        &to.to_string(),
+        "--count",
+        &count.to_string(),
+        "--timeout-ms",
+        &timeout.as_millis().to_string(),
+    ]);
+    if let Some(b) = bind {
+        c.args(["--bind", &b.to_string()]);
+    }
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running the probe: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "probe failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Attempt>(l).map_err(|e| format!("probe output {l:?}: {e}")))
+        .collect()
+}
+
+/// An expectation in words.
+pub fn describe(e: &Expect) -> String {
+    match e {
+        Expect::Simple(SimpleExpect::Reject) => "reject".into(),
+        Expect::Simple(SimpleExpect::Drop) => "drop".into(),
+        Expect::Simple(SimpleExpect::NoMatch) => "no-match (sink)".into(),
+        Expect::Endpoints(EndpointsExpect {
+            endpoints,
+            masquerade,
+        }) => {
+            let eps: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
+            let m = match masquerade {
+                Some(true) => ", masqueraded",
+                Some(false) => ", not masqueraded",
+                None => "",
+            };
+            format!("endpoints [{}]{m}", eps.join(", "))
+        }
+    }
+}
+
+/// Attempts grouped: `10.244.1.5:80 from 169.254.1.1 x12, refused x2`.
+pub fn summarize(a: &[Attempt]) -> String {
+    let mut groups: BTreeMap<String, usize> = BTreeMap::new();
+    for x in a {
+        let k = match x {
+            Attempt::Answer {
+                label,
+                reached,
+                from,
+                local,
+            } => {
+                let l = local
+                    .map(|l| l.ip().to_string())
+                    .unwrap_or_else(|| "?".into());
+                if label == "sink" {
+                    format!("sink (client {l})")
+                } else {
+                    format!("{reached} saw {} (client {l})", from.ip())
+                }
+            }
+            Attempt::Refused => "refused".into(),
+            Attempt::Unreachable { error } => format!("unreachable ({error})"),
+            Attempt::Timeout => "timeout".into(),
+            Attempt::Error { error } => format!("error ({error})"),
+        };
+        *groups.entry(k).or_default() += 1;
+    }
+    let v: Vec<String> = groups
+        .into_iter()
+        .map(|(k, n)| format!("{k} x{n}"))
+        .collect();
+    if v.is_empty() {
+        "nothing".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Judge attempts against an expectation. `Err` says what is wrong.
+pub fn judge(e: &Expect, sticky: bool, attempts: &[Attempt]) -> Result<(), String> {
+    if attempts.is_empty() {
+        return Err("no attempts were made".into());
+    }
+    match e {
+        Expect::Simple(SimpleExpect::Reject) => {
+            for a in attempts {
+                if !matches!(a, Attempt::Refused | Attempt::Unreachable { .. }) {
+                    return Err(format!("want every attempt rejected; got {}", one(a)));
+                }
+            }
+            Ok(())
+        }
+        Expect::Simple(SimpleExpect::Drop) => {
+            for a in attempts {
+                if !matches!(a, Attempt::Timeout) {
+                    return Err(format!(
+                        "want every attempt dropped (timeout); got {}",
+                        one(a)
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Expect::Simple(SimpleExpect::NoMatch) => {
+            for a in attempts {
+                if !matches!(a, Attempt::Answer { label, .. } if label == "sink") {
+                    return Err(format!(
+                        "want the sink to answer (packet untouched by the proxy); got {}",
+                        one(a)
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Expect::Endpoints(ep) => judge_endpoints(ep, sticky, attempts),
+    }
+}
+
+fn one(a: &Attempt) -> String {
+    summarize(std::slice::from_ref(a))
+}
+
+fn judge_endpoints(ep: &EndpointsExpect, sticky: bool, attempts: &[Attempt]) -> Result<(), String> {
+    let mut hit: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+    for a in attempts {
+        let Attempt::Answer {
+            label,
+            reached,
+            from,
+            local,
+        } = a
+        else {
+            return Err(format!("want an endpoint to answer; got {}", one(a)));
+        };
+        if label == "sink" {
+            return Err(
+                "want an endpoint; the sink answered (the proxy did not touch the packet)".into(),
+            );
+        }
+        if !ep.endpoints.contains(reached) {
+            return Err(format!(
+                "answered by {reached}, which is not an expected endpoint"
+            ));
+        }
+        *hit.entry(*reached).or_default() += 1;
+        if let Some(m) = ep.masquerade {
+            let Some(local) = local else {
+                return Err("the probe did not learn its own address".into());
+            };
+            let masqueraded = from.ip() != local.ip();
+            if masqueraded != m {
+                return Err(if m {
+                    format!(
+                        "want masquerade; {reached} saw the client's own address {}",
+                        from.ip()
+                    )
+                } else {
+                    format!(
+                        "want the client address {} preserved; {reached} saw {}",
+                        local.ip(),
+                        from.ip()
+                    )
+                });
+            }
+        }
+    }
+    if sticky {
+        if hit.len() != 1 {
+            return Err(format!(
+                "want every connection on one endpoint (session affinity); hit {}",
+                hit.keys()
+                    .map(|k| k.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    } else {
+        let missed: Vec<String> = ep
+            .endpoints
+            .iter()
+            .filter(|e| !hit.contains_key(e))
+            .map(|e| e.to_string())
+            .collect();
+        if !missed.is_empty() {
+            return Err(format!(
+                "{} never answered in {} connections",
+                missed.join(", "),
+                attempts.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ans(reached: &str, from: &str, local: &str) -> Attempt {
+        Attempt::Answer {
+            label: "x".into(),
+            reached: reached.parse().unwrap(),
+            from: from.parse().unwrap(),
+            local: Some(local.parse().unwrap()),
+        }
+    }
+
+    fn eps(v: &[&str], m: Option<bool>) -> Expect {
+        Expect::Endpoints(EndpointsExpect {
+            endpoints: v.iter().map(|s| s.parse().unwrap()).collect(),
+            masquerade: m,
+        })
+    }
+
+    #[test]
+    fn endpoints_judged() {
+        let a = [
+            ans("10.0.0.1:80", "10.1.0.9:5000", "10.1.0.9:5000"),
+            ans("10.0.0.2:80", "10.1.0.9:5001", "10.1.0.9:5001"),
+        ];
+        assert_eq!(
+            judge(
+                &eps(&["10.0.0.1:80", "10.0.0.2:80"], Some(false)),
+                false,
+                &a
+            ),
+            Ok(())
+        );
+        // Masquerade flipped.
+        assert!(judge(&eps(&["10.0.0.1:80", "10.0.0.2:80"], Some(true)), false, &a).is_err());
+        // A wrong endpoint.
+        assert!(judge(&eps(&["10.0.0.1:80"], None), false, &a).is_err());
+        // One expected endpoint never answered.
+        assert!(
+            judge(
+                &eps(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"], None),
+                false,
+                &a
+            )
+            .is_err()
+        );
+        // Not sticky.
+        assert!(judge(&eps(&["10.0.0.1:80", "10.0.0.2:80"], None), true, &a).is_err());
+        let masq = [ans("10.0.0.1:80", "169.254.1.1:4000", "203.0.113.2:5000")];
+        assert_eq!(
+            judge(&eps(&["10.0.0.1:80"], Some(true)), false, &masq),
+            Ok(())
+        );
+        assert!(judge(&eps(&["10.0.0.1:80"], Some(false)), false, &masq).is_err());
+    }
+
+    #[test]
+    fn simple_outcomes_judged() {
+        let refused = [Attempt::Refused];
+        let timeout = [Attempt::Timeout];
+        let sink = [Attempt::Answer {
+            label: "sink".into(),
+            reached: "169.254.2.2:7777".parse().unwrap(),
+            from: "10.1.0.9:5000".parse().unwrap(),
+            local: None,
+        }];
+        let reject = Expect::Simple(SimpleExpect::Reject);
+        let drop = Expect::Simple(SimpleExpect::Drop);
+        let nomatch = Expect::Simple(SimpleExpect::NoMatch);
+        assert_eq!(judge(&reject, false, &refused), Ok(()));
+        assert!(judge(&drop, false, &refused).is_err());
+        assert_eq!(judge(&drop, false, &timeout), Ok(()));
+        assert!(judge(&reject, false, &timeout).is_err());
+        assert_eq!(judge(&nomatch, false, &sink), Ok(()));
+        assert!(judge(&eps(&["10.0.0.1:80"], None), false, &sink).is_err());
+        assert!(
+            judge(
+                &nomatch,
+                false,
+                &[ans("10.0.0.1:80", "1.1.1.1:1", "1.1.1.1:1")]
+            )
+            .is_err()
+        );
+        assert!(judge(&reject, false, &[]).is_err());
+    }
+}
