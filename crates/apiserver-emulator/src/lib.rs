@@ -273,7 +273,17 @@ impl Emulator {
     /// Answers every request with HTTP 500 for `duration` (open watches
     /// keep streaming; combine with [`Emulator::hang_up_watches`]).
     pub fn fail_for(&self, duration: Duration) {
-        self.shared.lock().fail_until = Some(Instant::now() + duration);
+        let mut st = self.shared.lock();
+        st.fail_until = Some(Instant::now() + duration);
+        st.fail_matching = None;
+    }
+
+    /// Answers requests whose path contains `path_part` (such as
+    /// `/nodes`) with HTTP 500 for `duration`; others are served.
+    pub fn fail_matching_for(&self, path_part: &str, duration: Duration) {
+        let mut st = self.shared.lock();
+        st.fail_until = Some(Instant::now() + duration);
+        st.fail_matching = Some(path_part.to_string());
     }
 
     /// Stops failing requests now.

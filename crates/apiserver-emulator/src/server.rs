@@ -203,12 +203,12 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         });
         if matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
             let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")).boxed_unsync());
-            if st.failing() {
+            if st.failing(&path) {
                 *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
             }
             return resp;
         }
-        if st.failing() {
+        if st.failing(&path) {
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalError",

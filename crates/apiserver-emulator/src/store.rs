@@ -46,6 +46,8 @@ pub(crate) struct State {
     pub compacted: u64,
     pub history_limit: usize,
     pub fail_until: Option<Instant>,
+    /// When set, only requests whose path contains this text fail.
+    pub fail_matching: Option<String>,
     pub bookmark_interval: Duration,
     pub requests: Vec<String>,
     next_uid: u64,
@@ -61,14 +63,19 @@ impl State {
             compacted: 1000,
             history_limit: 1000,
             fail_until: None,
+            fail_matching: None,
             bookmark_interval: Duration::from_secs(1),
             requests: Vec::new(),
             next_uid: 1,
         }
     }
 
-    pub fn failing(&self) -> bool {
+    pub fn failing(&self, path: &str) -> bool {
         self.fail_until.is_some_and(|t| Instant::now() < t)
+            && self
+                .fail_matching
+                .as_deref()
+                .is_none_or(|m| path.contains(m))
     }
 
     fn record(&mut self, change: Change) {

@@ -1,0 +1,523 @@
+//! End-to-end tests of [`KubeSource`] against the API server emulator:
+//! real HTTP, real kube-rs client and kube-runtime watchers.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kproxy_apiserver_emulator::{Emulator, Kind};
+use kproxy_graph::Objects;
+use serde_json::{Value, json};
+
+use super::{KubeSource, KubeSourceOptions};
+
+const NODE: &str = "test-node";
+/// Long enough for kube-runtime's backoff (it grows towards 30 s) to come
+/// round after an outage, short enough that a hang fails the test.
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+fn service(ns: &str, name: &str, port: u16, labels: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"type": "ClusterIP", "clusterIP": "172.30.0.10", "clusterIPs": ["172.30.0.10"],
+                 "ports": [{"name": "http", "port": port, "protocol": "TCP", "targetPort": 8080}]}
+    })
+}
+
+fn slice(ns: &str, name: &str, svc: &str, ips: &[&str], labels: Value) -> Value {
+    let mut labels = labels;
+    labels["kubernetes.io/service-name"] = json!(svc);
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "addressType": "IPv4",
+        "endpoints": ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect::<Vec<_>>(),
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    })
+}
+
+fn node(name: &str, zone: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}},
+        "status": {"addresses": [{"type": "InternalIP", "address": "10.1.0.1"}]}
+    })
+}
+
+/// The snapshot in a form that is easy to assert on.
+#[derive(Debug, PartialEq, Eq)]
+struct Summary {
+    services: Vec<String>,
+    slices: Vec<String>,
+    nodes: Vec<String>,
+}
+
+fn summary(o: &Objects) -> Summary {
+    let name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        format!(
+            "{}/{}",
+            m.namespace.clone().unwrap_or_default(),
+            m.name.clone().unwrap_or_default()
+        )
+    };
+    Summary {
+        services: o
+            .services
+            .iter()
+            .map(|s| {
+                let port = s
+                    .spec
+                    .as_ref()
+                    .and_then(|sp| sp.ports.as_ref())
+                    .and_then(|p| p.first())
+                    .map_or(0, |p| p.port);
+                format!("{}:{port}", name(&s.metadata))
+            })
+            .collect(),
+        slices: o
+            .endpoint_slices
+            .iter()
+            .map(|s| {
+                let ips: Vec<String> = s
+                    .endpoints
+                    .iter()
+                    .flat_map(|e| e.addresses.clone())
+                    .collect();
+                format!("{}={}", name(&s.metadata), ips.join(","))
+            })
+            .collect(),
+        nodes: o
+            .nodes
+            .iter()
+            .map(|n| {
+                let zone = n
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("topology.kubernetes.io/zone"))
+                    .cloned()
+                    .unwrap_or_default();
+                format!("{}@{zone}", n.metadata.name.clone().unwrap_or_default())
+            })
+            .collect(),
+    }
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+struct Harness {
+    emu: Emulator,
+    _dir: TempDir,
+    kubeconfig: PathBuf,
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn harness(test: &str) -> Harness {
+    let (emu, _) = Emulator::start().await.expect("emulator starts");
+    let dir = std::env::temp_dir().join(format!("kproxy-kube-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let kubeconfig = dir.join("kubeconfig");
+    emu.write_kubeconfig(&kubeconfig)
+        .expect("kubeconfig written");
+    Harness {
+        emu,
+        _dir: TempDir(dir),
+        kubeconfig,
+    }
+}
+
+impl Harness {
+    fn apply(&self, v: Value) {
+        self.emu.apply(&v).expect("object applied");
+    }
+
+    async fn source(&self, proxy_name: Option<&str>) -> KubeSource {
+        KubeSource::new(KubeSourceOptions {
+            kubeconfig: Some(self.kubeconfig.clone()),
+            node_name: NODE.into(),
+            proxy_name: proxy_name.map(str::to_string),
+        })
+        .await
+        .expect("kube source starts")
+    }
+
+    /// Lists (not watches) of `resource` the emulator served so far.
+    fn lists(&self, resource: &str) -> usize {
+        self.emu
+            .requests()
+            .iter()
+            .filter(|r| r.contains(&format!("/{resource}?")) && !r.contains("watch=true"))
+            .count()
+    }
+}
+
+/// Waits, through `changed()`, until the snapshot's summary is `want`.
+async fn wait_for(src: &mut KubeSource, want: &Summary, timeout: Duration) {
+    let end = tokio::time::Instant::now() + timeout;
+    loop {
+        if src.synced() && &summary(&src.snapshot()) == want {
+            return;
+        }
+        let left = end.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, src.changed()).await {
+            Ok(r) => r.expect("changed() succeeds"),
+            Err(_) => panic!(
+                "timed out after {timeout:?} waiting for {want:#?}; the source has {:#?} (errors {:?})",
+                summary(&src.snapshot()),
+                src.errors()
+            ),
+        }
+    }
+}
+
+fn base(h: &Harness) {
+    h.apply(service("default", "web", 80, json!({"app": "web"})));
+    h.apply(slice("default", "web-1", "web", &["10.0.1.1"], json!({})));
+    h.apply(node(NODE, "z1"));
+}
+
+fn base_summary() -> Summary {
+    Summary {
+        services: s(&["default/web:80"]),
+        slices: s(&["default/web-1=10.0.1.1"]),
+        nodes: s(&["test-node@z1"]),
+    }
+}
+
+#[tokio::test]
+async fn initial_sync_uses_kube_proxy_selectors() {
+    let h = harness("initial").await;
+    base(&h);
+    h.apply(service(
+        "default",
+        "other-proxy",
+        81,
+        json!({"service.kubernetes.io/service-proxy-name": "other"}),
+    ));
+    h.apply(slice(
+        "default",
+        "other-proxy-1",
+        "other-proxy",
+        &["10.0.2.1"],
+        json!({"service.kubernetes.io/service-proxy-name": "other"}),
+    ));
+    h.apply(slice(
+        "default",
+        "headless-1",
+        "headless",
+        &["10.0.3.1"],
+        json!({"service.kubernetes.io/headless": ""}),
+    ));
+    h.apply(node("other-node", "z2"));
+    let mut src = h.source(None).await;
+    tokio::time::timeout(Duration::from_secs(20), src.changed())
+        .await
+        .expect("initial sync within 20 s")
+        .expect("changed() succeeds");
+    assert!(src.synced());
+    assert_eq!(summary(&src.snapshot()), base_summary());
+
+    let requests = h.emu.requests();
+    let want_labels =
+        "labelSelector=!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+    for resource in [
+        "/api/v1/services?",
+        "/apis/discovery.k8s.io/v1/endpointslices?",
+    ] {
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.contains(resource) && r.contains(want_labels)),
+            "no {resource} request with {want_labels} in {requests:#?}"
+        );
+    }
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("/api/v1/nodes?")
+                && r.contains("fieldSelector=metadata.name=test-node")),
+        "no node request by field selector in {requests:#?}"
+    );
+}
+
+#[tokio::test]
+async fn proxy_name_selects_unlabelled_and_own_objects() {
+    let h = harness("proxy-name").await;
+    base(&h);
+    let mine = json!({"service.kubernetes.io/service-proxy-name": "kproxy"});
+    let other = json!({"service.kubernetes.io/service-proxy-name": "other"});
+    h.apply(service("default", "mine", 82, mine.clone()));
+    h.apply(slice("default", "mine-1", "mine", &["10.0.4.1"], mine));
+    h.apply(service("default", "theirs", 83, other.clone()));
+    h.apply(slice("default", "theirs-1", "theirs", &["10.0.5.1"], other));
+    let mut src = h.source(Some("kproxy")).await;
+    let want = Summary {
+        services: s(&["default/mine:82", "default/web:80"]),
+        slices: s(&["default/mine-1=10.0.4.1", "default/web-1=10.0.1.1"]),
+        nodes: s(&["test-node@z1"]),
+    };
+    wait_for(&mut src, &want, Duration::from_secs(20)).await;
+}
+
+#[tokio::test]
+async fn first_sync_waits_for_every_list() {
+    let h = harness("wait-all").await;
+    base(&h);
+    // Nodes cannot be listed for a while; Services and EndpointSlices can.
+    h.emu.fail_matching_for("/nodes", Duration::from_secs(3));
+    let mut src = h.source(None).await;
+    let early = tokio::time::timeout(Duration::from_secs(2), src.changed()).await;
+    assert!(
+        early.is_err(),
+        "changed() resolved before the Node list succeeded: {:?}",
+        summary(&src.snapshot())
+    );
+    assert!(!src.synced());
+    wait_for(&mut src, &base_summary(), CATCH_UP).await;
+}
+
+#[tokio::test]
+async fn add_modify_delete_of_each_kind() {
+    let h = harness("changes").await;
+    base(&h);
+    let mut src = h.source(None).await;
+    wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
+
+    // Services.
+    h.apply(service("prod", "api", 443, json!({})));
+    let mut want = base_summary();
+    want.services = s(&["default/web:80", "prod/api:443"]);
+    wait_for(&mut src, &want, Duration::from_secs(10)).await;
+    h.apply(service("prod", "api", 8443, json!({})));
+    want.services = s(&["default/web:80", "prod/api:8443"]);
+    wait_for(&mut src, &want, Duration::from_secs(10)).await;
+    h.emu.delete(Kind::Service, "prod", "api").expect("deleted");
+    want.services = s(&["default/web:80"]);
+    wait_for(&mut src, &want, Duration::from_secs(10)).await;
+
+    // EndpointSlices.
+    h.apply(slice("default", "web-2", "web", &["10.0.1.2"], json!({})));
+    want.slices = s(&["default/web-1=10.0.1.1", "default/web-2=10.0.1.2"]);
+    wait_for(&mut src, &want, Duration::from_secs(10)).await;
+    h.apply(slice(
+        "default",
+        "web-1",
+        "web",
+        &["10.0.1.3", "10.0.1.4"],
+        json!({}),
+    ));
+    want.slices = s(&["default/web-1=10.0.1.3,10.0.1.4", "default/web-2=10.0.1.2"]);
+    wait_for(&mut src, &want, Duration::from_secs(10)).await;
+    h.emu
+        .delete(Kind::EndpointSlice, "default", "web-2")
+        .expect("deleted");
+    want.slices = s(&["default/web-1=10.0.1.3,10.0.1.4"]);
+    wait_for(&mut src, &want, Duration::from_secs(10)).await;
+
+    // Leaving the selection is a deletion for the watcher.
+    h.apply(slice(
+        "default",
+        "web-1",
+        "web",
+        &["10.0.1.3"],
+        json!({"service.kubernetes.io/service-proxy-name": "other"}),
+    ));
+    want.slices = vec![];
+    wait_for(&mut src, &want, Duration::from_secs(10)).await;
+    // And entering it an addition.
+    h.apply(slice("default", "web-1", "web", &["10.0.1.5"], json!({})));
+    want.slices = s(&["default/web-1=10.0.1.5"]);
+    wait_for(&mut src, &want, Duration::from_secs(10)).await;
+
+    // This node; other nodes are not watched at all.
+    h.apply(node(NODE, "z9"));
+    want.nodes = s(&["test-node@z9"]);
+    wait_for(&mut src, &want, Duration::from_secs(10)).await;
+    h.apply(node("other-node", "z1"));
+    h.emu.delete(Kind::Node, "", NODE).expect("deleted");
+    want.nodes = vec![];
+    wait_for(&mut src, &want, Duration::from_secs(10)).await;
+    h.apply(node(NODE, "z2"));
+    want.nodes = s(&["test-node@z2"]);
+    wait_for(&mut src, &want, Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn catches_up_after_the_api_server_fails_for_a_while() {
+    let h = harness("fail").await;
+    base(&h);
+    let mut src = h.source(None).await;
+    wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
+    assert!(h.emu.wait_for_watches(3, Duration::from_secs(10)).await);
+
+    h.emu.fail_for(Duration::from_secs(3));
+    h.emu.hang_up_watches();
+    h.apply(service("default", "web", 8080, json!({})));
+    h.apply(slice("default", "web-1", "web", &["10.0.1.9"], json!({})));
+    h.apply(node(NODE, "z3"));
+    // The watchers notice the failures.
+    let end = tokio::time::Instant::now() + Duration::from_secs(3);
+    while src.errors().is_empty() && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!src.errors().is_empty(), "no watcher saw the HTTP 500s");
+    let want = Summary {
+        services: s(&["default/web:8080"]),
+        slices: s(&["default/web-1=10.0.1.9"]),
+        nodes: s(&["test-node@z3"]),
+    };
+    wait_for(&mut src, &want, CATCH_UP).await;
+}
+
+#[tokio::test]
+async fn relists_when_a_watch_falls_behind_the_history() {
+    let h = harness("gone").await;
+    base(&h);
+    let mut src = h.source(None).await;
+    wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
+    assert!(h.emu.wait_for_watches(3, Duration::from_secs(10)).await);
+    let lists_before = h.lists("services");
+
+    // While the watchers are disconnected, more changes happen than the
+    // server keeps: resuming from the old resourceVersion is 410 Gone.
+    h.emu.set_history_limit(2);
+    h.emu.fail_for(Duration::from_secs(2));
+    h.emu.hang_up_watches();
+    for i in 0..5u16 {
+        h.apply(service("default", &format!("s{i}"), 1000 + i, json!({})));
+    }
+    h.emu
+        .delete(Kind::Service, "default", "s0")
+        .expect("deleted");
+    let want = Summary {
+        services: s(&[
+            "default/s1:1001",
+            "default/s2:1002",
+            "default/s3:1003",
+            "default/s4:1004",
+            "default/web:80",
+        ]),
+        ..base_summary()
+    };
+    wait_for(&mut src, &want, CATCH_UP).await;
+    assert!(
+        h.lists("services") > lists_before,
+        "services were not listed again after 410: {:#?}",
+        h.emu.requests()
+    );
+    assert!(
+        h.emu
+            .requests()
+            .iter()
+            .any(|r| r.contains("/services?") && r.contains("watch=true")),
+        "no watch requests"
+    );
+}
+
+#[tokio::test]
+async fn relists_after_a_410_inside_an_open_watch() {
+    let h = harness("expire").await;
+    base(&h);
+    let mut src = h.source(None).await;
+    wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
+    assert!(h.emu.wait_for_watches(3, Duration::from_secs(10)).await);
+    let lists_before = (
+        h.lists("services"),
+        h.lists("endpointslices"),
+        h.lists("nodes"),
+    );
+    h.emu.expire_watches();
+    h.apply(slice("default", "web-1", "web", &["10.0.1.7"], json!({})));
+    let want = Summary {
+        slices: s(&["default/web-1=10.0.1.7"]),
+        ..base_summary()
+    };
+    wait_for(&mut src, &want, CATCH_UP).await;
+    // Every watcher lists again (the store is replaced, not emptied).
+    let end = tokio::time::Instant::now() + CATCH_UP;
+    loop {
+        let now = (
+            h.lists("services"),
+            h.lists("endpointslices"),
+            h.lists("nodes"),
+        );
+        if now.0 > lists_before.0 && now.1 > lists_before.1 && now.2 > lists_before.2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "not every watcher relisted: before {lists_before:?}, now {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(summary(&src.snapshot()), want);
+}
+
+#[tokio::test]
+async fn resumes_watches_after_hang_ups_without_relisting() {
+    let h = harness("hangup").await;
+    base(&h);
+    let mut src = h.source(None).await;
+    wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
+    assert!(h.emu.wait_for_watches(3, Duration::from_secs(10)).await);
+    let lists_before = h.lists("endpointslices");
+    let mut want = base_summary();
+    for i in 0..3 {
+        h.emu.hang_up_watches();
+        let ip = format!("10.0.9.{i}");
+        h.apply(slice("default", "web-1", "web", &[&ip], json!({})));
+        want.slices = vec![format!("default/web-1={ip}")];
+        wait_for(&mut src, &want, CATCH_UP).await;
+        assert!(h.emu.wait_for_watches(3, Duration::from_secs(10)).await);
+    }
+    assert_eq!(
+        h.lists("endpointslices"),
+        lists_before,
+        "a clean hang-up should resume the watch, not list again"
+    );
+}
+
+#[tokio::test]
+async fn survives_an_api_server_restart() {
+    let mut h = harness("restart").await;
+    base(&h);
+    let mut src = h.source(None).await;
+    wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
+    h.emu.stop().await;
+    assert_eq!(h.emu.open_watches(), 0, "stop closes every watch");
+    h.apply(service("default", "web", 9090, json!({})));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The last good state stays while the server is away.
+    assert_eq!(summary(&src.snapshot()), base_summary());
+    h.emu.restart().await.expect("restarts on the same port");
+    let want = Summary {
+        services: s(&["default/web:9090"]),
+        ..base_summary()
+    };
+    wait_for(&mut src, &want, CATCH_UP).await;
+}
+
+#[tokio::test]
+async fn bad_kubeconfig_is_a_clear_error() {
+    let err = KubeSource::new(KubeSourceOptions {
+        kubeconfig: Some("/nonexistent/kubeconfig".into()),
+        node_name: NODE.into(),
+        proxy_name: None,
+    })
+    .await
+    .expect_err("a missing kubeconfig fails");
+    assert!(
+        format!("{err:#}").contains("/nonexistent/kubeconfig"),
+        "error does not name the file: {err:#}"
+    );
+}
