@@ -1,0 +1,607 @@
+//! Everything that runs a process: the iptables [`Flavour`]s, the
+//! [`Runner`] (on the host or inside a network namespace),
+//! [`detect_flavour`], the [`IptablesTransport`], and [`IptablesBackend`],
+//! the [`Backend`] both backend crates wrap.
+//!
+//! Every sync is one `*-restore --noflush --counters` call per family
+//! with the input on stdin: the kernel either takes the whole family's
+//! change or none of it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use kproxy_graph::{
+    ApplyError, Backend, BackendKind, ChangeSet, FamilyChanges, GenError, IpFamily, Render,
+    ServiceGraph, SyncStats, Transport,
+};
+
+use crate::generate::{GenOptions, KUBE_PROXY_CANARY, generate, top_level_chains};
+use crate::ir::{BuiltinRule, FamilyRuleset, Ruleset, TableName};
+use crate::naming::is_service_chain;
+use crate::parse::{Saved, parse_save_lenient};
+use crate::render::{RestorePlan, render_restore};
+
+/// Which iptables implementation programs the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flavour {
+    /// The legacy xtables kernel interface (`iptables-legacy*`): every
+    /// restore replaces whole tables, serialised by the xtables lock.
+    Legacy,
+    /// iptables rules translated to nf_tables (`iptables-nft*`): each
+    /// restore is one nf_tables transaction; no xtables lock.
+    Nft,
+}
+
+impl Flavour {
+    /// The backend this flavour implements.
+    pub fn kind(self) -> BackendKind {
+        match self {
+            Flavour::Legacy => BackendKind::IptablesLegacy,
+            Flavour::Nft => BackendKind::IptablesNft,
+        }
+    }
+
+    fn tool(self, family: IpFamily, suffix: &str) -> String {
+        let base = match family {
+            IpFamily::V4 => "iptables",
+            IpFamily::V6 => "ip6tables",
+        };
+        let f = match self {
+            Flavour::Legacy => "legacy",
+            Flavour::Nft => "nft",
+        };
+        format!("{base}-{f}{suffix}")
+    }
+
+    /// `iptables-legacy-restore`, `ip6tables-nft-restore`, ...
+    pub fn restore_binary(self, family: IpFamily) -> String {
+        self.tool(family, "-restore")
+    }
+
+    /// `iptables-legacy-save`, ...
+    pub fn save_binary(self, family: IpFamily) -> String {
+        self.tool(family, "-save")
+    }
+
+    /// `iptables-legacy`, ...
+    pub fn iptables_binary(self, family: IpFamily) -> String {
+        self.tool(family, "")
+    }
+
+    /// Lock arguments: the legacy flavour serialises on the xtables lock,
+    /// so wait for it as kube-proxy does (`-w 5 -W 100000`); nf_tables
+    /// transactions need no lock.
+    pub fn lock_args(self) -> &'static [&'static str] {
+        match self {
+            Flavour::Legacy => &["-w", "5", "-W", "100000"],
+            Flavour::Nft => &[],
+        }
+    }
+}
+
+/// Runs programs on the host or, for tests, inside a network namespace
+/// (`ip netns exec NAME ...`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Runner {
+    netns: Option<String>,
+}
+
+/// What a finished process left.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// Exit status succeeded.
+    pub success: bool,
+    /// The status, for messages.
+    pub status: String,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Runner {
+    /// Run on the host.
+    pub fn host() -> Self {
+        Runner { netns: None }
+    }
+
+    /// Run every command inside the named network namespace.
+    pub fn in_netns(name: &str) -> Self {
+        Runner {
+            netns: Some(name.to_string()),
+        }
+    }
+
+    /// Run `program args...`, feeding `stdin`. Errors only when the
+    /// program cannot be started (for `ip netns exec`, a missing program
+    /// shows as a failed run instead).
+    pub fn run(
+        &self,
+        program: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> std::io::Result<RunOutput> {
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
+        };
+        cmd.args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        // Write stdin from a thread: a large restore input would otherwise
+        // deadlock against a child that fills its stdout/stderr pipes.
+        let writer = match (stdin, child.stdin.take()) {
+            (Some(text), Some(mut pipe)) => {
+                let text = text.to_string();
+                Some(std::thread::spawn(move || pipe.write_all(text.as_bytes())))
+            }
+            _ => None,
+        };
+        let out = child.wait_with_output()?;
+        if let Some(w) = writer {
+            // A child that exits early closes the pipe; its status says why.
+            let _ = w.join();
+        }
+        Ok(RunOutput {
+            success: out.status.success(),
+            status: out.status.to_string(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+}
+
+fn has_hint(save: &str) -> bool {
+    save.lines()
+        .any(|l| l.starts_with(":KUBE-IPTABLES-HINT") || l.starts_with(":KUBE-KUBELET-CANARY"))
+}
+
+fn rule_lines(save: &str) -> usize {
+    save.lines().filter(|l| l.starts_with('-')).count()
+}
+
+/// Which flavour the host uses, decided as kubernetes-sigs/iptables-wrappers
+/// does (reference §1.15).
+pub fn detect_flavour() -> Flavour {
+    detect_flavour_with(&Runner::host())
+}
+
+/// [`detect_flavour`] through `runner` (tests run it in a namespace):
+/// 1. kubelet's hint chains (`KUBE-IPTABLES-HINT`, `KUBE-KUBELET-CANARY`)
+///    in nft's mangle table → nft;
+/// 2. the same in legacy's tables (read without `-t mangle`, so the table
+///    is not created) → legacy;
+/// 3. else the flavour with more rules; nft on a tie.
+pub fn detect_flavour_with(runner: &Runner) -> Flavour {
+    let out = |program: &str, args: &[&str]| -> String {
+        runner
+            .run(program, args, None)
+            .ok()
+            .filter(|o| o.success)
+            .map(|o| o.stdout)
+            .unwrap_or_default()
+    };
+    let nft_mangle = out("xtables-nft-multi", &["iptables-save", "-t", "mangle"])
+        + &out("xtables-nft-multi", &["ip6tables-save", "-t", "mangle"]);
+    if has_hint(&nft_mangle) {
+        return Flavour::Nft;
+    }
+    let legacy = out("xtables-legacy-multi", &["iptables-save"])
+        + &out("xtables-legacy-multi", &["ip6tables-save"]);
+    if has_hint(&legacy) {
+        return Flavour::Legacy;
+    }
+    let nft = out("xtables-nft-multi", &["iptables-save"])
+        + &out("xtables-nft-multi", &["ip6tables-save"]);
+    if rule_lines(&legacy) > rule_lines(&nft) {
+        Flavour::Legacy
+    } else {
+        Flavour::Nft
+    }
+}
+
+/// One restore call's input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyPayload {
+    /// Which family's tool reads it.
+    pub family: IpFamily,
+    /// The restore text.
+    pub text: String,
+}
+
+/// The transport: the only code that runs the iptables tools.
+#[derive(Debug, Clone)]
+pub struct IptablesTransport {
+    /// The flavour.
+    pub flavour: Flavour,
+    /// Where commands run.
+    pub runner: Runner,
+}
+
+impl IptablesTransport {
+    fn backend(&self) -> &'static str {
+        self.flavour.kind().as_str()
+    }
+
+    fn run(
+        &self,
+        program: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<RunOutput, ApplyError> {
+        self.runner
+            .run(program, args, stdin)
+            .map_err(|source| ApplyError::Spawn {
+                backend: self.backend(),
+                program: program.to_string(),
+                source,
+            })
+    }
+
+    fn restore(&self, family: IpFamily, text: &str, extra: &[&str]) -> Result<(), ApplyError> {
+        let program = self.flavour.restore_binary(family);
+        let mut args: Vec<&str> = self.flavour.lock_args().to_vec();
+        args.extend(["--noflush", "--counters"]);
+        args.extend(extra);
+        let out = self.run(&program, &args, Some(text))?;
+        if out.success {
+            Ok(())
+        } else {
+            Err(ApplyError::Rejected {
+                backend: self.backend(),
+                program,
+                status: out.status,
+                stderr: out.stderr.trim().to_string(),
+            })
+        }
+    }
+
+    /// Check restore input without applying it (`--test`).
+    pub fn test_restore(&self, family: IpFamily, text: &str) -> Result<(), ApplyError> {
+        self.restore(family, text, &["--test"])
+    }
+
+    /// `iptables-save` of one family (every table the kernel has).
+    pub fn save(&self, family: IpFamily) -> Result<String, ApplyError> {
+        let program = self.flavour.save_binary(family);
+        let out = self.run(&program, &[], None)?;
+        if out.success {
+            Ok(out.stdout)
+        } else {
+            Err(ApplyError::Other {
+                backend: self.backend(),
+                message: format!("{program} failed ({}): {}", out.status, out.stderr.trim()),
+            })
+        }
+    }
+
+    /// Whether the canary chain exists in `table` (a missing one means
+    /// someone flushed kproxy's rules).
+    pub fn canary_present(&self, family: IpFamily, table: TableName) -> Result<bool, ApplyError> {
+        let program = self.flavour.iptables_binary(family);
+        let mut args: Vec<&str> = match self.flavour {
+            Flavour::Legacy => vec!["-w", "5"],
+            Flavour::Nft => vec![],
+        };
+        args.extend(["-t", table.as_str(), "-n", "-L", KUBE_PROXY_CANARY]);
+        Ok(self.run(&program, &args, None)?.success)
+    }
+
+    /// The restore input that removes kproxy's (and kube-proxy's) chains
+    /// and their jumps from `saved`, leaving everything else alone;
+    /// `None` when there is nothing to remove.
+    pub fn cleanup_text(saved: &Saved) -> Option<String> {
+        let mut out = String::new();
+        for table in [TableName::Filter, TableName::Nat, TableName::Mangle] {
+            let Some(t) = saved.table(table) else {
+                continue;
+            };
+            let ours: BTreeSet<&str> = t
+                .chains
+                .iter()
+                .map(|c| c.name.as_str())
+                .filter(|n| top_level_chains(table).contains(n) || is_service_chain(n))
+                .collect();
+            if ours.is_empty() {
+                continue;
+            }
+            let mut body = String::new();
+            for c in &ours {
+                body.push_str(&format!(":{c} - [0:0]\n"));
+            }
+            for c in t.chains.iter().filter(|c| !ours.contains(c.name.as_str())) {
+                for r in &c.rules {
+                    let target = match &r.rule {
+                        Some(rule) => rule.jump_target().map(String::from),
+                        None => raw_jump_target(&r.raw),
+                    };
+                    if target.is_some_and(|t| ours.contains(t.as_str())) {
+                        body.push_str(&format!("-D {} {}\n", c.name, r.raw));
+                    }
+                }
+            }
+            for c in &ours {
+                body.push_str(&format!("-X {c}\n"));
+            }
+            out.push_str(&format!("*{table}\n{body}COMMIT\n"));
+        }
+        (!out.is_empty()).then_some(out)
+    }
+}
+
+fn raw_jump_target(raw: &str) -> Option<String> {
+    let words = crate::parse::tokenize(raw).ok()?;
+    let i = words.iter().position(|w| w == "-j" || w == "--jump")?;
+    words.get(i + 1).cloned()
+}
+
+impl Transport for IptablesTransport {
+    type Payload = FamilyPayload;
+
+    fn apply(&mut self, payload: &FamilyPayload) -> Result<(), ApplyError> {
+        self.restore(payload.family, &payload.text, &[])
+    }
+
+    fn dump(&mut self) -> Result<String, ApplyError> {
+        let mut out = String::new();
+        for f in IpFamily::ALL {
+            out.push_str(&crate::render::family_header(f));
+            out.push('\n');
+            out.push_str(&self.save(f)?);
+        }
+        Ok(out)
+    }
+
+    fn cleanup(&mut self) -> Result<(), Vec<ApplyError>> {
+        let mut errors = Vec::new();
+        for f in IpFamily::ALL {
+            let saved = match self.save(f).and_then(|s| {
+                parse_save_lenient(&s).map_err(|e| ApplyError::Other {
+                    backend: self.backend(),
+                    message: e.to_string(),
+                })
+            }) {
+                Ok(s) => s,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            if let Some(text) = Self::cleanup_text(&saved)
+                && let Err(e) = self.restore(f, &text, &[])
+            {
+                errors.push(e);
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// The restore plan of a full sync against what the kernel holds: every
+/// chain rewritten, missing jumps inserted, stale service chains deleted.
+pub fn plan_full(fr: &FamilyRuleset, kernel: &Saved) -> RestorePlan {
+    let mut insert: BTreeMap<TableName, Vec<BuiltinRule>> = BTreeMap::new();
+    let mut delete: BTreeMap<TableName, Vec<String>> = BTreeMap::new();
+    for table in &fr.tables {
+        let kt = kernel.table(table.name);
+        let missing: Vec<BuiltinRule> = table
+            .builtin_rules
+            .iter()
+            .filter(|b| {
+                let want = b.rule.canonical();
+                !kt.and_then(|t| t.chain(&b.chain)).is_some_and(|c| {
+                    c.rules
+                        .iter()
+                        .any(|r| r.rule.as_ref().is_some_and(|r| r.canonical() == want))
+                })
+            })
+            .cloned()
+            .collect();
+        insert.insert(table.name, missing);
+        if let Some(kt) = kt {
+            let stale: Vec<String> = kt
+                .chains
+                .iter()
+                .filter(|c| is_service_chain(&c.name) && table.chain(&c.name).is_none())
+                .map(|c| c.name.clone())
+                .collect();
+            if !stale.is_empty() {
+                delete.insert(table.name, stale);
+            }
+        }
+    }
+    RestorePlan {
+        dirty: None,
+        insert: Some(insert),
+        delete,
+    }
+}
+
+/// The restore plan of a partial sync (kube-proxy's KEP-3453): top-level
+/// chains always, the chains of added and changed service ports, and the
+/// deletion of chains `prev` had that `next` lacks.
+pub fn plan_partial(
+    prev: &FamilyRuleset,
+    next: &FamilyRuleset,
+    changes: &FamilyChanges,
+) -> RestorePlan {
+    let mut delete: BTreeMap<TableName, Vec<String>> = BTreeMap::new();
+    for pt in &prev.tables {
+        let nt = next.table(pt.name);
+        let stale: Vec<String> = pt
+            .chains
+            .iter()
+            .filter(|c| c.owner.is_some() && nt.is_none_or(|t| t.chain(&c.name).is_none()))
+            .map(|c| c.name.clone())
+            .collect();
+        if !stale.is_empty() {
+            delete.insert(pt.name, stale);
+        }
+    }
+    RestorePlan {
+        dirty: Some(changes.dirty().cloned().collect()),
+        insert: Some(BTreeMap::new()),
+        delete,
+    }
+}
+
+/// The [`Backend`] shared by both flavours: generator, transport and the
+/// state between syncs.
+#[derive(Debug)]
+pub struct IptablesBackend {
+    transport: IptablesTransport,
+    options: GenOptions,
+    last: Option<Ruleset>,
+    last_text: Option<String>,
+    need_full: bool,
+}
+
+impl IptablesBackend {
+    /// A backend for `flavour` programming the host.
+    pub fn new(flavour: Flavour) -> Self {
+        Self::with_runner(flavour, Runner::host())
+    }
+
+    /// A backend whose every command runs in network namespace `name`.
+    pub fn in_netns(flavour: Flavour, name: &str) -> Self {
+        Self::with_runner(flavour, Runner::in_netns(name))
+    }
+
+    /// A backend with an explicit runner.
+    pub fn with_runner(flavour: Flavour, runner: Runner) -> Self {
+        IptablesBackend {
+            transport: IptablesTransport { flavour, runner },
+            options: GenOptions::default(),
+            last: None,
+            last_text: None,
+            need_full: true,
+        }
+    }
+
+    /// The flavour.
+    pub fn flavour(&self) -> Flavour {
+        self.transport.flavour
+    }
+
+    /// The transport (for dumps and syntax checks).
+    pub fn transport(&self) -> &IptablesTransport {
+        &self.transport
+    }
+
+    /// The IR last applied successfully.
+    pub fn last_ruleset(&self) -> Option<&Ruleset> {
+        self.last.as_ref()
+    }
+
+    /// The next sync will be full (startup, after a failure).
+    pub fn needs_full_sync(&self) -> bool {
+        self.need_full || self.last.is_none()
+    }
+
+    fn sync_inner(
+        &mut self,
+        graph: &ServiceGraph,
+        changes: Option<&ChangeSet>,
+    ) -> Result<SyncStats, ApplyError> {
+        let rs = generate(graph, &self.options);
+        let full = self.needs_full_sync() || changes.is_none_or(|c| c.needs_full_sync);
+        let mut stats = SyncStats {
+            full,
+            ..SyncStats::default()
+        };
+        // Pessimistic until every family is in: a failure half-way leaves
+        // the next sync full.
+        self.need_full = true;
+        for fr in &rs.families {
+            let prev = self.last.as_ref().and_then(|l| l.family(fr.family));
+            let plan = match (full, prev, changes) {
+                (false, Some(prev), Some(c)) => plan_partial(prev, fr, &c.family(fr.family)),
+                _ => {
+                    let text = self.transport.save(fr.family)?;
+                    let kernel = parse_save_lenient(&text).map_err(|e| ApplyError::Other {
+                        backend: self.transport.backend(),
+                        message: e.to_string(),
+                    })?;
+                    plan_full(fr, &kernel)
+                }
+            };
+            let (text, written) = render_restore(fr, &plan);
+            tracing::trace!(family = %fr.family, full, bytes = text.len(), "iptables-restore input");
+            self.transport.apply(&FamilyPayload {
+                family: fr.family,
+                text: text.clone(),
+            })?;
+            stats.rules_written += written;
+            stats.bytes_written += text.len();
+            stats.rules_total += fr.rule_count();
+        }
+        for fg in graph.families.values() {
+            stats.services += fg.services.len();
+            stats.endpoints += fg.total_endpoints();
+        }
+        self.last_text = Some(rs.render());
+        self.last = Some(rs);
+        self.need_full = false;
+        Ok(stats)
+    }
+}
+
+impl Backend for IptablesBackend {
+    fn kind(&self) -> BackendKind {
+        self.transport.flavour.kind()
+    }
+
+    fn render_full(&self, graph: &ServiceGraph) -> Result<String, GenError> {
+        Ok(generate(graph, &self.options).render())
+    }
+
+    fn sync(
+        &mut self,
+        graph: &ServiceGraph,
+        changes: Option<&ChangeSet>,
+    ) -> Result<SyncStats, ApplyError> {
+        self.sync_inner(graph, changes)
+    }
+
+    fn check(&mut self) -> Result<bool, ApplyError> {
+        let Some(last) = &self.last else {
+            return Ok(false);
+        };
+        let families: Vec<IpFamily> = last.families.iter().map(|f| f.family).collect();
+        for f in families {
+            for t in [TableName::Mangle, TableName::Nat, TableName::Filter] {
+                if !self.transport.canary_present(f, t)? {
+                    self.need_full = true;
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn last_applied(&self) -> Option<String> {
+        self.last_text.clone()
+    }
+
+    fn cleanup(&mut self) -> Result<(), Vec<ApplyError>> {
+        self.last = None;
+        self.last_text = None;
+        self.need_full = true;
+        self.transport.cleanup()
+    }
+}

@@ -1,0 +1,839 @@
+//! The generator: [`ServiceGraph`] → [`Ruleset`], reproducing kube-proxy's
+//! iptables proxier (`syncProxyRules`, reference §1.1–§1.14).
+//!
+//! It renders the graph's [`Decisions`](kproxy_graph::Decisions); endpoint
+//! selection, REJECT versus DROP and the like were decided in the graph.
+//! Services are visited in name order (kube-proxy iterates a Go map), so
+//! the output is deterministic.
+
+use std::net::{IpAddr, SocketAddr};
+
+use kproxy_graph::{
+    FamilyGraph, GenError, Generator, IpFamily, LocalTraffic, NoEndpointVerdict, NodePortIps,
+    Protocol, ServiceGraph, ServicePort, TrafficPolicy,
+};
+
+use crate::ir::{
+    Addr, AddrTypeDir, BuiltinRule, Chain, FamilyRuleset, Match, Recent, Rule, Ruleset, Table,
+    TableName, Target,
+};
+use crate::naming::{comment_safe, ext_chain, fw_chain, sep_chain, svc_chain, svl_chain};
+
+/// filter/nat `KUBE-SERVICES`.
+pub const KUBE_SERVICES: &str = "KUBE-SERVICES";
+/// filter `KUBE-EXTERNAL-SERVICES`.
+pub const KUBE_EXTERNAL_SERVICES: &str = "KUBE-EXTERNAL-SERVICES";
+/// filter `KUBE-FORWARD`.
+pub const KUBE_FORWARD: &str = "KUBE-FORWARD";
+/// filter/nat `KUBE-NODEPORTS`.
+pub const KUBE_NODEPORTS: &str = "KUBE-NODEPORTS";
+/// filter `KUBE-PROXY-FIREWALL`.
+pub const KUBE_PROXY_FIREWALL: &str = "KUBE-PROXY-FIREWALL";
+/// filter `KUBE-FIREWALL` (shared with kubelet; never deleted).
+pub const KUBE_FIREWALL: &str = "KUBE-FIREWALL";
+/// nat `KUBE-POSTROUTING`.
+pub const KUBE_POSTROUTING: &str = "KUBE-POSTROUTING";
+/// nat `KUBE-MARK-MASQ`.
+pub const KUBE_MARK_MASQ: &str = "KUBE-MARK-MASQ";
+/// The canary chain, in mangle, nat and filter.
+pub const KUBE_PROXY_CANARY: &str = "KUBE-PROXY-CANARY";
+
+/// kube-proxy's `largeClusterEndpointsThreshold`.
+pub const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
+
+/// The top-level chains kproxy (and kube-proxy) own, per table: rewritten
+/// on every sync, removed by cleanup. `KUBE-FIREWALL` is not among them:
+/// kubelet owns an identical copy.
+pub fn top_level_chains(table: TableName) -> &'static [&'static str] {
+    match table {
+        TableName::Filter => &[
+            KUBE_SERVICES,
+            KUBE_EXTERNAL_SERVICES,
+            KUBE_FORWARD,
+            KUBE_NODEPORTS,
+            KUBE_PROXY_FIREWALL,
+            KUBE_PROXY_CANARY,
+        ],
+        TableName::Nat => &[
+            KUBE_SERVICES,
+            KUBE_NODEPORTS,
+            KUBE_POSTROUTING,
+            KUBE_MARK_MASQ,
+            KUBE_PROXY_CANARY,
+        ],
+        TableName::Mangle => &[KUBE_PROXY_CANARY],
+    }
+}
+
+/// Options of the generator that are not part of the graph.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenOptions {
+    /// Add `--random-fully` to MASQUERADE (iptables ≥ 1.6.2, as kube-proxy
+    /// decides from the version).
+    pub random_fully: bool,
+    /// Write the KUBE-FORWARD `ctstate INVALID` drop (kube-proxy skips it
+    /// when `nf_conntrack_tcp_be_liberal` is set).
+    pub drop_invalid: bool,
+}
+
+impl Default for GenOptions {
+    fn default() -> Self {
+        GenOptions {
+            random_fully: true,
+            drop_invalid: true,
+        }
+    }
+}
+
+/// The iptables generator.
+#[derive(Debug, Clone, Default)]
+pub struct IptablesGenerator {
+    /// Options.
+    pub options: GenOptions,
+}
+
+impl Generator for IptablesGenerator {
+    type Ruleset = Ruleset;
+
+    fn generate(&self, graph: &ServiceGraph) -> Result<Ruleset, GenError> {
+        Ok(generate(graph, &self.options))
+    }
+}
+
+/// Generate the ruleset of every family in `graph`.
+pub fn generate(graph: &ServiceGraph, options: &GenOptions) -> Ruleset {
+    Ruleset {
+        families: graph
+            .families
+            .values()
+            .map(|fg| generate_family(graph, fg, options))
+            .collect(),
+    }
+}
+
+fn comment(text: String) -> Match {
+    Match::Comment(text)
+}
+
+fn proto(p: Protocol) -> Match {
+    Match::Protocol(p)
+}
+
+fn dst_ip(ip: IpAddr) -> Match {
+    Match::Destination {
+        negated: false,
+        addr: Addr::Ip(ip),
+    }
+}
+
+fn jump(chain: &str) -> Target {
+    Target::Jump(chain.to_string())
+}
+
+fn ctstate(states: &str) -> Match {
+    Match::Conntrack {
+        negated: false,
+        states: states.into(),
+    }
+}
+
+fn local_if(lt: &LocalTraffic, negated: bool) -> Option<Match> {
+    match lt {
+        LocalTraffic::None => None,
+        LocalTraffic::Cidr(net) => Some(Match::Source {
+            negated,
+            addr: Addr::Net(*net),
+        }),
+        LocalTraffic::Interface(name) => Some(Match::InInterface {
+            negated,
+            name: name.clone(),
+        }),
+        LocalTraffic::InterfacePrefix(p) => Some(Match::InInterface {
+            negated,
+            name: format!("{p}+"),
+        }),
+    }
+}
+
+/// Per-family state while generating.
+struct Ctx<'a> {
+    graph: &'a ServiceGraph,
+    fg: &'a FamilyGraph,
+    large: bool,
+    filter: Vec<(&'static str, Vec<Rule>)>,
+    nat_top: Vec<(&'static str, Vec<Rule>)>,
+    nat_services: Vec<Chain>,
+}
+
+impl Ctx<'_> {
+    fn filter_rules(&mut self, chain: &str) -> &mut Vec<Rule> {
+        let i = self
+            .filter
+            .iter()
+            .position(|(c, _)| *c == chain)
+            .unwrap_or(0);
+        &mut self.filter[i].1
+    }
+
+    fn nat_rules(&mut self, chain: &str) -> &mut Vec<Rule> {
+        let i = self
+            .nat_top
+            .iter()
+            .position(|(c, _)| *c == chain)
+            .unwrap_or(0);
+        &mut self.nat_top[i].1
+    }
+
+    /// kube-proxy's `appendServiceCommentLocked`: no per-endpoint comments
+    /// in large-cluster mode.
+    fn endpoint_comment(&self, text: String) -> Vec<Match> {
+        if self.large {
+            Vec::new()
+        } else {
+            vec![comment(text)]
+        }
+    }
+}
+
+fn generate_family(graph: &ServiceGraph, fg: &FamilyGraph, options: &GenOptions) -> FamilyRuleset {
+    let mark = graph.masquerade_mark();
+    let large = fg.total_endpoints() > LARGE_CLUSTER_ENDPOINTS;
+    let is_v6 = fg.family == IpFamily::V6;
+    let kube_firewall = !is_v6 && graph.config.localhost_nodeports;
+    let mut cx = Ctx {
+        graph,
+        fg,
+        large,
+        filter: vec![
+            (KUBE_SERVICES, Vec::new()),
+            (KUBE_EXTERNAL_SERVICES, Vec::new()),
+            (KUBE_FORWARD, Vec::new()),
+            (KUBE_NODEPORTS, Vec::new()),
+            (KUBE_PROXY_FIREWALL, Vec::new()),
+        ],
+        nat_top: vec![
+            (KUBE_SERVICES, Vec::new()),
+            (KUBE_NODEPORTS, Vec::new()),
+            (KUBE_POSTROUTING, Vec::new()),
+            (KUBE_MARK_MASQ, Vec::new()),
+        ],
+        nat_services: Vec::new(),
+    };
+    if kube_firewall {
+        cx.filter.push((KUBE_FIREWALL, Vec::new()));
+    }
+
+    // nat KUBE-POSTROUTING / KUBE-MARK-MASQ.
+    cx.nat_rules(KUBE_POSTROUTING).extend([
+        Rule::new(
+            vec![Match::Mark {
+                negated: true,
+                value: mark,
+                mask: mark,
+            }],
+            Target::Return,
+        ),
+        // Clear the mark so a packet that re-traverses the stack is not
+        // masqueraded twice.
+        Rule::new(vec![], Target::MarkXor(mark)),
+        Rule::new(
+            vec![comment("kubernetes service traffic requiring SNAT".into())],
+            Target::Masquerade {
+                random_fully: options.random_fully,
+            },
+        ),
+    ]);
+    cx.nat_rules(KUBE_MARK_MASQ)
+        .push(Rule::new(vec![], Target::MarkOr(mark)));
+
+    if kube_firewall {
+        // CVE-2020-8558: route_localnet lets neighbours reach 127.0.0.1;
+        // identical to kubelet's copy of this rule.
+        cx.filter_rules(KUBE_FIREWALL).push(Rule::new(
+            vec![
+                comment("block incoming localnet connections".into()),
+                dst_ip_net("127.0.0.0/8", false),
+                src_net("127.0.0.0/8", true),
+                Match::Conntrack {
+                    negated: true,
+                    states: "RELATED,ESTABLISHED,DNAT".into(),
+                },
+            ],
+            Target::Drop,
+        ));
+    }
+
+    for sp in fg.services.values() {
+        service_rules(&mut cx, sp);
+    }
+
+    nodeport_catch_all(&mut cx, is_v6);
+
+    // filter KUBE-FORWARD. No `-m nfacct`: kproxy does not require it.
+    if options.drop_invalid {
+        cx.filter_rules(KUBE_FORWARD)
+            .push(Rule::new(vec![ctstate("INVALID")], Target::Drop));
+    }
+    cx.filter_rules(KUBE_FORWARD).extend([
+        Rule::new(
+            vec![
+                comment("kubernetes forwarding rules".into()),
+                Match::Mark {
+                    negated: false,
+                    value: mark,
+                    mask: mark,
+                },
+            ],
+            Target::Accept,
+        ),
+        Rule::new(
+            vec![
+                comment("kubernetes forwarding conntrack rule".into()),
+                ctstate("RELATED,ESTABLISHED"),
+            ],
+            Target::Accept,
+        ),
+    ]);
+
+    let mut filter = Table::new(TableName::Filter);
+    for (name, rules) in std::mem::take(&mut cx.filter) {
+        filter.chains.push(Chain {
+            name: name.into(),
+            owner: None,
+            rules,
+        });
+    }
+    filter.chains.push(canary());
+    filter.builtin_rules = filter_jumps(kube_firewall);
+
+    let mut nat = Table::new(TableName::Nat);
+    for (name, rules) in std::mem::take(&mut cx.nat_top) {
+        nat.chains.push(Chain {
+            name: name.into(),
+            owner: None,
+            rules,
+        });
+    }
+    nat.chains.push(canary());
+    nat.chains.append(&mut cx.nat_services);
+    nat.builtin_rules = nat_jumps();
+
+    let mut mangle = Table::new(TableName::Mangle);
+    mangle.chains.push(canary());
+
+    FamilyRuleset {
+        family: fg.family,
+        tables: vec![filter, nat, mangle],
+        large_cluster: large,
+    }
+}
+
+fn canary() -> Chain {
+    Chain {
+        name: KUBE_PROXY_CANARY.into(),
+        owner: None,
+        rules: Vec::new(),
+    }
+}
+
+fn dst_ip_net(net: &str, negated: bool) -> Match {
+    Match::Destination {
+        negated,
+        addr: Addr::Net(net.parse().unwrap_or_default()),
+    }
+}
+
+fn src_net(net: &str, negated: bool) -> Match {
+    Match::Source {
+        negated,
+        addr: Addr::Net(net.parse().unwrap_or_default()),
+    }
+}
+
+fn builtin(chain: &str, mut extra: Vec<Match>, text: Option<&str>, to: &str) -> BuiltinRule {
+    if let Some(t) = text {
+        extra.push(comment(t.into()));
+    }
+    BuiltinRule {
+        chain: chain.into(),
+        rule: Rule::new(extra, jump(to)),
+    }
+}
+
+/// kube-proxy's `iptablesJumpChains` for the filter table (plus kubelet's
+/// KUBE-FIREWALL jumps when localhost NodePorts are on). Each is prepended,
+/// in this order, so the last ends up first.
+fn filter_jumps(kube_firewall: bool) -> Vec<BuiltinRule> {
+    let new = || vec![ctstate("NEW")];
+    let mut v = vec![
+        builtin(
+            "INPUT",
+            new(),
+            Some("kubernetes externally-visible service portals"),
+            KUBE_EXTERNAL_SERVICES,
+        ),
+        builtin(
+            "FORWARD",
+            new(),
+            Some("kubernetes externally-visible service portals"),
+            KUBE_EXTERNAL_SERVICES,
+        ),
+        builtin(
+            "INPUT",
+            vec![],
+            Some("kubernetes health check service ports"),
+            KUBE_NODEPORTS,
+        ),
+        builtin(
+            "FORWARD",
+            new(),
+            Some("kubernetes service portals"),
+            KUBE_SERVICES,
+        ),
+        builtin(
+            "OUTPUT",
+            new(),
+            Some("kubernetes service portals"),
+            KUBE_SERVICES,
+        ),
+        builtin(
+            "FORWARD",
+            vec![],
+            Some("kubernetes forwarding rules"),
+            KUBE_FORWARD,
+        ),
+        builtin(
+            "INPUT",
+            new(),
+            Some("kubernetes load balancer firewall"),
+            KUBE_PROXY_FIREWALL,
+        ),
+        builtin(
+            "OUTPUT",
+            new(),
+            Some("kubernetes load balancer firewall"),
+            KUBE_PROXY_FIREWALL,
+        ),
+        builtin(
+            "FORWARD",
+            new(),
+            Some("kubernetes load balancer firewall"),
+            KUBE_PROXY_FIREWALL,
+        ),
+    ];
+    if kube_firewall {
+        v.push(builtin("INPUT", vec![], None, KUBE_FIREWALL));
+        v.push(builtin("OUTPUT", vec![], None, KUBE_FIREWALL));
+    }
+    v
+}
+
+fn nat_jumps() -> Vec<BuiltinRule> {
+    vec![
+        builtin(
+            "OUTPUT",
+            vec![],
+            Some("kubernetes service portals"),
+            KUBE_SERVICES,
+        ),
+        builtin(
+            "PREROUTING",
+            vec![],
+            Some("kubernetes service portals"),
+            KUBE_SERVICES,
+        ),
+        builtin(
+            "POSTROUTING",
+            vec![],
+            Some("kubernetes postrouting rules"),
+            KUBE_POSTROUTING,
+        ),
+    ]
+}
+
+fn nodeport_catch_all(cx: &mut Ctx<'_>, is_v6: bool) {
+    const TEXT: &str =
+        "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
+    match &cx.fg.nodeport_ips {
+        NodePortIps::All => {
+            let mut m = vec![
+                comment(TEXT.into()),
+                Match::AddrType {
+                    dir: AddrTypeDir::Dst,
+                    kind: "LOCAL".into(),
+                },
+            ];
+            // Localhost NodePorts never work for IPv6, and for IPv4 only
+            // with route_localnet (localhostNodePorts).
+            if is_v6 {
+                m.push(dst_ip_net("::1/128", true));
+            } else if !cx.fg.localhost_nodeports {
+                m.push(dst_ip_net("127.0.0.0/8", true));
+            }
+            cx.nat_rules(KUBE_SERVICES)
+                .push(Rule::new(m, jump(KUBE_NODEPORTS)));
+        }
+        NodePortIps::Only(ips) => {
+            let mut ips = ips.clone();
+            if cx.fg.localhost_nodeports && !is_v6 {
+                ips.push(IpAddr::from([127, 0, 0, 1]));
+                ips.sort();
+                ips.dedup();
+            }
+            for ip in ips {
+                cx.nat_rules(KUBE_SERVICES).push(Rule::new(
+                    vec![comment(TEXT.into()), dst_ip(ip)],
+                    jump(KUBE_NODEPORTS),
+                ));
+            }
+        }
+    }
+}
+
+fn verdict(v: NoEndpointVerdict, name: &str) -> (Target, String) {
+    match v {
+        NoEndpointVerdict::Reject => (Target::Reject, format!("{name} has no endpoints")),
+        NoEndpointVerdict::Drop => (Target::Drop, format!("{name} has no local endpoints")),
+    }
+}
+
+/// One service port: its rules in the top-level chains and its own chains
+/// (the body of kube-proxy's per-service loop).
+fn service_rules(cx: &mut Ctx<'_>, sp: &ServicePort) {
+    let spn = &sp.name;
+    let name = comment_safe(&spn.to_string());
+    let p = spn.protocol;
+    let d = &sp.decisions;
+    let has_endpoints = d.has_endpoints;
+
+    let svc = svc_chain(spn);
+    let svl = svl_chain(spn);
+    let ext = ext_chain(spn);
+    let fw = fw_chain(spn);
+    let internal_chain = match d.internal_policy_chain {
+        TrafficPolicy::Cluster => &svc,
+        TrafficPolicy::Local => &svl,
+    };
+    let external_policy_chain = match d.external_policy_chain {
+        TrafficPolicy::Cluster => &svc,
+        TrafficPolicy::Local => &svl,
+    };
+    // kube-proxy's iptables mode needs endpoints before it writes KUBE-FW.
+    let uses_fw = d.source_ranges_apply && has_endpoints;
+    let lb_chain = if uses_fw { &fw } else { &ext };
+    let lb_ips: Vec<IpAddr> = sp.vip_load_balancer_ips().collect();
+    let port = sp.port;
+    let svc_dst = |ip: IpAddr| vec![proto(p), dst_ip(ip), Match::DestPort(port)];
+
+    // ClusterIP.
+    if d.has_internal_endpoints {
+        let mut m = vec![comment(format!("{name} cluster IP"))];
+        m.extend(svc_dst(sp.cluster_ip));
+        cx.nat_rules(KUBE_SERVICES)
+            .push(Rule::new(m, jump(internal_chain)));
+    } else if let Some(v) = d.internal_verdict {
+        let (t, text) = verdict(v, &name);
+        let mut m = vec![comment(text)];
+        m.extend(svc_dst(sp.cluster_ip));
+        cx.filter_rules(KUBE_SERVICES).push(Rule::new(m, t));
+    }
+
+    // External IPs.
+    for ip in &sp.external_ips {
+        if has_endpoints {
+            let mut m = vec![comment(format!("{name} external IP"))];
+            m.extend(svc_dst(*ip));
+            cx.nat_rules(KUBE_SERVICES).push(Rule::new(m, jump(&ext)));
+        }
+        if let Some(v) = d.external_verdict {
+            let (t, text) = verdict(v, &name);
+            let mut m = vec![comment(text)];
+            m.extend(svc_dst(*ip));
+            cx.filter_rules(KUBE_EXTERNAL_SERVICES)
+                .push(Rule::new(m, t));
+        }
+    }
+
+    // LoadBalancer IPs (ipMode Proxy ones get no rule).
+    for ip in &lb_ips {
+        if has_endpoints {
+            let mut m = vec![comment(format!("{name} loadbalancer IP"))];
+            m.extend(svc_dst(*ip));
+            cx.nat_rules(KUBE_SERVICES)
+                .push(Rule::new(m, jump(lb_chain)));
+        }
+        if uses_fw {
+            let mut m = vec![comment(format!("{name} traffic not accepted by {fw}"))];
+            m.extend(svc_dst(*ip));
+            cx.filter_rules(KUBE_PROXY_FIREWALL)
+                .push(Rule::new(m, Target::Drop));
+        }
+    }
+    if let Some(v) = d.external_verdict {
+        for ip in &lb_ips {
+            let (t, text) = verdict(v, &name);
+            let mut m = vec![comment(text)];
+            m.extend(svc_dst(*ip));
+            cx.filter_rules(KUBE_EXTERNAL_SERVICES)
+                .push(Rule::new(m, t));
+        }
+    }
+
+    // NodePort. Not subject to source ranges (upstream behaviour).
+    if let Some(np) = sp.node_port {
+        if has_endpoints {
+            cx.nat_rules(KUBE_NODEPORTS).push(Rule::new(
+                vec![comment(name.clone()), proto(p), Match::DestPort(np)],
+                jump(&ext),
+            ));
+        }
+        if let Some(v) = d.external_verdict {
+            let (t, text) = verdict(v, &name);
+            cx.filter_rules(KUBE_EXTERNAL_SERVICES).push(Rule::new(
+                vec![
+                    comment(text),
+                    Match::AddrType {
+                        dir: AddrTypeDir::Dst,
+                        kind: "LOCAL".into(),
+                    },
+                    proto(p),
+                    Match::DestPort(np),
+                ],
+                t,
+            ));
+        }
+    }
+
+    // Health-check node port: accepted whether or not there are local
+    // endpoints, so restrictive host firewalls let the LB probe it.
+    if let Some(hc) = sp.health_check_node_port {
+        cx.filter_rules(KUBE_NODEPORTS).push(Rule::new(
+            vec![
+                comment(format!("{name} health check node port")),
+                proto(Protocol::Tcp),
+                Match::DestPort(hc),
+            ],
+            Target::Accept,
+        ));
+    }
+
+    // The service's own chains, in kube-proxy's order: EXT, FW, SVC, SVL, SEP.
+    let mut chains: Vec<Chain> = Vec::new();
+    let own = |name: &str, rules: Vec<Rule>| Chain {
+        name: name.to_string(),
+        owner: Some(spn.clone()),
+        rules,
+    };
+
+    let mut internal_masq: Option<Rule> = None;
+    if d.has_internal_endpoints {
+        let mut m = vec![comment(format!("{name} cluster IP"))];
+        m.extend(svc_dst(sp.cluster_ip));
+        if cx.graph.config.masquerade_all {
+            internal_masq = Some(Rule::new(m, jump(KUBE_MARK_MASQ)));
+        } else if let Some(not_local) = local_if(&cx.fg.local_traffic, true) {
+            // Off-cluster traffic to a ClusterIP may bounce off-node:
+            // masquerade it.
+            m.push(not_local);
+            internal_masq = Some(Rule::new(m, jump(KUBE_MARK_MASQ)));
+        }
+    }
+
+    if d.uses_external_chain {
+        let mut rules = Vec::new();
+        if d.external_policy_chain == TrafficPolicy::Cluster {
+            rules.push(Rule::new(
+                vec![comment(format!(
+                    "masquerade traffic for {name} external destinations"
+                ))],
+                jump(KUBE_MARK_MASQ),
+            ));
+        } else {
+            // The short-circuits jump to the cluster chain, which exists
+            // whenever the port is externally accessible and has endpoints
+            // (kube-proxy's UsesClusterEndpoints); guard anyway so a graph
+            // without it can never produce a dangling jump.
+            let svc_exists = d.uses_cluster_chain;
+            if let Some(is_local) = local_if(&cx.fg.local_traffic, false).filter(|_| svc_exists) {
+                // Pod → external destination behaves as if it went out to
+                // the LB and came back: cluster policy, no masquerade.
+                rules.push(Rule::new(
+                    vec![
+                        comment(format!("pod traffic for {name} external destinations")),
+                        is_local,
+                    ],
+                    jump(&svc),
+                ));
+            }
+            let local_src = || Match::AddrType {
+                dir: AddrTypeDir::Src,
+                kind: "LOCAL".into(),
+            };
+            rules.push(Rule::new(
+                vec![
+                    comment(format!(
+                        "masquerade LOCAL traffic for {name} external destinations"
+                    )),
+                    local_src(),
+                ],
+                jump(KUBE_MARK_MASQ),
+            ));
+            if svc_exists {
+                rules.push(Rule::new(
+                    vec![
+                        comment(format!(
+                            "route LOCAL traffic for {name} external destinations"
+                        )),
+                        local_src(),
+                    ],
+                    jump(&svc),
+                ));
+            }
+        }
+        if d.has_external_endpoints {
+            rules.push(Rule::new(vec![], jump(external_policy_chain)));
+        }
+        chains.push(own(&ext, rules));
+    }
+
+    if uses_fw {
+        let fw_comment = || comment(format!("{name} loadbalancer IP"));
+        let mut rules = Vec::new();
+        let node_ip = primary_node_ip(cx);
+        let mut allow_from_node = false;
+        for cidr in &sp.source_ranges {
+            rules.push(Rule::new(
+                vec![
+                    fw_comment(),
+                    Match::Source {
+                        negated: false,
+                        addr: Addr::Net(*cidr),
+                    },
+                ],
+                jump(&ext),
+            ));
+            if node_ip.is_some_and(|ip| cidr.contains(&ip)) {
+                allow_from_node = true;
+            }
+        }
+        // A VIP-like LB's IP is often local on the node: its requests to
+        // the VIP loop back with the VIP as source.
+        if allow_from_node {
+            for ip in &lb_ips {
+                rules.push(Rule::new(
+                    vec![
+                        fw_comment(),
+                        Match::Source {
+                            negated: false,
+                            addr: Addr::Ip(*ip),
+                        },
+                    ],
+                    jump(&ext),
+                ));
+            }
+        }
+        rules.push(Rule {
+            matches: vec![comment(format!(
+                "other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"
+            ))],
+            target: None,
+        });
+        chains.push(own(&fw, rules));
+    }
+
+    if d.uses_cluster_chain {
+        let mut rules = Vec::new();
+        if internal_chain == &svc
+            && let Some(r) = internal_masq.take()
+        {
+            rules.push(r);
+        }
+        endpoint_rules(cx, sp, &name, &sp.cluster_endpoints, &mut rules);
+        chains.push(own(&svc, rules));
+    }
+    if d.uses_local_chain {
+        let mut rules = Vec::new();
+        if internal_chain == &svl
+            && let Some(r) = internal_masq.take()
+        {
+            rules.push(r);
+        }
+        endpoint_rules(cx, sp, &name, &sp.local_endpoints, &mut rules);
+        chains.push(own(&svl, rules));
+    }
+
+    for ep in &sp.reachable_endpoints {
+        let addr = ep.addr_string();
+        let sep = sep_chain(spn, &addr);
+        let base = cx.endpoint_comment(name.clone());
+        let mut hairpin = base.clone();
+        hairpin.push(Match::Source {
+            negated: false,
+            addr: Addr::Ip(ep.ip),
+        });
+        let mut dnat = base;
+        if sp.session_affinity.is_some() {
+            dnat.push(Match::Recent(Recent::Set { name: sep.clone() }));
+        }
+        dnat.push(proto(p));
+        chains.push(own(
+            &sep,
+            vec![
+                // Traffic that loops back to its originator needs SNAT.
+                Rule::new(hairpin, jump(KUBE_MARK_MASQ)),
+                Rule::new(dnat, Target::Dnat(SocketAddr::new(ep.ip, ep.port))),
+            ],
+        ));
+    }
+
+    cx.nat_services.extend(chains);
+}
+
+/// The address kube-proxy calls `nodeIP` for this family.
+fn primary_node_ip(cx: &Ctx<'_>) -> Option<IpAddr> {
+    cx.graph
+        .node
+        .primary_ips
+        .iter()
+        .find(|ip| IpFamily::of(ip) == cx.fg.family)
+        .or_else(|| cx.fg.node_ips.first())
+        .copied()
+}
+
+/// kube-proxy's `writeServiceToEndpointRules`: affinity checks first, then
+/// the probabilistic branches, the last one unconditional.
+fn endpoint_rules(
+    cx: &Ctx<'_>,
+    sp: &ServicePort,
+    name: &str,
+    endpoints: &[kproxy_graph::Endpoint],
+    rules: &mut Vec<Rule>,
+) {
+    let chains: Vec<(String, String)> = endpoints
+        .iter()
+        .map(|ep| {
+            let addr = ep.addr_string();
+            (sep_chain(&sp.name, &addr), addr)
+        })
+        .collect();
+    if let Some(aff) = sp.session_affinity {
+        for (sep, addr) in &chains {
+            let mut m = cx.endpoint_comment(format!("{name} -> {addr}"));
+            m.push(Match::Recent(Recent::Check {
+                name: sep.clone(),
+                seconds: aff.timeout_seconds,
+            }));
+            rules.push(Rule::new(m, jump(sep)));
+        }
+    }
+    let n = chains.len();
+    for (i, (sep, addr)) in chains.iter().enumerate() {
+        let mut m = cx.endpoint_comment(format!("{name} -> {addr}"));
+        if i + 1 < n {
+            m.push(Match::Statistic {
+                one_in: u32::try_from(n - i).unwrap_or(u32::MAX),
+            });
+        }
+        rules.push(Rule::new(m, jump(sep)));
+    }
+}
