@@ -1,0 +1,59 @@
+//! Every scenario in proto-tests/scenarios/ on every backend it applies to,
+//! through `kproxy run --once` in the node namespace. Narrow with
+//! PROTO_SCENARIOS=seed,udp and PROTO_BACKENDS=nftables; PROTO_JOBS sets
+//! how many run at once (default 3). Needs root and the netfilter tools:
+//! fails, never skips, without them.
+
+use std::path::Path;
+
+use kproxy_proto_tests::runner::Applier;
+
+#[test]
+fn scenarios() {
+    let env = |k: &str| std::env::var(k).unwrap_or_default();
+    let files = kproxy_proto_tests::scenario_files(&env("PROTO_SCENARIOS"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let backends =
+        kproxy_proto_tests::backends(&env("PROTO_BACKENDS")).unwrap_or_else(|e| panic!("{e}"));
+    let jobs = env("PROTO_JOBS").parse().unwrap_or(3);
+    kproxy_proto_tests::topo::preflight().unwrap_or_else(|e| panic!("{e}"));
+    let bin = kproxy_proto_tests::kproxy_binary().unwrap_or_else(|e| panic!("{e}"));
+    let reports = kproxy_proto_tests::run_suite(
+        &files,
+        &backends,
+        Path::new(env!("CARGO_BIN_EXE_kproxy-proto")),
+        &Applier::Kproxy { bin },
+        jobs,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!reports.is_empty(), "no scenario ran");
+    let mut summary = String::new();
+    let mut failed = Vec::new();
+    for r in &reports {
+        let (pass, fail, known, notrun) = r.counts();
+        summary.push_str(&format!(
+            "  {:<28} {:<16} {:>4} {:>4} {:>4} {:>4}  {}\n",
+            r.scenario,
+            r.backend,
+            pass,
+            fail,
+            known,
+            notrun,
+            if r.failed() { "FAIL" } else { "ok" }
+        ));
+        if r.failed() {
+            failed.push(r.render());
+        }
+    }
+    println!(
+        "proto-tests summary:\n  {:<28} {:<16} pass fail know skip\n{summary}",
+        "scenario", "backend"
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} scenario runs failed:\n{}",
+        failed.len(),
+        reports.len(),
+        failed.join("\n")
+    );
+}
