@@ -42,13 +42,38 @@ pub struct InputArgs {
 impl InputArgs {
     /// The configuration: defaults, then the file, then flags.
     pub fn proxy_config(&self, mode: Option<ProxyMode>) -> anyhow::Result<ProxyConfig> {
+        let file = self.config_file()?;
+        self.proxy_config_with(file.as_ref(), mode)
+    }
+
+    /// The `--config` file, parsed (not yet applied).
+    pub fn config_file(&self) -> anyhow::Result<Option<KubeProxyConfiguration>> {
+        let Some(path) = &self.config else {
+            return Ok(None);
+        };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg = KubeProxyConfiguration::from_yaml(&text)
+            .with_context(|| format!("in {}", path.display()))?;
+        Ok(Some(cfg))
+    }
+
+    /// The configuration from an already parsed file: defaults, then the
+    /// file, then flags.
+    pub fn proxy_config_with(
+        &self,
+        file: Option<&KubeProxyConfiguration>,
+        mode: Option<ProxyMode>,
+    ) -> anyhow::Result<ProxyConfig> {
         let mut pc = ProxyConfig::default();
-        if let Some(path) = &self.config {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            KubeProxyConfiguration::from_yaml(&text)
-                .and_then(|c| c.apply_to(&mut pc))
-                .with_context(|| format!("in {}", path.display()))?;
+        if let Some(cfg) = file {
+            let path = self
+                .config
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            cfg.apply_to(&mut pc)
+                .with_context(|| format!("in {path}"))?;
         }
         if let Some(mode) = mode {
             pc.mode = mode;

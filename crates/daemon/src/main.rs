@@ -1,37 +1,36 @@
 //! `kproxy`: the node daemon and the offline tools.
+//!
+//! Modules: [`cli`] (arguments), [`input`] (YAML input and configuration),
+//! [`settings`] (flags over the KubeProxyConfiguration file),
+//! [`backends`] (construction and `auto` selection), [`render`] (offline
+//! `graph` and `render`), [`daemon`] (`run`), [`source`] (API and file
+//! sources), [`reconcile`] (the sync loop), [`health`], [`hcports`],
+//! [`metrics`], [`http`], [`state`], [`conntrack`], [`cleanup`], [`trace`].
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::Parser as _;
 
+mod backends;
+mod cleanup;
+mod cli;
+mod conntrack;
+mod daemon;
+mod hcports;
+mod health;
+mod http;
 mod input;
-
-/// kproxy: a Kubernetes Service proxy for Linux nodes.
-#[derive(Debug, Parser)]
-#[command(name = "kproxy", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Print this node's service graph: service ports, VIPs, NodePorts,
-    /// chosen cluster and local endpoints, the decisions, and warnings.
-    Graph {
-        #[command(flatten)]
-        input: input::InputArgs,
-        /// Kubernetes YAML/JSON files or directories.
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-    },
-}
+mod metrics;
+mod reconcile;
+mod render;
+mod settings;
+mod source;
+mod state;
+mod trace;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let cli = cli::Cli::parse();
+    match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kproxy: {e:#}");
@@ -40,13 +39,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Graph { input, files } => {
-            let config = input.proxy_config(None).context("configuration")?;
-            let graph = input::load_graph(&files, &config)?;
-            print!("{}", kproxy_graph::display::graph(&graph));
-            Ok(ExitCode::SUCCESS)
+        cli::Command::Graph { input, files } => render::graph(&input, &files),
+        cli::Command::Render {
+            backend,
+            input,
+            files,
+        } => render::render(backend.into(), &input, &files),
+        cli::Command::Run(args) => daemon::main(&args),
+        cli::Command::Cleanup { backend } => {
+            trace::init(cli::LogFormat::Text);
+            let errors = cleanup::run(backend);
+            for e in &errors {
+                eprintln!("kproxy cleanup: {e}");
+            }
+            Ok(if errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

@@ -1,0 +1,102 @@
+//! `kproxy run`: settings, listeners, source, reconcile loop.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use crate::cli::RunArgs;
+use crate::health::ProxyHealth;
+use crate::reconcile::{LoopOptions, Reconciler};
+use crate::settings::Settings;
+use crate::source::{Source, SourceOptions};
+use crate::state::{Shared, Status};
+use crate::{backends, health, http, metrics, trace};
+
+/// Run the daemon (or one sync with `--once`).
+pub fn main(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    trace::init(args.log_format);
+    let settings = Settings::resolve(args)?;
+    tracing::info!(
+        backend = %settings.backend,
+        requested = ?args.backend,
+        node = %settings.proxy.node_name,
+        source = %args.source,
+        sync_period = ?settings.sync_period,
+        min_sync_period = ?settings.min_sync_period,
+        "kproxy starting"
+    );
+    let backend = backends::make_backend(settings.backend)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run(args, settings, backend))
+}
+
+async fn run(
+    args: &RunArgs,
+    settings: Settings,
+    backend: Box<dyn kproxy_graph::Backend>,
+) -> anyhow::Result<ExitCode> {
+    let shared = Shared::new(
+        ProxyHealth::new(settings.sync_period * 2),
+        Status {
+            backend: Some(settings.backend),
+            source: args.source.clone(),
+            dry_run: args.dry_run,
+            ..Status::default()
+        },
+    );
+    let mut tasks = Vec::new();
+    if !args.once {
+        if let Some(addr) = settings.healthz_addr {
+            let l = http::bind("healthz", addr).await?;
+            tracing::info!(%addr, "serving /healthz and /livez");
+            tasks.push(tokio::spawn(http::serve(
+                l,
+                health::handler(shared.clone()),
+            )));
+        }
+        if let Some(addr) = settings.metrics_addr {
+            let l = http::bind("metrics", addr).await?;
+            tracing::info!(%addr, "serving /metrics, /rules, /graph, /status");
+            tasks.push(tokio::spawn(http::serve(
+                l,
+                metrics::handler(shared.clone()),
+            )));
+        }
+    }
+    let source = Source::open(
+        &args.source,
+        SourceOptions {
+            kubeconfig: args.kubeconfig.clone(),
+            node_name: settings.proxy.node_name.clone(),
+            proxy_name: settings.proxy.proxy_name.clone(),
+        },
+    )
+    .await?;
+    let opts = LoopOptions {
+        dry_run: args.dry_run,
+        cleanup_other_modes: !args.no_cleanup_other_modes,
+        conntrack_cleanup: !args.no_conntrack_cleanup,
+        health_check_node_ports: !args.no_health_check_node_ports && !args.once,
+    };
+    let reconciler = Reconciler::new(settings, opts, backend, shared.clone());
+    let ok = reconciler.run(source, args.once).await?;
+    for t in tasks {
+        t.abort();
+    }
+    if ok {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let err = shared
+            .status()
+            .last_error
+            .as_ref()
+            .map(|(_, e)| e.clone())
+            .unwrap_or_default();
+        eprintln!("kproxy: sync failed: {err}");
+        Ok(ExitCode::FAILURE)
+    }
+}

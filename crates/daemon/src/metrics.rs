@@ -1,0 +1,396 @@
+//! Prometheus metrics: kube-proxy's `kubeproxy_*` names and labels
+//! (reference §3.2), so existing dashboards and alerts keep working, plus
+//! kproxy's own `kproxy_*`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// `{table}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    /// The iptables table (kproxy reports the total as `all`).
+    pub table: String,
+}
+
+/// `{code}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The HTTP status code.
+    pub code: String,
+}
+
+/// `{traffic_policy}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    /// `internal` or `external`.
+    pub traffic_policy: String,
+}
+
+/// `{ip_family}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyLabel {
+    /// `IPv4` or `IPv6`.
+    pub ip_family: String,
+}
+
+/// `{sync}`: `full` or `partial`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncLabel {
+    /// `full` or `partial`.
+    pub sync: String,
+}
+
+type FGauge = Gauge<f64, AtomicU64>;
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Duration of every sync.
+    pub sync_duration: Histogram,
+    /// Duration of full syncs.
+    pub sync_full_duration: Histogram,
+    /// Duration of partial syncs.
+    pub sync_partial_duration: Histogram,
+    /// EndpointSlice trigger time to rules in the kernel.
+    pub network_programming: Histogram,
+    /// Last successful sync (Unix seconds).
+    pub last_sync_timestamp: FGauge,
+    /// Last time a sync was requested (Unix seconds).
+    pub last_queued_timestamp: FGauge,
+    /// EndpointSlice changes not yet synced.
+    pub endpoint_changes_pending: Gauge,
+    /// EndpointSlice changes seen.
+    pub endpoint_changes_total: Counter,
+    /// Service changes not yet synced.
+    pub service_changes_pending: Gauge,
+    /// Service changes seen.
+    pub service_changes_total: Counter,
+    /// Rules owned (iptables backends).
+    pub iptables_total: Family<TableLabel, Gauge>,
+    /// Rules written in the last restore (iptables backends).
+    pub iptables_last: Family<TableLabel, Gauge>,
+    /// Failed restores (iptables backends).
+    pub iptables_restore_failures: Counter,
+    /// Failed partial restores (iptables backends).
+    pub iptables_partial_restore_failures: Counter,
+    /// Failed nft transactions.
+    pub nftables_sync_failures: Counter,
+    /// Local-policy service ports without local endpoints.
+    pub no_local_endpoints: Family<PolicyLabel, Gauge>,
+    /// /healthz answers by code.
+    pub healthz_total: Family<CodeLabel, Counter>,
+    /// /livez answers by code.
+    pub livez_total: Family<CodeLabel, Counter>,
+    /// Conntrack cleanup run time.
+    pub conntrack_duration: Histogram,
+    /// Conntrack entries deleted.
+    pub conntrack_deleted: Family<FamilyLabel, Counter>,
+    /// kproxy: bytes sent to the kernel.
+    pub bytes_written: Counter,
+    /// kproxy: bytes sent in the last sync.
+    pub bytes_last: Gauge,
+    /// kproxy: rules/statements sent to the kernel.
+    pub objects_written: Counter,
+    /// kproxy: rules/statements the backend owns.
+    pub objects_total: Gauge,
+    /// kproxy: syncs by kind.
+    pub syncs: Family<SyncLabel, Counter>,
+    /// kproxy: failed syncs by kind (every backend).
+    pub sync_failures: Family<SyncLabel, Counter>,
+    /// kproxy: drift found by the periodic check and repaired.
+    pub drift_repairs: Counter,
+    /// kproxy: objects or fields skipped as invalid in the current state.
+    pub invalid_objects: Gauge,
+    /// kproxy: invalid objects or fields seen (each distinct one once).
+    pub invalid_objects_total: Counter,
+    /// kproxy: service ports in the graph.
+    pub service_ports: Gauge,
+    /// kproxy: endpoints in the graph.
+    pub endpoints: Gauge,
+}
+
+impl Metrics {
+    /// All metrics, registered.
+    pub fn new() -> Self {
+        let mut r = Registry::default();
+        let sync_hist = || Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let npd_buckets: Vec<f64> = [0.25, 0.5]
+            .into_iter()
+            .chain((1..=59).map(f64::from))
+            .chain((60..=115).step_by(5).map(f64::from))
+            .chain((120..=300).step_by(30).map(f64::from))
+            .collect();
+        let m = Metrics {
+            registry: Registry::default(),
+            sync_duration: sync_hist(),
+            sync_full_duration: sync_hist(),
+            sync_partial_duration: sync_hist(),
+            network_programming: Histogram::new(npd_buckets),
+            last_sync_timestamp: FGauge::default(),
+            last_queued_timestamp: FGauge::default(),
+            endpoint_changes_pending: Gauge::default(),
+            endpoint_changes_total: Counter::default(),
+            service_changes_pending: Gauge::default(),
+            service_changes_total: Counter::default(),
+            iptables_total: Family::default(),
+            iptables_last: Family::default(),
+            iptables_restore_failures: Counter::default(),
+            iptables_partial_restore_failures: Counter::default(),
+            nftables_sync_failures: Counter::default(),
+            no_local_endpoints: Family::default(),
+            healthz_total: Family::default(),
+            livez_total: Family::default(),
+            conntrack_duration: sync_hist(),
+            conntrack_deleted: Family::default(),
+            bytes_written: Counter::default(),
+            bytes_last: Gauge::default(),
+            objects_written: Counter::default(),
+            objects_total: Gauge::default(),
+            syncs: Family::default(),
+            sync_failures: Family::default(),
+            drift_repairs: Counter::default(),
+            invalid_objects: Gauge::default(),
+            invalid_objects_total: Counter::default(),
+            service_ports: Gauge::default(),
+            endpoints: Gauge::default(),
+        };
+        // Counters are registered without `_total`: the encoder appends it.
+        let k = "kubeproxy_";
+        macro_rules! reg {
+            ($name:expr, $help:expr, $m:expr) => {
+                r.register($name, $help, $m.clone())
+            };
+        }
+        reg!(
+            format!("{k}sync_proxy_rules_duration_seconds"),
+            "SyncProxyRules latency in seconds",
+            m.sync_duration
+        );
+        reg!(
+            format!("{k}sync_full_proxy_rules_duration_seconds"),
+            "SyncProxyRules latency in seconds for full resyncs",
+            m.sync_full_duration
+        );
+        reg!(
+            format!("{k}sync_partial_proxy_rules_duration_seconds"),
+            "SyncProxyRules latency in seconds for partial resyncs",
+            m.sync_partial_duration
+        );
+        reg!(
+            format!("{k}network_programming_duration_seconds"),
+            "In Cluster Network Programming Latency in seconds",
+            m.network_programming
+        );
+        reg!(
+            format!("{k}sync_proxy_rules_last_timestamp_seconds"),
+            "The last time proxy rules were successfully synced",
+            m.last_sync_timestamp
+        );
+        reg!(
+            format!("{k}sync_proxy_rules_last_queued_timestamp_seconds"),
+            "The last time a sync of proxy rules was queued",
+            m.last_queued_timestamp
+        );
+        reg!(
+            format!("{k}sync_proxy_rules_endpoint_changes_pending"),
+            "Pending proxy rules Endpoint changes",
+            m.endpoint_changes_pending
+        );
+        reg!(
+            format!("{k}sync_proxy_rules_endpoint_changes"),
+            "Cumulative proxy rules Endpoint changes",
+            m.endpoint_changes_total
+        );
+        reg!(
+            format!("{k}sync_proxy_rules_service_changes_pending"),
+            "Pending proxy rules Service changes",
+            m.service_changes_pending
+        );
+        reg!(
+            format!("{k}sync_proxy_rules_service_changes"),
+            "Cumulative proxy rules Service changes",
+            m.service_changes_total
+        );
+        reg!(
+            format!("{k}sync_proxy_rules_iptables_total"),
+            "Total number of iptables rules owned by kproxy",
+            m.iptables_total
+        );
+        reg!(
+            format!("{k}sync_proxy_rules_iptables_last"),
+            "Number of iptables rules written by kproxy in last sync",
+            m.iptables_last
+        );
+        reg!(
+            format!("{k}sync_proxy_rules_iptables_restore_failures"),
+            "Cumulative proxy iptables restore failures",
+            m.iptables_restore_failures
+        );
+        reg!(
+            format!("{k}sync_proxy_rules_iptables_partial_restore_failures"),
+            "Cumulative proxy iptables partial restore failures",
+            m.iptables_partial_restore_failures
+        );
+        reg!(
+            format!("{k}sync_proxy_rules_nftables_sync_failures"),
+            "Cumulative proxy nftables sync failures",
+            m.nftables_sync_failures
+        );
+        reg!(
+            format!("{k}sync_proxy_rules_no_local_endpoints_total"),
+            "Number of services with a Local traffic policy and no endpoints",
+            m.no_local_endpoints
+        );
+        reg!(
+            format!("{k}proxy_healthz"),
+            "Cumulative proxy healthz HTTP status",
+            m.healthz_total
+        );
+        reg!(
+            format!("{k}proxy_livez"),
+            "Cumulative proxy livez HTTP status",
+            m.livez_total
+        );
+        reg!(
+            format!("{k}conntrack_reconciler_sync_duration_seconds"),
+            "Conntrack cleanup latency in seconds",
+            m.conntrack_duration
+        );
+        reg!(
+            format!("{k}conntrack_reconciler_deleted_entries"),
+            "Cumulative conntrack flows deleted by the cleanup",
+            m.conntrack_deleted
+        );
+        let p = "kproxy_";
+        reg!(
+            format!("{p}sync_bytes_written"),
+            "Bytes sent to the kernel by syncs",
+            m.bytes_written
+        );
+        reg!(
+            format!("{p}sync_bytes_last"),
+            "Bytes sent to the kernel by the last sync",
+            m.bytes_last
+        );
+        reg!(
+            format!("{p}sync_objects_written"),
+            "Rules or statements sent to the kernel by syncs",
+            m.objects_written
+        );
+        reg!(
+            format!("{p}rules"),
+            "Rules or statements kproxy owns after the last sync",
+            m.objects_total
+        );
+        reg!(
+            format!("{p}syncs"),
+            "Successful syncs by kind (full, partial)",
+            m.syncs
+        );
+        reg!(
+            format!("{p}sync_failures"),
+            "Failed syncs by kind (full, partial)",
+            m.sync_failures
+        );
+        reg!(
+            format!("{p}drift_repairs"),
+            "Syncs forced because the kernel no longer held kproxy's rules",
+            m.drift_repairs
+        );
+        reg!(
+            format!("{p}invalid_objects"),
+            "Objects or fields skipped as invalid in the current state",
+            m.invalid_objects
+        );
+        reg!(
+            format!("{p}invalid_objects_seen"),
+            "Distinct invalid objects or fields seen since start",
+            m.invalid_objects_total
+        );
+        reg!(
+            format!("{p}service_ports"),
+            "Service ports in the service graph",
+            m.service_ports
+        );
+        reg!(
+            format!("{p}endpoints"),
+            "Endpoints in the service graph",
+            m.endpoints
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The metrics listener's handler: `/metrics` and the debug endpoints
+/// `/rules`, `/graph`, `/status`.
+pub fn handler(shared: std::sync::Arc<crate::state::Shared>) -> crate::http::Handler {
+    use crate::http::Reply;
+    std::sync::Arc::new(move |path: &str| match path {
+        "/metrics" => {
+            let mut r = Reply::text(200, shared.metrics.encode());
+            r.content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+            r
+        }
+        "/rules" => match shared.status().rules.clone() {
+            Some(rules) => Reply::text(200, rules),
+            None => Reply::text(503, "no ruleset applied yet\n"),
+        },
+        "/graph" => match shared.status().graph.clone() {
+            Some(g) => Reply::text(200, kproxy_graph::display::graph(&g)),
+            None => Reply::text(503, "no graph built yet\n"),
+        },
+        "/status" => Reply::json(200, status_json(&shared.status()).to_string()),
+        "/" => Reply::text(200, "kproxy: /metrics /rules /graph /status\n"),
+        _ => Reply::text(404, "404 page not found\n"),
+    })
+}
+
+fn status_json(st: &crate::state::Status) -> serde_json::Value {
+    let t = |t: Option<std::time::SystemTime>| {
+        t.and_then(|t| k8s_openapi::jiff::Timestamp::try_from(t).ok())
+            .map(|t| t.to_string())
+    };
+    serde_json::json!({
+        "backend": st.backend.map(|b| b.as_str()),
+        "source": st.source,
+        "sourceErrors": st.source_errors,
+        "dryRun": st.dry_run,
+        "lastSync": t(st.last_sync),
+        "lastFullSync": t(st.last_full_sync),
+        "lastSyncStats": st.last_stats.as_ref().map(|s| serde_json::json!({
+            "full": s.full,
+            "services": s.services,
+            "endpoints": s.endpoints,
+            "rulesTotal": s.rules_total,
+            "rulesWritten": s.rules_written,
+            "bytesWritten": s.bytes_written,
+        })),
+        "syncs": st.syncs,
+        "failures": st.failures,
+        "consecutiveFailures": st.consecutive_failures,
+        "lastError": st.last_error.as_ref().map(|(when, e)| serde_json::json!({"time": t(Some(*when)), "error": e})),
+        "driftRepairs": st.drift_repairs,
+        "invalidObjects": st.warnings,
+    })
+}

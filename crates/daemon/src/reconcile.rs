@@ -1,0 +1,755 @@
+//! The reconcile loop: source changes in, coalesced syncs out.
+//!
+//! - Changes are coalesced: a sync runs no sooner than `min_sync_period`
+//!   after the previous one and at least every `sync_period`.
+//! - The first sync is full; later ones are incremental from
+//!   [`ChangeSet::between`] the last *successfully applied* graph and the
+//!   new one. A full sync is forced after any failure, every
+//!   `full_sync_period`, when the change set says so (node topology,
+//!   configuration) and when [`Backend::check`] finds drift (checked every
+//!   `sync_period`).
+//! - Nothing is flushed at start: the first full sync replaces the
+//!   previous rules in one transaction.
+//! - After the first successful sync, other modes' leftovers (kproxy's and
+//!   kube-proxy's) are removed, so switching modes never opens a window
+//!   without rules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use kproxy_graph::{
+    Backend, ChangeSet, IpFamily, Objects, ServiceGraph, SyncStats, TrafficPolicy, Warning,
+};
+use tokio::time::sleep_until;
+
+use crate::cleanup;
+use crate::conntrack::Conntrack;
+use crate::hcports::HealthCheckPorts;
+use crate::settings::Settings;
+use crate::source::Source;
+use crate::state::Shared;
+
+/// The annotation the EndpointSlice controller sets to the time of the
+/// change that triggered the slice update.
+const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// Options of the loop beyond [`Settings`].
+#[derive(Debug, Clone, Default)]
+pub struct LoopOptions {
+    /// Do not touch the kernel; print each sync's ruleset.
+    pub dry_run: bool,
+    /// Remove other modes' rules after the first successful sync.
+    pub cleanup_other_modes: bool,
+    /// Delete stale UDP conntrack entries after syncs.
+    pub conntrack_cleanup: bool,
+    /// Serve health-check node ports.
+    pub health_check_node_ports: bool,
+}
+
+/// The reconciler: the backend and everything remembered between syncs.
+pub struct Reconciler {
+    settings: Settings,
+    opts: LoopOptions,
+    backend: Box<dyn Backend>,
+    shared: Arc<Shared>,
+    /// The last graph the backend applied successfully.
+    last_applied: Option<ServiceGraph>,
+    need_full: bool,
+    last_full: Option<Instant>,
+    last_attempt: Option<Instant>,
+    last_check: Instant,
+    cleaned_other_modes: bool,
+    seen_warnings: BTreeSet<Warning>,
+    /// Per EndpointSlice, the trigger time already observed.
+    seen_triggers: BTreeMap<String, String>,
+    /// Object versions of the last snapshot, for the change counters.
+    versions: Versions,
+    hc_ports: Option<HealthCheckPorts>,
+    conntrack: Option<Conntrack>,
+}
+
+impl Reconciler {
+    /// A reconciler for `backend`.
+    pub fn new(
+        settings: Settings,
+        opts: LoopOptions,
+        backend: Box<dyn Backend>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let conntrack = (opts.conntrack_cleanup && !opts.dry_run).then(Conntrack::new);
+        let hc_ports = opts
+            .health_check_node_ports
+            .then(|| HealthCheckPorts::new(shared.clone()));
+        Reconciler {
+            settings,
+            opts,
+            backend,
+            shared,
+            last_applied: None,
+            need_full: true,
+            last_full: None,
+            last_attempt: None,
+            last_check: Instant::now(),
+            cleaned_other_modes: false,
+            seen_warnings: BTreeSet::new(),
+            seen_triggers: BTreeMap::new(),
+            versions: Versions::default(),
+            hc_ports,
+            conntrack,
+        }
+    }
+
+    /// Build the graph from `objects` (plus the source's own warnings).
+    pub fn build_graph(&self, objects: &Objects, source_warnings: Vec<Warning>) -> ServiceGraph {
+        let mut g = ServiceGraph::build(objects, &self.settings.proxy);
+        g.warnings.extend(source_warnings);
+        g.warnings.sort();
+        g.warnings.dedup();
+        g
+    }
+
+    /// Record a change notification (health, metrics, change counters).
+    pub fn note_change(&mut self, objects: &Objects) {
+        let now = SystemTime::now();
+        let families: Vec<IpFamily> = self.settings.proxy.families.clone();
+        self.shared.health().queued(&families, now);
+        let m = &self.shared.metrics;
+        m.last_queued_timestamp.set(unix_secs(now));
+        let (svc, eps) = self.versions.update(objects);
+        m.service_changes_total.inc_by(svc);
+        m.endpoint_changes_total.inc_by(eps);
+        m.service_changes_pending.inc_by(svc as i64);
+        m.endpoint_changes_pending.inc_by(eps as i64);
+    }
+
+    /// One sync of `objects`; `false` when the backend refused (the
+    /// previous rules stay, the next sync is full).
+    pub fn sync(&mut self, objects: &Objects, source_warnings: Vec<Warning>) -> bool {
+        let started = Instant::now();
+        self.last_attempt = Some(started);
+        let graph = self.build_graph(objects, source_warnings);
+        self.report_warnings(&graph);
+
+        let full_due = self
+            .last_full
+            .is_none_or(|t| started.duration_since(t) >= self.settings.full_sync_period);
+        let changes = match (&self.last_applied, self.need_full || full_due) {
+            (Some(prev), false) => {
+                let c = ChangeSet::between(prev, &graph);
+                (!c.needs_full_sync).then_some(c)
+            }
+            _ => None,
+        };
+        let full = changes.is_none();
+        let kind = if full { "full" } else { "partial" };
+
+        let result = if self.opts.dry_run {
+            match self.backend.render_full(&graph) {
+                Ok(text) => {
+                    println!(
+                        "# kproxy dry run: {} sync, backend {}",
+                        kind,
+                        self.backend.kind()
+                    );
+                    print!("{text}");
+                    Ok(SyncStats {
+                        full: true,
+                        services: service_ports(&graph),
+                        endpoints: endpoints(&graph),
+                        rules_total: text.lines().count(),
+                        rules_written: 0,
+                        bytes_written: 0,
+                    })
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        } else {
+            let backend = &mut self.backend;
+            block(|| backend.sync(&graph, changes.as_ref())).map_err(|e| e.to_string())
+        };
+        let elapsed = started.elapsed();
+        let shared = self.shared.clone();
+        let m = &shared.metrics;
+        let label = crate::metrics::SyncLabel { sync: kind.into() };
+        match result {
+            Ok(stats) => {
+                let now = SystemTime::now();
+                let secs = elapsed.as_secs_f64();
+                m.sync_duration.observe(secs);
+                if full {
+                    m.sync_full_duration.observe(secs);
+                } else {
+                    m.sync_partial_duration.observe(secs);
+                }
+                m.syncs.get_or_create(&label).inc();
+                m.last_sync_timestamp.set(unix_secs(now));
+                m.service_changes_pending.set(0);
+                m.endpoint_changes_pending.set(0);
+                m.bytes_written.inc_by(stats.bytes_written as u64);
+                m.bytes_last.set(stats.bytes_written as i64);
+                m.objects_written.inc_by(stats.rules_written as u64);
+                m.objects_total.set(stats.rules_total as i64);
+                m.service_ports.set(service_ports(&graph) as i64);
+                m.endpoints.set(endpoints(&graph) as i64);
+                if matches!(
+                    self.backend.kind(),
+                    kproxy_graph::BackendKind::IptablesLegacy
+                        | kproxy_graph::BackendKind::IptablesNft
+                ) {
+                    let all = crate::metrics::TableLabel {
+                        table: "all".into(),
+                    };
+                    m.iptables_total
+                        .get_or_create(&all)
+                        .set(stats.rules_total as i64);
+                    m.iptables_last
+                        .get_or_create(&all)
+                        .set(stats.rules_written as i64);
+                }
+                self.no_local_endpoint_metrics(&graph);
+                self.network_programming(objects, now);
+                tracing::info!(
+                    backend = %self.backend.kind(),
+                    sync = kind,
+                    services = stats.services,
+                    endpoints = stats.endpoints,
+                    rules_written = stats.rules_written,
+                    bytes_written = stats.bytes_written,
+                    rules_total = stats.rules_total,
+                    duration_ms = elapsed.as_millis() as u64,
+                    "synced"
+                );
+                if !self.opts.dry_run
+                    && let Some(ct) = &mut self.conntrack
+                {
+                    {
+                        let before = self.last_applied.as_ref();
+                        let report = ct.cleanup(before, &graph, changes.as_ref());
+                        m.conntrack_duration.observe(report.duration.as_secs_f64());
+                        for (fam, n) in report.deleted {
+                            m.conntrack_deleted
+                                .get_or_create(&crate::metrics::FamilyLabel {
+                                    ip_family: fam.as_k8s_str().into(),
+                                })
+                                .inc_by(n);
+                        }
+                    }
+                }
+                let families: Vec<IpFamily> = graph.families.keys().copied().collect();
+                {
+                    let mut h = self.shared.health();
+                    h.updated(&families, now);
+                    h.node_eligible = graph.node.known && !graph.node.draining;
+                }
+                if let Some(hc) = &mut self.hc_ports {
+                    hc.update(&graph);
+                }
+                let rules = if self.opts.dry_run {
+                    self.backend.render_full(&graph).ok()
+                } else {
+                    self.backend.last_applied()
+                };
+                let graph = Arc::new(graph);
+                {
+                    let mut st = self.shared.status();
+                    st.last_sync = Some(now);
+                    if full {
+                        st.last_full_sync = Some(now);
+                    }
+                    st.last_stats = Some(stats.clone());
+                    st.syncs += 1;
+                    st.consecutive_failures = 0;
+                    st.graph = Some(graph.clone());
+                    st.rules = rules;
+                    st.warnings = graph.warnings.iter().map(ToString::to_string).collect();
+                }
+                self.last_applied = Some((*graph).clone());
+                self.need_full = false;
+                if full {
+                    self.last_full = Some(started);
+                }
+                if !self.cleaned_other_modes && self.opts.cleanup_other_modes && !self.opts.dry_run
+                {
+                    self.cleaned_other_modes = true;
+                    cleanup::other_modes(self.backend.kind());
+                }
+                true
+            }
+            Err(e) => {
+                self.need_full = true;
+                m.sync_failures.get_or_create(&label).inc();
+                match self.backend.kind() {
+                    kproxy_graph::BackendKind::Nftables => m.nftables_sync_failures.inc(),
+                    _ => {
+                        m.iptables_restore_failures.inc();
+                        if !full {
+                            m.iptables_partial_restore_failures.inc()
+                        } else {
+                            0
+                        }
+                    }
+                };
+                tracing::error!(backend = %self.backend.kind(), sync = kind, error = %e,
+                    "sync failed; the previous rules stay, the next sync is full");
+                let mut st = self.shared.status();
+                st.failures += 1;
+                st.consecutive_failures += 1;
+                st.last_error = Some((SystemTime::now(), e.clone()));
+                false
+            }
+        }
+    }
+
+    /// The periodic drift check: `true` when the kernel lost our rules.
+    pub fn check_drift(&mut self) -> bool {
+        self.last_check = Instant::now();
+        if self.opts.dry_run || self.last_applied.is_none() {
+            return false;
+        }
+        let backend = &mut self.backend;
+        match block(|| backend.check()) {
+            Ok(true) => false,
+            Ok(false) => {
+                tracing::warn!(backend = %self.backend.kind(),
+                    "the kernel no longer holds kproxy's rules (flushed or edited); repairing with a full sync");
+                self.need_full = true;
+                self.shared.metrics.drift_repairs.inc();
+                self.shared.status().drift_repairs += 1;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(backend = %self.backend.kind(), error = %e, "drift check failed; forcing a full sync");
+                self.need_full = true;
+                true
+            }
+        }
+    }
+
+    fn report_warnings(&mut self, graph: &ServiceGraph) {
+        let m = &self.shared.metrics;
+        m.invalid_objects.set(graph.warnings.len() as i64);
+        for w in &graph.warnings {
+            if self.seen_warnings.insert(w.clone()) {
+                m.invalid_objects_total.inc();
+                tracing::warn!(kind = %w.kind, object = %w.object, field = %w.field,
+                    reason = %w.reason, "skipped invalid input");
+            }
+        }
+        // Forget warnings that went away, so a recurrence is logged again.
+        let current: BTreeSet<&Warning> = graph.warnings.iter().collect();
+        self.seen_warnings.retain(|w| current.contains(w));
+    }
+
+    fn no_local_endpoint_metrics(&self, graph: &ServiceGraph) {
+        let (mut internal, mut external) = (0i64, 0i64);
+        for fg in graph.families.values() {
+            for sp in fg.services.values() {
+                if sp.local_endpoints.is_empty() && sp.decisions.has_endpoints {
+                    if sp.internal_traffic_policy == TrafficPolicy::Local {
+                        internal += 1;
+                    }
+                    if sp.externally_accessible()
+                        && sp.external_traffic_policy == TrafficPolicy::Local
+                    {
+                        external += 1;
+                    }
+                }
+            }
+        }
+        let m = &self.shared.metrics;
+        m.no_local_endpoints
+            .get_or_create(&crate::metrics::PolicyLabel {
+                traffic_policy: "internal".into(),
+            })
+            .set(internal);
+        m.no_local_endpoints
+            .get_or_create(&crate::metrics::PolicyLabel {
+                traffic_policy: "external".into(),
+            })
+            .set(external);
+    }
+
+    /// Observe, for every EndpointSlice whose trigger time is new since the
+    /// last successful sync, the time from the trigger to now.
+    fn network_programming(&mut self, objects: &Objects, now: SystemTime) {
+        let first = self.seen_triggers.is_empty() && self.syncs() == 0;
+        let mut next = BTreeMap::new();
+        for s in &objects.endpoint_slices {
+            let key = format!(
+                "{}/{}",
+                s.metadata.namespace.as_deref().unwrap_or(""),
+                s.metadata.name.as_deref().unwrap_or("")
+            );
+            let Some(t) = s
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
+            else {
+                continue;
+            };
+            // The first sync after start does not observe: those changes
+            // happened before this process and would skew the SLI.
+            if !first
+                && self.seen_triggers.get(&key) != Some(t)
+                && let Ok(ts) = t.parse::<k8s_openapi::jiff::Timestamp>()
+                && let Ok(d) = now.duration_since(SystemTime::from(ts))
+            {
+                self.shared
+                    .metrics
+                    .network_programming
+                    .observe(d.as_secs_f64());
+            }
+            next.insert(key, t.clone());
+        }
+        self.seen_triggers = next;
+    }
+
+    fn syncs(&self) -> u64 {
+        self.shared.status().syncs
+    }
+
+    /// When the next sync is due: after `min_sync_period` with pending
+    /// changes, after `sync_period` without.
+    fn due(&self, dirty: bool) -> Instant {
+        let now = Instant::now();
+        let Some(last) = self.last_attempt else {
+            return now;
+        };
+        let sync_due = last + self.settings.sync_period;
+        let check_due = self.last_check + self.settings.sync_period;
+        if dirty {
+            (last + self.settings.min_sync_period).min(sync_due)
+        } else {
+            sync_due.min(check_due)
+        }
+    }
+
+    /// Run until SIGTERM/SIGINT (rules stay) or a source error.
+    pub async fn run(mut self, mut source: Source, once: bool) -> anyhow::Result<bool> {
+        // Nothing is synced before the source's initial state is complete:
+        // a partial state would delete rules for Services not yet listed.
+        source.changed().await?;
+        let mut objects = source.snapshot();
+        self.shared.status().source = source.describe();
+        self.note_change(&objects);
+        if once {
+            return Ok(self.sync(&objects, source.warnings()));
+        }
+        let mut shutdown = Shutdown::new()?;
+        let mut dirty = true;
+        loop {
+            let due = self.due(dirty);
+            if Instant::now() >= due {
+                if Instant::now() >= self.last_check + self.settings.sync_period {
+                    self.check_drift();
+                }
+                let periodic_only = !dirty
+                    && !self.need_full
+                    && self
+                        .last_attempt
+                        .is_some_and(|t| t.elapsed() < self.settings.sync_period);
+                if !periodic_only {
+                    self.sync(&objects, source.warnings());
+                }
+                self.shared.status().source_errors = source.errors();
+                dirty = false;
+                continue;
+            }
+            tokio::select! {
+                r = source.changed() => {
+                    r?;
+                    objects = source.snapshot();
+                    self.shared.status().source_errors = source.errors();
+                    self.note_change(&objects);
+                    dirty = true;
+                }
+                _ = sleep_until(due.into()) => {}
+                sig = shutdown.recv() => {
+                    tracing::info!(signal = sig, "shutting down; the rules stay in place");
+                    return Ok(true);
+                }
+            }
+        }
+    }
+}
+
+/// Run blocking backend work without stalling the HTTP listeners.
+fn block<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+fn unix_secs(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn service_ports(g: &ServiceGraph) -> usize {
+    g.families.values().map(|f| f.services.len()).sum()
+}
+
+fn endpoints(g: &ServiceGraph) -> usize {
+    g.families.values().map(|f| f.total_endpoints()).sum()
+}
+
+/// Object versions of the last snapshot, to count Service and
+/// EndpointSlice changes as kube-proxy's change counters do.
+#[derive(Debug, Default)]
+struct Versions {
+    services: BTreeMap<String, String>,
+    slices: BTreeMap<String, String>,
+}
+
+impl Versions {
+    fn update(&mut self, objects: &Objects) -> (u64, u64) {
+        fn version(
+            meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+            obj: &impl serde::Serialize,
+        ) -> String {
+            match &meta.resource_version {
+                Some(rv) if !rv.is_empty() => rv.clone(),
+                // File input has no resourceVersion: the content is the version.
+                _ => serde_json::to_string(obj).unwrap_or_default(),
+            }
+        }
+        fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+            format!(
+                "{}/{}",
+                meta.namespace.as_deref().unwrap_or(""),
+                meta.name.as_deref().unwrap_or("")
+            )
+        }
+        fn diff(old: &mut BTreeMap<String, String>, new: BTreeMap<String, String>) -> u64 {
+            let changed = new.iter().filter(|(k, v)| old.get(*k) != Some(v)).count()
+                + old.keys().filter(|k| !new.contains_key(*k)).count();
+            *old = new;
+            changed as u64
+        }
+        let svcs = objects
+            .services
+            .iter()
+            .map(|s| (key(&s.metadata), version(&s.metadata, s)))
+            .collect();
+        let slices = objects
+            .endpoint_slices
+            .iter()
+            .map(|s| (key(&s.metadata), version(&s.metadata, s)))
+            .collect();
+        (
+            diff(&mut self.services, svcs),
+            diff(&mut self.slices, slices),
+        )
+    }
+}
+
+/// SIGTERM and SIGINT.
+struct Shutdown {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Shutdown {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use kproxy_graph::{ApplyError, BackendKind, GenError, ProxyConfig};
+
+    use super::*;
+    use crate::health::ProxyHealth;
+    use crate::state::Status;
+
+    /// What the fake backend was asked to do.
+    #[derive(Debug, Default)]
+    struct Log {
+        /// `true` for full syncs.
+        syncs: Vec<bool>,
+        fail_next: bool,
+        drifted: bool,
+    }
+
+    struct Fake(Arc<Mutex<Log>>);
+
+    impl Backend for Fake {
+        fn kind(&self) -> BackendKind {
+            BackendKind::Nftables
+        }
+        fn render_full(&self, _graph: &ServiceGraph) -> Result<String, GenError> {
+            Ok("table ip kproxy {}\n".into())
+        }
+        fn sync(
+            &mut self,
+            graph: &ServiceGraph,
+            changes: Option<&ChangeSet>,
+        ) -> Result<SyncStats, ApplyError> {
+            let mut log = self.0.lock().unwrap();
+            log.syncs.push(changes.is_none());
+            if std::mem::take(&mut log.fail_next) {
+                return Err(ApplyError::Rejected {
+                    backend: "fake",
+                    program: "nft".into(),
+                    status: "exit status: 1".into(),
+                    stderr: "injected".into(),
+                });
+            }
+            log.drifted = false;
+            Ok(SyncStats {
+                full: changes.is_none(),
+                services: service_ports(graph),
+                endpoints: endpoints(graph),
+                rules_total: 10,
+                rules_written: 3,
+                bytes_written: 100,
+            })
+        }
+        fn check(&mut self) -> Result<bool, ApplyError> {
+            Ok(!self.0.lock().unwrap().drifted)
+        }
+        fn last_applied(&self) -> Option<String> {
+            Some("applied".into())
+        }
+        fn cleanup(&mut self) -> Result<(), Vec<ApplyError>> {
+            Ok(())
+        }
+    }
+
+    fn objects(ip: &str) -> Objects {
+        let mut o = Objects::default();
+        o.add_yaml(
+            "test",
+            &format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: n}}\nspec:\n  clusterIP: {ip}\n  ports: [{{port: 80, protocol: TCP}}]\n"
+            ),
+        )
+        .unwrap();
+        o
+    }
+
+    fn reconciler(log: Arc<Mutex<Log>>) -> Reconciler {
+        let settings = Settings {
+            backend: BackendKind::Nftables,
+            proxy: ProxyConfig {
+                node_name: "n".into(),
+                ..ProxyConfig::default()
+            },
+            sync_period: std::time::Duration::from_secs(30),
+            min_sync_period: std::time::Duration::from_secs(1),
+            full_sync_period: std::time::Duration::from_secs(3600),
+            healthz_addr: None,
+            metrics_addr: None,
+        };
+        let shared = Shared::new(
+            ProxyHealth::new(std::time::Duration::from_secs(60)),
+            Status::default(),
+        );
+        Reconciler::new(
+            settings,
+            LoopOptions::default(),
+            Box::new(Fake(log)),
+            shared,
+        )
+    }
+
+    #[test]
+    fn first_full_then_partial_failure_forces_full() {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let mut r = reconciler(log.clone());
+        assert!(r.sync(&objects("10.0.0.1"), vec![]));
+        assert!(r.sync(&objects("10.0.0.2"), vec![]));
+        log.lock().unwrap().fail_next = true;
+        assert!(!r.sync(&objects("10.0.0.3"), vec![]));
+        assert!(r.sync(&objects("10.0.0.3"), vec![]));
+        assert!(r.sync(&objects("10.0.0.4"), vec![]));
+        assert_eq!(
+            log.lock().unwrap().syncs,
+            vec![true, false, false, true, false]
+        );
+        let st = r.shared.status();
+        assert_eq!((st.syncs, st.failures), (4, 1));
+        let text = r.shared.metrics.encode();
+        assert!(
+            text.contains("kubeproxy_sync_proxy_rules_nftables_sync_failures_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kproxy_syncs_total{sync=\"partial\"} 2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn drift_forces_a_full_sync() {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let mut r = reconciler(log.clone());
+        assert!(r.sync(&objects("10.0.0.1"), vec![]));
+        assert!(!r.check_drift(), "no drift yet");
+        log.lock().unwrap().drifted = true;
+        assert!(r.check_drift());
+        assert!(r.sync(&objects("10.0.0.1"), vec![]));
+        assert_eq!(log.lock().unwrap().syncs, vec![true, true]);
+        assert!(
+            r.shared
+                .metrics
+                .encode()
+                .contains("kproxy_drift_repairs_total 1")
+        );
+    }
+
+    #[test]
+    fn invalid_objects_are_counted_once() {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let mut r = reconciler(log);
+        let mut o = objects("10.0.0.1");
+        o.add_yaml(
+            "bad",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: n}\nspec:\n  clusterIP: 10.0.0.999\n  ports: [{port: 80}]\n",
+        )
+        .unwrap();
+        assert!(r.sync(&o, vec![]));
+        assert!(r.sync(&o, vec![]));
+        let g = r.shared.status().graph.clone().unwrap();
+        let n = g.warnings.len();
+        assert!(
+            n >= 1 && g.warnings.iter().all(|w| w.object == "n/bad"),
+            "{:?}",
+            g.warnings
+        );
+        let text = r.shared.metrics.encode();
+        assert!(
+            text.contains(&format!("kproxy_invalid_objects_seen_total {n}\n")),
+            "each warning counted once: {text}"
+        );
+        assert!(
+            text.contains(&format!("kproxy_invalid_objects {n}\n")),
+            "{text}"
+        );
+        assert_eq!(
+            g.families[&IpFamily::V4].services.len(),
+            1,
+            "the valid Service is kept"
+        );
+    }
+}

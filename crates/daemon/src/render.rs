@@ -1,0 +1,35 @@
+//! The offline commands: `graph` and `render`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use kproxy_graph::BackendKind;
+
+use crate::backends;
+use crate::input::{self, InputArgs};
+
+/// `kproxy graph`.
+pub fn graph(input: &InputArgs, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let config = input.proxy_config(None).context("configuration")?;
+    let graph = input::load_graph(files, &config)?;
+    print!("{}", kproxy_graph::display::graph(&graph));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kproxy render`: the ruleset a full sync would apply.
+pub fn render(kind: BackendKind, input: &InputArgs, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let config = input
+        .proxy_config(Some(backends::mode_for(kind)))
+        .context("configuration")?;
+    let graph = input::load_graph(files, &config)?;
+    for w in &graph.warnings {
+        eprintln!("warning: {w}");
+    }
+    let backend = backends::make_backend(kind)?;
+    let text = backend
+        .render_full(&graph)
+        .with_context(|| format!("rendering {kind} rules"))?;
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}

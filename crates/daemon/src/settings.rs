@@ -1,0 +1,180 @@
+//! The daemon's resolved settings: flags over the KubeProxyConfiguration
+//! file over kube-proxy's defaults (reference §3.1).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use kproxy_graph::config::parse_go_duration;
+use kproxy_graph::{BackendKind, KubeProxyConfiguration, ProxyConfig, ProxyMode};
+
+use crate::backends;
+use crate::cli::RunArgs;
+
+/// kube-proxy's default `syncPeriod`.
+pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(30);
+/// kube-proxy's default `minSyncPeriod`.
+pub const DEFAULT_MIN_SYNC_PERIOD: Duration = Duration::from_secs(1);
+/// kube-proxy's default `healthzBindAddress`.
+pub const DEFAULT_HEALTHZ: &str = "0.0.0.0:10256";
+/// kube-proxy's default `metricsBindAddress`.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:10249";
+
+/// Everything `kproxy run` needs to know, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The backend in use.
+    pub backend: BackendKind,
+    /// The graph configuration (mode matches the backend).
+    pub proxy: ProxyConfig,
+    /// Retry, drift-check and health-timeout base.
+    pub sync_period: Duration,
+    /// Minimum interval between syncs.
+    pub min_sync_period: Duration,
+    /// Maximum interval between full syncs.
+    pub full_sync_period: Duration,
+    /// `/healthz`, `/livez` listener; `None` when disabled.
+    pub healthz_addr: Option<SocketAddr>,
+    /// `/metrics` and debug listener; `None` when disabled.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl Settings {
+    /// Resolve the settings of `run`.
+    pub fn resolve(args: &RunArgs) -> anyhow::Result<Self> {
+        let file = args.input.config_file()?;
+        let config_mode = match file.as_ref().and_then(|f| f.mode.as_deref()) {
+            None | Some("") => None,
+            Some("iptables") => Some(ProxyMode::Iptables),
+            Some("nftables") => Some(ProxyMode::Nftables),
+            Some(other) => bail!(
+                "KubeProxyConfiguration field mode: {other:?} is not supported by kproxy (iptables or nftables)"
+            ),
+        };
+        let backend = backends::resolve(args.backend, config_mode)?;
+        let mut proxy = args
+            .input
+            .proxy_config_with(file.as_ref(), Some(backends::mode_for(backend)))
+            .context("configuration")?;
+        if let Some(name) = &args.proxy_name {
+            proxy.proxy_name = Some(name.clone());
+        }
+        let empty = KubeProxyConfiguration::default();
+        let f = file.as_ref().unwrap_or(&empty);
+        let (mode_sync, mode_min) = match backend {
+            BackendKind::Nftables => (f.nftables.sync_period, f.nftables.min_sync_period),
+            _ => (f.iptables.sync_period, f.iptables.min_sync_period),
+        };
+        let sync_period = duration_setting(
+            "--sync-period",
+            args.sync_period.as_deref(),
+            f.sync_period.or(mode_sync).map(|d| d.0),
+            DEFAULT_SYNC_PERIOD,
+        )?;
+        let min_sync_period = duration_setting(
+            "--min-sync-period",
+            args.min_sync_period.as_deref(),
+            f.min_sync_period.or(mode_min).map(|d| d.0),
+            DEFAULT_MIN_SYNC_PERIOD,
+        )?;
+        if sync_period.is_zero() {
+            bail!("syncPeriod must be greater than 0");
+        }
+        if min_sync_period > sync_period {
+            bail!(
+                "minSyncPeriod ({min_sync_period:?}) must not exceed syncPeriod ({sync_period:?})"
+            );
+        }
+        let full_sync_period = parse_go_duration(&args.full_sync_period).with_context(|| {
+            format!(
+                "--full-sync-period: {:?} is not a duration (30s, 1h)",
+                args.full_sync_period
+            )
+        })?;
+        let healthz_addr = bind_setting(
+            "healthzBindAddress",
+            args.healthz_bind_address
+                .as_deref()
+                .or(f.healthz_bind_address.as_deref())
+                .unwrap_or(DEFAULT_HEALTHZ),
+            10256,
+        )?;
+        let metrics_addr = bind_setting(
+            "metricsBindAddress",
+            args.metrics_bind_address
+                .as_deref()
+                .or(f.metrics_bind_address.as_deref())
+                .unwrap_or(DEFAULT_METRICS),
+            10249,
+        )?;
+        Ok(Settings {
+            backend,
+            proxy,
+            sync_period,
+            min_sync_period,
+            full_sync_period,
+            healthz_addr,
+            metrics_addr,
+        })
+    }
+}
+
+fn duration_setting(
+    flag: &str,
+    from_flag: Option<&str>,
+    from_file: Option<Duration>,
+    default: Duration,
+) -> anyhow::Result<Duration> {
+    match from_flag {
+        Some(s) => parse_go_duration(s)
+            .with_context(|| format!("{flag}: {s:?} is not a duration (30s, 1m, 500ms)")),
+        None => Ok(from_file.unwrap_or(default)),
+    }
+}
+
+/// Parse a bind address: `ip:port`, `[v6]:port`, a bare IP (default port)
+/// or empty (disabled). Port 0 also disables, as in kube-proxy.
+pub fn bind_setting(field: &str, s: &str, default_port: u16) -> anyhow::Result<Option<SocketAddr>> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let addr = if let Ok(a) = s.parse::<SocketAddr>() {
+        a
+    } else if let Ok(ip) = s.parse::<IpAddr>() {
+        SocketAddr::new(ip, default_port)
+    } else if let Some(port) = s.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .with_context(|| format!("{field}: {s:?} has an invalid port"))?;
+        SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port)
+    } else {
+        bail!("{field}: {s:?} is not an address (ip:port)");
+    };
+    Ok((addr.port() != 0).then_some(addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_addresses() {
+        assert_eq!(
+            bind_setting("f", "0.0.0.0:10256", 1).unwrap(),
+            Some("0.0.0.0:10256".parse().unwrap())
+        );
+        assert_eq!(
+            bind_setting("f", "127.0.0.1", 10249).unwrap(),
+            Some("127.0.0.1:10249".parse().unwrap())
+        );
+        assert_eq!(
+            bind_setting("f", ":9000", 1).unwrap(),
+            Some("0.0.0.0:9000".parse().unwrap())
+        );
+        assert_eq!(bind_setting("f", "", 1).unwrap(), None);
+        assert_eq!(bind_setting("f", "1.2.3.4:0", 1).unwrap(), None);
+        let e = bind_setting("healthzBindAddress", "nowhere", 1).unwrap_err();
+        assert!(e.to_string().contains("healthzBindAddress"), "{e}");
+    }
+}
