@@ -1,1 +1,32 @@
-//! kproxy-nftables (under construction).
+//! kproxy-nftables: kproxy's native nftables backend.
+//!
+//! - [`ir`]: the typed IR ([`Table`], [`Chain`], [`Rule`], [`Set`],
+//!   [`Element`]) and [`Transaction`], which renders to `nft -f` text;
+//! - [`generate`]: [`NftGenerator`], the pure generator from a
+//!   [`kproxy_graph::ServiceGraph`] (one `table ip kproxy` and one
+//!   `table ip6 kproxy`), built from a skeleton plus one [`ServiceRules`]
+//!   per service port;
+//! - [`diff`]: the incremental transaction builder (last applied IR → new
+//!   IR: element adds/deletes, chain adds/flushes, "flush now, delete
+//!   later");
+//! - [`transport`]: [`Nft`], the wrapper around `nft -f -` that maps nft's
+//!   `line:col` errors back to the offending statement;
+//! - [`backend`]: [`NftablesBackend`], the daemon's
+//!   [`kproxy_graph::Backend`], and [`supported`] for `--backend auto`.
+//!
+//! The layout (shared load-balancing chains per endpoint count, named maps
+//! keyed by VIP . proto . port) is described in docs/backends/nftables.md.
+
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod diff;
+pub mod generate;
+pub mod ir;
+pub mod names;
+pub mod transport;
+
+pub use backend::{NftablesBackend, supported};
+pub use generate::{FamilyRules, NftGenerator, NftRuleset, ServiceRules};
+pub use ir::{Chain, Element, Family, Op, Rule, Set, SetType, Table, Transaction};
+pub use transport::Nft;

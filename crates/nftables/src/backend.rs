@@ -1,0 +1,570 @@
+//! [`NftablesBackend`]: generator + transport + the state between syncs,
+//! behind the daemon's [`kproxy_graph::Backend`] trait; and [`supported`].
+//!
+//! - A **full sync** replaces both tables (`add table; delete table;
+//!   add ...`). Up to [`NftablesBackend::max_elements_per_transaction`]
+//!   elements that is one atomic transaction. A larger initial load is
+//!   split into bounded transactions (the first one recreates the tables
+//!   with every chain and rule; the following ones add elements, data maps
+//!   before the verdict maps that route to them): `nft -f` needs about
+//!   2.4 KB of memory per element, so one transaction of 50,000 services
+//!   with 10 endpoints would need over 1 GB (docs/backends/nftables.md).
+//! - An **incremental sync** regenerates only the service ports the
+//!   [`ChangeSet`] names and diffs their old and new contributions
+//!   ([`crate::diff`]): one transaction whose size depends on the change,
+//!   not on the cluster.
+//! - Every sync bumps a generation element in the `sync-generation` set;
+//!   [`check`](Backend::check) reads that set and the `services` chain (a
+//!   bounded read, never the whole table).
+//! - A failed transaction leaves the kernel as it was (nft transactions
+//!   are atomic); the error carries nft's message and statement, and the
+//!   next sync is full.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kproxy_graph::{
+    ApplyError, Backend, BackendKind, ChangeSet, GenError, Generator, Render, ServiceGraph,
+    SyncStats,
+};
+
+use crate::diff::{self, diff_tables};
+use crate::generate::{
+    self, Ctx, FamilyRules, LbChain, NftGenerator, ServiceRules, TABLE, lb_closure, sets,
+};
+use crate::ir::{Element, Family, Op, Table, Transaction};
+use crate::transport::{self, Nft};
+
+/// The default bound on elements per transaction for large full syncs.
+pub const DEFAULT_MAX_ELEMENTS: usize = 100_000;
+
+/// What kproxy last applied for one family.
+#[derive(Debug, Clone)]
+struct FamilyState {
+    family: Family,
+    rules: FamilyRules,
+    /// How many service ports use each shared chain (closure included).
+    lb_refs: BTreeMap<LbChain, usize>,
+}
+
+impl FamilyState {
+    fn new(family: Family, rules: FamilyRules) -> Self {
+        let mut lb_refs = BTreeMap::new();
+        for sr in rules.services.values() {
+            for lb in lb_closure(&sr.lb) {
+                *lb_refs.entry(lb).or_insert(0) += 1;
+            }
+        }
+        FamilyState {
+            family,
+            rules,
+            lb_refs,
+        }
+    }
+}
+
+/// An incremental sync's per-family outcome, committed to the state only
+/// once the transaction succeeded: (family index, updated contributions,
+/// new shared-chain reference counts).
+type PendingFamily = (
+    usize,
+    Vec<(kproxy_graph::ServicePortName, Option<ServiceRules>)>,
+    BTreeMap<LbChain, usize>,
+);
+
+/// The nftables backend.
+#[derive(Debug)]
+pub struct NftablesBackend {
+    nft: Nft,
+    generator: NftGenerator,
+    state: Option<Vec<FamilyState>>,
+    generation: u32,
+    /// Chains flushed by an earlier sync, to delete in a later one.
+    stale: BTreeSet<(Family, String)>,
+    /// Rules in the `services` chain per family after the last sync (for
+    /// the drift check).
+    services_rules: BTreeMap<Family, usize>,
+    max_elements: usize,
+    dry_run: bool,
+}
+
+impl Default for NftablesBackend {
+    fn default() -> Self {
+        NftablesBackend::new()
+    }
+}
+
+impl NftablesBackend {
+    /// The backend for this host's network namespace.
+    pub fn new() -> Self {
+        NftablesBackend::with_nft(Nft::host())
+    }
+
+    /// The backend for the named network namespace (`ip netns exec NAME nft`).
+    pub fn in_netns(name: &str) -> Self {
+        NftablesBackend::with_nft(Nft::in_netns(name))
+    }
+
+    /// The backend with a given transport.
+    pub fn with_nft(nft: Nft) -> Self {
+        NftablesBackend {
+            nft,
+            generator: NftGenerator,
+            state: None,
+            generation: 0,
+            stale: BTreeSet::new(),
+            services_rules: BTreeMap::new(),
+            max_elements: DEFAULT_MAX_ELEMENTS,
+            dry_run: false,
+        }
+    }
+
+    /// Bound the elements of one transaction in a full sync (≥ 1000).
+    pub fn max_elements_per_transaction(mut self, n: usize) -> Self {
+        self.max_elements = n.max(1000);
+        self
+    }
+
+    /// `--dry-run`: check every transaction with `nft -c` and apply nothing.
+    pub fn dry_run(mut self, on: bool) -> Self {
+        self.dry_run = on;
+        self
+    }
+
+    /// The transport.
+    pub fn nft(&self) -> &Nft {
+        &self.nft
+    }
+
+    fn send(&self, tx: &Transaction) -> Result<(), ApplyError> {
+        let text = tx.render();
+        if self.dry_run {
+            self.nft.check(&text)
+        } else {
+            self.nft.apply(&text)
+        }
+    }
+
+    fn generation_ops(&self, tx: &mut Transaction, families: &[Family]) {
+        for f in families {
+            tx.push(
+                *f,
+                TABLE,
+                Op::FlushSet {
+                    name: sets::GENERATION.to_string(),
+                    map: false,
+                },
+            );
+            tx.add_elements(
+                *f,
+                TABLE,
+                sets::GENERATION,
+                [(format!("{:#x}", self.generation), Element::default())],
+            );
+        }
+    }
+
+    fn full_sync(&mut self, graph: &ServiceGraph) -> Result<SyncStats, ApplyError> {
+        let fams = generate::generate_families(graph).map_err(gen_err)?;
+        let mut tx = Transaction::new();
+        let mut stats = SyncStats {
+            full: true,
+            ..SyncStats::default()
+        };
+        let mut services_rules = BTreeMap::new();
+        for (f, fr) in &fams {
+            let table = fr.assemble();
+            stats.rules_total += table.rule_count();
+            services_rules.insert(
+                *f,
+                table.chains.get("services").map_or(0, |c| c.rules.len()),
+            );
+            tx.extend(Transaction::replace_table(&table));
+        }
+        self.generation = self.generation.wrapping_add(1);
+        let families: Vec<Family> = fams.iter().map(|(f, _)| *f).collect();
+        let mut parts = tx.split(self.max_elements);
+        if let Some(last) = parts.last_mut() {
+            self.generation_ops(last, &families);
+        }
+        stats.rules_written = stats.rules_total;
+        for part in &parts {
+            let text = part.render();
+            stats.bytes_written += text.len();
+            let res = if self.dry_run {
+                self.nft.check(&text)
+            } else {
+                self.nft.apply(&text)
+            };
+            if let Err(e) = res {
+                self.state = None;
+                return Err(e);
+            }
+        }
+        self.stale.clear();
+        self.services_rules = services_rules;
+        self.state = Some(
+            fams.into_iter()
+                .map(|(f, fr)| FamilyState::new(f, fr))
+                .collect(),
+        );
+        fill_counts(&mut stats, graph);
+        Ok(stats)
+    }
+
+    fn incremental_sync(
+        &mut self,
+        graph: &ServiceGraph,
+        changes: &ChangeSet,
+    ) -> Result<SyncStats, ApplyError> {
+        // Chains flushed by an earlier sync go first, in their own
+        // transaction; a failure here only delays their removal.
+        if !self.stale.is_empty() && !self.dry_run {
+            let tx = diff::delete_stale(TABLE, self.stale.iter());
+            if self.send(&tx).is_ok() {
+                self.stale.clear();
+            }
+        }
+        let Some(state) = self.state.as_mut() else {
+            return Err(ApplyError::Other {
+                backend: "nftables",
+                message: "incremental sync without a previous full sync".into(),
+            });
+        };
+        let mut tx = Transaction::new();
+        let mut new_state: Vec<PendingFamily> = Vec::new();
+        let mut stale = Vec::new();
+        let mut added = Vec::new();
+        for (idx, fs) in state.iter().enumerate() {
+            let ipf = match fs.family {
+                Family::Ip => kproxy_graph::IpFamily::V4,
+                Family::Ip6 => kproxy_graph::IpFamily::V6,
+            };
+            let fc = changes.family(ipf);
+            if fc.is_empty() {
+                continue;
+            }
+            let Some(fg) = graph.family(ipf) else {
+                return Err(ApplyError::Other {
+                    backend: "nftables",
+                    message: format!("graph has no {ipf} family for an incremental sync"),
+                });
+            };
+            let ctx = Ctx::new(graph, fg);
+            let mut old_part = partial_table(&fs.rules.skeleton);
+            let mut new_part = partial_table(&fs.rules.skeleton);
+            let mut refs = fs.lb_refs.clone();
+            let mut touched: BTreeSet<LbChain> = BTreeSet::new();
+            let mut updates = Vec::new();
+            for name in fc.removed.iter().chain(fc.changed.iter()) {
+                if let Some(sr) = fs.rules.services.get(name) {
+                    generate::add_contribution(&mut old_part, sr);
+                    for lb in lb_closure(&sr.lb) {
+                        touched.insert(lb);
+                        if let Some(n) = refs.get_mut(&lb) {
+                            *n = n.saturating_sub(1);
+                        }
+                    }
+                }
+            }
+            for name in fc.removed.iter() {
+                updates.push((name.clone(), None));
+            }
+            for name in fc.added.iter().chain(fc.changed.iter()) {
+                let Some(sp) = fg.services.get(name) else {
+                    continue;
+                };
+                let sr = generate::service_rules(&ctx, sp).map_err(gen_err)?;
+                generate::add_contribution(&mut new_part, &sr);
+                for lb in lb_closure(&sr.lb) {
+                    touched.insert(lb);
+                    *refs.entry(lb).or_insert(0) += 1;
+                }
+                updates.push((name.clone(), Some(sr)));
+            }
+            let fam = generate::Fam { f: fs.family };
+            for lb in &touched {
+                let c = lb.chain(&fam, ctx.mark());
+                if fs.lb_refs.get(lb).copied().unwrap_or(0) > 0 {
+                    old_part.chains.insert(c.name.clone(), c.clone());
+                }
+                if refs.get(lb).copied().unwrap_or(0) > 0 {
+                    new_part.chains.insert(c.name.clone(), c);
+                }
+            }
+            refs.retain(|_, n| *n > 0);
+            let plan = diff_tables(&old_part, &new_part).map_err(|e| ApplyError::Other {
+                backend: "nftables",
+                message: e.to_string(),
+            })?;
+            tx.extend(plan.tx);
+            stale.extend(plan.stale_chains.into_iter().map(|c| (fs.family, c)));
+            added.extend(plan.added_chains.into_iter().map(|c| (fs.family, c)));
+            new_state.push((idx, updates, refs));
+        }
+        let families: Vec<Family> = state.iter().map(|s| s.family).collect();
+        let mut stats = SyncStats {
+            rules_written: 0,
+            ..SyncStats::default()
+        };
+        stats.rules_written += tx
+            .ops
+            .iter()
+            .filter(|(_, _, op)| matches!(op, Op::AddRule { .. }))
+            .count();
+        self.generation = self.generation.wrapping_add(1);
+        self.generation_ops(&mut tx, &families);
+        let text = tx.render();
+        stats.bytes_written = text.len();
+        let res = if self.dry_run {
+            self.nft.check(&text)
+        } else {
+            self.nft.apply(&text)
+        };
+        if let Err(e) = res {
+            self.state = None;
+            return Err(e);
+        }
+        if self.dry_run {
+            return Ok(stats);
+        }
+        let Some(state) = self.state.as_mut() else {
+            return Ok(stats);
+        };
+        for (idx, updates, refs) in new_state {
+            let fs = &mut state[idx];
+            for (name, sr) in updates {
+                match sr {
+                    Some(sr) => {
+                        fs.rules.services.insert(name, sr);
+                    }
+                    None => {
+                        fs.rules.services.remove(&name);
+                    }
+                }
+            }
+            fs.lb_refs = refs;
+        }
+        for a in &added {
+            self.stale.remove(a);
+        }
+        self.stale.extend(stale);
+        stats.rules_total = self
+            .state
+            .as_ref()
+            .map(|s| s.iter().map(|fs| fs.rules.assemble_rule_count()).sum())
+            .unwrap_or(0);
+        fill_counts(&mut stats, graph);
+        Ok(stats)
+    }
+}
+
+/// A table with the skeleton's set declarations (no elements, no chains):
+/// the frame partial contributions are assembled into.
+fn partial_table(skeleton: &Table) -> Table {
+    let mut t = Table::new(skeleton.fam(), &skeleton.name, None);
+    for (name, s) in &skeleton.sets {
+        t.sets.insert(name.clone(), s.decl_only());
+    }
+    t
+}
+
+impl FamilyRules {
+    /// Rules of the assembled table, without assembling it.
+    pub fn assemble_rule_count(&self) -> usize {
+        let mut names = BTreeSet::new();
+        let mut n = self.skeleton.rule_count();
+        let mut lbs = BTreeSet::new();
+        for sr in self.services.values() {
+            for c in &sr.chains {
+                if names.insert(c.name.as_str()) {
+                    n += c.rules.len();
+                }
+            }
+            lbs.extend(lb_closure(&sr.lb));
+        }
+        n + lbs.len()
+    }
+}
+
+fn fill_counts(stats: &mut SyncStats, graph: &ServiceGraph) {
+    stats.services = graph.families.values().map(|f| f.services.len()).sum();
+    stats.endpoints = graph.families.values().map(|f| f.total_endpoints()).sum();
+}
+
+fn gen_err(e: GenError) -> ApplyError {
+    ApplyError::Other {
+        backend: "nftables",
+        message: e.to_string(),
+    }
+}
+
+impl Backend for NftablesBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Nftables
+    }
+
+    fn render_full(&self, graph: &ServiceGraph) -> Result<String, GenError> {
+        Ok(self.generator.generate(graph)?.render())
+    }
+
+    fn sync(
+        &mut self,
+        graph: &ServiceGraph,
+        changes: Option<&ChangeSet>,
+    ) -> Result<SyncStats, ApplyError> {
+        match changes {
+            Some(c) if self.state.is_some() && !c.needs_full_sync => {
+                self.incremental_sync(graph, c)
+            }
+            _ => self.full_sync(graph),
+        }
+    }
+
+    fn check(&mut self) -> Result<bool, ApplyError> {
+        if self.state.is_none() {
+            return Ok(false);
+        }
+        // One `nft list` per object: nft 1.0.6 fails to resolve set
+        // references when several `list` commands share one `-f` script.
+        let mut out = String::new();
+        for f in self.services_rules.keys() {
+            for args in [
+                ["list", "set", f.as_str(), TABLE, sets::GENERATION],
+                ["list", "chain", f.as_str(), TABLE, "services"],
+            ] {
+                match self.nft.run(&args, None) {
+                    Ok(text) => out.push_str(&text),
+                    // The table or the object is gone: drift.
+                    Err(ApplyError::Rejected { .. }) => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(listing_matches(&out, self.generation, &self.services_rules))
+    }
+
+    fn last_applied(&self) -> Option<String> {
+        let state = self.state.as_ref()?;
+        let mut tx = Transaction::new();
+        for fs in state {
+            tx.extend(Transaction::replace_table(&fs.rules.assemble()));
+        }
+        Some(tx.render())
+    }
+
+    fn cleanup(&mut self) -> Result<(), Vec<ApplyError>> {
+        self.state = None;
+        self.stale.clear();
+        let mut errors = Vec::new();
+        for table in [TABLE, "kube-proxy"] {
+            for f in [Family::Ip, Family::Ip6] {
+                // `add` first so that `delete` cannot fail on a missing table.
+                let script = format!(
+                    "add table {fam} {table}\ndelete table {fam} {table}\n",
+                    fam = f.as_str()
+                );
+                if let Err(e) = self.nft.apply(&script) {
+                    errors.push(e);
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// Does `nft list` output of the generation sets and `services` chains
+/// show `generation` in every family and the expected rule counts?
+fn listing_matches(out: &str, generation: u32, services_rules: &BTreeMap<Family, usize>) -> bool {
+    let want = format!("{generation:#010x}");
+    let gens = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("elements = {"))
+        .filter(|l| l.contains(&want))
+        .count();
+    if gens != services_rules.len() {
+        return false;
+    }
+    // Rules of each `services` chain: the lines between its header and
+    // the closing brace.
+    let mut counts = Vec::new();
+    let mut inside = None;
+    for l in out.lines() {
+        let t = l.trim();
+        if t.starts_with("chain services {") {
+            inside = Some(0usize);
+        } else if let Some(n) = inside.as_mut() {
+            if t == "}" {
+                counts.push(*n);
+                inside = None;
+            } else if !t.is_empty() {
+                *n += 1;
+            }
+        }
+    }
+    counts == services_rules.values().copied().collect::<Vec<_>>()
+}
+
+/// Why nftables mode cannot run here (reference §2.9).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unsupported {
+    /// The kernel is older than 5.13.
+    #[error("kernel {0} is older than 5.13")]
+    Kernel(String),
+    /// `nft` is older than 1.0.1.
+    #[error("nft {0}.{1}.{2} is older than 1.0.1")]
+    Nft(u32, u32, u32),
+    /// `nft` or the kernel version could not be read.
+    #[error("{0}")]
+    Probe(String),
+}
+
+/// Whether this host can run the nftables backend: kernel ≥ 5.13 (skipped
+/// when `KUBE_PROXY_NFTABLES_SKIP_KERNEL_VERSION_CHECK` is set, as
+/// upstream) and `nft` ≥ 1.0.1.
+pub fn supported() -> Result<(), Unsupported> {
+    supported_with(&Nft::host())
+}
+
+/// [`supported`] with a given `nft`.
+pub fn supported_with(nft: &Nft) -> Result<(), Unsupported> {
+    let skip = std::env::var_os("KUBE_PROXY_NFTABLES_SKIP_KERNEL_VERSION_CHECK")
+        .is_some_and(|v| !v.is_empty());
+    if !skip {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_err(|e| Unsupported::Probe(format!("reading the kernel version: {e}")))?;
+        let release = release.trim().to_string();
+        let v = transport::parse_dotted(&release).ok_or_else(|| {
+            Unsupported::Probe(format!("cannot parse kernel version {release:?}"))
+        })?;
+        if v < (5, 13, 0) {
+            return Err(Unsupported::Kernel(release));
+        }
+    }
+    let v = nft
+        .version()
+        .map_err(|e| Unsupported::Probe(e.to_string()))?;
+    if v < (1, 0, 1) {
+        return Err(Unsupported::Nft(v.0, v.1, v.2));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listing_check() {
+        let out = "table ip kproxy {\n\tset sync-generation {\n\t\ttype mark\n\t\telements = { 0x00000003 }\n\t}\n}\ntable ip kproxy {\n\tchain services {\n\t\tip daddr . meta l4proto . th dport vmap @service-ips\n\t}\n}\n";
+        let mut m = BTreeMap::new();
+        m.insert(Family::Ip, 1);
+        assert!(listing_matches(out, 3, &m));
+        assert!(!listing_matches(out, 4, &m));
+        m.insert(Family::Ip, 2);
+        assert!(!listing_matches(out, 3, &m));
+    }
+}

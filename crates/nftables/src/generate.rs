@@ -1,0 +1,1043 @@
+//! The generator: [`ServiceGraph`] → one [`Table`] per family.
+//!
+//! The output is split into the part that does not depend on any one
+//! service (the skeleton: base chains, helper chains, the shared sets and
+//! maps, node and CIDR elements) and one [`ServiceRules`] per service port
+//! (its elements in the shared maps, the per-service chains and sets it
+//! needs, and the shared load-balancing chains it uses). A full sync
+//! assembles them all ([`FamilyRules::assemble`]); an incremental sync
+//! regenerates only the service ports that changed and diffs their
+//! contributions (see [`crate::diff`]).
+//!
+//! Layout (docs/backends/nftables.md has the whole story): traffic is
+//! classified by the verdict maps `service-ips` (VIP . proto . port) and
+//! `service-nodeports` (proto . port) into *shared* load-balancing chains,
+//! one per endpoint count K and endpoint set (`cluster-K`, `local-K`,
+//! `nodeport-cluster-K`, `nodeport-local-K`), whose single rule DNATs
+//! through a data map keyed by the original destination and
+//! `numgen random mod K`. Per-service chains exist only where a feature
+//! needs them: `externalTrafficPolicy: Local` short-circuits, ClientIP
+//! affinity, and source-range firewalls.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use kproxy_graph::{
+    Endpoint, FamilyGraph, GenError, Generator, IpFamily, LocalTraffic, NoEndpointVerdict,
+    NodePortIps, ServiceGraph, ServicePort, ServicePortName, TrafficPolicy,
+};
+
+use crate::ir::{
+    Chain, ChainType, Element, Family, Hook, HookPoint, Priority, Rule, Set, SetType, Table,
+};
+use crate::names;
+
+/// The table name kproxy owns in both families.
+pub const TABLE: &str = "kproxy";
+/// The table's comment.
+pub const TABLE_COMMENT: &str = "rules for kproxy";
+
+/// Names of the shared sets and maps.
+pub mod sets {
+    /// Every ClusterIP (set).
+    pub const CLUSTER_IPS: &str = "cluster-ips";
+    /// Addresses that accept NodePorts (set).
+    pub const NODEPORT_IPS: &str = "nodeport-ips";
+    /// VIP . proto . port → verdict (ClusterIPs, ExternalIPs, LB IPs).
+    pub const SERVICE_IPS: &str = "service-ips";
+    /// proto . port → verdict (NodePorts).
+    pub const SERVICE_NODEPORTS: &str = "service-nodeports";
+    /// VIP . proto . port → drop / goto reject-chain.
+    pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+    /// proto . port → drop / goto reject-chain.
+    pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+    /// LB IP . proto . port → goto firewall chain.
+    pub const FIREWALL_IPS: &str = "firewall-ips";
+    /// endpoint . endpoint . proto . port of local endpoints (hairpin).
+    pub const HAIRPIN: &str = "hairpin-connections";
+    /// VIP . proto . port . index → endpoint . port, cluster endpoints.
+    pub const CLUSTER_EPS: &str = "cluster-endpoints";
+    /// VIP . proto . port . index → endpoint . port, local endpoints.
+    pub const LOCAL_EPS: &str = "local-endpoints";
+    /// proto . port . index → endpoint . port, cluster endpoints (NodePorts).
+    pub const NP_CLUSTER_EPS: &str = "nodeport-cluster-endpoints";
+    /// proto . port . index → endpoint . port, local endpoints (NodePorts).
+    pub const NP_LOCAL_EPS: &str = "nodeport-local-endpoints";
+    /// One element: the generation of the last sync (the drift canary).
+    pub const GENERATION: &str = "sync-generation";
+}
+
+/// A shared load-balancing chain: DNAT to one of K endpoints of one
+/// endpoint set, looked up by the packet's original destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LbChain {
+    /// Which data map it reads.
+    pub kind: LbKind,
+    /// The number of endpoints (the `numgen` modulus), ≥ 1.
+    pub k: usize,
+}
+
+/// The endpoint set and key of a shared load-balancing chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LbKind {
+    /// `cluster-K`: VIP key, cluster endpoints.
+    Cluster,
+    /// `local-K`: VIP key, local endpoints.
+    Local,
+    /// `nodeport-cluster-K`: NodePort key, cluster endpoints.
+    NodePortCluster,
+    /// `nodeport-local-K`: NodePort key, local endpoints.
+    NodePortLocal,
+    /// `mark-cluster-K`: masquerade mark, then `cluster-K` (eTP=Cluster VIPs).
+    MarkCluster,
+    /// `mark-nodeport-cluster-K`: mark, then `nodeport-cluster-K`.
+    MarkNodePortCluster,
+}
+
+impl LbChain {
+    /// The chain's name.
+    pub fn name(&self) -> String {
+        let p = match self.kind {
+            LbKind::Cluster => "cluster",
+            LbKind::Local => "local",
+            LbKind::NodePortCluster => "nodeport-cluster",
+            LbKind::NodePortLocal => "nodeport-local",
+            LbKind::MarkCluster => "mark-cluster",
+            LbKind::MarkNodePortCluster => "mark-nodeport-cluster",
+        };
+        format!("{p}-{}", self.k)
+    }
+
+    /// The chain itself.
+    pub fn chain(&self, fam: &Fam, mark: u32) -> Chain {
+        let dnat = |map: &str, key: &str| {
+            Rule::new(format!(
+                "meta l4proto {{ tcp, udp, sctp }} dnat {} addr . port to {key} . numgen random mod {} map @{map}",
+                fam.f.as_str(),
+                self.k
+            ))
+        };
+        let vip_key = format!("{} daddr . meta l4proto . th dport", fam.f.as_str());
+        let np_key = "meta l4proto . th dport";
+        let rules = match self.kind {
+            LbKind::Cluster => vec![dnat(sets::CLUSTER_EPS, &vip_key)],
+            LbKind::Local => vec![dnat(sets::LOCAL_EPS, &vip_key)],
+            LbKind::NodePortCluster => vec![dnat(sets::NP_CLUSTER_EPS, np_key)],
+            LbKind::NodePortLocal => vec![dnat(sets::NP_LOCAL_EPS, np_key)],
+            LbKind::MarkCluster => vec![Rule::new(format!(
+                "{} goto {}",
+                mark_stmt(mark),
+                LbChain {
+                    kind: LbKind::Cluster,
+                    k: self.k
+                }
+                .name()
+            ))],
+            LbKind::MarkNodePortCluster => vec![Rule::new(format!(
+                "{} goto {}",
+                mark_stmt(mark),
+                LbChain {
+                    kind: LbKind::NodePortCluster,
+                    k: self.k
+                }
+                .name()
+            ))],
+        };
+        Chain::new(self.name(), rules)
+    }
+
+    /// The inner chain a marking chain goes to (it must exist too).
+    pub fn inner(&self) -> Option<LbChain> {
+        match self.kind {
+            LbKind::MarkCluster => Some(LbChain {
+                kind: LbKind::Cluster,
+                k: self.k,
+            }),
+            LbKind::MarkNodePortCluster => Some(LbChain {
+                kind: LbKind::NodePortCluster,
+                k: self.k,
+            }),
+            _ => None,
+        }
+    }
+}
+
+fn mark_stmt(mark: u32) -> String {
+    format!("meta mark set meta mark | {mark:#x}")
+}
+
+/// Family-specific spellings.
+#[derive(Debug, Clone, Copy)]
+pub struct Fam {
+    /// The nft family.
+    pub f: Family,
+}
+
+impl Fam {
+    fn daddr(&self) -> String {
+        format!("{} daddr", self.f.as_str())
+    }
+    fn saddr(&self) -> String {
+        format!("{} saddr", self.f.as_str())
+    }
+    fn loopback(&self) -> &'static str {
+        match self.f {
+            Family::Ip => "127.0.0.0/8",
+            Family::Ip6 => "::1",
+        }
+    }
+}
+
+/// One element a service port puts into a shared set or map.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Elem {
+    /// The shared set's name (one of [`sets`]).
+    pub set: &'static str,
+    /// The key text.
+    pub key: String,
+    /// Value and comment.
+    pub elem: Element,
+}
+
+/// What one service port contributes to its family's table.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Hash)]
+pub struct ServiceRules {
+    /// Per-service chains (affinity, eTP=Local, firewall), sorted by name.
+    pub chains: Vec<Chain>,
+    /// Per-service sets (affinity), sorted by name.
+    pub sets: Vec<Set>,
+    /// Elements in shared sets and maps.
+    pub elems: Vec<Elem>,
+    /// The shared load-balancing chains it uses.
+    pub lb: BTreeSet<LbChain>,
+}
+
+/// One family's rules: the skeleton plus each service port's contribution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyRules {
+    /// Base and helper chains, shared sets and maps with the elements that
+    /// do not belong to a service port.
+    pub skeleton: Table,
+    /// Per service port.
+    pub services: BTreeMap<ServicePortName, ServiceRules>,
+    /// The masquerade mark (shared load-balancing chains use it).
+    pub mark: u32,
+}
+
+impl FamilyRules {
+    /// The complete table. Where two service ports claim the same key
+    /// (two Services with one ExternalIP and port, say) the first in
+    /// service-port order wins, so the output is still loadable.
+    pub fn assemble(&self) -> Table {
+        let mut t = self.skeleton.clone();
+        let mut lbs = BTreeSet::new();
+        for sr in self.services.values() {
+            add_contribution(&mut t, sr);
+            lbs.extend(sr.lb.iter().copied());
+        }
+        let fam = Fam { f: t.fam() };
+        for lb in lb_closure(&lbs) {
+            let c = lb.chain(&fam, self.mark);
+            t.chains.insert(c.name.clone(), c);
+        }
+        t
+    }
+}
+
+/// Add one contribution to a table (first claim of a key wins).
+pub fn add_contribution(t: &mut Table, sr: &ServiceRules) {
+    for c in &sr.chains {
+        t.chains.entry(c.name.clone()).or_insert_with(|| c.clone());
+    }
+    for s in &sr.sets {
+        t.sets.entry(s.name.clone()).or_insert_with(|| s.clone());
+    }
+    for e in &sr.elems {
+        if let Some(set) = t.sets.get_mut(e.set) {
+            set.elements
+                .entry(e.key.clone())
+                .or_insert_with(|| e.elem.clone());
+        }
+    }
+}
+
+/// The nftables generator (pure; no I/O).
+#[derive(Debug, Clone, Default)]
+pub struct NftGenerator;
+
+/// The generator's output: one table per family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftRuleset {
+    /// Tables, IPv4 first.
+    pub tables: Vec<Table>,
+}
+
+impl kproxy_graph::Render for NftRuleset {
+    fn render(&self) -> String {
+        let mut tx = crate::ir::Transaction::new();
+        for t in &self.tables {
+            tx.extend(crate::ir::Transaction::replace_table(t));
+        }
+        tx.render()
+    }
+}
+
+impl Generator for NftGenerator {
+    type Ruleset = NftRuleset;
+
+    fn generate(&self, graph: &ServiceGraph) -> Result<NftRuleset, GenError> {
+        Ok(NftRuleset {
+            tables: generate_families(graph)?
+                .into_iter()
+                .map(|(_, fr)| fr.assemble())
+                .collect(),
+        })
+    }
+}
+
+/// The nft family for a graph family.
+pub fn nft_family(f: IpFamily) -> Family {
+    match f {
+        IpFamily::V4 => Family::Ip,
+        IpFamily::V6 => Family::Ip6,
+    }
+}
+
+/// Generate every family of the graph (both families always: an
+/// IPv4-only graph still gets an empty `ip6` table, as kube-proxy does,
+/// so a family that goes away is cleaned out by the next full sync).
+pub fn generate_families(graph: &ServiceGraph) -> Result<Vec<(Family, FamilyRules)>, GenError> {
+    let mut out = Vec::new();
+    for fam in IpFamily::ALL {
+        let empty;
+        let fg = match graph.family(fam) {
+            Some(fg) => fg,
+            None => {
+                empty = FamilyGraph::empty(fam);
+                &empty
+            }
+        };
+        out.push((nft_family(fam), generate_family(graph, fg)?));
+    }
+    Ok(out)
+}
+
+/// Generation context for one family.
+pub struct Ctx<'a> {
+    fam: Fam,
+    fg: &'a FamilyGraph,
+    mark: u32,
+    masquerade_all: bool,
+}
+
+impl<'a> Ctx<'a> {
+    /// A context for one family graph.
+    pub fn new(graph: &ServiceGraph, fg: &'a FamilyGraph) -> Self {
+        Ctx {
+            fam: Fam {
+                f: nft_family(fg.family),
+            },
+            fg,
+            mark: graph.masquerade_mark(),
+            masquerade_all: graph.config.masquerade_all,
+        }
+    }
+
+    /// The masquerade mark.
+    pub fn mark(&self) -> u32 {
+        self.mark
+    }
+
+    /// The nft family.
+    pub fn fam(&self) -> Fam {
+        self.fam
+    }
+}
+
+/// Generate one family.
+pub fn generate_family(graph: &ServiceGraph, fg: &FamilyGraph) -> Result<FamilyRules, GenError> {
+    let ctx = Ctx::new(graph, fg);
+    let skeleton = skeleton(&ctx);
+    let mut services = BTreeMap::new();
+    for (name, sp) in &fg.services {
+        services.insert(name.clone(), service_rules(&ctx, sp)?);
+    }
+    Ok(FamilyRules {
+        skeleton,
+        services,
+        mark: ctx.mark,
+    })
+}
+
+/// The local-traffic detector as a match, `negate` for "not from pods".
+fn detector(ctx: &Ctx, negate: bool) -> Option<String> {
+    let op = if negate { "!= " } else { "" };
+    match &ctx.fg.local_traffic {
+        LocalTraffic::None => None,
+        LocalTraffic::Cidr(c) => Some(format!("{} {op}{c}", ctx.fam.saddr())),
+        LocalTraffic::Interface(i) => Some(format!("iifname {op}\"{}\"", ifname(i))),
+        LocalTraffic::InterfacePrefix(p) => Some(format!("iifname {op}\"{}*\"", ifname(p))),
+    }
+}
+
+/// Interface names are validated by intake; filter again so nothing can
+/// escape the quotes (or become a wildcard) whatever reaches us.
+fn ifname(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '*'))
+        .take(15)
+        .collect()
+}
+
+fn hook(chain_type: ChainType, hook: HookPoint, name: &'static str, offset: i32) -> Option<Hook> {
+    Some(Hook {
+        chain_type,
+        hook,
+        priority: Priority { name, offset },
+    })
+}
+
+fn base_chain(name: &str, h: Option<Hook>, rules: &[&str]) -> Chain {
+    Chain {
+        name: name.to_string(),
+        hook: h,
+        rules: rules.iter().map(|r| Rule::new(*r)).collect(),
+    }
+}
+
+fn vmap_set(name: &str, key: String, comment: &str) -> Set {
+    Set {
+        name: name.to_string(),
+        map: true,
+        set_type: SetType::Type(format!("{key} : verdict")),
+        flags: vec![],
+        timeout: None,
+        comment: Some(names::comment(comment)),
+        elements: BTreeMap::new(),
+    }
+}
+
+fn plain_set(name: &str, ty: String, comment: &str) -> Set {
+    Set {
+        name: name.to_string(),
+        map: false,
+        set_type: SetType::Type(ty),
+        flags: vec![],
+        timeout: None,
+        comment: Some(names::comment(comment)),
+        elements: BTreeMap::new(),
+    }
+}
+
+fn ep_map(name: &str, fam: &Fam, nodeport: bool, comment: &str) -> Set {
+    let f = fam.f.as_str();
+    let key = if nodeport {
+        "meta l4proto . th dport . numgen random mod 1".to_string()
+    } else {
+        format!("{f} daddr . meta l4proto . th dport . numgen random mod 1")
+    };
+    Set {
+        name: name.to_string(),
+        map: true,
+        set_type: SetType::Typeof(format!("{key} : {f} daddr . th dport")),
+        flags: vec![],
+        timeout: None,
+        comment: Some(names::comment(comment)),
+        elements: BTreeMap::new(),
+    }
+}
+
+/// Base chains, with the priorities documented in docs/backends/nftables.md
+/// (kube-proxy v1.34+'s: the source-range firewall pre-DNAT at dstnat-10,
+/// the no-endpoint and ClusterIP checks post-DNAT at filter, DNAT at
+/// dstnat, masquerading at srcnat).
+fn skeleton(ctx: &Ctx) -> Table {
+    use ChainType::*;
+    use HookPoint::*;
+    let fam = &ctx.fam;
+    let a = fam.f.addr_type();
+    let d = fam.daddr();
+    let mut t = Table::new(fam.f, TABLE, Some(TABLE_COMMENT));
+    let mut add = |c: Chain| {
+        t.chains.insert(c.name.clone(), c);
+    };
+    add(base_chain(
+        "filter-prerouting-pre-dnat",
+        hook(Filter, Prerouting, "dstnat", -10),
+        &["ct state new jump firewall-check"],
+    ));
+    add(base_chain(
+        "filter-output-pre-dnat",
+        hook(Filter, Output, "dstnat", -10),
+        &["ct state new jump firewall-check"],
+    ));
+    add(base_chain(
+        "filter-forward",
+        hook(Filter, Forward, "filter", 0),
+        &[
+            "ct state new jump service-endpoints-check",
+            "ct state new jump cluster-ips-check",
+        ],
+    ));
+    add(base_chain(
+        "filter-input",
+        hook(Filter, Input, "filter", 0),
+        &[
+            "ct state new jump nodeport-endpoints-check",
+            "ct state new jump service-endpoints-check",
+        ],
+    ));
+    add(base_chain(
+        "filter-output",
+        hook(Filter, Output, "filter", 0),
+        &[
+            "ct state new jump service-endpoints-check",
+            "ct state new jump cluster-ips-check",
+        ],
+    ));
+    add(base_chain(
+        "nat-prerouting",
+        hook(Nat, Prerouting, "dstnat", 0),
+        &["jump services"],
+    ));
+    add(base_chain(
+        "nat-output",
+        hook(Nat, Output, "dstnat", 0),
+        &["jump services"],
+    ));
+    add(base_chain(
+        "nat-postrouting",
+        hook(Nat, Postrouting, "srcnat", 0),
+        &["jump masquerading"],
+    ));
+
+    // NodePort destination match, shared by `services` and
+    // `nodeport-endpoints-check`; None when no address accepts NodePorts.
+    let np_match = match &ctx.fg.nodeport_ips {
+        NodePortIps::All => Some(format!(
+            "fib daddr type local {d} != {} meta l4proto . th dport",
+            fam.loopback()
+        )),
+        NodePortIps::Only(ips) if ips.is_empty() => None,
+        NodePortIps::Only(_) => Some(format!(
+            "{d} @{} meta l4proto . th dport",
+            sets::NODEPORT_IPS
+        )),
+    };
+
+    let mut services = Vec::new();
+    let mark = mark_stmt(ctx.mark);
+    if ctx.masquerade_all {
+        services.push(Rule::new(format!("{d} @{} {mark}", sets::CLUSTER_IPS)));
+    } else if let Some(not_pod) = detector(ctx, true) {
+        services.push(Rule::new(format!(
+            "{d} @{} {not_pod} {mark}",
+            sets::CLUSTER_IPS
+        )));
+    }
+    services.push(Rule::new(format!(
+        "{d} . meta l4proto . th dport vmap @{}",
+        sets::SERVICE_IPS
+    )));
+    if let Some(m) = &np_match {
+        services.push(Rule::new(format!("{m} vmap @{}", sets::SERVICE_NODEPORTS)));
+    }
+    add(Chain::new("services", services));
+
+    add(Chain::new(
+        "masquerading",
+        vec![
+            Rule::new(format!(
+                "meta mark & {m:#x} != 0 meta mark set meta mark ^ {m:#x} masquerade fully-random",
+                m = ctx.mark
+            )),
+            Rule::new(format!(
+                "ct status dnat {s} . {d} . meta l4proto . th dport @{} masquerade fully-random",
+                sets::HAIRPIN,
+                s = fam.saddr()
+            )),
+        ],
+    ));
+    add(Chain::new(
+        "firewall-check",
+        vec![Rule::new(format!(
+            "{d} . meta l4proto . th dport vmap @{}",
+            sets::FIREWALL_IPS
+        ))],
+    ));
+    add(Chain::new(
+        "service-endpoints-check",
+        vec![Rule::new(format!(
+            "{d} . meta l4proto . th dport vmap @{}",
+            sets::NO_ENDPOINT_SERVICES
+        ))],
+    ));
+    add(Chain::new(
+        "nodeport-endpoints-check",
+        np_match
+            .iter()
+            .map(|m| Rule::new(format!("{m} vmap @{}", sets::NO_ENDPOINT_NODEPORTS)))
+            .collect(),
+    ));
+    let mut cip = vec![Rule::commented(
+        format!("{d} @{} reject", sets::CLUSTER_IPS),
+        "Reject traffic to invalid ports of ClusterIPs",
+    )];
+    if !ctx.fg.service_cidrs.is_empty() {
+        let cidrs: Vec<String> = ctx.fg.service_cidrs.iter().map(|c| c.to_string()).collect();
+        cip.push(Rule::commented(
+            format!("{d} {{ {} }} drop", cidrs.join(", ")),
+            "Drop traffic to unallocated ClusterIPs",
+        ));
+    }
+    add(Chain::new("cluster-ips-check", cip));
+    add(Chain::new("reject-chain", vec![Rule::new("reject")]));
+
+    let vip = format!("{a} . inet_proto . inet_service");
+    let np = "inet_proto . inet_service".to_string();
+    let mut sets_ = vec![
+        plain_set(sets::CLUSTER_IPS, a.to_string(), "Active ClusterIPs"),
+        plain_set(
+            sets::NODEPORT_IPS,
+            a.to_string(),
+            "IPs that accept NodePort traffic",
+        ),
+        vmap_set(
+            sets::SERVICE_IPS,
+            vip.clone(),
+            "ClusterIP, ExternalIP and LoadBalancer IP traffic",
+        ),
+        vmap_set(sets::SERVICE_NODEPORTS, np.clone(), "NodePort traffic"),
+        vmap_set(
+            sets::NO_ENDPOINT_SERVICES,
+            vip.clone(),
+            "vmap to drop or reject packets to services with no endpoints",
+        ),
+        vmap_set(
+            sets::NO_ENDPOINT_NODEPORTS,
+            np,
+            "vmap to drop or reject packets to service nodeports with no endpoints",
+        ),
+        vmap_set(
+            sets::FIREWALL_IPS,
+            vip,
+            "destinations that are subject to LoadBalancerSourceRanges",
+        ),
+        plain_set(
+            sets::HAIRPIN,
+            format!("{a} . {a} . inet_proto . inet_service"),
+            "local endpoint connections to themselves",
+        ),
+        ep_map(sets::CLUSTER_EPS, fam, false, "cluster endpoints by VIP"),
+        ep_map(sets::LOCAL_EPS, fam, false, "local endpoints by VIP"),
+        ep_map(
+            sets::NP_CLUSTER_EPS,
+            fam,
+            true,
+            "cluster endpoints by NodePort",
+        ),
+        ep_map(sets::NP_LOCAL_EPS, fam, true, "local endpoints by NodePort"),
+        plain_set(sets::GENERATION, "mark".to_string(), "sync generation"),
+    ];
+    if let NodePortIps::Only(ips) = &ctx.fg.nodeport_ips {
+        for ip in ips {
+            sets_[1].elements.insert(ip.to_string(), Element::default());
+        }
+    }
+    for s in sets_ {
+        t.sets.insert(s.name.clone(), s);
+    }
+    t
+}
+
+fn verdict(v: Option<NoEndpointVerdict>) -> String {
+    match v {
+        Some(NoEndpointVerdict::Drop) => "drop".to_string(),
+        // Reject when unspecified: the graph says there is nothing to serve.
+        Some(NoEndpointVerdict::Reject) | None => "goto reject-chain".to_string(),
+    }
+}
+
+fn ep_value(ep: &Endpoint) -> String {
+    format!("{} . {}", ep.ip, ep.port)
+}
+
+/// Which key an endpoint lookup uses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Vip(IpAddr),
+    NodePort(u16),
+}
+
+struct SvcCtx<'a, 'b> {
+    ctx: &'a Ctx<'b>,
+    sp: &'a ServicePort,
+    proto: &'static str,
+    base: String,
+    comment: String,
+    out: ServiceRules,
+}
+
+impl SvcCtx<'_, '_> {
+    fn elem(&mut self, set: &'static str, key: String, value: Option<String>, comment: bool) {
+        self.out.elems.push(Elem {
+            set,
+            key,
+            elem: Element {
+                value,
+                comment: comment.then(|| self.comment.clone()),
+            },
+        });
+    }
+
+    fn eps(&self, policy: TrafficPolicy) -> &[Endpoint] {
+        match policy {
+            TrafficPolicy::Cluster => &self.sp.cluster_endpoints,
+            TrafficPolicy::Local => &self.sp.local_endpoints,
+        }
+    }
+
+    fn vip_key(&self, ip: IpAddr) -> String {
+        format!("{ip} . {} . {}", self.proto, self.sp.port)
+    }
+
+    /// The chain that load-balances `policy`'s endpoints for traffic
+    /// arriving `via`, adding the endpoint elements it reads. `None` when
+    /// that set is empty.
+    fn policy_target(&mut self, policy: TrafficPolicy, via: Via) -> Option<String> {
+        let n = self.eps(policy).len();
+        if n == 0 {
+            return None;
+        }
+        if self.sp.session_affinity.is_some() {
+            let prefix = match policy {
+                TrafficPolicy::Cluster => "service",
+                TrafficPolicy::Local => "local",
+            };
+            return Some(format!("{prefix}-{}", self.base));
+        }
+        let (kind, map, key_prefix) = match (policy, via) {
+            (TrafficPolicy::Cluster, Via::Vip(ip)) => {
+                (LbKind::Cluster, sets::CLUSTER_EPS, self.vip_key(ip))
+            }
+            (TrafficPolicy::Local, Via::Vip(ip)) => {
+                (LbKind::Local, sets::LOCAL_EPS, self.vip_key(ip))
+            }
+            (TrafficPolicy::Cluster, Via::NodePort(p)) => (
+                LbKind::NodePortCluster,
+                sets::NP_CLUSTER_EPS,
+                format!("{} . {p}", self.proto),
+            ),
+            (TrafficPolicy::Local, Via::NodePort(p)) => (
+                LbKind::NodePortLocal,
+                sets::NP_LOCAL_EPS,
+                format!("{} . {p}", self.proto),
+            ),
+        };
+        let values: Vec<String> = self.eps(policy).iter().map(ep_value).collect();
+        for (i, v) in values.into_iter().enumerate() {
+            self.elem(map, format!("{key_prefix} . {i}"), Some(v), false);
+        }
+        let lb = LbChain { kind, k: n };
+        self.out.lb.insert(lb);
+        Some(lb.name())
+    }
+
+    /// The chain external traffic arriving `via` goes to.
+    fn external_target(&mut self, via: Via) -> Option<String> {
+        let d = &self.sp.decisions;
+        let affinity = self.sp.session_affinity.is_some();
+        if d.external_policy_chain == TrafficPolicy::Cluster {
+            if affinity {
+                let inner = self.policy_target(TrafficPolicy::Cluster, via)?;
+                let name = format!("external-{}", self.base);
+                self.ensure_chain(
+                    &name,
+                    vec![Rule::new(format!(
+                        "{} goto {inner}",
+                        mark_stmt(self.ctx.mark)
+                    ))],
+                );
+                return Some(name);
+            }
+            self.policy_target(TrafficPolicy::Cluster, via)?;
+            let n = self.sp.cluster_endpoints.len();
+            let kind = match via {
+                Via::Vip(_) => LbKind::MarkCluster,
+                Via::NodePort(_) => LbKind::MarkNodePortCluster,
+            };
+            let lb = LbChain { kind, k: n };
+            self.out.lb.insert(lb);
+            return Some(lb.name());
+        }
+        // externalTrafficPolicy: Local, kube-proxy's external chain.
+        let name = match (via, affinity) {
+            (Via::NodePort(_), false) => format!("nodeport-{}", self.base),
+            _ => format!("external-{}", self.base),
+        };
+        let mut rules = Vec::new();
+        let cluster = if d.uses_cluster_chain {
+            self.policy_target(TrafficPolicy::Cluster, via)
+        } else {
+            None
+        };
+        if let Some(ct) = &cluster {
+            if let Some(pod) = detector(self.ctx, false) {
+                rules.push(Rule::commented(
+                    format!("{pod} goto {ct}"),
+                    "short-circuit pod traffic",
+                ));
+            }
+            rules.push(Rule::commented(
+                format!(
+                    "fib saddr type local {} goto {ct}",
+                    mark_stmt(self.ctx.mark)
+                ),
+                "short-circuit local traffic",
+            ));
+        }
+        if d.has_external_endpoints
+            && let Some(lt) = self.policy_target(TrafficPolicy::Local, via)
+        {
+            rules.push(Rule::new(format!("goto {lt}")));
+        }
+        self.ensure_chain(&name, rules);
+        Some(name)
+    }
+
+    fn ensure_chain(&mut self, name: &str, rules: Vec<Rule>) {
+        if !self.out.chains.iter().any(|c| c.name == name) {
+            self.out.chains.push(Chain::new(name, rules));
+        }
+    }
+
+    /// ClientIP affinity: kube-proxy's per-service and per-endpoint chains
+    /// with one dynamic set per endpoint.
+    fn affinity_chains(&mut self) {
+        let Some(aff) = self.sp.session_affinity else {
+            return;
+        };
+        let fam = self.ctx.fam;
+        let d = &self.sp.decisions;
+        let mut wanted = Vec::new();
+        if d.uses_cluster_chain && !self.sp.cluster_endpoints.is_empty() {
+            wanted.push(("service", self.sp.cluster_endpoints.clone()));
+        }
+        if d.uses_local_chain && !self.sp.local_endpoints.is_empty() {
+            wanted.push(("local", self.sp.local_endpoints.clone()));
+        }
+        let mut endpoints: BTreeMap<String, Endpoint> = BTreeMap::new();
+        for (prefix, eps) in wanted {
+            let mut rules = Vec::new();
+            let mut vmap = Vec::new();
+            for (i, ep) in eps.iter().enumerate() {
+                let eb = names::endpoint_base(&self.sp.name, ep);
+                rules.push(Rule::new(format!(
+                    "{} @affinity-{eb} goto endpoint-{eb}",
+                    fam.saddr()
+                )));
+                vmap.push(format!("{i} : goto endpoint-{eb}"));
+                endpoints.insert(eb, ep.clone());
+            }
+            rules.push(Rule::new(format!(
+                "numgen random mod {} vmap {{ {} }}",
+                eps.len(),
+                vmap.join(", ")
+            )));
+            let name = format!("{prefix}-{}", self.base);
+            self.ensure_chain(&name, rules);
+        }
+        for (eb, ep) in endpoints {
+            self.out.sets.push(Set {
+                name: format!("affinity-{eb}"),
+                map: false,
+                set_type: SetType::Type(fam.f.addr_type().to_string()),
+                flags: vec!["dynamic", "timeout"],
+                timeout: Some(aff.timeout_seconds),
+                comment: None,
+                elements: BTreeMap::new(),
+            });
+            let dst = match ep.ip {
+                IpAddr::V4(ip) => format!("{ip}:{}", ep.port),
+                IpAddr::V6(ip) => format!("[{ip}]:{}", ep.port),
+            };
+            self.ensure_chain(
+                &format!("endpoint-{eb}"),
+                vec![
+                    Rule::new(format!("update @affinity-{eb} {{ {} }}", fam.saddr())),
+                    Rule::new(format!(
+                        "meta l4proto {} dnat {} to {dst}",
+                        self.proto,
+                        fam.f.as_str()
+                    )),
+                ],
+            );
+        }
+    }
+}
+
+/// Everything one service port contributes.
+pub fn service_rules(ctx: &Ctx, sp: &ServicePort) -> Result<ServiceRules, GenError> {
+    if IpFamily::of(&sp.cluster_ip) != ctx.fg.family {
+        return Err(GenError::Unsupported {
+            object: sp.name.to_string(),
+            reason: format!("ClusterIP {} is not {}", sp.cluster_ip, ctx.fg.family),
+        });
+    }
+    let mut s = SvcCtx {
+        ctx,
+        sp,
+        proto: sp.name.protocol.as_str(),
+        base: names::service_base(&sp.name),
+        comment: names::service_comment(&sp.name),
+        out: ServiceRules::default(),
+    };
+    let d = sp.decisions.clone();
+    let same_family = |ip: &IpAddr| IpFamily::of(ip) == ctx.fg.family;
+
+    s.affinity_chains();
+
+    // ClusterIP.
+    s.elem(sets::CLUSTER_IPS, sp.cluster_ip.to_string(), None, false);
+    let cip_key = s.vip_key(sp.cluster_ip);
+    let internal = if d.has_internal_endpoints {
+        s.policy_target(d.internal_policy_chain, Via::Vip(sp.cluster_ip))
+    } else {
+        None
+    };
+    match internal {
+        Some(target) => s.elem(
+            sets::SERVICE_IPS,
+            cip_key,
+            Some(format!("goto {target}")),
+            true,
+        ),
+        None => s.elem(
+            sets::NO_ENDPOINT_SERVICES,
+            cip_key,
+            Some(verdict(d.internal_verdict)),
+            true,
+        ),
+    }
+
+    // ExternalIPs and VIP-mode LoadBalancer IPs.
+    let mut vips: Vec<IpAddr> = sp
+        .external_ips
+        .iter()
+        .copied()
+        .filter(same_family)
+        .collect();
+    let lb_ips: Vec<IpAddr> = sp.vip_load_balancer_ips().filter(same_family).collect();
+    vips.extend(lb_ips.iter().copied());
+    vips.sort();
+    vips.dedup();
+    for ip in &vips {
+        let key = s.vip_key(*ip);
+        if d.uses_external_chain
+            && let Some(target) = s.external_target(Via::Vip(*ip))
+        {
+            s.elem(
+                sets::SERVICE_IPS,
+                key.clone(),
+                Some(format!("goto {target}")),
+                true,
+            );
+        }
+        if !d.has_external_endpoints {
+            s.elem(
+                sets::NO_ENDPOINT_SERVICES,
+                key,
+                Some(verdict(d.external_verdict)),
+                true,
+            );
+        }
+    }
+
+    // NodePort.
+    if let Some(np) = sp.node_port {
+        let key = format!("{} . {np}", s.proto);
+        if d.uses_external_chain
+            && let Some(target) = s.external_target(Via::NodePort(np))
+        {
+            s.elem(
+                sets::SERVICE_NODEPORTS,
+                key.clone(),
+                Some(format!("goto {target}")),
+                true,
+            );
+        }
+        if !d.has_external_endpoints {
+            s.elem(
+                sets::NO_ENDPOINT_NODEPORTS,
+                key,
+                Some(verdict(d.external_verdict)),
+                true,
+            );
+        }
+    }
+
+    // LoadBalancerSourceRanges: a firewall chain, entered pre-DNAT.
+    if d.source_ranges_apply && !lb_ips.is_empty() {
+        let ranges: Vec<_> = sp
+            .source_ranges
+            .iter()
+            .filter(|r| kproxy_graph::IpFamily::of_net(r) == ctx.fg.family)
+            .collect();
+        let mut allowed: Vec<String> = ranges.iter().map(|r| r.to_string()).collect();
+        // A load balancer that hairpins traffic from a node back to it
+        // uses its own IP as source; kube-proxy allows the LB IPs when a
+        // range contains a node IP.
+        if ranges
+            .iter()
+            .any(|r| ctx.fg.node_ips.iter().any(|ip| r.contains(ip)))
+        {
+            allowed.extend(lb_ips.iter().map(|ip| ip.to_string()));
+        }
+        let name = format!("firewall-{}", s.base);
+        let rule = if allowed.is_empty() {
+            Rule::new("drop")
+        } else {
+            Rule::new(format!(
+                "{} != {{ {} }} drop",
+                ctx.fam.saddr(),
+                allowed.join(", ")
+            ))
+        };
+        s.ensure_chain(&name, vec![rule]);
+        for ip in &lb_ips {
+            s.elem(
+                sets::FIREWALL_IPS,
+                s.vip_key(*ip),
+                Some(format!("goto {name}")),
+                true,
+            );
+        }
+    }
+
+    // Hairpin: a local endpoint reaching itself through the service.
+    for ep in &sp.reachable_endpoints {
+        if ep.is_local && same_family(&ep.ip) {
+            s.elem(
+                sets::HAIRPIN,
+                format!("{ip} . {ip} . {} . {}", s.proto, ep.port, ip = ep.ip),
+                None,
+                false,
+            );
+        }
+    }
+
+    s.out.chains.sort_by(|a, b| a.name.cmp(&b.name));
+    s.out.sets.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(s.out)
+}
+
+/// Add the shared load-balancing chains `lbs` (and the chains they go to).
+pub fn lb_closure(lbs: &BTreeSet<LbChain>) -> BTreeSet<LbChain> {
+    let mut all = lbs.clone();
+    for lb in lbs {
+        if let Some(i) = lb.inner() {
+            all.insert(i);
+        }
+    }
+    all
+}

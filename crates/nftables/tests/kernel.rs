@@ -1,0 +1,52 @@
+//! Kernel tests (root, network namespaces): the seed fixture's rules,
+//! applied by the backend, carry real connections to both pods.
+
+mod common;
+
+use common::{Topology, echo_server, probe, probe_many};
+use kproxy_graph::{Backend, ProxyMode};
+use kproxy_nftables::NftablesBackend;
+use kproxy_testkit::load_fixture;
+
+#[test]
+fn seed_clusterip_and_nodeport_reach_both_pods() {
+    let topo = Topology::seed(&["10.244.1.5", "10.244.2.4"]);
+    echo_server(topo.pod.name(), "0.0.0.0:80");
+    // Before kproxy: the ClusterIP goes nowhere.
+    assert!(probe(topo.client.name(), "10.107.33.105:80").is_err());
+
+    let graph = load_fixture("seed", ProxyMode::Nftables);
+    let mut backend = NftablesBackend::in_netns(topo.node.name());
+    backend.sync(&graph, None).expect("full sync");
+    assert!(
+        backend.check().expect("check"),
+        "no drift right after a sync"
+    );
+
+    let both: std::collections::BTreeSet<String> = ["10.244.1.5", "10.244.2.4"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    // ClusterIP from outside (prerouting), from the node (output), and the
+    // NodePort on the node's primary address from outside.
+    for (ns, addr) in [
+        (topo.client.name(), "10.107.33.105:80"),
+        (topo.node.name(), "10.107.33.105:80"),
+        (topo.client.name(), "192.168.49.2:30007"),
+    ] {
+        let seen = probe_many(ns, addr, 40);
+        assert_eq!(seen, both, "{addr} from {ns}");
+    }
+    // A wrong port of the ClusterIP is rejected (connection refused fast),
+    // not routed onward.
+    let err = probe(topo.client.name(), "10.107.33.105:81").expect_err("wrong port");
+    assert!(
+        err.contains("refused") || err.contains("unreachable"),
+        "{err}"
+    );
+
+    // Drift: someone deletes our table; check() notices.
+    topo.node.exec(&["nft", "delete", "table", "ip", "kproxy"]);
+    assert!(!backend.check().expect("check"));
+    backend.cleanup().expect("cleanup");
+}
