@@ -180,6 +180,8 @@ pub fn parse_rule(words: &[String]) -> Result<Rule, String> {
     let mut rule = Rule::default();
     let mut negate = false;
     let mut recent: Option<RecentBuilder> = None;
+    // Where `-m recent` appeared, so kproxy's own text parses back in order.
+    let mut recent_pos = 0usize;
     let mut target: Option<String> = None;
     let mut i = 0;
     let next = |i: &mut usize| -> Result<&String, String> {
@@ -218,7 +220,10 @@ pub fn parse_rule(words: &[String]) -> Result<Rule, String> {
                     // Implied by `-p`; kproxy always writes both.
                     "tcp" | "udp" | "sctp" | "comment" | "addrtype" | "conntrack" | "mark"
                     | "statistic" => {}
-                    "recent" => recent = Some(RecentBuilder::default()),
+                    "recent" => {
+                        recent = Some(RecentBuilder::default());
+                        recent_pos = rule.matches.len();
+                    }
                     other => return Err(format!("unsupported match module {other:?}")),
                 }
             }
@@ -323,7 +328,8 @@ pub fn parse_rule(words: &[String]) -> Result<Rule, String> {
         } else {
             return Err("unsupported recent form".into());
         };
-        rule.matches.push(Match::Recent(m));
+        rule.matches
+            .insert(recent_pos.min(rule.matches.len()), Match::Recent(m));
     }
     let _ = target;
     Ok(rule)
@@ -486,7 +492,8 @@ fn parse_inner(text: &str, lenient: bool) -> Result<Saved, ParseError> {
         let c = match table.chains.iter_mut().position(|c| c.name == chain) {
             Some(i) => &mut table.chains[i],
             None => {
-                if lenient {
+                let builtin = TableName::parse(&table.name).is_some_and(|t| t.is_builtin(&chain));
+                if lenient || builtin {
                     table.chains.push(SavedChain {
                         name: chain.clone(),
                         policy: None,
