@@ -1,0 +1,1 @@
+//! Ruleset diffs (filled in below).

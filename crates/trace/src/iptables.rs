@@ -1,0 +1,1079 @@
+//! The iptables tracer: reads iptables-save output or iptables-restore
+//! input (kproxy's own, with `--noflush` semantics: `:CHAIN` flushes,
+//! `-A` appends, `-I` inserts, `-X` deletes) and walks a packet through
+//! the built-in chains of each table in kernel order.
+//!
+//! [`IptablesRuleset`] holds one [`Tables`] per family section (kproxy's
+//! combined output separates them with `# IPv4` / `# IPv6` header
+//! comments; text without headers is one section for either family).
+//! Each rule is parsed into [`IptRule`] (matches and a target); any option
+//! the tracer does not know is an error naming the line.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use kproxy_graph::{IpFamily, Protocol};
+
+use crate::{Hook, HookRunner, Node, Packet, State, Trace, TraceError, Tracer, Verdict};
+
+/// One match of a rule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IptMatch {
+    /// `[!] -p PROTO` (`None` = `all`).
+    Protocol {
+        /// `!`.
+        negated: bool,
+        /// The protocol number.
+        proto: Option<u8>,
+    },
+    /// `[!] -s NET`.
+    Source {
+        /// `!`.
+        negated: bool,
+        /// The network.
+        net: IpNet,
+    },
+    /// `[!] -d NET`.
+    Destination {
+        /// `!`.
+        negated: bool,
+        /// The network.
+        net: IpNet,
+    },
+    /// `[!] -i NAME` (`NAME+` = prefix).
+    InInterface {
+        /// `!`.
+        negated: bool,
+        /// The name as written.
+        name: String,
+    },
+    /// `[!] --dport LO[:HI]`.
+    DestPort {
+        /// `!`.
+        negated: bool,
+        /// First port.
+        lo: u16,
+        /// Last port.
+        hi: u16,
+    },
+    /// `-m addrtype [!] --src-type/--dst-type LOCAL`.
+    AddrTypeLocal {
+        /// `--dst-type` rather than `--src-type`.
+        dst: bool,
+        /// `!`.
+        negated: bool,
+    },
+    /// `-m conntrack [!] --ctstate S1,S2`.
+    CtState {
+        /// `!`.
+        negated: bool,
+        /// The states, upper case.
+        states: Vec<String>,
+    },
+    /// `-m mark [!] --mark V[/M]`.
+    Mark {
+        /// `!`.
+        negated: bool,
+        /// Value.
+        value: u32,
+        /// Mask.
+        mask: u32,
+    },
+    /// `-m statistic --mode random --probability P`.
+    Probability(f64),
+    /// `-m recent --rcheck`/`--update`: the client was seen recently. A
+    /// first packet never was.
+    RecentCheck(String),
+    /// `-m recent --set`: remembers the client; always matches.
+    RecentSet(String),
+    /// `-m comment --comment TEXT`.
+    Comment(String),
+}
+
+/// What a rule does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IptTarget {
+    /// `-j CHAIN`.
+    Jump(String),
+    /// `-g CHAIN`.
+    Goto(String),
+    /// `-j ACCEPT`.
+    Accept,
+    /// `-j DROP`.
+    Drop,
+    /// `-j REJECT`.
+    Reject,
+    /// `-j RETURN`.
+    Return,
+    /// `-j DNAT --to-destination IP[:PORT]`.
+    Dnat {
+        /// The address.
+        ip: IpAddr,
+        /// The port, when given.
+        port: Option<u16>,
+    },
+    /// `-j MASQUERADE`.
+    Masquerade,
+    /// `-j MARK` in `--set-xmark V/M` form: `mark = (mark & !M) ^ V`.
+    Mark {
+        /// Value.
+        value: u32,
+        /// Mask.
+        mask: u32,
+    },
+}
+
+/// One rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IptRule {
+    /// The line as written (without counters).
+    pub text: String,
+    /// 1-based line number.
+    pub line: usize,
+    /// The matches.
+    pub matches: Vec<IptMatch>,
+    /// The target; `None` for a rule that only counts (or comments).
+    pub target: Option<IptTarget>,
+}
+
+impl IptRule {
+    /// A spelling-independent form: what `iptables-save` and
+    /// `iptables-restore` input both mean (for diffs).
+    pub fn canonical(&self) -> String {
+        let mut parts: Vec<String> = self
+            .matches
+            .iter()
+            .map(|m| match m {
+                IptMatch::Probability(p) => format!("Probability({p:.8})"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        parts.sort();
+        format!("{} => {:?}", parts.join(" "), self.target)
+    }
+}
+
+/// A chain.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct IptChain {
+    /// Built-in chain policy (`ACCEPT`, `DROP`); `None` for user chains.
+    pub policy: Option<String>,
+    /// The rules in order.
+    pub rules: Vec<IptRule>,
+}
+
+/// One family's tables: table name → chain name → chain.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Tables {
+    /// The tables.
+    pub tables: BTreeMap<String, BTreeMap<String, IptChain>>,
+}
+
+impl Tables {
+    /// A chain.
+    pub fn chain(&self, table: &str, chain: &str) -> Option<&IptChain> {
+        self.tables.get(table).and_then(|t| t.get(chain))
+    }
+}
+
+/// A parsed iptables ruleset, per family section.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct IptablesRuleset {
+    /// `(family, tables)`; the family is `None` for text without
+    /// kproxy's family headers.
+    pub sections: Vec<(Option<IpFamily>, Tables)>,
+}
+
+fn builtin(table: &str, chain: &str) -> bool {
+    matches!(
+        (table, chain),
+        ("filter", "INPUT" | "FORWARD" | "OUTPUT")
+            | ("nat", "PREROUTING" | "INPUT" | "OUTPUT" | "POSTROUTING")
+            | ("mangle" | "security" | "raw", _)
+    ) && matches!(
+        chain,
+        "PREROUTING" | "INPUT" | "FORWARD" | "OUTPUT" | "POSTROUTING"
+    )
+}
+
+/// Split a line into words, honouring iptables' double quotes.
+fn split_words(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\\') => match chars.next() {
+                            Some(e) => cur.push(e),
+                            None => return Err("unterminated escape".into()),
+                        },
+                        Some('"') => break,
+                        Some(o) => cur.push(o),
+                        None => return Err("unterminated quote".into()),
+                    }
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+fn parse_u32(s: &str) -> Option<u32> {
+    if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        u32::from_str_radix(h, 16).ok()
+    } else {
+        s.parse().ok()
+    }
+}
+
+fn parse_net(s: &str) -> Option<IpNet> {
+    if let Ok(n) = s.parse::<IpNet>() {
+        return Some(n);
+    }
+    s.parse::<IpAddr>().ok().map(IpNet::from)
+}
+
+fn proto_number(s: &str) -> Option<Option<u8>> {
+    match s.to_ascii_lowercase().as_str() {
+        "all" | "0" => Some(None),
+        "tcp" | "6" => Some(Some(6)),
+        "udp" | "17" => Some(Some(17)),
+        "sctp" | "132" => Some(Some(132)),
+        "icmp" | "1" => Some(Some(1)),
+        "ipv6-icmp" | "icmpv6" | "58" => Some(Some(58)),
+        _ => None,
+    }
+}
+
+/// The protocol number of a [`Protocol`].
+pub fn protocol_number(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+    }
+}
+
+fn parse_rule(words: &[String], text: &str, line: usize) -> Result<IptRule, TraceError> {
+    let err = |reason: String| TraceError::Parse {
+        line,
+        text: text.to_string(),
+        reason,
+    };
+    let mut matches = Vec::new();
+    let mut target: Option<IptTarget> = None;
+    let mut negate = false;
+    let mut i = 0;
+    // Target options are collected, then combined with the target name.
+    let mut target_name: Option<String> = None;
+    let mut to_dest: Option<String> = None;
+    let mut mark_op: Option<(u32, u32)> = None;
+    let mut recent_name = String::new();
+    let mut recent_mode: Option<&str> = None;
+    let mut stat_mode_random = false;
+    let mut stat_prob: Option<f64> = None;
+    while i < words.len() {
+        let w = words[i].as_str();
+        let arg = |k: usize| -> Result<&str, TraceError> {
+            words
+                .get(i + k)
+                .map(String::as_str)
+                .ok_or_else(|| err(format!("option {w} needs a value")))
+        };
+        let neg = std::mem::take(&mut negate);
+        match w {
+            "!" => {
+                negate = true;
+                i += 1;
+                continue;
+            }
+            "-p" | "--protocol" => {
+                let v = arg(1)?;
+                let proto =
+                    proto_number(v).ok_or_else(|| err(format!("unknown protocol {v:?}")))?;
+                matches.push(IptMatch::Protocol {
+                    negated: neg,
+                    proto,
+                });
+                i += 2;
+            }
+            "-s" | "--source" | "--src" | "-d" | "--destination" | "--dst" => {
+                let v = arg(1)?;
+                if v.contains(',') {
+                    return Err(err(format!("address lists are not supported ({v})")));
+                }
+                let net = parse_net(v).ok_or_else(|| err(format!("bad address {v:?}")))?;
+                matches.push(if w.starts_with("-s") || w == "--source" || w == "--src" {
+                    IptMatch::Source { negated: neg, net }
+                } else {
+                    IptMatch::Destination { negated: neg, net }
+                });
+                i += 2;
+            }
+            "-i" | "--in-interface" => {
+                matches.push(IptMatch::InInterface {
+                    negated: neg,
+                    name: arg(1)?.to_string(),
+                });
+                i += 2;
+            }
+            "-o" | "--out-interface" => {
+                return Err(err("output-interface matches (-o) are not supported".into()));
+            }
+            "-m" | "--match" => {
+                let m = arg(1)?;
+                match m {
+                    "comment" | "tcp" | "udp" | "sctp" | "addrtype" | "conntrack" | "mark"
+                    | "statistic" | "recent" | "nfacct" => {}
+                    other => return Err(err(format!("unsupported match module {other:?}"))),
+                }
+                i += 2;
+            }
+            "--comment" => {
+                matches.push(IptMatch::Comment(arg(1)?.to_string()));
+                i += 2;
+            }
+            "--nfacct-name" => i += 2,
+            "--dport" | "--destination-port" => {
+                let v = arg(1)?;
+                let (lo, hi) = match v.split_once(':') {
+                    Some((a, b)) => (a.parse().ok(), b.parse().ok()),
+                    None => (v.parse().ok(), v.parse().ok()),
+                };
+                let (Some(lo), Some(hi)) = (lo, hi) else {
+                    return Err(err(format!("bad port {v:?}")));
+                };
+                matches.push(IptMatch::DestPort {
+                    negated: neg,
+                    lo,
+                    hi,
+                });
+                i += 2;
+            }
+            "--src-type" | "--dst-type" => {
+                let v = arg(1)?;
+                if v != "LOCAL" {
+                    return Err(err(format!(
+                        "address type {v:?} is not supported (only LOCAL)"
+                    )));
+                }
+                matches.push(IptMatch::AddrTypeLocal {
+                    dst: w == "--dst-type",
+                    negated: neg,
+                });
+                i += 2;
+            }
+            "--ctstate" => {
+                let states = arg(1)?
+                    .split(',')
+                    .map(|s| s.trim().to_ascii_uppercase())
+                    .collect();
+                matches.push(IptMatch::CtState {
+                    negated: neg,
+                    states,
+                });
+                i += 2;
+            }
+            "--mark" => {
+                let v = arg(1)?;
+                let (val, mask) = match v.split_once('/') {
+                    Some((a, b)) => (parse_u32(a), parse_u32(b)),
+                    None => (parse_u32(v), Some(u32::MAX)),
+                };
+                let (Some(value), Some(mask)) = (val, mask) else {
+                    return Err(err(format!("bad mark {v:?}")));
+                };
+                matches.push(IptMatch::Mark {
+                    negated: neg,
+                    value,
+                    mask,
+                });
+                i += 2;
+            }
+            "--mode" => {
+                let v = arg(1)?;
+                if v != "random" {
+                    return Err(err(format!("statistic mode {v:?} is not supported")));
+                }
+                stat_mode_random = true;
+                i += 2;
+            }
+            "--probability" => {
+                let v = arg(1)?;
+                stat_prob = Some(
+                    v.parse()
+                        .map_err(|_| err(format!("bad probability {v:?}")))?,
+                );
+                i += 2;
+            }
+            "--name" => {
+                recent_name = arg(1)?.to_string();
+                i += 2;
+            }
+            "--rcheck" | "--update" => {
+                recent_mode = Some("check");
+                i += 1;
+            }
+            "--set" => {
+                recent_mode = Some("set");
+                i += 1;
+            }
+            "--seconds" | "--mask" => i += 2,
+            "--reap" | "--rsource" => i += 1,
+            "-j" | "--jump" | "-g" | "--goto" => {
+                let t = arg(1)?.to_string();
+                if w == "-g" || w == "--goto" {
+                    target = Some(IptTarget::Goto(t));
+                } else {
+                    target_name = Some(t);
+                }
+                i += 2;
+            }
+            "--to-destination" => {
+                to_dest = Some(arg(1)?.to_string());
+                i += 2;
+            }
+            "--or-mark" | "--xor-mark" | "--set-xmark" | "--set-mark" | "--and-mark" => {
+                let v = arg(1)?;
+                let (val, mask) = match v.split_once('/') {
+                    Some((a, b)) => (parse_u32(a), parse_u32(b)),
+                    None => (parse_u32(v), None),
+                };
+                let Some(val) = val else {
+                    return Err(err(format!("bad mark {v:?}")));
+                };
+                mark_op = Some(match w {
+                    "--or-mark" => (val, val),
+                    "--xor-mark" => (val, 0),
+                    "--and-mark" => (0, !val),
+                    "--set-xmark" => (val, mask.unwrap_or(u32::MAX)),
+                    _ => (val, mask.unwrap_or(u32::MAX) | val),
+                });
+                i += 2;
+            }
+            "--random-fully" | "--random" | "--persistent" => i += 1,
+            "--reject-with" => i += 2,
+            "-c" | "--set-counters" => i += 3,
+            other => return Err(err(format!("unsupported option {other:?}"))),
+        }
+        if neg
+            && !matches!(
+                matches.last(),
+                Some(
+                    IptMatch::Protocol { negated: true, .. }
+                        | IptMatch::Source { negated: true, .. }
+                        | IptMatch::Destination { negated: true, .. }
+                        | IptMatch::InInterface { negated: true, .. }
+                        | IptMatch::DestPort { negated: true, .. }
+                        | IptMatch::AddrTypeLocal { negated: true, .. }
+                        | IptMatch::CtState { negated: true, .. }
+                        | IptMatch::Mark { negated: true, .. }
+                )
+            )
+        {
+            return Err(err(format!("\"!\" before {w} is not supported")));
+        }
+    }
+    if stat_mode_random || stat_prob.is_some() {
+        match (stat_mode_random, stat_prob) {
+            (true, Some(p)) => matches.push(IptMatch::Probability(p)),
+            _ => return Err(err("statistic needs --mode random --probability P".into())),
+        }
+    }
+    match recent_mode {
+        Some("check") => matches.push(IptMatch::RecentCheck(recent_name)),
+        Some(_) => matches.push(IptMatch::RecentSet(recent_name)),
+        None => {}
+    }
+    if let Some(t) = target_name {
+        target = Some(match t.as_str() {
+            "ACCEPT" => IptTarget::Accept,
+            "DROP" => IptTarget::Drop,
+            "REJECT" => IptTarget::Reject,
+            "RETURN" => IptTarget::Return,
+            "MASQUERADE" => IptTarget::Masquerade,
+            "DNAT" => {
+                let d = to_dest.ok_or_else(|| err("DNAT without --to-destination".into()))?;
+                let (ip, port) =
+                    parse_dnat(&d).ok_or_else(|| err(format!("bad DNAT destination {d:?}")))?;
+                IptTarget::Dnat { ip, port }
+            }
+            "MARK" => {
+                let (value, mask) =
+                    mark_op.ok_or_else(|| err("MARK without a mark option".into()))?;
+                IptTarget::Mark { value, mask }
+            }
+            "SNAT" | "LOG" | "NOTRACK" | "CT" | "CONNMARK" | "TPROXY" | "REDIRECT" => {
+                return Err(err(format!("target {t} is not supported")));
+            }
+            _ => IptTarget::Jump(t),
+        });
+    }
+    Ok(IptRule {
+        text: text.to_string(),
+        line,
+        matches,
+        target,
+    })
+}
+
+fn parse_dnat(d: &str) -> Option<(IpAddr, Option<u16>)> {
+    if let Ok(sa) = d.parse::<SocketAddr>() {
+        return Some((sa.ip(), Some(sa.port())));
+    }
+    if let Ok(ip) = d.parse::<IpAddr>() {
+        return Some((ip, None));
+    }
+    let inner = d.strip_prefix('[').and_then(|s| s.strip_suffix(']'));
+    inner.and_then(|s| s.parse().ok()).map(|ip| (ip, None))
+}
+
+impl IptablesRuleset {
+    /// Parse iptables-save output or iptables-restore input.
+    pub fn parse(text: &str) -> Result<Self, TraceError> {
+        let mut sections: Vec<(Option<IpFamily>, Tables)> = Vec::new();
+        let mut cur_family: Option<IpFamily> = None;
+        let mut cur = Tables::default();
+        let mut table: Option<String> = None;
+        let mut started = false;
+        for (idx, raw) in text.lines().enumerate() {
+            let line = idx + 1;
+            let l = raw.trim();
+            if l.is_empty() {
+                continue;
+            }
+            let err = |reason: &str| TraceError::Parse {
+                line,
+                text: raw.to_string(),
+                reason: reason.to_string(),
+            };
+            if let Some(c) = l.strip_prefix('#') {
+                let c = c.trim_start();
+                let fam = if c.starts_with("IPv4") {
+                    Some(IpFamily::V4)
+                } else if c.starts_with("IPv6") {
+                    Some(IpFamily::V6)
+                } else {
+                    None
+                };
+                if let Some(f) = fam {
+                    if started {
+                        sections.push((cur_family, std::mem::take(&mut cur)));
+                    }
+                    cur_family = Some(f);
+                    started = true;
+                }
+                continue;
+            }
+            started = true;
+            if let Some(t) = l.strip_prefix('*') {
+                table = Some(t.trim().to_string());
+                cur.tables.entry(t.trim().to_string()).or_default();
+                continue;
+            }
+            if l == "COMMIT" {
+                table = None;
+                continue;
+            }
+            let Some(tname) = table.clone() else {
+                return Err(err("outside a *table ... COMMIT block"));
+            };
+            let chains = cur.tables.entry(tname.clone()).or_default();
+            if let Some(decl) = l.strip_prefix(':') {
+                let mut it = decl.split_whitespace();
+                let name = it.next().ok_or_else(|| err("chain line without a name"))?;
+                let policy = it.next().filter(|p| *p != "-").map(str::to_string);
+                // Under --noflush a chain line flushes the chain; in
+                // iptables-save output the rules follow it anyway.
+                let c = chains.entry(name.to_string()).or_default();
+                c.rules.clear();
+                if policy.is_some() {
+                    c.policy = policy;
+                }
+                continue;
+            }
+            // Counters `[p:b] -A ...` from iptables-save -c.
+            let body = if l.starts_with('[') {
+                l.split_once(']').map(|x| x.1.trim()).unwrap_or(l)
+            } else {
+                l
+            };
+            let words = split_words(body).map_err(|e| err(&e))?;
+            let (op, chain) = match (words.first(), words.get(1)) {
+                (Some(o), Some(c)) => (o.as_str(), c.clone()),
+                _ => return Err(err("expected -A/-I/-N/-X/-F CHAIN")),
+            };
+            match op {
+                "-A" | "--append" => {
+                    let rule = parse_rule(&words[2..], body, line)?;
+                    chains.entry(chain).or_default().rules.push(rule);
+                }
+                "-I" | "--insert" => {
+                    let (pos, rest) = match words.get(2).and_then(|w| w.parse::<usize>().ok()) {
+                        Some(n) => (n.max(1) - 1, &words[3..]),
+                        None => (0, &words[2..]),
+                    };
+                    let rule = parse_rule(rest, body, line)?;
+                    let c = chains.entry(chain).or_default();
+                    let pos = pos.min(c.rules.len());
+                    c.rules.insert(pos, rule);
+                }
+                "-N" | "--new-chain" => {
+                    chains.entry(chain).or_default();
+                }
+                "-F" | "--flush" => {
+                    if let Some(c) = chains.get_mut(&chain) {
+                        c.rules.clear();
+                    }
+                }
+                "-X" | "--delete-chain" => {
+                    chains.remove(&chain);
+                }
+                _ => return Err(err("expected -A/-I/-N/-X/-F CHAIN")),
+            }
+        }
+        if started {
+            sections.push((cur_family, cur));
+        }
+        // Built-in chains exist even when the text does not name them.
+        for (_, t) in &mut sections {
+            for (tname, chains) in &mut t.tables {
+                for c in ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"] {
+                    if builtin(tname, c) {
+                        chains.entry(c.to_string()).or_default();
+                    }
+                }
+                for (cname, c) in chains.iter_mut() {
+                    if builtin(tname, cname) && c.policy.is_none() {
+                        c.policy = Some("ACCEPT".into());
+                    }
+                }
+            }
+        }
+        Ok(IptablesRuleset { sections })
+    }
+
+    /// The tables that apply to `family`.
+    pub fn tables(&self, family: IpFamily) -> Option<&Tables> {
+        self.sections
+            .iter()
+            .find(|(f, _)| *f == Some(family))
+            .or_else(|| self.sections.iter().find(|(f, _)| f.is_none()))
+            .map(|(_, t)| t)
+    }
+
+    /// The chains named in rules but not defined (a broken ruleset).
+    fn check_targets(&self) -> Result<(), TraceError> {
+        for (_, t) in &self.sections {
+            for chains in t.tables.values() {
+                for (cname, c) in chains {
+                    for r in &c.rules {
+                        if let Some(IptTarget::Jump(j) | IptTarget::Goto(j)) = &r.target
+                            && !chains.contains_key(j)
+                        {
+                            return Err(TraceError::Unsupported {
+                                chain: cname.clone(),
+                                rule: r.text.clone(),
+                                reason: format!("unknown target or chain {j:?}"),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Built-in chains per hook, in priority order (raw, mangle, nat
+/// destination NAT, filter, security, nat source NAT).
+fn hook_chains(hook: Hook) -> &'static [(&'static str, &'static str)] {
+    match hook {
+        Hook::Prerouting => &[
+            ("raw", "PREROUTING"),
+            ("mangle", "PREROUTING"),
+            ("nat", "PREROUTING"),
+        ],
+        Hook::Input => &[
+            ("mangle", "INPUT"),
+            ("filter", "INPUT"),
+            ("security", "INPUT"),
+            ("nat", "INPUT"),
+        ],
+        Hook::Forward => &[
+            ("mangle", "FORWARD"),
+            ("filter", "FORWARD"),
+            ("security", "FORWARD"),
+        ],
+        Hook::Output => &[
+            ("raw", "OUTPUT"),
+            ("mangle", "OUTPUT"),
+            ("nat", "OUTPUT"),
+            ("filter", "OUTPUT"),
+            ("security", "OUTPUT"),
+        ],
+        Hook::Postrouting => &[("mangle", "POSTROUTING"), ("nat", "POSTROUTING")],
+    }
+}
+
+/// How a chain ended.
+enum Flow {
+    /// Fell off the end or RETURN: back to the caller.
+    Return,
+    /// A verdict for this base chain (DNAT and MASQUERADE accept).
+    Verdict(Verdict),
+}
+
+struct Ctx<'a> {
+    tables: &'a Tables,
+    table: &'a str,
+    packet: &'a Packet,
+    node: &'a Node,
+    hook: Hook,
+}
+
+const MAX_DEPTH: usize = 64;
+
+impl Ctx<'_> {
+    fn in_iface(&self) -> Option<String> {
+        match (self.node.origin(&self.packet.src), self.hook) {
+            (crate::Origin::Local, Hook::Input) => Some("lo".into()),
+            (crate::Origin::Local, _) => None,
+            (crate::Origin::Remote, Hook::Prerouting | Hook::Input | Hook::Forward) => Some(
+                self.packet
+                    .iif
+                    .clone()
+                    .unwrap_or_else(|| "eth0".to_string()),
+            ),
+            (crate::Origin::Remote, _) => None,
+        }
+    }
+
+    /// Probability that `rule` matches `st` (0 or 1 except for statistic).
+    fn match_prob(&self, chain: &str, rule: &IptRule, st: &State) -> Result<f64, TraceError> {
+        let mut p = 1.0;
+        let unsupported = |reason: &str| TraceError::Unsupported {
+            chain: chain.to_string(),
+            rule: rule.text.clone(),
+            reason: reason.to_string(),
+        };
+        for m in &rule.matches {
+            let ok = match m {
+                IptMatch::Comment(_) | IptMatch::RecentSet(_) => true,
+                IptMatch::Protocol { negated, proto } => {
+                    let is = match proto {
+                        None => true,
+                        Some(n) => *n == protocol_number(self.packet.proto),
+                    };
+                    is != *negated
+                }
+                IptMatch::Source { negated, net } => net.contains(&self.packet.src) != *negated,
+                IptMatch::Destination { negated, net } => net.contains(&st.dst) != *negated,
+                IptMatch::InInterface { negated, name } => {
+                    let is = match self.in_iface() {
+                        None => false,
+                        Some(i) => match name.strip_suffix('+') {
+                            Some(prefix) => i.starts_with(prefix),
+                            None => &i == name,
+                        },
+                    };
+                    is != *negated
+                }
+                IptMatch::DestPort { negated, lo, hi } => {
+                    if !rule.matches.iter().any(|m| {
+                        matches!(
+                            m,
+                            IptMatch::Protocol {
+                                negated: false,
+                                proto: Some(_)
+                            }
+                        )
+                    }) {
+                        return Err(unsupported("--dport without -p"));
+                    }
+                    (*lo..=*hi).contains(&st.dport) != *negated
+                }
+                IptMatch::AddrTypeLocal { dst, negated } => {
+                    let ip = if *dst { st.dst } else { self.packet.src };
+                    self.node.is_local(&ip) != *negated
+                }
+                IptMatch::CtState { negated, states } => {
+                    let mut any = false;
+                    for s in states {
+                        any |= match s.as_str() {
+                            "NEW" => true,
+                            "DNAT" => st.dnat.is_some(),
+                            "ESTABLISHED" | "RELATED" | "INVALID" | "UNTRACKED" | "SNAT" => false,
+                            other => return Err(unsupported(&format!("conntrack state {other}"))),
+                        };
+                    }
+                    any != *negated
+                }
+                IptMatch::Mark {
+                    negated,
+                    value,
+                    mask,
+                } => ((st.mark & mask) == *value) != *negated,
+                IptMatch::Probability(q) => {
+                    p *= q.clamp(0.0, 1.0);
+                    true
+                }
+                IptMatch::RecentCheck(_) => false,
+            };
+            if !ok {
+                return Ok(0.0);
+            }
+        }
+        Ok(p)
+    }
+
+    fn run_chain(
+        &self,
+        chain: &str,
+        st: State,
+        depth: usize,
+    ) -> Result<Vec<(State, Flow)>, TraceError> {
+        if depth > MAX_DEPTH {
+            return Err(TraceError::Invalid(format!(
+                "chain {chain}: more than {MAX_DEPTH} nested jumps (a loop?)"
+            )));
+        }
+        let c = self.tables.chain(self.table, chain).ok_or_else(|| {
+            TraceError::Invalid(format!("table {}: no chain {chain}", self.table))
+        })?;
+        self.run_rules(chain, c, 0, st, depth)
+    }
+
+    fn run_rules(
+        &self,
+        chain: &str,
+        c: &IptChain,
+        start: usize,
+        mut st: State,
+        depth: usize,
+    ) -> Result<Vec<(State, Flow)>, TraceError> {
+        let mut out = Vec::new();
+        for (idx, rule) in c.rules.iter().enumerate().skip(start) {
+            let p = self.match_prob(chain, rule, &st)?;
+            if p <= 0.0 {
+                continue;
+            }
+            if p < 1.0 {
+                // Random: the matching branch runs this rule, the rest
+                // continues with the next rule.
+                let mut taken = st.fork(p);
+                taken.event(
+                    chain,
+                    &rule.text,
+                    Some(format!("random, {}", crate::format_percent(p))),
+                );
+                out.extend(self.apply(chain, c, idx, rule, taken, depth)?);
+                continue;
+            }
+            st.event(chain, &rule.text, None);
+            out.extend(self.apply(chain, c, idx, rule, st, depth)?);
+            return Ok(out);
+        }
+        out.push((st, Flow::Return));
+        Ok(out)
+    }
+
+    /// Run `rule`'s target on a state that matched it.
+    fn apply(
+        &self,
+        chain: &str,
+        c: &IptChain,
+        idx: usize,
+        rule: &IptRule,
+        mut st: State,
+        depth: usize,
+    ) -> Result<Vec<(State, Flow)>, TraceError> {
+        let unsupported = |reason: String| TraceError::Unsupported {
+            chain: chain.to_string(),
+            rule: rule.text.clone(),
+            reason,
+        };
+        let verdict = |mut st: State, v: Verdict, what: String| {
+            st.decide(what);
+            Ok(vec![(st, Flow::Verdict(v))])
+        };
+        match &rule.target {
+            None => self.run_rules(chain, c, idx + 1, st, depth),
+            Some(IptTarget::Accept) => verdict(st, Verdict::Accept, "ACCEPT".into()),
+            Some(IptTarget::Drop) => verdict(st, Verdict::Drop, "DROP".into()),
+            Some(IptTarget::Reject) => {
+                if self.table != "filter" {
+                    return Err(unsupported("REJECT outside the filter table".into()));
+                }
+                verdict(st, Verdict::Reject, "REJECT".into())
+            }
+            Some(IptTarget::Return) => {
+                if builtin(self.table, chain) {
+                    // RETURN from a built-in chain applies its policy.
+                    return self.policy(chain, c, st);
+                }
+                Ok(vec![(st, Flow::Return)])
+            }
+            Some(IptTarget::Dnat { ip, port }) => {
+                if self.table != "nat" {
+                    return Err(unsupported("DNAT outside the nat table".into()));
+                }
+                if IpFamily::of(ip) != IpFamily::of(&st.dst) {
+                    return Err(unsupported("DNAT to another family".into()));
+                }
+                let to = SocketAddr::new(*ip, port.unwrap_or(st.dport));
+                st.apply_dnat(to);
+                verdict(st, Verdict::Accept, format!("DNAT to {to}"))
+            }
+            Some(IptTarget::Masquerade) => {
+                if self.table != "nat" || self.hook != Hook::Postrouting {
+                    return Err(unsupported("MASQUERADE outside nat POSTROUTING".into()));
+                }
+                st.masq = true;
+                verdict(st, Verdict::Accept, "MASQUERADE".into())
+            }
+            Some(IptTarget::Mark { value, mask }) => {
+                st.mark = (st.mark & !mask) ^ value;
+                if let Some(v) = st.visits.last_mut()
+                    && let Some(e) = v.events.last_mut()
+                {
+                    e.note = Some(format!("mark is now {:#x}", st.mark));
+                }
+                self.run_rules(chain, c, idx + 1, st, depth)
+            }
+            Some(IptTarget::Jump(target)) | Some(IptTarget::Goto(target)) => {
+                let goto = matches!(rule.target, Some(IptTarget::Goto(_)));
+                if self.tables.chain(self.table, target).is_none() {
+                    return Err(unsupported(format!("unknown target or chain {target:?}")));
+                }
+                st.stack.push(target.clone());
+                let mut out = Vec::new();
+                for (mut s, flow) in self.run_chain(target, st, depth + 1)? {
+                    match flow {
+                        Flow::Verdict(v) => out.push((s, Flow::Verdict(v))),
+                        Flow::Return => {
+                            s.stack.pop();
+                            if goto {
+                                // A goto'd chain returns to our caller.
+                                if builtin(self.table, chain) {
+                                    out.extend(self.policy(chain, c, s)?);
+                                } else {
+                                    out.push((s, Flow::Return));
+                                }
+                            } else {
+                                out.extend(self.run_rules(chain, c, idx + 1, s, depth)?);
+                            }
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    fn policy(
+        &self,
+        chain: &str,
+        c: &IptChain,
+        mut st: State,
+    ) -> Result<Vec<(State, Flow)>, TraceError> {
+        let policy = c.policy.as_deref().unwrap_or("ACCEPT");
+        let v = match policy {
+            "ACCEPT" => Verdict::Accept,
+            "DROP" => Verdict::Drop,
+            other => {
+                return Err(TraceError::Invalid(format!(
+                    "chain {chain}: unknown policy {other}"
+                )));
+            }
+        };
+        st.event(chain, &format!("policy {policy}"), None);
+        st.decide(format!("policy {policy}"));
+        Ok(vec![(st, Flow::Verdict(v))])
+    }
+}
+
+impl HookRunner for IptablesRuleset {
+    fn run_hook(
+        &self,
+        hook: Hook,
+        packet: &Packet,
+        node: &Node,
+        state: State,
+    ) -> Result<Vec<(State, Verdict)>, TraceError> {
+        let tables = self.tables(packet.family()).ok_or_else(|| {
+            TraceError::Invalid(format!(
+                "the ruleset has no {} section",
+                packet.family().as_k8s_str()
+            ))
+        })?;
+        let mut finals = Vec::new();
+        let mut states = vec![state];
+        for (table, chain) in hook_chains(hook) {
+            let Some(c) = tables.chain(table, chain) else {
+                continue;
+            };
+            let ctx = Ctx {
+                tables,
+                table,
+                packet,
+                node,
+                hook,
+            };
+            let mut next = Vec::new();
+            for mut st in states {
+                st.visits.push(crate::HookVisit {
+                    hook,
+                    base: format!("{table} {chain}"),
+                    events: Vec::new(),
+                    stack: vec![chain.to_string()],
+                    result: String::new(),
+                });
+                st.stack = vec![chain.to_string()];
+                for (s, flow) in ctx.run_rules(chain, c, 0, st, 0)? {
+                    let results = match flow {
+                        Flow::Verdict(v) => vec![(s, Flow::Verdict(v))],
+                        Flow::Return => ctx.policy(chain, c, s)?,
+                    };
+                    for (s, f) in results {
+                        match f {
+                            // Only accepted packets reach the next table.
+                            Flow::Verdict(Verdict::Accept) => next.push(s),
+                            Flow::Verdict(v) => finals.push((s, v)),
+                            Flow::Return => {}
+                        }
+                    }
+                }
+            }
+            states = next;
+        }
+        finals.extend(states.into_iter().map(|s| (s, Verdict::Accept)));
+        Ok(finals)
+    }
+}
+
+impl Tracer for IptablesRuleset {
+    fn trace(&self, packet: &Packet, node: &Node) -> Result<Trace, TraceError> {
+        self.check_targets()?;
+        crate::walk("iptables", self, packet, node)
+    }
+}
