@@ -158,11 +158,41 @@ impl Shared {
 
 /// A running (or stopped) API server emulator. Dropping it stops the
 /// server and closes every connection.
-#[derive(Debug)]
 pub struct Emulator {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    bind: Binder,
     server: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator")
+            .field("addr", &self.addr)
+            .field("running", &self.server.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+type Binder = Arc<dyn Fn(SocketAddr) -> std::io::Result<std::net::TcpListener> + Send + Sync>;
+
+/// A listening socket with SO_REUSEADDR, so that [`Emulator::restart`] can
+/// bind the same port again while closed connections linger in TIME_WAIT.
+pub fn reusable_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    Ok(socket.into())
+}
+
+fn listen(bind: &Binder, addr: SocketAddr) -> Result<TcpListener, EmulatorError> {
+    let std_listener = bind(addr).map_err(|source| EmulatorError::Bind { addr, source })?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|source| EmulatorError::Bind { addr, source })?;
+    TcpListener::from_std(std_listener).map_err(|source| EmulatorError::Bind { addr, source })
 }
 
 async fn serve(listener: TcpListener, shared: Arc<Shared>) {
@@ -201,9 +231,20 @@ impl Emulator {
 
     /// Starts an emulator on the given address.
     pub async fn start_on(addr: SocketAddr) -> Result<(Emulator, SocketAddr), EmulatorError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| EmulatorError::Bind { addr, source })?;
+        Emulator::start_with(addr, reusable_listener).await
+    }
+
+    /// Starts an emulator on a listener made by `bind` (called again with
+    /// the actual address by [`Emulator::restart`]). This is how a test
+    /// serves inside a network namespace: `bind` runs
+    /// [`reusable_listener`] on a thread that entered the namespace, and
+    /// the socket stays in that namespace.
+    pub async fn start_with(
+        addr: SocketAddr,
+        bind: impl Fn(SocketAddr) -> std::io::Result<std::net::TcpListener> + Send + Sync + 'static,
+    ) -> Result<(Emulator, SocketAddr), EmulatorError> {
+        let bind: Binder = Arc::new(bind);
+        let listener = listen(&bind, addr)?;
         let addr = listener
             .local_addr()
             .map_err(|source| EmulatorError::Bind { addr, source })?;
@@ -219,6 +260,7 @@ impl Emulator {
             Emulator {
                 shared,
                 addr,
+                bind,
                 server: Some(server),
             },
             addr,
@@ -361,13 +403,7 @@ impl Emulator {
     /// Starts serving again on the same address after [`Emulator::stop`].
     pub async fn restart(&mut self) -> Result<(), EmulatorError> {
         self.stop().await;
-        let listener =
-            TcpListener::bind(self.addr)
-                .await
-                .map_err(|source| EmulatorError::Bind {
-                    addr: self.addr,
-                    source,
-                })?;
+        let listener = listen(&self.bind, self.addr)?;
         self.server = Some(tokio::spawn(serve(listener, self.shared.clone())));
         Ok(())
     }
