@@ -4,7 +4,6 @@
 //! [`kproxy_graph::Backend`]; [`make_backend`] is the only place the daemon
 //! names them, so wiring a new backend is a one-line change here.
 
-use anyhow::bail;
 use kproxy_graph::{Backend, BackendKind, ProxyMode};
 
 /// The `--backend` flag: a concrete backend or `auto`.
@@ -63,80 +62,34 @@ pub fn resolve(
     }
 }
 
-/// `auto`: nftables when supported, else the host's iptables flavour.
+/// `auto`: nftables when supported (reference §2.9), else the host's
+/// iptables flavour. The reason is logged, since the choice decides which
+/// tools an operator uses to look at the rules.
 pub fn detect_auto() -> anyhow::Result<BackendKind> {
-    if nftables_supported() {
-        return Ok(BackendKind::Nftables);
+    match kproxy_nftables::supported() {
+        Ok(()) => Ok(BackendKind::Nftables),
+        Err(why) => {
+            tracing::info!(reason = %why, "nftables backend not supported here; using iptables");
+            detect_iptables_flavour()
+        }
     }
-    detect_iptables_flavour()
-}
-
-fn nftables_supported() -> bool {
-    probe::nft_usable()
 }
 
 fn detect_iptables_flavour() -> anyhow::Result<BackendKind> {
-    probe::iptables_flavour()
+    Ok(match kproxy_iptables::detect_flavour() {
+        kproxy_iptables::Flavour::Legacy => BackendKind::IptablesLegacy,
+        kproxy_iptables::Flavour::Nft => BackendKind::IptablesNft,
+    })
 }
 
 /// Construct a backend. Construction does not touch the kernel; the first
 /// `sync` does.
 pub fn make_backend(kind: BackendKind) -> anyhow::Result<Box<dyn Backend>> {
-    match kind {
-        BackendKind::IptablesLegacy => not_yet(kind),
-        BackendKind::IptablesNft => not_yet(kind),
-        BackendKind::Nftables => not_yet(kind),
-    }
-}
-
-fn not_yet(kind: BackendKind) -> anyhow::Result<Box<dyn Backend>> {
-    bail!("backend {kind} is not available in this build yet")
-}
-
-/// Host probes used by `auto` until the backend crates provide their own
-/// (`kproxy_iptables::detect_flavour`, `kproxy_nftables::supported`).
-mod probe {
-    use std::process::{Command, Stdio};
-
-    use anyhow::bail;
-    use kproxy_graph::BackendKind;
-
-    /// `nft` runs and the kernel accepts an nftables table (checked by
-    /// listing, which needs nf_tables in the kernel).
-    pub fn nft_usable() -> bool {
-        Command::new("nft")
-            .args(["list", "tables"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    }
-
-    /// The flavour whose tables hold more rules (kube-proxy's and kubelet's
-    /// heuristic); nft when neither holds any and both exist.
-    pub fn iptables_flavour() -> anyhow::Result<BackendKind> {
-        let count = |prog: &str| -> Option<usize> {
-            let out = Command::new(prog).stderr(Stdio::null()).output().ok()?;
-            if !out.status.success() {
-                return None;
-            }
-            Some(
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .filter(|l| l.starts_with("-A "))
-                    .count(),
-            )
-        };
-        let legacy = count("iptables-legacy-save");
-        let nft = count("iptables-nft-save");
-        match (legacy, nft) {
-            (Some(l), Some(n)) if l > n => Ok(BackendKind::IptablesLegacy),
-            (_, Some(_)) => Ok(BackendKind::IptablesNft),
-            (Some(_), None) => Ok(BackendKind::IptablesLegacy),
-            (None, None) => bail!(
-                "--backend auto: neither nft, iptables-nft-save nor iptables-legacy-save works on this host"
-            ),
+    Ok(match kind {
+        BackendKind::IptablesLegacy => {
+            Box::new(kproxy_iptables_legacy::IptablesLegacyBackend::new())
         }
-    }
+        BackendKind::IptablesNft => Box::new(kproxy_iptables_nft::IptablesNftBackend::new()),
+        BackendKind::Nftables => Box::new(kproxy_nftables::NftablesBackend::new()),
+    })
 }

@@ -173,7 +173,8 @@ fn check_configmap(cm: &ConfigMap) {
         .as_ref()
         .and_then(|d| d.get("config.conf"))
         .expect("config.conf");
-    let cfg = KubeProxyConfiguration::from_yaml(text).unwrap_or_else(|e| panic!("config.conf: {e}"));
+    let cfg =
+        KubeProxyConfiguration::from_yaml(text).unwrap_or_else(|e| panic!("config.conf: {e}"));
     let mut pc = ProxyConfig::default();
     cfg.apply_to(&mut pc)
         .unwrap_or_else(|e| panic!("config.conf: {e}"));
