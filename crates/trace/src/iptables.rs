@@ -237,33 +237,6 @@ fn split_words(line: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
-fn parse_u32(s: &str) -> Option<u32> {
-    if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        u32::from_str_radix(h, 16).ok()
-    } else {
-        s.parse().ok()
-    }
-}
-
-fn parse_net(s: &str) -> Option<IpNet> {
-    if let Ok(n) = s.parse::<IpNet>() {
-        return Some(n);
-    }
-    s.parse::<IpAddr>().ok().map(IpNet::from)
-}
-
-fn proto_number(s: &str) -> Option<Option<u8>> {
-    match s.to_ascii_lowercase().as_str() {
-        "all" | "0" => Some(None),
-        "tcp" | "6" => Some(Some(6)),
-        "udp" | "17" => Some(Some(17)),
-        "sctp" | "132" => Some(Some(132)),
-        "icmp" | "1" => Some(Some(1)),
-        "ipv6-icmp" | "icmpv6" | "58" => Some(Some(58)),
-        _ => None,
-    }
-}
-
 /// The protocol number of a [`Protocol`].
 pub fn protocol_number(p: Protocol) -> u8 {
     match p {
@@ -273,261 +246,91 @@ pub fn protocol_number(p: Protocol) -> u8 {
     }
 }
 
+/// Parse a rule's words (after `-A CHAIN`) with kproxy-iptables' parser
+/// and convert its IR into the tracer's model.
 fn parse_rule(words: &[String], text: &str, line: usize) -> Result<IptRule, TraceError> {
+    use kproxy_iptables::{AddrTypeDir, Match, Recent, Target};
     let err = |reason: String| TraceError::Parse {
         line,
         text: text.to_string(),
         reason,
     };
-    let mut matches = Vec::new();
-    let mut target: Option<IptTarget> = None;
-    let mut negate = false;
-    let mut i = 0;
-    // Target options are collected, then combined with the target name.
-    let mut target_name: Option<String> = None;
-    let mut to_dest: Option<String> = None;
-    let mut mark_op: Option<(u32, u32)> = None;
-    let mut recent_name = String::new();
-    let mut recent_mode: Option<&str> = None;
-    let mut stat_mode_random = false;
-    let mut stat_prob: Option<f64> = None;
-    while i < words.len() {
-        let w = words[i].as_str();
-        let arg = |k: usize| -> Result<&str, TraceError> {
-            words
-                .get(i + k)
-                .map(String::as_str)
-                .ok_or_else(|| err(format!("option {w} needs a value")))
-        };
-        let neg = std::mem::take(&mut negate);
-        match w {
-            "!" => {
-                negate = true;
-                i += 1;
-                continue;
-            }
-            "-p" | "--protocol" => {
-                let v = arg(1)?;
-                let proto =
-                    proto_number(v).ok_or_else(|| err(format!("unknown protocol {v:?}")))?;
-                matches.push(IptMatch::Protocol {
-                    negated: neg,
-                    proto,
-                });
-                i += 2;
-            }
-            "-s" | "--source" | "--src" | "-d" | "--destination" | "--dst" => {
-                let v = arg(1)?;
-                if v.contains(',') {
-                    return Err(err(format!("address lists are not supported ({v})")));
-                }
-                let net = parse_net(v).ok_or_else(|| err(format!("bad address {v:?}")))?;
-                matches.push(if w.starts_with("-s") || w == "--source" || w == "--src" {
-                    IptMatch::Source { negated: neg, net }
-                } else {
-                    IptMatch::Destination { negated: neg, net }
-                });
-                i += 2;
-            }
-            "-i" | "--in-interface" => {
-                matches.push(IptMatch::InInterface {
-                    negated: neg,
-                    name: arg(1)?.to_string(),
-                });
-                i += 2;
-            }
-            "-o" | "--out-interface" => {
-                return Err(err("output-interface matches (-o) are not supported".into()));
-            }
-            "-m" | "--match" => {
-                let m = arg(1)?;
-                match m {
-                    "comment" | "tcp" | "udp" | "sctp" | "addrtype" | "conntrack" | "mark"
-                    | "statistic" | "recent" | "nfacct" => {}
-                    other => return Err(err(format!("unsupported match module {other:?}"))),
-                }
-                i += 2;
-            }
-            "--comment" => {
-                matches.push(IptMatch::Comment(arg(1)?.to_string()));
-                i += 2;
-            }
-            "--nfacct-name" => i += 2,
-            "--dport" | "--destination-port" => {
-                let v = arg(1)?;
-                let (lo, hi) = match v.split_once(':') {
-                    Some((a, b)) => (a.parse().ok(), b.parse().ok()),
-                    None => (v.parse().ok(), v.parse().ok()),
-                };
-                let (Some(lo), Some(hi)) = (lo, hi) else {
-                    return Err(err(format!("bad port {v:?}")));
-                };
-                matches.push(IptMatch::DestPort {
-                    negated: neg,
-                    lo,
-                    hi,
-                });
-                i += 2;
-            }
-            "--src-type" | "--dst-type" => {
-                let v = arg(1)?;
-                if v != "LOCAL" {
+    let rule = kproxy_iptables::parse::parse_rule(words).map_err(&err)?;
+    let mut matches = Vec::with_capacity(rule.matches.len());
+    for m in rule.matches {
+        matches.push(match m {
+            Match::Comment(c) => IptMatch::Comment(c),
+            Match::Protocol(p) => IptMatch::Protocol {
+                negated: false,
+                proto: Some(protocol_number(p)),
+            },
+            Match::Source { negated, addr } => IptMatch::Source {
+                negated,
+                net: addr_net(addr),
+            },
+            Match::Destination { negated, addr } => IptMatch::Destination {
+                negated,
+                net: addr_net(addr),
+            },
+            Match::InInterface { negated, name } => IptMatch::InInterface { negated, name },
+            Match::DestPort(p) => IptMatch::DestPort {
+                negated: false,
+                lo: p,
+                hi: p,
+            },
+            Match::AddrType { dir, kind } => {
+                if kind != "LOCAL" {
                     return Err(err(format!(
-                        "address type {v:?} is not supported (only LOCAL)"
+                        "address type {kind:?} is not supported (only LOCAL)"
                     )));
                 }
-                matches.push(IptMatch::AddrTypeLocal {
-                    dst: w == "--dst-type",
-                    negated: neg,
-                });
-                i += 2;
+                IptMatch::AddrTypeLocal {
+                    dst: dir == AddrTypeDir::Dst,
+                    negated: false,
+                }
             }
-            "--ctstate" => {
-                let states = arg(1)?
+            Match::Conntrack { negated, states } => IptMatch::CtState {
+                negated,
+                states: states
                     .split(',')
                     .map(|s| s.trim().to_ascii_uppercase())
-                    .collect();
-                matches.push(IptMatch::CtState {
-                    negated: neg,
-                    states,
-                });
-                i += 2;
-            }
-            "--mark" => {
-                let v = arg(1)?;
-                let (val, mask) = match v.split_once('/') {
-                    Some((a, b)) => (parse_u32(a), parse_u32(b)),
-                    None => (parse_u32(v), Some(u32::MAX)),
-                };
-                let (Some(value), Some(mask)) = (val, mask) else {
-                    return Err(err(format!("bad mark {v:?}")));
-                };
-                matches.push(IptMatch::Mark {
-                    negated: neg,
-                    value,
-                    mask,
-                });
-                i += 2;
-            }
-            "--mode" => {
-                let v = arg(1)?;
-                if v != "random" {
-                    return Err(err(format!("statistic mode {v:?} is not supported")));
+                    .collect(),
+            },
+            Match::Mark {
+                negated,
+                value,
+                mask,
+            } => IptMatch::Mark {
+                negated,
+                value,
+                mask,
+            },
+            Match::Statistic { one_in } => {
+                if one_in == 0 {
+                    return Err(err("statistic probability of zero".into()));
                 }
-                stat_mode_random = true;
-                i += 2;
+                IptMatch::Probability(1.0 / f64::from(one_in))
             }
-            "--probability" => {
-                let v = arg(1)?;
-                stat_prob = Some(
-                    v.parse()
-                        .map_err(|_| err(format!("bad probability {v:?}")))?,
-                );
-                i += 2;
-            }
-            "--name" => {
-                recent_name = arg(1)?.to_string();
-                i += 2;
-            }
-            "--rcheck" | "--update" => {
-                recent_mode = Some("check");
-                i += 1;
-            }
-            "--set" => {
-                recent_mode = Some("set");
-                i += 1;
-            }
-            "--seconds" | "--mask" => i += 2,
-            "--reap" | "--rsource" => i += 1,
-            "-j" | "--jump" | "-g" | "--goto" => {
-                let t = arg(1)?.to_string();
-                if w == "-g" || w == "--goto" {
-                    target = Some(IptTarget::Goto(t));
-                } else {
-                    target_name = Some(t);
-                }
-                i += 2;
-            }
-            "--to-destination" => {
-                to_dest = Some(arg(1)?.to_string());
-                i += 2;
-            }
-            "--or-mark" | "--xor-mark" | "--set-xmark" | "--set-mark" | "--and-mark" => {
-                let v = arg(1)?;
-                let (val, mask) = match v.split_once('/') {
-                    Some((a, b)) => (parse_u32(a), parse_u32(b)),
-                    None => (parse_u32(v), None),
-                };
-                let Some(val) = val else {
-                    return Err(err(format!("bad mark {v:?}")));
-                };
-                mark_op = Some(match w {
-                    "--or-mark" => (val, val),
-                    "--xor-mark" => (val, 0),
-                    "--and-mark" => (0, !val),
-                    "--set-xmark" => (val, mask.unwrap_or(u32::MAX)),
-                    _ => (val, mask.unwrap_or(u32::MAX) | val),
-                });
-                i += 2;
-            }
-            "--random-fully" | "--random" | "--persistent" => i += 1,
-            "--reject-with" => i += 2,
-            "-c" | "--set-counters" => i += 3,
-            other => return Err(err(format!("unsupported option {other:?}"))),
-        }
-        if neg
-            && !matches!(
-                matches.last(),
-                Some(
-                    IptMatch::Protocol { negated: true, .. }
-                        | IptMatch::Source { negated: true, .. }
-                        | IptMatch::Destination { negated: true, .. }
-                        | IptMatch::InInterface { negated: true, .. }
-                        | IptMatch::DestPort { negated: true, .. }
-                        | IptMatch::AddrTypeLocal { negated: true, .. }
-                        | IptMatch::CtState { negated: true, .. }
-                        | IptMatch::Mark { negated: true, .. }
-                )
-            )
-        {
-            return Err(err(format!("\"!\" before {w} is not supported")));
-        }
-    }
-    if stat_mode_random || stat_prob.is_some() {
-        match (stat_mode_random, stat_prob) {
-            (true, Some(p)) => matches.push(IptMatch::Probability(p)),
-            _ => return Err(err("statistic needs --mode random --probability P".into())),
-        }
-    }
-    match recent_mode {
-        Some("check") => matches.push(IptMatch::RecentCheck(recent_name)),
-        Some(_) => matches.push(IptMatch::RecentSet(recent_name)),
-        None => {}
-    }
-    if let Some(t) = target_name {
-        target = Some(match t.as_str() {
-            "ACCEPT" => IptTarget::Accept,
-            "DROP" => IptTarget::Drop,
-            "REJECT" => IptTarget::Reject,
-            "RETURN" => IptTarget::Return,
-            "MASQUERADE" => IptTarget::Masquerade,
-            "DNAT" => {
-                let d = to_dest.ok_or_else(|| err("DNAT without --to-destination".into()))?;
-                let (ip, port) =
-                    parse_dnat(&d).ok_or_else(|| err(format!("bad DNAT destination {d:?}")))?;
-                IptTarget::Dnat { ip, port }
-            }
-            "MARK" => {
-                let (value, mask) =
-                    mark_op.ok_or_else(|| err("MARK without a mark option".into()))?;
-                IptTarget::Mark { value, mask }
-            }
-            "SNAT" | "LOG" | "NOTRACK" | "CT" | "CONNMARK" | "TPROXY" | "REDIRECT" => {
-                return Err(err(format!("target {t} is not supported")));
-            }
-            _ => IptTarget::Jump(t),
+            Match::Recent(Recent::Set { name }) => IptMatch::RecentSet(name),
+            Match::Recent(Recent::Check { name, .. }) => IptMatch::RecentCheck(name),
         });
     }
+    let target = rule.target.map(|t| match t {
+        Target::Jump(c) => IptTarget::Jump(c),
+        Target::Accept => IptTarget::Accept,
+        Target::Drop => IptTarget::Drop,
+        Target::Return => IptTarget::Return,
+        Target::Reject => IptTarget::Reject,
+        Target::Dnat(sa) => IptTarget::Dnat {
+            ip: sa.ip(),
+            port: Some(sa.port()),
+        },
+        Target::Masquerade { .. } => IptTarget::Masquerade,
+        // --or-mark V is --set-xmark V/V; --xor-mark V is --set-xmark V/0.
+        Target::MarkOr(v) => IptTarget::Mark { value: v, mask: v },
+        Target::MarkXor(v) => IptTarget::Mark { value: v, mask: 0 },
+        Target::MarkSetX { value, mask } => IptTarget::Mark { value, mask },
+    });
     Ok(IptRule {
         text: text.to_string(),
         line,
@@ -536,15 +339,11 @@ fn parse_rule(words: &[String], text: &str, line: usize) -> Result<IptRule, Trac
     })
 }
 
-fn parse_dnat(d: &str) -> Option<(IpAddr, Option<u16>)> {
-    if let Ok(sa) = d.parse::<SocketAddr>() {
-        return Some((sa.ip(), Some(sa.port())));
+fn addr_net(a: kproxy_iptables::Addr) -> IpNet {
+    match a {
+        kproxy_iptables::Addr::Ip(ip) => IpNet::from(ip),
+        kproxy_iptables::Addr::Net(n) => n,
     }
-    if let Ok(ip) = d.parse::<IpAddr>() {
-        return Some((ip, None));
-    }
-    let inner = d.strip_prefix('[').and_then(|s| s.strip_suffix(']'));
-    inner.and_then(|s| s.parse().ok()).map(|ip| (ip, None))
 }
 
 impl IptablesRuleset {
@@ -1032,6 +831,11 @@ impl HookRunner for IptablesRuleset {
             let Some(c) = tables.chain(table, chain) else {
                 continue;
             };
+            // An empty chain with policy ACCEPT changes nothing: leave it
+            // out of the walk.
+            if c.rules.is_empty() && c.policy.as_deref().unwrap_or("ACCEPT") == "ACCEPT" {
+                continue;
+            }
             let ctx = Ctx {
                 tables,
                 table,
