@@ -217,7 +217,7 @@ pub enum Target {
 
 /// One rule: matches (ANDed) and an optional target (kube-proxy's FW
 /// chains end with a comment-only rule).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Rule {
     /// The matches, in the order they are written.
     pub matches: Vec<Match>,

@@ -76,8 +76,7 @@ fn seed_article_structure() {
     for (sep, ep) in [(sep1, "10.244.1.5:80"), (sep2, "10.244.2.4:80")] {
         let last = t
             .lines()
-            .filter(|l| l.starts_with(&format!("-A KUBE-SEP-{sep} ")))
-            .last()
+            .rfind(|l| l.starts_with(&format!("-A KUBE-SEP-{sep} ")))
             .expect("SEP chain");
         assert!(
             last.ends_with(&format!("-j DNAT --to-destination {ep}")),
@@ -188,7 +187,7 @@ fn etp_local_preserves_source_and_short_circuits() {
         ),
     );
     has(&t, &format!("-A KUBE-EXT-{h} -j KUBE-SVL-{h}"));
-    lacks(&t, &format!("masquerade traffic for ns1/svc1:p80"));
+    lacks(&t, "masquerade traffic for ns1/svc1:p80");
     // Only the local endpoint (10.180.2.1 on test-node) is in SVL.
     has(
         &t,

@@ -1,0 +1,399 @@
+//! Kernel tests: every command runs inside a network namespace created
+//! here (`kproxy_testkit::NetNs`, prefix `ipt`); the root namespace's
+//! rules are never touched. These need root and the iptables tools; they
+//! fail (never skip) without them.
+
+use std::collections::BTreeSet;
+
+use kproxy_graph::{
+    ApplyError, Backend, ChangeSet, IpFamily, Objects, ProxyMode, Render, ServiceGraph,
+};
+use kproxy_iptables::exec::{IptablesTransport, plan_partial};
+use kproxy_iptables::{
+    FamilyRuleset, Flavour, GenOptions, IptablesBackend, Runner, TableName, detect_flavour_with,
+    generate, parse_save_lenient, render_restore,
+};
+use kproxy_testkit::{NetNs, fixture_config, fixture_path, fixtures, load_fixture};
+
+const FLAVOURS: [Flavour; 2] = [Flavour::Legacy, Flavour::Nft];
+
+fn transport(flavour: Flavour, ns: &NetNs) -> IptablesTransport {
+    IptablesTransport {
+        flavour,
+        runner: Runner::in_netns(ns.name()),
+    }
+}
+
+/// Compare what the kernel holds with `fr`: the same user chains with the
+/// same rules (compared canonically, since iptables-save reorders
+/// options), and kproxy's jumps in the built-in chains in the order
+/// kube-proxy's prepends leave them.
+fn assert_kernel_matches(t: &IptablesTransport, fr: &FamilyRuleset, what: &str) {
+    let text = t.save(fr.family).expect("save");
+    let saved = parse_save_lenient(&text).unwrap_or_else(|e| panic!("{what}: {e}\n{text}"));
+    for table in &fr.tables {
+        // KUBE-FIREWALL is shared with kubelet and survives cleanup: an
+        // earlier ruleset may have left it.
+        let ignore = |c: &str| c == "KUBE-FIREWALL" && table.chain(c).is_none();
+        let st = saved
+            .table(table.name)
+            .unwrap_or_else(|| panic!("{what}: no {} table in\n{text}", table.name));
+        let kernel_chains: BTreeSet<&str> = st
+            .chains
+            .iter()
+            .filter(|c| !table.name.is_builtin(&c.name) && c.name.starts_with("KUBE-"))
+            .filter(|c| !ignore(&c.name))
+            .map(|c| c.name.as_str())
+            .collect();
+        let ir_chains: BTreeSet<&str> = table.chains.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(kernel_chains, ir_chains, "{what}: {} chains", table.name);
+        for c in &table.chains {
+            let kc = st.chain(&c.name).expect("chain");
+            let got: Vec<_> = kc
+                .rules
+                .iter()
+                .map(|r| {
+                    r.rule
+                        .as_ref()
+                        .unwrap_or_else(|| panic!("{what}: unparsed {}", r.raw))
+                        .canonical()
+                })
+                .collect();
+            let want: Vec<_> = c.rules.iter().map(|r| r.canonical()).collect();
+            assert_eq!(got, want, "{what}: {} {}", table.name, c.name);
+        }
+        for builtin in table.name.builtin_chains() {
+            let mut want: Vec<_> = table
+                .builtin_rules
+                .iter()
+                .filter(|b| b.chain == *builtin)
+                .map(|b| b.rule.canonical())
+                .collect();
+            // Jumps already present (KUBE-FIREWALL survives cleanup, as
+            // kubelet shares it) are not re-inserted, so compare as sets;
+            // a duplicate would still show.
+            want.sort();
+            let got: Vec<_> = st
+                .chain(builtin)
+                .map(|c| {
+                    c.rules
+                        .iter()
+                        .filter_map(|r| r.rule.as_ref())
+                        .filter(|r| {
+                            r.jump_target()
+                                .is_some_and(|t| t.starts_with("KUBE-") && !ignore(t))
+                        })
+                        .map(|r| r.canonical())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut got = got;
+            got.sort();
+            assert_eq!(got, want, "{what}: {} {builtin}", table.name);
+        }
+    }
+}
+
+#[test]
+fn every_golden_output_passes_restore_test() {
+    let ns = NetNs::new("ipt");
+    for flavour in FLAVOURS {
+        let t = transport(flavour, &ns);
+        for name in fixtures() {
+            let g = load_fixture(&name, ProxyMode::Iptables);
+            for fr in generate(&g, &GenOptions::default()).families {
+                t.test_restore(fr.family, &fr.render_full())
+                    .unwrap_or_else(|e| panic!("{name} {} {flavour:?}: {e}", fr.family));
+            }
+        }
+    }
+    // A broken input is refused: the check can fail.
+    let t = transport(Flavour::Legacy, &ns);
+    let err = t
+        .test_restore(IpFamily::V4, "*nat\n-A NO-SUCH-CHAIN -j ACCEPT\nCOMMIT\n")
+        .expect_err("must be refused");
+    assert!(matches!(err, ApplyError::Rejected { .. }), "{err}");
+}
+
+#[test]
+fn apply_read_back_and_round_trip_every_fixture_both_flavours() {
+    for flavour in FLAVOURS {
+        let ns = NetNs::new("ipt");
+        let t = transport(flavour, &ns);
+        // A foreign rule and chain that kproxy must leave alone.
+        ns.exec(&[&t.flavour.iptables_binary(IpFamily::V4), "-N", "FOREIGN"]);
+        ns.exec(&[
+            &t.flavour.iptables_binary(IpFamily::V4),
+            "-A",
+            "INPUT",
+            "-s",
+            "1.2.3.4",
+            "-j",
+            "FOREIGN",
+        ]);
+        for name in fixtures() {
+            let g = load_fixture(&name, ProxyMode::Iptables);
+            let mut be = IptablesBackend::in_netns(flavour, ns.name());
+            let stats = be
+                .sync(&g, None)
+                .unwrap_or_else(|e| panic!("{name} {flavour:?}: {e}"));
+            assert!(stats.full);
+            let rs = generate(&g, &GenOptions::default());
+            for fr in &rs.families {
+                assert_kernel_matches(&t, fr, &format!("{name} {flavour:?} {}", fr.family));
+            }
+            assert!(be.check().expect("check"), "{name}: canary present");
+            // A second full sync over the same state is idempotent (no
+            // duplicated jumps).
+            be.sync(&g, None).expect("resync");
+            for fr in &rs.families {
+                assert_kernel_matches(&t, fr, &format!("{name} {flavour:?} resync"));
+            }
+            be.cleanup()
+                .unwrap_or_else(|e| panic!("{name} cleanup: {e:?}"));
+            for f in IpFamily::ALL {
+                let after = t.save(f).expect("save");
+                for line in after
+                    .lines()
+                    .filter(|l| l.starts_with(':') || l.starts_with('-'))
+                {
+                    let kube = line.contains("KUBE-") && !line.contains("KUBE-FIREWALL");
+                    assert!(!kube, "{name} {flavour:?} {f}: left after cleanup: {line}");
+                }
+                if f == IpFamily::V4 {
+                    assert!(after.contains(":FOREIGN"), "foreign chain kept");
+                    assert!(
+                        after.contains("-A INPUT -s 1.2.3.4/32 -j FOREIGN"),
+                        "{after}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn graph_from(texts: &[&str]) -> ServiceGraph {
+    let mut objs = Objects::default();
+    for (i, t) in texts.iter().enumerate() {
+        objs.add_yaml(&format!("doc{i}"), t).expect("yaml");
+    }
+    ServiceGraph::build(&objs, &fixture_config("seed", ProxyMode::Iptables))
+}
+
+fn extra_service(name: &str, ip: &str, eps: &[&str]) -> String {
+    let mut s = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: web}}\nspec:\n  clusterIP: {ip}\n  ports: [{{port: 8080, protocol: TCP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-x, namespace: web, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{port: 8080, protocol: TCP}}]\nendpoints:\n"
+    );
+    for e in eps {
+        s.push_str(&format!(
+            "- {{addresses: [{e}], conditions: {{ready: true}}}}\n"
+        ));
+    }
+    s
+}
+
+#[test]
+fn partial_syncs_match_a_fresh_full_render() {
+    let seed = std::fs::read_to_string(fixture_path("seed")).expect("seed");
+    let steps: Vec<(&str, ServiceGraph)> = vec![
+        ("start", graph_from(&[&seed])),
+        (
+            "add api",
+            graph_from(&[
+                &seed,
+                &extra_service("api", "10.96.0.10", &["10.244.1.7", "10.244.2.8"]),
+            ]),
+        ),
+        (
+            "change api endpoints",
+            graph_from(&[&seed, &extra_service("api", "10.96.0.10", &["10.244.1.9"])]),
+        ),
+        ("remove api", graph_from(&[&seed])),
+    ];
+    for flavour in FLAVOURS {
+        let ns = NetNs::new("ipt");
+        let t = transport(flavour, &ns);
+        let mut be = IptablesBackend::in_netns(flavour, ns.name());
+        let mut prev: Option<&ServiceGraph> = None;
+        for (what, g) in &steps {
+            let changes = prev.map(|p| ChangeSet::between(p, g));
+            let stats = be
+                .sync(g, changes.as_ref())
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(stats.full, prev.is_none(), "{what}: full only at start");
+            let rs = generate(g, &GenOptions::default());
+            for fr in &rs.families {
+                assert_kernel_matches(&t, fr, &format!("{flavour:?} after {what}"));
+            }
+            if prev.is_some() {
+                assert!(
+                    stats.rules_written < rs.families.iter().map(|f| f.rule_count()).sum(),
+                    "{what}: partial sync wrote {} rules",
+                    stats.rules_written
+                );
+            }
+            prev = Some(g);
+        }
+    }
+}
+
+#[test]
+fn partial_restore_writes_only_changed_service_chains() {
+    let seed = std::fs::read_to_string(fixture_path("seed")).expect("seed");
+    let a = graph_from(&[&seed, &extra_service("api", "10.96.0.10", &["10.244.1.7"])]);
+    let b = graph_from(&[&seed, &extra_service("api", "10.96.0.10", &["10.244.1.9"])]);
+    let ra = generate(&a, &GenOptions::default());
+    let rb = generate(&b, &GenOptions::default());
+    let changes = ChangeSet::between(&a, &b);
+    let (pa, pb) = (
+        ra.family(IpFamily::V4).expect("v4"),
+        rb.family(IpFamily::V4).expect("v4"),
+    );
+    let plan = plan_partial(pa, pb, &changes.family(IpFamily::V4));
+    let (text, _) = render_restore(pb, &plan);
+    // The unchanged seed service's chains are not in the input ...
+    assert!(!text.contains(":KUBE-SVC-6NP7QLHXVWVVFBVL"), "{text}");
+    assert!(!text.contains("-A KUBE-SEP-GPPLZ26R2KHJ2RMU"), "{text}");
+    // ... its top-level rules are (top-level chains are rewritten) ...
+    assert!(text.contains("-A KUBE-SERVICES -m comment --comment \"web/web-service cluster IP\""));
+    // ... the changed service's chains are, and its old endpoint chain is
+    // flushed and deleted in the same transaction.
+    assert!(text.contains("--to-destination 10.244.1.9:8080"), "{text}");
+    let old = pa
+        .table(TableName::Nat)
+        .and_then(|t| {
+            t.chains.iter().find(|c| {
+                c.name.starts_with("KUBE-SEP-") && format!("{c:?}").contains("10.244.1.7")
+            })
+        })
+        .map(|c| c.name.clone())
+        .expect("old SEP");
+    assert!(
+        text.contains(&format!(":{old} - [0:0]")) && text.contains(&format!("-X {old}")),
+        "{text}"
+    );
+    assert!(!text.contains("-I "), "jumps only on full syncs");
+}
+
+#[test]
+fn failed_restore_keeps_previous_rules_and_forces_full_sync() {
+    let seed = std::fs::read_to_string(fixture_path("seed")).expect("seed");
+    let with_api = graph_from(&[&seed, &extra_service("api", "10.96.0.10", &["10.244.1.7"])]);
+    let without = graph_from(&[&seed]);
+    for flavour in FLAVOURS {
+        let ns = NetNs::new("ipt");
+        let t = transport(flavour, &ns);
+        let ipt = flavour.iptables_binary(IpFamily::V4);
+        let mut be = IptablesBackend::in_netns(flavour, ns.name());
+        be.sync(&with_api, None).expect("first sync");
+        // Someone else references api's endpoint chain, so deleting it
+        // fails and the whole restore is refused.
+        let rs = generate(&with_api, &GenOptions::default());
+        let sep = rs
+            .family(IpFamily::V4)
+            .and_then(|f| f.table(TableName::Nat))
+            .and_then(|t| {
+                t.chains.iter().find(|c| {
+                    c.name.starts_with("KUBE-SEP-") && format!("{c:?}").contains("10.244.1.7")
+                })
+            })
+            .map(|c| c.name.clone())
+            .expect("api SEP");
+        ns.exec(&[&ipt, "-t", "nat", "-N", "FOREIGN"]);
+        ns.exec(&[&ipt, "-t", "nat", "-A", "FOREIGN", "-j", &sep]);
+        let changes = ChangeSet::between(&with_api, &without);
+        let err = be
+            .sync(&without, Some(&changes))
+            .expect_err("restore must fail");
+        match &err {
+            ApplyError::Rejected { stderr, .. } => assert!(!stderr.is_empty(), "{err}"),
+            other => panic!("expected Rejected, got {other}"),
+        }
+        assert!(be.needs_full_sync(), "a failure forces a full sync");
+        // The previous rules are all still there.
+        for fr in &rs.families {
+            assert_kernel_matches(&t, fr, &format!("{flavour:?} after failed restore"));
+        }
+        // Once the obstacle is gone, the retry (full) succeeds.
+        ns.exec(&[&ipt, "-t", "nat", "-F", "FOREIGN"]);
+        let stats = be.sync(&without, Some(&changes)).expect("retry");
+        assert!(stats.full);
+        for fr in &generate(&without, &GenOptions::default()).families {
+            assert_kernel_matches(&t, fr, &format!("{flavour:?} after retry"));
+        }
+        let after = t.save(IpFamily::V4).expect("save");
+        assert!(
+            !after.contains(&format!(":{sep}")),
+            "stale chain removed by the full sync"
+        );
+    }
+}
+
+#[test]
+fn lost_canary_is_detected() {
+    let g = load_fixture("seed", ProxyMode::Iptables);
+    for flavour in FLAVOURS {
+        let ns = NetNs::new("ipt");
+        let mut be = IptablesBackend::in_netns(flavour, ns.name());
+        assert!(!be.check().expect("check"), "nothing applied yet");
+        be.sync(&g, None).expect("sync");
+        assert!(be.check().expect("check"));
+        ns.exec(&[
+            &flavour.iptables_binary(IpFamily::V4),
+            "-t",
+            "mangle",
+            "-X",
+            "KUBE-PROXY-CANARY",
+        ]);
+        assert!(!be.check().expect("check"), "{flavour:?}: canary loss seen");
+        assert!(be.needs_full_sync());
+        let changes = ChangeSet::between(&g, &g);
+        let stats = be.sync(&g, Some(&changes)).expect("resync");
+        assert!(stats.full);
+        assert!(be.check().expect("check"));
+    }
+}
+
+#[test]
+fn flavour_detection_follows_iptables_wrappers() {
+    let ns = NetNs::new("ipt");
+    let r = Runner::in_netns(ns.name());
+    assert_eq!(detect_flavour_with(&r), Flavour::Nft, "default is nft");
+    ns.exec(&[
+        "iptables-legacy",
+        "-t",
+        "mangle",
+        "-N",
+        "KUBE-IPTABLES-HINT",
+    ]);
+    assert_eq!(detect_flavour_with(&r), Flavour::Legacy, "legacy hint");
+    ns.exec(&["iptables-nft", "-t", "mangle", "-N", "KUBE-KUBELET-CANARY"]);
+    assert_eq!(detect_flavour_with(&r), Flavour::Nft, "nft hint wins");
+
+    let ns = NetNs::new("ipt");
+    let r = Runner::in_netns(ns.name());
+    ns.exec(&[
+        "iptables-legacy",
+        "-A",
+        "INPUT",
+        "-s",
+        "1.2.3.4",
+        "-j",
+        "ACCEPT",
+    ]);
+    assert_eq!(
+        detect_flavour_with(&r),
+        Flavour::Legacy,
+        "more legacy rules"
+    );
+}
+
+#[test]
+fn render_full_is_the_golden_text() {
+    let g = load_fixture("seed", ProxyMode::Iptables);
+    let be = IptablesBackend::new(Flavour::Nft);
+    assert_eq!(
+        be.render_full(&g).expect("render"),
+        generate(&g, &GenOptions::default()).render()
+    );
+}
