@@ -110,9 +110,16 @@ impl LbChain {
 
     /// The chain itself.
     pub fn chain(&self, fam: &Fam, mark: u32) -> Chain {
+        // No `meta l4proto` match: the data maps' `typeof` value names
+        // `tcp dport`, which gives nft the transport context it wants for a
+        // port mapping; a protocol match here would conflict with it (nft
+        // 1.0.6 checks this when the map comes from the kernel, i.e. when
+        // an incremental sync adds a chain). The kernel only sees a 16-bit
+        // port, so the same rule serves TCP, UDP and SCTP; packets get here
+        // only through the service maps, keyed by those protocols.
         let dnat = |map: &str, key: &str| {
             Rule::new(format!(
-                "meta l4proto {{ tcp, udp, sctp }} dnat {} addr . port to {key} . numgen random mod {} map @{map}",
+                "dnat {} addr . port to {key} . numgen random mod {} map @{map}",
                 fam.f.as_str(),
                 self.k
             ))
@@ -439,7 +446,8 @@ fn ep_map(name: &str, fam: &Fam, nodeport: bool, comment: &str) -> Set {
     Set {
         name: name.to_string(),
         map: true,
-        set_type: SetType::Typeof(format!("{key} : {f} daddr . th dport")),
+        // `tcp dport` rather than `th dport`: see `LbChain::chain`.
+        set_type: SetType::Typeof(format!("{key} : {f} daddr . tcp dport")),
         flags: vec![],
         timeout: None,
         comment: Some(names::comment(comment)),

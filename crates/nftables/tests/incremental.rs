@@ -1,0 +1,198 @@
+//! The incremental transaction builder against the kernel: a sequence of
+//! changes (add, change, remove services and endpoints) applied
+//! incrementally in one namespace must leave the same table as a fresh
+//! full load of the same state in another.
+
+mod common;
+
+use common::cluster::{Svc, changes, graph};
+use common::normalised_listing;
+use kproxy_graph::{Backend, ServiceGraph};
+use kproxy_nftables::NftablesBackend;
+use kproxy_testkit::{NetNs, line_diff};
+
+fn base() -> Vec<Svc> {
+    let mut a = Svc::new("ns1", "a", "172.30.0.41", 80).ep("10.180.0.1", "test-node");
+    a.port_name = "p80".into();
+    let mut b = Svc::new("ns2", "b", "172.30.0.42", 80)
+        .ep("10.180.0.2", "node-2")
+        .ep("10.180.1.2", "node-3");
+    b.node_port = Some(30042);
+    let mut c = Svc::new("ns3", "c", "172.30.0.43", 443)
+        .ep("10.180.0.3", "test-node")
+        .ep("10.180.1.3", "node-2");
+    c.affinity = Some(600);
+    c.external_ips = vec!["192.168.99.3".into()];
+    let mut d = Svc::new("ns4", "d", "172.30.0.44", 53)
+        .ep("10.180.0.4", "test-node")
+        .ep("10.180.2.4", "node-3");
+    d.protocol = "UDP";
+    d.lb_ips = vec!["5.6.7.8".into()];
+    d.node_port = Some(30053);
+    d.etp_local = true;
+    d.source_ranges = vec!["203.0.113.0/25".into()];
+    let v6 = Svc::new("ns6", "v6", "fd00:30::10", 80)
+        .ep("fd00:10::5", "test-node")
+        .ep("fd00:10::6", "node-2");
+    vec![a, b, c, d, v6]
+}
+
+fn find<'a>(svcs: &'a mut [Svc], name: &str) -> &'a mut Svc {
+    svcs.iter_mut().find(|s| s.name == name).expect("service")
+}
+
+/// The states the test walks through, each with a description.
+fn steps() -> Vec<(&'static str, Vec<Svc>)> {
+    let mut out = Vec::new();
+    let mut s = base();
+    out.push(("initial", s.clone()));
+    let mut e = Svc::new("ns5", "e", "172.30.0.45", 8080).ep("10.180.0.5", "node-2");
+    e.node_port = Some(30045);
+    s.push(e);
+    out.push(("add a service", s.clone()));
+    find(&mut s, "b")
+        .endpoints
+        .push(("10.180.3.2".into(), "node-4".into(), true));
+    out.push(("add an endpoint (2 -> 3)", s.clone()));
+    find(&mut s, "a").endpoints.clear();
+    out.push(("remove the only endpoint (reject)", s.clone()));
+    s.retain(|x| x.name != "c");
+    out.push(("remove an affinity service", s.clone()));
+    find(&mut s, "d").etp_local = false;
+    find(&mut s, "b").endpoints.remove(0);
+    out.push(("change a policy and remove an endpoint", s.clone()));
+    let mut c = Svc::new("ns3", "c", "172.30.0.43", 443).ep("10.180.4.3", "node-2");
+    c.affinity = Some(60);
+    s.push(c);
+    find(&mut s, "a")
+        .endpoints
+        .push(("10.180.0.9".into(), "test-node".into(), true));
+    find(&mut s, "v6").endpoints.pop();
+    out.push(("re-add a service, endpoints back, IPv6 change", s.clone()));
+    s.retain(|x| x.name != "e");
+    out.push(("remove a NodePort service", s));
+    out
+}
+
+#[test]
+fn incremental_syncs_match_full_loads() {
+    let inc_ns = NetNs::new("nft");
+    let mut inc = NftablesBackend::in_netns(inc_ns.name());
+    let mut prev: Option<ServiceGraph> = None;
+    for (what, svcs) in steps() {
+        let g = graph(&svcs);
+        let stats = match &prev {
+            None => inc.sync(&g, None),
+            Some(p) => inc.sync(&g, Some(&changes(p, &g))),
+        }
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(stats.full, prev.is_none(), "{what}: full sync only first");
+
+        let full_ns = NetNs::new("nft");
+        NftablesBackend::in_netns(full_ns.name())
+            .sync(&g, None)
+            .unwrap_or_else(|e| panic!("{what} (full): {e}"));
+        let want = normalised_listing(&full_ns, true);
+        let got = normalised_listing(&inc_ns, true);
+        assert!(
+            want == got,
+            "{what}: incremental table differs from a full load:\n{}",
+            line_diff(&want, &got)
+        );
+        assert!(inc.check().expect("check"), "{what}: check after sync");
+        prev = Some(g);
+    }
+    // One more (empty) sync deletes the chains flushed by the last one:
+    // then the tables are identical, empty chains included.
+    let g = prev.expect("graph");
+    inc.sync(&g, Some(&changes(&g, &g))).expect("empty sync");
+    let full_ns = NetNs::new("nft");
+    NftablesBackend::in_netns(full_ns.name())
+        .sync(&g, None)
+        .expect("full");
+    let (want, got) = (
+        normalised_listing(&full_ns, false),
+        normalised_listing(&inc_ns, false),
+    );
+    assert!(want == got, "after cleanup:\n{}", line_diff(&want, &got));
+}
+
+#[test]
+fn one_endpoint_change_is_a_small_transaction() {
+    let ns = NetNs::new("nft");
+    let mut be = NftablesBackend::in_netns(ns.name());
+    let mut svcs: Vec<Svc> = (0..200)
+        .map(|i| {
+            Svc::new(
+                "bulk",
+                &format!("s{i}"),
+                &format!("172.30.{}.{}", i / 250, i % 250 + 1),
+                80,
+            )
+            .ep(&format!("10.1.{}.{}", i / 250, i % 250 + 1), "node-2")
+            .ep(&format!("10.2.{}.{}", i / 250, i % 250 + 1), "node-3")
+        })
+        .collect();
+    let g1 = graph(&svcs);
+    be.sync(&g1, None).expect("full");
+    svcs[7].endpoints[1].0 = "10.3.0.8".into();
+    let g2 = graph(&svcs);
+    let stats = be.sync(&g2, Some(&changes(&g1, &g2))).expect("incremental");
+    assert!(!stats.full);
+    // One data-map element replaced (delete + add), plus the generation.
+    assert!(
+        stats.bytes_written < 600,
+        "{} bytes: {stats:?}",
+        stats.bytes_written
+    );
+}
+
+#[test]
+fn failed_transaction_keeps_rules_and_reports_the_statement() {
+    let ns = NetNs::new("nft");
+    let mut be = NftablesBackend::in_netns(ns.name());
+    let svcs = base();
+    let g1 = graph(&svcs);
+    be.sync(&g1, None).expect("full");
+    let before = normalised_listing(&ns, false);
+    // The kernel keeps the previous rules when a transaction fails.
+    let mut next = svcs.clone();
+    next.retain(|s| s.name != "c");
+    let g2 = graph(&next);
+    // Someone deletes an element our next transaction deletes: nft
+    // refuses the whole transaction.
+    ns.exec(&[
+        "nft",
+        "delete",
+        "element",
+        "ip",
+        "kproxy",
+        "service-ips",
+        "{ 172.30.0.43 . tcp . 443 }",
+    ]);
+    let tampered = normalised_listing(&ns, false);
+    assert_ne!(before, tampered);
+    let err = be
+        .sync(&g2, Some(&changes(&g1, &g2)))
+        .expect_err("transaction must fail");
+    let msg = err.to_string();
+    assert!(msg.contains("statement: "), "{msg}");
+    assert_eq!(
+        normalised_listing(&ns, false),
+        tampered,
+        "kernel unchanged by the failed transaction"
+    );
+    // The next sync is full and repairs everything.
+    let stats = be
+        .sync(&g2, Some(&changes(&g1, &g2)))
+        .expect("full sync after failure");
+    assert!(stats.full);
+    let full_ns = NetNs::new("nft");
+    NftablesBackend::in_netns(full_ns.name())
+        .sync(&g2, None)
+        .expect("full");
+    assert_eq!(
+        normalised_listing(&ns, false),
+        normalised_listing(&full_ns, false)
+    );
+}
