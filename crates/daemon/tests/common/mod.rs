@@ -1,0 +1,208 @@
+//! Helpers for the daemon's kernel tests: the real `kproxy` binary run
+//! inside a `NetNs`, HTTP GETs from inside that namespace, and polling.
+
+#![allow(dead_code)]
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use kproxy_testkit::NetNs;
+
+/// The binary under test.
+pub const KPROXY: &str = env!("CARGO_BIN_EXE_kproxy");
+
+/// The backends, as `--backend` spells them.
+pub const BACKENDS: [&str; 3] = ["iptables-legacy", "iptables-nft", "nftables"];
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "kproxy-dmn-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        // Write then rename, as editors and ConfigMap updates do, so the
+        // daemon never reads half a file.
+        let tmp = self.0.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fixture's text from testdata/fixtures.
+pub fn fixture(name: &str) -> String {
+    std::fs::read_to_string(kproxy_testkit::fixture_path(name)).unwrap()
+}
+
+/// testdata/configs/default.yaml.
+pub fn default_config() -> PathBuf {
+    kproxy_testkit::testdata().join("configs/default.yaml")
+}
+
+/// Run `kproxy ARGS` inside `ns` to completion: (success, stdout, stderr).
+pub fn kproxy_in(ns: &NetNs, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut c = ns.command("env");
+    for (k, v) in env {
+        c.arg(format!("{k}={v}"));
+    }
+    let out = c.arg(KPROXY).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// What the kernel holds of a backend's rules inside `ns`.
+pub fn kernel_rules(ns: &NetNs, backend: &str) -> String {
+    let argv: Vec<&str> = match backend {
+        "nftables" => vec!["nft", "list", "ruleset"],
+        "iptables-legacy" => vec!["iptables-legacy-save"],
+        "iptables-nft" => vec!["iptables-nft-save"],
+        other => panic!("unknown backend {other}"),
+    };
+    let out = ns.command(argv[0]).args(&argv[1..]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Poll `f` every 100 ms until it is true or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A long-running `kproxy run` inside a namespace; SIGTERM on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+    _logdir: TempDir,
+}
+
+impl Daemon {
+    /// Start `kproxy run ARGS` in `ns` with extra environment.
+    pub fn start(ns: &NetNs, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let logdir = TempDir::new("log");
+        let log = logdir.path().join("kproxy.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let mut c = ns.command("env");
+        c.arg("KPROXY_LOG=debug");
+        for (k, v) in env {
+            c.arg(format!("{k}={v}"));
+        }
+        let child = c
+            .arg(KPROXY)
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Daemon {
+            child,
+            log,
+            _logdir: logdir,
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        // `ip netns exec` execs the program, so the child is kproxy; `env`
+        // too execs it.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.success();
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.terminate();
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET to `127.0.0.1:port` inside `ns`, from a thread that
+/// joins the namespace: (status, headers, body). `None` when nothing
+/// listens yet.
+pub fn http_get(ns: &NetNs, port: u16, path: &str) -> Option<(u16, String, String)> {
+    let nspath = format!("/run/netns/{}", ns.name());
+    let path = path.to_string();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&nspath).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, head.to_string(), body.to_string()))
+    })
+    .join()
+    .unwrap()
+}
+
+/// The value of a metric sample line (`name{labels} value`).
+pub fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
