@@ -50,6 +50,9 @@ enum Cmd {
         /// Source address to bind.
         #[arg(long)]
         bind: Option<IpAddr>,
+        /// Source port (0: any).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
         /// Attempts.
         #[arg(long, default_value_t = 1)]
         count: u32,
@@ -78,6 +81,10 @@ enum Cmd {
         /// The kproxy binary (default: build it).
         #[arg(long, env = "KPROXY_BIN")]
         kproxy: Option<PathBuf>,
+        /// `run` (kproxy run --once in the node) or `render` (kproxy render,
+        /// loaded with nft / iptables-restore).
+        #[arg(long, env = "PROTO_APPLY", default_value = "run")]
+        apply: String,
     },
     /// The seed article's cluster in namespaces, served by kproxy's nftables
     /// backend: requests, the ruleset, clean-up.
@@ -109,12 +116,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Probe {
             to,
             bind,
+            port,
             count,
             timeout_ms,
         } => {
             let mut out = std::io::stdout().lock();
             for _ in 0..count {
-                let a = wire::probe(&to, bind, Duration::from_millis(timeout_ms));
+                let a = wire::probe(&to, bind, port, Duration::from_millis(timeout_ms));
                 writeln!(out, "{}", serde_json::to_string(&a)?)?;
             }
         }
@@ -137,6 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             backends,
             jobs,
             kproxy,
+            apply,
         } => {
             let files = kproxy_proto_tests::scenario_files(&scenarios)?;
             let backends = kproxy_proto_tests::backends(&backends)?;
@@ -149,7 +158,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &files,
                 &backends,
                 &me,
-                &Applier::Kproxy { bin },
+                &match apply.as_str() {
+                    "render" => Applier::Render { bin },
+                    "run" => Applier::Kproxy { bin },
+                    other => anyhow::bail!("--apply {other:?}: want run or render"),
+                },
                 jobs,
             )?;
             let failed: Vec<String> = reports

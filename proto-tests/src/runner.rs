@@ -16,11 +16,24 @@ use crate::scenario::{
 use crate::topo::{Topology, TopologySpec};
 use crate::wire::{Attempt, Proto, Target};
 
+/// The label of the node's own listener: it answers on every port that a
+/// probe sends to a node address, so traffic to a node address that the
+/// proxy leaves alone is seen as `no-match` (not as a REJECT).
+pub const NODE_LOCAL: &str = "node-local";
+
 /// How the rules get into the node namespace.
 #[derive(Debug, Clone)]
 pub enum Applier {
     /// `kproxy run --once --backend B --source DIR --config F --node-name N`.
     Kproxy {
+        /// The `kproxy` binary.
+        bin: PathBuf,
+    },
+    /// `kproxy render` outside, loaded with `nft -f` / `iptables-restore
+    /// --noflush` inside (PROTO_APPLY=render): checks the generators'
+    /// rules without the daemon (no conntrack clean-up, no sysctls but
+    /// route_localnet, which is set here for the iptables backends).
+    Render {
         /// The `kproxy` binary.
         bin: PathBuf,
     },
@@ -196,6 +209,18 @@ pub fn topology_spec(s: &Scenario) -> TopologySpec {
         }
     }
     for (_, p) in s.all_probes() {
+        if let Ok(t) = p.to.parse::<Target>() {
+            let ip = t.addr.ip();
+            let node_addr =
+                ip.is_loopback() || node_ips.contains(&ip) || s.node.extra_ips.contains(&ip);
+            let taken = spec
+                .node_endpoints
+                .iter()
+                .any(|(_, ports)| ports.iter().any(|(port, _)| *port == t.addr.port()));
+            if node_addr && !taken && !spec.node_listen.contains(&(t.addr.port(), t.proto)) {
+                spec.node_listen.push((t.addr.port(), t.proto));
+            }
+        }
         match Source::parse(&p.from) {
             Ok(Source::External(ip)) if !spec.external.contains(&ip) => spec.external.push(ip),
             Ok(Source::Pod(ip))
@@ -268,6 +293,37 @@ fn sync(
             .exec_input(&["nft", "-f", "-"], Some(script))
             .map(|_| ())
             .map_err(|e| e.to_string()),
+        Applier::Render { bin } => {
+            let src = topo.dir.join("objects");
+            std::fs::create_dir_all(&src).map_err(|e| e.to_string())?;
+            std::fs::write(src.join("objects.yaml"), objects_yaml(objs))
+                .map_err(|e| e.to_string())?;
+            let config = topo.dir.join("config.yaml");
+            std::fs::write(&config, s.config_yaml()).map_err(|e| e.to_string())?;
+            let mut c = Command::new(bin);
+            c.env("NO_COLOR", "1")
+                .args([
+                    "render",
+                    "--backend",
+                    backend.as_str(),
+                    "--node-name",
+                    &s.node.name,
+                ])
+                .arg("--config")
+                .arg(&config)
+                .args(&s.kproxy_args)
+                .arg(src.join("objects.yaml"));
+            let out = c.output().map_err(|e| format!("{c:?}: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "{c:?}: {}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            load_rendered(topo, backend, &text, &cfg.proto_bin)
+        }
         Applier::Kproxy { bin } => {
             let src = topo.dir.join("objects");
             std::fs::create_dir_all(&src).map_err(|e| e.to_string())?;
@@ -281,10 +337,59 @@ fn sync(
                 .arg(&src)
                 .arg("--config")
                 .arg(&config)
-                .args(["--node-name", &s.node.name]);
+                .args(["--node-name", &s.node.name])
+                .args(&s.kproxy_args);
             run_bounded(c, Duration::from_secs(60))
         }
     }
+}
+
+/// Load `kproxy render` output into the node namespace.
+fn load_rendered(
+    topo: &Topology,
+    backend: BackendName,
+    text: &str,
+    proto_bin: &Path,
+) -> Result<(), String> {
+    let err = |e: crate::HarnessError| e.to_string();
+    if backend == BackendName::Nftables {
+        return topo
+            .node
+            .exec_input(&["nft", "-f", "-"], Some(text))
+            .map(|_| ())
+            .map_err(err);
+    }
+    let flavour = if backend == BackendName::IptablesLegacy {
+        "legacy"
+    } else {
+        "nft"
+    };
+    let bin = proto_bin.to_string_lossy();
+    topo.node
+        .exec(&[&bin, "sysctl", "net.ipv4.conf.all.route_localnet=1"])
+        .map_err(err)?;
+    // Sections start with "# IPv4: ..." / "# IPv6: ...".
+    let mut sections: Vec<(bool, String)> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("# IPv4") {
+            sections.push((false, String::new()));
+        } else if line.starts_with("# IPv6") {
+            sections.push((true, String::new()));
+        } else if let Some((_, body)) = sections.last_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    for (v6, body) in sections {
+        let tool = format!(
+            "{}-{flavour}-restore",
+            if v6 { "ip6tables" } else { "iptables" }
+        );
+        topo.node
+            .exec_input(&[&tool, "--noflush"], Some(&body))
+            .map_err(err)?;
+    }
+    Ok(())
 }
 
 /// Run a command with a deadline; stdout/stderr in the error.
@@ -379,7 +484,15 @@ fn run_probe(
     }
     let count = p.count.unwrap_or_else(|| default_count(&expect, p.sticky));
     let attempts = match topo.source(&src) {
-        Ok((ns, bind)) => probe_in(ns, &cfg.proto_bin, &to, bind, count, cfg.timeout),
+        Ok((ns, bind)) => probe_in(
+            ns,
+            &cfg.proto_bin,
+            &to,
+            bind,
+            p.source_port.unwrap_or(0),
+            count,
+            cfg.timeout,
+        ),
         Err(e) => Err(e),
     };
     let result = attempts.and_then(|a| {
@@ -408,6 +521,7 @@ fn probe_in(
     proto_bin: &Path,
     to: &Target,
     bind: Option<IpAddr>,
+    port: u16,
     count: u32,
     timeout: Duration,
 ) -> Result<Vec<Attempt>, String> {
@@ -420,6 +534,8 @@ fn probe_in(
         &count.to_string(),
         "--timeout-ms",
         &timeout.as_millis().to_string(),
+        "--port",
+        &port.to_string(),
     ]);
     if let Some(b) = bind {
         c.args(["--bind", &b.to_string()]);
@@ -446,7 +562,9 @@ pub fn describe(e: &Expect) -> String {
     match e {
         Expect::Simple(SimpleExpect::Reject) => "reject".into(),
         Expect::Simple(SimpleExpect::Drop) => "drop".into(),
-        Expect::Simple(SimpleExpect::NoMatch) => "no-match (sink)".into(),
+        Expect::Simple(SimpleExpect::NoMatch) => {
+            "no-match (untouched: sink or node answers)".into()
+        }
         Expect::Endpoints(EndpointsExpect {
             endpoints,
             masquerade,
@@ -476,8 +594,8 @@ pub fn summarize(a: &[Attempt]) -> String {
                 let l = local
                     .map(|l| l.ip().to_string())
                     .unwrap_or_else(|| "?".into());
-                if label == "sink" {
-                    format!("sink (client {l})")
+                if label == "sink" || label == NODE_LOCAL {
+                    format!("{label} (client {l})")
                 } else {
                     format!("{reached} saw {} (client {l})", from.ip())
                 }
@@ -527,9 +645,10 @@ pub fn judge(e: &Expect, sticky: bool, attempts: &[Attempt]) -> Result<(), Strin
         }
         Expect::Simple(SimpleExpect::NoMatch) => {
             for a in attempts {
-                if !matches!(a, Attempt::Answer { label, .. } if label == "sink") {
+                if !matches!(a, Attempt::Answer { label, .. } if label == "sink" || label == NODE_LOCAL)
+                {
                     return Err(format!(
-                        "want the sink to answer (packet untouched by the proxy); got {}",
+                        "want the sink or the node's own listener to answer (packet untouched by the proxy); got {}",
                         one(a)
                     ));
                 }

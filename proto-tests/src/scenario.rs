@@ -84,6 +84,10 @@ pub struct Scenario {
     /// Kubernetes YAML files, relative to the scenario file, added to `objects`.
     #[serde(default)]
     pub objects_files: Vec<PathBuf>,
+    /// Extra arguments for `kproxy run` (flags with no KubeProxyConfiguration
+    /// key, e.g. `--service-cidr`).
+    #[serde(default)]
+    pub kproxy_args: Vec<String>,
     /// The backends this scenario applies to; all when absent.
     #[serde(default)]
     pub backends: Option<Vec<BackendName>>,
@@ -194,6 +198,10 @@ pub struct Probe {
     pub count: Option<u32>,
     /// What must happen.
     pub expect: PerBackend<Expect>,
+    /// Bind this source port (every attempt reuses it, so UDP attempts share
+    /// one conntrack entry across steps: stale-flow clean-up is tested).
+    #[serde(default)]
+    pub source_port: Option<u16>,
     /// Every connection must reach the same endpoint (session affinity).
     #[serde(default)]
     pub sticky: bool,

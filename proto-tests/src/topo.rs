@@ -267,6 +267,9 @@ pub struct TopologySpec {
     pub node_endpoints: Vec<(IpAddr, Vec<(u16, Proto)>)>,
     /// External client addresses.
     pub external: Vec<IpAddr>,
+    /// Ports the node's own listener answers on, on every address
+    /// ([`crate::runner::NODE_LOCAL`]).
+    pub node_listen: Vec<(u16, Proto)>,
 }
 
 /// A built topology: namespaces and echo servers, all removed on drop
@@ -485,6 +488,12 @@ impl Topology {
             for ip in ips {
                 self.owners.insert(ip, Place::Remote);
             }
+        }
+        if !spec.node_listen.is_empty() {
+            let any = IpAddr::from([0u16; 8]);
+            let eps = [(any, spec.node_listen.clone())];
+            let c = self.serve(&self.node, proto_bin, crate::runner::NODE_LOCAL, &eps)?;
+            self.servers.push(c);
         }
         if !spec.node_endpoints.is_empty() {
             let c = self.serve(&self.node, proto_bin, "node", &spec.node_endpoints)?;

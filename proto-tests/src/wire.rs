@@ -290,26 +290,66 @@ pub fn serve_sink(port: u16) -> std::io::Result<()> {
 /// One attempt (one fresh connection or socket, hence one fresh source
 /// port) to `to`, optionally from `bind`, with `timeout` for the whole
 /// exchange.
-pub fn probe(to: &Target, bind: Option<IpAddr>, timeout: Duration) -> Attempt {
+pub fn probe(to: &Target, bind: Option<IpAddr>, port: u16, timeout: Duration) -> Attempt {
     match to.proto {
-        Proto::Udp => probe_udp(to, bind, timeout),
-        p => probe_stream(to, p, bind, timeout),
+        Proto::Udp => probe_udp(to, bind, port, timeout),
+        p => probe_stream(to, p, bind, port, timeout),
     }
 }
 
-fn probe_stream(to: &Target, proto: Proto, bind: Option<IpAddr>, timeout: Duration) -> Attempt {
+fn unspecified(like: &SocketAddr) -> IpAddr {
+    if like.is_ipv4() {
+        IpAddr::from([0u8; 4])
+    } else {
+        IpAddr::from([0u16; 8])
+    }
+}
+
+fn probe_stream(
+    to: &Target,
+    proto: Proto,
+    bind: Option<IpAddr>,
+    port: u16,
+    timeout: Duration,
+) -> Attempt {
     let s = match stream_socket(&to.addr, proto) {
         Ok(s) => s,
         Err(e) => return Attempt::from_io(&e),
     };
-    if let Some(b) = bind
-        && let Err(e) = s.bind(&SockAddr::from(SocketAddr::new(b, 0)))
+    if port != 0 {
+        // A fixed source port is reused by every attempt.
+        let _ = s.set_reuse_address(true);
+    }
+    if (bind.is_some() || port != 0)
+        && let Err(e) = s.bind(&SockAddr::from(SocketAddr::new(
+            bind.unwrap_or_else(|| unspecified(&to.addr)),
+            port,
+        )))
     {
+        let b = bind.unwrap_or_else(|| unspecified(&to.addr));
         return Attempt::Error {
             error: format!("bind {b}: {e}"),
         };
     }
+    // Linux does not fail a TCP connect on an ICMPv6 port unreachable
+    // during SYN_SENT the way it does for ICMPv4 (the connect just times
+    // out), so for IPv6 a raw ICMPv6 socket watches for the error itself.
+    let icmp6 = if to.addr.is_ipv6() {
+        Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))
+            .and_then(|r| r.set_nonblocking(true).map(|()| r))
+            .ok()
+    } else {
+        None
+    };
     if let Err(e) = s.connect_timeout(&SockAddr::from(to.addr), timeout) {
+        if let Some(r) = &icmp6
+            && matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock)
+            && let Some(code) = icmp6_unreachable_for(r, &to.addr)
+        {
+            return Attempt::Unreachable {
+                error: format!("ICMPv6 destination unreachable, code {code}"),
+            };
+        }
         return Attempt::from_io(&e);
     }
     let local = s.local_addr().ok().and_then(|a| a.as_socket());
@@ -334,13 +374,33 @@ fn probe_stream(to: &Target, proto: Proto, bind: Option<IpAddr>, timeout: Durati
     parse_echo(String::from_utf8_lossy(&got).trim(), local)
 }
 
-fn probe_udp(to: &Target, bind: Option<IpAddr>, timeout: Duration) -> Attempt {
-    let unspecified: IpAddr = if to.addr.is_ipv4() {
-        IpAddr::from([0u8; 4])
-    } else {
-        IpAddr::from([0u16; 8])
+/// The code of an ICMPv6 destination-unreachable queued on raw socket `r`
+/// whose quoted packet was addressed to `to`.
+fn icmp6_unreachable_for(r: &Socket, to: &SocketAddr) -> Option<u8> {
+    let IpAddr::V6(dst) = to.ip() else {
+        return None;
     };
-    let sock = match UdpSocket::bind(SocketAddr::new(bind.unwrap_or(unspecified), 0)) {
+    let mut buf = [0u8; 1500];
+    let mut r = r;
+    while let Ok(n) = r.read(&mut buf) {
+        // ICMPv6 header (8 bytes), then the quoted IPv6 header (40 bytes,
+        // destination at 24..40), then the transport header (port at 2..4).
+        let m = &buf[..n];
+        if n >= 8 + 40 + 4 && m[0] == 1 {
+            let q = &m[8..];
+            let qdst: [u8; 16] = q[24..40].try_into().ok()?;
+            let qport = u16::from_be_bytes([q[42], q[43]]);
+            if qdst == dst.octets() && qport == to.port() {
+                return Some(m[1]);
+            }
+        }
+    }
+    None
+}
+
+fn probe_udp(to: &Target, bind: Option<IpAddr>, port: u16, timeout: Duration) -> Attempt {
+    let any = unspecified(&to.addr);
+    let sock = match UdpSocket::bind(SocketAddr::new(bind.unwrap_or(any), port)) {
         Ok(s) => s,
         Err(e) => {
             return Attempt::Error {
@@ -418,7 +478,7 @@ mod tests {
         });
         std::thread::sleep(Duration::from_millis(200));
         for t in [tcp, udp] {
-            match probe(&t, None, Duration::from_secs(1)) {
+            match probe(&t, None, 0, Duration::from_secs(1)) {
                 Attempt::Answer { label, reached, .. } => {
                     assert_eq!(label, "t");
                     assert_eq!(reached, t.addr);
@@ -431,7 +491,7 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(
-            probe(&closed, None, Duration::from_secs(1)),
+            probe(&closed, None, 0, Duration::from_secs(1)),
             Attempt::Refused
         );
     }

@@ -18,11 +18,17 @@ fn scenarios() {
     let jobs = env("PROTO_JOBS").parse().unwrap_or(3);
     kproxy_proto_tests::topo::preflight().unwrap_or_else(|e| panic!("{e}"));
     let bin = kproxy_proto_tests::kproxy_binary().unwrap_or_else(|e| panic!("{e}"));
+    // PROTO_APPLY=render loads `kproxy render` output instead of running the daemon.
+    let applier = match env("PROTO_APPLY").as_str() {
+        "render" => Applier::Render { bin },
+        "" | "run" => Applier::Kproxy { bin },
+        other => panic!("PROTO_APPLY={other:?}: want run or render"),
+    };
     let reports = kproxy_proto_tests::run_suite(
         &files,
         &backends,
         Path::new(env!("CARGO_BIN_EXE_kproxy-proto")),
-        &Applier::Kproxy { bin },
+        &applier,
         jobs,
     )
     .unwrap_or_else(|e| panic!("{e}"));
@@ -56,4 +62,19 @@ fn scenarios() {
         reports.len(),
         failed.join("\n")
     );
+}
+
+/// Every scenario file parses and names valid sources, targets and
+/// backends (no root needed): a broken scenario is caught before any
+/// namespace is made.
+#[test]
+fn every_scenario_loads() {
+    let files = kproxy_proto_tests::scenario_files("").unwrap();
+    assert!(files.len() >= 10, "scenarios missing: {files:?}");
+    for f in files {
+        let s = kproxy_proto_tests::scenario::Scenario::load(&f).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!s.all_probes().is_empty(), "{}: no probes", f.display());
+        let spec = kproxy_proto_tests::runner::topology_spec(&s);
+        assert!(!spec.node_ips.is_empty(), "{}: no node IPs", f.display());
+    }
 }
