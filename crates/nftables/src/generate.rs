@@ -22,6 +22,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use kproxy_graph::{
     Endpoint, FamilyGraph, GenError, Generator, IpFamily, LocalTraffic, NoEndpointVerdict,
     NodePortIps, ServiceGraph, ServicePort, ServicePortName, TrafficPolicy,
@@ -592,7 +594,10 @@ fn skeleton(ctx: &Ctx) -> Table {
         "Reject traffic to invalid ports of ClusterIPs",
     )];
     if !ctx.fg.service_cidrs.is_empty() {
-        let cidrs: Vec<String> = ctx.fg.service_cidrs.iter().map(|c| c.to_string()).collect();
+        let cidrs: Vec<String> = disjoint_cidrs(ctx.fg.service_cidrs.clone())
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
         cip.push(Rule::commented(
             format!("{d} {{ {} }} drop", cidrs.join(", ")),
             "Drop traffic to unallocated ClusterIPs",
@@ -991,7 +996,7 @@ pub fn service_rules(ctx: &Ctx, sp: &ServicePort) -> Result<ServiceRules, GenErr
             .iter()
             .filter(|r| kproxy_graph::IpFamily::of_net(r) == ctx.fg.family)
             .collect();
-        let mut allowed: Vec<String> = ranges.iter().map(|r| r.to_string()).collect();
+        let mut allowed: Vec<IpNet> = ranges.iter().map(|r| **r).collect();
         // A load balancer that hairpins traffic from a node back to it
         // uses its own IP as source; kube-proxy allows the LB IPs when a
         // range contains a node IP.
@@ -999,8 +1004,12 @@ pub fn service_rules(ctx: &Ctx, sp: &ServicePort) -> Result<ServiceRules, GenErr
             .iter()
             .any(|r| ctx.fg.node_ips.iter().any(|ip| r.contains(ip)))
         {
-            allowed.extend(lb_ips.iter().map(|ip| ip.to_string()));
+            allowed.extend(lb_ips.iter().map(|ip| IpNet::from(*ip)));
         }
+        let allowed: Vec<String> = disjoint_cidrs(allowed)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
         let name = format!("firewall-{}", s.base);
         let rule = if allowed.is_empty() {
             Rule::new("drop")
@@ -1048,4 +1057,43 @@ pub fn lb_closure(lbs: &BTreeSet<LbChain>) -> BTreeSet<LbChain> {
         }
     }
     all
+}
+
+/// The CIDRs of `nets` (normalised to their network address) without the
+/// ones another contains. An anonymous nft interval set refuses
+/// overlapping elements, and two CIDRs either nest or are disjoint, so
+/// this is all that is needed.
+pub fn disjoint_cidrs(nets: Vec<IpNet>) -> Vec<IpNet> {
+    let mut nets: Vec<IpNet> = nets.into_iter().map(|n| n.trunc()).collect();
+    // Shorter prefixes first: a container comes before what it contains.
+    nets.sort_by_key(|n| (n.prefix_len(), *n));
+    let mut out: Vec<IpNet> = Vec::new();
+    for n in nets {
+        if !out.iter().any(|o| o.contains(&n)) {
+            out.push(n);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_are_made_disjoint() {
+        let nets = [
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.1.2.3/32",
+            "192.168.1.7/24",
+            "192.168.1.0/24",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let got: Vec<String> = disjoint_cidrs(nets).iter().map(|n| n.to_string()).collect();
+        assert_eq!(got, vec!["10.0.0.0/8", "192.168.1.0/24"]);
+    }
 }
