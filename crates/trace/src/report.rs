@@ -9,11 +9,22 @@ use crate::{Branch, Origin, Trace, format_percent};
 /// The chain path to the decision, merged over branches:
 /// `PREROUTING -> KUBE-SERVICES -> ... -> KUBE-SEP-A (50%) / KUBE-SEP-B (50%)`.
 pub fn path_summary(trace: &Trace) -> String {
-    let stacks: Vec<(Vec<String>, f64)> = trace
+    let mut stacks: Vec<(Vec<String>, f64)> = trace
         .branches
         .iter()
         .map(|b| (decisive_stack(b), b.probability))
         .collect();
+    // Branches that share their chains but not their DNAT target (a map
+    // lookup on a random number): show the targets as the alternatives.
+    let dnats: BTreeSet<_> = trace.branches.iter().map(|b| b.dnat).collect();
+    if dnats.len() > 1 && stacks.iter().all(|(s, _)| *s == stacks[0].0) {
+        for ((s, _), b) in stacks.iter_mut().zip(&trace.branches) {
+            match b.dnat {
+                Some(d) => s.push(format!("DNAT to {d}")),
+                None => s.push(b.verdict.to_string()),
+            }
+        }
+    }
     if stacks.is_empty() {
         return String::new();
     }

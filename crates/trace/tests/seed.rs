@@ -4,7 +4,7 @@
 use kproxy_graph::{Backend, BackendKind, ProxyMode, ServiceGraph};
 use kproxy_iptables::{Flavour, IptablesBackend};
 use kproxy_nftables::NftablesBackend;
-use kproxy_trace::{Node, Packet, Tracer, report, tracer_for};
+use kproxy_trace::{Node, Packet, report, tracer_for};
 
 fn render(kind: BackendKind) -> (String, ServiceGraph) {
     let mode = match kind {
