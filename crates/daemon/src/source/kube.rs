@@ -265,6 +265,7 @@ impl KubeSource {
     }
 
     /// Whether all three initial lists completed.
+    #[allow(dead_code, reason = "part of the source's interface; the tests use it")]
     pub fn synced(&self) -> bool {
         self.status.borrow().ready.iter().all(|r| *r)
     }
