@@ -430,3 +430,336 @@ fn invalid_objects_are_skipped_logged_and_counted() {
     let (_, _, status) = http_get(&ns, 10249, "/status").unwrap();
     assert!(status.contains("ns1/broken"), "{status}");
 }
+
+#[test]
+fn health_check_node_port_reports_local_endpoints() {
+    let data = TempDir::new("hcnp");
+    data.write("cluster.yaml", &fixture("etp-local"));
+    let ns = NetNs::new("dmn");
+    let config = config_arg();
+    let src = data.path().to_str().unwrap().to_string();
+    let d = Daemon::start(&ns, &daemon_args("nftables", &src, &config), &[]);
+    wait_synced(&ns, &d);
+    let mut r = None;
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            r = http_get(&ns, 30000, "/");
+            r.is_some()
+        }),
+        "health-check node port 30000 not open:\n{}",
+        d.log()
+    );
+    let (code, head, body) = r.unwrap();
+    // Header names are case-insensitive; hyper sends them in lower case.
+    let head = head.to_ascii_lowercase();
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        head.contains("x-load-balancing-endpoint-weight: 1"),
+        "{head}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["localEndpoints"], 1);
+    assert_eq!(v["service"]["namespace"], "ns1");
+    assert_eq!(v["service"]["name"], "svc1");
+    assert_eq!(v["serviceProxyHealthy"], true);
+
+    // The local endpoint moves to another node: 503, count 0.
+    data.write(
+        "cluster.yaml",
+        &fixture("etp-local").replace("nodeName: test-node", "nodeName: other-node"),
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || http_get(&ns, 30000, "/")
+            .is_some_and(|(c, h, _)| c == 503
+                && h.to_ascii_lowercase()
+                    .contains("x-load-balancing-endpoint-weight: 0"))),
+        "{}",
+        d.log()
+    );
+
+    // The Service goes: the port closes.
+    data.write("cluster.yaml", "");
+    assert!(
+        wait_for(Duration::from_secs(10), || http_get(&ns, 30000, "/")
+            .is_none()),
+        "{}",
+        d.log()
+    );
+}
+
+const UDP_CLUSTER: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: ns1}
+spec:
+  clusterIP: 172.30.0.50
+  ports: [{name: dns, port: 53, protocol: UDP, targetPort: 5353}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dns-1, namespace: ns1, labels: {kubernetes.io/service-name: dns}}
+addressType: IPv4
+ports: [{name: dns, port: 5353, protocol: UDP}]
+endpoints:
+- addresses: [10.180.0.1]
+  conditions: {ready: true}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: ns1}
+spec:
+  clusterIP: 172.30.0.51
+  ports: [{name: dns, port: 53, protocol: UDP}]
+"#;
+
+fn conntrack_insert(ns: &NetNs, sport: &str, dst: &str, reply_src: &str, reply_sport: &str) {
+    ns.exec(&[
+        "conntrack",
+        "-I",
+        "-p",
+        "udp",
+        "-s",
+        "10.0.0.2",
+        "-d",
+        dst,
+        "--sport",
+        sport,
+        "--dport",
+        "53",
+        "-r",
+        reply_src,
+        "-q",
+        "10.0.0.2",
+        "--reply-port-src",
+        reply_sport,
+        "--reply-port-dst",
+        sport,
+        "-t",
+        "300",
+    ]);
+}
+
+#[test]
+fn stale_udp_conntrack_entries_are_deleted() {
+    let data = TempDir::new("ct");
+    let f = data.write("cluster.yaml", UDP_CLUSTER);
+    let ns = NetNs::new("dmn");
+    // To a gone endpoint, to the serving one, to a service with no
+    // endpoints (scale to zero), never DNATed, and unrelated.
+    conntrack_insert(&ns, "40000", "172.30.0.50", "10.180.0.9", "5353");
+    conntrack_insert(&ns, "40001", "172.30.0.50", "10.180.0.1", "5353");
+    conntrack_insert(&ns, "40002", "172.30.0.51", "10.180.0.7", "53");
+    conntrack_insert(&ns, "40003", "172.30.0.50", "172.30.0.50", "53");
+    conntrack_insert(&ns, "40004", "8.8.8.8", "8.8.8.8", "53");
+    let (ok, _, err) = kproxy_in(
+        &ns,
+        &[
+            "run",
+            "--backend",
+            "nftables",
+            "--source",
+            f.to_str().unwrap(),
+            "--config",
+            &config_arg(),
+            "--once",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let flows = ns.exec(&["conntrack", "-L", "-p", "udp"]);
+    let has = |sport: &str| flows.contains(&format!("sport={sport} "));
+    assert!(!has("40000"), "flow to a gone endpoint kept:\n{flows}");
+    assert!(
+        has("40001"),
+        "flow to the serving endpoint deleted:\n{flows}"
+    );
+    assert!(
+        !has("40002"),
+        "flow to a scaled-to-zero service kept:\n{flows}"
+    );
+    assert!(!has("40003"), "never-DNATed flow kept:\n{flows}");
+    assert!(has("40004"), "unrelated flow deleted:\n{flows}");
+    assert!(err.contains("deleted stale UDP conntrack entries"), "{err}");
+}
+
+/// kube-proxy's leftovers in every mode, plus rules that belong to someone
+/// else.
+fn plant_leftovers(ns: &NetNs) {
+    ns.exec(&["nft", "add", "table", "ip", "kube-proxy"]);
+    ns.exec(&["nft", "add", "chain", "ip", "kube-proxy", "services"]);
+    ns.exec(&["nft", "add", "table", "ip", "someone-else"]);
+    for ipt in ["iptables-legacy", "iptables-nft"] {
+        // Already there when a kproxy iptables backend ran first.
+        let _ = ns
+            .command(ipt)
+            .args(["-t", "nat", "-N", "KUBE-SERVICES"])
+            .output();
+        ns.exec(&[
+            ipt,
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-m",
+            "comment",
+            "--comment",
+            "kubernetes service portals",
+            "-j",
+            "KUBE-SERVICES",
+        ]);
+        ns.exec(&[
+            ipt, "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT",
+        ]);
+    }
+}
+
+fn assert_foreign_rules_intact(ns: &NetNs) {
+    assert!(kernel_rules(ns, "nftables").contains("table ip someone-else"));
+    for b in ["iptables-legacy", "iptables-nft"] {
+        let r = kernel_rules(ns, b);
+        assert!(
+            r.contains("--dport 22 -j ACCEPT"),
+            "{b}: foreign rule removed:\n{r}"
+        );
+    }
+}
+
+#[test]
+fn other_modes_leftovers_are_removed_after_the_first_sync() {
+    let data = TempDir::new("leftovers");
+    let f = data.write("cluster.yaml", &fixture("nodeports"));
+    let ns = NetNs::new("dmn");
+    plant_leftovers(&ns);
+    let (ok, _, err) = kproxy_in(
+        &ns,
+        &[
+            "run",
+            "--backend",
+            "nftables",
+            "--source",
+            f.to_str().unwrap(),
+            "--config",
+            &config_arg(),
+            "--once",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let nft = kernel_rules(&ns, "nftables");
+    assert!(
+        nft.contains("table ip kproxy") && nft.contains(SVC_IP),
+        "{nft}"
+    );
+    assert!(!nft.contains("table ip kube-proxy"), "{nft}");
+    for b in ["iptables-legacy", "iptables-nft"] {
+        let r = kernel_rules(&ns, b);
+        assert!(
+            !r.contains("KUBE-SERVICES"),
+            "{b}: kube-proxy's chains left:\n{r}"
+        );
+    }
+    assert_foreign_rules_intact(&ns);
+}
+
+#[test]
+fn cleanup_removes_kproxy_and_kube_proxy_rules_only() {
+    for backend in BACKENDS {
+        let data = TempDir::new("cleanup");
+        let f = data.write("cluster.yaml", &fixture("nodeports"));
+        let ns = NetNs::new("dmn");
+        let (ok, _, err) = kproxy_in(
+            &ns,
+            &[
+                "run",
+                "--backend",
+                backend,
+                "--source",
+                f.to_str().unwrap(),
+                "--config",
+                &config_arg(),
+                "--once",
+            ],
+            &[],
+        );
+        assert!(ok, "{backend}: {err}");
+        plant_leftovers(&ns);
+        let (ok, _, err) = kproxy_in(&ns, &["cleanup", "--backend", "all"], &[]);
+        assert!(ok, "{backend}: cleanup failed: {err}");
+        let nft = kernel_rules(&ns, "nftables");
+        assert!(
+            !nft.contains("table ip kproxy") && !nft.contains("table ip kube-proxy"),
+            "{backend}:\n{nft}"
+        );
+        for b in ["iptables-legacy", "iptables-nft"] {
+            let r = kernel_rules(&ns, b);
+            // KUBE-FIREWALL (the localnet guard) is shared with kubelet,
+            // which creates it too; like kube-proxy's cleanup, it stays.
+            let left: Vec<&str> = r
+                .lines()
+                .filter(|l| l.contains("KUBE-") && !l.contains("KUBE-FIREWALL"))
+                .collect();
+            assert!(left.is_empty(), "{backend}/{b}: left: {left:#?}");
+        }
+        assert_foreign_rules_intact(&ns);
+    }
+}
+
+#[test]
+fn restart_never_leaves_the_kernel_without_rules() {
+    for backend in ["nftables", "iptables-nft"] {
+        let data = TempDir::new("restart");
+        data.write("cluster.yaml", &fixture("nodeports"));
+        let ns = NetNs::new("dmn");
+        let config = config_arg();
+        let src = data.path().to_str().unwrap().to_string();
+        let mut d = Daemon::start(&ns, &daemon_args(backend, &src, &config), &[]);
+        wait_synced(&ns, &d);
+
+        // Watch the kernel continuously while the daemon is killed (no
+        // cleanup at all) and a new one takes over.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let stop = stop.clone();
+            let name = ns.name().to_string();
+            let backend = backend.to_string();
+            std::thread::spawn(move || {
+                let mut checks = 0usize;
+                let mut gaps = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let argv: &[&str] = if backend == "nftables" {
+                        &["nft", "list", "table", "ip", "kproxy"]
+                    } else {
+                        &["iptables-nft-save", "-t", "nat"]
+                    };
+                    let out = std::process::Command::new("ip")
+                        .args(["netns", "exec", &name])
+                        .args(argv)
+                        .output()
+                        .unwrap();
+                    let text = String::from_utf8_lossy(&out.stdout);
+                    if !text.contains(SVC_IP) || !text.contains("10.180.0.1") {
+                        gaps.push(text.into_owned());
+                    }
+                    checks += 1;
+                }
+                (checks, gaps)
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        d.child.kill().unwrap();
+        d.child.wait().unwrap();
+        let d2 = Daemon::start(&ns, &daemon_args(backend, &src, &config), &[]);
+        wait_synced(&ns, &d2);
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (checks, gaps) = watcher.join().unwrap();
+        assert!(checks > 10, "{backend}: too few checks ({checks})");
+        assert!(
+            gaps.is_empty(),
+            "{backend}: {} of {checks} checks saw no rules, first:\n{}\n{}",
+            gaps.len(),
+            gaps[0],
+            d2.log()
+        );
+    }
+}
