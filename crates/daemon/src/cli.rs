@@ -48,6 +48,13 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "all")]
         backend: CleanupBackend,
     },
+    /// Explain what a backend's rules do to one new connection, chain by
+    /// chain: the path, the endpoints with their probabilities,
+    /// masquerading, or REJECT / DROP / not handled.
+    Trace(Box<crate::cmd_trace::TraceArgs>),
+    /// Show what the next full sync would change in the kernel (chains,
+    /// rules, sets, elements), without applying it.
+    Diff(Box<crate::cmd_diff::DiffArgs>),
 }
 
 /// `render --backend`: a concrete backend (rendering never probes the host).

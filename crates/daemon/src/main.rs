@@ -14,6 +14,8 @@ use clap::Parser as _;
 mod backends;
 mod cleanup;
 mod cli;
+mod cmd_diff;
+mod cmd_trace;
 mod conntrack;
 mod daemon;
 mod hcports;
@@ -48,6 +50,8 @@ fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             files,
         } => render::render(backend.into(), &input, &files),
         cli::Command::Run(args) => daemon::main(&args),
+        cli::Command::Trace(args) => cmd_trace::run(&args),
+        cli::Command::Diff(args) => cmd_diff::run(&args),
         cli::Command::Cleanup { backend } => {
             trace::init(cli::LogFormat::Text);
             let errors = cleanup::run(backend);

@@ -1,0 +1,206 @@
+//! `kproxy trace`: explain what a backend's rules do to one new connection,
+//! chain by chain, from the rules' own text (kproxy-trace).
+//!
+//! Offline, the rules are rendered from Kubernetes YAML exactly as a full
+//! sync would write them (`Backend::render_full`); with `--live` they are
+//! read from the kernel of the network namespace kproxy runs in
+//! (`iptables-save` of the flavour, or `nft list table`), and the node's
+//! addresses from `ip -o addr`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, bail};
+use kproxy_graph::{BackendKind, IpFamily};
+use kproxy_trace::{Node, Packet, report};
+
+use crate::backends;
+use crate::cli::RenderBackend;
+use crate::input::{self, InputArgs};
+
+/// Output format of `trace`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TraceFormat {
+    /// The walk, chain by chain, then the path and the outcome.
+    #[default]
+    Text,
+    /// The trace, path and outcome as JSON.
+    Json,
+    /// A Graphviz digraph of the chains the traffic can take.
+    Dot,
+}
+
+/// `kproxy trace`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TraceArgs {
+    /// The backend whose rules to trace.
+    #[arg(long, value_enum)]
+    pub backend: RenderBackend,
+    /// Trace the rules the kernel holds now instead of rendering FILEs.
+    #[arg(long)]
+    pub live: bool,
+    /// Trace a saved ruleset (iptables-save / restore text, nft script or
+    /// listing) instead of rendering FILEs.
+    #[arg(long, conflicts_with = "live")]
+    pub rules: Option<PathBuf>,
+    /// Source address of the connection. A node address means the node
+    /// itself opens it (output path); any other address arrives from
+    /// outside or from a pod (prerouting path).
+    #[arg(long)]
+    pub from: IpAddr,
+    /// Destination: IP:PORT/PROTO (`10.96.0.10:53/udp`, `[fd00::1]:80/tcp`).
+    #[arg(long)]
+    pub to: String,
+    /// The interface the connection arrives on (for interface-based
+    /// local-traffic detection); default `eth0`.
+    #[arg(long)]
+    pub iif: Option<String>,
+    /// Extra node addresses (besides the graph's, or the host's with
+    /// `--live`), for `addrtype LOCAL` / `fib type local`.
+    #[arg(long, value_delimiter = ',')]
+    pub node_ip: Vec<IpAddr>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: TraceFormat,
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Kubernetes YAML/JSON files or directories (offline tracing).
+    pub files: Vec<PathBuf>,
+}
+
+/// Run `kproxy trace`.
+pub fn run(args: &TraceArgs) -> anyhow::Result<ExitCode> {
+    let kind: BackendKind = args.backend.into();
+    let (to, proto) = kproxy_trace::parse_destination(&args.to).map_err(anyhow::Error::msg)?;
+    if IpFamily::of(&args.from) != IpFamily::of(&to.ip()) {
+        bail!(
+            "--from {} and --to {} are of different IP families",
+            args.from,
+            args.to
+        );
+    }
+    let family = IpFamily::of(&to.ip());
+    let mut node_ips = args.node_ip.clone();
+    let text = if args.live {
+        node_ips.extend(host_addresses()?);
+        live_rules(kind, family)?
+    } else if let Some(path) = &args.rules {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    } else {
+        if args.files.is_empty() {
+            bail!("give Kubernetes YAML files to render, --rules FILE, or --live");
+        }
+        let config = args
+            .input
+            .proxy_config(Some(backends::mode_for(kind)))
+            .context("configuration")?;
+        let graph = input::load_graph(&args.files, &config)?;
+        for w in &graph.warnings {
+            eprintln!("warning: {w}");
+        }
+        node_ips.extend(graph.node.ips.iter().copied());
+        node_ips.extend(config.extra_node_ips.iter().copied());
+        let backend = backends::make_backend(kind)?;
+        backend
+            .render_full(&graph)
+            .with_context(|| format!("rendering {kind} rules"))?
+    };
+    let tracer = kproxy_trace::tracer_for(kind, &text).context("reading the ruleset")?;
+    let mut packet = Packet::new(args.from, to.ip(), to.port(), proto);
+    packet.iif = args.iif.clone();
+    let node = Node::new(node_ips);
+    let trace = tracer
+        .trace(&packet, &node)
+        .with_context(|| format!("tracing {packet} through the {kind} rules"))?;
+    let out = match args.format {
+        TraceFormat::Text => report::text(&trace),
+        TraceFormat::Json => report::json(&trace) + "\n",
+        TraceFormat::Dot => report::dot(&trace),
+    };
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run a program and return its standard output.
+pub fn capture(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The kernel's current rules of `kind` for `family`, in the backend's own
+/// syntax.
+pub fn live_rules(kind: BackendKind, family: IpFamily) -> anyhow::Result<String> {
+    let v4 = family == IpFamily::V4;
+    Ok(match kind {
+        BackendKind::IptablesLegacy | BackendKind::IptablesNft => {
+            let program = match (kind, v4) {
+                (BackendKind::IptablesLegacy, true) => "iptables-legacy-save",
+                (BackendKind::IptablesLegacy, false) => "ip6tables-legacy-save",
+                (_, true) => "iptables-nft-save",
+                (_, false) => "ip6tables-nft-save",
+            };
+            let header = if v4 { "# IPv4" } else { "# IPv6" };
+            format!("{header}: {program}\n{}", capture(program, &[])?)
+        }
+        BackendKind::Nftables => {
+            let fam = if v4 { "ip" } else { "ip6" };
+            capture("nft", &["list", "table", fam, "kproxy"])
+                .with_context(|| format!("table {fam} kproxy is not loaded"))?
+        }
+    })
+}
+
+/// This host's addresses (`ip -o addr show`).
+pub fn host_addresses() -> anyhow::Result<Vec<IpAddr>> {
+    let text = capture("ip", &["-o", "addr", "show"])?;
+    Ok(parse_ip_addr(&text))
+}
+
+/// The addresses in `ip -o addr show` output.
+pub fn parse_ip_addr(text: &str) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for w in words.windows(2) {
+            if (w[0] == "inet" || w[0] == "inet6")
+                && let Some(ip) = w[1].split('/').next().and_then(|s| s.parse().ok())
+            {
+                out.push(ip);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_addr_output_is_read() {
+        let text = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever\n\
+2: eth0    inet 192.168.49.2/24 brd 192.168.49.255 scope global eth0\\       valid_lft forever\n\
+2: eth0    inet6 fd00::2/64 scope global \\       valid_lft forever\n";
+        let ips = parse_ip_addr(text);
+        assert_eq!(
+            ips,
+            vec![
+                "127.0.0.1".parse::<IpAddr>().expect("ip"),
+                "192.168.49.2".parse().expect("ip"),
+                "fd00::2".parse().expect("ip"),
+            ]
+        );
+    }
+}
