@@ -1,0 +1,643 @@
+//! `kproxy-bench run`: every measurement, in order of cluster size, each
+//! kernel-facing one in fresh network namespaces.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use kproxy_graph::{Backend, BackendKind, ChangeSet, ServiceGraph};
+
+use crate::dataplane::Topology;
+use crate::results::{Metric, Record, quantile};
+use crate::subjects::{Subject, backend};
+use crate::synth::{CLUSTER_CIDR, Cluster, NODE_NAME, Params, SERVICE_CIDR};
+use crate::sys::Ns;
+
+/// Options of one run.
+#[derive(Debug, Clone)]
+pub struct RunOpts {
+    /// Cluster sizes (Services) for the control-plane measurements.
+    pub sizes: Vec<usize>,
+    /// Sizes at which the data plane is measured.
+    pub dataplane_sizes: Vec<usize>,
+    /// Endpoints per Service.
+    pub endpoints: usize,
+    /// What to measure.
+    pub subjects: Vec<Subject>,
+    /// Repeats of each measurement (at least 3; small sizes get more).
+    pub repeats: usize,
+    /// kube-proxy's nftables layout is not loaded above this size (it
+    /// takes minutes at 10k and can soft-lock the kernel).
+    pub kube_nft_max: usize,
+    /// Churn run: Services, duration, changes per second (0 s: skip).
+    pub churn_services: usize,
+    /// Churn duration in seconds.
+    pub churn_seconds: f64,
+    /// Churn rate in changes per second.
+    pub churn_rate: f64,
+    /// Data plane: seconds per repeat.
+    pub dp_seconds: f64,
+    /// Data plane: connection cap per repeat.
+    pub dp_max: usize,
+    /// The `kproxy` binary for the end-to-end full sync.
+    pub kproxy: Option<PathBuf>,
+    /// Timeout of any one kernel-facing command.
+    pub timeout: Duration,
+    /// Scratch directory (ruleset texts, the cluster YAML).
+    pub scratch: PathBuf,
+    /// Seed of the synthetic cluster.
+    pub seed: u64,
+    /// Check that everything measured something (bench-quick).
+    pub strict: bool,
+}
+
+/// Everything measured, plus notes for the report.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The records.
+    pub records: Vec<Record>,
+    /// Free-form remarks (skips, unavailable backends, failures).
+    pub notes: Vec<String>,
+    /// The cluster mixes per size (for the report).
+    pub mixes: Vec<(usize, crate::synth::Mix)>,
+}
+
+impl Outcome {
+    fn add(&mut self, metric: Metric, subject: impl ToString, services: usize, samples: Vec<f64>) {
+        self.records.push(Record {
+            metric,
+            subject: subject.to_string(),
+            services,
+            samples,
+            note: None,
+        });
+    }
+
+    fn miss(
+        &mut self,
+        metric: Metric,
+        subject: impl ToString,
+        services: usize,
+        why: impl ToString,
+    ) {
+        let why = why.to_string();
+        let subject = subject.to_string();
+        eprintln!("kproxy-bench: {subject} {metric:?} at {services}: {why}");
+        self.records.push(Record {
+            metric,
+            subject,
+            services,
+            samples: Vec::new(),
+            note: Some(why),
+        });
+    }
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!(
+        "[{:>8.1}s] {}",
+        crate::START.elapsed().as_secs_f64(),
+        msg.as_ref()
+    );
+}
+
+fn repeats_for(opts: &RunOpts, n: usize) -> usize {
+    // Small cases are quick and noisy: more repeats.
+    if n <= 1000 {
+        opts.repeats.max(5)
+    } else {
+        opts.repeats.max(3)
+    }
+}
+
+/// Run everything.
+pub fn run(opts: &RunOpts) -> anyhow::Result<Outcome> {
+    crate::sys::require_tools(&[
+        "ip",
+        "nft",
+        "iptables-nft-restore",
+        "iptables-legacy-restore",
+        "iptables-nft-save",
+        "iptables-legacy-save",
+    ])?;
+    std::fs::create_dir_all(&opts.scratch)
+        .with_context(|| format!("creating {}", opts.scratch.display()))?;
+    let mut out = Outcome::default();
+    let mut available = Vec::new();
+    for s in &opts.subjects {
+        match s {
+            Subject::Ours(k) => match backend(*k, None) {
+                Ok(_) => available.push(*s),
+                Err(e) => out.notes.push(format!("{s}: not measured: {e:#}")),
+            },
+            Subject::KubeProxyNft => available.push(*s),
+        }
+    }
+    let sizes: BTreeSet<usize> = opts
+        .sizes
+        .iter()
+        .chain(&opts.dataplane_sizes)
+        .copied()
+        .collect();
+    for &n in &sizes {
+        size_pass(opts, n, &available, &mut out)?;
+    }
+    if opts.churn_seconds > 0.0 {
+        for s in &available {
+            if let Subject::Ours(kind) = s {
+                churn(opts, *kind, &mut out)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn cluster_for(opts: &RunOpts, n: usize) -> anyhow::Result<Cluster> {
+    let mut c = Cluster::generate(Params {
+        services: n,
+        endpoints: opts.endpoints,
+        seed: opts.seed,
+        ..Params::default()
+    })?;
+    c.add_target()?;
+    Ok(c)
+}
+
+fn size_pass(
+    opts: &RunOpts,
+    n: usize,
+    subjects: &[Subject],
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    let control = opts.sizes.contains(&n);
+    let dataplane = opts.dataplane_sizes.contains(&n);
+    log(format!(
+        "size {n}: generating {n} Services x {} endpoints",
+        opts.endpoints
+    ));
+    let cluster = cluster_for(opts, n)?;
+    out.mixes.push((n, cluster.mix));
+    let reps = repeats_for(opts, n);
+    let yaml_path = opts.scratch.join(format!("cluster-{n}.yaml"));
+    let mut yaml_written = false;
+
+    for &subject in subjects {
+        if subject == Subject::KubeProxyNft && n > opts.kube_nft_max {
+            out.notes.push(format!(
+                "kube-proxy-nft: not loaded at {n} Services (above {}: its per-service anonymous vmaps take minutes and can soft-lock the kernel)",
+                opts.kube_nft_max
+            ));
+            continue;
+        }
+        let mode = subject.mode();
+        // Graph build: what every sync of the daemon starts with.
+        let mut samples = Vec::new();
+        let mut graph = None;
+        for _ in 0..reps {
+            let t = Instant::now();
+            let g = cluster.graph(mode)?;
+            samples.push(t.elapsed().as_secs_f64());
+            graph = Some(g);
+        }
+        let graph = graph.context("no graph built")?;
+        if control && matches!(subject, Subject::Ours(_)) {
+            out.add(Metric::GraphBuild, subject, n, samples);
+        }
+
+        // Render.
+        let mut samples = Vec::new();
+        let mut text = String::new();
+        for _ in 0..reps {
+            let t = Instant::now();
+            text = subject.render(&graph)?;
+            samples.push(t.elapsed().as_secs_f64());
+        }
+        if control {
+            out.add(Metric::Render, subject, n, samples);
+            out.add(Metric::RenderBytes, subject, n, vec![text.len() as f64]);
+        }
+        let file = opts.scratch.join(format!("{subject}-{n}.rules"));
+        std::fs::write(&file, &text).with_context(|| format!("writing {}", file.display()))?;
+        log(format!(
+            "size {n}: {subject}: rendered {} bytes",
+            text.len()
+        ));
+
+        if control {
+            loader_alone(opts, subject, n, &file, reps, out)?;
+        }
+        if let Subject::Ours(kind) = subject {
+            if control {
+                full_sync_backend(opts, kind, n, &graph, reps, out)?;
+                if let Some(kproxy) = &opts.kproxy {
+                    if !yaml_written {
+                        let t = Instant::now();
+                        std::fs::write(&yaml_path, cluster.to_yaml()?)
+                            .with_context(|| format!("writing {}", yaml_path.display()))?;
+                        yaml_written = true;
+                        log(format!(
+                            "size {n}: wrote cluster YAML in {:.1}s",
+                            t.elapsed().as_secs_f64()
+                        ));
+                    }
+                    full_sync_daemon(opts, kproxy, kind, n, &yaml_path, reps, out)?;
+                }
+            }
+            populated(opts, kind, n, &cluster, &graph, control, dataplane, out)?;
+        } else if dataplane {
+            dataplane_kube(opts, n, &file, out)?;
+        }
+    }
+    let _ = std::fs::remove_file(&yaml_path);
+    Ok(())
+}
+
+fn ensure_rules(opts: &RunOpts, subject: Subject, ns: &Ns) -> anyhow::Result<usize> {
+    let rules = subject.rules_in(ns)?;
+    if opts.strict && rules == 0 {
+        bail!("{subject}: the namespace holds no rules after a full sync");
+    }
+    Ok(rules)
+}
+
+fn loader_alone(
+    opts: &RunOpts,
+    subject: Subject,
+    n: usize,
+    file: &Path,
+    reps: usize,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    let argv = subject.loader_argv(file);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let (mut wall, mut rss) = (Vec::new(), Vec::new());
+    // kube-proxy's layout is slow enough that 3 repeats at its largest
+    // size would take most of the budget: one repeat above 3000 Services.
+    let reps = if subject == Subject::KubeProxyNft && n > 3000 {
+        1
+    } else {
+        reps
+    };
+    for i in 0..reps {
+        let ns = Ns::new()?;
+        match ns.exec_rss(&argv, opts.timeout) {
+            Ok(r) => {
+                wall.push(r.wall.as_secs_f64());
+                rss.push(r.max_rss_kib as f64 / 1024.0);
+            }
+            Err(e) => {
+                out.miss(Metric::Loader, subject, n, format!("{e:#}"));
+                return Ok(());
+            }
+        }
+        if i == 0 {
+            let rules = ensure_rules(opts, subject, &ns)?;
+            log(format!(
+                "size {n}: {subject}: loader alone {:.3}s, {rules} rules in the kernel",
+                wall[0]
+            ));
+        }
+    }
+    out.add(Metric::Loader, subject, n, wall);
+    out.add(Metric::LoaderRss, subject, n, rss);
+    Ok(())
+}
+
+fn full_sync_backend(
+    opts: &RunOpts,
+    kind: BackendKind,
+    n: usize,
+    graph: &ServiceGraph,
+    reps: usize,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    let subject = Subject::Ours(kind);
+    let mut wall = Vec::new();
+    for i in 0..reps {
+        let ns = Ns::new()?;
+        let mut b = backend(kind, Some(ns.name()))?;
+        let t = Instant::now();
+        match b.sync(graph, None) {
+            Ok(_) => wall.push(t.elapsed().as_secs_f64()),
+            Err(e) => {
+                out.miss(Metric::FullSyncBackend, subject, n, format!("{e:#}"));
+                return Ok(());
+            }
+        }
+        if i == 0 {
+            ensure_rules(opts, subject, &ns)?;
+        }
+    }
+    log(format!(
+        "size {n}: {subject}: Backend::sync full {:.3}s (first)",
+        wall[0]
+    ));
+    out.add(Metric::FullSyncBackend, subject, n, wall);
+    Ok(())
+}
+
+fn full_sync_daemon(
+    opts: &RunOpts,
+    kproxy: &Path,
+    kind: BackendKind,
+    n: usize,
+    yaml: &Path,
+    reps: usize,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    let subject = Subject::Ours(kind);
+    let kp = kproxy.to_string_lossy().into_owned();
+    let src = yaml.to_string_lossy().into_owned();
+    let argv = [
+        kp.as_str(),
+        "run",
+        "--once",
+        "--backend",
+        kind.as_str(),
+        "--source",
+        &src,
+        "--node-name",
+        NODE_NAME,
+        "--cluster-cidr",
+        CLUSTER_CIDR,
+        "--service-cidr",
+        SERVICE_CIDR,
+        "--ip-families",
+        "ipv4",
+        "--healthz-bind-address",
+        "",
+        "--metrics-bind-address",
+        "",
+        "--no-cleanup-other-modes",
+        "--no-conntrack-cleanup",
+        "--no-health-check-node-ports",
+    ];
+    let (mut wall, mut rss) = (Vec::new(), Vec::new());
+    for i in 0..reps {
+        let ns = Ns::new()?;
+        match ns.exec_rss(&argv, opts.timeout) {
+            Ok(r) => {
+                wall.push(r.wall.as_secs_f64());
+                rss.push(r.max_rss_kib as f64 / 1024.0);
+            }
+            Err(e) => {
+                out.miss(Metric::FullSyncDaemon, subject, n, format!("{e:#}"));
+                return Ok(());
+            }
+        }
+        if i == 0 {
+            ensure_rules(opts, subject, &ns)?;
+            log(format!(
+                "size {n}: {subject}: kproxy run --once {:.3}s, {:.0} MiB",
+                wall[0], rss[0]
+            ));
+        }
+    }
+    out.add(Metric::FullSyncDaemon, subject, n, wall);
+    out.add(Metric::DaemonRss, subject, n, rss);
+    Ok(())
+}
+
+/// One change through the daemon's path: mutate the objects, rebuild the
+/// graph, diff, sync. Returns (graph+diff seconds, sync seconds, bytes).
+fn one_change(
+    b: &mut dyn Backend,
+    cluster: &Cluster,
+    prev: &ServiceGraph,
+    mode: kproxy_graph::ProxyMode,
+) -> anyhow::Result<(ServiceGraph, f64, f64, usize)> {
+    let t0 = Instant::now();
+    let next = cluster.graph(mode)?;
+    let cs = ChangeSet::between(prev, &next);
+    let t1 = Instant::now();
+    let stats = b
+        .sync(&next, Some(&cs))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let t2 = Instant::now();
+    Ok((
+        next,
+        (t1 - t0).as_secs_f64(),
+        (t2 - t1).as_secs_f64(),
+        stats.bytes_written,
+    ))
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
+fn populated(
+    opts: &RunOpts,
+    kind: BackendKind,
+    n: usize,
+    cluster: &Cluster,
+    graph: &ServiceGraph,
+    control: bool,
+    dataplane: bool,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    let subject = Subject::Ours(kind);
+    let topo = Topology::new()?;
+    let mut b = backend(kind, Some(topo.node.name()))?;
+    if let Err(e) = b.sync(graph, None) {
+        out.miss(
+            Metric::IncrEndpoint,
+            subject,
+            n,
+            format!("initial full sync failed: {e}"),
+        );
+        return Ok(());
+    }
+    ensure_rules(opts, subject, &topo.node)?;
+    if dataplane {
+        dataplane_measure(opts, subject, n, &topo, out)?;
+    }
+    if !control || n == 0 {
+        return Ok(());
+    }
+    let mode = subject.mode();
+    let mut c = cluster.clone();
+    let mut prev = graph.clone();
+    let reps = repeats_for(opts, n);
+    let mut m: [(Vec<f64>, Vec<f64>); 3] = Default::default();
+    let mut graph_times = Vec::new();
+    let mut err = None;
+    for r in 0..reps {
+        // Endpoint change on a Service spread over the cluster.
+        let idx = (r * 7919 + 13) % n;
+        for (k, slot) in m.iter_mut().enumerate() {
+            match k {
+                0 => c.change_endpoint(idx).map(drop)?,
+                1 => c.add_service(Some("ClusterIP")).map(drop)?,
+                _ => c.remove_service(r % n.max(1)).map(drop)?,
+            }
+            match one_change(b.as_mut(), &c, &prev, mode) {
+                Ok((next, g, s, bytes)) => {
+                    if k == 0 {
+                        graph_times.push(g);
+                    }
+                    slot.0.push(s);
+                    slot.1.push(bytes as f64);
+                    prev = next;
+                }
+                Err(e) => {
+                    err = Some(format!("{e:#}"));
+                    break;
+                }
+            }
+        }
+        if err.is_some() {
+            break;
+        }
+    }
+    if let Some(e) = err {
+        out.miss(Metric::IncrEndpoint, subject, n, e);
+        return Ok(());
+    }
+    let [(e, eb), (a, ab), (rm, rb)] = m;
+    log(format!(
+        "size {n}: {subject}: incremental endpoint {:.4}s add {:.4}s remove {:.4}s",
+        e[0], a[0], rm[0]
+    ));
+    out.add(Metric::IncrEndpoint, subject, n, e);
+    out.add(Metric::IncrEndpointBytes, subject, n, eb);
+    out.add(Metric::IncrAdd, subject, n, a);
+    out.add(Metric::IncrAddBytes, subject, n, ab);
+    out.add(Metric::IncrRemove, subject, n, rm);
+    out.add(Metric::IncrRemoveBytes, subject, n, rb);
+    out.add(Metric::IncrGraph, subject, n, graph_times);
+    // The namespace must still hold the target (and more) after the changes.
+    ensure_rules(opts, subject, &topo.node)?;
+    Ok(())
+}
+
+fn dataplane_measure(
+    opts: &RunOpts,
+    subject: Subject,
+    n: usize,
+    topo: &Topology,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    let reps = opts.repeats.max(3);
+    let (mut lat, mut rate) = (Vec::new(), Vec::new());
+    let mut last_p99 = 0.0;
+    // One warm-up run, not recorded (caches, the listener's first accepts).
+    if let Err(e) = topo.measure(opts.dp_seconds.min(0.5), opts.dp_max) {
+        out.miss(Metric::ConnectLatency, subject, n, format!("{e:#}"));
+        return Ok(());
+    }
+    for _ in 0..reps {
+        match topo.measure(opts.dp_seconds, opts.dp_max) {
+            Ok(s) => {
+                if opts.strict && s.connections == 0 {
+                    bail!("{subject}: no connection through the ClusterIP");
+                }
+                lat.push(s.p50);
+                last_p99 = s.p99;
+                rate.push(s.rate);
+            }
+            Err(e) => {
+                out.miss(Metric::ConnectLatency, subject, n, format!("{e:#}"));
+                return Ok(());
+            }
+        }
+    }
+    log(format!(
+        "size {n}: {subject}: connect p50 {:.1}µs (last repeat p99 {:.1}µs), {:.0} conn/s",
+        lat[0] * 1e6,
+        last_p99 * 1e6,
+        rate[0]
+    ));
+    out.add(Metric::ConnectLatency, subject, n, lat);
+    out.add(Metric::ConnectRate, subject, n, rate);
+    Ok(())
+}
+
+fn dataplane_kube(opts: &RunOpts, n: usize, file: &Path, out: &mut Outcome) -> anyhow::Result<()> {
+    let subject = Subject::KubeProxyNft;
+    let topo = Topology::new()?;
+    let argv = subject.loader_argv(file);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    if let Err(e) = crate::sys::run_timed(topo.node.command(&argv), None, opts.timeout) {
+        out.miss(Metric::ConnectLatency, subject, n, format!("{e:#}"));
+        return Ok(());
+    }
+    ensure_rules(opts, subject, &topo.node)?;
+    dataplane_measure(opts, subject, n, &topo, out)
+}
+
+/// Sustained churn: endpoint changes at a steady rate; each change's
+/// latency runs from the moment it is due to the end of the sync that
+/// carried it to the kernel (changes that arrive during a sync are
+/// coalesced into the next one, as the daemon does).
+fn churn(opts: &RunOpts, kind: BackendKind, out: &mut Outcome) -> anyhow::Result<()> {
+    let subject = Subject::Ours(kind);
+    let n = opts.churn_services;
+    log(format!(
+        "churn: {subject}: {n} Services, {} changes/s for {}s",
+        opts.churn_rate, opts.churn_seconds
+    ));
+    let mut c = cluster_for(opts, n)?;
+    let mode = subject.mode();
+    let mut prev = c.graph(mode)?;
+    let ns = Ns::new()?;
+    let mut b = backend(kind, Some(ns.name()))?;
+    if let Err(e) = b.sync(&prev, None) {
+        out.miss(
+            Metric::ChurnP50,
+            subject,
+            n,
+            format!("initial full sync failed: {e}"),
+        );
+        return Ok(());
+    }
+    let interval = Duration::from_secs_f64(1.0 / opts.churn_rate.max(0.001));
+    let total = (opts.churn_seconds * opts.churn_rate).round().max(1.0) as usize;
+    let start = Instant::now();
+    let mut lat = Vec::with_capacity(total);
+    let mut next_change = 0usize;
+    let mut syncs = 0usize;
+    while next_change < total {
+        let due = |i: usize| start + interval * (i as u32);
+        let now = Instant::now();
+        if due(next_change) > now {
+            std::thread::sleep(due(next_change) - now);
+        }
+        // Every change due by now goes into this sync.
+        let mut batch = Vec::new();
+        while next_change < total && due(next_change) <= Instant::now() {
+            c.change_endpoint((next_change * 7919 + 1) % n.max(1))?;
+            batch.push(due(next_change));
+            next_change += 1;
+        }
+        let (g, _, _, _) = match one_change(b.as_mut(), &c, &prev, mode) {
+            Ok(r) => r,
+            Err(e) => {
+                out.miss(Metric::ChurnP50, subject, n, format!("{e:#}"));
+                return Ok(());
+            }
+        };
+        prev = g;
+        syncs += 1;
+        let done = Instant::now();
+        lat.extend(batch.iter().map(|d| (done - *d).as_secs_f64()));
+    }
+    let p50 = quantile(&lat, 0.5).context("no churn sample")?;
+    let p99 = quantile(&lat, 0.99).context("no churn sample")?;
+    log(format!(
+        "churn: {subject}: {} changes in {syncs} syncs, p50 {:.1} ms, p99 {:.1} ms",
+        lat.len(),
+        p50 * 1e3,
+        p99 * 1e3
+    ));
+    out.notes.push(format!(
+        "churn {subject}: {} endpoint changes at {}/s over {:.0} s, carried by {syncs} syncs",
+        lat.len(),
+        opts.churn_rate,
+        start.elapsed().as_secs_f64()
+    ));
+    out.add(Metric::ChurnP50, subject, n, vec![p50]);
+    out.add(Metric::ChurnP99, subject, n, vec![p99]);
+    Ok(())
+}

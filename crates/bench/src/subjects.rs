@@ -1,0 +1,153 @@
+//! What is measured: kproxy's three backends and kube-proxy's nftables
+//! layout (rendered by [`crate::kpnft`]). kube-proxy's iptables layout is
+//! kproxy's iptables backends' output (they reproduce it rule for rule),
+//! so its kernel cost is the iptables loaders' figures.
+
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use kproxy_graph::{Backend, BackendKind, ProxyMode, ServiceGraph};
+
+use crate::sys::Ns;
+
+/// One thing the bench measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Subject {
+    /// A kproxy backend.
+    Ours(BackendKind),
+    /// kube-proxy's nftables layout (comparison baseline).
+    KubeProxyNft,
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Ours(k) => write!(f, "{k}"),
+            Subject::KubeProxyNft => f.write_str("kube-proxy-nft"),
+        }
+    }
+}
+
+impl Subject {
+    /// Parse a `--backends` entry.
+    pub fn parse(s: &str) -> anyhow::Result<Subject> {
+        Ok(match s.trim() {
+            "nftables" => Subject::Ours(BackendKind::Nftables),
+            "iptables-nft" => Subject::Ours(BackendKind::IptablesNft),
+            "iptables-legacy" => Subject::Ours(BackendKind::IptablesLegacy),
+            "kube-proxy-nft" => Subject::KubeProxyNft,
+            other => bail!(
+                "--backends: unknown backend {other:?} (nftables, iptables-nft, iptables-legacy, kube-proxy-nft)"
+            ),
+        })
+    }
+
+    /// Every subject, in report order.
+    pub const ALL: [Subject; 4] = [
+        Subject::Ours(BackendKind::Nftables),
+        Subject::Ours(BackendKind::IptablesNft),
+        Subject::Ours(BackendKind::IptablesLegacy),
+        Subject::KubeProxyNft,
+    ];
+
+    /// The graph mode the subject's rules are built for.
+    pub fn mode(self) -> ProxyMode {
+        match self {
+            Subject::Ours(BackendKind::Nftables) | Subject::KubeProxyNft => ProxyMode::Nftables,
+            Subject::Ours(_) => ProxyMode::Iptables,
+        }
+    }
+
+    /// Whether the subject uses nft (rather than iptables-restore).
+    fn is_nft(self) -> bool {
+        self.mode() == ProxyMode::Nftables
+    }
+
+    /// The full ruleset text, in the loader's syntax.
+    pub fn render(self, graph: &ServiceGraph) -> anyhow::Result<String> {
+        match self {
+            Subject::Ours(kind) => {
+                let b = backend(kind, None)?;
+                b.render_full(graph)
+                    .with_context(|| format!("{kind}: rendering the full ruleset"))
+            }
+            Subject::KubeProxyNft => Ok(crate::kpnft::render(graph)),
+        }
+    }
+
+    /// The loader's command line for a file holding the full ruleset:
+    /// what a full sync runs, without the daemon.
+    pub fn loader_argv(self, file: &Path) -> Vec<String> {
+        let f = file.to_string_lossy().into_owned();
+        match self {
+            Subject::Ours(BackendKind::Nftables) | Subject::KubeProxyNft => {
+                vec!["nft".into(), "-f".into(), f]
+            }
+            Subject::Ours(BackendKind::IptablesNft) => {
+                vec!["iptables-nft-restore".into(), "--noflush".into(), f]
+            }
+            Subject::Ours(BackendKind::IptablesLegacy) => {
+                vec!["iptables-legacy-restore".into(), "--noflush".into(), f]
+            }
+        }
+    }
+
+    /// How many rules (nft statements in chains; iptables `-A` lines) the
+    /// namespace holds: proof that a sync put something in the kernel.
+    pub fn rules_in(self, ns: &Ns) -> anyhow::Result<usize> {
+        if self.is_nft() {
+            let text = ns.exec(&["nft", "list", "ruleset"])?;
+            // Rules are the indented lines inside chains that are not
+            // declarations.
+            Ok(text
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("table ")
+                        && !l.starts_with("chain ")
+                        && !l.starts_with("set ")
+                        && !l.starts_with("map ")
+                        && !l.starts_with("type ")
+                        && !l.starts_with("flags ")
+                        && !l.starts_with("elements ")
+                        && !l.starts_with("comment ")
+                        && !l.starts_with("timeout ")
+                        && !l.starts_with("size ")
+                        && l != &"}"
+                })
+                .count())
+        } else {
+            let save = match self {
+                Subject::Ours(BackendKind::IptablesLegacy) => "iptables-legacy-save",
+                _ => "iptables-nft-save",
+            };
+            let text = ns.exec(&[save])?;
+            Ok(text.lines().filter(|l| l.starts_with("-A ")).count())
+        }
+    }
+}
+
+/// A kproxy backend, bound to a namespace when `ns` is given (rendering
+/// alone needs none).
+pub fn backend(kind: BackendKind, ns: Option<&str>) -> anyhow::Result<Box<dyn Backend>> {
+    Ok(match (kind, ns) {
+        (BackendKind::Nftables, Some(ns)) => {
+            Box::new(kproxy_nftables::NftablesBackend::in_netns(ns))
+        }
+        (BackendKind::Nftables, None) => Box::new(kproxy_nftables::NftablesBackend::new()),
+        (BackendKind::IptablesNft, Some(ns)) => {
+            Box::new(kproxy_iptables_nft::IptablesNftBackend::in_netns(ns))
+        }
+        (BackendKind::IptablesNft, None) => {
+            Box::new(kproxy_iptables_nft::IptablesNftBackend::new())
+        }
+        (BackendKind::IptablesLegacy, Some(ns)) => {
+            Box::new(kproxy_iptables_legacy::IptablesLegacyBackend::in_netns(ns))
+        }
+        (BackendKind::IptablesLegacy, None) => {
+            Box::new(kproxy_iptables_legacy::IptablesLegacyBackend::new())
+        }
+    })
+}
