@@ -17,6 +17,7 @@ deps: ## install the Debian packages tests and the demo need (nftables iptables 
 
 test: deps ## every test: unit, golden, syntax checks, kernel tests, proto-tests
 	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) --no-print-directory bench-quick
 
 unit: ## unit tests only (no root needed)
 	$(CARGO) test --workspace --lib
@@ -36,3 +37,11 @@ demo: deps ## the seed article's cluster: kproxy's view of it
 
 msrv: ## check the workspace with the pinned (MSRV) toolchain
 	$(CARGO) +1.95.0 check --workspace
+
+bench: deps ## benchmarks, every backend at 100..50k Services; writes docs/performance.md (root, under 30 min; BENCH_ARGS=...)
+	$(CARGO) build --release -p kproxy-daemon
+	$(CARGO) run --release -q -p kproxy-bench -- run --out docs/performance.md $(BENCH_ARGS)
+
+bench-quick: deps ## the benchmarks at tiny sizes (seconds): fails unless they measured something; never judges timings (root)
+	$(CARGO) build -q -p kproxy-daemon
+	$(CARGO) run -q -p kproxy-bench -- run --quick
