@@ -26,6 +26,9 @@ pub fn main(args: &RunArgs) -> anyhow::Result<ExitCode> {
         "kproxy starting"
     );
     let backend = backends::make_backend(settings.backend)?;
+    if !args.dry_run {
+        crate::sysctl::apply(&settings.sysctls);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -5,7 +5,7 @@
 //! [`backends`] (construction and `auto` selection), [`render`] (offline
 //! `graph` and `render`), [`daemon`] (`run`), [`source`] (API and file
 //! sources), [`reconcile`] (the sync loop), [`health`], [`hcports`],
-//! [`metrics`], [`http`], [`state`], [`conntrack`], [`cleanup`], [`trace`].
+//! [`metrics`], [`http`], [`state`], [`conntrack`], [`sysctl`], [`cleanup`], [`trace`].
 
 use std::process::ExitCode;
 
@@ -28,6 +28,7 @@ mod render;
 mod settings;
 mod source;
 mod state;
+mod sysctl;
 mod trace;
 
 fn main() -> ExitCode {

@@ -660,6 +660,7 @@ mod tests {
             full_sync_period: std::time::Duration::from_secs(3600),
             healthz_addr: None,
             metrics_addr: None,
+            sysctls: Vec::new(),
         };
         let shared = Shared::new(
             ProxyHealth::new(std::time::Duration::from_secs(60)),

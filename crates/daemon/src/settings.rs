@@ -37,6 +37,8 @@ pub struct Settings {
     pub healthz_addr: Option<SocketAddr>,
     /// `/metrics` and debug listener; `None` when disabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// Kernel settings to apply at start.
+    pub sysctls: Vec<crate::sysctl::Sysctl>,
 }
 
 impl Settings {
@@ -52,8 +54,16 @@ impl Settings {
             ),
         };
         let backend = backends::resolve(args.backend, config_mode)?;
-        let mut proxy = args
-            .input
+        // Like kube-proxy, the node name defaults to the host name.
+        let mut input = args.input.clone();
+        let named_in_file = file
+            .as_ref()
+            .and_then(|f| f.hostname_override.as_deref())
+            .is_some_and(|h| !h.trim().is_empty());
+        if input.node_name.is_none() && !named_in_file {
+            input.node_name = host_name();
+        }
+        let mut proxy = input
             .proxy_config_with(file.as_ref(), Some(backends::mode_for(backend)))
             .context("configuration")?;
         if let Some(name) = &args.proxy_name {
@@ -107,7 +117,10 @@ impl Settings {
                 .unwrap_or(DEFAULT_METRICS),
             10249,
         )?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let sysctls = crate::sysctl::wanted(file.as_ref(), &proxy, backend, cores);
         Ok(Settings {
+            sysctls,
             backend,
             proxy,
             sync_period,
@@ -117,6 +130,14 @@ impl Settings {
             metrics_addr,
         })
     }
+}
+
+/// The host name, lower-cased (kube-proxy's default node name).
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
 }
 
 fn duration_setting(

@@ -763,3 +763,40 @@ fn restart_never_leaves_the_kernel_without_rules() {
         );
     }
 }
+
+#[test]
+fn conntrack_settings_from_the_configuration_are_applied() {
+    let data = TempDir::new("sysctl");
+    let f = data.write("cluster.yaml", &fixture("nodeports"));
+    let config = data.write(
+        "config.yaml",
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nhostnameOverride: test-node\nclusterCIDR: 10.0.0.0/8\nconntrack:\n  tcpEstablishedTimeout: 2h\n  tcpCloseWaitTimeout: 90s\n",
+    );
+    let ns = NetNs::new("dmn");
+    let (ok, _, err) = kproxy_in(
+        &ns,
+        &[
+            "run",
+            "--backend",
+            "nftables",
+            "--source",
+            f.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--once",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    // Per network namespace: the host's values are untouched.
+    let est = ns.exec(&[
+        "cat",
+        "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established",
+    ]);
+    let cw = ns.exec(&[
+        "cat",
+        "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_close_wait",
+    ]);
+    assert_eq!(est.trim(), "7200", "{err}");
+    assert_eq!(cw.trim(), "90", "{err}");
+}
