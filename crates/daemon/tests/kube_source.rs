@@ -62,28 +62,30 @@ fn slice(ips: &[&str]) -> Value {
            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]})
 }
 
-/// `nft list table ip kproxy` inside the namespace ("" when it does not exist).
-async fn rules(ns: &NetNs) -> String {
+/// The backend's rules inside the namespace: `nft list table ip kproxy`,
+/// or the iptables flavour's `*-save` output ("" when there are none).
+async fn rules(ns: &NetNs, backend: &str) -> String {
+    let argv: &[&str] = match backend {
+        "nftables" => &["nft", "list", "table", "ip", "kproxy"],
+        "iptables-nft" => &["iptables-nft-save"],
+        "iptables-legacy" => &["iptables-legacy-save"],
+        other => panic!("unknown backend {other}"),
+    };
     let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.name(),
-            "nft",
-            "list",
-            "table",
-            "ip",
-            "kproxy",
-        ])
+        .args(["netns", "exec", ns.name()])
+        .args(argv)
         .output()
         .await
-        .expect("run nft (kernel tests need nftables and root)");
+        .unwrap_or_else(|e| {
+            panic!("run {argv:?} (kernel tests need nftables, iptables and root): {e}")
+        });
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Waits until the rules satisfy `ok`; panics with them and the daemon's log otherwise.
 async fn wait_rules(
     ns: &NetNs,
+    backend: &str,
     what: &str,
     timeout: Duration,
     log: &Path,
@@ -92,7 +94,7 @@ async fn wait_rules(
     let start = tokio::time::Instant::now();
     let end = start + timeout;
     loop {
-        let r = rules(ns).await;
+        let r = rules(ns, backend).await;
         if ok(&r) {
             eprintln!("{what}: {:?}", start.elapsed());
             return r;
@@ -112,8 +114,12 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(ns: &NetNs, kubeconfig: &Path, log: &Path) -> Daemon {
-        let log = std::fs::File::create(log).expect("daemon log file");
+    fn start(ns: &NetNs, backend: &str, kubeconfig: &Path, log: &Path) -> Daemon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("daemon log file");
         let err = log.try_clone().expect("log handle");
         // `ip netns exec` execs the program, so the child is kproxy itself.
         let child = Command::new("ip")
@@ -128,7 +134,7 @@ impl Daemon {
                 "--source",
                 "kube",
                 "--backend",
-                "nftables",
+                backend,
                 "--node-name",
                 NODE,
             ])
@@ -180,10 +186,12 @@ impl Drop for TempDir {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_source_kube_follows_the_api_and_survives_its_absence() {
+/// The whole story on one backend.
+async fn follows_the_api_and_survives_its_absence(backend: &str) {
     let ns = NetNs::new("kub");
-    let dir = TempDir(std::env::temp_dir().join(format!("kproxy-kube-run-{}", std::process::id())));
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("kproxy-kube-run-{backend}-{}", std::process::id())),
+    );
     std::fs::create_dir_all(&dir.0).expect("temp dir");
     let kubeconfig = dir.0.join("kubeconfig");
     let log = dir.0.join("kproxy.log");
@@ -196,9 +204,13 @@ async fn run_source_kube_follows_the_api_and_survives_its_absence() {
     emu.apply(&node()).expect("node");
     emu.apply(&service()).expect("service");
     emu.apply(&slice(&["10.0.1.1"])).expect("slice");
+    let wait = |what: &'static str, secs: u64, ok: fn(&str) -> bool| {
+        let (ns, log) = (&ns, &log);
+        async move { wait_rules(ns, backend, what, Duration::from_secs(secs), log, ok).await }
+    };
 
-    let mut daemon = Daemon::start(&ns, &kubeconfig, &log);
-    let first = wait_rules(&ns, "the first sync", Duration::from_secs(60), &log, |r| {
+    let mut daemon = Daemon::start(&ns, backend, &kubeconfig, &log);
+    let first = wait("the first sync", 60, |r| {
         r.contains("172.30.0.10") && r.contains("10.0.1.1")
     })
     .await;
@@ -206,13 +218,9 @@ async fn run_source_kube_follows_the_api_and_survives_its_absence() {
 
     // Endpoints change in the API: the kernel follows.
     emu.apply(&slice(&["10.0.1.2", "10.0.1.3"])).expect("slice");
-    wait_rules(
-        &ns,
-        "the new endpoints",
-        Duration::from_secs(30),
-        &log,
-        |r| r.contains("10.0.1.2") && r.contains("10.0.1.3") && !r.contains("10.0.1.1"),
-    )
+    wait("the new endpoints", 30, |r| {
+        r.contains("10.0.1.2") && r.contains("10.0.1.3") && !r.contains("10.0.1.1")
+    })
     .await;
 
     // The API server goes away; the rules stay while it is gone.
@@ -221,45 +229,74 @@ async fn run_source_kube_follows_the_api_and_survives_its_absence() {
         .expect("slice while the server is down");
     tokio::time::sleep(Duration::from_secs(4)).await;
     daemon.assert_running(&log);
-    let during = rules(&ns).await;
+    let during = rules(&ns, backend).await;
     assert!(
         during.contains("10.0.1.2") && during.contains("10.0.1.3") && !during.contains("10.0.1.4"),
-        "rules changed while the API server was away:\n{during}"
+        "{backend}: rules changed while the API server was away:\n{during}"
     );
 
     // It comes back: the daemon reconnects and catches up.
     emu.restart()
         .await
         .expect("emulator restarts on the same port");
-    wait_rules(
-        &ns,
-        "catching up after the restart",
-        Duration::from_secs(90),
-        &log,
-        |r| r.contains("10.0.1.4") && !r.contains("10.0.1.2"),
-    )
+    wait("catching up after the restart", 90, |r| {
+        r.contains("10.0.1.4") && !r.contains("10.0.1.2")
+    })
     .await;
 
     // Scale to zero and back.
     emu.apply(&slice(&[])).expect("slice");
-    wait_rules(&ns, "no endpoints", Duration::from_secs(30), &log, |r| {
+    wait("no endpoints", 30, |r| {
         r.contains("172.30.0.10") && !r.contains("10.0.1.4")
     })
     .await;
     emu.apply(&slice(&["10.0.1.5"])).expect("slice");
-    wait_rules(&ns, "endpoints again", Duration::from_secs(30), &log, |r| {
-        r.contains("10.0.1.5")
-    })
-    .await;
+    wait("endpoints again", 30, |r| r.contains("10.0.1.5")).await;
 
     daemon.assert_running(&log);
     assert!(
         daemon.terminate().await,
         "kproxy did not exit cleanly on SIGTERM"
     );
-    let after = rules(&ns).await;
+    let after = rules(&ns, backend).await;
     assert!(
         after.contains("10.0.1.5"),
-        "SIGTERM must leave the rules in place:\n{after}"
+        "{backend}: SIGTERM must leave the rules in place:\n{after}"
     );
+
+    // A daemon restarted while the API server fails keeps the old rules
+    // (nothing is flushed before the first full sync), then catches up.
+    emu.fail_for(Duration::from_secs(4));
+    emu.apply(&slice(&["10.0.1.6"])).expect("slice");
+    let mut daemon = Daemon::start(&ns, backend, &kubeconfig, &log);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    daemon.assert_running(&log);
+    let waiting = rules(&ns, backend).await;
+    assert!(
+        waiting.contains("10.0.1.5") && !waiting.contains("10.0.1.6"),
+        "{backend}: a daemon waiting for the API server changed the rules:\n{waiting}"
+    );
+    wait("the restarted daemon's first sync", 90, |r| {
+        r.contains("10.0.1.6") && !r.contains("10.0.1.5")
+    })
+    .await;
+    assert!(
+        daemon.terminate().await,
+        "kproxy did not exit cleanly on SIGTERM"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nftables_follows_the_api_and_survives_its_absence() {
+    follows_the_api_and_survives_its_absence("nftables").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_nft_follows_the_api_and_survives_its_absence() {
+    follows_the_api_and_survives_its_absence("iptables-nft").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_legacy_follows_the_api_and_survives_its_absence() {
+    follows_the_api_and_survives_its_absence("iptables-legacy").await;
 }

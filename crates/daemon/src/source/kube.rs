@@ -26,6 +26,13 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// How long a watcher error is reported. A watcher that recovers without
+/// news (a watch resumed, nothing changed) emits no event that could clear
+/// its error, while a persisting outage errs again at least every backoff
+/// period (at most about 30 s), so errors older than this are stale.
+const ERROR_TTL: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// What [`KubeSource::new`] needs.
 #[derive(Debug, Clone, Default)]
@@ -53,8 +60,9 @@ struct Status {
     generation: u64,
     /// Whether each watcher completed its first list.
     ready: [bool; 3],
-    /// The last error of each watcher, cleared by its next success.
-    errors: [Option<String>; 3],
+    /// The last error of each watcher and when it happened, cleared by its
+    /// next event.
+    errors: [Option<(Instant, String)>; 3],
     /// Set when a watcher task ended, which only happens on a bug.
     ended: Option<String>,
 }
@@ -131,7 +139,7 @@ where
                     // Each error is followed by a backoff delay (at most
                     // about half a minute), so this does not flood the log.
                     tracing::warn!(kind, error = %e, "API watch failed; retrying");
-                    status.send_modify(|s| s.errors[index] = Some(e.to_string()));
+                    status.send_modify(|s| s.errors[index] = Some((Instant::now(), e.to_string())));
                 }
             }
         }
@@ -270,14 +278,19 @@ impl KubeSource {
         self.status.borrow().ready.iter().all(|r| *r)
     }
 
-    /// The watchers' current errors (empty while the API server answers),
-    /// for health reporting and /status.
+    /// The watchers' recent errors (empty while the API server answers),
+    /// for /status: the last error of each watcher that has had no event
+    /// since, if it is less than two minutes old.
     pub fn errors(&self) -> Vec<String> {
         let status = self.status.borrow();
         KINDS
             .iter()
             .zip(status.errors.iter())
-            .filter_map(|(kind, e)| e.as_ref().map(|e| format!("{kind}: {e}")))
+            .filter_map(|(kind, e)| {
+                e.as_ref()
+                    .filter(|(at, _)| at.elapsed() < ERROR_TTL)
+                    .map(|(_, e)| format!("{kind}: {e}"))
+            })
             .collect()
     }
 }
