@@ -521,3 +521,70 @@ async fn bad_kubeconfig_is_a_clear_error() {
         "error does not name the file: {err:#}"
     );
 }
+
+#[tokio::test]
+async fn large_cluster_syncs_and_follows_changes() {
+    const N: u16 = 2000;
+    let h = harness("large").await;
+    h.apply(node(NODE, "z1"));
+    for i in 0..N {
+        let name = format!("svc-{i:04}");
+        h.apply(service("bulk", &name, 1000 + i, json!({})));
+        let ip = format!("10.{}.{}.1", i / 250, i % 250);
+        h.apply(slice(
+            "bulk",
+            &format!("{name}-x"),
+            &name,
+            &[&ip],
+            json!({}),
+        ));
+    }
+    let start = std::time::Instant::now();
+    let mut src = h.source(None).await;
+    tokio::time::timeout(Duration::from_secs(60), src.changed())
+        .await
+        .expect("initial sync of a large cluster within 60 s")
+        .expect("changed() succeeds");
+    let synced = start.elapsed();
+    let t = std::time::Instant::now();
+    let snap = src.snapshot();
+    let snapshot = t.elapsed();
+    assert_eq!(snap.services.len(), usize::from(N));
+    assert_eq!(snap.endpoint_slices.len(), usize::from(N));
+    assert_eq!(snap.nodes.len(), 1);
+    // Sorted by namespace and name.
+    assert_eq!(snap.services[0].metadata.name.as_deref(), Some("svc-0000"));
+    assert_eq!(
+        snap.services[usize::from(N) - 1].metadata.name.as_deref(),
+        Some("svc-1999")
+    );
+    // One change among many arrives alone.
+    h.apply(slice(
+        "bulk",
+        "svc-0007-x",
+        "svc-0007",
+        &["10.99.0.7"],
+        json!({}),
+    ));
+    let t = std::time::Instant::now();
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::time::timeout_at(end, src.changed())
+            .await
+            .expect("the change arrives within 10 s")
+            .expect("changed() succeeds");
+        let snap = src.snapshot();
+        let s7 = snap
+            .endpoint_slices
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some("svc-0007-x"))
+            .expect("slice present");
+        if s7.endpoints[0].addresses == ["10.99.0.7"] {
+            break;
+        }
+    }
+    eprintln!(
+        "{N} services + {N} slices: initial sync {synced:?}, snapshot {snapshot:?}, one change {:?}",
+        t.elapsed()
+    );
+}
