@@ -32,8 +32,11 @@ lint: ## rustfmt check and clippy with warnings as errors
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-demo: deps ## the seed article's cluster: kproxy's view of it
-	$(CARGO) run -q -p kproxy-daemon -- graph --node-name node-01 --cluster-cidr 10.244.0.0/16 testdata/fixtures/seed.yaml
+demo: deps ## the seed article's cluster in network namespaces, served by kproxy (root)
+	$(CARGO) run -q -p kproxy-proto-tests --bin kproxy-proto -- demo
+
+proto-test: deps ## real packets through real kernels, every scenario x backend (SCENARIOS=seed,udp BACKENDS=nftables; root)
+	PROTO_SCENARIOS="$(SCENARIOS)" PROTO_BACKENDS="$(BACKENDS)" $(CARGO) test -p kproxy-proto-tests --test runner --test scenarios -- --nocapture
 
 msrv: ## check the workspace with the pinned (MSRV) toolchain
 	$(CARGO) +1.95.0 check --workspace

@@ -121,9 +121,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout_ms,
         } => {
             let mut out = std::io::stdout().lock();
+            let mut timeouts = 0;
             for _ in 0..count {
                 let a = wire::probe(&to, bind, port, Duration::from_millis(timeout_ms));
                 writeln!(out, "{}", serde_json::to_string(&a)?)?;
+                // Two timeouts tell all there is to know (a DROP, or a broken
+                // path); more would only cost seconds.
+                if a == wire::Attempt::Timeout {
+                    timeouts += 1;
+                    if timeouts >= 2 {
+                        break;
+                    }
+                }
             }
         }
         Cmd::Sysctl { settings } => {

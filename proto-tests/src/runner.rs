@@ -113,10 +113,20 @@ impl ScenarioReport {
             .any(|p| matches!(p.verdict, Verdict::Fail(_) | Verdict::UnexpectedPass(_)));
         match &self.known_failure {
             None => self.setup_error.is_some() || probe_fail,
-            // A known-failing scenario fails the suite only when it passes
-            // (so the mark gets removed).
-            Some(_) => self.setup_error.is_none() && !probe_fail && !self.probes.is_empty(),
+            Some(_) => probe_fail || self.scenario_xpass(),
         }
+    }
+
+    /// A scenario marked `known_failure` that ran cleanly: the mark must go
+    /// (so the suite fails).
+    pub fn scenario_xpass(&self) -> bool {
+        self.known_failure.is_some()
+            && self.setup_error.is_none()
+            && !self.probes.is_empty()
+            && !self
+                .probes
+                .iter()
+                .any(|p| matches!(p.verdict, Verdict::KnownFailure(..) | Verdict::Fail(_)))
     }
 
     /// Count of probes per verdict kind: (pass, fail, known, not run).
@@ -181,7 +191,7 @@ impl ScenarioReport {
                 p.step, p.probe, p.expect, p.observed
             );
         }
-        if self.known_failure.is_some() && self.failed() {
+        if self.scenario_xpass() {
             let _ = writeln!(
                 s,
                 "   XPASS: the scenario is marked known_failure but every probe passed: remove the mark"
@@ -280,7 +290,8 @@ pub fn run_scenario(s: &Scenario, backend: BackendName, cfg: &RunConfig) -> Scen
     rep
 }
 
-fn sync(
+/// Apply the objects of one step in the node namespace (see [`Applier`]).
+pub fn sync(
     s: &Scenario,
     topo: &Topology,
     objs: &[serde_yaml_ng::Value],
@@ -820,5 +831,48 @@ mod tests {
             .is_err()
         );
         assert!(judge(&reject, false, &[]).is_err());
+    }
+
+    fn report(known: Option<&str>, verdicts: &[Verdict]) -> ScenarioReport {
+        ScenarioReport {
+            scenario: "s".into(),
+            backend: "nftables".into(),
+            setup_error: None,
+            known_failure: known.map(String::from),
+            probes: verdicts
+                .iter()
+                .map(|v| ProbeReport {
+                    step: 0,
+                    probe: "p".into(),
+                    expect: "e".into(),
+                    observed: "o".into(),
+                    verdict: v.clone(),
+                })
+                .collect(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn known_failures_and_xpass() {
+        let known = Verdict::KnownFailure("bug".into(), "why".into());
+        let fail = Verdict::Fail("why".into());
+        assert!(!report(None, &[Verdict::Pass]).failed());
+        assert!(report(None, &[Verdict::Pass, fail.clone()]).failed());
+        assert!(!report(None, &[Verdict::Pass, known.clone()]).failed());
+        assert!(report(None, &[Verdict::UnexpectedPass("bug".into())]).failed());
+        // A scenario marked known_failure fails the suite only once it passes.
+        assert!(!report(Some("bug"), &[Verdict::Pass, known.clone()]).failed());
+        assert!(report(Some("bug"), &[Verdict::Pass, Verdict::Pass]).failed());
+        assert!(
+            report(Some("bug"), &[Verdict::Pass])
+                .render()
+                .contains("XPASS")
+        );
+        // Probes that cannot run here do not fail anything.
+        assert!(!report(None, &[Verdict::NotRun("no SCTP".into())]).failed());
+        let mut setup = report(None, &[]);
+        setup.setup_error = Some("kproxy run failed".into());
+        assert!(setup.failed());
     }
 }
