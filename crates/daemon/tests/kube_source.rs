@@ -5,9 +5,12 @@
 //!
 //! Needs root (network namespaces, nft); fails, never skips, without it.
 
+use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kproxy_apiserver_emulator::{Emulator, reusable_listener};
@@ -299,4 +302,308 @@ async fn iptables_nft_follows_the_api_and_survives_its_absence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iptables_legacy_follows_the_api_and_survives_its_absence() {
     follows_the_api_and_survives_its_absence("iptables-legacy").await;
+}
+
+// Traffic: a client on the node loops on the ClusterIP while the
+// endpoints change in the API and while the API server is away.
+
+/// Run `f` on a new thread inside namespace `ns`.
+fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        f()
+    })
+}
+
+/// Set on drop: tells a helper thread to finish.
+struct StopFlag(Arc<AtomicBool>);
+
+impl Drop for StopFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A TCP server on port 8080 in `ns` that answers each connection with
+/// the address it was reached on (which identifies the pod) and closes.
+fn echo_server(ns: &str) -> StopFlag {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    in_netns(ns, move || {
+        let l = std::net::TcpListener::bind("0.0.0.0:8080").expect("bind echo server");
+        l.set_nonblocking(true).expect("nonblocking");
+        tx.send(()).expect("signal");
+        while !flag.load(Ordering::SeqCst) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    let local = s
+                        .local_addr()
+                        .map(|a| a.ip().to_string())
+                        .unwrap_or_default();
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.write_all(local.as_bytes());
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("echo server started");
+    StopFlag(stop)
+}
+
+/// One connection attempt's outcome: the endpoint that answered, or the error.
+type Outcome = Result<String, String>;
+
+/// A client in `ns` connecting to `target` in a loop (every 20 ms) until
+/// stopped; every outcome is recorded.
+struct Client {
+    outcomes: Arc<Mutex<Vec<(std::time::Instant, Outcome)>>>,
+    _stop: StopFlag,
+}
+
+impl Client {
+    fn start(ns: &str, target: SocketAddr) -> Client {
+        let stop = Arc::new(AtomicBool::new(false));
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let (flag, out) = (stop.clone(), outcomes.clone());
+        in_netns(ns, move || {
+            while !flag.load(Ordering::SeqCst) {
+                let r = (|| {
+                    let mut s =
+                        std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1))
+                            .map_err(|e| format!("connect: {e}"))?;
+                    s.set_read_timeout(Some(Duration::from_secs(1)))
+                        .map_err(|e| e.to_string())?;
+                    let mut reply = String::new();
+                    s.read_to_string(&mut reply)
+                        .map_err(|e| format!("read: {e}"))?;
+                    Ok(reply)
+                })();
+                out.lock()
+                    .expect("outcomes")
+                    .push((std::time::Instant::now(), r));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Client {
+            outcomes,
+            _stop: StopFlag(stop),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.outcomes.lock().expect("outcomes").len()
+    }
+
+    fn since(&self, from: usize) -> Vec<Outcome> {
+        self.outcomes.lock().expect("outcomes")[from..]
+            .iter()
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
+    /// When the first outcome at or after index `from` satisfying `ok`
+    /// was recorded, and whether any later one did not satisfy it.
+    fn first_and_stable(
+        &self,
+        from: usize,
+        ok: impl Fn(&Outcome) -> bool,
+    ) -> Option<(std::time::Instant, bool)> {
+        let all = self.outcomes.lock().expect("outcomes");
+        let i = all[from..].iter().position(|(_, o)| ok(o))? + from;
+        Some((all[i].0, all[i..].iter().all(|(_, o)| ok(o))))
+    }
+
+    /// Waits until the last `n` outcomes all satisfy `ok`; returns how long it took.
+    async fn wait_last(
+        &self,
+        n: usize,
+        timeout: Duration,
+        what: &str,
+        ok: impl Fn(&Outcome) -> bool,
+    ) -> Duration {
+        let start = std::time::Instant::now();
+        loop {
+            {
+                let all = self.outcomes.lock().expect("outcomes");
+                if all.len() >= n && all[all.len() - n..].iter().all(|(_, o)| ok(o)) {
+                    return start.elapsed();
+                }
+                assert!(
+                    start.elapsed() < timeout,
+                    "timed out after {timeout:?} waiting for {what}; last outcomes: {:?}",
+                    all[all.len().saturating_sub(10)..]
+                        .iter()
+                        .map(|(_, o)| o)
+                        .collect::<Vec<_>>()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Node namespace with two pods on veth links: pod1 10.0.1.2, pod2 10.0.2.2.
+fn topology() -> (NetNs, NetNs, NetNs) {
+    let node = NetNs::new("kub");
+    let pod1 = NetNs::new("kub");
+    let pod2 = NetNs::new("kub");
+    for (i, pod) in [(1, &pod1), (2, &pod2)] {
+        let (host, peer) = (format!("veth{i}"), format!("eth{i}"));
+        node.exec(&[
+            "ip",
+            "link",
+            "add",
+            &host,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            pod.name(),
+        ]);
+        node.exec(&["ip", "addr", "add", &format!("10.0.{i}.1/24"), "dev", &host]);
+        node.exec(&["ip", "link", "set", &host, "up"]);
+        pod.exec(&["ip", "addr", "add", &format!("10.0.{i}.2/24"), "dev", &peer]);
+        pod.exec(&["ip", "link", "set", &peer, "up"]);
+        pod.exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.0.{i}.1"),
+        ]);
+    }
+    // The ClusterIP needs a route for the first lookup; DNAT then reroutes.
+    node.exec(&["ip", "route", "add", "172.30.0.0/16", "dev", "veth1"]);
+    (node, pod1, pod2)
+}
+
+/// The whole traffic story on one backend.
+async fn traffic_follows_the_api(backend: &str) {
+    let (node_ns, pod1, pod2) = topology();
+    let _echo1 = echo_server(pod1.name());
+    let _echo2 = echo_server(pod2.name());
+    let dir = TempDir(std::env::temp_dir().join(format!(
+        "kproxy-kube-traffic-{backend}-{}",
+        std::process::id()
+    )));
+    std::fs::create_dir_all(&dir.0).expect("temp dir");
+    let kubeconfig = dir.0.join("kubeconfig");
+    let log = dir.0.join("kproxy.log");
+    let (mut emu, _) = Emulator::start_with(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        bind_in(node_ns.name()),
+    )
+    .await
+    .expect("emulator starts inside the node namespace");
+    emu.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    emu.apply(&node()).expect("node");
+    emu.apply(&service()).expect("service");
+    emu.apply(&slice(&["10.0.1.2"])).expect("slice");
+    let daemon = Daemon::start(&node_ns, backend, &kubeconfig, &log);
+    wait_rules(
+        &node_ns,
+        backend,
+        "the first sync",
+        Duration::from_secs(60),
+        &log,
+        |r| r.contains("10.0.1.2"),
+    )
+    .await;
+
+    let vip = SocketAddr::from(([172, 30, 0, 10], 80));
+    let client = Client::start(node_ns.name(), vip);
+    let pod1_ok = |o: &Outcome| o.as_deref() == Ok("10.0.1.2");
+    let pod2_ok = |o: &Outcome| o.as_deref() == Ok("10.0.2.2");
+    client
+        .wait_last(10, Duration::from_secs(20), "traffic to pod1", pod1_ok)
+        .await;
+    let from = client.count();
+
+    // Move the endpoint from pod1 to pod2 while the client loops.
+    let changed_at = std::time::Instant::now();
+    let at_change = client.count();
+    emu.apply(&slice(&["10.0.2.2"])).expect("slice");
+    client
+        .wait_last(10, Duration::from_secs(20), "traffic to pod2", pod2_ok)
+        .await;
+    let (first_pod2, stable) = client
+        .first_and_stable(at_change, pod2_ok)
+        .expect("pod2 answered");
+    let switch = first_pod2.duration_since(changed_at);
+    assert!(
+        stable,
+        "{backend}: pod1 answered again after pod2 took over: {:?}",
+        client.since(at_change)
+    );
+    let mid = client.count();
+
+    // The API server goes away: traffic keeps flowing to pod2.
+    emu.stop().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = client.since(mid);
+    assert!(
+        during.len() > 10 && during.iter().all(pod2_ok),
+        "{backend}: traffic changed while the API server was away: {during:?}"
+    );
+
+    // It comes back with a change made meanwhile: both pods answer.
+    emu.apply(&slice(&["10.0.1.2", "10.0.2.2"])).expect("slice");
+    emu.restart().await.expect("emulator restarts");
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let recent = client.since(client.count().saturating_sub(40));
+        if recent.iter().any(pod1_ok) && recent.iter().any(pod2_ok) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "{backend}: both pods never answered after the restart: {recent:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // No connection failed at any point: every endpoint change kept a
+    // serving endpoint, so none may.
+    let all = client.since(from);
+    let failures: Vec<&Outcome> = all.iter().filter(|o| o.is_err()).collect();
+    assert!(
+        failures.is_empty(),
+        "{backend}: {} of {} connections failed: {failures:?}",
+        failures.len(),
+        all.len()
+    );
+    eprintln!(
+        "{backend}: first connection to the new endpoint {switch:?} after the API change; {} connections, none failed",
+        all.len()
+    );
+    assert!(
+        daemon.terminate().await,
+        "kproxy did not exit cleanly on SIGTERM"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nftables_traffic_follows_the_api() {
+    traffic_follows_the_api("nftables").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_nft_traffic_follows_the_api() {
+    traffic_follows_the_api("iptables-nft").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_legacy_traffic_follows_the_api() {
+    traffic_follows_the_api("iptables-legacy").await;
 }
