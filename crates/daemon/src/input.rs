@@ -13,8 +13,9 @@ use kproxy_graph::{
 /// and override the `--config` file.
 #[derive(Debug, Clone, clap::Args)]
 pub struct InputArgs {
-    /// This node's name (endpoints on it are local).
-    #[arg(long, env = "KPROXY_NODE_NAME")]
+    /// This node's name (endpoints on it are local); kube-proxy's
+    /// `--hostname-override` is accepted too.
+    #[arg(long, env = "KPROXY_NODE_NAME", alias = "hostname-override")]
     pub node_name: Option<String>,
     /// A KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1).
     #[arg(long, env = "KPROXY_CONFIG")]

@@ -3,6 +3,9 @@
 //! valid KubeProxyConfiguration, and the DaemonSet and RBAC say what the
 //! design requires.
 
+// Test helpers panic on unexpected I/O errors: that is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::DaemonSet;

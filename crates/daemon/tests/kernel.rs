@@ -6,6 +6,9 @@
 //! These need root, nft, iptables and iproute2 (`make test` installs them);
 //! without them they fail, never skip.
 
+// Test helpers panic on unexpected I/O errors: that is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

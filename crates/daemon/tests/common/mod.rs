@@ -1,7 +1,7 @@
 //! Helpers for the daemon's kernel tests: the real `kproxy` binary run
 //! inside a `NetNs`, HTTP GETs from inside that namespace, and polling.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
