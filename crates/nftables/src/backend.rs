@@ -31,7 +31,7 @@ use crate::diff::{self, diff_tables};
 use crate::generate::{
     self, Ctx, FamilyRules, LbChain, NftGenerator, ServiceRules, TABLE, lb_closure, sets,
 };
-use crate::ir::{Element, Family, Op, Table, Transaction};
+use crate::ir::{ChunkWriter, Element, Family, Op, Table, Transaction};
 use crate::transport::{self, Nft};
 
 /// The default bound on elements per transaction for large full syncs.
@@ -165,40 +165,60 @@ impl NftablesBackend {
 
     fn full_sync(&mut self, graph: &ServiceGraph) -> Result<SyncStats, ApplyError> {
         let fams = generate::generate_families(graph).map_err(gen_err)?;
-        let mut tx = Transaction::new();
         let mut stats = SyncStats {
             full: true,
             ..SyncStats::default()
         };
-        let mut services_rules = BTreeMap::new();
-        for (f, fr) in &fams {
-            let table = fr.assemble();
-            stats.rules_total += table.rule_count();
-            services_rules.insert(
-                *f,
-                table.chains.get("services").map_or(0, |c| c.rules.len()),
-            );
-            tx.extend(Transaction::replace_table(&table));
-        }
         self.generation = self.generation.wrapping_add(1);
         let families: Vec<Family> = fams.iter().map(|(f, _)| *f).collect();
-        let mut parts = tx.split(self.max_elements);
-        if let Some(last) = parts.last_mut() {
-            self.generation_ops(last, &families);
-        }
-        stats.rules_written = stats.rules_total;
-        for part in &parts {
-            let text = part.render();
-            stats.bytes_written += text.len();
-            let res = if self.dry_run {
-                self.nft.check(&text)
+        let mut gen_tx = Transaction::new();
+        self.generation_ops(&mut gen_tx, &families);
+        // `nft -c` of a later part would not see the earlier parts'
+        // objects, so a dry run checks one transaction.
+        let max = if self.dry_run {
+            usize::MAX
+        } else {
+            self.max_elements
+        };
+        let (nft, dry_run) = (&self.nft, self.dry_run);
+        let mut failure: Option<ApplyError> = None;
+        let mut bytes = 0usize;
+        let mut sink = |text: String| {
+            if failure.is_some() {
+                return;
+            }
+            bytes += text.len();
+            let res = if dry_run {
+                nft.check(&text)
             } else {
-                self.nft.apply(&text)
+                nft.apply(&text)
             };
             if let Err(e) = res {
-                self.state = None;
-                return Err(e);
+                failure = Some(e);
             }
+        };
+        let mut w = ChunkWriter::streaming(max, &mut sink);
+        let mut services_rules = BTreeMap::new();
+        for (f, fr) in &fams {
+            fr.render_full(&mut w);
+            stats.rules_total += fr.assemble_rule_count();
+            services_rules.insert(
+                *f,
+                fr.skeleton
+                    .chains
+                    .get("services")
+                    .map_or(0, |c| c.rules.len()),
+            );
+        }
+        for (f, t, op) in &gen_tx.ops {
+            w.op(*f, t, op);
+        }
+        w.finish();
+        stats.rules_written = stats.rules_total;
+        stats.bytes_written = bytes;
+        if let Some(e) = failure {
+            self.state = None;
+            return Err(e);
         }
         self.stale.clear();
         self.services_rules = services_rules;
@@ -413,7 +433,9 @@ impl Backend for NftablesBackend {
         changes: Option<&ChangeSet>,
     ) -> Result<SyncStats, ApplyError> {
         match changes {
-            Some(c) if self.state.is_some() && !c.needs_full_sync => {
+            // A dry run applies nothing, so there is no kernel state to
+            // diff against: every dry-run sync checks a full load.
+            Some(c) if self.state.is_some() && !c.needs_full_sync && !self.dry_run => {
                 self.incremental_sync(graph, c)
             }
             _ => self.full_sync(graph),
@@ -445,11 +467,11 @@ impl Backend for NftablesBackend {
 
     fn last_applied(&self) -> Option<String> {
         let state = self.state.as_ref()?;
-        let mut tx = Transaction::new();
+        let mut w = ChunkWriter::new(usize::MAX);
         for fs in state {
-            tx.extend(Transaction::replace_table(&fs.rules.assemble()));
+            fs.rules.render_full(&mut w);
         }
-        Some(tx.render())
+        Some(w.finish().concat())
     }
 
     fn cleanup(&mut self) -> Result<(), Vec<ApplyError>> {

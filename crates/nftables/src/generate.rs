@@ -19,7 +19,7 @@
 //! needs them: `externalTrafficPolicy: Local` short-circuits, ClientIP
 //! affinity, and source-range firewalls.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -30,7 +30,8 @@ use kproxy_graph::{
 };
 
 use crate::ir::{
-    Chain, ChainType, Element, Family, Hook, HookPoint, Priority, Rule, Set, SetType, Table,
+    Chain, ChainType, ChunkWriter, Element, Family, Hook, HookPoint, Op, Priority, Rule, Set,
+    SetType, Table,
 };
 use crate::names;
 
@@ -238,10 +239,32 @@ impl FamilyRules {
     /// (two Services with one ExternalIP and port, say) the first in
     /// service-port order wins, so the output is still loadable.
     pub fn assemble(&self) -> Table {
+        let mut t = self.structure();
+        for sr in self.services.values() {
+            for e in &sr.elems {
+                if let Some(set) = t.sets.get_mut(e.set) {
+                    set.elements
+                        .entry(e.key.clone())
+                        .or_insert_with(|| e.elem.clone());
+                }
+            }
+        }
+        t
+    }
+
+    /// The table without the service ports' elements: every chain (base,
+    /// helper, per-service, shared load-balancing) and every set and map
+    /// (with the skeleton's own elements).
+    pub fn structure(&self) -> Table {
         let mut t = self.skeleton.clone();
         let mut lbs = BTreeSet::new();
         for sr in self.services.values() {
-            add_contribution(&mut t, sr);
+            for c in &sr.chains {
+                t.chains.entry(c.name.clone()).or_insert_with(|| c.clone());
+            }
+            for s in &sr.sets {
+                t.sets.entry(s.name.clone()).or_insert_with(|| s.clone());
+            }
             lbs.extend(sr.lb.iter().copied());
         }
         let fam = Fam { f: t.fam() };
@@ -250,6 +273,117 @@ impl FamilyRules {
             t.chains.insert(c.name.clone(), c);
         }
         t
+    }
+
+    /// Write the statements that replace this family's table (`add table;
+    /// delete table;` then everything) into `w`. Same content as
+    /// [`Transaction::replace_table`] of [`FamilyRules::assemble`], with
+    /// elements in service-port order, without building either.
+    pub fn render_full(&self, w: &mut ChunkWriter) {
+        let st = self.structure();
+        let (f, t) = (st.fam(), st.name.as_str());
+        w.op(
+            f,
+            t,
+            &Op::AddTable {
+                comment: st.comment.clone(),
+            },
+        );
+        w.op(f, t, &Op::DeleteTable);
+        w.op(
+            f,
+            t,
+            &Op::AddTable {
+                comment: st.comment.clone(),
+            },
+        );
+        for c in st.chains.values() {
+            w.op(
+                f,
+                t,
+                &Op::AddChain {
+                    name: c.name.clone(),
+                    hook: c.hook.clone(),
+                },
+            );
+        }
+        for s in st.sets.values() {
+            w.op(f, t, &Op::AddSet(s.decl_only()));
+        }
+        for c in st.chains.values() {
+            for r in &c.rules {
+                w.op(
+                    f,
+                    t,
+                    &Op::AddRule {
+                        chain: c.name.clone(),
+                        rule: r.clone(),
+                    },
+                );
+            }
+        }
+        // Data maps and sets first, verdict maps last: when the load is
+        // split, a service is routed only once its endpoints are in place.
+        let is_verdict =
+            |s: &Set| matches!(&s.set_type, SetType::Type(ty) if ty.ends_with(": verdict"));
+        let ordered = st
+            .sets
+            .values()
+            .filter(|s| !is_verdict(s))
+            .chain(st.sets.values().filter(|s| is_verdict(s)));
+        // One pass over the contributions, bucketed by set; the first
+        // claim of a key wins (the same rule as `assemble`).
+        let mut buckets: BTreeMap<&str, Vec<(&str, &Element)>> = BTreeMap::new();
+        let mut seen: HashSet<(&str, &str), FastHash> = HashSet::default();
+        for (name, set) in &st.sets {
+            let b = buckets.entry(name.as_str()).or_default();
+            for (k, e) in &set.elements {
+                seen.insert((name.as_str(), k.as_str()));
+                b.push((k.as_str(), e));
+            }
+        }
+        for sr in self.services.values() {
+            for e in &sr.elems {
+                if let Some(b) = buckets.get_mut(e.set)
+                    && seen.insert((e.set, e.key.as_str()))
+                {
+                    b.push((e.key.as_str(), &e.elem));
+                }
+            }
+        }
+        drop(seen);
+        for s in ordered {
+            if let Some(b) = buckets.remove(s.name.as_str()) {
+                w.elements(f, t, &s.name, b);
+            }
+        }
+    }
+}
+
+/// FNV-1a: the render path hashes ~600,000 short keys at 50,000 services,
+/// where SipHash's DoS resistance buys nothing (the keys are ours).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FastHash;
+
+impl std::hash::BuildHasher for FastHash {
+    type Hasher = Fnv;
+    fn build_hasher(&self) -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+/// The FNV-1a hasher of [`FastHash`].
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
     }
 }
 
@@ -274,20 +408,29 @@ pub fn add_contribution(t: &mut Table, sr: &ServiceRules) {
 #[derive(Debug, Clone, Default)]
 pub struct NftGenerator;
 
-/// The generator's output: one table per family.
+/// The generator's output: per family, the skeleton and each service
+/// port's contribution ([`FamilyRules`]); [`NftRuleset::tables`] assembles
+/// them into [`Table`]s.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NftRuleset {
-    /// Tables, IPv4 first.
-    pub tables: Vec<Table>,
+    /// Per family, IPv4 first.
+    pub families: Vec<FamilyRules>,
+}
+
+impl NftRuleset {
+    /// The assembled tables, IPv4 first.
+    pub fn tables(&self) -> Vec<Table> {
+        self.families.iter().map(FamilyRules::assemble).collect()
+    }
 }
 
 impl kproxy_graph::Render for NftRuleset {
     fn render(&self) -> String {
-        let mut tx = crate::ir::Transaction::new();
-        for t in &self.tables {
-            tx.extend(crate::ir::Transaction::replace_table(t));
+        let mut w = ChunkWriter::new(usize::MAX);
+        for fr in &self.families {
+            fr.render_full(&mut w);
         }
-        tx.render()
+        w.finish().concat()
     }
 }
 
@@ -296,9 +439,9 @@ impl Generator for NftGenerator {
 
     fn generate(&self, graph: &ServiceGraph) -> Result<NftRuleset, GenError> {
         Ok(NftRuleset {
-            tables: generate_families(graph)?
+            families: generate_families(graph)?
                 .into_iter()
-                .map(|(_, fr)| fr.assemble())
+                .map(|(_, fr)| fr)
                 .collect(),
         })
     }

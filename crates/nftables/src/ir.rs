@@ -580,11 +580,132 @@ impl Transaction {
     }
 }
 
+/// Renders statements straight into `nft -f` texts of bounded size: a new
+/// text starts before a statement that would take the current one past
+/// `max_elements` (elements count one each, other statements one). This is
+/// the full-sync path: no intermediate table or operation list is built,
+/// which keeps memory and time linear and small at 50,000 services.
+pub struct ChunkWriter<'s> {
+    chunks: Vec<String>,
+    cur: String,
+    weight: usize,
+    max: usize,
+    /// Where finished texts go when streaming (else they are kept).
+    sink: Option<&'s mut dyn FnMut(String)>,
+}
+
+impl std::fmt::Debug for ChunkWriter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkWriter")
+            .field("chunks", &self.chunks.len())
+            .field("weight", &self.weight)
+            .field("max", &self.max)
+            .finish()
+    }
+}
+
+impl<'s> ChunkWriter<'s> {
+    /// A writer that starts a new text every `max_elements` elements
+    /// (`usize::MAX`: one text).
+    pub fn new(max_elements: usize) -> Self {
+        ChunkWriter {
+            chunks: Vec::new(),
+            cur: String::new(),
+            weight: 0,
+            max: max_elements.max(1),
+            sink: None,
+        }
+    }
+
+    /// A writer that hands each finished text to `sink` as soon as it is
+    /// complete, so only one text is in memory at a time.
+    pub fn streaming(max_elements: usize, sink: &'s mut dyn FnMut(String)) -> Self {
+        ChunkWriter {
+            sink: Some(sink),
+            ..ChunkWriter::new(max_elements)
+        }
+    }
+
+    fn emit(&mut self, text: String) {
+        match self.sink.as_mut() {
+            Some(sink) => sink(text),
+            None => self.chunks.push(text),
+        }
+    }
+
+    fn begin(&mut self, weight: usize) {
+        if self.weight.saturating_add(weight) > self.max && !self.cur.is_empty() {
+            let text = std::mem::take(&mut self.cur);
+            self.emit(text);
+            self.weight = 0;
+        }
+        self.weight = self.weight.saturating_add(weight);
+    }
+
+    /// One operation.
+    pub fn op(&mut self, f: Family, table: &str, op: &Op) {
+        self.begin(1);
+        render_op(&mut self.cur, f, table, op);
+        self.cur.push('\n');
+    }
+
+    /// `add element` statements, [`ELEMENTS_PER_STATEMENT`] per line.
+    pub fn elements<'a>(
+        &mut self,
+        f: Family,
+        table: &str,
+        set: &str,
+        elements: impl IntoIterator<Item = (&'a str, &'a Element)>,
+    ) {
+        let mut batch: Vec<(&str, &Element)> = Vec::with_capacity(ELEMENTS_PER_STATEMENT);
+        let flush = |w: &mut ChunkWriter, batch: &mut Vec<(&str, &Element)>| {
+            if batch.is_empty() {
+                return;
+            }
+            w.begin(batch.len());
+            let _ = write!(w.cur, "add element {} {table} {set} {{ ", f.as_str());
+            for (i, (k, e)) in batch.iter().enumerate() {
+                if i > 0 {
+                    w.cur.push_str(", ");
+                }
+                w.cur.push_str(k);
+                if let Some(c) = &e.comment {
+                    let _ = write!(w.cur, " comment \"{c}\"");
+                }
+                if let Some(v) = &e.value {
+                    w.cur.push_str(" : ");
+                    w.cur.push_str(v);
+                }
+            }
+            w.cur.push_str(" }\n");
+            batch.clear();
+        };
+        for e in elements {
+            batch.push(e);
+            if batch.len() == ELEMENTS_PER_STATEMENT {
+                flush(self, &mut batch);
+            }
+        }
+        flush(self, &mut batch);
+    }
+
+    /// The texts written (none when streaming: the last one goes to the
+    /// sink).
+    pub fn finish(mut self) -> Vec<String> {
+        if !self.cur.is_empty() {
+            let text = std::mem::take(&mut self.cur);
+            self.emit(text);
+        }
+        self.chunks
+    }
+}
+
 fn set_kw(map: bool) -> &'static str {
     if map { "map" } else { "set" }
 }
 
-fn render_op(out: &mut String, f: Family, t: &str, op: &Op) {
+/// Append one operation's statement (no newline).
+pub(crate) fn render_op(out: &mut String, f: Family, t: &str, op: &Op) {
     let fam = f.as_str();
     match op {
         Op::AddTable { comment } => {

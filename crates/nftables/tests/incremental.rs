@@ -7,7 +7,7 @@ mod common;
 
 use common::cluster::{Svc, changes, graph};
 use common::normalised_listing;
-use kproxy_graph::{Backend, ServiceGraph};
+use kproxy_graph::{Backend, Generator, ServiceGraph};
 use kproxy_nftables::NftablesBackend;
 use kproxy_testkit::{NetNs, line_diff};
 
@@ -195,4 +195,46 @@ fn failed_transaction_keeps_rules_and_reports_the_statement() {
         normalised_listing(&ns, false),
         normalised_listing(&full_ns, false)
     );
+}
+
+#[test]
+fn large_full_loads_split_into_bounded_transactions_load_the_same_table() {
+    let svcs: Vec<Svc> = (0..300)
+        .map(|i| {
+            let mut s = Svc::new(
+                "bulk",
+                &format!("s{i}"),
+                &format!("172.30.{}.{}", i / 250, i % 250 + 1),
+                80,
+            )
+            .ep(&format!("10.1.{}.{}", i / 250, i % 250 + 1), "node-2")
+            .ep(&format!("10.2.{}.{}", i / 250, i % 250 + 1), "test-node");
+            s.node_port = Some(30000 + i as u16);
+            s
+        })
+        .collect();
+    let g = graph(&svcs);
+    let split_ns = NetNs::new("nft");
+    let stats = NftablesBackend::in_netns(split_ns.name())
+        .max_elements_per_transaction(1000)
+        .sync(&g, None)
+        .expect("split load");
+    assert!(stats.full);
+    let one_ns = NetNs::new("nft");
+    NftablesBackend::in_netns(one_ns.name())
+        .sync(&g, None)
+        .expect("single load");
+    assert_eq!(
+        normalised_listing(&split_ns, false),
+        normalised_listing(&one_ns, false)
+    );
+    // The split really happened: 300 services make far more than 1000 elements.
+    let elements: usize = kproxy_nftables::NftGenerator
+        .generate(&g)
+        .expect("generate")
+        .tables()
+        .iter()
+        .map(|t| t.element_count())
+        .sum();
+    assert!(elements > 2000, "{elements}");
 }

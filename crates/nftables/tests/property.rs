@@ -150,7 +150,7 @@ fn random_graphs_render_to_text_nft_accepts() {
             .generate(&g)
             .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         elements += ruleset
-            .tables
+            .tables()
             .iter()
             .map(|t| t.element_count())
             .sum::<usize>();

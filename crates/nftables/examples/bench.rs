@@ -1,0 +1,369 @@
+//! Benchmark of the nftables backend against kube-proxy's nftables layout,
+//! on this machine, in the same run, in empty network namespaces.
+//!
+//! ```text
+//! cargo run --release -p kproxy-nftables --example bench -- \
+//!     [--sizes 1000,10000,50000] [--kube-proxy-sizes 1000,10000] \
+//!     [--endpoints 10] [--reps 3] [--changes 7]
+//! ```
+//!
+//! Needs root (network namespaces). Every measurement runs in a fresh
+//! child process (so peak memory is per case): the child prints one line,
+//! the parent reports medians with min and max. Measured:
+//! - `gen`: generation + rendering of the full ruleset (no kernel);
+//! - `full`: a full sync through `NftablesBackend` into an empty namespace
+//!   (generate, render, `nft -f`), then `--changes` single-endpoint changes
+//!   as incremental syncs; peak RSS of this process and of the largest
+//!   `nft` it ran;
+//! - `kube`: kube-proxy v1.36's layout for the same cluster (a chain per
+//!   service whose rule DNATs through an anonymous `numgen` map, one
+//!   `service-ips` element per service) in one `nft -f` transaction.
+
+#![allow(clippy::unwrap_used, reason = "a benchmark program, failures abort it")]
+
+#[path = "common/synthetic.rs"]
+mod synthetic;
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use kproxy_graph::{Backend, ChangeSet, Generator, IpFamily, Render};
+use kproxy_nftables::{NftGenerator, NftablesBackend};
+
+/// A network namespace deleted on drop.
+struct Ns(String);
+
+impl Ns {
+    fn new(tag: &str) -> Ns {
+        let name = format!("nft-bench-{tag}-{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "ip netns add {name} failed (run as root)");
+        Ns(name)
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+fn self_peak_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Peak RSS of the `nft` processes this process runs, sampled from /proc
+/// every 5 ms by a thread (getrusage's RUSAGE_CHILDREN would count
+/// the parent's pages shared with a freshly spawned child). `VmHWM` is the
+/// process's own high-water mark, so a sample shortly before exit sees the
+/// peak.
+struct NftPeak {
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl NftPeak {
+    fn start() -> NftPeak {
+        use std::sync::atomic::Ordering;
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        let me = std::process::id().to_string();
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                // Only this process's children (cheap; scanning all of
+                // /proc every few ms would itself slow the benchmark).
+                let children = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"))
+                    .unwrap_or_default();
+                for pid in children.split_whitespace() {
+                    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                        continue;
+                    };
+                    let get = |k: &str| {
+                        status
+                            .lines()
+                            .find_map(|l| l.strip_prefix(k))
+                            .map(|v| v.trim().trim_end_matches("kB").trim().to_string())
+                    };
+                    if get("Name:").as_deref() == Some("nft")
+                        && get("PPid:").as_deref() == Some(&me)
+                    {
+                        let hwm: u64 = get("VmHWM:").and_then(|v| v.parse().ok()).unwrap_or(0);
+                        p.fetch_max(hwm, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        });
+        NftPeak { peak, stop }
+    }
+
+    fn finish(self) -> u64 {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// kube-proxy v1.36's shape for the same cluster (reference §2.12).
+fn kube_proxy_layout(g: &kproxy_graph::ServiceGraph) -> String {
+    let mut out = String::new();
+    out.push_str("add table ip kube-proxy\n");
+    out.push_str(
+        "add chain ip kube-proxy nat-prerouting { type nat hook prerouting priority -100 ; }\n",
+    );
+    out.push_str("add chain ip kube-proxy services\n");
+    out.push_str("add set ip kube-proxy cluster-ips { type ipv4_addr ; }\n");
+    out.push_str(
+        "add map ip kube-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }\n",
+    );
+    out.push_str("add rule ip kube-proxy nat-prerouting jump services\n");
+    out.push_str("add rule ip kube-proxy services ip daddr @cluster-ips ip saddr != 10.0.0.0/8 meta mark set meta mark | 0x4000\n");
+    out.push_str(
+        "add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips\n",
+    );
+    let fg = g.family(IpFamily::V4).unwrap();
+    for sp in fg.services.values() {
+        let chain = format!("service-{}", kproxy_nftables::names::service_base(&sp.name));
+        let _ = writeln!(out, "add chain ip kube-proxy {chain}");
+        let map: Vec<String> = sp
+            .cluster_endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format!("{i} : {} . {}", e.ip, e.port))
+            .collect();
+        let _ = writeln!(
+            out,
+            "add rule ip kube-proxy {chain} meta l4proto tcp dnat ip to numgen random mod {} map {{ {} }}",
+            map.len(),
+            map.join(", ")
+        );
+        let _ = writeln!(
+            out,
+            "add element ip kube-proxy cluster-ips {{ {} }}",
+            sp.cluster_ip
+        );
+        let _ = writeln!(
+            out,
+            "add element ip kube-proxy service-ips {{ {} . tcp . {} : goto {chain} }}",
+            sp.cluster_ip, sp.port
+        );
+    }
+    out
+}
+
+fn nft_apply(ns: &str, text: &str) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "nft -f failed");
+}
+
+/// One measurement, in this (child) process. Prints `key=value` pairs.
+fn run_case(kind: &str, n: usize, e: usize, changes: usize) {
+    let g = synthetic::graph(n, e);
+    match kind {
+        "gen" => {
+            let graph_kib = self_peak_kib();
+            let t = Instant::now();
+            let ruleset = NftGenerator.generate(&g).unwrap();
+            let gen_secs = t.elapsed().as_secs_f64();
+            let text = ruleset.render();
+            let secs = t.elapsed().as_secs_f64();
+            eprintln!("generate {gen_secs:.3}s, render {:.3}s", secs - gen_secs);
+            println!(
+                "secs={secs} bytes={} graph_kib={graph_kib} self_kib={}",
+                text.len(),
+                self_peak_kib()
+            );
+        }
+        "full" => {
+            let ns = Ns::new("full");
+            let mut be = NftablesBackend::in_netns(&ns.0);
+            let graph_kib = self_peak_kib();
+            let mon = NftPeak::start();
+            let t = Instant::now();
+            let stats = be.sync(&g, None).unwrap();
+            let secs = t.elapsed().as_secs_f64();
+            let (self_kib, nft_kib) = (self_peak_kib(), mon.finish());
+            let mut prev = g;
+            let mut change_secs = Vec::new();
+            for k in 0..changes {
+                let next = synthetic::change_one_endpoint(&prev, (k * 7919) % n, e, k as u32);
+                let cs = ChangeSet::between(&prev, &next);
+                let t = Instant::now();
+                let st = be.sync(&next, Some(&cs)).unwrap();
+                change_secs.push(t.elapsed().as_secs_f64());
+                assert!(!st.full);
+                prev = next;
+            }
+            let cs: Vec<String> = change_secs.iter().map(|s| s.to_string()).collect();
+            println!(
+                "secs={secs} bytes={} graph_kib={graph_kib} self_kib={self_kib} nft_kib={nft_kib} changes={}",
+                stats.bytes_written,
+                cs.join(",")
+            );
+        }
+        "kube" => {
+            let text = kube_proxy_layout(&g);
+            let ns = Ns::new("kube");
+            let mon = NftPeak::start();
+            let t = Instant::now();
+            nft_apply(&ns.0, &text);
+            let secs = t.elapsed().as_secs_f64();
+            println!("secs={secs} bytes={} nft_kib={}", text.len(), mon.finish());
+        }
+        _ => panic!("unknown case {kind}"),
+    }
+}
+
+fn field(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(String::from))
+}
+
+fn median_min_max(mut v: Vec<f64>) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let med = v[v.len() / 2];
+    let fmt = |s: f64| {
+        if s < 1.0 {
+            format!("{:.1} ms", s * 1e3)
+        } else {
+            format!("{s:.2} s")
+        }
+    };
+    format!(
+        "{} (min {}, max {}, n={})",
+        fmt(med),
+        fmt(v[0]),
+        fmt(v[v.len() - 1]),
+        v.len()
+    )
+}
+
+fn child(kind: &str, n: usize, e: usize, changes: usize) -> String {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "case",
+            kind,
+            &n.to_string(),
+            &e.to_string(),
+            &changes.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "case {kind} {n}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn list(args: &[String], flag: &str, default: &[usize]) -> Vec<usize> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("case") {
+        let num = |i: usize| args[i].parse::<usize>().unwrap();
+        run_case(&args[2], num(3), num(4), num(5));
+        return;
+    }
+    let sizes = list(&args, "--sizes", &[1000, 10_000, 50_000]);
+    let kube_sizes = list(&args, "--kube-proxy-sizes", &[1000, 10_000]);
+    let e = list(&args, "--endpoints", &[10])[0];
+    let reps = list(&args, "--reps", &[3])[0];
+    let changes = list(&args, "--changes", &[7])[0];
+    println!("# nftables backend benchmark: {e} endpoints per service, {reps} runs per case");
+    println!(
+        "| case | services | median (min, max) | peak RSS kproxy (graph alone) | peak RSS nft |"
+    );
+    println!("|---|---:|---|---:|---:|");
+    for &n in &sizes {
+        let mut gen_secs = Vec::new();
+        let (mut gen_kib, mut graph_kib) = (0u64, 0u64);
+        for _ in 0..reps {
+            let l = child("gen", n, e, 0);
+            gen_secs.push(field(&l, "secs").unwrap().parse().unwrap());
+            gen_kib = gen_kib.max(field(&l, "self_kib").unwrap().parse().unwrap());
+            graph_kib = graph_kib.max(field(&l, "graph_kib").unwrap().parse().unwrap());
+        }
+        println!(
+            "| generate + render | {n} | {} | {} MiB ({} MiB) | - |",
+            median_min_max(gen_secs),
+            gen_kib / 1024,
+            graph_kib / 1024
+        );
+        let (mut full, mut change) = (Vec::new(), Vec::new());
+        let (mut own, mut nft, mut graph_kib) = (0u64, 0u64, 0u64);
+        for _ in 0..reps {
+            let l = child("full", n, e, changes);
+            full.push(field(&l, "secs").unwrap().parse().unwrap());
+            own = own.max(field(&l, "self_kib").unwrap().parse().unwrap());
+            graph_kib = graph_kib.max(field(&l, "graph_kib").unwrap().parse().unwrap());
+            nft = nft.max(field(&l, "nft_kib").unwrap().parse().unwrap());
+            change.extend(
+                field(&l, "changes")
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|s| s.parse::<f64>().ok()),
+            );
+        }
+        println!(
+            "| full sync (kproxy layout) | {n} | {} | {} MiB ({} MiB) | {} MiB |",
+            median_min_max(full),
+            own / 1024,
+            graph_kib / 1024,
+            nft / 1024
+        );
+        println!(
+            "| one endpoint change (incremental) | {n} | {} | - | - |",
+            median_min_max(change)
+        );
+    }
+    for &n in &kube_sizes {
+        let runs = if n >= 10_000 { 1 } else { reps };
+        let mut secs = Vec::new();
+        let mut nft = 0u64;
+        for _ in 0..runs {
+            let l = child("kube", n, e, 0);
+            secs.push(field(&l, "secs").unwrap().parse().unwrap());
+            nft = nft.max(field(&l, "nft_kib").unwrap().parse().unwrap());
+        }
+        println!(
+            "| full load (kube-proxy v1.36 layout) | {n} | {} | - | {} MiB |",
+            median_min_max(secs),
+            nft / 1024
+        );
+    }
+}
