@@ -155,12 +155,12 @@ pub fn run(kproxy: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     }
     say("");
     say(&format!(
-        "What the kernel holds now (ip netns exec {} nft list table ip kproxy), first lines:",
+        "What the kernel holds now (ip netns exec {} nft list table ip kproxy; empty sets and chains left out):",
         topo.node.name()
     ));
     match topo.node.exec(&["nft", "list", "table", "ip", "kproxy"]) {
         Ok(t) => {
-            for l in t.lines().take(40) {
+            for l in interesting_blocks(&t) {
                 say(&format!("  {l}"));
             }
         }
@@ -170,6 +170,39 @@ pub fn run(kproxy: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     say("");
     say("Cleaned up: the namespaces, their rules and the echo servers are gone.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The blocks of `nft list table` output that hold something: chains with
+/// rules, sets and maps with elements.
+fn interesting_blocks(listing: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut block: Vec<&str> = Vec::new();
+    for line in listing.lines() {
+        let t = line.trim();
+        if block.is_empty() {
+            if t.starts_with("chain ") || t.starts_with("map ") || t.starts_with("set ") {
+                block.push(line);
+            }
+            continue;
+        }
+        block.push(line);
+        if t == "}" {
+            let body = &block[1..block.len() - 1];
+            let keep = if block[0].trim().starts_with("chain ") {
+                body.iter().any(|l| {
+                    let l = l.trim();
+                    !l.is_empty() && !l.starts_with("type ") && !l.starts_with("comment ")
+                })
+            } else {
+                body.iter().any(|l| l.trim().starts_with("elements"))
+            };
+            if keep {
+                out.extend(block.iter().map(|l| l.replace('\t', "  ")));
+            }
+            block.clear();
+        }
+    }
+    out
 }
 
 fn say(s: &str) {

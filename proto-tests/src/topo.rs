@@ -164,7 +164,7 @@ pub fn cleanup_stale() -> Result<Vec<String>, HarnessError> {
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
-        if Path::new(&format!("/proc/{pid}")).exists() {
+        if process_alive(pid) {
             continue;
         }
         if let Ok(pids) = run(&["ip", "netns", "pids", name]) {
@@ -176,6 +176,18 @@ pub fn cleanup_stale() -> Result<Vec<String>, HarnessError> {
         removed.push(name.to_string());
     }
     Ok(removed)
+}
+
+/// Whether `pid` runs (a zombie, killed but not yet reaped, does not).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Format: `pid (comm) state ...`; comm may contain spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 /// On SIGINT/SIGTERM/SIGHUP: delete every namespace this process made, then
@@ -209,7 +221,7 @@ pub fn preflight() -> Result<(), HarnessError> {
     let uid = run(&["id", "-u"])?;
     if uid.trim() != "0" {
         return Err(HarnessError::Preflight(
-            "proto-tests need root (network namespaces, netfilter): run `sudo make proto-test`"
+            "root is needed (network namespaces and netfilter rules inside them); run as root, e.g. `sudo make proto-test`"
                 .into(),
         ));
     }
