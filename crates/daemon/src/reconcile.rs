@@ -130,6 +130,7 @@ impl Reconciler {
         self.last_attempt = Some(started);
         let graph = self.build_graph(objects, source_warnings);
         self.report_warnings(&graph);
+        let graph_built = started.elapsed();
 
         let full_due = self
             .last_full
@@ -218,6 +219,7 @@ impl Reconciler {
                     bytes_written = stats.bytes_written,
                     rules_total = stats.rules_total,
                     duration_ms = elapsed.as_millis() as u64,
+                    graph_ms = graph_built.as_millis() as u64,
                     "synced"
                 );
                 if !self.opts.dry_run
