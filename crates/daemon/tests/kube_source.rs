@@ -269,7 +269,7 @@ async fn follows_the_api_and_survives_its_absence(backend: &str) {
 
     // A daemon restarted while the API server fails keeps the old rules
     // (nothing is flushed before the first full sync), then catches up.
-    emu.fail_for(Duration::from_secs(4));
+    emu.fail_for(Duration::from_secs(600));
     emu.apply(&slice(&["10.0.1.6"])).expect("slice");
     let mut daemon = Daemon::start(&ns, backend, &kubeconfig, &log);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -279,6 +279,7 @@ async fn follows_the_api_and_survives_its_absence(backend: &str) {
         waiting.contains("10.0.1.5") && !waiting.contains("10.0.1.6"),
         "{backend}: a daemon waiting for the API server changed the rules:\n{waiting}"
     );
+    emu.recover();
     wait("the restarted daemon's first sync", 90, |r| {
         r.contains("10.0.1.6") && !r.contains("10.0.1.5")
     })
@@ -377,9 +378,9 @@ impl Client {
             while !flag.load(Ordering::SeqCst) {
                 let r = (|| {
                     let mut s =
-                        std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1))
+                        std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3))
                             .map_err(|e| format!("connect: {e}"))?;
-                    s.set_read_timeout(Some(Duration::from_secs(1)))
+                    s.set_read_timeout(Some(Duration::from_secs(3)))
                         .map_err(|e| e.to_string())?;
                     let mut reply = String::new();
                     s.read_to_string(&mut reply)

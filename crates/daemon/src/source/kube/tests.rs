@@ -151,6 +151,20 @@ impl Harness {
         .expect("kube source starts")
     }
 
+    /// Waits until no watch is open: changes made after this cannot
+    /// travel through a stream that was open before.
+    async fn all_watches_closed(&self) {
+        let end = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.emu.open_watches() > 0 {
+            assert!(
+                tokio::time::Instant::now() < end,
+                "{} watches still open 10 s after the hang-up",
+                self.emu.open_watches()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Lists (not watches) of `resource` the emulator served so far.
     fn lists(&self, resource: &str) -> usize {
         self.emu
@@ -274,7 +288,9 @@ async fn first_sync_waits_for_every_list() {
     let h = harness("wait-all").await;
     base(&h);
     // Nodes cannot be listed for a while; Services and EndpointSlices can.
-    h.emu.fail_matching_for("/nodes", Duration::from_secs(3));
+    // (Failures end by `recover`, not by a timer, so a slow machine cannot
+    // end them before the assertion.)
+    h.emu.fail_matching_for("/nodes", Duration::from_secs(600));
     let mut src = h.source(None).await;
     let early = tokio::time::timeout(Duration::from_secs(2), src.changed()).await;
     assert!(
@@ -283,6 +299,12 @@ async fn first_sync_waits_for_every_list() {
         summary(&src.snapshot())
     );
     assert!(!src.synced());
+    assert!(
+        h.lists("services") > 0 && h.lists("endpointslices") > 0,
+        "the other lists were not even tried: {:#?}",
+        h.emu.requests()
+    );
+    h.emu.recover();
     wait_for(&mut src, &base_summary(), CATCH_UP).await;
 }
 
@@ -360,17 +382,25 @@ async fn catches_up_after_the_api_server_fails_for_a_while() {
     wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
     assert!(h.emu.wait_for_watches(3, Duration::from_secs(10)).await);
 
-    h.emu.fail_for(Duration::from_secs(3));
+    h.emu.fail_for(Duration::from_secs(600));
     h.emu.hang_up_watches();
+    h.all_watches_closed().await;
     h.apply(service("default", "web", 8080, json!({})));
     h.apply(slice("default", "web-1", "web", &["10.0.1.9"], json!({})));
     h.apply(node(NODE, "z3"));
     // The watchers notice the failures.
-    let end = tokio::time::Instant::now() + Duration::from_secs(3);
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
     while src.errors().is_empty() && tokio::time::Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!src.errors().is_empty(), "no watcher saw the HTTP 500s");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        summary(&src.snapshot()),
+        base_summary(),
+        "the last good state stays during the outage"
+    );
+    h.emu.recover();
     let want = Summary {
         services: s(&["default/web:8080"]),
         slices: s(&["default/web-1=10.0.1.9"]),
@@ -391,14 +421,16 @@ async fn relists_when_a_watch_falls_behind_the_history() {
     // While the watchers are disconnected, more changes happen than the
     // server keeps: resuming from the old resourceVersion is 410 Gone.
     h.emu.set_history_limit(2);
-    h.emu.fail_for(Duration::from_secs(2));
+    h.emu.fail_for(Duration::from_secs(600));
     h.emu.hang_up_watches();
+    h.all_watches_closed().await;
     for i in 0..5u16 {
         h.apply(service("default", &format!("s{i}"), 1000 + i, json!({})));
     }
     h.emu
         .delete(Kind::Service, "default", "s0")
         .expect("deleted");
+    h.emu.recover();
     let want = Summary {
         services: s(&[
             "default/s1:1001",
@@ -474,6 +506,7 @@ async fn resumes_watches_after_hang_ups_without_relisting() {
     let mut want = base_summary();
     for i in 0..3 {
         h.emu.hang_up_watches();
+        h.all_watches_closed().await;
         let ip = format!("10.0.9.{i}");
         h.apply(slice("default", "web-1", "web", &[&ip], json!({})));
         want.slices = vec![format!("default/web-1={ip}")];
