@@ -168,7 +168,13 @@ fn rule_changes(d: &mut Diff, here: &str, cur: &[&IptRule], want: &[&IptRule]) {
 }
 
 fn canon_nft_rule(r: &crate::nftables::NftRule) -> String {
-    format!("{:?}", r.stmts)
+    // After `meta l4proto tcp`, nft prints `th dport` as `tcp dport` (the
+    // kernel holds the same expressions), so both spell one rule.
+    let mut s = format!("{:?}", r.stmts);
+    for p in ["6", "17", "132"] {
+        s = s.replace(&format!("ProtoDport({p})"), "Dport");
+    }
+    s
 }
 
 /// Compare two nftables rulesets (`nft list table` output or `nft -f`

@@ -599,6 +599,17 @@ fn parse_concat(s: &mut Stream<'_>) -> Result<Vec<Sel>, String> {
         s.next();
         v.push(parse_sel(s)?);
     }
+    if v.len() > 1 {
+        // Inside a concatenation nft adds no protocol dependency, and
+        // `nft list` prints a plain transport-header port load as `tcp
+        // dport` even for UDP traffic (seen with nft 1.0.x listing kproxy's
+        // `meta l4proto . th dport` keys): read it as `th dport`.
+        for sel in &mut v {
+            if matches!(sel, Sel::ProtoDport(_)) {
+                *sel = Sel::Dport;
+            }
+        }
+    }
     Ok(v)
 }
 
