@@ -1,7 +1,8 @@
 //! `kproxy-apiserver-emulator`: a small Kubernetes API server for tests.
 //!
 //! [`Emulator`] serves, over plain HTTP/1.1 on loopback, what a service
-//! proxy reads: LIST, GET and WATCH of Services (`/api/v1/services`),
+//! proxy reads: LIST (paged with `limit`/`continue` from a consistent
+//! snapshot), GET and WATCH of Services (`/api/v1/services`),
 //! EndpointSlices (`/apis/discovery.k8s.io/v1/endpointslices`) and Nodes
 //! (`/api/v1/nodes`, also a single node by name or by the field selector
 //! `metadata.name=...`), plus enough discovery (`/version`, `/api`,
@@ -350,6 +351,11 @@ impl Emulator {
             st.history_limit = limit;
         }
         self.shared.expire.send_modify(|g| *g += 1);
+    }
+
+    /// Forgets every unfinished paged list: continuing one is 410 Gone.
+    pub fn expire_list_pages(&self) {
+        self.shared.lock().pages.clear();
     }
 
     /// Keeps at most `limit` change events; a watch resuming from before

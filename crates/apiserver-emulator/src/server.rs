@@ -80,6 +80,8 @@ struct Query {
     resource_version: Option<String>,
     bookmarks: bool,
     timeout: Option<u64>,
+    limit: Option<usize>,
+    continue_token: Option<String>,
 }
 
 fn parse_query(q: Option<&str>) -> Query {
@@ -94,6 +96,8 @@ fn parse_query(q: Option<&str>) -> Query {
             "resourceVersion" => out.resource_version = Some(v),
             "allowWatchBookmarks" => out.bookmarks = v == "true",
             "timeoutSeconds" => out.timeout = v.parse().ok(),
+            "limit" => out.limit = v.parse().ok().filter(|l| *l > 0),
+            "continue" => out.continue_token = Some(v).filter(|c| !c.is_empty()),
             _ => {}
         }
     }
@@ -266,7 +270,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
             if q.watch {
                 watch(shared, filter, &q)
             } else {
-                list(&shared, &filter)
+                list(&shared, &filter, q.limit, q.continue_token.as_deref())
             }
         }
     }
@@ -285,22 +289,54 @@ impl Filter {
     }
 }
 
-fn list(shared: &Shared, filter: &Filter) -> Response<Body> {
-    let st = shared.lock();
-    // Paging (limit/continue) is not implemented: answering with the whole
-    // list and no continue token is valid API behaviour.
-    let items: Vec<Value> = st
-        .objects
-        .iter()
-        .filter(|((k, _, _), o)| *k == filter.kind && filter.matches(o))
-        .map(|(_, o)| o.clone())
-        .collect();
+fn list(
+    shared: &Shared,
+    filter: &Filter,
+    limit: Option<usize>,
+    continue_token: Option<&str>,
+) -> Response<Body> {
+    let mut st = shared.lock();
+    // A paged list is one consistent snapshot, as from etcd: later pages
+    // come from the snapshot taken for the first, whatever changed since,
+    // and all carry the first page's resourceVersion.
+    let (rv, mut items) = match continue_token {
+        Some(token) => match token
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| st.pages.remove(&id))
+        {
+            Some(page) => page,
+            None => {
+                return error(
+                    StatusCode::GONE,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                );
+            }
+        },
+        None => (
+            st.rv,
+            st.objects
+                .iter()
+                .filter(|((k, _, _), o)| *k == filter.kind && filter.matches(o))
+                .map(|(_, o)| o.clone())
+                .collect(),
+        ),
+    };
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if let Some(limit) = limit
+        && items.len() > limit
+    {
+        let rest = items.split_off(limit);
+        metadata["remainingItemCount"] = json!(rest.len());
+        metadata["continue"] = json!(st.store_page(rv, rest).to_string());
+    }
     full(
         StatusCode::OK,
         &json!({
             "kind": format!("{}List", filter.kind.kind()),
             "apiVersion": filter.kind.api_version(),
-            "metadata": {"resourceVersion": st.rv.to_string()},
+            "metadata": metadata,
             "items": items,
         }),
     )

@@ -50,6 +50,9 @@ pub(crate) struct State {
     pub fail_matching: Option<String>,
     pub bookmark_interval: Duration,
     pub requests: Vec<String>,
+    /// The rest of paged lists, by continue token: (resourceVersion, items).
+    pub pages: BTreeMap<u64, (u64, Vec<Value>)>,
+    next_page: u64,
     next_uid: u64,
 }
 
@@ -66,8 +69,22 @@ impl State {
             fail_matching: None,
             bookmark_interval: Duration::from_secs(1),
             requests: Vec::new(),
+            pages: BTreeMap::new(),
+            next_page: 1,
             next_uid: 1,
         }
+    }
+
+    /// Keeps the rest of a paged list; returns its continue token.
+    pub fn store_page(&mut self, rv: u64, items: Vec<Value>) -> u64 {
+        let id = self.next_page;
+        self.next_page += 1;
+        self.pages.insert(id, (rv, items));
+        // Abandoned lists are forgotten eventually, as etcd compacts.
+        while self.pages.len() > 64 {
+            self.pages.pop_first();
+        }
+        id
     }
 
     pub fn failing(&self, path: &str) -> bool {

@@ -262,3 +262,34 @@ async fn kubeconfig_points_at_the_server() {
         .expect_err("pods are not served");
     assert!(err.to_string().contains("Pod"), "{err}");
 }
+
+#[tokio::test]
+async fn paged_lists_are_one_consistent_snapshot() {
+    let (emu, addr) = Emulator::start().await.expect("start");
+    for n in ["a", "b", "c", "d", "e"] {
+        emu.apply(&svc(n, json!({}))).expect("apply");
+    }
+    let (code, p1) = get(addr, "/api/v1/services?limit=2").await;
+    assert_eq!(code, 200);
+    assert_eq!(names(&p1), ["a", "b"]);
+    assert_eq!(p1["metadata"]["remainingItemCount"], 3);
+    let rv = p1["metadata"]["resourceVersion"].clone();
+    // Changes after the first page do not show in the later ones.
+    emu.delete(Kind::Service, "default", "d").expect("deleted");
+    let token = p1["metadata"]["continue"].as_str().expect("continue token");
+    let (_, p2) = get(addr, &format!("/api/v1/services?limit=2&continue={token}")).await;
+    assert_eq!(names(&p2), ["c", "d"]);
+    assert_eq!(p2["metadata"]["resourceVersion"], rv);
+    let token = p2["metadata"]["continue"].as_str().expect("continue token");
+    let (_, p3) = get(addr, &format!("/api/v1/services?limit=2&continue={token}")).await;
+    assert_eq!(names(&p3), ["e"]);
+    assert!(p3["metadata"].get("continue").is_none(), "{p3}");
+    // A used or forgotten token is 410 Gone: the client must list afresh.
+    let (code, gone) = get(addr, &format!("/api/v1/services?limit=2&continue={token}")).await;
+    assert_eq!((code, gone["reason"].as_str()), (410, Some("Expired")));
+    let (_, p1) = get(addr, "/api/v1/services?limit=3").await;
+    emu.expire_list_pages();
+    let token = p1["metadata"]["continue"].as_str().expect("continue token");
+    let (code, _) = get(addr, &format!("/api/v1/services?continue={token}")).await;
+    assert_eq!(code, 410);
+}

@@ -112,7 +112,12 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, config)
+            .default_backoff()
+            .modify(strip_unused_metadata),
+    );
     let kind = KINDS[index];
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -146,6 +151,20 @@ where
         status.send_modify(|s| s.ended = Some(format!("the {kind} watcher stopped")));
     });
     (store, task)
+}
+
+/// The annotation `kubectl apply` keeps a whole copy of the object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what the graph never reads and can be most of an object's size
+/// (managedFields, kubectl's last-applied copy), so the stores of a large
+/// cluster cost less memory.
+fn strip_unused_metadata<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
 }
 
 async fn client_config(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Config> {

@@ -591,6 +591,14 @@ async fn large_cluster_syncs_and_follows_changes() {
         snap.services[usize::from(N) - 1].metadata.name.as_deref(),
         Some("svc-1999")
     );
+    // The initial lists were paged (kube-runtime asks for 500 at a time).
+    assert!(
+        h.emu
+            .requests()
+            .iter()
+            .any(|r| r.contains("/services?") && r.contains("continue=")),
+        "the Service list was not paged"
+    );
     // One change among many arrives alone.
     h.apply(slice(
         "bulk",
@@ -620,4 +628,30 @@ async fn large_cluster_syncs_and_follows_changes() {
         "{N} services + {N} slices: initial sync {synced:?}, snapshot {snapshot:?}, one change {:?}",
         t.elapsed()
     );
+}
+
+#[tokio::test]
+async fn unused_metadata_is_not_kept() {
+    let h = harness("strip").await;
+    base(&h);
+    let mut svc = service("default", "big", 80, json!({}));
+    svc["metadata"]["annotations"] = json!({
+        "kubectl.kubernetes.io/last-applied-configuration": "{\"a\": \"long copy\"}",
+        "keep": "me",
+    });
+    svc["metadata"]["managedFields"] = json!([{"manager": "kubectl", "operation": "Apply",
+        "apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]);
+    h.apply(svc);
+    let mut src = h.source(None).await;
+    let want = Summary {
+        services: s(&["default/big:80", "default/web:80"]),
+        ..base_summary()
+    };
+    wait_for(&mut src, &want, Duration::from_secs(20)).await;
+    let snap = src.snapshot();
+    let meta = &snap.services[0].metadata;
+    assert_eq!(meta.name.as_deref(), Some("big"));
+    assert!(meta.managed_fields.is_none(), "{meta:?}");
+    let annotations = meta.annotations.clone().unwrap_or_default();
+    assert_eq!(annotations.keys().collect::<Vec<_>>(), ["keep"], "{meta:?}");
 }
