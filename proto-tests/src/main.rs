@@ -81,8 +81,9 @@ enum Cmd {
         /// The kproxy binary (default: build it).
         #[arg(long, env = "KPROXY_BIN")]
         kproxy: Option<PathBuf>,
-        /// `run` (kproxy run --once in the node) or `render` (kproxy render,
-        /// loaded with nft / iptables-restore).
+        /// `run` (kproxy run --once in the node at every step), `daemon` (one
+        /// kproxy run per scenario, following its source file) or `render`
+        /// (kproxy render, loaded with nft / iptables-restore).
         #[arg(long, env = "PROTO_APPLY", default_value = "run")]
         apply: String,
     },
@@ -169,6 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &me,
                 &match apply.as_str() {
                     "render" => Applier::Render { bin },
+                    "daemon" => Applier::Daemon { bin },
                     "run" => Applier::Kproxy { bin },
                     other => anyhow::bail!("--apply {other:?}: want run or render"),
                 },

@@ -37,6 +37,15 @@ pub enum Applier {
         /// The `kproxy` binary.
         bin: PathBuf,
     },
+    /// One long-running `kproxy run` (no `--once`) per scenario: later
+    /// steps rewrite its source file and wait for the next sync, so the
+    /// daemon's incremental syncs answer to the same probes
+    /// (PROTO_APPLY=daemon; the scenarios test runs every scenario with
+    /// steps this way too).
+    Daemon {
+        /// The `kproxy` binary.
+        bin: PathBuf,
+    },
     /// `nft -f -` with this script at every step (the harness's own tests).
     Nft {
         /// The ruleset.
@@ -102,6 +111,8 @@ pub struct ScenarioReport {
     pub probes: Vec<ProbeReport>,
     /// Wall time.
     pub elapsed: Duration,
+    /// The daemon's last log lines when a probe failed (daemon mode).
+    pub daemon_log: Option<String>,
 }
 
 impl ScenarioReport {
@@ -191,6 +202,12 @@ impl ScenarioReport {
                 p.step, p.probe, p.expect, p.observed
             );
         }
+        if let Some(l) = &self.daemon_log {
+            let _ = writeln!(s, "   daemon log (last lines):");
+            for line in l.lines() {
+                let _ = writeln!(s, "     {line}");
+            }
+        }
         if self.scenario_xpass() {
             let _ = writeln!(
                 s,
@@ -252,7 +269,11 @@ pub fn run_scenario(s: &Scenario, backend: BackendName, cfg: &RunConfig) -> Scen
     let start = Instant::now();
     let mut rep = ScenarioReport {
         scenario: s.name.clone(),
-        backend: backend.to_string(),
+        backend: match cfg.applier {
+            Applier::Daemon { .. } => format!("{backend} (daemon)"),
+            Applier::Render { .. } => format!("{backend} (render)"),
+            _ => backend.to_string(),
+        },
         setup_error: None,
         known_failure: s
             .known_failure
@@ -261,6 +282,7 @@ pub fn run_scenario(s: &Scenario, backend: BackendName, cfg: &RunConfig) -> Scen
             .cloned(),
         probes: Vec::new(),
         elapsed: Duration::ZERO,
+        daemon_log: None,
     };
     let topo = match Topology::build(&topology_spec(s), &cfg.proto_bin) {
         Ok(t) => t,
@@ -274,20 +296,190 @@ pub fn run_scenario(s: &Scenario, backend: BackendName, cfg: &RunConfig) -> Scen
     let probes_per_step: Vec<&[Probe]> = std::iter::once(s.probes.as_slice())
         .chain(s.steps.iter().map(|st| st.probes.as_slice()))
         .collect();
+    let mut daemon: Option<Daemon> = None;
     for (step, (objs, probes)) in per_step.iter().zip(probes_per_step).enumerate() {
-        if let Err(e) = sync(s, &topo, objs, backend, cfg) {
+        let synced = match &cfg.applier {
+            Applier::Daemon { bin } => daemon_sync(s, &topo, objs, backend, bin, &mut daemon),
+            _ => sync(s, &topo, objs, backend, cfg),
+        };
+        if let Err(e) = synced {
             rep.setup_error = Some(format!("step {step}: {e}"));
             break;
         }
         for p in probes {
+            // A fixed-port probe depends on the conntrack clean-up, which the
+            // daemon runs after it reports the sync.
+            if p.source_port.is_some()
+                && let Some(d) = &daemon
+            {
+                d.wait_log_quiet(Duration::from_millis(1500));
+            }
             if let Some(r) = run_probe(&topo, step, p, backend, cfg, rep.known_failure.is_some()) {
                 rep.probes.push(r);
             }
         }
     }
+    if let Some(d) = &daemon
+        && rep.failed()
+    {
+        rep.daemon_log = Some(d.tail());
+    }
+    drop(daemon);
     drop(topo);
     rep.elapsed = start.elapsed();
     rep
+}
+
+/// A `kproxy run` daemon in the node namespace, killed on drop. Its log
+/// lines are collected; each "synced" line counts one applied sync.
+struct Daemon {
+    child: std::process::Child,
+    synced: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn syncs(&self) -> usize {
+        self.synced.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Wait until more than `n` syncs happened; the log tail on failure.
+    fn wait_beyond(&mut self, n: usize, limit: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        while self.syncs() <= n {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Err(format!("kproxy run exited ({st}):\n{}", self.tail()));
+            }
+            if start.elapsed() > limit {
+                return Err(format!(
+                    "no sync within {}s after the source changed:\n{}",
+                    limit.as_secs(),
+                    self.tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Wait until no sync happened for `quiet` (a file change can cause
+    /// more than one sync; a late one must not be taken for the next step's).
+    fn wait_quiet(&self, quiet: Duration) {
+        let start = Instant::now();
+        loop {
+            let c = self.syncs();
+            std::thread::sleep(quiet);
+            if self.syncs() == c || start.elapsed() > Duration::from_secs(10) {
+                return;
+            }
+        }
+    }
+
+    /// Wait until the daemon logged nothing for `quiet` (its stale-UDP
+    /// clean-up runs after the "synced" line and logs when it is done).
+    fn wait_log_quiet(&self, quiet: Duration) {
+        let len = || self.log.lock().map(|l| l.len()).unwrap_or(0);
+        let start = Instant::now();
+        loop {
+            let c = len();
+            std::thread::sleep(quiet);
+            if len() == c || start.elapsed() > Duration::from_secs(10) {
+                return;
+            }
+        }
+    }
+
+    fn tail(&self) -> String {
+        let l = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+        l[l.len().saturating_sub(25)..].join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Write a step's objects for the daemon (a rename, so it never reads a
+/// half-written file); start the daemon at the first step; wait for the
+/// sync that follows.
+fn daemon_sync(
+    s: &Scenario,
+    topo: &Topology,
+    objs: &[serde_yaml_ng::Value],
+    backend: BackendName,
+    bin: &Path,
+    daemon: &mut Option<Daemon>,
+) -> Result<(), String> {
+    let src = topo.dir.join("objects");
+    std::fs::create_dir_all(&src).map_err(|e| e.to_string())?;
+    let tmp = topo.dir.join("objects.yaml.tmp");
+    if let Some(d) = daemon.as_ref() {
+        d.wait_quiet(Duration::from_millis(400));
+    }
+    let before = daemon.as_ref().map(Daemon::syncs);
+    std::fs::write(&tmp, objects_yaml(objs)).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, src.join("objects.yaml")).map_err(|e| e.to_string())?;
+    if let (Some(d), Some(n)) = (daemon.as_mut(), before) {
+        let r = d.wait_beyond(n, Duration::from_secs(20));
+        // The daemon logs "synced" before it deletes stale UDP conntrack
+        // flows; give the clean-up time to finish before probing.
+        std::thread::sleep(Duration::from_millis(500));
+        return r;
+    }
+    let config = topo.dir.join("config.yaml");
+    std::fs::write(&config, s.config_yaml()).map_err(|e| e.to_string())?;
+    let mut c = topo.node.command(bin);
+    c.env("NO_COLOR", "1")
+        .args(["run", "--backend", backend.as_str(), "--source"])
+        .arg(&src)
+        .arg("--config")
+        .arg(&config)
+        .args(["--node-name", &s.node.name])
+        // Only source changes may trigger syncs here: a periodic one could
+        // be taken for the sync of a step.
+        .args(["--sync-period", "1h", "--min-sync-period", "0s"])
+        .args(&s.kproxy_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().map_err(|e| format!("{c:?}: {e}"))?;
+    let synced = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let readers: Vec<Box<dyn std::io::Read + Send>> = [
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for r in readers {
+        let (synced, log) = (synced.clone(), log.clone());
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+                if line.contains(" synced ") || line.contains("\"synced\"") {
+                    synced.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                if let Ok(mut l) = log.lock() {
+                    l.push(line);
+                }
+            }
+        });
+    }
+    let d = daemon.insert(Daemon { child, synced, log });
+    d.wait_beyond(0, Duration::from_secs(30))?;
+    // Let a sync triggered by the file write itself (racing the start) pass.
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(())
 }
 
 /// Apply the objects of one step in the node namespace (see [`Applier`]).
@@ -299,6 +491,7 @@ pub fn sync(
     cfg: &RunConfig,
 ) -> Result<(), String> {
     match &cfg.applier {
+        Applier::Daemon { .. } => Err("the daemon applier is driven by run_scenario".into()),
         Applier::Nft { script } => topo
             .node
             .exec_input(&["nft", "-f", "-"], Some(script))
@@ -850,6 +1043,7 @@ mod tests {
                 })
                 .collect(),
             elapsed: Duration::ZERO,
+            daemon_log: None,
         }
     }
 

@@ -18,27 +18,50 @@ fn scenarios() {
     let jobs = env("PROTO_JOBS").parse().unwrap_or(3);
     kproxy_proto_tests::topo::preflight().unwrap_or_else(|e| panic!("{e}"));
     let bin = kproxy_proto_tests::kproxy_binary().unwrap_or_else(|e| panic!("{e}"));
-    // PROTO_APPLY=render loads `kproxy render` output instead of running the daemon.
-    let applier = match env("PROTO_APPLY").as_str() {
-        "render" => Applier::Render { bin },
-        "" | "run" => Applier::Kproxy { bin },
-        other => panic!("PROTO_APPLY={other:?}: want run or render"),
+    let proto = Path::new(env!("CARGO_BIN_EXE_kproxy-proto"));
+    // PROTO_APPLY=render loads `kproxy render` output instead of running the
+    // daemon; =daemon drives one long-running daemon per scenario; by default
+    // every scenario runs with `kproxy run --once` at each step, and the
+    // scenarios with steps once more through a long-running daemon (its
+    // incremental syncs).
+    let mut reports = Vec::new();
+    let mode = env("PROTO_APPLY");
+    let passes: Vec<(Applier, Vec<std::path::PathBuf>)> = match mode.as_str() {
+        "render" => vec![(Applier::Render { bin }, files)],
+        "daemon" => vec![(Applier::Daemon { bin }, files)],
+        "" | "run" => {
+            let stepped: Vec<_> = files
+                .iter()
+                .filter(|f| {
+                    kproxy_proto_tests::scenario::Scenario::load(f)
+                        .map(|s| !s.steps.is_empty())
+                        .unwrap_or(true)
+                })
+                .cloned()
+                .collect();
+            vec![
+                (Applier::Kproxy { bin: bin.clone() }, files),
+                (Applier::Daemon { bin }, stepped),
+            ]
+        }
+        other => panic!("PROTO_APPLY={other:?}: want run, daemon or render"),
     };
-    let reports = kproxy_proto_tests::run_suite(
-        &files,
-        &backends,
-        Path::new(env!("CARGO_BIN_EXE_kproxy-proto")),
-        &applier,
-        jobs,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    for (applier, files) in passes {
+        if files.is_empty() {
+            continue;
+        }
+        reports.extend(
+            kproxy_proto_tests::run_suite(&files, &backends, proto, &applier, jobs)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
     assert!(!reports.is_empty(), "no scenario ran");
     let mut summary = String::new();
     let mut failed = Vec::new();
     for r in &reports {
         let (pass, fail, known, notrun) = r.counts();
         summary.push_str(&format!(
-            "  {:<28} {:<16} {:>4} {:>4} {:>4} {:>4}  {}\n",
+            "  {:<28} {:<25} {:>4} {:>4} {:>4} {:>4}  {}\n",
             r.scenario,
             r.backend,
             pass,
@@ -52,7 +75,7 @@ fn scenarios() {
         }
     }
     println!(
-        "proto-tests summary:\n  {:<28} {:<16} pass fail know skip\n{summary}",
+        "proto-tests summary:\n  {:<28} {:<25} pass fail know skip\n{summary}",
         "scenario", "backend"
     );
     assert!(
