@@ -256,30 +256,37 @@ pub fn nftables(current: &str, desired: &str) -> Result<Diff, TraceError> {
                 (Some(_), None) => d.add("sets removed", format!("- set {label} {s}")),
                 _ => {}
             }
-            let elems = |x: Option<&crate::nftables::NftSet>| -> BTreeSet<String> {
+            // Compared by meaning, shown as written.
+            let elems = |x: Option<&crate::nftables::NftSet>| -> BTreeMap<String, String> {
                 x.map(|x| {
                     x.elements
                         .iter()
-                        .map(|e| format!("{:?} : {:?}", e.key, e.value))
+                        .map(|e| (format!("{:?} : {:?}", e.key, e.value), e.text.clone()))
                         .collect()
                 })
                 .unwrap_or_default()
             };
             let (ea, eb) = (elems(a), elems(b));
             let mut header = false;
-            for e in ea.difference(&eb) {
+            for (k, text) in &ea {
+                if eb.contains_key(k) {
+                    continue;
+                }
                 if !header {
                     d.lines.push(format!("  set {label} {s}:"));
                     header = true;
                 }
-                d.add("elements removed", format!("-   {e}"));
+                d.add("elements removed", format!("-   {text}"));
             }
-            for e in eb.difference(&ea) {
+            for (k, text) in &eb {
+                if ea.contains_key(k) {
+                    continue;
+                }
                 if !header {
                     d.lines.push(format!("  set {label} {s}:"));
                     header = true;
                 }
-                d.add("elements added", format!("+   {e}"));
+                d.add("elements added", format!("+   {text}"));
             }
         }
     }

@@ -275,6 +275,8 @@ pub enum Stmt {
 /// One element of a set or map.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SetElem {
+    /// The element as written (for display).
+    pub text: String,
     /// The key (concatenated values).
     pub key: Vec<Val>,
     /// The value of a map element.
@@ -663,6 +665,7 @@ fn parse_elements(s: &mut Stream<'_>, map: bool) -> Result<Vec<SetElem>, String>
             None => return Err("unterminated element list".into()),
             _ => {}
         }
+        let start = s.pos;
         let key = parse_lit_concat(s)?;
         // Per-element options.
         loop {
@@ -697,7 +700,9 @@ fn parse_elements(s: &mut Stream<'_>, map: bool) -> Result<Vec<SetElem>, String>
         if map && value.is_none() {
             return Err("map element without a value".into());
         }
-        out.push(SetElem { key, value });
+        let end = s.pos.min(s.toks.len());
+        let text = join_tokens(&s.toks[start..end]);
+        out.push(SetElem { text, key, value });
     }
 }
 
