@@ -23,6 +23,7 @@ fn wrong_expectations_fail_and_right_ones_pass() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(reports.len(), 1);
     let r = &reports[0];
+    println!("(this report is meant to show failures: it checks that wrong expectations fail)");
     println!("{}", r.render());
     assert!(r.setup_error.is_none(), "{:?}", r.setup_error);
     assert_eq!(r.probes.len(), 24, "every probe reported");
