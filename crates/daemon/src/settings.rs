@@ -177,7 +177,92 @@ pub fn bind_setting(field: &str, s: &str, default_port: u16) -> anyhow::Result<O
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser as _;
+
     use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn resolve(config: &str, flags: &[&str]) -> anyhow::Result<Settings> {
+        let path = std::env::temp_dir().join(format!(
+            "kproxy-settings-{}-{}.yaml",
+            std::process::id(),
+            flags.len() + config.len()
+        ));
+        std::fs::write(&path, config).unwrap();
+        let mut argv = vec!["kproxy", "run", "--config", path.to_str().unwrap()];
+        argv.extend_from_slice(flags);
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let r = Settings::resolve(&args);
+        std::fs::remove_file(&path).unwrap();
+        r
+    }
+
+    const BASE: &str = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nhostnameOverride: n1\n";
+
+    #[test]
+    fn flags_override_the_file() {
+        let cfg = format!(
+            "{BASE}mode: nftables\nsyncPeriod: 10s\nnftables:\n  minSyncPeriod: 2s\nhealthzBindAddress: 127.0.0.2:9999\nmetricsBindAddress: 127.0.0.1:1\n"
+        );
+        let s = resolve(&cfg, &["--sync-period", "5s", "--metrics-bind-address", ""]).unwrap();
+        assert_eq!(s.backend, BackendKind::Nftables, "mode from the file");
+        assert_eq!(s.proxy.mode, ProxyMode::Nftables);
+        assert_eq!(s.sync_period, Duration::from_secs(5));
+        assert_eq!(s.min_sync_period, Duration::from_secs(2));
+        assert_eq!(s.healthz_addr, Some("127.0.0.2:9999".parse().unwrap()));
+        assert_eq!(s.metrics_addr, None, "an empty flag disables");
+        assert_eq!(s.proxy.node_name, "n1");
+        let s = resolve(&cfg, &["--backend", "iptables-legacy", "--node-name", "n2"]).unwrap();
+        assert_eq!(s.backend, BackendKind::IptablesLegacy);
+        assert_eq!(
+            s.proxy.mode,
+            ProxyMode::Iptables,
+            "the graph follows the backend"
+        );
+        assert_eq!(s.proxy.node_name, "n2");
+        assert_eq!(s.sync_period, Duration::from_secs(10));
+        assert_eq!(
+            s.min_sync_period, DEFAULT_MIN_SYNC_PERIOD,
+            "nftables.* is not iptables'"
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let e = |cfg: &str, flags: &[&str]| format!("{:#}", resolve(cfg, flags).unwrap_err());
+        assert!(
+            e(&format!("{BASE}healthzBindAddress: nowhere\n"), &[]).contains("healthzBindAddress")
+        );
+        assert!(e(&format!("{BASE}mode: ipvs\n"), &[]).contains("mode"));
+        assert!(
+            e(
+                &format!("{BASE}syncPeriod: 1s\nminSyncPeriod: 2s\n"),
+                &["--backend", "nftables"]
+            )
+            .contains("minSyncPeriod")
+        );
+        assert!(
+            e(
+                &format!("{BASE}syncPeriod: often\n"),
+                &["--backend", "nftables"]
+            )
+            .contains("often")
+        );
+        assert!(
+            e(
+                &format!("{BASE}clusterCIDRs: 10.0.0.0/8\n"),
+                &["--backend", "nftables"]
+            )
+            .contains("clusterCIDRs")
+        );
+        assert!(
+            e(BASE, &["--backend", "nftables", "--min-sync-period", "x"])
+                .contains("--min-sync-period")
+        );
+    }
 
     #[test]
     fn bind_addresses() {

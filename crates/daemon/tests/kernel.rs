@@ -803,3 +803,79 @@ fn conntrack_settings_from_the_configuration_are_applied() {
     assert_eq!(est.trim(), "7200", "{err}");
     assert_eq!(cw.trim(), "90", "{err}");
 }
+
+#[test]
+fn restart_under_traffic_fails_no_connection() {
+    use std::io::{Read as _, Write as _};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    for backend in BACKENDS {
+        let data = TempDir::new("traffic");
+        data.write("cluster.yaml", &fixture("nodeports"));
+        let ns = NetNs::new("dmn");
+        // Both endpoints live on this namespace's loopback, and the service
+        // range routes there, so the namespace is client, node and pods:
+        // a connection to the ClusterIP only works through kproxy's DNAT.
+        for ip in ["10.180.0.1/32", "10.180.2.1/32"] {
+            ns.exec(&["ip", "addr", "add", ip, "dev", "lo"]);
+        }
+        ns.exec(&["ip", "route", "add", "172.30.0.0/16", "dev", "lo"]);
+        let listener = in_netns(&ns, || std::net::TcpListener::bind("0.0.0.0:80").unwrap())
+            .join()
+            .unwrap();
+        std::thread::spawn(move || {
+            for mut c in listener.incoming().flatten() {
+                let _ = c.write_all(b"ok\n");
+            }
+        });
+
+        let config = config_arg();
+        let src = data.path().to_str().unwrap().to_string();
+        let mut d = Daemon::start(&ns, &daemon_args(backend, &src, &config), &[]);
+        wait_synced(&ns, &d);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = {
+            let stop = stop.clone();
+            in_netns(&ns, move || {
+                let (mut ok, mut failed) = (0usize, Vec::new());
+                let addr = (std::net::Ipv4Addr::new(172, 30, 0, 41), 80).into();
+                while !stop.load(Ordering::SeqCst) {
+                    let r = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+                        .and_then(|mut s| {
+                            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                            let mut buf = String::new();
+                            s.read_to_string(&mut buf)?;
+                            Ok(buf)
+                        });
+                    match r {
+                        Ok(b) if b == "ok\n" => ok += 1,
+                        other => failed.push(format!("{other:?}")),
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                (ok, failed)
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        // Killed without warning, then a new daemon takes over.
+        d.child.kill().unwrap();
+        d.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let d2 = Daemon::start(&ns, &daemon_args(backend, &src, &config), &[]);
+        wait_synced(&ns, &d2);
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::SeqCst);
+        let (ok, failed) = client.join().unwrap();
+        assert!(ok > 20, "{backend}: too few connections ({ok})");
+        assert!(
+            failed.is_empty(),
+            "{backend}: {} of {} connections failed: {:?}\n{}",
+            failed.len(),
+            ok + failed.len(),
+            &failed[..failed.len().min(3)],
+            d2.log()
+        );
+    }
+}

@@ -206,3 +206,16 @@ pub fn metric(text: &str, sample: &str) -> Option<f64> {
             .ok()
     })
 }
+
+/// Run `f` on a thread that joined `ns`'s network namespace.
+pub fn in_netns<T: Send + 'static>(
+    ns: &NetNs,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let nspath = format!("/run/netns/{}", ns.name());
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&nspath).unwrap();
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+}
