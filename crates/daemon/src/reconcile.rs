@@ -109,13 +109,24 @@ impl Reconciler {
         g
     }
 
-    /// Record a change notification (health, metrics, change counters).
-    pub fn note_change(&mut self, objects: &Objects) {
+    /// A change notification arrived: health and the queued timestamp.
+    /// Cheap on purpose: under an event storm this runs per event, while
+    /// the snapshot is only taken once per sync.
+    pub fn note_queued(&mut self) {
         let now = SystemTime::now();
         let families: Vec<IpFamily> = self.settings.proxy.families.clone();
         self.shared.health().queued(&families, now);
+        self.shared
+            .metrics
+            .last_queued_timestamp
+            .set(unix_secs(now));
+    }
+
+    /// Count the Service and EndpointSlice changes in a new snapshot
+    /// (kube-proxy's change counters); pending until the next successful
+    /// sync.
+    pub fn count_changes(&mut self, objects: &Objects) {
         let m = &self.shared.metrics;
-        m.last_queued_timestamp.set(unix_secs(now));
         let (svc, eps) = self.versions.update(objects);
         m.service_changes_total.inc_by(svc);
         m.endpoint_changes_total.inc_by(eps);
@@ -144,6 +155,19 @@ impl Reconciler {
         };
         let full = changes.is_none();
         let kind = if full { "full" } else { "partial" };
+        if let Some(c) = &changes {
+            for (family, fc) in &c.families {
+                tracing::debug!(family = %family, added = fc.added.len(), removed = fc.removed.len(),
+                    changed = fc.changed.len(), "service port changes");
+            }
+        } else {
+            tracing::debug!(
+                need_full = self.need_full,
+                full_due,
+                first = self.last_applied.is_none(),
+                "full sync"
+            );
+        }
 
         let result = if self.opts.dry_run {
             match self.backend.render_full(&graph) {
@@ -435,7 +459,8 @@ impl Reconciler {
         source.changed().await?;
         let mut objects = source.snapshot();
         self.shared.status().source = source.describe();
-        self.note_change(&objects);
+        self.note_queued();
+        self.count_changes(&objects);
         if once {
             return Ok(self.sync(&objects, source.warnings()));
         }
@@ -453,6 +478,10 @@ impl Reconciler {
                         .last_attempt
                         .is_some_and(|t| t.elapsed() < self.settings.sync_period);
                 if !periodic_only {
+                    if dirty {
+                        objects = source.snapshot();
+                        self.count_changes(&objects);
+                    }
                     self.sync(&objects, source.warnings());
                 }
                 self.shared.status().source_errors = source.errors();
@@ -462,9 +491,8 @@ impl Reconciler {
             tokio::select! {
                 r = source.changed() => {
                     r?;
-                    objects = source.snapshot();
                     self.shared.status().source_errors = source.errors();
-                    self.note_change(&objects);
+                    self.note_queued();
                     dirty = true;
                 }
                 _ = sleep_until(due.into()) => {}
@@ -753,6 +781,62 @@ mod tests {
             g.families[&IpFamily::V4].services.len(),
             1,
             "the valid Service is kept"
+        );
+    }
+
+    #[test]
+    fn network_programming_latency_from_the_trigger_time() {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let mut r = reconciler(log);
+        let with_trigger = |t: &str| {
+            let mut o = objects("10.0.0.1");
+            o.add_yaml(
+                "slice",
+                &format!(
+                    "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: s-1\n  namespace: n\n  labels: {{kubernetes.io/service-name: s}}\n  annotations: {{endpoints.kubernetes.io/last-change-trigger-time: \"{t}\"}}\naddressType: IPv4\nports: [{{port: 80, protocol: TCP}}]\nendpoints: [{{addresses: [10.1.0.1]}}]\n"
+                ),
+            )
+            .unwrap();
+            o
+        };
+        let ago = |secs: u64| {
+            k8s_openapi::jiff::Timestamp::try_from(
+                SystemTime::now() - std::time::Duration::from_secs(secs),
+            )
+            .unwrap()
+            .to_string()
+        };
+        let count = |r: &Reconciler| {
+            let text = r.shared.metrics.encode();
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix("kubeproxy_network_programming_duration_seconds_count ")
+                })
+                .map(|v| v.trim().to_string())
+        };
+        let first = ago(100);
+        assert!(r.sync(&with_trigger(&first), vec![]));
+        assert_eq!(
+            count(&r).as_deref(),
+            Some("0"),
+            "changes before start are not observed"
+        );
+        assert!(r.sync(&with_trigger(&first), vec![]));
+        assert_eq!(
+            count(&r).as_deref(),
+            Some("0"),
+            "an unchanged trigger time is observed once"
+        );
+        assert!(r.sync(&with_trigger(&ago(3)), vec![]));
+        assert_eq!(count(&r).as_deref(), Some("1"));
+        let text = r.shared.metrics.encode();
+        assert!(
+            text.contains("kubeproxy_network_programming_duration_seconds_bucket{le=\"3.0\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubeproxy_network_programming_duration_seconds_bucket{le=\"5.0\"} 1"),
+            "{text}"
         );
     }
 }
