@@ -141,6 +141,8 @@ pub(crate) struct Shared {
     /// Bumped to make open watches send a 410 and end.
     expire: tokio::sync::watch::Sender<u64>,
     open_watches: AtomicUsize,
+    /// Watches ever started.
+    started_watches: AtomicUsize,
 }
 
 impl Shared {
@@ -255,6 +257,7 @@ impl Emulator {
             hangup: tokio::sync::watch::Sender::new(0),
             expire: tokio::sync::watch::Sender::new(0),
             open_watches: AtomicUsize::new(0),
+            started_watches: AtomicUsize::new(0),
         });
         let server = tokio::spawn(serve(listener, shared.clone()));
         Ok((
@@ -372,6 +375,12 @@ impl Emulator {
     /// The number of watch streams open now.
     pub fn open_watches(&self) -> usize {
         self.shared.open_watches.load(Ordering::SeqCst)
+    }
+
+    /// The number of watch streams started so far (open or not): after a
+    /// hang-up, a client has reconnected once this grew.
+    pub fn watches_started(&self) -> usize {
+        self.shared.started_watches.load(Ordering::SeqCst)
     }
 
     /// Waits until at least `n` watch streams are open; false on timeout.

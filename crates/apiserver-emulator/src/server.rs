@@ -488,6 +488,7 @@ fn watch(shared: Arc<Shared>, filter: Filter, q: &Query) -> Response<Body> {
         (pos, st.bookmark_interval)
     };
     shared.open_watches.fetch_add(1, Ordering::SeqCst);
+    shared.started_watches.fetch_add(1, Ordering::SeqCst);
     let now = Instant::now();
     let state = WatchState {
         changed: shared.changed.subscribe(),

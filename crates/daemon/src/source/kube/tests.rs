@@ -505,8 +505,19 @@ async fn resumes_watches_after_hang_ups_without_relisting() {
     let lists_before = h.lists("endpointslices");
     let mut want = base_summary();
     for i in 0..3 {
+        let started = h.emu.watches_started();
         h.emu.hang_up_watches();
-        h.all_watches_closed().await;
+        // A watcher reconnects only after its old stream ended, so once
+        // all three have, the change below can only travel through a
+        // resumed watch.
+        let end = tokio::time::Instant::now() + CATCH_UP;
+        while h.emu.watches_started() < started + 3 {
+            assert!(
+                tokio::time::Instant::now() < end,
+                "the watchers did not reconnect"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let ip = format!("10.0.9.{i}");
         h.apply(slice("default", "web-1", "web", &[&ip], json!({})));
         want.slices = vec![format!("default/web-1={ip}")];
