@@ -15,7 +15,7 @@ use kproxy_graph::{Backend, BackendKind, IpFamily, Protocol, ProxyMode, ServiceG
 use kproxy_iptables::{Flavour, IptablesBackend};
 use kproxy_nftables::NftablesBackend;
 use kproxy_testkit::NetNs;
-use kproxy_trace::{Node, Packet, diff, tracer_for};
+use kproxy_trace::{Node, Packet, Verdict, diff, tracer_for};
 
 fn render(kind: BackendKind, graph: &ServiceGraph) -> String {
     let backend: Box<dyn Backend> = match kind {
@@ -167,4 +167,251 @@ fn tracing_the_kernels_dump_matches_the_rendered_rules() {
         }
     }
     assert!(checked > 100, "only {checked} connections checked");
+}
+
+/// Client, node and pods namespaces: client 203.0.113.2 reaches the node
+/// (203.0.113.1, node address 192.168.49.2) and, through it, ClusterIPs;
+/// the node routes the pod network to the pods namespace, which holds the
+/// seed's two pod addresses and drops every packet (connections time out,
+/// and the node's conntrack table records what its rules did to them).
+struct Topology {
+    client: NetNs,
+    node: NetNs,
+    _pods: NetNs,
+}
+
+fn topology() -> Topology {
+    let client = NetNs::new("trc");
+    let node = NetNs::new("trc");
+    let pods = NetNs::new("trc");
+    node.exec(&[
+        "ip",
+        "link",
+        "add",
+        "c0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "c1",
+        "netns",
+        client.name(),
+    ]);
+    node.exec(&[
+        "ip",
+        "link",
+        "add",
+        "p0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "p1",
+        "netns",
+        pods.name(),
+    ]);
+    for cmd in [
+        "ip addr add 203.0.113.1/24 dev c0",
+        "ip addr add 192.168.49.2/32 dev c0",
+        "ip addr add 10.244.255.1/16 dev p0",
+        "ip link set c0 up",
+        "ip link set p0 up",
+        // A node has a default route; without one, traffic to a ClusterIP
+        // nothing DNATs would die in routing before the forward hook.
+        "ip route add default via 10.244.1.5",
+        "sysctl -q -w net.ipv4.ip_forward=1",
+        "sysctl -q -w net.ipv4.icmp_ratelimit=0",
+    ] {
+        node.exec(&cmd.split(' ').collect::<Vec<_>>());
+    }
+    for cmd in [
+        "ip addr add 203.0.113.2/24 dev c1",
+        "ip link set c1 up",
+        "ip route add 192.168.49.2/32 via 203.0.113.1",
+        "ip route add 10.96.0.0/12 via 203.0.113.1",
+    ] {
+        client.exec(&cmd.split(' ').collect::<Vec<_>>());
+    }
+    for cmd in [
+        "ip addr add 10.244.1.5/16 dev p1",
+        "ip addr add 10.244.2.4/16 dev p1",
+        "ip link set p1 up",
+        "ip route add default via 10.244.255.1",
+        "sysctl -q -w net.ipv4.icmp_ratelimit=0",
+    ] {
+        pods.exec(&cmd.split(' ').collect::<Vec<_>>());
+    }
+    let (ok, _, err) = pods.run_with_input(
+        &["nft", "-f", "-"],
+        "add table ip blackhole\nadd chain ip blackhole in { type filter hook input priority 0 ; policy drop ; }\n",
+    );
+    assert!(ok, "pods namespace: {err}");
+    Topology {
+        client,
+        node,
+        _pods: pods,
+    }
+}
+
+/// What the kernel did to `tries` connections from the client: the DNAT
+/// destinations with counts and whether they were masqueraded (from the
+/// node's conntrack table), and how many attempts failed without a
+/// connection being tracked, quickly (refused) or by timing out.
+#[derive(Debug, Default)]
+struct Observed {
+    dnat: std::collections::BTreeMap<std::net::SocketAddr, usize>,
+    masqueraded: std::collections::BTreeSet<bool>,
+    refused_untracked: usize,
+    timed_out: usize,
+    untouched: usize,
+    /// ICMP destination-unreachable messages the node sent (its REJECTs;
+    /// the client may not see them: on a veth they can arrive while
+    /// connect() still holds the socket lock and be ignored).
+    icmp_unreachable_sent: u64,
+}
+
+fn icmp_out_dest_unreachs(ns: &NetNs) -> u64 {
+    let snmp = ns.exec(&["cat", "/proc/net/snmp"]);
+    let rows: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Icmp: ")).collect();
+    let [names, values] = rows.as_slice() else {
+        panic!("unexpected /proc/net/snmp: {snmp}");
+    };
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "OutDestUnreachs")
+        .expect("OutDestUnreachs counter");
+    values
+        .split_whitespace()
+        .nth(i)
+        .and_then(|v| v.parse().ok())
+        .expect("counter value")
+}
+
+fn probe(t: &Topology, dst: &str, port: u16, tries: usize) -> Observed {
+    t.node.exec(&["conntrack", "-F"]);
+    let icmp_before = icmp_out_dest_unreachs(&t.node);
+    let script = format!(
+        "for i in $(seq {tries}); do (timeout 1 bash -c 'exec 3<>/dev/tcp/{dst}/{port}' 2>/dev/null; echo $?) & done; wait"
+    );
+    let codes = t.client.exec(&["bash", "-c", &script]);
+    let table = t
+        .node
+        .exec(&["conntrack", "-L", "-p", "tcp", "-s", "203.0.113.2"]);
+    let mut o = Observed {
+        icmp_unreachable_sent: icmp_out_dest_unreachs(&t.node) - icmp_before,
+        ..Observed::default()
+    };
+    let mut tracked = 0;
+    for line in table.lines() {
+        // orig: src dst sport dport, reply: src dst sport dport
+        let kv: Vec<(&str, &str)> = line
+            .split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .collect();
+        let get = |k: &str, n: usize| kv.iter().filter(|(a, _)| *a == k).nth(n).map(|(_, v)| *v);
+        let (Some(osrc), Some(odst), Some(odport), Some(rsrc), Some(rdst), Some(rsport)) = (
+            get("src", 0),
+            get("dst", 0),
+            get("dport", 0),
+            get("src", 1),
+            get("dst", 1),
+            get("sport", 1),
+        ) else {
+            continue;
+        };
+        tracked += 1;
+        if (rsrc, rsport) == (odst, odport) {
+            // Tracked but not DNATed: routed as is.
+            o.untouched += 1;
+            continue;
+        }
+        let to: std::net::SocketAddr = format!("{rsrc}:{rsport}").parse().expect("endpoint");
+        *o.dnat.entry(to).or_default() += 1;
+        o.masqueraded.insert(rdst != osrc);
+    }
+    let timeouts = codes.lines().filter(|c| c.trim() == "124").count();
+    // Tracked connections time out in the black hole; untracked ones were
+    // dropped (timeout) or rejected (refused at once) by the node.
+    o.timed_out = timeouts.saturating_sub(tracked);
+    o.refused_untracked = codes.lines().count() - timeouts;
+    o
+}
+
+#[test]
+fn tracer_predictions_match_the_kernel() {
+    let probes: [(&str, u16); 3] = [
+        ("192.168.49.2", 30007),
+        ("10.107.33.105", 80),
+        ("10.107.33.105", 8080),
+    ];
+    let tries = 24;
+    for kind in BackendKind::ALL {
+        let mode = if kind == BackendKind::Nftables {
+            ProxyMode::Nftables
+        } else {
+            ProxyMode::Iptables
+        };
+        let graph = kproxy_testkit::load_fixture("seed", mode);
+        let text = render(kind, &graph);
+        let t = topology();
+        let dump = load_and_dump(&t.node, kind, &text);
+        for (dst, port) in probes {
+            let predicted = kproxy_trace::predict(
+                kind,
+                &dump,
+                &[
+                    "192.168.49.2".parse().expect("ip"),
+                    "203.0.113.1".parse().expect("ip"),
+                    "10.244.255.1".parse().expect("ip"),
+                ],
+                "203.0.113.2".parse().expect("ip"),
+                format!("{dst}:{port}").parse().expect("addr"),
+                Protocol::Tcp,
+            )
+            .expect("predicts");
+            let seen = probe(&t, dst, port, tries);
+            let what = format!("{kind} {dst}:{port}: predicted {predicted}, kernel {seen:?}");
+            let dnat_parts: Vec<_> = predicted
+                .parts
+                .iter()
+                .filter(|p| p.dnat.is_some())
+                .collect();
+            if !dnat_parts.is_empty() {
+                // Every connection was DNATed to a predicted endpoint, with
+                // the predicted masquerading; every likely endpoint was seen.
+                assert_eq!(seen.dnat.values().sum::<usize>(), tries, "{what}");
+                for to in seen.dnat.keys() {
+                    assert!(dnat_parts.iter().any(|p| p.dnat == Some(*to)), "{what}");
+                }
+                for p in &dnat_parts {
+                    if p.probability >= 0.25 {
+                        assert!(seen.dnat.contains_key(&p.dnat.expect("dnat")), "{what}");
+                    }
+                }
+                let masq: std::collections::BTreeSet<bool> =
+                    dnat_parts.iter().map(|p| p.masquerade).collect();
+                assert_eq!(seen.masqueraded, masq, "{what}");
+            } else if predicted
+                .only()
+                .is_some_and(|p| p.verdict == Verdict::Reject)
+            {
+                assert!(
+                    seen.dnat.is_empty()
+                        && seen.untouched == 0
+                        && seen.icmp_unreachable_sent >= tries as u64,
+                    "{what}"
+                );
+            } else if predicted.only().is_some_and(|p| p.verdict == Verdict::Drop) {
+                assert!(
+                    seen.dnat.is_empty()
+                        && seen.timed_out == tries
+                        && seen.icmp_unreachable_sent == 0,
+                    "{what}"
+                );
+            } else {
+                // Not handled: every connection passed untouched.
+                assert!(seen.dnat.is_empty() && seen.untouched == tries, "{what}");
+            }
+        }
+    }
 }
