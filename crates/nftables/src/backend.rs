@@ -44,20 +44,31 @@ struct FamilyState {
     rules: FamilyRules,
     /// How many service ports use each shared chain (closure included).
     lb_refs: BTreeMap<LbChain, usize>,
+    /// Rules in the per-service chains (kept up to date so statistics
+    /// never walk every service).
+    chain_rules: usize,
+}
+
+fn service_chain_rules(sr: &ServiceRules) -> usize {
+    sr.chains.iter().map(|c| c.rules.len()).sum()
 }
 
 impl FamilyState {
     fn new(family: Family, rules: FamilyRules) -> Self {
+        // Shared chains are counted per user, so each survives while any
+        // service port needs it.
         let mut lb_refs = BTreeMap::new();
         for sr in rules.services.values() {
             for lb in lb_closure(&sr.lb) {
                 *lb_refs.entry(lb).or_insert(0) += 1;
             }
         }
+        let chain_rules = rules.services.values().map(service_chain_rules).sum();
         FamilyState {
             family,
             rules,
             lb_refs,
+            chain_rules,
         }
     }
 }
@@ -353,14 +364,16 @@ impl NftablesBackend {
         for (idx, updates, refs) in new_state {
             let fs = &mut state[idx];
             for (name, sr) in updates {
-                match sr {
-                    Some(sr) => {
-                        fs.rules.services.insert(name, sr);
-                    }
-                    None => {
-                        fs.rules.services.remove(&name);
-                    }
-                }
+                let new_rules = sr.as_ref().map_or(0, service_chain_rules);
+                let old = match sr {
+                    Some(sr) => fs.rules.services.insert(name, sr),
+                    None => fs.rules.services.remove(&name),
+                };
+                fs.chain_rules = fs.chain_rules + new_rules
+                    - old
+                        .as_ref()
+                        .map_or(0, service_chain_rules)
+                        .min(fs.chain_rules + new_rules);
             }
             fs.lb_refs = refs;
         }
@@ -371,7 +384,11 @@ impl NftablesBackend {
         stats.rules_total = self
             .state
             .as_ref()
-            .map(|s| s.iter().map(|fs| fs.rules.assemble_rule_count()).sum())
+            .map(|s| {
+                s.iter()
+                    .map(|fs| fs.rules.skeleton.rule_count() + fs.chain_rules + fs.lb_refs.len())
+                    .sum()
+            })
             .unwrap_or(0);
         fill_counts(&mut stats, graph);
         Ok(stats)

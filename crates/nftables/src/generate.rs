@@ -26,7 +26,7 @@ use ipnet::IpNet;
 
 use kproxy_graph::{
     Endpoint, FamilyGraph, GenError, Generator, IpFamily, LocalTraffic, NoEndpointVerdict,
-    NodePortIps, ServiceGraph, ServicePort, ServicePortName, TrafficPolicy,
+    NodePortIps, Protocol, ServiceGraph, ServicePort, ServicePortName, TrafficPolicy,
 };
 
 use crate::ir::{
@@ -58,14 +58,31 @@ pub mod sets {
     pub const FIREWALL_IPS: &str = "firewall-ips";
     /// endpoint . endpoint . proto . port of local endpoints (hairpin).
     pub const HAIRPIN: &str = "hairpin-connections";
-    /// VIP . proto . port . index → endpoint . port, cluster endpoints.
-    pub const CLUSTER_EPS: &str = "cluster-endpoints";
+    /// VIP . proto . port . index → endpoint . port, cluster endpoints
+    /// (TCP, UDP, SCTP).
+    pub const CLUSTER_EPS: [&str; 3] = [
+        "cluster-endpoints-tcp",
+        "cluster-endpoints-udp",
+        "cluster-endpoints-sctp",
+    ];
     /// VIP . proto . port . index → endpoint . port, local endpoints.
-    pub const LOCAL_EPS: &str = "local-endpoints";
+    pub const LOCAL_EPS: [&str; 3] = [
+        "local-endpoints-tcp",
+        "local-endpoints-udp",
+        "local-endpoints-sctp",
+    ];
     /// proto . port . index → endpoint . port, cluster endpoints (NodePorts).
-    pub const NP_CLUSTER_EPS: &str = "nodeport-cluster-endpoints";
+    pub const NP_CLUSTER_EPS: [&str; 3] = [
+        "nodeport-cluster-endpoints-tcp",
+        "nodeport-cluster-endpoints-udp",
+        "nodeport-cluster-endpoints-sctp",
+    ];
     /// proto . port . index → endpoint . port, local endpoints (NodePorts).
-    pub const NP_LOCAL_EPS: &str = "nodeport-local-endpoints";
+    pub const NP_LOCAL_EPS: [&str; 3] = [
+        "nodeport-local-endpoints-tcp",
+        "nodeport-local-endpoints-udp",
+        "nodeport-local-endpoints-sctp",
+    ];
     /// One element: the generation of the last sync (the drift canary).
     pub const GENERATION: &str = "sync-generation";
 }
@@ -76,6 +93,8 @@ pub mod sets {
 pub struct LbChain {
     /// Which data map it reads.
     pub kind: LbKind,
+    /// The transport protocol (each protocol has its own data maps).
+    pub proto: Protocol,
     /// The number of endpoints (the `numgen` modulus), ≥ 1.
     pub k: usize,
 }
@@ -83,92 +102,96 @@ pub struct LbChain {
 /// The endpoint set and key of a shared load-balancing chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LbKind {
-    /// `cluster-K`: VIP key, cluster endpoints.
+    /// `cluster-P-K`: VIP key, cluster endpoints.
     Cluster,
-    /// `local-K`: VIP key, local endpoints.
+    /// `local-P-K`: VIP key, local endpoints.
     Local,
-    /// `nodeport-cluster-K`: NodePort key, cluster endpoints.
+    /// `nodeport-cluster-P-K`: NodePort key, cluster endpoints.
     NodePortCluster,
-    /// `nodeport-local-K`: NodePort key, local endpoints.
+    /// `nodeport-local-P-K`: NodePort key, local endpoints.
     NodePortLocal,
-    /// `mark-cluster-K`: masquerade mark, then `cluster-K` (eTP=Cluster VIPs).
+    /// `mark-cluster-P-K`: masquerade mark, then `cluster-P-K` (eTP=Cluster VIPs).
     MarkCluster,
-    /// `mark-nodeport-cluster-K`: mark, then `nodeport-cluster-K`.
+    /// `mark-nodeport-cluster-P-K`: mark, then `nodeport-cluster-P-K`.
     MarkNodePortCluster,
 }
 
-impl LbChain {
-    /// The chain's name.
-    pub fn name(&self) -> String {
-        let p = match self.kind {
+impl LbKind {
+    fn prefix(self) -> &'static str {
+        match self {
             LbKind::Cluster => "cluster",
             LbKind::Local => "local",
             LbKind::NodePortCluster => "nodeport-cluster",
             LbKind::NodePortLocal => "nodeport-local",
             LbKind::MarkCluster => "mark-cluster",
             LbKind::MarkNodePortCluster => "mark-nodeport-cluster",
-        };
-        format!("{p}-{}", self.k)
+        }
+    }
+}
+
+/// The data map an endpoint set of one protocol lives in
+/// (`cluster-endpoints-tcp`, ...); `None` for the marking kinds.
+pub fn ep_map_name(kind: LbKind, proto: Protocol) -> Option<&'static str> {
+    let i = match proto {
+        Protocol::Tcp => 0,
+        Protocol::Udp => 1,
+        Protocol::Sctp => 2,
+    };
+    let names: [&'static str; 3] = match kind {
+        LbKind::Cluster => sets::CLUSTER_EPS,
+        LbKind::Local => sets::LOCAL_EPS,
+        LbKind::NodePortCluster => sets::NP_CLUSTER_EPS,
+        LbKind::NodePortLocal => sets::NP_LOCAL_EPS,
+        LbKind::MarkCluster | LbKind::MarkNodePortCluster => return None,
+    };
+    Some(names[i])
+}
+
+/// The protocols, in map order.
+const PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+impl LbChain {
+    /// The chain's name (`cluster-tcp-10`).
+    pub fn name(&self) -> String {
+        format!("{}-{}-{}", self.kind.prefix(), self.proto.as_str(), self.k)
     }
 
     /// The chain itself.
     pub fn chain(&self, fam: &Fam, mark: u32) -> Chain {
-        // No `meta l4proto` match: the data maps' `typeof` value names
-        // `tcp dport`, which gives nft the transport context it wants for a
-        // port mapping; a protocol match here would conflict with it (nft
-        // 1.0.6 checks this when the map comes from the kernel, i.e. when
-        // an incremental sync adds a chain). The kernel only sees a 16-bit
-        // port, so the same rule serves TCP, UDP and SCTP; packets get here
-        // only through the service maps, keyed by those protocols.
-        let dnat = |map: &str, key: &str| {
-            Rule::new(format!(
-                "dnat {} addr . port to {key} . numgen random mod {} map @{map}",
-                fam.f.as_str(),
-                self.k
-            ))
-        };
+        // No explicit `meta l4proto` match: the data map's `typeof` value
+        // (`ip daddr . tcp dport`) makes nft add that protocol dependency
+        // itself, and an explicit one for another protocol, or `th dport`
+        // in the value, is refused by nft 1.0.6 once the map comes from the
+        // kernel (an incremental sync that adds a chain). Hence one map per
+        // protocol.
         let vip_key = format!("{} daddr . meta l4proto . th dport", fam.f.as_str());
         let np_key = "meta l4proto . th dport";
-        let rules = match self.kind {
-            LbKind::Cluster => vec![dnat(sets::CLUSTER_EPS, &vip_key)],
-            LbKind::Local => vec![dnat(sets::LOCAL_EPS, &vip_key)],
-            LbKind::NodePortCluster => vec![dnat(sets::NP_CLUSTER_EPS, np_key)],
-            LbKind::NodePortLocal => vec![dnat(sets::NP_LOCAL_EPS, np_key)],
-            LbKind::MarkCluster => vec![Rule::new(format!(
-                "{} goto {}",
-                mark_stmt(mark),
-                LbChain {
-                    kind: LbKind::Cluster,
-                    k: self.k
-                }
-                .name()
-            ))],
-            LbKind::MarkNodePortCluster => vec![Rule::new(format!(
-                "{} goto {}",
-                mark_stmt(mark),
-                LbChain {
-                    kind: LbKind::NodePortCluster,
-                    k: self.k
-                }
-                .name()
-            ))],
+        let rule = match (self.inner(), ep_map_name(self.kind, self.proto)) {
+            (Some(inner), _) => format!("{} goto {}", mark_stmt(mark), inner.name()),
+            (None, Some(map)) => {
+                let key = match self.kind {
+                    LbKind::Cluster | LbKind::Local => vip_key.as_str(),
+                    _ => np_key,
+                };
+                format!(
+                    "dnat {} addr . port to {key} . numgen random mod {} map @{map}",
+                    fam.f.as_str(),
+                    self.k
+                )
+            }
+            (None, None) => String::from("return"),
         };
-        Chain::new(self.name(), rules)
+        Chain::new(self.name(), vec![Rule::new(rule)])
     }
 
     /// The inner chain a marking chain goes to (it must exist too).
     pub fn inner(&self) -> Option<LbChain> {
-        match self.kind {
-            LbKind::MarkCluster => Some(LbChain {
-                kind: LbKind::Cluster,
-                k: self.k,
-            }),
-            LbKind::MarkNodePortCluster => Some(LbChain {
-                kind: LbKind::NodePortCluster,
-                k: self.k,
-            }),
-            _ => None,
-        }
+        let kind = match self.kind {
+            LbKind::MarkCluster => LbKind::Cluster,
+            LbKind::MarkNodePortCluster => LbKind::NodePortCluster,
+            _ => return None,
+        };
+        Some(LbChain { kind, ..*self })
     }
 }
 
@@ -581,7 +604,7 @@ fn plain_set(name: &str, ty: String, comment: &str) -> Set {
     }
 }
 
-fn ep_map(name: &str, fam: &Fam, nodeport: bool, comment: &str) -> Set {
+fn ep_map(name: &str, fam: &Fam, nodeport: bool, proto: Protocol, comment: &str) -> Set {
     let f = fam.f.as_str();
     let key = if nodeport {
         "meta l4proto . th dport . numgen random mod 1".to_string()
@@ -591,8 +614,8 @@ fn ep_map(name: &str, fam: &Fam, nodeport: bool, comment: &str) -> Set {
     Set {
         name: name.to_string(),
         map: true,
-        // `tcp dport` rather than `th dport`: see `LbChain::chain`.
-        set_type: SetType::Typeof(format!("{key} : {f} daddr . tcp dport")),
+        // `tcp dport` (per protocol) rather than `th dport`: see `LbChain::chain`.
+        set_type: SetType::Typeof(format!("{key} : {f} daddr . {} dport", proto.as_str())),
         flags: vec![],
         timeout: None,
         comment: Some(names::comment(comment)),
@@ -784,17 +807,24 @@ fn skeleton(ctx: &Ctx) -> Table {
             format!("{a} . {a} . inet_proto . inet_service"),
             "local endpoint connections to themselves",
         ),
-        ep_map(sets::CLUSTER_EPS, fam, false, "cluster endpoints by VIP"),
-        ep_map(sets::LOCAL_EPS, fam, false, "local endpoints by VIP"),
-        ep_map(
-            sets::NP_CLUSTER_EPS,
-            fam,
-            true,
-            "cluster endpoints by NodePort",
-        ),
-        ep_map(sets::NP_LOCAL_EPS, fam, true, "local endpoints by NodePort"),
         plain_set(sets::GENERATION, "mark".to_string(), "sync generation"),
     ];
+    for proto in PROTOCOLS {
+        for (kind, nodeport, what) in [
+            (LbKind::Cluster, false, "cluster endpoints by VIP"),
+            (LbKind::Local, false, "local endpoints by VIP"),
+            (
+                LbKind::NodePortCluster,
+                true,
+                "cluster endpoints by NodePort",
+            ),
+            (LbKind::NodePortLocal, true, "local endpoints by NodePort"),
+        ] {
+            if let Some(name) = ep_map_name(kind, proto) {
+                sets_.push(ep_map(name, fam, nodeport, proto, what));
+            }
+        }
+    }
     if let NodePortIps::Only(ips) = &ctx.fg.nodeport_ips {
         for ip in ips {
             sets_[1].elements.insert(ip.to_string(), Element::default());
@@ -872,29 +902,27 @@ impl SvcCtx<'_, '_> {
             };
             return Some(format!("{prefix}-{}", self.base));
         }
-        let (kind, map, key_prefix) = match (policy, via) {
-            (TrafficPolicy::Cluster, Via::Vip(ip)) => {
-                (LbKind::Cluster, sets::CLUSTER_EPS, self.vip_key(ip))
+        let (kind, key_prefix) = match (policy, via) {
+            (TrafficPolicy::Cluster, Via::Vip(ip)) => (LbKind::Cluster, self.vip_key(ip)),
+            (TrafficPolicy::Local, Via::Vip(ip)) => (LbKind::Local, self.vip_key(ip)),
+            (TrafficPolicy::Cluster, Via::NodePort(p)) => {
+                (LbKind::NodePortCluster, format!("{} . {p}", self.proto))
             }
-            (TrafficPolicy::Local, Via::Vip(ip)) => {
-                (LbKind::Local, sets::LOCAL_EPS, self.vip_key(ip))
+            (TrafficPolicy::Local, Via::NodePort(p)) => {
+                (LbKind::NodePortLocal, format!("{} . {p}", self.proto))
             }
-            (TrafficPolicy::Cluster, Via::NodePort(p)) => (
-                LbKind::NodePortCluster,
-                sets::NP_CLUSTER_EPS,
-                format!("{} . {p}", self.proto),
-            ),
-            (TrafficPolicy::Local, Via::NodePort(p)) => (
-                LbKind::NodePortLocal,
-                sets::NP_LOCAL_EPS,
-                format!("{} . {p}", self.proto),
-            ),
         };
+        let protocol = self.sp.name.protocol;
+        let map = ep_map_name(kind, protocol)?;
         let values: Vec<String> = self.eps(policy).iter().map(ep_value).collect();
         for (i, v) in values.into_iter().enumerate() {
             self.elem(map, format!("{key_prefix} . {i}"), Some(v), false);
         }
-        let lb = LbChain { kind, k: n };
+        let lb = LbChain {
+            kind,
+            proto: protocol,
+            k: n,
+        };
         self.out.lb.insert(lb);
         Some(lb.name())
     }
@@ -922,7 +950,11 @@ impl SvcCtx<'_, '_> {
                 Via::Vip(_) => LbKind::MarkCluster,
                 Via::NodePort(_) => LbKind::MarkNodePortCluster,
             };
-            let lb = LbChain { kind, k: n };
+            let lb = LbChain {
+                kind,
+                proto: self.sp.name.protocol,
+                k: n,
+            };
             self.out.lb.insert(lb);
             return Some(lb.name());
         }

@@ -50,3 +50,38 @@ fn seed_clusterip_and_nodeport_reach_both_pods() {
     assert!(!backend.check().expect("check"));
     backend.cleanup().expect("cleanup");
 }
+
+/// UDP services load-balance too, for ClusterIP and NodePort (the shared
+/// chains' data maps are per protocol: see `LbChain::chain`).
+#[test]
+fn udp_service_reaches_both_pods() {
+    use common::cluster::{Svc, graph};
+    use common::{udp_echo_server, udp_probe};
+    let topo = Topology::seed(&["10.244.1.5", "10.244.2.4"]);
+    udp_echo_server(topo.pod.name(), "10.244.1.5:5353");
+    udp_echo_server(topo.pod.name(), "10.244.2.4:5353");
+    let mut dns = Svc::new("kube-system", "dns", "10.96.0.10", 53)
+        .ep("10.244.1.5", "node-2")
+        .ep("10.244.2.4", "node-3");
+    dns.protocol = "UDP";
+    dns.target_port = 5353;
+    dns.node_port = Some(30053);
+    let mut g = graph(&[dns]);
+    // The test topology's node address.
+    if let Some(fg) = g.families.get_mut(&kproxy_graph::IpFamily::V4) {
+        fg.nodeport_ips =
+            kproxy_graph::NodePortIps::Only(vec!["192.168.49.2".parse().expect("ip")]);
+    }
+    let mut backend = NftablesBackend::in_netns(topo.node.name());
+    backend.sync(&g, None).expect("full sync");
+    let both: std::collections::BTreeSet<String> = ["10.244.1.5", "10.244.2.4"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for addr in ["10.96.0.10:53", "192.168.49.2:30053"] {
+        let seen: std::collections::BTreeSet<String> = (0..40)
+            .map(|_| udp_probe(topo.client.name(), addr).unwrap_or_else(|e| format!("error: {e}")))
+            .collect();
+        assert_eq!(seen, both, "UDP {addr}");
+    }
+}

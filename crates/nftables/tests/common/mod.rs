@@ -201,3 +201,36 @@ pub fn normalised_listing(ns: &NetNs, ignore_empty_chains: bool) -> String {
     }
     out
 }
+
+/// A UDP server in `ns` on `addr` (a specific address) that answers every
+/// datagram with that address.
+pub fn udp_echo_server(ns: &str, addr: &str) {
+    let addr: SocketAddr = addr.parse().expect("server address");
+    let (tx, rx) = std::sync::mpsc::channel();
+    in_netns(ns, move || {
+        let s = std::net::UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        tx.send(()).expect("signal");
+        let mut buf = [0u8; 64];
+        while let Ok((_, peer)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(addr.ip().to_string().as_bytes(), peer);
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("udp server started");
+}
+
+/// One UDP request from `ns` (a fresh socket, so a fresh conntrack entry).
+pub fn udp_probe(ns: &str, addr: &str) -> Result<String, String> {
+    let addr: SocketAddr = addr.parse().expect("probe address");
+    in_netns(ns, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .map_err(|e| e.to_string())?;
+        s.send_to(b"hi", addr).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 64];
+        let (n, _) = s.recv_from(&mut buf).map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .join()
+    .expect("probe thread")
+}

@@ -2,7 +2,7 @@
 //! on this machine, in the same run, in empty network namespaces.
 //!
 //! ```text
-//! cargo run --release -p kproxy-nftables --example bench -- \
+//! cargo run --release -p kproxy-nftables --example nftables-bench -- \
 //!     [--sizes 1000,10000,50000] [--kube-proxy-sizes 1000,10000] \
 //!     [--endpoints 10] [--reps 3] [--changes 7]
 //! ```
@@ -184,6 +184,10 @@ fn nft_apply(ns: &str, text: &str) {
 fn run_case(kind: &str, n: usize, e: usize, changes: usize) {
     let g = synthetic::graph(n, e);
     match kind {
+        "text" => {
+            // The full ruleset, for experiments by hand.
+            print!("{}", NftGenerator.generate(&g).unwrap().render());
+        }
         "gen" => {
             let graph_kib = self_peak_kib();
             let t = Instant::now();
@@ -200,7 +204,12 @@ fn run_case(kind: &str, n: usize, e: usize, changes: usize) {
         }
         "full" => {
             let ns = Ns::new("full");
-            let mut be = NftablesBackend::in_netns(&ns.0);
+            // Enter the namespace (this thread; `nft` children inherit it)
+            // and run `nft` directly, as the daemon does on a node, rather
+            // than through `ip netns exec`.
+            let f = std::fs::File::open(format!("/var/run/netns/{}", ns.0)).unwrap();
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let mut be = NftablesBackend::new();
             let graph_kib = self_peak_kib();
             let mon = NftPeak::start();
             let t = Instant::now();
