@@ -21,6 +21,16 @@ pub enum BackendArg {
 }
 
 impl BackendArg {
+    /// The flag's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendArg::Auto => "auto",
+            BackendArg::IptablesLegacy => "iptables-legacy",
+            BackendArg::IptablesNft => "iptables-nft",
+            BackendArg::Nftables => "nftables",
+        }
+    }
+
     /// The concrete backend, without probing the host (`None` for `auto`).
     pub fn concrete(self) -> Option<BackendKind> {
         match self {

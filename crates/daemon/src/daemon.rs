@@ -18,7 +18,7 @@ pub fn main(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(args)?;
     tracing::info!(
         backend = %settings.backend,
-        requested = ?args.backend,
+        requested = args.backend.map_or("default", backends::BackendArg::as_str),
         node = %settings.proxy.node_name,
         source = %args.source,
         sync_period = ?settings.sync_period,

@@ -879,3 +879,42 @@ fn restart_under_traffic_fails_no_connection() {
         );
     }
 }
+
+#[test]
+fn auto_picks_nftables_and_falls_back_to_iptables() {
+    let data = TempDir::new("auto");
+    let f = data.write("cluster.yaml", &fixture("nodeports"));
+    let args = [
+        "run",
+        "--backend",
+        "auto",
+        "--source",
+        f.to_str().unwrap(),
+        "--config",
+        &config_arg(),
+        "--once",
+    ];
+    let ns = NetNs::new("dmn");
+    let (ok, _, err) = kproxy_in(&ns, &args, &[]);
+    assert!(ok, "{err}");
+    assert!(err.contains("backend=nftables"), "{err}");
+    assert!(kernel_rules(&ns, "nftables").contains(SVC_IP));
+
+    // A host whose nft does not work: the iptables flavour in use (none
+    // here, so nft's, as iptables-wrappers decides on a tie).
+    let bin = TempDir::new("nonft");
+    let nft = bin.path().join("nft");
+    std::fs::write(&nft, "#!/bin/sh\necho 'nft: broken' >&2\nexit 1\n").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let ns = NetNs::new("dmn");
+    let (ok, _, err) = kproxy_in(&ns, &args, &[("PATH", &path)]);
+    assert!(ok, "{err}");
+    assert!(err.contains("backend=iptables-nft"), "{err}");
+    assert!(kernel_rules(&ns, "iptables-nft").contains(SVC_IP));
+}
