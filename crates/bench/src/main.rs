@@ -138,6 +138,10 @@ struct RunArgs {
     /// Largest size kube-proxy's nftables layout is loaded at (never above 10000).
     #[arg(long, default_value_t = 10_000)]
     kube_nft_max: usize,
+    /// Per-backend size caps for the control plane, `BACKEND=N` (its full
+    /// sync takes minutes beyond; the data plane is still measured).
+    #[arg(long, value_delimiter = ',', default_value = "iptables-nft=1000")]
+    cap: Vec<String>,
     /// Churn run: cluster size.
     #[arg(long, default_value_t = 10_000)]
     churn_services: usize,
@@ -243,6 +247,17 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| subjects::Subject::parse(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut caps = std::collections::BTreeMap::new();
+    for c in &a.cap {
+        let (b, n) = c
+            .split_once('=')
+            .with_context(|| format!("--cap {c:?}: expected BACKEND=N"))?;
+        let n: usize = n
+            .trim()
+            .parse()
+            .with_context(|| format!("--cap {c:?}: {n:?} is not a number"))?;
+        caps.insert(subjects::Subject::parse(b)?, n);
+    }
     let kproxy = match a.kproxy {
         Some(p) => Some(p),
         None => {
@@ -259,6 +274,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
         subjects,
         repeats: a.repeats.max(3),
         kube_nft_max: a.kube_nft_max.min(10_000),
+        caps,
         churn_services: a.churn_services,
         churn_seconds: a.churn_seconds,
         churn_rate: a.churn_rate,
@@ -281,6 +297,12 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
         opts.dp_seconds = 0.3;
         opts.dp_max = 2000;
         opts.timeout = Duration::from_secs(60);
+        // Exercise the above-the-cap path too (data plane loaded with a
+        // plain restore, churn skipped).
+        opts.caps.insert(
+            subjects::Subject::Ours(kproxy_graph::BackendKind::IptablesNft),
+            20,
+        );
     }
     if opts.kproxy.is_none() {
         eprintln!(

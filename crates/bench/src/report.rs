@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
-use kproxy_graph::BackendKind;
 use plotters::prelude::*;
 
 use crate::results::{Human, Metric, Record, Summary};
@@ -616,17 +615,13 @@ pub fn check_quick(opts: &RunOpts, o: &Outcome) -> anyhow::Result<()> {
         .collect();
     for s in &opts.subjects {
         let name = s.to_string();
-        let expect: &[Metric] = match s {
-            Subject::KubeProxyNft => &[Metric::Loader, Metric::ConnectLatency],
-            Subject::Ours(_) => &[
-                Metric::Render,
-                Metric::Loader,
-                Metric::FullSyncBackend,
-                Metric::IncrEndpoint,
-                Metric::ConnectLatency,
-                Metric::ChurnP50,
-            ],
-        };
+        let mut expect = vec![Metric::Render, Metric::Loader, Metric::ConnectLatency];
+        if matches!(s, Subject::Ours(_)) {
+            expect.extend([Metric::FullSyncBackend, Metric::IncrEndpoint]);
+            if opts.churn_services <= opts.cap(*s) {
+                expect.push(Metric::ChurnP50);
+            }
+        }
         if !measured.contains(name.as_str()) {
             if matches!(s, Subject::Ours(_))
                 && o.notes
@@ -639,7 +634,7 @@ pub fn check_quick(opts: &RunOpts, o: &Outcome) -> anyhow::Result<()> {
             problems.push(format!("{name}: nothing measured"));
             continue;
         }
-        for m in expect {
+        for m in &expect {
             if !o
                 .records
                 .iter()
@@ -648,7 +643,7 @@ pub fn check_quick(opts: &RunOpts, o: &Outcome) -> anyhow::Result<()> {
                 problems.push(format!("{name}: {m:?} not measured"));
             }
         }
-        if matches!(s, Subject::Ours(k) if *k == BackendKind::Nftables)
+        if matches!(s, Subject::Ours(_))
             && opts.kproxy.is_some()
             && !o.records.iter().any(|r| {
                 r.subject == name && r.metric == Metric::FullSyncDaemon && !r.samples.is_empty()

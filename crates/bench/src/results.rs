@@ -21,6 +21,8 @@ pub enum Metric {
     FullSyncBackend,
     /// The loader alone on the same text into an empty namespace, seconds.
     Loader,
+    /// iptables only: the loader without `--noflush` on the same text, seconds.
+    LoaderPlain,
     /// Peak RSS of `kproxy run --once`, MiB.
     DaemonRss,
     /// Peak RSS of the loader, MiB.
@@ -72,6 +74,7 @@ impl Metric {
             Metric::FullSyncDaemon => "full sync, `kproxy run --once` end to end",
             Metric::FullSyncBackend => "full sync, Backend::sync in process",
             Metric::Loader => "loader alone, same text (kernel floor)",
+            Metric::LoaderPlain => "iptables: plain restore (no --noflush), same text",
             Metric::DaemonRss => "peak RSS, `kproxy run --once`",
             Metric::LoaderRss => "peak RSS, loader",
             Metric::IncrEndpoint => "incremental: one endpoint changed (sync)",

@@ -30,6 +30,11 @@ pub struct RunOpts {
     /// kube-proxy's nftables layout is not loaded above this size (it
     /// takes minutes at 10k and can soft-lock the kernel).
     pub kube_nft_max: usize,
+    /// Per-subject size caps for the control-plane measurements (a
+    /// subject whose full sync takes minutes at some size is measured up
+    /// to the cap only; its data plane is still measured, loaded with a
+    /// plain restore).
+    pub caps: std::collections::BTreeMap<Subject, usize>,
     /// Churn run: Services, duration, changes per second (0 s: skip).
     pub churn_services: usize,
     /// Churn duration in seconds.
@@ -94,6 +99,18 @@ impl Outcome {
     }
 }
 
+impl RunOpts {
+    /// The largest size `subject`'s control plane is measured at.
+    pub fn cap(&self, subject: Subject) -> usize {
+        let c = self.caps.get(&subject).copied().unwrap_or(usize::MAX);
+        if subject == Subject::KubeProxyNft {
+            c.min(self.kube_nft_max)
+        } else {
+            c
+        }
+    }
+}
+
 fn log(msg: impl AsRef<str>) {
     eprintln!(
         "[{:>8.1}s] {}",
@@ -121,6 +138,7 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<Outcome> {
         "iptables-nft-save",
         "iptables-legacy-save",
     ])?;
+    crate::sys::remove_stale_namespaces();
     std::fs::create_dir_all(&opts.scratch)
         .with_context(|| format!("creating {}", opts.scratch.display()))?;
     let mut out = Outcome::default();
@@ -146,6 +164,14 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<Outcome> {
     if opts.churn_seconds > 0.0 {
         for s in &available {
             if let Subject::Ours(kind) = s {
+                if opts.churn_services > opts.cap(*s) {
+                    out.notes.push(format!(
+                        "{s}: churn not run at {} Services (above its cap of {})",
+                        opts.churn_services,
+                        opts.cap(*s)
+                    ));
+                    continue;
+                }
                 churn(opts, *kind, &mut out)?;
             }
         }
@@ -183,12 +209,23 @@ fn size_pass(
     let mut yaml_written = false;
 
     for &subject in subjects {
-        if subject == Subject::KubeProxyNft && n > opts.kube_nft_max {
-            out.notes.push(format!(
-                "kube-proxy-nft: not loaded at {n} Services (above {}: its per-service anonymous vmaps take minutes and can soft-lock the kernel)",
-                opts.kube_nft_max
-            ));
-            continue;
+        let within = n <= opts.cap(subject);
+        if !within {
+            let why = if subject == Subject::KubeProxyNft {
+                format!(
+                    "kube-proxy-nft: not loaded above {} Services (its per-service anonymous vmaps take minutes and can soft-lock the kernel)",
+                    opts.cap(subject)
+                )
+            } else {
+                format!(
+                    "{subject}: control plane measured up to {} Services only (`--cap`): its full sync takes minutes beyond; the data plane above that is loaded with a plain restore",
+                    opts.cap(subject)
+                )
+            };
+            out.notes.push(why);
+            if subject == Subject::KubeProxyNft || !dataplane {
+                continue;
+            }
         }
         let mode = subject.mode();
         // Graph build: what every sync of the daemon starts with.
@@ -219,35 +256,36 @@ fn size_pass(
         }
         let file = opts.scratch.join(format!("{subject}-{n}.rules"));
         std::fs::write(&file, &text).with_context(|| format!("writing {}", file.display()))?;
-        log(format!(
-            "size {n}: {subject}: rendered {} bytes",
-            text.len()
-        ));
+        drop(text);
+        log(format!("size {n}: {subject}: rendered"));
 
-        if control {
+        if control && within {
             loader_alone(opts, subject, n, &file, reps, out)?;
         }
-        if let Subject::Ours(kind) = subject {
-            if control {
-                full_sync_backend(opts, kind, n, &graph, reps, out)?;
-                if let Some(kproxy) = &opts.kproxy {
-                    if !yaml_written {
-                        let t = Instant::now();
-                        std::fs::write(&yaml_path, cluster.to_yaml()?)
-                            .with_context(|| format!("writing {}", yaml_path.display()))?;
-                        yaml_written = true;
-                        log(format!(
-                            "size {n}: wrote cluster YAML in {:.1}s",
-                            t.elapsed().as_secs_f64()
-                        ));
+        match subject {
+            Subject::Ours(kind) if within => {
+                if control {
+                    full_sync_backend(opts, kind, n, &graph, reps, out)?;
+                    if let Some(kproxy) = &opts.kproxy {
+                        if !yaml_written {
+                            let t = Instant::now();
+                            std::fs::write(&yaml_path, cluster.to_yaml()?)
+                                .with_context(|| format!("writing {}", yaml_path.display()))?;
+                            yaml_written = true;
+                            log(format!(
+                                "size {n}: wrote cluster YAML in {:.1}s",
+                                t.elapsed().as_secs_f64()
+                            ));
+                        }
+                        full_sync_daemon(opts, kproxy, kind, n, &yaml_path, reps, out)?;
                     }
-                    full_sync_daemon(opts, kproxy, kind, n, &yaml_path, reps, out)?;
                 }
+                populated(opts, kind, n, &cluster, &graph, control, dataplane, out)?;
             }
-            populated(opts, kind, n, &cluster, &graph, control, dataplane, out)?;
-        } else if dataplane {
-            dataplane_kube(opts, n, &file, out)?;
+            _ if dataplane => dataplane_from_file(opts, subject, n, &file, out)?,
+            _ => {}
         }
+        let _ = std::fs::remove_file(&file);
     }
     let _ = std::fs::remove_file(&yaml_path);
     Ok(())
@@ -301,6 +339,22 @@ fn loader_alone(
     }
     out.add(Metric::Loader, subject, n, wall);
     out.add(Metric::LoaderRss, subject, n, rss);
+    if subject.is_iptables() {
+        let argv = subject.plain_loader_argv(file);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut wall = Vec::new();
+        for _ in 0..reps {
+            let ns = Ns::new()?;
+            match ns.exec_rss(&argv, opts.timeout) {
+                Ok(r) => wall.push(r.wall.as_secs_f64()),
+                Err(e) => {
+                    out.miss(Metric::LoaderPlain, subject, n, format!("{e:#}"));
+                    return Ok(());
+                }
+            }
+        }
+        out.add(Metric::LoaderPlain, subject, n, wall);
+    }
     Ok(())
 }
 
@@ -554,16 +608,27 @@ fn dataplane_measure(
     Ok(())
 }
 
-fn dataplane_kube(opts: &RunOpts, n: usize, file: &Path, out: &mut Outcome) -> anyhow::Result<()> {
-    let subject = Subject::KubeProxyNft;
+/// The data plane for a subject loaded from its ruleset file: kube-proxy's
+/// nftables layout, and kproxy backends above their control-plane cap
+/// (plain restore: the same rules, loaded the fast way).
+fn dataplane_from_file(
+    opts: &RunOpts,
+    subject: Subject,
+    n: usize,
+    file: &Path,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
     let topo = Topology::new()?;
-    let argv = subject.loader_argv(file);
+    let argv = subject.plain_loader_argv(file);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     if let Err(e) = crate::sys::run_timed(topo.node.command(&argv), None, opts.timeout) {
         out.miss(Metric::ConnectLatency, subject, n, format!("{e:#}"));
         return Ok(());
     }
     ensure_rules(opts, subject, &topo.node)?;
+    if subject != Subject::KubeProxyNft {
+        out.notes.push(format!("{subject} data plane at {n} Services: rules loaded with `{}` (same text as a full sync)", argv.join(" ").replace(&file.display().to_string(), "FILE")));
+    }
     dataplane_measure(opts, subject, n, &topo, out)
 }
 

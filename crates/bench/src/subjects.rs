@@ -93,6 +93,23 @@ impl Subject {
         }
     }
 
+    /// The loader's command line without `--noflush` (iptables only; for
+    /// nft the same as [`Subject::loader_argv`]): a plain restore, which
+    /// replaces whole tables instead of checking every chain against the
+    /// kernel's. Used to show where iptables-nft's time goes and to load
+    /// the data-plane rules at sizes the `--noflush` restore cannot reach
+    /// in time.
+    pub fn plain_loader_argv(self, file: &Path) -> Vec<String> {
+        let mut argv = self.loader_argv(file);
+        argv.retain(|a| a != "--noflush");
+        argv
+    }
+
+    /// Whether the subject is loaded with iptables-restore.
+    pub fn is_iptables(self) -> bool {
+        !self.is_nft()
+    }
+
     /// How many rules (nft statements in chains; iptables `-A` lines) the
     /// namespace holds: proof that a sync put something in the kernel.
     pub fn rules_in(self, ns: &Ns) -> anyhow::Result<usize> {
