@@ -35,7 +35,7 @@ use crate::ir::{ChunkWriter, Element, Family, Op, Table, Transaction};
 use crate::transport::{self, Nft};
 
 /// The default bound on elements per transaction for large full syncs.
-pub const DEFAULT_MAX_ELEMENTS: usize = 100_000;
+pub const DEFAULT_MAX_ELEMENTS: usize = 50_000;
 
 /// What kproxy last applied for one family.
 #[derive(Debug, Clone)]
