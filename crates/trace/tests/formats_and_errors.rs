@@ -1,0 +1,105 @@
+//! Unknown syntax is an error naming the rule or statement; the JSON and
+//! dot reports carry the trace.
+
+use kproxy_graph::{BackendKind, Protocol};
+use kproxy_trace::{Node, Packet, TraceError, report, tracer_for};
+
+const IPT: &str = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-A - [0:0]\n:KUBE-SEP-A - [0:0]\n:KUBE-SEP-B - [0:0]\n\
+-A PREROUTING -j KUBE-SERVICES\n\
+-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-A\n\
+-A KUBE-SVC-A -m statistic --mode random --probability 0.33333333349 -j KUBE-SEP-A\n\
+-A KUBE-SVC-A -j KUBE-SEP-B\n\
+-A KUBE-SEP-A -p tcp -m tcp -j DNAT --to-destination 10.0.1.1:8080\n\
+-A KUBE-SEP-B -p tcp -m tcp -j DNAT --to-destination 10.0.2.2:8080\nCOMMIT\n";
+
+fn packet() -> Packet {
+    Packet::new(
+        "10.0.9.9".parse().expect("ip"),
+        "10.96.0.1".parse().expect("ip"),
+        80,
+        Protocol::Tcp,
+    )
+}
+
+#[test]
+fn iptables_save_probabilities_and_reports() {
+    let t = tracer_for(BackendKind::IptablesLegacy, IPT).expect("parses");
+    let trace = t.trace(&packet(), &Node::default()).expect("traces");
+    assert_eq!(
+        trace.outcome().to_string(),
+        "DNAT to 10.0.1.1:8080 (33.3%) or 10.0.2.2:8080 (66.7%), source preserved (not masqueraded)"
+    );
+    let json: serde_json::Value = serde_json::from_str(&report::json(&trace)).expect("valid JSON");
+    assert_eq!(json["outcome"]["parts"][0]["dnat"], "10.0.1.1:8080");
+    assert_eq!(json["trace"]["branches"].as_array().map(Vec::len), Some(2));
+    let dot = report::dot(&trace);
+    assert!(dot.starts_with("digraph trace {"), "{dot}");
+    assert!(
+        dot.contains("\"KUBE-SVC-A\" -> \"KUBE-SEP-A\" [label=\"33.3%\"]"),
+        "{dot}"
+    );
+    assert!(
+        dot.contains("\"KUBE-SEP-B\" -> \"DNAT to 10.0.2.2:8080\""),
+        "{dot}"
+    );
+}
+
+#[test]
+fn unknown_iptables_option_names_the_line() {
+    let text = IPT.replace("-j KUBE-SVC-A\n", "-m limit --limit 5/s -j KUBE-SVC-A\n");
+    match tracer_for(BackendKind::IptablesLegacy, &text) {
+        Err(TraceError::Parse { line, text, reason }) => {
+            assert_eq!(line, 7);
+            assert!(text.contains("-m limit"), "{text}");
+            assert!(reason.contains("limit"), "{reason}");
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("an unknown match was accepted"),
+    }
+}
+
+#[test]
+fn jump_to_a_missing_chain_is_an_error() {
+    let text = IPT.replace("-j KUBE-SEP-B\n", "-j KUBE-SEP-C\n");
+    let t = tracer_for(BackendKind::IptablesLegacy, &text).expect("parses");
+    let e = t.trace(&packet(), &Node::default()).err().expect("fails");
+    assert!(e.to_string().contains("KUBE-SEP-C"), "{e}");
+}
+
+const NFT: &str = "add table ip kproxy\n\
+add chain ip kproxy nat-prerouting { type nat hook prerouting priority dstnat ; policy accept ; }\n\
+add chain ip kproxy svc\n\
+add rule ip kproxy nat-prerouting ip daddr 10.96.0.1 tcp dport 80 goto svc\n\
+add rule ip kproxy svc meta l4proto tcp dnat to numgen random mod 3 map { 0 : 10.0.1.1 . 8080, 1 : 10.0.2.2 . 8080, 2 : 10.0.2.2 . 8080 }\n";
+
+#[test]
+fn nft_anonymous_maps_and_priorities() {
+    let t = tracer_for(BackendKind::Nftables, NFT).expect("parses");
+    let trace = t.trace(&packet(), &Node::default()).expect("traces");
+    assert_eq!(
+        trace.outcome().to_string(),
+        "DNAT to 10.0.1.1:8080 (33.3%) or 10.0.2.2:8080 (66.7%), source preserved (not masqueraded)"
+    );
+    // UDP does not match `tcp dport`.
+    let mut udp = packet();
+    udp.proto = Protocol::Udp;
+    assert!(
+        t.trace(&udp, &Node::default())
+            .expect("traces")
+            .outcome()
+            .is_not_handled()
+    );
+}
+
+#[test]
+fn unknown_nft_statement_names_it() {
+    let text = NFT.replace("goto svc", "limit rate 5/second goto svc");
+    match tracer_for(BackendKind::Nftables, &text) {
+        Err(TraceError::Parse { line, reason, .. }) => {
+            assert_eq!(line, 4);
+            assert!(reason.contains("limit"), "{reason}");
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("an unknown statement was accepted"),
+    }
+}
