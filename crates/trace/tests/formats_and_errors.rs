@@ -62,7 +62,7 @@ fn unknown_iptables_option_names_the_line() {
 fn jump_to_a_missing_chain_is_an_error() {
     let text = IPT.replace("-j KUBE-SEP-B\n", "-j KUBE-SEP-C\n");
     let t = tracer_for(BackendKind::IptablesLegacy, &text).expect("parses");
-    let e = t.trace(&packet(), &Node::default()).err().expect("fails");
+    let e = t.trace(&packet(), &Node::default()).expect_err("fails");
     assert!(e.to_string().contains("KUBE-SEP-C"), "{e}");
 }
 
