@@ -24,6 +24,28 @@
 //! [`Emulator::restart`] (same port, state kept, like an API server
 //! restart in front of etcd). [`Emulator::write_kubeconfig`] points a
 //! client at it. Errors are [`EmulatorError`]; kinds are [`Kind`].
+//!
+//! ```
+//! use std::time::Duration;
+//! use kproxy_apiserver_emulator::{Emulator, Kind};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (mut emu, addr) = Emulator::start().await?;
+//! let rv = emu.apply(&serde_json::json!({
+//!     "apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}
+//! }))?;
+//! assert_eq!(emu.resource_version(), rv);
+//! // What `write_kubeconfig(path)` writes for a client.
+//! assert!(emu.kubeconfig().contains(&format!("server: http://{addr}")));
+//! emu.fail_for(Duration::from_secs(5)); // every request: HTTP 500
+//! emu.recover();
+//! emu.stop().await; // the API server goes away...
+//! emu.delete(Kind::Node, "", "node-1");
+//! emu.restart().await?; // ...and comes back on the same port
+//! # Ok(())
+//! # }
+//! ```
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
