@@ -11,6 +11,7 @@
 //! keeps such rules as [`SavedRule::rule`] `None` (cleanup needs only
 //! their chain and raw text).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
@@ -414,6 +415,9 @@ pub fn parse_save_lenient(text: &str) -> Result<Saved, ParseError> {
 fn parse_inner(text: &str, lenient: bool) -> Result<Saved, ParseError> {
     let mut saved = Saved::default();
     let mut cur: Option<SavedTable> = None;
+    // Chain name → index in the current table: tables hold tens of
+    // thousands of chains, so a linear search per rule would be quadratic.
+    let mut index: HashMap<String, usize> = HashMap::new();
     for (n, line) in text.lines().enumerate() {
         let err = |message: String| ParseError::Line {
             line: n + 1,
@@ -432,6 +436,7 @@ fn parse_inner(text: &str, lenient: bool) -> Result<Saved, ParseError> {
                 name: t.to_string(),
                 chains: Vec::new(),
             });
+            index.clear();
             continue;
         }
         if line_t == "COMMIT" {
@@ -451,14 +456,17 @@ fn parse_inner(text: &str, lenient: bool) -> Result<Saved, ParseError> {
                 .ok_or_else(|| err("empty chain line".into()))?
                 .to_string();
             let policy = parts.next().filter(|p| *p != "-").map(String::from);
-            match table.chains.iter_mut().find(|c| c.name == name) {
+            match index.get(&name) {
                 // A chain line for an existing chain flushes it.
-                Some(c) => c.rules.clear(),
-                None => table.chains.push(SavedChain {
-                    name,
-                    policy,
-                    rules: Vec::new(),
-                }),
+                Some(&i) => table.chains[i].rules.clear(),
+                None => {
+                    index.insert(name.clone(), table.chains.len());
+                    table.chains.push(SavedChain {
+                        name,
+                        policy,
+                        rules: Vec::new(),
+                    });
+                }
             }
             continue;
         }
@@ -469,6 +477,12 @@ fn parse_inner(text: &str, lenient: bool) -> Result<Saved, ParseError> {
         };
         if op == "-X" {
             table.chains.retain(|c| c.name != chain);
+            index = table
+                .chains
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name.clone(), i))
+                .collect();
             continue;
         }
         let (insert, rest_start) = match op {
@@ -489,11 +503,12 @@ fn parse_inner(text: &str, lenient: bool) -> Result<Saved, ParseError> {
             Err(_) if lenient => None,
             Err(e) => return Err(err(e)),
         };
-        let c = match table.chains.iter_mut().position(|c| c.name == chain) {
+        let c = match index.get(&chain).copied() {
             Some(i) => &mut table.chains[i],
             None => {
                 let builtin = TableName::parse(&table.name).is_some_and(|t| t.is_builtin(&chain));
                 if lenient || builtin {
+                    index.insert(chain.clone(), table.chains.len());
                     table.chains.push(SavedChain {
                         name: chain.clone(),
                         policy: None,

@@ -180,6 +180,10 @@ pub struct RestorePlan {
     pub insert: Option<BTreeMap<TableName, Vec<BuiltinRule>>>,
     /// Chains to flush and delete (`-X`) in the same transaction, per table.
     pub delete: BTreeMap<TableName, Vec<String>>,
+    /// Chains not to write although selected above, per table: a full
+    /// sync leaves out chains the kernel already holds exactly (see
+    /// [`crate::exec::plan_full`]).
+    pub skip: BTreeMap<TableName, BTreeSet<String>>,
 }
 
 impl RestorePlan {
@@ -196,6 +200,7 @@ pub fn render_restore(fr: &FamilyRuleset, plan: &RestorePlan) -> (String, usize)
     let mut written = 0usize;
     for table in &fr.tables {
         let _ = writeln!(out, "*{}", table.name);
+        let skip = plan.skip.get(&table.name);
         let chains: Vec<_> = table
             .chains
             .iter()
@@ -203,6 +208,7 @@ pub fn render_restore(fr: &FamilyRuleset, plan: &RestorePlan) -> (String, usize)
                 (None, _) | (_, None) => true,
                 (Some(d), Some(o)) => d.contains(o),
             })
+            .filter(|c| !skip.is_some_and(|s| s.contains(&c.name)))
             .collect();
         let deletes = plan.delete.get(&table.name);
         for c in &chains {

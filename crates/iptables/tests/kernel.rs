@@ -145,7 +145,9 @@ fn apply_read_back_and_round_trip_every_fixture_both_flavours() {
             assert!(be.check().expect("check"), "{name}: canary present");
             // A second full sync over the same state is idempotent (no
             // duplicated jumps).
-            be.sync(&g, None).expect("resync");
+            let again = be.sync(&g, None).expect("resync");
+            assert!(again.full);
+            assert_eq!(again.rules_written, 0, "{name}: nothing to rewrite");
             for fr in &rs.families {
                 assert_kernel_matches(&t, fr, &format!("{name} {flavour:?} resync"));
             }

@@ -1,0 +1,188 @@
+//! Benchmark (not a test): generation + rendering of kube-proxy's iptables
+//! rules for a large cluster, the size of a partial sync after one
+//! endpoint change, and optionally (`--apply`, needs root) the backends'
+//! real syncs with `iptables-legacy-restore` and `iptables-nft-restore`
+//! inside a throw-away network namespace (first full sync, full sync over
+//! an unchanged node, partial sync after one endpoint change).
+//!
+//! ```text
+//! cargo run --release -p kproxy-iptables --example bench -- [SERVICES] [ENDPOINTS] [--apply]
+//! ```
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kproxy_graph::Backend;
+use kproxy_graph::{ChangeSet, IpFamily, Objects, ProxyConfig, Render, ServiceGraph};
+use kproxy_iptables::exec::plan_partial;
+use kproxy_iptables::{
+    Flavour, GenOptions, IptablesBackend, RestorePlan, generate, render_restore,
+};
+
+fn cluster(services: usize, endpoints: usize, changed: Option<usize>) -> ServiceGraph {
+    let mut items = Vec::with_capacity(services * 2);
+    for s in 0..services {
+        let ip = format!("172.{}.{}.{}", 16 + s / 65536, (s / 256) % 256, s % 256);
+        items.push(format!(
+            r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"svc{s}","namespace":"ns{}"}},"spec":{{"type":"NodePort","clusterIP":"{ip}","ports":[{{"name":"http","port":80,"protocol":"TCP","targetPort":8080,"nodePort":{}}}]}}}}"#,
+            s % 100,
+            30000 + (s % 2768)
+        ));
+        let eps: Vec<String> = (0..endpoints)
+            .map(|e| {
+                let last = if changed == Some(s) && e == 0 { 254 } else { e + 1 };
+                format!(
+                    r#"{{"addresses":["10.{}.{}.{}"],"conditions":{{"ready":true}},"nodeName":"node{}"}}"#,
+                    s / 256 % 256,
+                    s % 256,
+                    last,
+                    e % 7
+                )
+            })
+            .collect();
+        items.push(format!(
+            r#"{{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{{"name":"svc{s}-x","namespace":"ns{}","labels":{{"kubernetes.io/service-name":"svc{s}"}}}},"addressType":"IPv4","ports":[{{"name":"http","port":8080,"protocol":"TCP"}}],"endpoints":[{}]}}"#,
+            s % 100,
+            eps.join(",")
+        ));
+    }
+    let text = format!(
+        r#"{{"apiVersion":"v1","kind":"List","items":[{}]}}"#,
+        items.join(",")
+    );
+    let (objs, _) = Objects::from_yaml("bench", &text).expect("bench objects");
+    let cfg = ProxyConfig {
+        node_name: "node0".into(),
+        families: vec![IpFamily::V4],
+        cluster_cidrs: vec!["10.0.0.0/8".parse().expect("cidr")],
+        ..ProxyConfig::default()
+    };
+    ServiceGraph::build(&objs, &cfg)
+}
+
+fn stats(mut v: Vec<Duration>) -> String {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "median {:.1} ms, min {:.1} ms, max {:.1} ms (n={})",
+        ms(v[v.len() / 2]),
+        ms(v[0]),
+        ms(v[v.len() - 1]),
+        v.len()
+    )
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let nums: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let services = nums.first().copied().unwrap_or(10_000);
+    let endpoints = nums.get(1).copied().unwrap_or(10);
+    let apply = args.iter().any(|a| a == "--apply");
+
+    let t = Instant::now();
+    let g = cluster(services, endpoints, None);
+    println!(
+        "graph: {services} services x {endpoints} endpoints built in {:.0} ms (intake, not measured below)",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    let opts = GenOptions::default();
+    let (mut gen_t, mut render_t, mut both_t) = (Vec::new(), Vec::new(), Vec::new());
+    let mut bytes = 0;
+    let mut rules = 0;
+    for _ in 0..11 {
+        let t0 = Instant::now();
+        let rs = generate(&g, &opts);
+        let t1 = Instant::now();
+        let text = rs.render();
+        let t2 = Instant::now();
+        gen_t.push(t1 - t0);
+        render_t.push(t2 - t1);
+        both_t.push(t2 - t0);
+        bytes = text.len();
+        rules = rs.families.iter().map(|f| f.rule_count()).sum();
+    }
+    println!(
+        "rules: {rules}, restore input: {:.1} MiB",
+        bytes as f64 / 1048576.0
+    );
+    println!("generate:          {}", stats(gen_t));
+    println!("render:            {}", stats(render_t));
+    println!("generate + render: {}", stats(both_t));
+
+    // One endpoint of one service changes: what a partial sync writes.
+    let g2 = cluster(services, endpoints, Some(services / 2));
+    let changes = ChangeSet::between(&g, &g2);
+    let (r1, r2) = (generate(&g, &opts), generate(&g2, &opts));
+    let (f1, f2) = (
+        r1.family(IpFamily::V4).expect("v4"),
+        r2.family(IpFamily::V4).expect("v4"),
+    );
+    let plan = plan_partial(f1, f2, &changes.family(IpFamily::V4));
+    let (partial, written) = render_restore(f2, &plan);
+    let (full, full_written) = render_restore(f2, &RestorePlan::full());
+    println!(
+        "partial sync after one endpoint change: {written} rules, {} bytes (full: {full_written} rules, {} bytes)",
+        partial.len(),
+        full.len()
+    );
+
+    if let Some(i) = args.iter().position(|a| a == "--write") {
+        let dir = args.get(i + 1).map(String::as_str).unwrap_or(".");
+        let _ = std::fs::write(format!("{dir}/full.rules"), &full);
+        let _ = std::fs::write(format!("{dir}/partial.rules"), &partial);
+    }
+    if apply {
+        apply_bench(&g, &g2);
+    }
+}
+
+fn apply_bench(g: &ServiceGraph, g2: &ServiceGraph) {
+    let ns = format!("ipt-bench-{}", std::process::id());
+    let ok = Command::new("ip")
+        .args(["netns", "add", &ns])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "ip netns add failed (needs root)");
+    let there = ChangeSet::between(g, g2);
+    let back = ChangeSet::between(g2, g);
+    for flavour in [Flavour::Legacy, Flavour::Nft] {
+        let mut be = IptablesBackend::in_netns(flavour, &ns);
+        let t0 = Instant::now();
+        let s = be.sync(g, None).expect("first sync");
+        println!(
+            "{flavour:?} first full sync (empty node): {:.1} ms, {} rules written",
+            t0.elapsed().as_secs_f64() * 1000.0,
+            s.rules_written
+        );
+        let (mut full, mut partial) = (Vec::new(), Vec::new());
+        let mut written = (0, 0);
+        for i in 0..6 {
+            let t0 = Instant::now();
+            let s = be.sync(g, None).expect("full sync");
+            full.push(t0.elapsed());
+            written.0 = s.rules_written;
+            let t0 = Instant::now();
+            let c = if i % 2 == 0 { &there } else { &back };
+            let target = if i % 2 == 0 { g2 } else { g };
+            let s = be.sync(target, Some(c)).expect("partial sync");
+            partial.push(t0.elapsed());
+            written.1 = s.rules_written;
+            // Leave the node at `g` for the next full sync.
+            if i % 2 == 0 {
+                be.sync(g, Some(&back)).expect("back");
+            }
+        }
+        println!(
+            "{flavour:?} full sync, unchanged node ({} rules written): {}",
+            written.0,
+            stats(full)
+        );
+        println!(
+            "{flavour:?} partial sync, one endpoint changed ({} rules written): {}",
+            written.1,
+            stats(partial)
+        );
+        be.cleanup().expect("cleanup");
+    }
+    let _ = Command::new("ip").args(["netns", "delete", &ns]).status();
+}
