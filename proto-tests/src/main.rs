@@ -53,6 +53,9 @@ enum Cmd {
         /// Source port (0: any).
         #[arg(long, default_value_t = 0)]
         port: u16,
+        /// Send `GET /` and report the HTTP status (health-check node ports).
+        #[arg(long)]
+        http: bool,
         /// Attempts.
         #[arg(long, default_value_t = 1)]
         count: u32,
@@ -118,13 +121,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             to,
             bind,
             port,
+            http,
             count,
             timeout_ms,
         } => {
             let mut out = std::io::stdout().lock();
             let mut timeouts = 0;
             for _ in 0..count {
-                let a = wire::probe(&to, bind, port, Duration::from_millis(timeout_ms));
+                let t = Duration::from_millis(timeout_ms);
+                let a = if http {
+                    wire::probe_http(&to, bind, t)
+                } else {
+                    wire::probe(&to, bind, port, t)
+                };
                 writeln!(out, "{}", serde_json::to_string(&a)?)?;
                 // Two timeouts tell all there is to know (a DROP, or a broken
                 // path); more would only cost seconds.

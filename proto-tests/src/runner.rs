@@ -11,7 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::scenario::{
-    BackendName, EndpointsExpect, Expect, Probe, Scenario, SimpleExpect, Source, objects_yaml,
+    BackendName, EndpointsExpect, Expect, HttpExpect, Probe, Scenario, SimpleExpect, Source,
+    objects_yaml,
 };
 use crate::topo::{Topology, TopologySpec};
 use crate::wire::{Attempt, Proto, Target};
@@ -244,7 +245,16 @@ pub fn topology_spec(s: &Scenario) -> TopologySpec {
                 .node_endpoints
                 .iter()
                 .any(|(_, ports)| ports.iter().any(|(port, _)| *port == t.addr.port()));
-            if node_addr && !taken && !spec.node_listen.contains(&(t.addr.port(), t.proto)) {
+            // An HTTP probe talks to a server of the daemon's (health-check
+            // node port): the node's listener must not take its port.
+            let http = match &p.expect {
+                crate::scenario::PerBackend::All(e) => matches!(e, Expect::Http(_)),
+                crate::scenario::PerBackend::By(m) => {
+                    m.values().any(|e| matches!(e, Expect::Http(_)))
+                }
+            };
+            if node_addr && !taken && !http && !spec.node_listen.contains(&(t.addr.port(), t.proto))
+            {
                 spec.node_listen.push((t.addr.port(), t.proto));
             }
         }
@@ -644,6 +654,7 @@ pub fn default_count(e: &Expect, sticky: bool) -> u32 {
         // endpoint show itself (missed with probability 2^-16 at 50%).
         Expect::Endpoints(_) => 16,
         Expect::Simple(SimpleExpect::Drop) => 1,
+        Expect::Http(_) => 2,
         Expect::Simple(_) => 2,
     }
 }
@@ -658,6 +669,17 @@ fn run_probe(
 ) -> Option<ProbeReport> {
     if let Some(bs) = &p.backends
         && !bs.iter().any(|k| backend.matches_key(k))
+    {
+        return None;
+    }
+    let mode = match cfg.applier {
+        Applier::Kproxy { .. } => "run",
+        Applier::Daemon { .. } => "daemon",
+        Applier::Render { .. } => "render",
+        Applier::Nft { .. } => "nft",
+    };
+    if let Some(ms) = &p.modes
+        && !ms.iter().any(|m| m == mode)
     {
         return None;
     }
@@ -691,11 +713,14 @@ fn run_probe(
         Ok((ns, bind)) => probe_in(
             ns,
             &cfg.proto_bin,
-            &to,
-            bind,
-            p.source_port.unwrap_or(0),
-            count,
-            cfg.timeout,
+            &ProbeArgs {
+                to,
+                bind,
+                port: p.source_port.unwrap_or(0),
+                http: matches!(expect, Expect::Http(_)),
+                count,
+                timeout: cfg.timeout,
+            },
         ),
         Err(e) => Err(e),
     };
@@ -720,15 +745,25 @@ fn run_probe(
     Some(rep)
 }
 
-fn probe_in(
-    ns: &crate::topo::Ns,
-    proto_bin: &Path,
-    to: &Target,
+/// The `kproxy-proto probe` arguments.
+struct ProbeArgs {
+    to: Target,
     bind: Option<IpAddr>,
     port: u16,
+    http: bool,
     count: u32,
     timeout: Duration,
-) -> Result<Vec<Attempt>, String> {
+}
+
+fn probe_in(ns: &crate::topo::Ns, proto_bin: &Path, a: &ProbeArgs) -> Result<Vec<Attempt>, String> {
+    let ProbeArgs {
+        to,
+        bind,
+        port,
+        http,
+        count,
+        timeout,
+    } = a;
     let mut c = ns.command(proto_bin);
     c.args([
         "probe",
@@ -743,6 +778,9 @@ fn probe_in(
     ]);
     if let Some(b) = bind {
         c.args(["--bind", &b.to_string()]);
+    }
+    if *http {
+        c.arg("--http");
     }
     let out = c
         .stdin(Stdio::null())
@@ -781,6 +819,13 @@ pub fn describe(e: &Expect) -> String {
             };
             format!("endpoints [{}]{m}", eps.join(", "))
         }
+        Expect::Http(HttpExpect {
+            http,
+            body_contains,
+        }) => match body_contains {
+            Some(b) => format!("HTTP {http} with {b:?}"),
+            None => format!("HTTP {http}"),
+        },
     }
 }
 
@@ -804,6 +849,7 @@ pub fn summarize(a: &[Attempt]) -> String {
                     format!("{reached} saw {} (client {l})", from.ip())
                 }
             }
+            Attempt::Http { status, body } => format!("HTTP {status} {body}"),
             Attempt::Refused => "refused".into(),
             Attempt::Unreachable { error } => format!("unreachable ({error})"),
             Attempt::Timeout => "timeout".into(),
@@ -860,6 +906,17 @@ pub fn judge(e: &Expect, sticky: bool, attempts: &[Attempt]) -> Result<(), Strin
             Ok(())
         }
         Expect::Endpoints(ep) => judge_endpoints(ep, sticky, attempts),
+        Expect::Http(h) => {
+            for a in attempts {
+                let ok = matches!(a, Attempt::Http { status, body }
+                    if *status == h.http
+                        && h.body_contains.as_ref().is_none_or(|b| body.contains(b.as_str())));
+                if !ok {
+                    return Err(format!("want {}; got {}", describe(e), one(a)));
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -1024,6 +1081,24 @@ mod tests {
             .is_err()
         );
         assert!(judge(&reject, false, &[]).is_err());
+    }
+
+    #[test]
+    fn http_judged() {
+        let h = |status| Attempt::Http {
+            status,
+            body: "{\"localEndpoints\":1}".into(),
+        };
+        let want = |http, body: Option<&str>| {
+            Expect::Http(HttpExpect {
+                http,
+                body_contains: body.map(String::from),
+            })
+        };
+        assert_eq!(judge(&want(200, None), false, &[h(200), h(200)]), Ok(()));
+        assert!(judge(&want(503, None), false, &[h(200)]).is_err());
+        assert!(judge(&want(200, Some("\"localEndpoints\":0")), false, &[h(200)]).is_err());
+        assert!(judge(&want(200, None), false, &[Attempt::Refused]).is_err());
     }
 
     fn report(known: Option<&str>, verdicts: &[Verdict]) -> ScenarioReport {

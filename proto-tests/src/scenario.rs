@@ -208,6 +208,11 @@ pub struct Probe {
     /// Only on these backends (`iptables` = both flavours).
     #[serde(default)]
     pub backends: Option<Vec<String>>,
+    /// Only when rules are applied this way: `run` (kproxy run --once),
+    /// `daemon` (a long-running kproxy run), `render`. Health-check node
+    /// ports, for one, exist only while the daemon runs.
+    #[serde(default)]
+    pub modes: Option<Vec<String>>,
     /// A known failure: the probe is run and reported, but does not fail the run.
     #[serde(default)]
     pub known_failure: Option<PerBackend<String>>,
@@ -224,6 +229,19 @@ pub enum Expect {
     Simple(SimpleExpect),
     /// Answered by these endpoints.
     Endpoints(EndpointsExpect),
+    /// An HTTP answer with this status (`GET /`; health-check node ports).
+    Http(HttpExpect),
+}
+
+/// An HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpExpect {
+    /// The status code every attempt must get.
+    pub http: u16,
+    /// Text the first body line must contain.
+    #[serde(default)]
+    pub body_contains: Option<String>,
 }
 
 /// Outcomes without endpoints.
@@ -387,6 +405,11 @@ impl Scenario {
                     return Err(format!(
                         "{at}: unknown backend {k:?} (iptables-legacy, iptables-nft, nftables or iptables)"
                     ));
+                }
+            }
+            for m in p.modes.iter().flatten() {
+                if !["run", "daemon", "render"].contains(&m.as_str()) {
+                    return Err(format!("{at}: unknown mode {m:?} (run, daemon or render)"));
                 }
             }
             if let PerBackend::By(m) = &p.expect

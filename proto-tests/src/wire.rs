@@ -107,6 +107,13 @@ pub enum Attempt {
         /// The probe's own address:port.
         local: Option<SocketAddr>,
     },
+    /// An HTTP server answered (`--http` probes: health-check node ports).
+    Http {
+        /// The status code.
+        status: u16,
+        /// The first line of the body (health checks answer JSON).
+        body: String,
+    },
     /// Connection refused (TCP RST or ICMP port unreachable): a REJECT.
     Refused,
     /// ICMP host/network/admin unreachable: also a REJECT, with another code.
@@ -294,6 +301,54 @@ pub fn probe(to: &Target, bind: Option<IpAddr>, port: u16, timeout: Duration) ->
     match to.proto {
         Proto::Udp => probe_udp(to, bind, port, timeout),
         p => probe_stream(to, p, bind, port, timeout),
+    }
+}
+
+/// One HTTP/1.0 `GET /` to `to` (TCP), for health-check node ports.
+pub fn probe_http(to: &Target, bind: Option<IpAddr>, timeout: Duration) -> Attempt {
+    let s = match stream_socket(&to.addr, Proto::Tcp) {
+        Ok(s) => s,
+        Err(e) => return Attempt::from_io(&e),
+    };
+    if let Some(b) = bind
+        && let Err(e) = s.bind(&SockAddr::from(SocketAddr::new(b, 0)))
+    {
+        return Attempt::Error {
+            error: format!("bind {b}: {e}"),
+        };
+    }
+    if let Err(e) = s.connect_timeout(&SockAddr::from(to.addr), timeout) {
+        return Attempt::from_io(&e);
+    }
+    let _ = s.set_read_timeout(Some(timeout));
+    let mut s = s;
+    if let Err(e) = s.write_all(b"GET / HTTP/1.0\r\nHost: proto-test\r\n\r\n") {
+        return Attempt::from_io(&e);
+    }
+    let mut got = Vec::new();
+    if let Err(e) = s.read_to_end(&mut got)
+        && got.is_empty()
+    {
+        return Attempt::from_io(&e);
+    }
+    let text = String::from_utf8_lossy(&got);
+    let status = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok());
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.lines().next().unwrap_or("").to_string())
+        .unwrap_or_default();
+    match status {
+        Some(status) => Attempt::Http { status, body },
+        None => Attempt::Error {
+            error: format!(
+                "not an HTTP answer: {:?}",
+                text.lines().next().unwrap_or("")
+            ),
+        },
     }
 }
 
