@@ -144,6 +144,13 @@ pub struct RunArgs {
     /// Address of /metrics, /rules, /graph, /status (empty: off).
     #[arg(long)]
     pub metrics_bind_address: Option<String>,
+    /// Exit when the healthz or metrics listener cannot bind (default: log
+    /// and continue without it).
+    #[arg(long)]
+    pub bind_address_hard_fail: bool,
+    /// OOM score adjustment for this process (-1000..1000; default -999).
+    #[arg(long, allow_hyphen_values = true)]
+    pub oom_score_adj: Option<i32>,
     /// Do not remove other modes' rules (kproxy's or kube-proxy's) after
     /// the first successful sync.
     #[arg(long)]

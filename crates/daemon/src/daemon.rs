@@ -28,6 +28,9 @@ pub fn main(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let backend = backends::make_backend(settings.backend)?;
     if !args.dry_run {
         crate::sysctl::apply(&settings.sysctls);
+        if let Some(adj) = settings.oom_score_adj {
+            crate::sysctl::oom_score_adj(adj);
+        }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -53,21 +56,32 @@ async fn run(
     );
     let mut tasks = Vec::new();
     if !args.once {
-        if let Some(addr) = settings.healthz_addr {
-            let l = http::bind("healthz", addr).await?;
-            tracing::info!(%addr, "serving /healthz and /livez");
-            tasks.push(tokio::spawn(http::serve(
-                l,
+        let listeners: [(&str, Option<std::net::SocketAddr>, http::Handler); 2] = [
+            (
+                "healthz",
+                settings.healthz_addr,
                 health::handler(shared.clone()),
-            )));
-        }
-        if let Some(addr) = settings.metrics_addr {
-            let l = http::bind("metrics", addr).await?;
-            tracing::info!(%addr, "serving /metrics, /rules, /graph, /status");
-            tasks.push(tokio::spawn(http::serve(
-                l,
+            ),
+            (
+                "metrics",
+                settings.metrics_addr,
                 metrics::handler(shared.clone()),
-            )));
+            ),
+        ];
+        for (what, addr, handler) in listeners {
+            let Some(addr) = addr else { continue };
+            match http::bind(what, addr).await {
+                Ok(l) => {
+                    tracing::info!(%addr, listener = what, "serving");
+                    tasks.push(tokio::spawn(http::serve(l, handler)));
+                }
+                // kube-proxy's bindAddressHardFail: by default a listener
+                // that cannot bind is logged and the proxy works on.
+                Err(e) if !settings.bind_address_hard_fail => {
+                    tracing::error!(error = %format!("{e:#}"), "continuing without this listener (bindAddressHardFail is false)");
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     let source = Source::open(

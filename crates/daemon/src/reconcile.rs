@@ -691,6 +691,8 @@ mod tests {
             healthz_addr: None,
             metrics_addr: None,
             sysctls: Vec::new(),
+            bind_address_hard_fail: false,
+            oom_score_adj: None,
         };
         let shared = Shared::new(
             ProxyHealth::new(std::time::Duration::from_secs(60)),

@@ -17,6 +17,9 @@ pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(30);
 pub const DEFAULT_MIN_SYNC_PERIOD: Duration = Duration::from_secs(1);
 /// kube-proxy's default `healthzBindAddress`.
 pub const DEFAULT_HEALTHZ: &str = "0.0.0.0:10256";
+/// kube-proxy's default `oomScoreAdj`: the last process the OOM killer
+/// picks, since losing it stops Service updates on the node.
+pub const DEFAULT_OOM_SCORE_ADJ: i32 = -999;
 /// kube-proxy's default `metricsBindAddress`.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:10249";
 
@@ -37,6 +40,10 @@ pub struct Settings {
     pub healthz_addr: Option<SocketAddr>,
     /// `/metrics` and debug listener; `None` when disabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// Exit when a listener cannot bind (`bindAddressHardFail`).
+    pub bind_address_hard_fail: bool,
+    /// `oomScoreAdj` for this process (kube-proxy's default -999).
+    pub oom_score_adj: Option<i32>,
     /// Kernel settings to apply at start.
     pub sysctls: Vec<crate::sysctl::Sysctl>,
 }
@@ -119,7 +126,17 @@ impl Settings {
         )?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let sysctls = crate::sysctl::wanted(file.as_ref(), &proxy, backend, cores);
+        let oom_score_adj = match args.oom_score_adj.or(f.oom_score_adj) {
+            Some(v) if !(-1000..=1000).contains(&v) => {
+                bail!("oomScoreAdj: {v} is outside -1000..1000")
+            }
+            Some(v) => Some(v),
+            None => Some(DEFAULT_OOM_SCORE_ADJ),
+        };
         Ok(Settings {
+            bind_address_hard_fail: args.bind_address_hard_fail
+                || f.bind_address_hard_fail.unwrap_or(false),
+            oom_score_adj,
             sysctls,
             backend,
             proxy,
@@ -261,6 +278,13 @@ mod tests {
         assert!(
             e(BASE, &["--backend", "nftables", "--min-sync-period", "x"])
                 .contains("--min-sync-period")
+        );
+        assert!(
+            e(
+                &format!("{BASE}oomScoreAdj: -2000\n"),
+                &["--backend", "nftables"]
+            )
+            .contains("oomScoreAdj")
         );
     }
 

@@ -125,6 +125,14 @@ pub fn apply(sysctls: &[Sysctl]) {
     }
 }
 
+/// Set this process's OOM score adjustment; failures are logged.
+pub fn oom_score_adj(value: i32) {
+    match std::fs::write("/proc/self/oom_score_adj", value.to_string()) {
+        Ok(()) => tracing::debug!(value, "set oom_score_adj"),
+        Err(e) => tracing::warn!(value, error = %e, "cannot set oom_score_adj"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

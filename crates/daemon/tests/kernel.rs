@@ -918,3 +918,31 @@ fn auto_picks_nftables_and_falls_back_to_iptables() {
     assert!(err.contains("backend=iptables-nft"), "{err}");
     assert!(kernel_rules(&ns, "iptables-nft").contains(SVC_IP));
 }
+
+#[test]
+fn a_busy_listener_port_is_not_fatal_unless_asked() {
+    let data = TempDir::new("busy");
+    data.write("cluster.yaml", &fixture("nodeports"));
+    let ns = NetNs::new("dmn");
+    let _busy = in_netns(&ns, || {
+        std::net::TcpListener::bind("127.0.0.1:10256").unwrap()
+    })
+    .join()
+    .unwrap();
+    let config = config_arg();
+    let src = data.path().to_str().unwrap().to_string();
+    let d = Daemon::start(&ns, &daemon_args("nftables", &src, &config), &[]);
+    wait_synced(&ns, &d);
+    assert!(
+        d.log().contains("continuing without this listener"),
+        "{}",
+        d.log()
+    );
+
+    let mut args = daemon_args("nftables", &src, &config);
+    args.push("--bind-address-hard-fail");
+    let mut d = Daemon::start(&ns, &args, &[]);
+    let status = d.child.wait().unwrap();
+    assert!(!status.success());
+    assert!(d.log().contains("127.0.0.1:10256"), "{}", d.log());
+}
