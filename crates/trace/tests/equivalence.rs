@@ -14,8 +14,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use kproxy_graph::{
-    Backend, BackendKind, FamilyGraph, IpFamily, NodePortAddress, NodePortIps, Objects, Protocol,
-    ProxyConfig, ProxyMode, ServiceGraph,
+    Backend, BackendKind, DetectLocalMode, FamilyGraph, IpFamily, NodePortAddress, NodePortIps,
+    Objects, Protocol, ProxyConfig, ProxyMode, ServiceGraph,
 };
 use kproxy_iptables::{Flavour, IptablesBackend};
 use kproxy_nftables::NftablesBackend;
@@ -200,6 +200,19 @@ fn config(rng: &mut Rng, dual: bool) -> ProxyConfig {
     c.cluster_cidrs = nets(&["10.244.0.0/16", "fd00:244::/48"]);
     c.service_cidrs = nets(&["10.96.0.0/16", "fd00:96::/112"]);
     c.masquerade_all = rng.chance(0.1);
+    // How pod traffic is recognised: by source CIDR, or by the interface
+    // it arrives on (pods on this node arrive on `cbr0` / `veth*`).
+    match rng.below(4) {
+        0 => {
+            c.detect_local_mode = DetectLocalMode::BridgeInterface;
+            c.bridge_interface = Some("cbr0".into());
+        }
+        1 => {
+            c.detect_local_mode = DetectLocalMode::InterfaceNamePrefix;
+            c.interface_name_prefix = Some("veth".into());
+        }
+        _ => {}
+    }
     if rng.chance(0.5) {
         c.nodeport_addresses = vec![NodePortAddress::Primary];
     }
@@ -406,7 +419,23 @@ fn random_packets(rng: &mut Rng, g: &FamilyGraph, n: usize) -> Vec<Packet> {
                 80,
             ),
         };
-        out.push(Packet::new(src, dst, dport, proto));
+        let mut p = Packet::new(src, dst, dport, proto);
+        // Pods of this node (10.244.0.0/24, fd00:244:0:0::/64) arrive on
+        // their bridge / veth; everything else (other nodes' pods
+        // included) on the uplink.
+        let local_pod = match src {
+            IpAddr::V4(a) => a.octets()[..3] == [10, 244, 0],
+            IpAddr::V6(a) => a.segments()[..4] == [0xfd00, 0x244, 0, 0],
+        };
+        p.iif = Some(
+            if local_pod {
+                rng.pick(&["cbr0", "veth1a2b"])
+            } else {
+                "eth0"
+            }
+            .to_string(),
+        );
+        out.push(p);
     }
     out
 }
@@ -472,6 +501,15 @@ fn run(graphs: u64, packets_per_family: usize, mutate: Option<Mutation>) -> Run 
             if let Some(m) = mutate {
                 text = m(kind, text);
             }
+            let iface = match kind {
+                BackendKind::Nftables => text.contains("iifname"),
+                _ => text.contains(" -i "),
+            };
+            if iface {
+                *r.by_expect
+                    .entry(format!("{kind} rulesets matching interfaces"))
+                    .or_default() += 1;
+            }
             let tracer = tracer_for(kind, &text).unwrap_or_else(|e| {
                 panic!("seed {seed}: {kind} ruleset does not parse: {e}\n{text}")
             });
@@ -529,7 +567,14 @@ fn backends_agree_on_random_graphs_and_packets() {
     eprintln!("{} cases, by expectation: {:?}", r.cases, r.by_expect);
     assert!(r.cases >= 5000, "only {} cases", r.cases);
     // Every documented difference was exercised, not only Same.
-    for k in ["Same", "WrongPort", "Unallocated", "NftNotHandled"] {
+    for k in [
+        "Same",
+        "WrongPort",
+        "Unallocated",
+        "NftNotHandled",
+        "iptables-legacy rulesets matching interfaces",
+        "nftables rulesets matching interfaces",
+    ] {
         assert!(
             r.by_expect.get(k).copied().unwrap_or(0) > 10,
             "{k} rarely exercised: {:?}",
