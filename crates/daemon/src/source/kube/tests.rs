@@ -262,6 +262,19 @@ async fn initial_sync_uses_kube_proxy_selectors() {
                 && r.contains("fieldSelector=metadata.name=test-node")),
         "no node request by field selector in {requests:#?}"
     );
+    // Only list and watch on the three collections, as deploy/rbac.yaml
+    // grants: no single-object GETs, nothing else.
+    let allowed = [
+        "GET /api/v1/services?",
+        "GET /apis/discovery.k8s.io/v1/endpointslices?",
+        "GET /api/v1/nodes?",
+    ];
+    for r in &requests {
+        assert!(
+            allowed.iter().any(|a| r.starts_with(a)),
+            "request outside the ClusterRole: {r}"
+        );
+    }
 }
 
 #[tokio::test]
