@@ -67,6 +67,8 @@ pub struct Reconciler {
     versions: Versions,
     hc_ports: Option<HealthCheckPorts>,
     conntrack: Option<Conntrack>,
+    /// The ruleset a dry run printed last.
+    dry_run_printed: Option<String>,
 }
 
 impl Reconciler {
@@ -97,6 +99,7 @@ impl Reconciler {
             versions: Versions::default(),
             hc_ports,
             conntrack,
+            dry_run_printed: None,
         }
     }
 
@@ -172,12 +175,17 @@ impl Reconciler {
         let result = if self.opts.dry_run {
             match self.backend.render_full(&graph) {
                 Ok(text) => {
-                    println!(
-                        "# kproxy dry run: {} sync, backend {}",
-                        kind,
-                        self.backend.kind()
-                    );
-                    print!("{text}");
+                    // Print each distinct ruleset once: periodic syncs of
+                    // an unchanged state would only repeat it.
+                    if self.dry_run_printed.as_deref() != Some(text.as_str()) {
+                        println!(
+                            "# kproxy dry run: {} sync, backend {}",
+                            kind,
+                            self.backend.kind()
+                        );
+                        print!("{text}");
+                        self.dry_run_printed = Some(text.clone());
+                    }
                     Ok(SyncStats {
                         full: true,
                         services: service_ports(&graph),
