@@ -51,6 +51,7 @@ pub fn run(kproxy: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         applier: Applier::Kproxy { bin: bin.clone() },
         timeout: Duration::from_millis(1000),
         sctp: false,
+        mutate: false,
     };
     let objs = s.objects_per_step().remove(0);
     say("");

@@ -146,6 +146,19 @@ pub fn run_suite(
     applier: &Applier,
     jobs: usize,
 ) -> Result<Vec<ScenarioReport>, HarnessError> {
+    run_suite_with(files, backends, proto_bin, applier, jobs, false)
+}
+
+/// [`run_suite`], optionally with every expectation mutated
+/// ([`runner::RunConfig::mutate`]).
+pub fn run_suite_with(
+    files: &[PathBuf],
+    backends: &[BackendName],
+    proto_bin: &Path,
+    applier: &Applier,
+    jobs: usize,
+    mutate: bool,
+) -> Result<Vec<ScenarioReport>, HarnessError> {
     topo::preflight()?;
     topo::install_signal_cleanup();
     let removed = topo::cleanup_stale()?;
@@ -178,6 +191,7 @@ pub fn run_suite(
         applier: applier.clone(),
         timeout: Duration::from_millis(1000),
         sctp,
+        mutate,
     };
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = std::sync::Mutex::new(vec![None; work.len()]);
@@ -188,7 +202,9 @@ pub fn run_suite(
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some((s, b)) = work.get(i) else { break };
                     let r = runner::run_scenario(s, *b, &cfg);
-                    eprint!("{}", r.render());
+                    if !mutate {
+                        eprint!("{}", r.render());
+                    }
                     if let Ok(mut v) = results.lock() {
                         v[i] = Some(r);
                     }

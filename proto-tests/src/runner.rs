@@ -65,6 +65,10 @@ pub struct RunConfig {
     pub timeout: Duration,
     /// Whether this kernel has SCTP (SCTP probes are not run without it).
     pub sctp: bool,
+    /// Judge every probe against a deliberately wrong expectation
+    /// ([`mutate`]): every probe must then fail, which proves it can.
+    /// Probes marked `known_failure` are skipped.
+    pub mutate: bool,
 }
 
 /// The verdict on one probe.
@@ -709,6 +713,21 @@ fn run_probe(
         return Some(rep);
     }
     let count = p.count.unwrap_or_else(|| default_count(&expect, p.sticky));
+    let known = p
+        .known_failure
+        .as_ref()
+        .and_then(|k| k.get(backend))
+        .cloned();
+    let expect = if cfg.mutate {
+        if known.is_some() || scenario_known {
+            return None;
+        }
+        let m = mutate(&expect);
+        rep.expect = format!("{} (mutated from {})", describe(&m), rep.expect);
+        m
+    } else {
+        expect
+    };
     let attempts = match topo.source(&src) {
         Ok((ns, bind)) => probe_in(
             ns,
@@ -797,6 +816,44 @@ fn probe_in(ns: &crate::topo::Ns, proto_bin: &Path, a: &ProbeArgs) -> Result<Vec
         .lines()
         .map(|l| serde_json::from_str::<Attempt>(l).map_err(|e| format!("probe output {l:?}: {e}")))
         .collect()
+}
+
+/// A wrong version of an expectation, for proving that a probe can fail:
+/// masquerading flipped, an expected endpoint dropped (or moved to another
+/// port), reject and drop swapped, no-match turned into reject, another
+/// HTTP status.
+pub fn mutate(e: &Expect) -> Expect {
+    match e {
+        Expect::Endpoints(EndpointsExpect {
+            endpoints,
+            masquerade: Some(m),
+        }) => Expect::Endpoints(EndpointsExpect {
+            endpoints: endpoints.clone(),
+            masquerade: Some(!m),
+        }),
+        Expect::Endpoints(EndpointsExpect {
+            endpoints,
+            masquerade: None,
+        }) => {
+            let mut eps = endpoints.clone();
+            if eps.len() > 1 {
+                eps.pop();
+            } else if let Some(first) = eps.first_mut() {
+                first.set_port(first.port().wrapping_add(1));
+            }
+            Expect::Endpoints(EndpointsExpect {
+                endpoints: eps,
+                masquerade: None,
+            })
+        }
+        Expect::Simple(SimpleExpect::Reject) => Expect::Simple(SimpleExpect::Drop),
+        Expect::Simple(SimpleExpect::Drop) => Expect::Simple(SimpleExpect::Reject),
+        Expect::Simple(SimpleExpect::NoMatch) => Expect::Simple(SimpleExpect::Reject),
+        Expect::Http(h) => Expect::Http(HttpExpect {
+            http: h.http.wrapping_add(1),
+            body_contains: h.body_contains.clone(),
+        }),
+    }
 }
 
 /// An expectation in words.

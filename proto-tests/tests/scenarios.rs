@@ -101,3 +101,55 @@ fn every_scenario_loads() {
         assert!(!spec.node_ips.is_empty(), "{}: no node IPs", f.display());
     }
 }
+
+/// Every probe of every scenario can fail: judged against a deliberately
+/// wrong expectation (masquerading flipped, an endpoint missing, reject
+/// and drop swapped, no-match as reject, another HTTP status), each one
+/// must fail against the real rules. One backend (nftables, or the first of
+/// PROTO_BACKENDS) is enough: the probes are the same on every backend.
+#[test]
+fn every_probe_can_fail() {
+    let env = |k: &str| std::env::var(k).unwrap_or_default();
+    let files = kproxy_proto_tests::scenario_files(&env("PROTO_SCENARIOS"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let backends =
+        kproxy_proto_tests::backends(&env("PROTO_BACKENDS")).unwrap_or_else(|e| panic!("{e}"));
+    let backend = if backends.contains(&kproxy_proto_tests::scenario::BackendName::Nftables) {
+        kproxy_proto_tests::scenario::BackendName::Nftables
+    } else {
+        backends[0]
+    };
+    kproxy_proto_tests::topo::preflight().unwrap_or_else(|e| panic!("{e}"));
+    let bin = kproxy_proto_tests::kproxy_binary().unwrap_or_else(|e| panic!("{e}"));
+    let reports = kproxy_proto_tests::run_suite_with(
+        &files,
+        &[backend],
+        Path::new(env!("CARGO_BIN_EXE_kproxy-proto")),
+        &Applier::Kproxy { bin },
+        env("PROTO_JOBS").parse().unwrap_or(3),
+        true,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut checked = 0;
+    let mut survivors = Vec::new();
+    for r in &reports {
+        assert!(r.setup_error.is_none(), "{}", r.render());
+        for p in &r.probes {
+            match &p.verdict {
+                kproxy_proto_tests::runner::Verdict::Fail(_) => checked += 1,
+                kproxy_proto_tests::runner::Verdict::NotRun(_) => {}
+                _ => survivors.push(format!(
+                    "{} on {}: step {} {}: expect {}; saw {}",
+                    r.scenario, r.backend, p.step, p.probe, p.expect, p.observed
+                )),
+            }
+        }
+    }
+    println!("every_probe_can_fail: {checked} mutated probes failed as they must");
+    assert!(checked > 50, "too few probes checked: {checked}");
+    assert!(
+        survivors.is_empty(),
+        "wrong expectations that passed (the probe cannot tell right from wrong):\n{}",
+        survivors.join("\n")
+    );
+}
