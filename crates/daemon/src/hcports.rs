@@ -2,14 +2,18 @@
 //! service with a `healthCheckNodePort`, an HTTP server on that port
 //! answering 200 when this node has a ready local endpoint and 503
 //! otherwise (reference §1.9), so load balancers send traffic only to nodes
-//! that can serve it locally.
+//! that can serve it locally. Like kube-proxy, the servers listen on the
+//! NodePort addresses: every address when NodePorts are accepted on all
+//! local addresses (iptables mode's default), else only on the addresses
+//! `nodePortAddresses` selects (nftables mode's default: the primary node
+//! IPs).
 
-use std::collections::BTreeMap;
-use std::net::{Ipv6Addr, SocketAddr};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use kproxy_graph::{ServiceGraph, TrafficPolicy};
+use kproxy_graph::{NodePortIps, ServiceGraph, TrafficPolicy};
 
 use crate::health::service_health_body;
 use crate::http::{self, Reply};
@@ -29,7 +33,7 @@ type Table = Arc<Mutex<BTreeMap<u16, PortInfo>>>;
 pub struct HealthCheckPorts {
     shared: Arc<Shared>,
     table: Table,
-    servers: BTreeMap<u16, tokio::task::JoinHandle<()>>,
+    servers: BTreeMap<u16, Server>,
 }
 
 impl HealthCheckPorts {
@@ -67,13 +71,61 @@ impl HealthCheckPorts {
         out
     }
 
+    /// Where health-check node ports listen: like kube-proxy, on the
+    /// NodePort addresses (`nodePortAddresses`), or on every address when
+    /// NodePorts are accepted on all of them.
+    fn bind_ips(graph: &ServiceGraph) -> BindIps {
+        let mut ips = BTreeSet::new();
+        for fg in graph.families.values() {
+            match &fg.nodeport_ips {
+                NodePortIps::All => return BindIps::All,
+                NodePortIps::Only(v) => ips.extend(v.iter().copied()),
+            }
+        }
+        BindIps::Only(ips)
+    }
+
+    fn listen(bind: &BindIps, port: u16) -> Vec<std::io::Result<tokio::net::TcpListener>> {
+        let addrs: Vec<Vec<SocketAddr>> = match bind {
+            // [::] accepts IPv4 too on Linux (bindv6only=0); 0.0.0.0 where
+            // IPv6 is off.
+            BindIps::All => vec![vec![
+                SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+                SocketAddr::from(([0, 0, 0, 0], port)),
+            ]],
+            BindIps::Only(ips) => ips
+                .iter()
+                .map(|ip| vec![SocketAddr::new(*ip, port)])
+                .collect(),
+        };
+        addrs
+            .into_iter()
+            .map(|candidates| {
+                let mut last = None;
+                for a in candidates {
+                    match std::net::TcpListener::bind(a) {
+                        Ok(l) => {
+                            l.set_nonblocking(true)?;
+                            return tokio::net::TcpListener::from_std(l);
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| std::io::Error::other("no address to bind")))
+            })
+            .collect()
+    }
+
     /// Bring the servers in line with `graph` (after a successful sync).
     pub fn update(&mut self, graph: &ServiceGraph) {
         let wanted = Self::wanted(graph);
-        self.servers.retain(|port, task| {
-            let keep = wanted.contains_key(port);
+        let bind = Self::bind_ips(graph);
+        self.servers.retain(|port, server| {
+            let keep = wanted.contains_key(port) && server.bind == bind;
             if !keep {
-                task.abort();
+                for t in &server.tasks {
+                    t.abort();
+                }
                 tracing::info!(port, "health-check node port closed");
             }
             keep
@@ -86,56 +138,80 @@ impl HealthCheckPorts {
             if self.servers.contains_key(&port) {
                 continue;
             }
-            // [::] accepts IPv4 too on Linux (bindv6only=0); fall back to
-            // 0.0.0.0 where IPv6 is off.
-            let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
-            let v4 = SocketAddr::from(([0, 0, 0, 0], port));
-            let listener =
-                std::net::TcpListener::bind(v6).or_else(|_| std::net::TcpListener::bind(v4));
-            let listener = match listener.and_then(|l| {
-                l.set_nonblocking(true)?;
-                tokio::net::TcpListener::from_std(l)
-            }) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!(port, service = %format!("{}/{}", info.namespace, info.name),
-                        error = %e, "cannot open health-check node port");
-                    continue;
-                }
-            };
-            let table = self.table.clone();
-            let shared = self.shared.clone();
-            let handler: http::Handler = Arc::new(move |_path: &str| {
-                let info = table
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&port)
-                    .cloned();
-                let Some(info) = info else {
-                    return Reply::text(503, "service gone\n");
+            let service = format!("{}/{}", info.namespace, info.name);
+            let mut tasks = Vec::new();
+            for listener in Self::listen(&bind, port) {
+                let listener = match listener {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(port, service = %service, error = %e,
+                            "cannot open health-check node port");
+                        continue;
+                    }
                 };
-                let healthy = shared.health().proxy_healthy(SystemTime::now());
-                let (code, body) =
-                    service_health_body(&info.namespace, &info.name, info.local_endpoints, healthy);
-                let mut r = Reply::json(code, body);
-                r.headers.push((
-                    "X-Load-Balancing-Endpoint-Weight",
-                    info.local_endpoints.to_string(),
-                ));
-                r
-            });
-            tracing::info!(port, service = %format!("{}/{}", info.namespace, info.name),
+                let table = self.table.clone();
+                let shared = self.shared.clone();
+                let handler: http::Handler = Arc::new(move |_path: &str| {
+                    let info = table
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&port)
+                        .cloned();
+                    let Some(info) = info else {
+                        return Reply::text(503, "service gone\n");
+                    };
+                    let healthy = shared.health().proxy_healthy(SystemTime::now());
+                    let (code, body) = service_health_body(
+                        &info.namespace,
+                        &info.name,
+                        info.local_endpoints,
+                        healthy,
+                    );
+                    let mut r = Reply::json(code, body);
+                    r.headers.push((
+                        "X-Load-Balancing-Endpoint-Weight",
+                        info.local_endpoints.to_string(),
+                    ));
+                    r
+                });
+                tasks.push(tokio::spawn(http::serve(listener, handler)));
+            }
+            tracing::info!(port, service = %service, listeners = tasks.len(), bind = ?bind,
                 "health-check node port open");
-            self.servers
-                .insert(port, tokio::spawn(http::serve(listener, handler)));
+            // Recorded even with no listener, so a failing bind is retried
+            // only when the addresses change, not logged every sync.
+            self.servers.insert(
+                port,
+                Server {
+                    bind: bind.clone(),
+                    tasks,
+                },
+            );
         }
     }
 }
 
+/// Where to listen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum BindIps {
+    /// Every address.
+    All,
+    /// These addresses.
+    Only(BTreeSet<IpAddr>),
+}
+
+/// One health-check node port's listeners.
+struct Server {
+    bind: BindIps,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
 impl Drop for HealthCheckPorts {
     fn drop(&mut self) {
-        for task in self.servers.values() {
-            task.abort();
+        for server in self.servers.values() {
+            for task in &server.tasks {
+                task.abort();
+            }
         }
     }
 }

@@ -436,58 +436,73 @@ fn invalid_objects_are_skipped_logged_and_counted() {
 
 #[test]
 fn health_check_node_port_reports_local_endpoints() {
-    let data = TempDir::new("hcnp");
-    data.write("cluster.yaml", &fixture("etp-local"));
-    let ns = NetNs::new("dmn");
-    let config = config_arg();
-    let src = data.path().to_str().unwrap().to_string();
-    let d = Daemon::start(&ns, &daemon_args("nftables", &src, &config), &[]);
-    wait_synced(&ns, &d);
-    let mut r = None;
-    assert!(
-        wait_for(Duration::from_secs(5), || {
-            r = http_get(&ns, 30000, "/");
-            r.is_some()
-        }),
-        "health-check node port 30000 not open:\n{}",
-        d.log()
-    );
-    let (code, head, body) = r.unwrap();
-    // Header names are case-insensitive; hyper sends them in lower case.
-    let head = head.to_ascii_lowercase();
-    assert_eq!(code, 200, "{body}");
-    assert!(
-        head.contains("x-load-balancing-endpoint-weight: 1"),
-        "{head}"
-    );
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["localEndpoints"], 1);
-    assert_eq!(v["service"]["namespace"], "ns1");
-    assert_eq!(v["service"]["name"], "svc1");
-    assert_eq!(v["serviceProxyHealthy"], true);
+    // iptables mode listens on every address (NodePorts on all local
+    // addresses); nftables mode only on the primary node IP, as kube-proxy.
+    for (backend, at, not_at) in [
+        ("iptables-nft", "127.0.0.1", None),
+        ("nftables", "192.168.0.2", Some("127.0.0.1")),
+    ] {
+        let data = TempDir::new("hcnp");
+        data.write("cluster.yaml", &fixture("etp-local"));
+        let ns = NetNs::new("dmn");
+        ns.exec(&["ip", "addr", "add", "192.168.0.2/32", "dev", "lo"]);
+        let config = config_arg();
+        let src = data.path().to_str().unwrap().to_string();
+        let d = Daemon::start(&ns, &daemon_args(backend, &src, &config), &[]);
+        wait_synced(&ns, &d);
+        let get = || http_get_at(&ns, at, 30000, "/");
+        let mut r = None;
+        assert!(
+            wait_for(Duration::from_secs(5), || {
+                r = get();
+                r.is_some()
+            }),
+            "{backend}: health-check node port {at}:30000 not open:\n{}",
+            d.log()
+        );
+        if let Some(other) = not_at {
+            assert!(
+                http_get_at(&ns, other, 30000, "/").is_none(),
+                "{backend}: must not listen on {other}"
+            );
+        }
+        let (code, head, body) = r.unwrap();
+        // Header names are case-insensitive; hyper sends them in lower case.
+        let head = head.to_ascii_lowercase();
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            head.contains("x-load-balancing-endpoint-weight: 1"),
+            "{head}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["localEndpoints"], 1);
+        assert_eq!(v["service"]["namespace"], "ns1");
+        assert_eq!(v["service"]["name"], "svc1");
+        assert_eq!(v["serviceProxyHealthy"], true);
 
-    // The local endpoint moves to another node: 503, count 0.
-    data.write(
-        "cluster.yaml",
-        &fixture("etp-local").replace("nodeName: test-node", "nodeName: other-node"),
-    );
-    assert!(
-        wait_for(Duration::from_secs(10), || http_get(&ns, 30000, "/")
-            .is_some_and(|(c, h, _)| c == 503
-                && h.to_ascii_lowercase()
-                    .contains("x-load-balancing-endpoint-weight: 0"))),
-        "{}",
-        d.log()
-    );
+        // The local endpoint moves to another node: 503, count 0.
+        data.write(
+            "cluster.yaml",
+            &fixture("etp-local").replace("nodeName: test-node", "nodeName: other-node"),
+        );
+        assert!(
+            wait_for(Duration::from_secs(10), || get().is_some_and(
+                |(c, h, _)| c == 503
+                    && h.to_ascii_lowercase()
+                        .contains("x-load-balancing-endpoint-weight: 0")
+            )),
+            "{backend}: {}",
+            d.log()
+        );
 
-    // The Service goes: the port closes.
-    data.write("cluster.yaml", "");
-    assert!(
-        wait_for(Duration::from_secs(10), || http_get(&ns, 30000, "/")
-            .is_none()),
-        "{}",
-        d.log()
-    );
+        // The Service goes: the port closes.
+        data.write("cluster.yaml", "");
+        assert!(
+            wait_for(Duration::from_secs(10), || get().is_none()),
+            "{backend}: {}",
+            d.log()
+        );
+    }
 }
 
 const UDP_CLUSTER: &str = r#"

@@ -177,12 +177,18 @@ impl Drop for Daemon {
 /// joins the namespace: (status, headers, body). `None` when nothing
 /// listens yet.
 pub fn http_get(ns: &NetNs, port: u16, path: &str) -> Option<(u16, String, String)> {
+    http_get_at(ns, "127.0.0.1", port, path)
+}
+
+/// [`http_get`] to `ip:port`.
+pub fn http_get_at(ns: &NetNs, ip: &str, port: u16, path: &str) -> Option<(u16, String, String)> {
+    let ip: std::net::IpAddr = ip.parse().unwrap();
     let nspath = format!("/run/netns/{}", ns.name());
     let path = path.to_string();
     std::thread::spawn(move || {
         let f = std::fs::File::open(&nspath).unwrap();
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        let mut s = TcpStream::connect((ip, port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
         let mut buf = Vec::new();
