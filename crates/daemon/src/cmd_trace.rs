@@ -47,11 +47,18 @@ pub struct TraceArgs {
     /// Source address of the connection. A node address means the node
     /// itself opens it (output path); any other address arrives from
     /// outside or from a pod (prerouting path).
-    #[arg(long)]
-    pub from: IpAddr,
+    #[arg(long, required_unless_present = "service")]
+    pub from: Option<IpAddr>,
     /// Destination: IP:PORT/PROTO (`10.96.0.10:53/udp`, `[fd00::1]:80/tcp`).
-    #[arg(long)]
-    pub to: String,
+    #[arg(long, required_unless_present = "service")]
+    pub to: Option<String>,
+    /// Instead of one connection, trace a Service's (NAMESPACE/NAME)
+    /// representative connections: each ClusterIP from a pod, from outside
+    /// and from the node, each NodePort, external and LoadBalancer IP from
+    /// outside (offline only). With `--format dot`, one picture of every
+    /// chain its traffic can take.
+    #[arg(long, conflicts_with_all = ["from", "to", "live", "rules"])]
+    pub service: Option<String>,
     /// The interface the connection arrives on (for interface-based
     /// local-traffic detection); default `eth0`.
     #[arg(long)]
@@ -71,14 +78,16 @@ pub struct TraceArgs {
 
 /// Run `kproxy trace`.
 pub fn run(args: &TraceArgs) -> anyhow::Result<ExitCode> {
+    if let Some(svc) = &args.service {
+        return run_service(args, svc);
+    }
     let kind: BackendKind = args.backend.into();
-    let (to, proto) = kproxy_trace::parse_destination(&args.to).map_err(anyhow::Error::msg)?;
-    if IpFamily::of(&args.from) != IpFamily::of(&to.ip()) {
-        bail!(
-            "--from {} and --to {} are of different IP families",
-            args.from,
-            args.to
-        );
+    let (Some(from), Some(to_arg)) = (args.from, args.to.as_deref()) else {
+        bail!("--from and --to are required (or --service NAMESPACE/NAME)");
+    };
+    let (to, proto) = kproxy_trace::parse_destination(to_arg).map_err(anyhow::Error::msg)?;
+    if IpFamily::of(&from) != IpFamily::of(&to.ip()) {
+        bail!("--from {from} and --to {to_arg} are of different IP families");
     }
     let family = IpFamily::of(&to.ip());
     let mut node_ips = args.node_ip.clone();
@@ -107,7 +116,7 @@ pub fn run(args: &TraceArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("rendering {kind} rules"))?
     };
     let tracer = kproxy_trace::tracer_for(kind, &text).context("reading the ruleset")?;
-    let mut packet = Packet::new(args.from, to.ip(), to.port(), proto);
+    let mut packet = Packet::new(from, to.ip(), to.port(), proto);
     packet.iif = args.iif.clone();
     let node = Node::new(node_ips);
     let trace = tracer
@@ -119,6 +128,64 @@ pub fn run(args: &TraceArgs) -> anyhow::Result<ExitCode> {
         TraceFormat::Dot => report::dot(&trace),
     };
     print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kproxy trace --service NAMESPACE/NAME`: every representative
+/// connection to the Service, through rules rendered from FILEs.
+fn run_service(args: &TraceArgs, svc: &str) -> anyhow::Result<ExitCode> {
+    let kind: BackendKind = args.backend.into();
+    let Some((ns, name)) = svc.split_once('/') else {
+        bail!("--service {svc:?}: expected NAMESPACE/NAME");
+    };
+    if args.files.is_empty() {
+        bail!("--service needs Kubernetes YAML files to render");
+    }
+    let config = args
+        .input
+        .proxy_config(Some(backends::mode_for(kind)))
+        .context("configuration")?;
+    let graph = input::load_graph(&args.files, &config)?;
+    for w in &graph.warnings {
+        eprintln!("warning: {w}");
+    }
+    let packets = kproxy_trace::service_connections(&graph, ns, name);
+    if packets.is_empty() {
+        bail!("no service port of {svc} in the graph (see `kproxy graph`)");
+    }
+    let text = backends::make_backend(kind)?
+        .render_full(&graph)
+        .with_context(|| format!("rendering {kind} rules"))?;
+    let tracer = kproxy_trace::tracer_for(kind, &text).context("reading the ruleset")?;
+    let mut node_ips = args.node_ip.clone();
+    node_ips.extend(graph.node.ips.iter().copied());
+    let node = Node::new(node_ips);
+    let mut traces = Vec::new();
+    for mut p in packets {
+        p.iif = args.iif.clone();
+        traces.push(
+            tracer
+                .trace(&p, &node)
+                .with_context(|| format!("tracing {p} through the {kind} rules"))?,
+        );
+    }
+    match args.format {
+        TraceFormat::Dot => print!("{}", report::dot_many(&traces, &format!("{kind}: {svc}"))),
+        TraceFormat::Json => {
+            let all: Vec<serde_json::Value> = traces
+                .iter()
+                .map(|t| serde_json::from_str(&report::json(t)).unwrap_or_default())
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&all)?);
+        }
+        TraceFormat::Text => {
+            for t in &traces {
+                println!("{}", t.packet);
+                println!("  path:    {}", report::path_summary(t));
+                println!("  outcome: {}", t.outcome());
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -590,6 +590,59 @@ pub fn predict(
     Ok(tracer.trace(&packet, &node)?.outcome())
 }
 
+/// Representative new connections to a Service (`namespace/name`), per
+/// family: to each ClusterIP from a pod, from outside and from the node;
+/// to each NodePort (on the node's primary address), external IP and
+/// VIP-mode LoadBalancer IP from outside. The pod source is taken from the
+/// configured cluster CIDR of the family (when there is one).
+pub fn service_connections(
+    graph: &kproxy_graph::ServiceGraph,
+    namespace: &str,
+    name: &str,
+) -> Vec<Packet> {
+    let mut out = Vec::new();
+    for (fam, fg) in &graph.families {
+        let external: IpAddr = match fam {
+            IpFamily::V4 => IpAddr::from([203, 0, 113, 2]),
+            IpFamily::V6 => IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 2]),
+        };
+        // A pod address: the cluster CIDR's seventh host.
+        let pod = graph
+            .config
+            .cluster_cidrs
+            .iter()
+            .find(|n| IpFamily::of_net(n) == *fam)
+            .and_then(|n| n.hosts().nth(6));
+        let node = graph
+            .node
+            .primary_ips
+            .iter()
+            .find(|ip| IpFamily::of(ip) == *fam)
+            .copied();
+        for sp in fg.services.values() {
+            if sp.name.namespace != namespace || sp.name.name != name {
+                continue;
+            }
+            let proto = sp.name.protocol;
+            for src in pod.into_iter().chain([external]).chain(node) {
+                out.push(Packet::new(src, sp.cluster_ip, sp.port, proto));
+            }
+            if let (Some(np), Some(n)) = (sp.node_port, node) {
+                out.push(Packet::new(external, n, np, proto));
+            }
+            for ip in sp
+                .external_ips
+                .iter()
+                .copied()
+                .chain(sp.vip_load_balancer_ips())
+            {
+                out.push(Packet::new(external, ip, sp.port, proto));
+            }
+        }
+    }
+    out
+}
+
 /// Parse `IP:PORT/PROTO` (`192.168.49.2:30007/tcp`, `[fd00::1]:80/udp`;
 /// the protocol defaults to TCP).
 pub fn parse_destination(s: &str) -> Result<(SocketAddr, Protocol), String> {

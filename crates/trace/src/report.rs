@@ -163,76 +163,102 @@ fn dot_id(s: &str) -> String {
 /// per chain, an edge per jump, labelled with branch probabilities; the
 /// outcomes are leaf nodes.
 pub fn dot(trace: &Trace) -> String {
+    dot_many(
+        std::slice::from_ref(trace),
+        &format!("{}: {}", trace.backend, trace.packet),
+    )
+}
+
+fn is_leaf(result: &str) -> bool {
+    result.starts_with("DNAT")
+        || result.eq_ignore_ascii_case("drop")
+        || result.eq_ignore_ascii_case("reject")
+}
+
+/// The union of several traces' chains (a Service's traffic: every VIP,
+/// NodePort and kind of client), each connection an entry node. An edge is
+/// labelled with its largest probability within one connection when that
+/// is below 100%.
+pub fn dot_many(traces: &[Trace], title: &str) -> String {
     let mut edges: BTreeMap<(String, String), f64> = BTreeMap::new();
     let mut nodes: BTreeSet<String> = BTreeSet::new();
+    let mut entries: BTreeSet<String> = BTreeSet::new();
     let mut order: Vec<(String, String)> = Vec::new();
-    for b in &trace.branches {
-        let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
-        let mut prev_base: Option<String> = None;
-        for v in &b.visits {
-            let base = v.base.clone();
-            nodes.insert(base.clone());
-            if let Some(p) = prev_base.take() {
-                seen.insert((p, base.clone()));
-            }
-            // An event at depth d runs in a chain entered from the chain
-            // of the last event at depth d - 1.
-            let mut stack: Vec<String> = Vec::new();
-            for e in &v.events {
-                let chain = if e.depth == 0 {
-                    base.clone()
-                } else {
-                    e.chain.clone()
-                };
-                stack.truncate(e.depth + 1);
-                if stack.len() == e.depth + 1 && stack[e.depth] != chain {
-                    stack.truncate(e.depth);
+    for trace in traces {
+        let entry = trace.packet.to_string();
+        let mut this: BTreeMap<(String, String), f64> = BTreeMap::new();
+        let mut this_order: Vec<(String, String)> = Vec::new();
+        for b in &trace.branches {
+            let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
+            let mut prev: Option<String> = Some(entry.clone());
+            for v in &b.visits {
+                let base = v.base.clone();
+                nodes.insert(base.clone());
+                if let Some(p) = prev.take() {
+                    seen.insert((p, base.clone()));
                 }
-                if stack.len() == e.depth {
-                    if let Some(parent) = stack.last() {
-                        seen.insert((parent.clone(), chain.clone()));
+                // An event at depth d runs in a chain entered from the
+                // chain of the last event at depth d - 1.
+                let mut stack: Vec<String> = Vec::new();
+                for e in &v.events {
+                    let chain = if e.depth == 0 {
+                        base.clone()
+                    } else {
+                        e.chain.clone()
+                    };
+                    stack.truncate(e.depth + 1);
+                    if stack.len() == e.depth + 1 && stack[e.depth] != chain {
+                        stack.truncate(e.depth);
                     }
-                    nodes.insert(chain.clone());
-                    stack.push(chain);
+                    if stack.len() == e.depth {
+                        if let Some(parent) = stack.last() {
+                            seen.insert((parent.clone(), chain.clone()));
+                        }
+                        nodes.insert(chain.clone());
+                        stack.push(chain);
+                    }
+                }
+                if is_leaf(&v.result) {
+                    let from = stack.last().cloned().unwrap_or_else(|| base.clone());
+                    nodes.insert(v.result.clone());
+                    seen.insert((from, v.result.clone()));
+                }
+                prev = Some(base);
+            }
+            for e in seen {
+                if !this.contains_key(&e) {
+                    this_order.push(e.clone());
+                }
+                *this.entry(e).or_default() += b.probability;
+            }
+        }
+        entries.insert(entry);
+        for e in this_order {
+            let p = this.get(&e).copied().unwrap_or(0.0);
+            match edges.get_mut(&e) {
+                Some(q) => *q = q.max(p),
+                None => {
+                    order.push(e.clone());
+                    edges.insert(e, p);
                 }
             }
-            if stack.is_empty() {
-                stack.push(base.clone());
-            }
-            let leaf = if v.result.is_empty() {
-                "ACCEPT".to_string()
-            } else {
-                v.result.clone()
-            };
-            if v.result.starts_with("DNAT") || v.result == "DROP" || v.result == "REJECT" {
-                let from = stack.last().cloned().unwrap_or_else(|| base.clone());
-                nodes.insert(leaf.clone());
-                seen.insert((from, leaf));
-            }
-            prev_base = Some(base);
-        }
-        for e in seen {
-            if !edges.contains_key(&e) {
-                order.push(e.clone());
-            }
-            *edges.entry(e).or_default() += b.probability;
         }
     }
     let mut out = String::new();
     let _ = writeln!(out, "digraph trace {{");
     let _ = writeln!(out, "  rankdir=LR;");
     let _ = writeln!(out, "  node [shape=box, fontname=monospace];");
-    let _ = writeln!(
-        out,
-        "  label={};",
-        dot_id(&format!("{}: {}", trace.backend, trace.packet))
-    );
+    let _ = writeln!(out, "  label={};", dot_id(title));
+    for n in &entries {
+        let _ = writeln!(
+            out,
+            "  {} [label={}, shape=plaintext];",
+            dot_id(n),
+            dot_id(n)
+        );
+    }
     for n in &nodes {
-        let shape = if n.starts_with("DNAT") || n == "DROP" || n == "REJECT" {
-            ", shape=ellipse"
-        } else {
-            ""
-        };
+        let shape = if is_leaf(n) { ", shape=ellipse" } else { "" };
         let _ = writeln!(out, "  {} [label={}{shape}];", dot_id(n), dot_id(n));
     }
     for e in &order {
