@@ -25,6 +25,12 @@
 //! restart in front of etcd). [`Emulator::write_kubeconfig`] points a
 //! client at it. Errors are [`EmulatorError`]; kinds are [`Kind`].
 //!
+//! The `kproxy-apiserver-emulator` command serves YAML files the same way
+//! (see [`files`]) and follows their changes, so that `kproxy run --source
+//! kube` can be tried without a cluster:
+//! `kproxy-apiserver-emulator --kubeconfig /tmp/kc objects.yaml` then
+//! `kproxy run --source kube --kubeconfig /tmp/kc ...`.
+//!
 //! ```
 //! use std::time::Duration;
 //! use kproxy_apiserver_emulator::{Emulator, Kind};
@@ -61,6 +67,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
+pub mod files;
 mod selector;
 mod server;
 mod store;
@@ -141,6 +148,15 @@ pub enum EmulatorError {
     /// An object could not be turned into JSON.
     #[error("serializing object: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// A file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A file (the kubeconfig) could not be written.
     #[error("writing {path}: {source}")]
     Write {
@@ -313,6 +329,34 @@ impl Emulator {
         let rv = self.shared.lock().apply(value)?;
         self.shared.notify();
         Ok(rv)
+    }
+
+    /// Makes the stored objects exactly `objects`: applies each (unchanged
+    /// ones are no-ops) and deletes every stored object not among them.
+    /// Nothing changes if any object is invalid.
+    pub fn replace_all(&self, objects: &[Value]) -> Result<(), EmulatorError> {
+        let mut st = self.shared.lock();
+        let mut trial = store::State::new();
+        let mut keep = std::collections::BTreeSet::new();
+        for o in objects {
+            trial.apply(o.clone())?;
+        }
+        keep.extend(trial.objects.into_keys());
+        for o in objects {
+            st.apply(o.clone())?;
+        }
+        let gone: Vec<_> = st
+            .objects
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
+        for (kind, ns, name) in gone {
+            st.delete(kind, &ns, &name);
+        }
+        drop(st);
+        self.shared.notify();
+        Ok(())
     }
 
     /// Deletes an object (`namespace` is ignored for Nodes); returns the

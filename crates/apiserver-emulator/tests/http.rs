@@ -293,3 +293,24 @@ async fn paged_lists_are_one_consistent_snapshot() {
     let (code, _) = get(addr, &format!("/api/v1/services?continue={token}")).await;
     assert_eq!(code, 410);
 }
+
+#[tokio::test]
+async fn replace_all_is_all_or_nothing() {
+    let (emu, addr) = Emulator::start().await.expect("start");
+    emu.replace_all(&[svc("a", json!({})), svc("b", json!({}))])
+        .expect("replace");
+    let before = emu.resource_version();
+    let err = emu
+        .replace_all(&[
+            svc("c", json!({})),
+            json!({"kind": "Service", "metadata": {}}),
+        ])
+        .expect_err("an object without a name is refused");
+    assert!(err.to_string().contains("metadata.name"), "{err}");
+    assert_eq!(emu.resource_version(), before, "nothing changed");
+    emu.replace_all(&[svc("b", json!({"x": "1"}))])
+        .expect("replace");
+    let (_, l) = get(addr, "/api/v1/services").await;
+    assert_eq!(names(&l), ["b"]);
+    assert_eq!(l["items"][0]["metadata"]["labels"]["x"], "1");
+}
