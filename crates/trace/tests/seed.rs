@@ -63,3 +63,38 @@ fn seed_nodeport_through_nftables() {
         "DNAT to 10.244.1.5:80 (50%) or 10.244.2.4:80 (50%), masqueraded"
     );
 }
+
+#[test]
+fn every_connection_to_the_seed_service_reaches_both_pods() {
+    for kind in BackendKind::ALL {
+        let (text, graph) = render(kind);
+        let tracer = tracer_for(kind, &text).expect("parses");
+        let packets = kproxy_trace::service_connections(&graph, "web", "web-service");
+        // Pod, external and node clients to the ClusterIP, and the NodePort.
+        assert_eq!(packets.len(), 4, "{packets:?}");
+        let node = Node::new(graph.node.ips.clone());
+        let traces: Vec<_> = packets
+            .iter()
+            .map(|p| tracer.trace(p, &node).expect("traces"))
+            .collect();
+        for t in &traces {
+            let o = t.outcome();
+            let targets: Vec<String> = o
+                .parts
+                .iter()
+                .filter_map(|p| p.dnat.map(|d| d.to_string()))
+                .collect();
+            assert_eq!(
+                targets,
+                ["10.244.1.5:80", "10.244.2.4:80"],
+                "{kind} {}: {o}",
+                t.packet
+            );
+        }
+        let dot = report::dot_many(&traces, "web/web-service");
+        for p in &packets {
+            assert!(dot.contains(&format!("\"{p}\" [label=")), "{dot}");
+        }
+        assert!(dot.contains("\"DNAT to 10.244.2.4:80\""), "{dot}");
+    }
+}
