@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p kproxy-nftables --example nftables-bench -- \
 //!     [--sizes 1000,10000,50000] [--kube-proxy-sizes 1000,10000] \
+//!     [--kube-proxy-135-sizes 1000] \
 //!     [--endpoints 10] [--reps 3] [--changes 7]
 //! ```
 //!
@@ -118,8 +119,11 @@ impl NftPeak {
     }
 }
 
-/// kube-proxy v1.36's shape for the same cluster (reference §2.12).
-fn kube_proxy_layout(g: &kproxy_graph::ServiceGraph) -> String {
+/// kube-proxy's shape for the same cluster: v1.36 (reference §2.12: the
+/// service chain DNATs through an anonymous `numgen` data map) or, with
+/// `endpoint_chains`, v1.33-v1.35 (§2.5: an anonymous `numgen` verdict map
+/// to per-endpoint chains that DNAT).
+fn kube_proxy_layout(g: &kproxy_graph::ServiceGraph, endpoint_chains: bool) -> String {
     let mut out = String::new();
     out.push_str("add table ip kube-proxy\n");
     out.push_str(
@@ -139,18 +143,46 @@ fn kube_proxy_layout(g: &kproxy_graph::ServiceGraph) -> String {
     for sp in fg.services.values() {
         let chain = format!("service-{}", kproxy_nftables::names::service_base(&sp.name));
         let _ = writeln!(out, "add chain ip kube-proxy {chain}");
-        let map: Vec<String> = sp
-            .cluster_endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, e)| format!("{i} : {} . {}", e.ip, e.port))
-            .collect();
-        let _ = writeln!(
-            out,
-            "add rule ip kube-proxy {chain} meta l4proto tcp dnat ip to numgen random mod {} map {{ {} }}",
-            map.len(),
-            map.join(", ")
-        );
+        if endpoint_chains {
+            let mut vmap = Vec::new();
+            for (i, e) in sp.cluster_endpoints.iter().enumerate() {
+                let ep = format!(
+                    "endpoint-{}",
+                    kproxy_nftables::names::endpoint_base(&sp.name, e)
+                );
+                let _ = writeln!(out, "add chain ip kube-proxy {ep}");
+                let _ = writeln!(
+                    out,
+                    "add rule ip kube-proxy {ep} ip saddr {} meta mark set meta mark | 0x4000",
+                    e.ip
+                );
+                let _ = writeln!(
+                    out,
+                    "add rule ip kube-proxy {ep} meta l4proto tcp dnat ip to {}:{}",
+                    e.ip, e.port
+                );
+                vmap.push(format!("{i} : goto {ep}"));
+            }
+            let _ = writeln!(
+                out,
+                "add rule ip kube-proxy {chain} numgen random mod {} vmap {{ {} }}",
+                vmap.len(),
+                vmap.join(", ")
+            );
+        } else {
+            let map: Vec<String> = sp
+                .cluster_endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, e)| format!("{i} : {} . {}", e.ip, e.port))
+                .collect();
+            let _ = writeln!(
+                out,
+                "add rule ip kube-proxy {chain} meta l4proto tcp dnat ip to numgen random mod {} map {{ {} }}",
+                map.len(),
+                map.join(", ")
+            );
+        }
         let _ = writeln!(
             out,
             "add element ip kube-proxy cluster-ips {{ {} }}",
@@ -193,9 +225,13 @@ fn run_case(kind: &str, n: usize, e: usize, changes: usize) {
             let t = Instant::now();
             let ruleset = NftGenerator.generate(&g).unwrap();
             let gen_secs = t.elapsed().as_secs_f64();
+            let after_gen_kib = self_peak_kib();
             let text = ruleset.render();
             let secs = t.elapsed().as_secs_f64();
-            eprintln!("generate {gen_secs:.3}s, render {:.3}s", secs - gen_secs);
+            eprintln!(
+                "generate {gen_secs:.3}s (peak {after_gen_kib} KiB), render {:.3}s",
+                secs - gen_secs
+            );
             println!(
                 "secs={secs} bytes={} graph_kib={graph_kib} self_kib={}",
                 text.len(),
@@ -234,8 +270,8 @@ fn run_case(kind: &str, n: usize, e: usize, changes: usize) {
                 cs.join(",")
             );
         }
-        "kube" => {
-            let text = kube_proxy_layout(&g);
+        "kube" | "kube135" => {
+            let text = kube_proxy_layout(&g, kind == "kube135");
             let ns = Ns::new("kube");
             let mon = NftPeak::start();
             let t = Instant::now();
@@ -310,6 +346,9 @@ fn main() {
     }
     let sizes = list(&args, "--sizes", &[1000, 10_000, 50_000]);
     let kube_sizes = list(&args, "--kube-proxy-sizes", &[1000, 10_000]);
+    // The older layout is quadratic with a steep constant (and makes the
+    // kernel report soft lockups at 10,000 services): 1,000 by default.
+    let kube135_sizes = list(&args, "--kube-proxy-135-sizes", &[1000]);
     let e = list(&args, "--endpoints", &[10])[0];
     let reps = list(&args, "--reps", &[3])[0];
     let changes = list(&args, "--changes", &[7])[0];
@@ -360,19 +399,24 @@ fn main() {
             median_min_max(change)
         );
     }
-    for &n in &kube_sizes {
-        let runs = if n >= 10_000 { 1 } else { reps };
-        let mut secs = Vec::new();
-        let mut nft = 0u64;
-        for _ in 0..runs {
-            let l = child("kube", n, e, 0);
-            secs.push(field(&l, "secs").unwrap().parse().unwrap());
-            nft = nft.max(field(&l, "nft_kib").unwrap().parse().unwrap());
+    for (kind, label, ns) in [
+        ("kube", "kube-proxy v1.36 layout", &kube_sizes),
+        ("kube135", "kube-proxy v1.33-1.35 layout", &kube135_sizes),
+    ] {
+        for &n in ns {
+            let runs = if n >= 10_000 { 1 } else { reps };
+            let mut secs = Vec::new();
+            let mut nft = 0u64;
+            for _ in 0..runs {
+                let l = child(kind, n, e, 0);
+                secs.push(field(&l, "secs").unwrap().parse().unwrap());
+                nft = nft.max(field(&l, "nft_kib").unwrap().parse().unwrap());
+            }
+            println!(
+                "| full load ({label}, one nft -f) | {n} | {} | - | {} MiB |",
+                median_min_max(secs),
+                nft / 1024
+            );
         }
-        println!(
-            "| full load (kube-proxy v1.36 layout) | {n} | {} | - | {} MiB |",
-            median_min_max(secs),
-            nft / 1024
-        );
     }
 }

@@ -689,6 +689,41 @@ impl<'s> ChunkWriter<'s> {
         flush(self, &mut batch);
     }
 
+    /// `add element` statements from elements already in their rendered
+    /// form (`key [comment "c"] [: value]`).
+    pub fn rendered_elements<'a>(
+        &mut self,
+        f: Family,
+        table: &str,
+        set: &str,
+        elements: impl IntoIterator<Item = &'a str>,
+    ) {
+        let mut n = 0usize;
+        let mut line = String::new();
+        let flush = |w: &mut ChunkWriter, line: &mut String, n: &mut usize| {
+            if *n == 0 {
+                return;
+            }
+            w.begin(*n);
+            let _ = write!(w.cur, "add element {} {table} {set} {{ ", f.as_str());
+            w.cur.push_str(line);
+            w.cur.push_str(" }\n");
+            line.clear();
+            *n = 0;
+        };
+        for e in elements {
+            if n > 0 {
+                line.push_str(", ");
+            }
+            line.push_str(e);
+            n += 1;
+            if n == ELEMENTS_PER_STATEMENT {
+                flush(self, &mut line, &mut n);
+            }
+        }
+        flush(self, &mut line, &mut n);
+    }
+
     /// The texts written (none when streaming: the last one goes to the
     /// sink).
     pub fn finish(mut self) -> Vec<String> {
