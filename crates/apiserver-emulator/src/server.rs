@@ -82,6 +82,7 @@ struct Query {
     timeout: Option<u64>,
     limit: Option<usize>,
     continue_token: Option<String>,
+    send_initial_events: bool,
 }
 
 fn parse_query(q: Option<&str>) -> Query {
@@ -97,6 +98,7 @@ fn parse_query(q: Option<&str>) -> Query {
             "allowWatchBookmarks" => out.bookmarks = v == "true",
             "timeoutSeconds" => out.timeout = v.parse().ok(),
             "limit" => out.limit = v.parse().ok().filter(|l| *l > 0),
+            "sendInitialEvents" => out.send_initial_events = v == "true",
             "continue" => out.continue_token = Some(v).filter(|c| !c.is_empty()),
             _ => {}
         }
@@ -465,12 +467,27 @@ fn watch(shared: Arc<Shared>, filter: Filter, q: &Query) -> Response<Body> {
             .filter(|v| !v.is_empty() && *v != "0");
         let pos = match requested {
             // "" and "0" mean "start from any version": the API server
-            // then sends the current state as synthetic ADDED events.
+            // then sends the current state as synthetic ADDED events. A
+            // streaming list (sendInitialEvents) ends them with a bookmark
+            // marking the end of the initial events.
             None => {
                 for ((k, _, _), o) in &st.objects {
                     if *k == filter.kind && filter.matches(o) {
                         queue.push_back(event_line("ADDED", o));
                     }
+                }
+                if q.send_initial_events {
+                    queue.push_back(event_line(
+                        "BOOKMARK",
+                        &json!({
+                            "kind": filter.kind.kind(),
+                            "apiVersion": filter.kind.api_version(),
+                            "metadata": {
+                                "resourceVersion": st.rv.to_string(),
+                                "annotations": {"k8s.io/initial-events-end": "true"},
+                            },
+                        }),
+                    ));
                 }
                 st.rv
             }

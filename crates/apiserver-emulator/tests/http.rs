@@ -314,3 +314,25 @@ async fn replace_all_is_all_or_nothing() {
     assert_eq!(names(&l), ["b"]);
     assert_eq!(l["items"][0]["metadata"]["labels"]["x"], "1");
 }
+
+#[tokio::test]
+async fn streaming_list_ends_its_initial_events_with_a_bookmark() {
+    let (emu, addr) = Emulator::start().await.expect("start");
+    emu.apply(&svc("a", json!({}))).expect("apply");
+    let mut s = send(
+        addr,
+        "/api/v1/services?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true",
+    )
+    .await;
+    let mut seen = String::new();
+    read_until(
+        &mut s,
+        &mut seen,
+        "k8s.io/initial-events-end",
+        Duration::from_secs(5),
+    )
+    .await;
+    let added = seen.find(r#""type":"ADDED""#).expect("ADDED first");
+    let end = seen.find("initial-events-end").expect("end marker");
+    assert!(added < end, "{seen}");
+}

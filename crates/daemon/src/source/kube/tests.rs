@@ -679,3 +679,37 @@ async fn unused_metadata_is_not_kept() {
     let annotations = meta.annotations.clone().unwrap_or_default();
     assert_eq!(annotations.keys().collect::<Vec<_>>(), ["keep"], "{meta:?}");
 }
+
+/// kube-runtime's other initial-list strategy (a watch with
+/// sendInitialEvents) also works against the emulator.
+#[tokio::test]
+async fn emulator_serves_streaming_lists() {
+    use futures::StreamExt as _;
+    use kube::runtime::watcher;
+    let h = harness("streaming").await;
+    base(&h);
+    let kc = kube::config::Kubeconfig::read_from(&h.kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    let client = kube::Client::try_from(config).expect("client");
+    let api = kube::Api::<k8s_openapi::api::core::v1::Service>::all(client);
+    let mut stream = std::pin::pin!(watcher(api, watcher::Config::default().streaming_lists()));
+    let mut names = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = stream.next().await {
+            match event.expect("no watch error") {
+                watcher::Event::InitApply(s) => names.push(s.metadata.name.unwrap_or_default()),
+                watcher::Event::InitDone => break,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the streaming list completes");
+    assert_eq!(names, ["web"]);
+    assert!(
+        h.emu.requests().iter().all(|r| r.contains("watch=true")),
+        "a streaming list makes no LIST request"
+    );
+}
