@@ -1605,7 +1605,7 @@ impl Ctx<'_> {
                                 Some(ElemValue::Verdict(v)) => {
                                     n.push(format!("vmap: {}", verdict_text(v)));
                                     record(&mut b, &n);
-                                    out.extend(self.verdict(chain, v, b, depth)?);
+                                    out.extend(self.verdict(v, b, depth)?);
                                 }
                                 Some(ElemValue::Data(_)) => {
                                     return Err(unsupported(
@@ -1617,7 +1617,7 @@ impl Ctx<'_> {
                     }
                     Stmt::Verdict(v) => {
                         record(&mut s, &notes);
-                        out.extend(self.verdict(chain, v, s, depth)?);
+                        out.extend(self.verdict(v, s, depth)?);
                     }
                     Stmt::MarkSet(op) => {
                         s.mark = match op {
@@ -1699,7 +1699,6 @@ impl Ctx<'_> {
 
     fn verdict(
         &self,
-        chain: &str,
         v: &VerdictStmt,
         mut st: State,
         depth: usize,
@@ -1731,7 +1730,6 @@ impl Ctx<'_> {
                         }
                     }
                 }
-                let _ = chain;
                 Ok(out)
             }
         }
