@@ -52,3 +52,38 @@ fn generation_is_deterministic() {
         assert_eq!(render(&name), render(&name), "{name}");
     }
 }
+
+/// The streaming renderer (what full syncs and golden files use) writes
+/// the same statements as the IR path (`assemble` + `Transaction`), up to
+/// the order of elements.
+#[test]
+fn streaming_render_matches_the_ir() {
+    fn canonical(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for line in text.lines() {
+            match line.strip_prefix("add element ") {
+                Some(rest) => {
+                    let (head, body) = rest.split_once(" { ").expect("element statement");
+                    let body = body.strip_suffix(" }").expect("closing brace");
+                    out.extend(body.split(", ").map(|e| format!("{head} {e}")));
+                }
+                None => out.push(line.to_string()),
+            }
+        }
+        out.sort();
+        out
+    }
+    for name in fixtures() {
+        let graph = load_fixture(&name, ProxyMode::Nftables);
+        let ruleset = NftGenerator.generate(&graph).expect("generate");
+        let mut tx = kproxy_nftables::Transaction::new();
+        for t in ruleset.tables() {
+            tx.extend(kproxy_nftables::Transaction::replace_table(&t));
+        }
+        assert_eq!(
+            canonical(&ruleset.render()),
+            canonical(&tx.render()),
+            "{name}"
+        );
+    }
+}

@@ -85,3 +85,27 @@ fn udp_service_reaches_both_pods() {
         assert_eq!(seen, both, "UDP {addr}");
     }
 }
+
+/// `cleanup` removes kproxy's tables and kube-proxy's, and nothing else;
+/// `check` reports drift when the `services` chain was tampered with.
+#[test]
+fn cleanup_removes_kproxy_and_kube_proxy_tables() {
+    let ns = kproxy_testkit::NetNs::new("nft");
+    ns.exec(&["nft", "add", "table", "ip", "kube-proxy"]);
+    ns.exec(&["nft", "add", "table", "ip6", "kube-proxy"]);
+    ns.exec(&["nft", "add", "table", "inet", "someone-else"]);
+    let graph = load_fixture("seed", ProxyMode::Nftables);
+    let mut backend = NftablesBackend::in_netns(ns.name());
+    backend.sync(&graph, None).expect("full sync");
+    assert!(backend.check().expect("check"));
+    ns.exec(&["nft", "flush", "chain", "ip", "kproxy", "services"]);
+    assert!(
+        !backend.check().expect("check"),
+        "a flushed services chain is drift"
+    );
+    backend.cleanup().expect("cleanup");
+    let tables = ns.exec(&["nft", "list", "tables"]);
+    assert_eq!(tables.trim(), "table inet someone-else", "{tables}");
+    // Cleaning up twice is fine (nothing left to delete).
+    backend.cleanup().expect("second cleanup");
+}
