@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write as _;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use kproxy_graph::{
     ApplyError, Backend, BackendKind, ChangeSet, FamilyChanges, GenError, IpFamily, Render,
@@ -85,6 +86,7 @@ impl Flavour {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Runner {
     netns: Option<String>,
+    env: Vec<(String, String)>,
 }
 
 /// What a finished process left.
@@ -103,13 +105,23 @@ pub struct RunOutput {
 impl Runner {
     /// Run on the host.
     pub fn host() -> Self {
-        Runner { netns: None }
+        Runner::default()
     }
 
     /// Run every command inside the named network namespace.
+    ///
+    /// The legacy tools serialise on the host-wide `/run/xtables.lock`,
+    /// although a namespace's tables are its own; a namespace gets its own
+    /// lock file (`XTABLES_LOCKFILE`) so that a long restore elsewhere on
+    /// the machine cannot make its commands time out.
     pub fn in_netns(name: &str) -> Self {
+        let lock = std::env::temp_dir().join(format!("kproxy-xtables-{name}.lock"));
         Runner {
             netns: Some(name.to_string()),
+            env: vec![(
+                "XTABLES_LOCKFILE".to_string(),
+                lock.to_string_lossy().into_owned(),
+            )],
         }
     }
 
@@ -130,6 +142,7 @@ impl Runner {
             }
             None => Command::new(program),
         };
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.args(args)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
@@ -510,7 +523,13 @@ pub struct IptablesBackend {
     last: Option<Ruleset>,
     last_text: Option<String>,
     need_full: bool,
+    last_full: Option<Instant>,
+    full_sync_period: Duration,
 }
+
+/// kube-proxy's `FullSyncPeriod`: a full sync at least this often repairs
+/// anything partial syncs could have missed.
+pub const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 
 impl IptablesBackend {
     /// A backend for `flavour` programming the host.
@@ -531,7 +550,15 @@ impl IptablesBackend {
             last: None,
             last_text: None,
             need_full: true,
+            last_full: None,
+            full_sync_period: FULL_SYNC_PERIOD,
         }
+    }
+
+    /// Change how often a sync is full regardless of changes (default
+    /// [`FULL_SYNC_PERIOD`]).
+    pub fn set_full_sync_period(&mut self, period: Duration) {
+        self.full_sync_period = period;
     }
 
     /// The flavour.
@@ -551,7 +578,11 @@ impl IptablesBackend {
 
     /// The next sync will be full (startup, after a failure).
     pub fn needs_full_sync(&self) -> bool {
-        self.need_full || self.last.is_none()
+        self.need_full
+            || self.last.is_none()
+            || self
+                .last_full
+                .is_none_or(|t| t.elapsed() >= self.full_sync_period)
     }
 
     fn sync_inner(
@@ -598,6 +629,9 @@ impl IptablesBackend {
         self.last_text = Some(rs.render());
         self.last = Some(rs);
         self.need_full = false;
+        if full {
+            self.last_full = Some(Instant::now());
+        }
         Ok(stats)
     }
 }

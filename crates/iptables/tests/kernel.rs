@@ -17,6 +17,15 @@ use kproxy_testkit::{NetNs, fixture_config, fixture_path, fixtures, load_fixture
 
 const FLAVOURS: [Flavour; 2] = [Flavour::Legacy, Flavour::Nft];
 
+/// Run an iptables command in `ns` the way the backend does (its own
+/// xtables lock file), panicking on failure.
+fn run(ns: &NetNs, argv: &[&str]) {
+    let out = Runner::in_netns(ns.name())
+        .run(argv[0], &argv[1..], None)
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    assert!(out.success, "{argv:?}: {}", out.stderr);
+}
+
 fn transport(flavour: Flavour, ns: &NetNs) -> IptablesTransport {
     IptablesTransport {
         flavour,
@@ -121,16 +130,22 @@ fn apply_read_back_and_round_trip_every_fixture_both_flavours() {
         let ns = NetNs::new("ipt");
         let t = transport(flavour, &ns);
         // A foreign rule and chain that kproxy must leave alone.
-        ns.exec(&[&t.flavour.iptables_binary(IpFamily::V4), "-N", "FOREIGN"]);
-        ns.exec(&[
-            &t.flavour.iptables_binary(IpFamily::V4),
-            "-A",
-            "INPUT",
-            "-s",
-            "1.2.3.4",
-            "-j",
-            "FOREIGN",
-        ]);
+        run(
+            &ns,
+            &[&t.flavour.iptables_binary(IpFamily::V4), "-N", "FOREIGN"],
+        );
+        run(
+            &ns,
+            &[
+                &t.flavour.iptables_binary(IpFamily::V4),
+                "-A",
+                "INPUT",
+                "-s",
+                "1.2.3.4",
+                "-j",
+                "FOREIGN",
+            ],
+        );
         for name in fixtures() {
             let g = load_fixture(&name, ProxyMode::Iptables);
             let mut be = IptablesBackend::in_netns(flavour, ns.name());
@@ -301,8 +316,8 @@ fn failed_restore_keeps_previous_rules_and_forces_full_sync() {
             })
             .map(|c| c.name.clone())
             .expect("api SEP");
-        ns.exec(&[&ipt, "-t", "nat", "-N", "FOREIGN"]);
-        ns.exec(&[&ipt, "-t", "nat", "-A", "FOREIGN", "-j", &sep]);
+        run(&ns, &[&ipt, "-t", "nat", "-N", "FOREIGN"]);
+        run(&ns, &[&ipt, "-t", "nat", "-A", "FOREIGN", "-j", &sep]);
         let changes = ChangeSet::between(&with_api, &without);
         let err = be
             .sync(&without, Some(&changes))
@@ -317,7 +332,7 @@ fn failed_restore_keeps_previous_rules_and_forces_full_sync() {
             assert_kernel_matches(&t, fr, &format!("{flavour:?} after failed restore"));
         }
         // Once the obstacle is gone, the retry (full) succeeds.
-        ns.exec(&[&ipt, "-t", "nat", "-F", "FOREIGN"]);
+        run(&ns, &[&ipt, "-t", "nat", "-F", "FOREIGN"]);
         let stats = be.sync(&without, Some(&changes)).expect("retry");
         assert!(stats.full);
         for fr in &generate(&without, &GenOptions::default()).families {
@@ -340,19 +355,25 @@ fn lost_canary_is_detected() {
         assert!(!be.check().expect("check"), "nothing applied yet");
         be.sync(&g, None).expect("sync");
         assert!(be.check().expect("check"));
-        ns.exec(&[
-            &flavour.iptables_binary(IpFamily::V4),
-            "-t",
-            "mangle",
-            "-X",
-            "KUBE-PROXY-CANARY",
-        ]);
+        run(
+            &ns,
+            &[
+                &flavour.iptables_binary(IpFamily::V4),
+                "-t",
+                "mangle",
+                "-X",
+                "KUBE-PROXY-CANARY",
+            ],
+        );
         assert!(!be.check().expect("check"), "{flavour:?}: canary loss seen");
         assert!(be.needs_full_sync());
         let changes = ChangeSet::between(&g, &g);
         let stats = be.sync(&g, Some(&changes)).expect("resync");
         assert!(stats.full);
         assert!(be.check().expect("check"));
+        // The periodic full resync (kube-proxy's FullSyncPeriod).
+        be.set_full_sync_period(std::time::Duration::ZERO);
+        assert!(be.sync(&g, Some(&changes)).expect("periodic").full);
     }
 }
 
@@ -361,28 +382,37 @@ fn flavour_detection_follows_iptables_wrappers() {
     let ns = NetNs::new("ipt");
     let r = Runner::in_netns(ns.name());
     assert_eq!(detect_flavour_with(&r), Flavour::Nft, "default is nft");
-    ns.exec(&[
-        "iptables-legacy",
-        "-t",
-        "mangle",
-        "-N",
-        "KUBE-IPTABLES-HINT",
-    ]);
+    run(
+        &ns,
+        &[
+            "iptables-legacy",
+            "-t",
+            "mangle",
+            "-N",
+            "KUBE-IPTABLES-HINT",
+        ],
+    );
     assert_eq!(detect_flavour_with(&r), Flavour::Legacy, "legacy hint");
-    ns.exec(&["iptables-nft", "-t", "mangle", "-N", "KUBE-KUBELET-CANARY"]);
+    run(
+        &ns,
+        &["iptables-nft", "-t", "mangle", "-N", "KUBE-KUBELET-CANARY"],
+    );
     assert_eq!(detect_flavour_with(&r), Flavour::Nft, "nft hint wins");
 
     let ns = NetNs::new("ipt");
     let r = Runner::in_netns(ns.name());
-    ns.exec(&[
-        "iptables-legacy",
-        "-A",
-        "INPUT",
-        "-s",
-        "1.2.3.4",
-        "-j",
-        "ACCEPT",
-    ]);
+    run(
+        &ns,
+        &[
+            "iptables-legacy",
+            "-A",
+            "INPUT",
+            "-s",
+            "1.2.3.4",
+            "-j",
+            "ACCEPT",
+        ],
+    );
     assert_eq!(
         detect_flavour_with(&r),
         Flavour::Legacy,
