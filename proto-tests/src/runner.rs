@@ -447,6 +447,7 @@ fn daemon_sync(
     std::fs::write(&config, s.config_yaml()).map_err(|e| e.to_string())?;
     let mut c = topo.node.command(bin);
     c.env("NO_COLOR", "1")
+        .env("XTABLES_LOCKFILE", topo.xtables_lock())
         .args(["run", "--backend", backend.as_str(), "--source"])
         .arg(&src)
         .arg("--config")
@@ -551,6 +552,7 @@ pub fn sync(
             std::fs::write(&config, s.config_yaml()).map_err(|e| e.to_string())?;
             let mut c = topo.node.command(bin);
             c.env("NO_COLOR", "1")
+                .env("XTABLES_LOCKFILE", topo.xtables_lock())
                 .args(["run", "--once", "--backend", backend.as_str(), "--source"])
                 .arg(&src)
                 .arg("--config")
@@ -603,8 +605,9 @@ fn load_rendered(
             "{}-{flavour}-restore",
             if v6 { "ip6tables" } else { "iptables" }
         );
+        let lock = format!("XTABLES_LOCKFILE={}", topo.xtables_lock().display());
         topo.node
-            .exec_input(&[&tool, "--noflush"], Some(&body))
+            .exec_input(&["env", &lock, &tool, "--noflush"], Some(&body))
             .map_err(err)?;
     }
     Ok(())

@@ -640,6 +640,14 @@ impl Topology {
         }
     }
 
+    /// The xtables lock file of this node. iptables locks /run/xtables.lock
+    /// by default, one file for every namespace of the host; each test node
+    /// gets its own so parallel scenarios (and anything else on the host
+    /// using iptables) do not make restores wait or time out.
+    pub fn xtables_lock(&self) -> PathBuf {
+        self.dir.join("xtables.lock")
+    }
+
     /// Every address the node namespace owns (node IPs and link addresses).
     pub fn is_node_addr(&self, ip: &IpAddr) -> bool {
         matches!(self.owners.get(ip), Some(Place::Node))
