@@ -382,8 +382,8 @@ fn deleted_rules_are_repaired_within_a_sync_period() {
             flavour => {
                 let ipt = format!("iptables-{}", flavour.trim_start_matches("iptables-"));
                 for table in ["nat", "filter", "mangle"] {
-                    ns.exec(&[&ipt, "-t", table, "-F"]);
-                    ns.exec(&[&ipt, "-t", table, "-X"]);
+                    exec_in(&ns, &[&ipt, "-t", table, "-F"]);
+                    exec_in(&ns, &[&ipt, "-t", table, "-X"]);
                 }
             }
         }
@@ -609,25 +609,32 @@ fn plant_leftovers(ns: &NetNs) {
     for ipt in ["iptables-legacy", "iptables-nft"] {
         // Already there when a kproxy iptables backend ran first.
         let _ = ns
-            .command(ipt)
-            .args(["-t", "nat", "-N", "KUBE-SERVICES"])
+            .command("env")
+            .arg(format!("XTABLES_LOCKFILE={}", xtables_lock(ns)))
+            .args([ipt, "-t", "nat", "-N", "KUBE-SERVICES"])
             .output();
-        ns.exec(&[
-            ipt,
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-m",
-            "comment",
-            "--comment",
-            "kubernetes service portals",
-            "-j",
-            "KUBE-SERVICES",
-        ]);
-        ns.exec(&[
-            ipt, "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT",
-        ]);
+        exec_in(
+            ns,
+            &[
+                ipt,
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-m",
+                "comment",
+                "--comment",
+                "kubernetes service portals",
+                "-j",
+                "KUBE-SERVICES",
+            ],
+        );
+        exec_in(
+            ns,
+            &[
+                ipt, "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT",
+            ],
+        );
     }
 }
 

@@ -55,19 +55,46 @@ impl Drop for TempDir {
     }
 }
 
+/// The repository's testdata/ (from this crate's own location, so the
+/// path is right whichever checkout built the test).
+pub fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata")
+}
+
 /// A fixture's text from testdata/fixtures.
 pub fn fixture(name: &str) -> String {
-    std::fs::read_to_string(kproxy_testkit::fixture_path(name)).unwrap()
+    let p = testdata().join(format!("fixtures/{name}.yaml"));
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 /// testdata/configs/default.yaml.
 pub fn default_config() -> PathBuf {
-    kproxy_testkit::testdata().join("configs/default.yaml")
+    testdata().join("configs/default.yaml")
+}
+
+/// The xtables lock file for `ns`. iptables-legacy serialises every user
+/// on the host-wide /run/xtables.lock although a namespace's tables are
+/// its own; a lock per namespace keeps other tests' long restores from
+/// timing these out.
+pub fn xtables_lock(ns: &NetNs) -> String {
+    std::env::temp_dir()
+        .join(format!("kproxy-xtables-{}.lock", ns.name()))
+        .display()
+        .to_string()
+}
+
+/// `ns.exec`, with the namespace's xtables lock.
+pub fn exec_in(ns: &NetNs, argv: &[&str]) -> String {
+    let lock = format!("XTABLES_LOCKFILE={}", xtables_lock(ns));
+    let mut full = vec!["env", lock.as_str()];
+    full.extend_from_slice(argv);
+    ns.exec(&full)
 }
 
 /// Run `kproxy ARGS` inside `ns` to completion: (success, stdout, stderr).
 pub fn kproxy_in(ns: &NetNs, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut c = ns.command("env");
+    c.arg(format!("XTABLES_LOCKFILE={}", xtables_lock(ns)));
     for (k, v) in env {
         c.arg(format!("{k}={v}"));
     }
@@ -120,6 +147,7 @@ impl Daemon {
         let file = std::fs::File::create(&log).unwrap();
         let mut c = ns.command("env");
         c.arg("KPROXY_LOG=debug");
+        c.arg(format!("XTABLES_LOCKFILE={}", xtables_lock(ns)));
         for (k, v) in env {
             c.arg(format!("{k}={v}"));
         }
