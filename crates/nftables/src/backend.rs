@@ -80,6 +80,7 @@ type PendingFamily = (
     usize,
     Vec<(kproxy_graph::ServicePortName, Option<ServiceRules>)>,
     BTreeMap<LbChain, usize>,
+    Option<Table>,
 );
 
 /// The nftables backend.
@@ -174,8 +175,88 @@ impl NftablesBackend {
         }
     }
 
+    /// A full sync. When kproxy's tables are in place (state known, no
+    /// drift seen) and the ruleset is too large for one transaction, the
+    /// complete new ruleset is diffed against what was applied (skeleton
+    /// and every service port) and sent as one atomic transaction: a
+    /// periodic resync of a large cluster never empties the tables, not
+    /// even briefly. Otherwise the tables are replaced (`replace`).
     fn full_sync(&mut self, graph: &ServiceGraph) -> Result<SyncStats, ApplyError> {
         let fams = generate::generate_families(graph).map_err(gen_err)?;
+        let elements: usize = fams
+            .iter()
+            .map(|(_, fr)| fr.services.values().map(|s| s.elems.len()).sum::<usize>())
+            .sum();
+        if elements > self.max_elements
+            && !self.dry_run
+            && let Some((changes, skeletons)) = self.reassert_plan(&fams)
+        {
+            match self.incremental_sync(graph, &changes, Some(&skeletons)) {
+                Ok(mut stats) => {
+                    stats.full = true;
+                    return Ok(stats);
+                }
+                // The transaction failed: the state is gone, report it
+                // (the next sync replaces the tables).
+                Err(e) if self.state.is_none() => return Err(e),
+                // The diff was refused before anything was sent (a base
+                // chain changed): replace instead.
+                Err(_) => {}
+            }
+        }
+        self.replace(graph, fams)
+    }
+
+    /// The changes between what was applied and `fams`, when they can be
+    /// applied as a diff (same families, same masquerade mark).
+    fn reassert_plan(
+        &self,
+        fams: &[(Family, FamilyRules)],
+    ) -> Option<(ChangeSet, Vec<(Family, Table)>)> {
+        let state = self.state.as_ref()?;
+        if state.len() != fams.len() {
+            return None;
+        }
+        let mut changes = ChangeSet::default();
+        let mut skeletons = Vec::new();
+        for ((f, fr), fs) in fams.iter().zip(state) {
+            if *f != fs.family || fr.mark != fs.rules.mark {
+                return None;
+            }
+            let mut fc = kproxy_graph::FamilyChanges::default();
+            for (name, sr) in &fr.services {
+                match fs.rules.services.get(name) {
+                    None => {
+                        fc.added.insert(name.clone());
+                    }
+                    Some(old) if old != sr => {
+                        fc.changed.insert(name.clone());
+                    }
+                    Some(_) => {}
+                }
+            }
+            for name in fs.rules.services.keys() {
+                if !fr.services.contains_key(name) {
+                    fc.removed.insert(name.clone());
+                }
+            }
+            let ipf = match f {
+                Family::Ip => kproxy_graph::IpFamily::V4,
+                Family::Ip6 => kproxy_graph::IpFamily::V6,
+            };
+            changes.families.insert(ipf, fc);
+            skeletons.push((*f, fr.skeleton.clone()));
+        }
+        Some((changes, skeletons))
+    }
+
+    /// Replace both tables (`add table; delete table;` then everything),
+    /// in bounded transactions when large.
+    fn replace(
+        &mut self,
+        graph: &ServiceGraph,
+        fams: Vec<(Family, FamilyRules)>,
+    ) -> Result<SyncStats, ApplyError> {
         let mut stats = SyncStats {
             full: true,
             ..SyncStats::default()
@@ -246,6 +327,7 @@ impl NftablesBackend {
         &mut self,
         graph: &ServiceGraph,
         changes: &ChangeSet,
+        skeletons: Option<&[(Family, Table)]>,
     ) -> Result<SyncStats, ApplyError> {
         // Chains flushed by an earlier sync go first, in their own
         // transaction; a failure here only delays their removal.
@@ -271,16 +353,34 @@ impl NftablesBackend {
                 Family::Ip6 => kproxy_graph::IpFamily::V6,
             };
             let fc = changes.family(ipf);
-            if fc.is_empty() {
+            let new_skeleton = skeletons
+                .and_then(|s| s.iter().find(|(f, _)| *f == fs.family))
+                .map(|(_, t)| t)
+                .filter(|t| **t != fs.rules.skeleton);
+            if fc.is_empty() && new_skeleton.is_none() {
                 continue;
             }
-            let Some(fg) = graph.family(ipf) else {
-                return Err(ApplyError::Other {
-                    backend: "nftables",
-                    message: format!("graph has no {ipf} family for an incremental sync"),
-                });
+            let empty;
+            let fg = match graph.family(ipf) {
+                Some(fg) => fg,
+                None => {
+                    empty = kproxy_graph::FamilyGraph::empty(ipf);
+                    &empty
+                }
             };
             let ctx = Ctx::new(graph, fg);
+            // Skeleton changes (node addresses, service CIDRs, detector)
+            // first: the service diff below builds on the skeleton's sets.
+            if let Some(skel) = new_skeleton {
+                let plan =
+                    diff_tables(&fs.rules.skeleton, skel).map_err(|e| ApplyError::Other {
+                        backend: "nftables",
+                        message: e.to_string(),
+                    })?;
+                tx.extend(plan.tx);
+                stale.extend(plan.stale_chains.into_iter().map(|c| (fs.family, c)));
+                added.extend(plan.added_chains.into_iter().map(|c| (fs.family, c)));
+            }
             let mut old_part = partial_table(&fs.rules.skeleton);
             let mut new_part = partial_table(&fs.rules.skeleton);
             let mut refs = fs.lb_refs.clone();
@@ -330,7 +430,7 @@ impl NftablesBackend {
             tx.extend(plan.tx);
             stale.extend(plan.stale_chains.into_iter().map(|c| (fs.family, c)));
             added.extend(plan.added_chains.into_iter().map(|c| (fs.family, c)));
-            new_state.push((idx, updates, refs));
+            new_state.push((idx, updates, refs, new_skeleton.cloned()));
         }
         let families: Vec<Family> = state.iter().map(|s| s.family).collect();
         let mut stats = SyncStats {
@@ -361,8 +461,15 @@ impl NftablesBackend {
         let Some(state) = self.state.as_mut() else {
             return Ok(stats);
         };
-        for (idx, updates, refs) in new_state {
+        for (idx, updates, refs, skeleton) in new_state {
             let fs = &mut state[idx];
+            if let Some(skel) = skeleton {
+                self.services_rules.insert(
+                    fs.family,
+                    skel.chains.get("services").map_or(0, |c| c.rules.len()),
+                );
+                fs.rules.skeleton = skel;
+            }
             for (name, sr) in updates {
                 let new_rules = sr.as_ref().map_or(0, service_chain_rules);
                 let old = match sr {
@@ -453,7 +560,7 @@ impl Backend for NftablesBackend {
             // A dry run applies nothing, so there is no kernel state to
             // diff against: every dry-run sync checks a full load.
             Some(c) if self.state.is_some() && !c.needs_full_sync && !self.dry_run => {
-                self.incremental_sync(graph, c)
+                self.incremental_sync(graph, c, None)
             }
             _ => self.full_sync(graph),
         }
@@ -474,12 +581,21 @@ impl Backend for NftablesBackend {
                 match self.nft.run(&args, None) {
                     Ok(text) => out.push_str(&text),
                     // The table or the object is gone: drift.
-                    Err(ApplyError::Rejected { .. }) => return Ok(false),
+                    Err(ApplyError::Rejected { .. }) => {
+                        self.state = None;
+                        return Ok(false);
+                    }
                     Err(e) => return Err(e),
                 }
             }
         }
-        Ok(listing_matches(&out, self.generation, &self.services_rules))
+        let ok = listing_matches(&out, self.generation, &self.services_rules);
+        if !ok {
+            // What kproxy applied is no longer what the kernel has: the
+            // next sync must reload, not diff against the stale state.
+            self.state = None;
+        }
+        Ok(ok)
     }
 
     fn last_applied(&self) -> Option<String> {

@@ -238,3 +238,59 @@ fn large_full_loads_split_into_bounded_transactions_load_the_same_table() {
         .sum();
     assert!(elements > 2000, "{elements}");
 }
+
+/// A full sync of a large cluster whose tables are in place is a diff
+/// against what was applied (one transaction, tables never emptied), also
+/// when the skeleton changes; after drift it reloads.
+#[test]
+fn large_full_resync_is_a_diff_and_drift_reloads() {
+    let mut svcs: Vec<Svc> = (0..300)
+        .map(|i| {
+            Svc::new(
+                "bulk",
+                &format!("s{i}"),
+                &format!("172.30.{}.{}", i / 250, i % 250 + 1),
+                80,
+            )
+            .ep(&format!("10.1.{}.{}", i / 250, i % 250 + 1), "node-2")
+            .ep(&format!("10.2.{}.{}", i / 250, i % 250 + 1), "node-3")
+        })
+        .collect();
+    let ns = NetNs::new("nft");
+    let mut be = NftablesBackend::in_netns(ns.name()).max_elements_per_transaction(1000);
+    let g1 = graph(&svcs);
+    let first = be.sync(&g1, None).expect("first load");
+    assert!(first.full);
+    // Periodic full resync with one changed service and a changed node
+    // address (skeleton): sent as a small diff.
+    svcs[3].endpoints.pop();
+    let mut g2 = graph(&svcs);
+    if let Some(fg) = g2.families.get_mut(&kproxy_graph::IpFamily::V4) {
+        fg.nodeport_ips = kproxy_graph::NodePortIps::Only(vec!["192.168.0.9".parse().expect("ip")]);
+    }
+    let resync = be.sync(&g2, None).expect("resync");
+    assert!(resync.full);
+    assert!(
+        resync.bytes_written * 10 < first.bytes_written,
+        "resync wrote {} bytes, first load {}",
+        resync.bytes_written,
+        first.bytes_written
+    );
+    let fresh = NetNs::new("nft");
+    NftablesBackend::in_netns(fresh.name())
+        .sync(&g2, None)
+        .expect("fresh");
+    assert_eq!(
+        normalised_listing(&ns, true),
+        normalised_listing(&fresh, true)
+    );
+    // Drift: check() notices, and the next full sync reloads everything.
+    ns.exec(&["nft", "delete", "table", "ip", "kproxy"]);
+    assert!(!be.check().expect("check"));
+    let reload = be.sync(&g2, None).expect("reload");
+    assert!(reload.bytes_written > resync.bytes_written * 10);
+    assert_eq!(
+        normalised_listing(&ns, false),
+        normalised_listing(&fresh, false)
+    );
+}
