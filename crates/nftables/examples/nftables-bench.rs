@@ -263,9 +263,15 @@ fn run_case(kind: &str, n: usize, e: usize, changes: usize) {
                 assert!(!st.full);
                 prev = next;
             }
+            // A periodic full resync with nothing changed: a diff against
+            // the applied state when the ruleset exceeds one transaction.
+            let t = Instant::now();
+            let st = be.sync(&prev, None).unwrap();
+            let resync_secs = t.elapsed().as_secs_f64();
+            assert!(st.full);
             let cs: Vec<String> = change_secs.iter().map(|s| s.to_string()).collect();
             println!(
-                "secs={secs} bytes={} graph_kib={graph_kib} self_kib={self_kib} nft_kib={nft_kib} changes={}",
+                "secs={secs} bytes={} graph_kib={graph_kib} self_kib={self_kib} nft_kib={nft_kib} resync={resync_secs} changes={}",
                 stats.bytes_written,
                 cs.join(",")
             );
@@ -374,11 +380,13 @@ fn main() {
         );
         let (mut full, mut change) = (Vec::new(), Vec::new());
         let (mut own, mut nft, mut graph_kib) = (0u64, 0u64, 0u64);
+        let mut resync = Vec::new();
         for _ in 0..reps {
             let l = child("full", n, e, changes);
             full.push(field(&l, "secs").unwrap().parse().unwrap());
             own = own.max(field(&l, "self_kib").unwrap().parse().unwrap());
             graph_kib = graph_kib.max(field(&l, "graph_kib").unwrap().parse().unwrap());
+            resync.push(field(&l, "resync").unwrap().parse().unwrap());
             nft = nft.max(field(&l, "nft_kib").unwrap().parse().unwrap());
             change.extend(
                 field(&l, "changes")
@@ -397,6 +405,10 @@ fn main() {
         println!(
             "| one endpoint change (incremental) | {n} | {} | - | - |",
             median_min_max(change)
+        );
+        println!(
+            "| full resync, nothing changed | {n} | {} | - | - |",
+            median_min_max(resync)
         );
     }
     for (kind, label, ns) in [
