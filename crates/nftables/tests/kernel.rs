@@ -109,3 +109,13 @@ fn cleanup_removes_kproxy_and_kube_proxy_tables() {
     // Cleaning up twice is fine (nothing left to delete).
     backend.cleanup().expect("second cleanup");
 }
+
+/// This machine (kernel 6.x, nft 1.0.6) runs the nftables backend.
+#[test]
+fn supported_here() {
+    kproxy_nftables::supported().expect("kernel >= 5.13 and nft >= 1.0.1 here");
+    let v = kproxy_nftables::Nft::host()
+        .version()
+        .expect("nft --version");
+    assert!(v >= (1, 0, 1), "{v:?}");
+}
