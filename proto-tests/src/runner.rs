@@ -326,7 +326,7 @@ pub fn run_scenario(s: &Scenario, backend: BackendName, cfg: &RunConfig) -> Scen
             if p.source_port.is_some()
                 && let Some(d) = &daemon
             {
-                d.wait_log_quiet(Duration::from_millis(1500));
+                d.wait_log_quiet(Duration::from_millis(2500));
             }
             if let Some(r) = run_probe(&topo, step, p, backend, cfg, rep.known_failure.is_some()) {
                 rep.probes.push(r);
