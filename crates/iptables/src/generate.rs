@@ -6,6 +6,7 @@
 //! Services are visited in name order (kube-proxy iterates a Go map), so
 //! the output is deterministic.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use kproxy_graph::{
@@ -625,6 +626,17 @@ fn service_rules(cx: &mut Ctx<'_>, sp: &ServicePort) {
         rules,
     };
 
+    // Endpoint chain names, hashed once per endpoint (SHA-256 dominates
+    // generation time at scale).
+    let seps: HashMap<(IpAddr, u16), (String, String)> = sp
+        .reachable_endpoints
+        .iter()
+        .map(|ep| {
+            let addr = ep.addr_string();
+            ((ep.ip, ep.port), (sep_chain(spn, &addr), addr))
+        })
+        .collect();
+
     let mut internal_masq: Option<Rule> = None;
     if d.has_internal_endpoints {
         let mut m = vec![comment(format!("{name} cluster IP"))];
@@ -748,7 +760,7 @@ fn service_rules(cx: &mut Ctx<'_>, sp: &ServicePort) {
         {
             rules.push(r);
         }
-        endpoint_rules(cx, sp, &name, &sp.cluster_endpoints, &mut rules);
+        endpoint_rules(cx, sp, &name, &sp.cluster_endpoints, &seps, &mut rules);
         chains.push(own(&svc, rules));
     }
     if d.uses_local_chain {
@@ -758,13 +770,15 @@ fn service_rules(cx: &mut Ctx<'_>, sp: &ServicePort) {
         {
             rules.push(r);
         }
-        endpoint_rules(cx, sp, &name, &sp.local_endpoints, &mut rules);
+        endpoint_rules(cx, sp, &name, &sp.local_endpoints, &seps, &mut rules);
         chains.push(own(&svl, rules));
     }
 
     for ep in &sp.reachable_endpoints {
-        let addr = ep.addr_string();
-        let sep = sep_chain(spn, &addr);
+        let sep = seps
+            .get(&(ep.ip, ep.port))
+            .map(|(s, _)| s.clone())
+            .unwrap_or_else(|| sep_chain(spn, &ep.addr_string()));
         let base = cx.endpoint_comment(name.clone());
         let mut hairpin = base.clone();
         hairpin.push(Match::Source {
@@ -807,13 +821,19 @@ fn endpoint_rules(
     sp: &ServicePort,
     name: &str,
     endpoints: &[kproxy_graph::Endpoint],
+    seps: &HashMap<(IpAddr, u16), (String, String)>,
     rules: &mut Vec<Rule>,
 ) {
     let chains: Vec<(String, String)> = endpoints
         .iter()
-        .map(|ep| {
-            let addr = ep.addr_string();
-            (sep_chain(&sp.name, &addr), addr)
+        .map(|ep| match seps.get(&(ep.ip, ep.port)) {
+            Some(pair) => pair.clone(),
+            None => {
+                // Not in reachable_endpoints (the graph guarantees it is);
+                // hash it anyway rather than emit a dangling jump.
+                let addr = ep.addr_string();
+                (sep_chain(&sp.name, &addr), addr)
+            }
         })
         .collect();
     if let Some(aff) = sp.session_affinity {

@@ -157,16 +157,23 @@ pub fn write_target(out: &mut String, t: &Target) {
 /// One rule line: `OP CHAIN args...` (no newline).
 pub fn rule_line(op: &str, chain: &str, rule: &Rule) -> String {
     let mut out = String::with_capacity(160);
+    write_rule(&mut out, op, chain, rule);
+    out
+}
+
+/// Append one rule line `OP CHAIN args...\n` to `out` (no per-rule
+/// allocation: restore inputs run to tens of megabytes).
+pub fn write_rule(out: &mut String, op: &str, chain: &str, rule: &Rule) {
     out.push_str(op);
     out.push(' ');
     out.push_str(chain);
     for m in &rule.matches {
-        write_match(&mut out, m);
+        write_match(out, m);
     }
     if let Some(t) = &rule.target {
-        write_target(&mut out, t);
+        write_target(out, t);
     }
-    out
+    out.push('\n');
 }
 
 /// What one restore call writes for one family.
@@ -222,14 +229,12 @@ pub fn render_restore(fr: &FamilyRuleset, plan: &RestorePlan) -> (String, usize)
             Some(m) => m.get(&table.name).into_iter().flatten().collect(),
         };
         for b in inserts {
-            out.push_str(&rule_line("-I", &b.chain, &b.rule));
-            out.push('\n');
+            write_rule(&mut out, "-I", &b.chain, &b.rule);
             written += 1;
         }
         for c in &chains {
             for r in &c.rules {
-                out.push_str(&rule_line("-A", &c.name, r));
-                out.push('\n');
+                write_rule(&mut out, "-A", &c.name, r);
                 written += 1;
             }
         }
