@@ -179,10 +179,6 @@ impl ScenarioReport {
         );
         if let Some(r) = &self.known_failure {
             let _ = writeln!(s, "   KNOWN FAILURE (whole scenario): {r}");
-            if !self.failed() && self.setup_error.is_none() && fail == 0 && !self.probes.is_empty()
-            {
-                // unreachable by construction; kept for clarity
-            }
         }
         if let Some(e) = &self.setup_error {
             let _ = writeln!(s, "   SETUP/SYNC FAILED: {e}");
