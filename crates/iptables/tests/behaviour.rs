@@ -435,3 +435,30 @@ fn output_is_deterministic_and_round_trips_through_the_parser() {
         }
     }
 }
+
+#[test]
+fn ipv6_rules_use_ip6tables_spelling() {
+    let g = load_fixture("dual-stack", ProxyMode::Iptables);
+    let t6 = text(&family(&g, IpFamily::V6));
+    has(
+        &t6,
+        "-A KUBE-SEP-JP3Z47LPJQUFTNBW -m comment --comment ds/web:http -m tcp -p tcp -j DNAT --to-destination [fd00:10:180::1]:8080",
+    );
+    has(
+        &t6,
+        "-A KUBE-SEP-JP3Z47LPJQUFTNBW -m comment --comment ds/web:http -s fd00:10:180::1 -j KUBE-MARK-MASQ",
+    );
+    // The SEP hash covers the bracketed endpoint, as net.JoinHostPort.
+    assert_eq!(
+        expected_hash("ds/web:httptcp[fd00:10:180::1]:8080"),
+        "JP3Z47LPJQUFTNBW"
+    );
+    // No IPv4 address leaks into the IPv6 ruleset, and vice versa.
+    let t4 = text(&family(&g, IpFamily::V4));
+    for l in t6.lines().filter(|l| l.starts_with("-A")) {
+        assert!(!l.contains("10.180.") && !l.contains("172.30."), "{l}");
+    }
+    for l in t4.lines().filter(|l| l.starts_with("-A")) {
+        assert!(!l.contains("fd00:"), "{l}");
+    }
+}
