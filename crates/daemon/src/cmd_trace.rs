@@ -116,6 +116,9 @@ pub fn run(args: &TraceArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("rendering {kind} rules"))?
     };
     let tracer = kproxy_trace::tracer_for(kind, &text).context("reading the ruleset")?;
+    for u in tracer.unknown_rules() {
+        eprintln!("note: rule not understood (a connection reaching it stops the trace): {u}");
+    }
     let mut packet = Packet::new(from, to.ip(), to.port(), proto);
     packet.iif = args.iif.clone();
     let node = Node::new(node_ips);
@@ -157,6 +160,9 @@ fn run_service(args: &TraceArgs, svc: &str) -> anyhow::Result<ExitCode> {
         .render_full(&graph)
         .with_context(|| format!("rendering {kind} rules"))?;
     let tracer = kproxy_trace::tracer_for(kind, &text).context("reading the ruleset")?;
+    for u in tracer.unknown_rules() {
+        eprintln!("note: rule not understood (a connection reaching it stops the trace): {u}");
+    }
     let mut node_ips = args.node_ip.clone();
     node_ips.extend(graph.node.ips.iter().copied());
     let node = Node::new(node_ips);

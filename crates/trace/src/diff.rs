@@ -170,6 +170,9 @@ fn rule_changes(d: &mut Diff, here: &str, cur: &[&IptRule], want: &[&IptRule]) {
 fn canon_nft_rule(r: &crate::nftables::NftRule) -> String {
     // After `meta l4proto tcp`, nft prints `th dport` as `tcp dport` (the
     // kernel holds the same expressions), so both spell one rule.
+    if r.unknown.is_some() {
+        return format!("unknown {}", r.text);
+    }
     let mut s = format!("{:?}", r.stmts);
     for p in ["6", "17", "132"] {
         s = s.replace(&format!("ProtoDport({p})"), "Dport");

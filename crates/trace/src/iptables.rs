@@ -135,6 +135,9 @@ pub struct IptRule {
     pub matches: Vec<IptMatch>,
     /// The target; `None` for a rule that only counts (or comments).
     pub target: Option<IptTarget>,
+    /// Why the rule was not understood (another program's rule, say). A
+    /// packet that reaches it stops the trace with an error naming it.
+    pub unknown: Option<String>,
 }
 
 impl IptRule {
@@ -150,6 +153,10 @@ impl IptRule {
             })
             .collect();
         parts.sort();
+        if self.unknown.is_some() {
+            // Not understood: compared as written.
+            return format!("unknown {}", self.text);
+        }
         format!("{} => {:?}", parts.join(" "), self.target)
     }
 }
@@ -336,6 +343,23 @@ fn parse_rule(words: &[String], text: &str, line: usize) -> Result<IptRule, Trac
         line,
         matches,
         target,
+        unknown: None,
+    })
+}
+
+/// [`parse_rule`], keeping a rule it does not understand as
+/// [`IptRule::unknown`]: other programs' rules in the built-in chains must
+/// not stop a trace that never reaches them.
+fn parse_rule_lazy(words: &[String], text: &str, line: usize) -> IptRule {
+    parse_rule(words, text, line).unwrap_or_else(|e| IptRule {
+        text: text.to_string(),
+        line,
+        matches: Vec::new(),
+        target: None,
+        unknown: Some(match e {
+            TraceError::Parse { reason, .. } => reason,
+            other => other.to_string(),
+        }),
     })
 }
 
@@ -423,7 +447,7 @@ impl IptablesRuleset {
             };
             match op {
                 "-A" | "--append" => {
-                    let rule = parse_rule(&words[2..], body, line)?;
+                    let rule = parse_rule_lazy(&words[2..], body, line);
                     chains.entry(chain).or_default().rules.push(rule);
                 }
                 "-I" | "--insert" => {
@@ -431,7 +455,7 @@ impl IptablesRuleset {
                         Some(n) => (n.max(1) - 1, &words[3..]),
                         None => (0, &words[2..]),
                     };
-                    let rule = parse_rule(rest, body, line)?;
+                    let rule = parse_rule_lazy(rest, body, line);
                     let c = chains.entry(chain).or_default();
                     let pos = pos.min(c.rules.len());
                     c.rules.insert(pos, rule);
@@ -575,6 +599,9 @@ impl Ctx<'_> {
             rule: rule.text.clone(),
             reason: reason.to_string(),
         };
+        if let Some(why) = &rule.unknown {
+            return Err(unsupported(&format!("rule not understood ({why})")));
+        }
         for m in &rule.matches {
             let ok = match m {
                 IptMatch::Comment(_) | IptMatch::RecentSet(_) => true,
@@ -879,5 +906,21 @@ impl Tracer for IptablesRuleset {
     fn trace(&self, packet: &Packet, node: &Node) -> Result<Trace, TraceError> {
         self.check_targets()?;
         crate::walk("iptables", self, packet, node)
+    }
+
+    fn unknown_rules(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (_, t) in &self.sections {
+            for (table, chains) in &t.tables {
+                for (name, c) in chains {
+                    for r in &c.rules {
+                        if let Some(why) = &r.unknown {
+                            out.push(format!("{table} {name}: {} ({why})", r.text));
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 }

@@ -422,6 +422,11 @@ impl fmt::Display for Outcome {
 pub trait Tracer {
     /// Simulate the first packet of a new connection.
     fn trace(&self, packet: &Packet, node: &Node) -> Result<Trace, TraceError>;
+
+    /// Rules the tracer did not understand (`chain: rule (why)`), kept so
+    /// that other programs' rules do not stop traces that never reach
+    /// them; a trace that reaches one fails naming it.
+    fn unknown_rules(&self) -> Vec<String>;
 }
 
 /// The per-branch state the hook walkers carry.

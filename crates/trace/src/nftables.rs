@@ -301,6 +301,9 @@ pub struct NftRule {
     pub line: usize,
     /// The statements.
     pub stmts: Vec<Stmt>,
+    /// Why the rule was not understood; a packet that reaches it stops
+    /// the trace with an error naming it.
+    pub unknown: Option<String>,
 }
 
 /// A base chain's hook.
@@ -1117,7 +1120,10 @@ impl NftRuleset {
                 {
                     return Err(p.err("rule positions are not supported"));
                 }
-                let rule = make_rule(&stmt, line).map_err(|e| p.err(e))?;
+                if !balanced(&stmt) {
+                    return Err(p.err("unbalanced braces"));
+                }
+                let rule = make_rule(&stmt, line);
                 let t = self.table_mut(&fam, &table);
                 let c = t.chains.entry(chain).or_default();
                 if insert {
@@ -1231,9 +1237,10 @@ impl NftRuleset {
                         {
                             apply_chain_decl(&mut chain, &stmt).map_err(|e| p.err(e))?;
                         } else {
-                            chain
-                                .rules
-                                .push(make_rule(&stmt, line).map_err(|e| p.err(e))?);
+                            if !balanced(&stmt) {
+                                return Err(p.err("unbalanced braces"));
+                            }
+                            chain.rules.push(make_rule(&stmt, line));
                         }
                     }
                     self.table_mut(fam, name).chains.insert(cname, chain);
@@ -1309,12 +1316,39 @@ fn apply_chain_decl(chain: &mut NftChain, stmt: &[(Tok, usize)]) -> Result<(), S
     Ok(())
 }
 
-fn make_rule(stmt: &[(Tok, usize)], line: usize) -> Result<NftRule, String> {
-    Ok(NftRule {
-        text: join_tokens(stmt),
-        line,
-        stmts: parse_rule_stmts(stmt)?,
-    })
+/// Braces open and close within the statement (a missing `}` would
+/// otherwise swallow the rest of the file into one rule).
+fn balanced(stmt: &[(Tok, usize)]) -> bool {
+    let mut depth = 0i32;
+    for (t, _) in stmt {
+        match t {
+            Tok::LBrace => depth += 1,
+            Tok::RBrace => depth -= 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return false;
+        }
+    }
+    depth == 0
+}
+
+fn make_rule(stmt: &[(Tok, usize)], line: usize) -> NftRule {
+    let text = join_tokens(stmt);
+    match parse_rule_stmts(stmt) {
+        Ok(stmts) => NftRule {
+            text,
+            line,
+            stmts,
+            unknown: None,
+        },
+        Err(why) => NftRule {
+            text,
+            line,
+            stmts: Vec::new(),
+            unknown: Some(why),
+        },
+    }
 }
 
 /// A runtime value.
@@ -1527,6 +1561,9 @@ impl Ctx<'_> {
             rule: rule.text.clone(),
             reason,
         };
+        if let Some(why) = &rule.unknown {
+            return Err(unsupported(format!("rule not understood ({why})")));
+        }
         // States still evaluating this rule, with notes gathered so far.
         let mut live: Vec<(State, Vec<String>)> = vec![(st, Vec::new())];
         let mut out: Vec<(State, RuleEnd)> = Vec::new();
@@ -1897,5 +1934,22 @@ impl Tracer for NftRuleset {
     fn trace(&self, packet: &Packet, node: &Node) -> Result<Trace, TraceError> {
         self.check()?;
         crate::walk("nftables", self, packet, node)
+    }
+
+    fn unknown_rules(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for t in &self.tables {
+            for (name, c) in &t.chains {
+                for r in &c.rules {
+                    if let Some(why) = &r.unknown {
+                        out.push(format!(
+                            "{} {} {name}: {} ({why})",
+                            t.family, t.name, r.text
+                        ));
+                    }
+                }
+            }
+        }
+        out
     }
 }

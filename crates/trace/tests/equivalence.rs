@@ -513,6 +513,11 @@ fn run(graphs: u64, packets_per_family: usize, mutate: Option<Mutation>) -> Run 
             let tracer = tracer_for(kind, &text).unwrap_or_else(|e| {
                 panic!("seed {seed}: {kind} ruleset does not parse: {e}\n{text}")
             });
+            let unknown = tracer.unknown_rules();
+            assert!(
+                unknown.is_empty(),
+                "seed {seed}: {kind} rules the tracer does not understand: {unknown:#?}"
+            );
             texts.push((kind, tracer, text));
         }
         let node = Node::new(g_ipt.node.ips.clone());

@@ -45,16 +45,29 @@ fn iptables_save_probabilities_and_reports() {
 }
 
 #[test]
-fn unknown_iptables_option_names_the_line() {
-    let text = IPT.replace("-j KUBE-SVC-A\n", "-m limit --limit 5/s -j KUBE-SVC-A\n");
-    match tracer_for(BackendKind::IptablesLegacy, &text) {
-        Err(TraceError::Parse { line, text, reason }) => {
-            assert_eq!(line, 7);
-            assert!(text.contains("-m limit"), "{text}");
+fn unknown_iptables_rule_is_an_error_when_reached() {
+    // Another program's rule: not understood, kept, and an error naming it
+    // as soon as a traced packet reaches it.
+    let text = IPT.replace(
+        "-A PREROUTING -j KUBE-SERVICES\n",
+        "-A PREROUTING -j KUBE-SERVICES\n-A PREROUTING -m limit --limit 5/s -j ACCEPT\n",
+    );
+    let t = tracer_for(BackendKind::IptablesLegacy, &text).expect("parses");
+    // The service's connection is decided before the unknown rule.
+    assert!(t.trace(&packet(), &Node::default()).is_ok());
+    let mut other = packet();
+    other.dport = 81;
+    match t.trace(&other, &Node::default()) {
+        Err(TraceError::Unsupported {
+            chain,
+            rule,
+            reason,
+        }) => {
+            assert_eq!(chain, "PREROUTING");
+            assert!(rule.contains("-m limit"), "{rule}");
             assert!(reason.contains("limit"), "{reason}");
         }
-        Err(e) => panic!("wrong error: {e}"),
-        Ok(_) => panic!("an unknown match was accepted"),
+        other => panic!("an unknown match was evaluated: {other:?}"),
     }
 }
 
@@ -94,12 +107,23 @@ fn nft_anonymous_maps_and_priorities() {
 #[test]
 fn unknown_nft_statement_names_it() {
     let text = NFT.replace("goto svc", "limit rate 5/second goto svc");
-    match tracer_for(BackendKind::Nftables, &text) {
-        Err(TraceError::Parse { line, reason, .. }) => {
-            assert_eq!(line, 4);
+    let t = tracer_for(BackendKind::Nftables, &text).expect("parses");
+    match t.trace(&packet(), &Node::default()) {
+        Err(TraceError::Unsupported {
+            chain,
+            rule,
+            reason,
+        }) => {
+            assert_eq!(chain, "nat-prerouting");
+            assert!(rule.contains("limit rate"), "{rule}");
             assert!(reason.contains("limit"), "{reason}");
         }
-        Err(e) => panic!("wrong error: {e}"),
-        Ok(_) => panic!("an unknown statement was accepted"),
+        other => panic!("an unknown statement was evaluated: {other:?}"),
     }
+    // Broken structure is still a parse error with its line.
+    let broken = format!("{NFT}add rule ip kproxy svc {{ accept\n");
+    assert!(matches!(
+        tracer_for(BackendKind::Nftables, &broken),
+        Err(TraceError::Parse { .. })
+    ));
 }

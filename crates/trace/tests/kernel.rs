@@ -141,6 +141,13 @@ fn tracing_the_kernels_dump_matches_the_rendered_rules() {
             let dumped = tracer_for(kind, &dump).unwrap_or_else(|e| {
                 panic!("{name} {kind}: the kernel's dump does not parse: {e}\n{dump}")
             });
+            for t in [&rendered, &dumped] {
+                let unknown = t.unknown_rules();
+                assert!(
+                    unknown.is_empty(),
+                    "{name} {kind}: not understood: {unknown:#?}"
+                );
+            }
             let node = Node::new(graph.node.ips.clone());
             for p in packets(&graph) {
                 let a = rendered.trace(&p, &node).expect("traces").outcome();
