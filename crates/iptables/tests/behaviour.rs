@@ -462,3 +462,39 @@ fn ipv6_rules_use_ip6tables_spelling() {
         assert!(!l.contains("fd00:"), "{l}");
     }
 }
+
+#[test]
+fn cluster_ip_multi_port_and_protocols() {
+    // S1: one chain set per (port name, protocol); each DNATs to its
+    // target port with its protocol's module.
+    let t = text(&v4("cluster-ip-general"));
+    for (port, proto, dport, target) in [
+        ("http", "tcp", 80, 80),
+        ("https", "tcp", 443, 8443),
+        ("dns-udp", "udp", 53, 53),
+        ("dns-tcp", "tcp", 53, 5353),
+        ("dns-sctp", "sctp", 53, 53),
+    ] {
+        let svc = format!(
+            "KUBE-SVC-{}",
+            expected_hash(&format!("ns2/svc2:{port}{proto}"))
+        );
+        has(
+            &t,
+            &format!(
+                "-A KUBE-SERVICES -m comment --comment \"ns2/svc2:{port} cluster IP\" -m {proto} -p {proto} -d 172.30.0.42 --dport {dport} -j {svc}"
+            ),
+        );
+        for ep in ["10.180.0.1", "10.180.2.1"] {
+            let sep = expected_hash(&format!("ns2/svc2:{port}{proto}{ep}:{target}"));
+            has(
+                &t,
+                &format!(
+                    "-A KUBE-SEP-{sep} -m comment --comment ns2/svc2:{port} -m {proto} -p {proto} -j DNAT --to-destination {ep}:{target}"
+                ),
+            );
+        }
+    }
+    // Pods are not masqueraded to a ClusterIP; everything else is.
+    assert!(t.contains("--dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ"));
+}
