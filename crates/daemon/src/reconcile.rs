@@ -54,7 +54,7 @@ pub struct Reconciler {
     backend: Box<dyn Backend>,
     shared: Arc<Shared>,
     /// The last graph the backend applied successfully.
-    last_applied: Option<ServiceGraph>,
+    last_applied: Option<Arc<ServiceGraph>>,
     need_full: bool,
     last_full: Option<Instant>,
     last_attempt: Option<Instant>,
@@ -225,21 +225,6 @@ impl Reconciler {
                 m.objects_total.set(stats.rules_total as i64);
                 m.service_ports.set(service_ports(&graph) as i64);
                 m.endpoints.set(endpoints(&graph) as i64);
-                if matches!(
-                    self.backend.kind(),
-                    kproxy_graph::BackendKind::IptablesLegacy
-                        | kproxy_graph::BackendKind::IptablesNft
-                ) {
-                    let all = crate::metrics::TableLabel {
-                        table: "all".into(),
-                    };
-                    m.iptables_total
-                        .get_or_create(&all)
-                        .set(stats.rules_total as i64);
-                    m.iptables_last
-                        .get_or_create(&all)
-                        .set(stats.rules_written as i64);
-                }
                 self.no_local_endpoint_metrics(&graph);
                 self.network_programming(objects, now);
                 tracing::info!(
@@ -258,7 +243,7 @@ impl Reconciler {
                     && let Some(ct) = &mut self.conntrack
                 {
                     {
-                        let before = self.last_applied.as_ref();
+                        let before = self.last_applied.as_deref();
                         let report = ct.cleanup(before, &graph, changes.as_ref());
                         m.conntrack_duration.observe(report.duration.as_secs_f64());
                         for (fam, n) in report.deleted {
@@ -284,6 +269,22 @@ impl Reconciler {
                 } else {
                     self.backend.last_applied()
                 };
+                if let Some(text) = &rules
+                    && self.backend.kind() != kproxy_graph::BackendKind::Nftables
+                {
+                    // kube-proxy's per-table gauges: the rules kproxy owns
+                    // in each table (both families), from the applied text.
+                    for (table, n) in iptables_rules_per_table(text) {
+                        m.iptables_total
+                            .get_or_create(&crate::metrics::TableLabel { table })
+                            .set(n as i64);
+                    }
+                    m.iptables_last
+                        .get_or_create(&crate::metrics::TableLabel {
+                            table: "all".into(),
+                        })
+                        .set(stats.rules_written as i64);
+                }
                 let graph = Arc::new(graph);
                 {
                     let mut st = self.shared.status();
@@ -298,7 +299,7 @@ impl Reconciler {
                     st.rules = rules;
                     st.warnings = graph.warnings.iter().map(ToString::to_string).collect();
                 }
-                self.last_applied = Some((*graph).clone());
+                self.last_applied = Some(graph);
                 self.need_full = false;
                 if full {
                     self.last_full = Some(started);
@@ -521,6 +522,21 @@ fn block<T>(f: impl FnOnce() -> T) -> T {
         }
         _ => f(),
     }
+}
+
+/// Rules (`-A`/`-I` lines) per table in iptables-restore text.
+fn iptables_rules_per_table(text: &str) -> BTreeMap<String, usize> {
+    let mut out: BTreeMap<String, usize> = BTreeMap::new();
+    let mut table = String::new();
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.trim().to_string();
+            out.entry(table.clone()).or_default();
+        } else if line.starts_with("-A ") || line.starts_with("-I ") {
+            *out.entry(table.clone()).or_default() += 1;
+        }
+    }
+    out
 }
 
 fn unix_secs(t: SystemTime) -> f64 {
@@ -848,5 +864,13 @@ mod tests {
             text.contains("kubeproxy_network_programming_duration_seconds_bucket{le=\"5.0\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn iptables_rules_are_counted_per_table() {
+        let text = "# IPv4\n*filter\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -j ACCEPT\nCOMMIT\n*nat\n-I PREROUTING -j KUBE-SERVICES\n-A KUBE-SERVICES -j RETURN\nCOMMIT\n# IPv6\n*nat\n-A KUBE-SERVICES -j RETURN\nCOMMIT\n";
+        let m = iptables_rules_per_table(text);
+        assert_eq!(m.get("filter"), Some(&1));
+        assert_eq!(m.get("nat"), Some(&3));
     }
 }

@@ -342,6 +342,16 @@ fn failed_transaction_keeps_rules_and_next_sync_is_full() {
         );
         let (_, _, m) = http_get(&ns, 10249, "/metrics").unwrap();
         let full_before = metric(&m, "kproxy_syncs_total{sync=\"full\"}").unwrap_or(0.0);
+        if backend == "iptables-nft" {
+            assert!(
+                metric(
+                    &m,
+                    "kubeproxy_sync_proxy_rules_iptables_total{table=\"nat\"}"
+                )
+                .is_some_and(|v| v > 0.0),
+                "{m}"
+            );
+        }
 
         std::fs::remove_file(&flag).unwrap();
         assert!(
