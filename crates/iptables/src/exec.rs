@@ -71,11 +71,13 @@ impl Flavour {
     }
 
     /// Lock arguments: the legacy flavour serialises on the xtables lock,
-    /// so wait for it as kube-proxy does (`-w 5 -W 100000`); nf_tables
+    /// so wait for it up to 5 s as kube-proxy does (`-w 5`; kube-proxy's
+    /// `-W 100000` poll interval is ignored by current iptables, 1.8.9
+    /// only prints a deprecation warning for it); nf_tables
     /// transactions need no lock.
     pub fn lock_args(self) -> &'static [&'static str] {
         match self {
-            Flavour::Legacy => &["-w", "5", "-W", "100000"],
+            Flavour::Legacy => &["-w", "5"],
             Flavour::Nft => &[],
         }
     }
