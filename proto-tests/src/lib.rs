@@ -218,7 +218,7 @@ pub fn run_suite_with(
 
 /// Whether SCTP sockets can be opened in a fresh namespace.
 pub fn probe_sctp(proto_bin: &Path) -> bool {
-    let Ok(ns) = topo::Ns::new(9999, "sctp") else {
+    let Ok(ns) = topo::Ns::new(topo::next_job(), "sctp") else {
         return false;
     };
     ns.exec(&[&proto_bin.to_string_lossy(), "sctp-check"])

@@ -306,6 +306,11 @@ pub struct Topology {
 
 static JOBS: AtomicUsize = AtomicUsize::new(0);
 
+/// A number for namespace names, unique in this process.
+pub fn next_job() -> usize {
+    JOBS.fetch_add(1, Ordering::SeqCst)
+}
+
 fn plen(ip: &IpAddr) -> &'static str {
     if ip.is_ipv4() { "32" } else { "128" }
 }
@@ -322,7 +327,7 @@ impl Topology {
     /// Build the namespaces, links, routes and echo servers. `proto_bin` is
     /// the `kproxy-proto` binary (echo servers, sysctls).
     pub fn build(spec: &TopologySpec, proto_bin: &Path) -> Result<Topology, HarnessError> {
-        let job = JOBS.fetch_add(1, Ordering::SeqCst);
+        let job = next_job();
         let dir = std::env::temp_dir().join(format!("kproxy-proto-{}-{job}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| HarnessError::Command {
             command: format!("mkdir {}", dir.display()),
