@@ -100,7 +100,9 @@ async fn run(
         health_check_node_ports: !args.no_health_check_node_ports && !args.once,
     };
     let reconciler = Reconciler::new(settings, opts, backend, shared.clone());
-    let ok = reconciler.run(source, args.once).await?;
+    let ok = reconciler
+        .run(source, args.once, config_watch(args.input.config.clone()))
+        .await?;
     for t in tasks {
         t.abort();
     }
@@ -115,5 +117,27 @@ async fn run(
             .unwrap_or_default();
         eprintln!("kproxy: sync failed: {err}");
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Resolves (with the file's name) when the `--config` file's content
+/// changes; never without one. The content is read now, so a change made
+/// while the first sync runs is not missed; then polled every second, like
+/// the file source, so ConfigMap symlink swaps are seen.
+fn config_watch(path: Option<std::path::PathBuf>) -> impl std::future::Future<Output = String> {
+    let initial = path.as_ref().and_then(|p| std::fs::read(p).ok());
+    async move {
+        let Some(path) = path else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let now = std::fs::read(&path).ok();
+            // An unreadable file mid-update is not a change; a different
+            // one is.
+            if now.is_some() && now != initial {
+                return format!("configuration file {}", path.display());
+            }
+        }
     }
 }

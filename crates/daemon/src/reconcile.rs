@@ -462,7 +462,17 @@ impl Reconciler {
     }
 
     /// Run until SIGTERM/SIGINT (rules stay) or a source error.
-    pub async fn run(mut self, mut source: Source, once: bool) -> anyhow::Result<bool> {
+    ///
+    /// `config_changed` resolves when the configuration file changed: like
+    /// kube-proxy, the daemon then exits (rules stay) so that it restarts
+    /// with the new configuration.
+    pub async fn run(
+        mut self,
+        mut source: Source,
+        once: bool,
+        config_changed: impl std::future::Future<Output = String>,
+    ) -> anyhow::Result<bool> {
+        let mut config_changed = std::pin::pin!(config_changed);
         // Nothing is synced before the source's initial state is complete:
         // a partial state would delete rules for Services not yet listed.
         source.changed().await?;
@@ -505,6 +515,9 @@ impl Reconciler {
                     dirty = true;
                 }
                 _ = sleep_until(due.into()) => {}
+                what = &mut config_changed => {
+                    anyhow::bail!("{what} changed; exiting so that the new configuration is used (the rules stay)");
+                }
                 sig = shutdown.recv() => {
                     tracing::info!(signal = sig, "shutting down; the rules stay in place");
                     return Ok(true);

@@ -978,3 +978,38 @@ fn a_busy_listener_port_is_not_fatal_unless_asked() {
     assert!(!status.success());
     assert!(d.log().contains("127.0.0.1:10256"), "{}", d.log());
 }
+
+#[test]
+fn a_changed_configuration_file_restarts_the_daemon() {
+    let data = TempDir::new("cfgchange");
+    data.write("cluster.yaml", &fixture("nodeports"));
+    let cfgdir = TempDir::new("cfg");
+    let base = std::fs::read_to_string(default_config()).unwrap();
+    let config = cfgdir.write("config.yaml", &base);
+    let ns = NetNs::new("dmn");
+    let src = data.path().to_str().unwrap().to_string();
+    let mut d = Daemon::start(
+        &ns,
+        &daemon_args("nftables", &src, config.to_str().unwrap()),
+        &[],
+    );
+    wait_synced(&ns, &d);
+    cfgdir.write(
+        "config.yaml",
+        &format!("{base}iptables:\n  masqueradeAll: true\n"),
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || d
+            .child
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "still running:\n{}",
+        d.log()
+    );
+    assert!(d.log().contains("changed; exiting"), "{}", d.log());
+    assert!(
+        kernel_rules(&ns, "nftables").contains(SVC_IP),
+        "the rules stay"
+    );
+}
