@@ -194,6 +194,22 @@ pub fn parse_rule(words: &[String]) -> Result<Rule, String> {
     while i < words.len() {
         let w = words[i].as_str();
         let was_negated = std::mem::take(&mut negate);
+        // Only these options carry a `!` in kproxy's rules; a negation
+        // anywhere else must not be read as the plain match.
+        if was_negated
+            && !matches!(
+                w,
+                "-s" | "--source"
+                    | "-d"
+                    | "--destination"
+                    | "-i"
+                    | "--in-interface"
+                    | "--ctstate"
+                    | "--mark"
+            )
+        {
+            return Err(format!("unsupported negation of {w}"));
+        }
         match w {
             "!" => negate = true,
             "-s" | "--source" => rule.matches.push(Match::Source {
@@ -597,6 +613,13 @@ mod tests {
         .unwrap();
         let b = parse_rule(&tokenize("-m recent --rcheck --seconds 10800 --reap --name KUBE-SEP-A --mask 255.255.255.255 --rsource -j KUBE-SEP-A").unwrap()).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn unexpected_negations_are_errors() {
+        assert!(parse_rule(&tokenize("-p tcp -m tcp ! --dport 80 -j X").unwrap()).is_err());
+        assert!(parse_rule(&tokenize("-m addrtype ! --dst-type LOCAL -j X").unwrap()).is_err());
+        assert!(parse_rule(&tokenize("! -d 127.0.0.0/8 -j X").unwrap()).is_ok());
     }
 
     #[test]
