@@ -354,13 +354,69 @@ fn parse_rule_lazy(words: &[String], text: &str, line: usize) -> IptRule {
     parse_rule(words, text, line).unwrap_or_else(|e| IptRule {
         text: text.to_string(),
         line,
-        matches: Vec::new(),
+        matches: sure_matches(words),
         target: None,
         unknown: Some(match e {
             TraceError::Parse { reason, .. } => reason,
             other => other.to_string(),
         }),
     })
+}
+
+/// The address, protocol and in-interface matches of a rule that is not
+/// understood as a whole. Matches are ANDed, so when one of these fails the
+/// rule cannot match whatever the rest means: the trace may pass it by.
+fn sure_matches(words: &[String]) -> Vec<IptMatch> {
+    let mut out = Vec::new();
+    let mut negated = false;
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i].as_str();
+        let arg = words.get(i + 1).map(String::as_str);
+        let neg = std::mem::take(&mut negated);
+        match (w, arg) {
+            ("!", _) => {
+                negated = true;
+                i += 1;
+                continue;
+            }
+            ("-s" | "--source" | "-d" | "--destination", Some(a)) if !a.contains(',') => {
+                let net = a
+                    .parse::<IpNet>()
+                    .ok()
+                    .or_else(|| a.parse::<IpAddr>().ok().map(IpNet::from));
+                if let Some(net) = net {
+                    out.push(if w.starts_with("-s") || w == "--source" {
+                        IptMatch::Source { negated: neg, net }
+                    } else {
+                        IptMatch::Destination { negated: neg, net }
+                    });
+                }
+            }
+            ("-p" | "--protocol", Some(a)) => {
+                let proto = match a {
+                    "tcp" | "6" => Some(6),
+                    "udp" | "17" => Some(17),
+                    "sctp" | "132" => Some(132),
+                    "icmp" | "1" => Some(1),
+                    _ => None,
+                };
+                if proto.is_some() {
+                    out.push(IptMatch::Protocol {
+                        negated: neg,
+                        proto,
+                    });
+                }
+            }
+            ("-i" | "--in-interface", Some(a)) => out.push(IptMatch::InInterface {
+                negated: neg,
+                name: a.to_string(),
+            }),
+            _ => {}
+        }
+        i += 1;
+    }
+    out
 }
 
 fn addr_net(a: kproxy_iptables::Addr) -> IpNet {
@@ -599,9 +655,6 @@ impl Ctx<'_> {
             rule: rule.text.clone(),
             reason: reason.to_string(),
         };
-        if let Some(why) = &rule.unknown {
-            return Err(unsupported(&format!("rule not understood ({why})")));
-        }
         for m in &rule.matches {
             let ok = match m {
                 IptMatch::Comment(_) | IptMatch::RecentSet(_) => true,
@@ -668,6 +721,10 @@ impl Ctx<'_> {
             if !ok {
                 return Ok(0.0);
             }
+        }
+        if let Some(why) = &rule.unknown {
+            // Every understood match holds: what the rest does decides.
+            return Err(unsupported(&format!("rule not understood ({why})")));
         }
         Ok(p)
     }

@@ -742,9 +742,10 @@ fn parse_mark_value(s: &mut Stream<'_>) -> Result<MarkOp, String> {
     Ok(MarkOp::Set(num(s.word()?)?))
 }
 
-fn parse_rule_stmts(toks: &[(Tok, usize)]) -> Result<Vec<Stmt>, String> {
+/// Parse a rule's statements into `out`; on error, `out` holds the
+/// statements before the one not understood.
+fn parse_rule_stmts(toks: &[(Tok, usize)], out: &mut Vec<Stmt>) -> Result<(), String> {
     let mut s = Stream { toks, pos: 0 };
-    let mut out = Vec::new();
     while !s.done() {
         let t = s.peek().ok_or("unexpected end")?;
         if starts_selector(Some(t)) {
@@ -921,7 +922,7 @@ fn parse_rule_stmts(toks: &[(Tok, usize)]) -> Result<Vec<Stmt>, String> {
             other => return Err(format!("unsupported statement {other:?}")),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn parse_dnat_lit(a: &str) -> Option<(IpAddr, Option<u16>)> {
@@ -1334,20 +1335,13 @@ fn balanced(stmt: &[(Tok, usize)]) -> bool {
 }
 
 fn make_rule(stmt: &[(Tok, usize)], line: usize) -> NftRule {
-    let text = join_tokens(stmt);
-    match parse_rule_stmts(stmt) {
-        Ok(stmts) => NftRule {
-            text,
-            line,
-            stmts,
-            unknown: None,
-        },
-        Err(why) => NftRule {
-            text,
-            line,
-            stmts: Vec::new(),
-            unknown: Some(why),
-        },
+    let mut stmts = Vec::new();
+    let unknown = parse_rule_stmts(stmt, &mut stmts).err();
+    NftRule {
+        text: join_tokens(stmt),
+        line,
+        stmts,
+        unknown,
     }
 }
 
@@ -1562,6 +1556,51 @@ impl Ctx<'_> {
             reason,
         };
         if let Some(why) = &rule.unknown {
+            // The comparisons before the statement not understood are
+            // ANDed with it: when one fails for every random value, the
+            // rule cannot match and the trace passes it by.
+            for stmt in &rule.stmts {
+                let Stmt::Cmp {
+                    lhs,
+                    mask,
+                    negated,
+                    rhs,
+                } = stmt
+                else {
+                    break;
+                };
+                let mut any = false;
+                for (vals, _) in self.eval(lhs, &st) {
+                    let vals: Vec<Rt> = vals
+                        .into_iter()
+                        .map(|v| match (v, mask) {
+                            (Rt::Int(x), Some(m)) => Rt::Int(x & m),
+                            (o, _) => o,
+                        })
+                        .collect();
+                    let hit = match rhs {
+                        Rhs::Lit(alts) => {
+                            let mut h = false;
+                            for a in alts {
+                                h |= key_matches(a, &vals).map_err(&unsupported)?;
+                            }
+                            h
+                        }
+                        Rhs::SetRef(n) => {
+                            let set = self.set(n).map_err(&unsupported)?;
+                            let mut h = false;
+                            for e in &set.elements {
+                                h |= key_matches(&e.key, &vals).map_err(&unsupported)?;
+                            }
+                            h
+                        }
+                    };
+                    any |= hit != *negated;
+                }
+                if !any {
+                    return Ok(vec![(st, RuleEnd::Next)]);
+                }
+            }
             return Err(unsupported(format!("rule not understood ({why})")));
         }
         // States still evaluating this rule, with notes gathered so far.

@@ -120,10 +120,38 @@ fn unknown_nft_statement_names_it() {
         }
         other => panic!("an unknown statement was evaluated: {other:?}"),
     }
+    // Its understood comparisons (ip daddr 10.96.0.1) rule other
+    // destinations out: those connections pass it by.
+    let mut other = packet();
+    other.dst = "10.96.0.2".parse().expect("ip");
+    let trace = t
+        .trace(&other, &Node::default())
+        .expect("passes the rule by");
+    assert!(trace.outcome().is_not_handled());
     // Broken structure is still a parse error with its line.
     let broken = format!("{NFT}add rule ip kproxy svc {{ accept\n");
     assert!(matches!(
         tracer_for(BackendKind::Nftables, &broken),
         Err(TraceError::Parse { .. })
     ));
+}
+
+#[test]
+fn foreign_rules_that_cannot_match_are_passed_by() {
+    // Docker's masquerade rule: `! -o` is not understood, but its source
+    // match rules out every connection not from 172.17.0.0/16.
+    let text = IPT.replace(
+        "COMMIT\n",
+        "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\nCOMMIT\n",
+    );
+    let t = tracer_for(BackendKind::IptablesLegacy, &text).expect("parses");
+    assert_eq!(t.unknown_rules().len(), 1, "{:?}", t.unknown_rules());
+    let trace = t
+        .trace(&packet(), &Node::default())
+        .expect("passes the rule by");
+    assert!(!trace.outcome().parts[0].masquerade);
+    let mut docker = packet();
+    docker.src = "172.17.0.5".parse().expect("ip");
+    let e = t.trace(&docker, &Node::default()).expect_err("could match");
+    assert!(e.to_string().contains("docker0"), "{e}");
 }
