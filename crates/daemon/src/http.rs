@@ -10,7 +10,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 /// A response: status, content type, extra headers, body.
@@ -95,7 +95,11 @@ pub async fn serve(listener: TcpListener, handler: Handler) {
                     Ok::<_, Infallible>(reply.into_response())
                 }
             });
+            // A client that never finishes its headers must not hold a
+            // connection (and a task) forever.
             if let Err(e) = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
             {
