@@ -363,62 +363,96 @@ fn tracer_predictions_match_the_kernel() {
         let t = topology();
         let dump = load_and_dump(&t.node, kind, &text);
         for (dst, port) in probes {
-            let predicted = kproxy_trace::predict(
-                kind,
-                &dump,
-                &[
-                    "192.168.49.2".parse().expect("ip"),
-                    "203.0.113.1".parse().expect("ip"),
-                    "10.244.255.1".parse().expect("ip"),
-                ],
-                "203.0.113.2".parse().expect("ip"),
-                format!("{dst}:{port}").parse().expect("addr"),
-                Protocol::Tcp,
-            )
-            .expect("predicts");
-            let seen = probe(&t, dst, port, tries);
-            let what = format!("{kind} {dst}:{port}: predicted {predicted}, kernel {seen:?}");
-            let dnat_parts: Vec<_> = predicted
-                .parts
+            let node_ips: Vec<IpAddr> = ["192.168.49.2", "203.0.113.1", "10.244.255.1"]
                 .iter()
-                .filter(|p| p.dnat.is_some())
+                .map(|s| s.parse().expect("ip"))
                 .collect();
-            if !dnat_parts.is_empty() {
-                // Every connection was DNATed to a predicted endpoint, with
-                // the predicted masquerading; every likely endpoint was seen.
-                assert_eq!(seen.dnat.values().sum::<usize>(), tries, "{what}");
-                for to in seen.dnat.keys() {
-                    assert!(dnat_parts.iter().any(|p| p.dnat == Some(*to)), "{what}");
-                }
-                for p in &dnat_parts {
-                    if p.probability >= 0.25 {
-                        assert!(seen.dnat.contains_key(&p.dnat.expect("dnat")), "{what}");
-                    }
-                }
-                let masq: std::collections::BTreeSet<bool> =
-                    dnat_parts.iter().map(|p| p.masquerade).collect();
-                assert_eq!(seen.masqueraded, masq, "{what}");
-            } else if predicted
-                .only()
-                .is_some_and(|p| p.verdict == Verdict::Reject)
-            {
+            let client: IpAddr = "203.0.113.2".parse().expect("ip");
+            let to: std::net::SocketAddr = format!("{dst}:{port}").parse().expect("addr");
+            let predicted =
+                kproxy_trace::predict(kind, &dump, &node_ips, client, to, Protocol::Tcp)
+                    .expect("predicts");
+            let seen = probe(&t, dst, port, tries);
+            if let Err(e) = agrees(&predicted, &seen, tries) {
+                panic!("{kind} {dst}:{port}: predicted {predicted}, kernel {seen:?}: {e}");
+            }
+            // The check can fail: predictions from a broken copy of the
+            // rules (one endpoint's DNAT gone, or no masquerading) disagree
+            // with what the kernel did.
+            if port == 30007 {
+                let broken = mutate(kind, &dump);
+                let wrong =
+                    kproxy_trace::predict(kind, &broken, &node_ips, client, to, Protocol::Tcp)
+                        .expect("predicts");
                 assert!(
-                    seen.dnat.is_empty()
-                        && seen.untouched == 0
-                        && seen.icmp_unreachable_sent >= tries as u64,
-                    "{what}"
+                    agrees(&wrong, &seen, tries).is_err(),
+                    "{kind}: a mutated ruleset's prediction ({wrong}) passed against {seen:?}"
                 );
-            } else if predicted.only().is_some_and(|p| p.verdict == Verdict::Drop) {
-                assert!(
-                    seen.dnat.is_empty()
-                        && seen.timed_out == tries
-                        && seen.icmp_unreachable_sent == 0,
-                    "{what}"
-                );
-            } else {
-                // Not handled: every connection passed untouched.
-                assert!(seen.dnat.is_empty() && seen.untouched == tries, "{what}");
             }
         }
     }
+}
+
+/// Whether what the kernel did to `tries` connections agrees with a
+/// prediction.
+fn agrees(predicted: &kproxy_trace::Outcome, seen: &Observed, tries: usize) -> Result<(), String> {
+    let dnat_parts: Vec<_> = predicted
+        .parts
+        .iter()
+        .filter(|p| p.dnat.is_some())
+        .collect();
+    let ok = if !dnat_parts.is_empty() {
+        // Every connection was DNATed to a predicted endpoint, with the
+        // predicted masquerading; every likely endpoint was seen.
+        let masq: std::collections::BTreeSet<bool> =
+            dnat_parts.iter().map(|p| p.masquerade).collect();
+        dnat_parts.len() == predicted.parts.len()
+            && seen.dnat.values().sum::<usize>() == tries
+            && seen
+                .dnat
+                .keys()
+                .all(|to| dnat_parts.iter().any(|p| p.dnat == Some(*to)))
+            && dnat_parts
+                .iter()
+                .filter(|p| p.probability >= 0.25)
+                .all(|p| p.dnat.is_some_and(|d| seen.dnat.contains_key(&d)))
+            && seen.masqueraded == masq
+    } else if predicted
+        .only()
+        .is_some_and(|p| p.verdict == Verdict::Reject)
+    {
+        seen.dnat.is_empty() && seen.untouched == 0 && seen.icmp_unreachable_sent >= tries as u64
+    } else if predicted.only().is_some_and(|p| p.verdict == Verdict::Drop) {
+        seen.dnat.is_empty() && seen.timed_out == tries && seen.icmp_unreachable_sent == 0
+    } else {
+        // Not handled: every connection passed untouched.
+        seen.dnat.is_empty() && seen.untouched == tries
+    };
+    if ok { Ok(()) } else { Err("disagree".into()) }
+}
+
+/// A broken copy of a kernel dump: iptables loses the DNAT to 10.244.2.4,
+/// nftables stops masquerading marked traffic.
+fn mutate(kind: BackendKind, dump: &str) -> String {
+    let mut out = String::new();
+    let mut done = false;
+    for line in dump.lines() {
+        let hit = !done
+            && match kind {
+                BackendKind::Nftables => line.contains("meta mark set meta mark ^"),
+                _ => line.contains("--to-destination 10.244.2.4:80"),
+            };
+        if hit {
+            done = true;
+            if kind == BackendKind::Nftables {
+                out.push_str(&line.replace("masquerade fully-random", "accept"));
+                out.push('\n');
+            }
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    assert!(done, "{kind}: nothing to mutate in\n{dump}");
+    out
 }
