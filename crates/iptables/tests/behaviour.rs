@@ -498,3 +498,39 @@ fn cluster_ip_multi_port_and_protocols() {
     // Pods are not masqueraded to a ClusterIP; everything else is.
     assert!(t.contains("--dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ"));
 }
+
+#[test]
+fn both_policies_local_still_short_circuit_through_the_cluster_chain() {
+    // kube-proxy's UsesClusterEndpoints: an externally reachable port
+    // always has KUBE-SVC for the EXT chain's pod and LOCAL short-circuits.
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: ll, namespace: ns}\nspec:\n  type: NodePort\n  clusterIP: 172.30.0.9\n  internalTrafficPolicy: Local\n  externalTrafficPolicy: Local\n  ports: [{name: p, port: 80, protocol: TCP, nodePort: 3009}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: ll-x, namespace: ns, labels: {kubernetes.io/service-name: ll}}\naddressType: IPv4\nports: [{name: p, port: 80, protocol: TCP}]\nendpoints:\n- {addresses: [10.180.0.9], conditions: {ready: true}, nodeName: node2}\n";
+    let (objs, _) = kproxy_graph::Objects::from_yaml("ll", yaml).expect("yaml");
+    let mut cfg = kproxy_graph::ProxyConfig {
+        node_name: "test-node".into(),
+        ..Default::default()
+    };
+    cfg.cluster_cidrs = vec!["10.0.0.0/8".parse().expect("cidr")];
+    let t = text(&family(&ServiceGraph::build(&objs, &cfg), IpFamily::V4));
+    let h = expected_hash("ns/ll:ptcp");
+    has(
+        &t,
+        "-A KUBE-SERVICES -m comment --comment \"ns/ll:p has no local endpoints\" -m tcp -p tcp -d 172.30.0.9 --dport 80 -j DROP",
+    );
+    has(
+        &t,
+        &format!(
+            "-A KUBE-EXT-{h} -m comment --comment \"pod traffic for ns/ll:p external destinations\" -s 10.0.0.0/8 -j KUBE-SVC-{h}"
+        ),
+    );
+    has(
+        &t,
+        &format!(
+            "-A KUBE-EXT-{h} -m comment --comment \"route LOCAL traffic for ns/ll:p external destinations\" -m addrtype --src-type LOCAL -j KUBE-SVC-{h}"
+        ),
+    );
+    has(
+        &t,
+        "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"ns/ll:p has no local endpoints\" -m addrtype --dst-type LOCAL -m tcp -p tcp --dport 3009 -j DROP",
+    );
+    lacks(&t, &format!("KUBE-SVL-{h}"));
+}
