@@ -57,6 +57,23 @@ impl Drop for Ns {
     }
 }
 
+/// CPU seconds (user + system) used so far by this process and by its
+/// waited-for children: the work done, which a busy machine inflates far
+/// less than wall time.
+fn cpu_secs() -> f64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let secs = |who| {
+        getrusage(who)
+            .map(|u| {
+                let t =
+                    |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+                t(u.user_time()) + t(u.system_time())
+            })
+            .unwrap_or(0.0)
+    };
+    secs(UsageWho::RUSAGE_SELF) + secs(UsageWho::RUSAGE_CHILDREN)
+}
+
 fn self_peak_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -222,6 +239,7 @@ fn run_case(kind: &str, n: usize, e: usize, changes: usize) {
         }
         "gen" => {
             let graph_kib = self_peak_kib();
+            let cpu0 = cpu_secs();
             let t = Instant::now();
             let ruleset = NftGenerator.generate(&g).unwrap();
             let gen_secs = t.elapsed().as_secs_f64();
@@ -232,8 +250,9 @@ fn run_case(kind: &str, n: usize, e: usize, changes: usize) {
                 "generate {gen_secs:.3}s (peak {after_gen_kib} KiB), render {:.3}s",
                 secs - gen_secs
             );
+            let cpu = cpu_secs() - cpu0;
             println!(
-                "secs={secs} bytes={} graph_kib={graph_kib} self_kib={}",
+                "secs={secs} cpu={cpu} bytes={} graph_kib={graph_kib} self_kib={}",
                 text.len(),
                 self_peak_kib()
             );
@@ -248,9 +267,11 @@ fn run_case(kind: &str, n: usize, e: usize, changes: usize) {
             let mut be = NftablesBackend::new();
             let graph_kib = self_peak_kib();
             let mon = NftPeak::start();
+            let cpu0 = cpu_secs();
             let t = Instant::now();
             let stats = be.sync(&g, None).unwrap();
             let secs = t.elapsed().as_secs_f64();
+            let cpu = cpu_secs() - cpu0;
             let (self_kib, nft_kib) = (self_peak_kib(), mon.finish());
             let mut prev = g;
             let mut change_secs = Vec::new();
@@ -271,7 +292,7 @@ fn run_case(kind: &str, n: usize, e: usize, changes: usize) {
             assert!(st.full);
             let cs: Vec<String> = change_secs.iter().map(|s| s.to_string()).collect();
             println!(
-                "secs={secs} bytes={} graph_kib={graph_kib} self_kib={self_kib} nft_kib={nft_kib} resync={resync_secs} changes={}",
+                "secs={secs} cpu={cpu} bytes={} graph_kib={graph_kib} self_kib={self_kib} nft_kib={nft_kib} resync={resync_secs} changes={}",
                 stats.bytes_written,
                 cs.join(",")
             );
@@ -280,10 +301,16 @@ fn run_case(kind: &str, n: usize, e: usize, changes: usize) {
             let text = kube_proxy_layout(&g, kind == "kube135");
             let ns = Ns::new("kube");
             let mon = NftPeak::start();
+            let cpu0 = cpu_secs();
             let t = Instant::now();
             nft_apply(&ns.0, &text);
             let secs = t.elapsed().as_secs_f64();
-            println!("secs={secs} bytes={} nft_kib={}", text.len(), mon.finish());
+            let cpu = cpu_secs() - cpu0;
+            println!(
+                "secs={secs} cpu={cpu} bytes={} nft_kib={}",
+                text.len(),
+                mon.finish()
+            );
         }
         _ => panic!("unknown case {kind}"),
     }
@@ -314,6 +341,19 @@ fn median_min_max(mut v: Vec<f64>) -> String {
         fmt(v[v.len() - 1]),
         v.len()
     )
+}
+
+fn median(mut v: Vec<f64>) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v[v.len() / 2];
+    if m < 1.0 {
+        format!("{:.1} ms", m * 1e3)
+    } else {
+        format!("{m:.2} s")
+    }
 }
 
 fn child(kind: &str, n: usize, e: usize, changes: usize) -> String {
@@ -358,32 +398,45 @@ fn main() {
     let e = list(&args, "--endpoints", &[10])[0];
     let reps = list(&args, "--reps", &[3])[0];
     let changes = list(&args, "--changes", &[7])[0];
-    println!("# nftables backend benchmark: {e} endpoints per service, {reps} runs per case");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "| case | services | median (min, max) | peak RSS kproxy (graph alone) | peak RSS nft |"
+        "# nftables backend benchmark: {e} endpoints per service, {reps} runs per case; {} CPUs, load average at start {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
-    println!("|---|---:|---|---:|---:|");
+    println!(
+        "| case | services | wall time: median (min, max) | CPU time (median) | peak RSS kproxy (graph alone) | peak RSS nft |"
+    );
+    println!("|---|---:|---|---:|---:|---:|");
     for &n in &sizes {
-        let mut gen_secs = Vec::new();
+        let (mut gen_secs, mut gen_cpu) = (Vec::new(), Vec::new());
         let (mut gen_kib, mut graph_kib) = (0u64, 0u64);
         for _ in 0..reps {
             let l = child("gen", n, e, 0);
             gen_secs.push(field(&l, "secs").unwrap().parse().unwrap());
+            gen_cpu.push(field(&l, "cpu").unwrap().parse().unwrap());
             gen_kib = gen_kib.max(field(&l, "self_kib").unwrap().parse().unwrap());
             graph_kib = graph_kib.max(field(&l, "graph_kib").unwrap().parse().unwrap());
         }
         println!(
-            "| generate + render | {n} | {} | {} MiB ({} MiB) | - |",
+            "| generate + render | {n} | {} | {} | {} MiB ({} MiB) | - |",
             median_min_max(gen_secs),
+            median(gen_cpu),
             gen_kib / 1024,
             graph_kib / 1024
         );
         let (mut full, mut change) = (Vec::new(), Vec::new());
         let (mut own, mut nft, mut graph_kib) = (0u64, 0u64, 0u64);
-        let mut resync = Vec::new();
+        let (mut resync, mut full_cpu) = (Vec::new(), Vec::new());
         for _ in 0..reps {
             let l = child("full", n, e, changes);
             full.push(field(&l, "secs").unwrap().parse().unwrap());
+            full_cpu.push(field(&l, "cpu").unwrap().parse().unwrap());
             own = own.max(field(&l, "self_kib").unwrap().parse().unwrap());
             graph_kib = graph_kib.max(field(&l, "graph_kib").unwrap().parse().unwrap());
             resync.push(field(&l, "resync").unwrap().parse().unwrap());
@@ -396,18 +449,19 @@ fn main() {
             );
         }
         println!(
-            "| full sync (kproxy layout) | {n} | {} | {} MiB ({} MiB) | {} MiB |",
+            "| full sync (kproxy layout) | {n} | {} | {} | {} MiB ({} MiB) | {} MiB |",
             median_min_max(full),
+            median(full_cpu),
             own / 1024,
             graph_kib / 1024,
             nft / 1024
         );
         println!(
-            "| one endpoint change (incremental) | {n} | {} | - | - |",
+            "| one endpoint change (incremental) | {n} | {} | - | - | - |",
             median_min_max(change)
         );
         println!(
-            "| full resync, nothing changed | {n} | {} | - | - |",
+            "| full resync, nothing changed | {n} | {} | - | - | - |",
             median_min_max(resync)
         );
     }
@@ -417,16 +471,18 @@ fn main() {
     ] {
         for &n in ns {
             let runs = if n >= 10_000 { 1 } else { reps };
-            let mut secs = Vec::new();
+            let (mut secs, mut cpu) = (Vec::new(), Vec::new());
             let mut nft = 0u64;
             for _ in 0..runs {
                 let l = child(kind, n, e, 0);
                 secs.push(field(&l, "secs").unwrap().parse().unwrap());
+                cpu.push(field(&l, "cpu").unwrap().parse().unwrap());
                 nft = nft.max(field(&l, "nft_kib").unwrap().parse().unwrap());
             }
             println!(
-                "| full load ({label}, one nft -f) | {n} | {} | - | {} MiB |",
+                "| full load ({label}, one nft -f) | {n} | {} | {} | - | {} MiB |",
                 median_min_max(secs),
+                median(cpu),
                 nft / 1024
             );
         }
