@@ -62,6 +62,9 @@ enum Cmd {
         /// Seed (same seed, same cluster).
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Percentage of Services with ClientIP affinity.
+        #[arg(long, default_value_t = 5)]
+        affinity_percent: u64,
         /// Output file (default: standard output).
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -140,8 +143,20 @@ struct RunArgs {
     kube_nft_max: usize,
     /// Per-backend size caps for the control plane, `BACKEND=N` (its full
     /// sync takes minutes beyond; the data plane is still measured).
-    #[arg(long, value_delimiter = ',', default_value = "iptables-nft=1000")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "iptables-nft=1000,iptables-legacy=10000"
+    )]
     cap: Vec<String>,
+    /// Per-backend size caps for the data plane above the control-plane
+    /// cap (rules loaded with a plain restore), `BACKEND=N`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "iptables-nft=10000,iptables-legacy=10000"
+    )]
+    dp_cap: Vec<String>,
     /// Churn run: cluster size.
     #[arg(long, default_value_t = 10_000)]
     churn_services: usize,
@@ -196,6 +211,7 @@ fn real_main() -> anyhow::Result<()> {
             nodes,
             zones,
             seed,
+            affinity_percent,
             output,
         } => {
             let c = synth::Cluster::generate(synth::Params {
@@ -204,6 +220,7 @@ fn real_main() -> anyhow::Result<()> {
                 nodes,
                 zones,
                 seed,
+                affinity_pct: affinity_percent,
             })?;
             let yaml = c.to_yaml()?;
             match output {
@@ -240,6 +257,24 @@ fn real_main() -> anyhow::Result<()> {
     }
 }
 
+fn parse_caps(
+    flag: &str,
+    list: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<subjects::Subject, usize>> {
+    let mut caps = std::collections::BTreeMap::new();
+    for c in list.iter().filter(|c| !c.is_empty()) {
+        let (b, n) = c
+            .split_once('=')
+            .with_context(|| format!("{flag} {c:?}: expected BACKEND=N"))?;
+        let n: usize = n
+            .trim()
+            .parse()
+            .with_context(|| format!("{flag} {c:?}: {n:?} is not a number"))?;
+        caps.insert(subjects::Subject::parse(b)?, n);
+    }
+    Ok(caps)
+}
+
 fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     let subjects = a
@@ -247,17 +282,8 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| subjects::Subject::parse(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut caps = std::collections::BTreeMap::new();
-    for c in &a.cap {
-        let (b, n) = c
-            .split_once('=')
-            .with_context(|| format!("--cap {c:?}: expected BACKEND=N"))?;
-        let n: usize = n
-            .trim()
-            .parse()
-            .with_context(|| format!("--cap {c:?}: {n:?} is not a number"))?;
-        caps.insert(subjects::Subject::parse(b)?, n);
-    }
+    let caps = parse_caps("--cap", &a.cap)?;
+    let dp_caps = parse_caps("--dp-cap", &a.dp_cap)?;
     let kproxy = match a.kproxy {
         Some(p) => Some(p),
         None => {
@@ -275,6 +301,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
         repeats: a.repeats.max(3),
         kube_nft_max: a.kube_nft_max.min(10_000),
         caps,
+        dp_caps,
         churn_services: a.churn_services,
         churn_seconds: a.churn_seconds,
         churn_rate: a.churn_rate,

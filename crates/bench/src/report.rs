@@ -102,7 +102,16 @@ fn cell(r: Option<&Record>) -> String {
                 n,
             }) => {
                 let u = r.metric.unit();
-                if n == 1 {
+                let single = !matches!(
+                    r.metric,
+                    Metric::RenderBytes
+                        | Metric::ChurnP50
+                        | Metric::ChurnP99
+                        | Metric::LoaderNoAffinity
+                );
+                if n == 1 && single {
+                    format!("{} (1 run)", Human(median, u))
+                } else if n == 1 {
                     format!("{}", Human(median, u))
                 } else {
                     format!("{} ({}–{})", Human(median, u), Human(min, u), Human(max, u))

@@ -23,6 +23,9 @@ pub enum Metric {
     Loader,
     /// iptables only: the loader without `--noflush` on the same text, seconds.
     LoaderPlain,
+    /// nftables only: the loader alone on the same cluster without ClientIP
+    /// affinity (no per-endpoint affinity sets), seconds.
+    LoaderNoAffinity,
     /// Peak RSS of `kproxy run --once`, MiB.
     DaemonRss,
     /// Peak RSS of the loader, MiB.
@@ -75,6 +78,7 @@ impl Metric {
             Metric::FullSyncBackend => "full sync, Backend::sync in process",
             Metric::Loader => "loader alone, same text (kernel floor)",
             Metric::LoaderPlain => "iptables: plain restore (no --noflush), same text",
+            Metric::LoaderNoAffinity => "loader alone, same cluster with no ClientIP affinity",
             Metric::DaemonRss => "peak RSS, `kproxy run --once`",
             Metric::LoaderRss => "peak RSS, loader",
             Metric::IncrEndpoint => "incremental: one endpoint changed (sync)",

@@ -35,6 +35,9 @@ pub struct RunOpts {
     /// to the cap only; its data plane is still measured, loaded with a
     /// plain restore).
     pub caps: std::collections::BTreeMap<Subject, usize>,
+    /// Per-subject size caps for the data plane above the control-plane
+    /// cap (how far the plain restore is still quick enough).
+    pub dp_caps: std::collections::BTreeMap<Subject, usize>,
     /// Churn run: Services, duration, changes per second (0 s: skip).
     pub churn_services: usize,
     /// Churn duration in seconds.
@@ -100,6 +103,15 @@ impl Outcome {
 }
 
 impl RunOpts {
+    /// The largest size `subject`'s data plane is measured at.
+    pub fn dp_cap(&self, subject: Subject) -> usize {
+        self.dp_caps
+            .get(&subject)
+            .copied()
+            .unwrap_or(usize::MAX)
+            .max(self.cap(subject))
+    }
+
     /// The largest size `subject`'s control plane is measured at.
     pub fn cap(&self, subject: Subject) -> usize {
         let c = self.caps.get(&subject).copied().unwrap_or(usize::MAX);
@@ -117,6 +129,20 @@ fn log(msg: impl AsRef<str>) {
         crate::START.elapsed().as_secs_f64(),
         msg.as_ref()
     );
+}
+
+/// How many repeats a measurement gets once its first sample is known:
+/// slow ones fewer, so `make bench` fits in 30 minutes. A run slower than
+/// a minute is taken once (the report says so: a single sample has no
+/// min/max).
+fn adapt(planned: usize, first: f64) -> usize {
+    if first > 60.0 {
+        1
+    } else if first > 2.0 {
+        planned.min(3)
+    } else {
+        planned
+    }
 }
 
 fn repeats_for(opts: &RunOpts, n: usize) -> usize {
@@ -180,10 +206,15 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<Outcome> {
 }
 
 fn cluster_for(opts: &RunOpts, n: usize) -> anyhow::Result<Cluster> {
+    cluster_with(opts, n, Params::default().affinity_pct)
+}
+
+fn cluster_with(opts: &RunOpts, n: usize, affinity_pct: u64) -> anyhow::Result<Cluster> {
     let mut c = Cluster::generate(Params {
         services: n,
         endpoints: opts.endpoints,
         seed: opts.seed,
+        affinity_pct,
         ..Params::default()
     })?;
     c.add_target()?;
@@ -226,6 +257,13 @@ fn size_pass(
             if subject == Subject::KubeProxyNft || !dataplane {
                 continue;
             }
+            if n > opts.dp_cap(subject) {
+                out.notes.push(format!(
+                    "{subject}: data plane not measured at {n} Services: even a plain restore of its rules takes minutes beyond {} (`--dp-cap`)",
+                    opts.dp_cap(subject)
+                ));
+                continue;
+            }
         }
         let mode = subject.mode();
         // Graph build: what every sync of the daemon starts with.
@@ -261,6 +299,9 @@ fn size_pass(
 
         if control && within {
             loader_alone(opts, subject, n, &file, reps, out)?;
+            if subject == Subject::Ours(BackendKind::Nftables) && (n >= 1000 || opts.strict) {
+                no_affinity(opts, n, out)?;
+            }
         }
         match subject {
             Subject::Ours(kind) if within => {
@@ -310,14 +351,9 @@ fn loader_alone(
     let argv = subject.loader_argv(file);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let (mut wall, mut rss) = (Vec::new(), Vec::new());
-    // kube-proxy's layout is slow enough that 3 repeats at its largest
-    // size would take most of the budget: one repeat above 3000 Services.
-    let reps = if subject == Subject::KubeProxyNft && n > 3000 {
-        1
-    } else {
-        reps
-    };
-    for i in 0..reps {
+    let mut reps = reps;
+    let mut i = 0;
+    while i < reps {
         let ns = Ns::new()?;
         match ns.exec_rss(&argv, opts.timeout) {
             Ok(r) => {
@@ -335,11 +371,15 @@ fn loader_alone(
                 "size {n}: {subject}: loader alone {:.3}s, {rules} rules in the kernel",
                 wall[0]
             ));
+            reps = adapt(reps, wall[0]);
         }
+        i += 1;
     }
     out.add(Metric::Loader, subject, n, wall);
     out.add(Metric::LoaderRss, subject, n, rss);
-    if subject.is_iptables() {
+    // iptables-nft's --noflush restore checks every chain against the
+    // kernel's: the plain restore of the same text shows that cost.
+    if subject == Subject::Ours(BackendKind::IptablesNft) {
         let argv = subject.plain_loader_argv(file);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let mut wall = Vec::new();
@@ -358,6 +398,37 @@ fn loader_alone(
     Ok(())
 }
 
+/// The same cluster without ClientIP affinity, loaded once by nft: how much
+/// of the kernel floor the per-endpoint affinity sets cost (the kernel
+/// looks named sets up by walking the table's set list).
+fn no_affinity(opts: &RunOpts, n: usize, out: &mut Outcome) -> anyhow::Result<()> {
+    let subject = Subject::Ours(BackendKind::Nftables);
+    let c = cluster_with(opts, n, 0)?;
+    let text = subject.render(&c.graph(subject.mode())?)?;
+    let file = opts.scratch.join(format!("nftables-noaff-{n}.rules"));
+    std::fs::write(&file, &text).with_context(|| format!("writing {}", file.display()))?;
+    let argv = subject.loader_argv(&file);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let ns = Ns::new()?;
+    match ns.exec_rss(&argv, opts.timeout) {
+        Ok(r) => {
+            log(format!(
+                "size {n}: nftables without affinity: loader alone {:.3}s",
+                r.wall.as_secs_f64()
+            ));
+            out.add(
+                Metric::LoaderNoAffinity,
+                subject,
+                n,
+                vec![r.wall.as_secs_f64()],
+            );
+        }
+        Err(e) => out.miss(Metric::LoaderNoAffinity, subject, n, format!("{e:#}")),
+    }
+    let _ = std::fs::remove_file(&file);
+    Ok(())
+}
+
 fn full_sync_backend(
     opts: &RunOpts,
     kind: BackendKind,
@@ -368,7 +439,9 @@ fn full_sync_backend(
 ) -> anyhow::Result<()> {
     let subject = Subject::Ours(kind);
     let mut wall = Vec::new();
-    for i in 0..reps {
+    let mut reps = reps;
+    let mut i = 0;
+    while i < reps {
         let ns = Ns::new()?;
         let mut b = backend(kind, Some(ns.name()))?;
         let t = Instant::now();
@@ -381,7 +454,9 @@ fn full_sync_backend(
         }
         if i == 0 {
             ensure_rules(opts, subject, &ns)?;
+            reps = adapt(reps, wall[0]);
         }
+        i += 1;
     }
     log(format!(
         "size {n}: {subject}: Backend::sync full {:.3}s (first)",
@@ -428,7 +503,9 @@ fn full_sync_daemon(
         "--no-health-check-node-ports",
     ];
     let (mut wall, mut rss) = (Vec::new(), Vec::new());
-    for i in 0..reps {
+    let mut reps = reps;
+    let mut i = 0;
+    while i < reps {
         let ns = Ns::new()?;
         match ns.exec_rss(&argv, opts.timeout) {
             Ok(r) => {
@@ -446,7 +523,9 @@ fn full_sync_daemon(
                 "size {n}: {subject}: kproxy run --once {:.3}s, {:.0} MiB",
                 wall[0], rss[0]
             ));
+            reps = adapt(reps, wall[0]);
         }
+        i += 1;
     }
     out.add(Metric::FullSyncDaemon, subject, n, wall);
     out.add(Metric::DaemonRss, subject, n, rss);

@@ -105,11 +105,6 @@ impl Subject {
         argv
     }
 
-    /// Whether the subject is loaded with iptables-restore.
-    pub fn is_iptables(self) -> bool {
-        !self.is_nft()
-    }
-
     /// How many rules (nft statements in chains; iptables `-A` lines) the
     /// namespace holds: proof that a sync put something in the kernel.
     pub fn rules_in(self, ns: &Ns) -> anyhow::Result<usize> {

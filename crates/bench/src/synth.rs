@@ -56,6 +56,9 @@ pub struct Params {
     pub zones: usize,
     /// The seed.
     pub seed: u64,
+    /// Percentage of Services with ClientIP affinity (each such endpoint
+    /// is a named affinity set in nftables).
+    pub affinity_pct: u64,
 }
 
 impl Default for Params {
@@ -66,6 +69,7 @@ impl Default for Params {
             nodes: 100,
             zones: 3,
             seed: 1,
+            affinity_pct: 5,
         }
     }
 }
@@ -228,7 +232,7 @@ impl Cluster {
         let mut kind = kind.unwrap_or(drawn).to_string();
         let udp = kind == "ClusterIP" && self.rng.percent(3);
         let multi = !udp && self.rng.percent(10);
-        let affinity = self.rng.percent(5);
+        let affinity = self.rng.percent(self.params.affinity_pct);
         let local = self.rng.percent(5);
         let mut ports: Vec<(String, &str, u16, u16)> = if udp {
             vec![
