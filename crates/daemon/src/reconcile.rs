@@ -886,4 +886,44 @@ mod tests {
         assert_eq!(m.get("filter"), Some(&1));
         assert_eq!(m.get("nat"), Some(&3));
     }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn bursts_of_changes_are_coalesced() {
+        let dir = std::env::temp_dir().join(format!("kproxy-coalesce-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let svc = |ip: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: n}}\nspec:\n  clusterIP: {ip}\n  ports: [{{port: 80, protocol: TCP}}]\n"
+            )
+        };
+        std::fs::write(dir.join("a.yaml"), svc("10.0.0.1")).unwrap();
+        let log = Arc::new(Mutex::new(Log::default()));
+        let mut r = reconciler(log.clone());
+        r.settings.min_sync_period = std::time::Duration::from_millis(1500);
+        let source = Source::File(crate::source::file::FileSource::new(dir.clone()));
+        let task = tokio::spawn(r.run(source, false, std::future::pending()));
+        let syncs = || log.lock().unwrap().syncs.len();
+        for _ in 0..50 {
+            if syncs() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(syncs(), 1, "the initial sync");
+        // Five changes well inside one minSyncPeriod: one more sync.
+        for i in 2..7 {
+            std::fs::write(dir.join("a.yaml"), svc(&format!("10.0.0.{i}"))).unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1800)).await;
+        let n = syncs();
+        task.abort();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!((2..=3).contains(&n), "{n} syncs for a burst of 5 changes");
+        assert_eq!(
+            log.lock().unwrap().syncs[1],
+            false,
+            "incremental after the first"
+        );
+    }
 }
