@@ -429,3 +429,28 @@ fn render_full_is_the_golden_text() {
         generate(&g, &GenOptions::default()).render()
     );
 }
+
+#[test]
+fn takeover_removes_leftovers_of_another_run() {
+    // A node another proxy (kube-proxy, an older kproxy) programmed for a
+    // different cluster state, plus a pre-1.24 KUBE-XLB chain: the first
+    // (full) sync of a new backend leaves exactly the new ruleset, with
+    // no duplicated jumps.
+    let old = load_fixture("cluster-ip-general", ProxyMode::Iptables);
+    let new = load_fixture("seed", ProxyMode::Iptables);
+    for flavour in FLAVOURS {
+        let ns = NetNs::new("ipt");
+        let t = transport(flavour, &ns);
+        IptablesBackend::in_netns(flavour, ns.name())
+            .sync(&old, None)
+            .expect("old state");
+        let ipt = flavour.iptables_binary(IpFamily::V4);
+        run(&ns, &[&ipt, "-t", "nat", "-N", "KUBE-XLB-OLDOLDOLDOLDOLDO"]);
+        let mut be = IptablesBackend::in_netns(flavour, ns.name());
+        let stats = be.sync(&new, None).expect("takeover");
+        assert!(stats.full);
+        for fr in &generate(&new, &GenOptions::default()).families {
+            assert_kernel_matches(&t, fr, &format!("{flavour:?} takeover"));
+        }
+    }
+}
