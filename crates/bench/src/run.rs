@@ -297,16 +297,25 @@ fn size_pass(
         drop(text);
         log(format!("size {n}: {subject}: rendered"));
 
+        // kube-proxy's layout takes minutes to load at 10k: its data-plane
+        // namespace's load is also the loader's first sample.
+        let mut first_load = None;
+        if subject == Subject::KubeProxyNft && dataplane {
+            first_load = dataplane_from_file(opts, subject, n, &file, out)?;
+        }
         if control && within {
-            loader_alone(opts, subject, n, &file, reps, out)?;
+            loader_alone(opts, subject, n, &file, reps, first_load, out)?;
             if subject == Subject::Ours(BackendKind::Nftables) && (n >= 1000 || opts.strict) {
                 no_affinity(opts, n, out)?;
             }
         }
         match subject {
             Subject::Ours(kind) if within => {
+                // The populated namespace's initial full sync is the first
+                // Backend::sync sample.
+                let first = populated(opts, kind, n, &cluster, &graph, control, dataplane, out)?;
                 if control {
-                    full_sync_backend(opts, kind, n, &graph, reps, out)?;
+                    full_sync_backend(opts, kind, n, &graph, reps, first, out)?;
                     if let Some(kproxy) = &opts.kproxy {
                         if !yaml_written {
                             let t = Instant::now();
@@ -321,9 +330,10 @@ fn size_pass(
                         full_sync_daemon(opts, kproxy, kind, n, &yaml_path, reps, out)?;
                     }
                 }
-                populated(opts, kind, n, &cluster, &graph, control, dataplane, out)?;
             }
-            _ if dataplane => dataplane_from_file(opts, subject, n, &file, out)?,
+            Subject::Ours(_) if dataplane => {
+                dataplane_from_file(opts, subject, n, &file, out)?;
+            }
             _ => {}
         }
         let _ = std::fs::remove_file(&file);
@@ -346,6 +356,7 @@ fn loader_alone(
     n: usize,
     file: &Path,
     reps: usize,
+    first: Option<crate::sys::RssReport>,
     out: &mut Outcome,
 ) -> anyhow::Result<()> {
     let argv = subject.loader_argv(file);
@@ -353,6 +364,12 @@ fn loader_alone(
     let (mut wall, mut rss) = (Vec::new(), Vec::new());
     let mut reps = reps;
     let mut i = 0;
+    if let Some(r) = first {
+        wall.push(r.wall.as_secs_f64());
+        rss.push(r.max_rss_kib as f64 / 1024.0);
+        reps = adapt(reps, wall[0]);
+        i = 1;
+    }
     while i < reps {
         let ns = Ns::new()?;
         match ns.exec_rss(&argv, opts.timeout) {
@@ -435,12 +452,18 @@ fn full_sync_backend(
     n: usize,
     graph: &ServiceGraph,
     reps: usize,
+    first: Option<f64>,
     out: &mut Outcome,
 ) -> anyhow::Result<()> {
     let subject = Subject::Ours(kind);
     let mut wall = Vec::new();
     let mut reps = reps;
     let mut i = 0;
+    if let Some(f) = first {
+        wall.push(f);
+        reps = adapt(reps, f);
+        i = 1;
+    }
     while i < reps {
         let ns = Ns::new()?;
         let mut b = backend(kind, Some(ns.name()))?;
@@ -569,10 +592,11 @@ fn populated(
     control: bool,
     dataplane: bool,
     out: &mut Outcome,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<f64>> {
     let subject = Subject::Ours(kind);
     let topo = Topology::new()?;
     let mut b = backend(kind, Some(topo.node.name()))?;
+    let t = Instant::now();
     if let Err(e) = b.sync(graph, None) {
         out.miss(
             Metric::IncrEndpoint,
@@ -580,14 +604,15 @@ fn populated(
             n,
             format!("initial full sync failed: {e}"),
         );
-        return Ok(());
+        return Ok(None);
     }
+    let full = t.elapsed().as_secs_f64();
     ensure_rules(opts, subject, &topo.node)?;
     if dataplane {
         dataplane_measure(opts, subject, n, &topo, out)?;
     }
     if !control || n == 0 {
-        return Ok(());
+        return Ok(Some(full));
     }
     let mode = subject.mode();
     let mut c = cluster.clone();
@@ -626,7 +651,7 @@ fn populated(
     }
     if let Some(e) = err {
         out.miss(Metric::IncrEndpoint, subject, n, e);
-        return Ok(());
+        return Ok(Some(full));
     }
     let [(e, eb), (a, ab), (rm, rb)] = m;
     log(format!(
@@ -642,7 +667,7 @@ fn populated(
     out.add(Metric::IncrGraph, subject, n, graph_times);
     // The namespace must still hold the target (and more) after the changes.
     ensure_rules(opts, subject, &topo.node)?;
-    Ok(())
+    Ok(Some(full))
 }
 
 fn dataplane_measure(
@@ -696,19 +721,27 @@ fn dataplane_from_file(
     n: usize,
     file: &Path,
     out: &mut Outcome,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<crate::sys::RssReport>> {
     let topo = Topology::new()?;
     let argv = subject.plain_loader_argv(file);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    if let Err(e) = crate::sys::run_timed(topo.node.command(&argv), None, opts.timeout) {
-        out.miss(Metric::ConnectLatency, subject, n, format!("{e:#}"));
-        return Ok(());
-    }
+    let load = match topo.node.exec_rss(&argv, opts.timeout) {
+        Ok(r) => r,
+        Err(e) => {
+            out.miss(Metric::ConnectLatency, subject, n, format!("{e:#}"));
+            return Ok(None);
+        }
+    };
     ensure_rules(opts, subject, &topo.node)?;
     if subject != Subject::KubeProxyNft {
-        out.notes.push(format!("{subject} data plane at {n} Services: rules loaded with `{}` (same text as a full sync)", argv.join(" ").replace(&file.display().to_string(), "FILE")));
+        out.notes.push(format!(
+            "{subject} data plane at {n} Services: rules loaded with `{}` (same text as a full sync)",
+            argv.join(" ")
+                .replace(&file.display().to_string(), "FILE")
+        ));
     }
-    dataplane_measure(opts, subject, n, &topo, out)
+    dataplane_measure(opts, subject, n, &topo, out)?;
+    Ok(Some(load))
 }
 
 /// Sustained churn: endpoint changes at a steady rate; each change's
