@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use kproxy_graph::{BackendKind, IpFamily};
+use kproxy_graph::{BackendKind, IpFamily, Objects, ProxyConfig, ServiceGraph};
 
 use crate::backends;
 use crate::cli::RenderBackend;
@@ -20,10 +20,15 @@ pub struct DiffArgs {
     /// The backend whose rules to compare.
     #[arg(long, value_enum)]
     pub backend: RenderBackend,
-    /// Kubernetes YAML/JSON (a file or a directory) the next sync would
-    /// render, as `kproxy run --source PATH` reads it.
+    /// Where the next sync's cluster state comes from, as for `kproxy
+    /// run`: `kube` (the API server: one initial listing) or Kubernetes
+    /// YAML/JSON (a file or a directory).
     #[arg(long)]
-    pub source: Vec<PathBuf>,
+    pub source: Option<String>,
+    /// kubeconfig for `--source kube` (default: in-cluster, then
+    /// $KUBECONFIG / ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     /// Compare with a saved ruleset instead of the kernel's.
     #[arg(long)]
     pub current: Option<PathBuf>,
@@ -34,17 +39,47 @@ pub struct DiffArgs {
     pub input: InputArgs,
 }
 
+/// How long to wait for the API server's initial lists.
+const API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The objects the API server holds now (the daemon's own source, until its
+/// initial lists are complete).
+fn list_from_api(args: &DiffArgs, config: &ProxyConfig) -> anyhow::Result<Objects> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let opts = crate::source::SourceOptions {
+            kubeconfig: args.kubeconfig.clone(),
+            node_name: config.node_name.clone(),
+            proxy_name: config.proxy_name.clone(),
+        };
+        let mut src = crate::source::Source::open("kube", opts).await?;
+        tokio::time::timeout(API_TIMEOUT, src.changed())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("no complete listing from the API server within {API_TIMEOUT:?}")
+            })??;
+        anyhow::Ok(src.snapshot())
+    })
+}
+
 /// Run `kproxy diff`.
 pub fn run(args: &DiffArgs) -> anyhow::Result<ExitCode> {
     let kind: BackendKind = args.backend.into();
-    if args.source.is_empty() {
-        bail!("--source PATH is required (the Kubernetes YAML the next sync would apply)");
-    }
+    let Some(source) = &args.source else {
+        bail!("--source kube|PATH is required (the cluster state the next sync would apply)");
+    };
     let config = args
         .input
         .proxy_config(Some(backends::mode_for(kind)))
         .context("configuration")?;
-    let graph = input::load_graph(&args.source, &config)?;
+    let graph = if source == "kube" {
+        ServiceGraph::build(&list_from_api(args, &config)?, &config)
+    } else {
+        input::load_graph(&[PathBuf::from(source)], &config)?
+    };
     for w in &graph.warnings {
         eprintln!("warning: {w}");
     }
