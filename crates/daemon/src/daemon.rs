@@ -98,6 +98,7 @@ async fn run(
         cleanup_other_modes: !args.no_cleanup_other_modes,
         conntrack_cleanup: !args.no_conntrack_cleanup,
         health_check_node_ports: !args.no_health_check_node_ports && !args.once,
+        host_addresses: true,
     };
     let reconciler = Reconciler::new(settings, opts, backend, shared.clone());
     let ok = reconciler

@@ -4,7 +4,7 @@
 //! [`settings`] (flags over the KubeProxyConfiguration file),
 //! [`backends`] (construction and `auto` selection), [`render`] (offline
 //! `graph` and `render`), [`daemon`] (`run`), [`source`] (API and file
-//! sources), [`reconcile`] (the sync loop), [`health`], [`hcports`],
+//! sources), [`reconcile`] (the sync loop), [`hostaddrs`], [`health`], [`hcports`],
 //! [`metrics`], [`http`], [`state`], [`conntrack`], [`sysctl`], [`cleanup`], [`trace`].
 
 use std::process::ExitCode;
@@ -20,6 +20,7 @@ mod conntrack;
 mod daemon;
 mod hcports;
 mod health;
+mod hostaddrs;
 mod http;
 mod input;
 mod metrics;

@@ -45,6 +45,8 @@ pub struct LoopOptions {
     pub conntrack_cleanup: bool,
     /// Serve health-check node ports.
     pub health_check_node_ports: bool,
+    /// Add the host's interface addresses to the node's.
+    pub host_addresses: bool,
 }
 
 /// The reconciler: the backend and everything remembered between syncs.
@@ -105,7 +107,15 @@ impl Reconciler {
 
     /// Build the graph from `objects` (plus the source's own warnings).
     pub fn build_graph(&self, objects: &Objects, source_warnings: Vec<Warning>) -> ServiceGraph {
-        let mut g = ServiceGraph::build(objects, &self.settings.proxy);
+        let mut g = if self.opts.host_addresses {
+            let mut config = self.settings.proxy.clone();
+            config.extra_node_ips.extend(crate::hostaddrs::host_ips());
+            config.extra_node_ips.sort();
+            config.extra_node_ips.dedup();
+            ServiceGraph::build(objects, &config)
+        } else {
+            ServiceGraph::build(objects, &self.settings.proxy)
+        };
         g.warnings.extend(source_warnings);
         g.warnings.sort();
         g.warnings.dedup();

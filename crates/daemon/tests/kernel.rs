@@ -1013,3 +1013,38 @@ fn a_changed_configuration_file_restarts_the_daemon() {
         "the rules stay"
     );
 }
+
+#[test]
+fn nodeport_address_cidrs_match_the_hosts_interface_addresses() {
+    // 192.168.7.7 is on an interface but not in the Node object: like
+    // kube-proxy, a nodePortAddresses CIDR selects it.
+    let data = TempDir::new("hostaddr");
+    let f = data.write("cluster.yaml", &fixture("nodeports"));
+    let cfg = data.write(
+        "config.yaml",
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nhostnameOverride: test-node\nclusterCIDR: 10.0.0.0/8\nnodePortAddresses: [192.168.7.0/24]\n",
+    );
+    let ns = NetNs::new("dmn");
+    ns.exec(&["ip", "addr", "add", "192.168.7.7/32", "dev", "lo"]);
+    let (ok, _, err) = kproxy_in(
+        &ns,
+        &[
+            "run",
+            "--backend",
+            "nftables",
+            "--source",
+            f.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--once",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let rules = kernel_rules(&ns, "nftables");
+    assert!(rules.contains("192.168.7.7"), "{rules}");
+    assert!(
+        !rules.contains("192.168.0.2 "),
+        "not selected by the CIDR:\n{rules}"
+    );
+}
