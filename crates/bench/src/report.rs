@@ -360,8 +360,14 @@ pub fn write(path: &Path, opts: &RunOpts, o: &Outcome, command: &str) -> anyhow:
     for (file, title, metrics, unit) in [
         (
             "full-sync.svg",
-            "Full sync into an empty namespace",
-            &[Metric::FullSyncDaemon, Metric::Loader][..],
+            "Full sync into an empty namespace: backend vs loader alone (kernel floor)",
+            &[Metric::FullSyncBackend, Metric::Loader][..],
+            "seconds",
+        ),
+        (
+            "daemon.svg",
+            "Full sync end to end: kproxy run --once",
+            &[Metric::FullSyncDaemon][..],
             "seconds",
         ),
         (
@@ -479,6 +485,10 @@ pub fn write(path: &Path, opts: &RunOpts, o: &Outcome, command: &str) -> anyhow:
     Ok(())
 }
 
+/// One line of a plot: label, colour index (the subject), style index
+/// (the metric), points.
+type Series = (String, usize, usize, Vec<(f64, f64)>);
+
 const COLORS: [RGBColor; 6] = [
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0xd6, 0x27, 0x28),
@@ -498,9 +508,9 @@ fn plot(
     metrics: &[Metric],
     subjects: &[String],
 ) -> anyhow::Result<bool> {
-    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for &m in metrics {
-        for s in subjects {
+    let mut series: Vec<Series> = Vec::new();
+    for (mi, &m) in metrics.iter().enumerate() {
+        for (si, s) in subjects.iter().enumerate() {
             let mut pts: Vec<(f64, f64)> = o
                 .records
                 .iter()
@@ -515,14 +525,14 @@ fn plot(
                 } else {
                     s.clone()
                 };
-                series.push((label, pts));
+                series.push((label, si, mi, pts));
             }
         }
     }
     if series.is_empty() {
         return Ok(false);
     }
-    let all = series.iter().flat_map(|(_, p)| p.iter());
+    let all = series.iter().flat_map(|(_, _, _, p)| p.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in all {
         x0 = x0.min(x);
@@ -548,24 +558,31 @@ fn plot(
         .y_desc(format!("{unit} (log)"))
         .draw()
         .map_err(e)?;
-    for (i, (label, pts)) in series.into_iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let dashed = i >= COLORS.len();
-        let style = if dashed {
-            color.stroke_width(1)
-        } else {
+    for (label, si, mi, pts) in series {
+        let color = COLORS[si % COLORS.len()];
+        // First metric: thick line and dots; second: thin line and crosses.
+        let style = if mi == 0 {
             color.stroke_width(2)
+        } else {
+            color.stroke_width(1)
         };
         chart
             .draw_series(LineSeries::new(pts.clone(), style))
             .map_err(e)?
             .label(label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
-            .map_err(e)?;
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        if mi == 0 {
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+                .map_err(e)?;
+        } else {
+            chart
+                .draw_series(
+                    pts.into_iter()
+                        .map(|p| Cross::new(p, 4, color.stroke_width(1))),
+                )
+                .map_err(e)?;
+        }
     }
     chart
         .configure_series_labels()
