@@ -41,7 +41,8 @@ pub struct TraceArgs {
     #[arg(long)]
     pub live: bool,
     /// Trace a saved ruleset (iptables-save / restore text, nft script or
-    /// listing) instead of rendering FILEs.
+    /// listing) instead of rendering FILEs; give the node's addresses with
+    /// `--node-ip`.
     #[arg(long, conflicts_with = "live")]
     pub rules: Option<PathBuf>,
     /// Source address of the connection. A node address means the node
