@@ -94,10 +94,15 @@ impl Ns {
     /// Create `pt-<pid>-<job>-<role>` with loopback up.
     pub fn new(job: usize, role: &str) -> Result<Ns, HarnessError> {
         let name = format!("pt-{}-{job}-{role}", std::process::id());
+        // Created and registered under the lock: the signal handler takes it
+        // and keeps it until the process exits, so no namespace can appear
+        // after its clean-up.
+        let mut live = LIVE
+            .lock()
+            .map_err(|_| HarnessError::Preflight("namespace registry poisoned".into()))?;
         run(&["ip", "netns", "add", &name])?;
-        if let Ok(mut l) = LIVE.lock() {
-            l.push(name.clone());
-        }
+        live.push(name.clone());
+        drop(live);
         let ns = Ns { name };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
@@ -202,7 +207,9 @@ pub fn install_signal_cleanup() {
         };
         std::thread::spawn(move || {
             if let Some(sig) = signals.forever().next() {
-                let names = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
+                // Held until exit: no namespace is made after this point.
+                let live = LIVE.lock();
+                let names = live.as_ref().map(|l| l.to_vec()).unwrap_or_default();
                 eprintln!(
                     "kproxy-proto: signal {sig}: removing {} namespaces",
                     names.len()

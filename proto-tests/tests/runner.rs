@@ -56,3 +56,83 @@ fn wrong_expectations_fail_and_right_ones_pass() {
     assert!(r.failed());
     assert!(r.render().contains("[FAIL]"));
 }
+
+/// The processes whose parent is `pid` (from /proc/*/stat).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|x| x.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+/// Ctrl-C in the middle of a run leaves no namespace and no echo server
+/// behind.
+#[test]
+fn interrupted_run_leaves_nothing() {
+    kproxy_proto_tests::topo::preflight().unwrap_or_else(|e| panic!("{e}"));
+    let kproxy = kproxy_proto_tests::kproxy_binary().unwrap_or_else(|e| panic!("{e}"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kproxy-proto"))
+        .args(["run", "--scenarios", "etp-local,source-ranges", "--kproxy"])
+        .arg(&kproxy)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let prefix = format!("pt-{pid}-");
+    let netns = || -> Vec<String> {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&prefix))
+            .map(String::from)
+            .collect()
+    };
+    // Wait until the run has namespaces and echo servers.
+    let start = std::time::Instant::now();
+    while netns().len() < 5 || children_of(pid).len() < 3 {
+        assert!(start.elapsed().as_secs() < 60, "the run never got going");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let servers = children_of(pid);
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "exit status after SIGINT");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        netns(),
+        Vec::<String>::new(),
+        "namespaces left after Ctrl-C"
+    );
+    let left: Vec<u32> = servers.into_iter().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "processes left after Ctrl-C: {left:?}");
+}
