@@ -598,7 +598,8 @@ pub fn predict(
 /// Representative new connections to a Service (`namespace/name`), per
 /// family: to each ClusterIP from a pod, from outside and from the node;
 /// to each NodePort (on the node's primary address), external IP and
-/// VIP-mode LoadBalancer IP from outside. The pod source is taken from the
+/// VIP-mode LoadBalancer IP from outside (with source ranges: from a client
+/// inside them and from one outside). The pod source is taken from the
 /// configured cluster CIDR of the family (when there is one).
 pub fn service_connections(
     graph: &kproxy_graph::ServiceGraph,
@@ -635,13 +636,34 @@ pub fn service_connections(
             if let (Some(np), Some(n)) = (sp.node_port, node) {
                 out.push(Packet::new(external, n, np, proto));
             }
-            for ip in sp
-                .external_ips
-                .iter()
-                .copied()
-                .chain(sp.vip_load_balancer_ips())
-            {
-                out.push(Packet::new(external, ip, sp.port, proto));
+            for ip in &sp.external_ips {
+                out.push(Packet::new(external, *ip, sp.port, proto));
+            }
+            // With source ranges: a client inside them and one outside.
+            let mut lb_clients = vec![external];
+            if let Some(first) = sp.source_ranges.first() {
+                let inside = first.hosts().next().unwrap_or(first.addr());
+                let candidates: [IpAddr; 3] = match fam {
+                    IpFamily::V4 => [
+                        external,
+                        IpAddr::from([198, 18, 0, 9]),
+                        IpAddr::from([192, 0, 2, 99]),
+                    ],
+                    IpFamily::V6 => [
+                        external,
+                        IpAddr::from([0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 9]),
+                        IpAddr::from([0xfc00, 0, 0, 0, 0, 0, 0, 9]),
+                    ],
+                };
+                let outside = candidates
+                    .into_iter()
+                    .find(|c| !sp.source_ranges.iter().any(|r| r.contains(c)));
+                lb_clients = std::iter::once(inside).chain(outside).collect();
+            }
+            for ip in sp.vip_load_balancer_ips() {
+                for c in &lb_clients {
+                    out.push(Packet::new(*c, ip, sp.port, proto));
+                }
             }
         }
     }
