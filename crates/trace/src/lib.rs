@@ -12,13 +12,19 @@
 //!   [`Trace`]: per [`Branch`] the hooks, chains and matching rules, and the
 //!   [`Outcome`] (endpoints with probabilities, masquerading, REJECT, DROP
 //!   or not handled);
-//! - [`report`] prints a trace as text, JSON or Graphviz dot;
-//! - [`diff`] compares two rulesets of one backend (what a sync would
-//!   change);
-//! - [`predict`] is the one-call form for differential tests.
+//! - [`report`] prints a trace as text, JSON or Graphviz dot (one
+//!   connection, or a Service's connections together);
+//! - [`diff`] compares two rulesets of one backend by meaning (what a sync
+//!   would change);
+//! - [`predict`] is the one-call form for differential tests against the
+//!   kernel; [`service_connections`] lists a Service's representative
+//!   connections.
 //!
 //! Anything a tracer does not understand is a [`TraceError`] naming the
 //! rule or statement: a tracer that guessed would explain the wrong thing.
+//! Rules it cannot read (other programs' rules on a live node) are kept and
+//! listed by [`Tracer::unknown_rules`]; a trace that reaches one fails,
+//! unless the rule's understood matches already rule the connection out.
 
 #![deny(missing_docs)]
 
