@@ -61,6 +61,7 @@ pub fn service_base_raw(name: &ServicePortName) -> String {
 }
 
 /// The endpoint suffix kube-proxy uses: `ip/port`, IPv6 colons as dots.
+/// Only digits, hex letters, dots and one slash: safe as is.
 fn endpoint_suffix(ep: &Endpoint) -> String {
     let ip = match ep.ip {
         IpAddr::V4(v4) => v4.to_string(),
@@ -72,6 +73,12 @@ fn endpoint_suffix(ep: &Endpoint) -> String {
 /// `HASH8-ns/svc/proto/port`, kube-proxy's `hashAndTruncate` shape, with
 /// each object-derived part sanitised and the whole bounded.
 pub fn hash_and_truncate(raw: &str, parts: &[&str]) -> String {
+    hash_and_truncate_with(raw, parts, "")
+}
+
+/// [`hash_and_truncate`] with a `tail` appended as is (the caller
+/// guarantees it holds identifier characters only).
+fn hash_and_truncate_with(raw: &str, parts: &[&str], tail: &str) -> String {
     let hash = encode_hash8(raw.as_bytes());
     let mut name = String::with_capacity(9 + raw.len());
     name.push_str(&hash);
@@ -82,6 +89,7 @@ pub fn hash_and_truncate(raw: &str, parts: &[&str]) -> String {
         }
         name.push_str(&ident_part(p));
     }
+    name.push_str(tail);
     if name.len() > NAME_BASE_MAX {
         // ASCII only by construction, so byte truncation is safe.
         name.truncate(NAME_BASE_MAX - 3);
@@ -107,15 +115,15 @@ pub fn service_base(name: &ServicePortName) -> String {
 pub fn endpoint_base(name: &ServicePortName, ep: &Endpoint) -> String {
     let suffix = endpoint_suffix(ep);
     let raw = format!("{}__{}", service_base_raw(name), suffix);
-    let port_and_ep = format!("{}__{}", name.port, suffix);
-    hash_and_truncate(
+    hash_and_truncate_with(
         &raw,
         &[
             &name.namespace,
             &name.name,
             name.protocol.as_str(),
-            &port_and_ep,
+            &name.port,
         ],
+        &format!("__{suffix}"),
     )
 }
 
@@ -169,6 +177,27 @@ mod tests {
         assert_eq!(
             service_base(&spn("web", "web-service", "")),
             "3PDGMKCJ-web/web-service/tcp/"
+        );
+    }
+
+    #[test]
+    fn endpoint_names_match_kube_proxy() {
+        let ep = Endpoint {
+            ip: "10.180.0.1".parse().unwrap(),
+            port: 80,
+            node_name: None,
+            zone: None,
+            ready: true,
+            serving: true,
+            terminating: false,
+            zone_hints: None,
+            node_hints: None,
+            is_local: false,
+        };
+        // reference §2.4: endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80
+        assert_eq!(
+            endpoint_base(&spn("ns1", "svc1", "p80"), &ep),
+            "5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80"
         );
     }
 
