@@ -119,3 +119,121 @@ fn supported_here() {
         .expect("nft --version");
     assert!(v >= (1, 0, 1), "{v:?}");
 }
+
+/// IPv6: a ClusterIP and a NodePort of the ip6 table reach both pods.
+#[test]
+fn ipv6_service_reaches_both_pods() {
+    use common::cluster::{Svc, graph};
+    let topo = Topology::seed(&["10.244.1.5"]);
+    for (ns, args) in [
+        (
+            &topo.node,
+            vec!["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+        ),
+        (
+            &topo.node,
+            vec![
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                "fd00:49::2/64",
+                "dev",
+                "vc",
+                "nodad",
+            ],
+        ),
+        (
+            &topo.node,
+            vec![
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                "fd00:10::1/64",
+                "dev",
+                "vp",
+                "nodad",
+            ],
+        ),
+        (
+            &topo.node,
+            vec!["ip", "-6", "route", "add", "default", "via", "fd00:49::10"],
+        ),
+        (
+            &topo.client,
+            vec![
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                "fd00:49::10/64",
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        ),
+        (
+            &topo.client,
+            vec![
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "fd00:30::/108",
+                "via",
+                "fd00:49::2",
+            ],
+        ),
+        (
+            &topo.pod,
+            vec![
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                "fd00:10::5/64",
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        ),
+        (
+            &topo.pod,
+            vec![
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                "fd00:10::6/64",
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        ),
+        (
+            &topo.pod,
+            vec!["ip", "-6", "route", "add", "default", "via", "fd00:10::1"],
+        ),
+    ] {
+        ns.exec(&args);
+    }
+    echo_server(topo.pod.name(), "[::]:80");
+    let mut web = Svc::new("web", "web6", "fd00:30::10", 80)
+        .ep("fd00:10::5", "node-2")
+        .ep("fd00:10::6", "node-3");
+    web.node_port = Some(30080);
+    let mut g = graph(&[web]);
+    if let Some(fg) = g.families.get_mut(&kproxy_graph::IpFamily::V6) {
+        fg.nodeport_ips = kproxy_graph::NodePortIps::Only(vec!["fd00:49::2".parse().expect("ip")]);
+    }
+    let mut backend = NftablesBackend::in_netns(topo.node.name());
+    backend.sync(&g, None).expect("full sync");
+    let both: std::collections::BTreeSet<String> = ["fd00:10::5", "fd00:10::6"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for addr in ["[fd00:30::10]:80", "[fd00:49::2]:30080"] {
+        assert_eq!(probe_many(topo.client.name(), addr, 40), both, "{addr}");
+    }
+}
