@@ -598,3 +598,79 @@ pub fn objects_yaml(objs: &[Value]) -> String {
     m.insert("items".into(), Value::Sequence(objs.to_vec()));
     serde_yaml_ng::to_string(&Value::Mapping(m)).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Scenario, String> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "kproxy-proto-scenario-{}-{}.yaml",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::write(&p, text).unwrap();
+        let r = Scenario::load(&p).map_err(|e| e.to_string());
+        let _ = std::fs::remove_file(&p);
+        r
+    }
+
+    const HEAD: &str = "node: {name: n1, ips: [192.168.0.2]}\n";
+
+    #[test]
+    fn good_scenario_loads_with_steps() {
+        let s = load(&format!(
+            "{HEAD}objects:\n- {{apiVersion: v1, kind: Service, metadata: {{name: a, namespace: x}}}}\n\
+             probes:\n- {{from: node, to: 10.0.0.1:80/tcp, expect: drop}}\n\
+             steps:\n- delete: [{{kind: Service, namespace: x, name: a}}]\n  \
+             probes: [{{from: pod:10.0.0.2, to: '[fd00::1]:53/udp', expect: {{nftables: reject, iptables: no-match}}}}]\n"
+        ))
+        .unwrap();
+        assert_eq!(s.all_probes().len(), 2);
+        let per_step = s.objects_per_step();
+        // A Node object is added; the Service is gone in step 1.
+        assert_eq!(per_step[0].len(), 2);
+        assert_eq!(per_step[1].len(), 1);
+        let e = s.steps[0].probes[0].expect.get(BackendName::IptablesNft);
+        assert_eq!(e, Some(&Expect::Simple(SimpleExpect::NoMatch)));
+    }
+
+    #[test]
+    fn bad_scenarios_say_what_is_wrong() {
+        let cases = [
+            (
+                "probes: [{from: nod, to: 10.0.0.1:80/tcp, expect: drop}]",
+                "from \"nod\"",
+            ),
+            (
+                "probes: [{from: node, to: 10.0.0.1:80, expect: drop}]",
+                "to:",
+            ),
+            (
+                "probes: [{from: node, to: 10.0.0.1:80/icmp, expect: drop}]",
+                "unknown protocol",
+            ),
+            (
+                "probes: [{from: node, to: 10.0.0.1:80/tcp, expect: {nft: drop}}]",
+                "unknown backend \"nft\"",
+            ),
+            (
+                "probes: [{from: node, to: 10.0.0.1:80/tcp, expect: drop, modes: [once]}]",
+                "unknown mode",
+            ),
+            (
+                "probes: [{from: node, to: 10.0.0.1:80/tcp, expect: drop, colour: red}]",
+                "colour",
+            ),
+        ];
+        for (body, want) in cases {
+            let err = load(&format!("{HEAD}{body}\n")).unwrap_err();
+            assert!(err.contains(want), "{body}: {err}");
+            assert!(err.contains("scenario "), "{err}");
+        }
+        let err = load("node: {name: n1}\n").unwrap_err();
+        assert!(err.contains("no IPs"), "{err}");
+    }
+}
