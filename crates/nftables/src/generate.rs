@@ -365,7 +365,7 @@ impl FamilyRules {
 
     /// Write the statements that replace this family's table (`add table;
     /// delete table;` then everything) into `w`. Same content as
-    /// [`Transaction::replace_table`] of [`FamilyRules::assemble`], with
+    /// [`crate::ir::Transaction::replace_table`] of [`FamilyRules::assemble`], with
     /// elements in service-port order, without building either.
     pub fn render_full(&self, w: &mut ChunkWriter) {
         let st = self.structure();
