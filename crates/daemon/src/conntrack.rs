@@ -168,6 +168,22 @@ pub fn parse_flow(line: &str) -> Option<Flow> {
     })
 }
 
+/// The count in conntrack's "N flow entries have been deleted." summary.
+fn deleted_count(stderr: &str) -> Option<u64> {
+    stderr.lines().find_map(|l| {
+        let rest = l.split("): ").nth(1).unwrap_or(l);
+        let (n, tail) = rest.trim().split_once(' ')?;
+        tail.contains("have been deleted").then(|| n.parse().ok())?
+    })
+}
+
+fn parse_lines(stdout: &[u8]) -> u64 {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter(|l| parse_flow(l).is_some())
+        .count() as u64
+}
+
 /// What one cleanup did.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -226,39 +242,46 @@ impl Conntrack {
                     return report;
                 }
             };
-            let mut deleted = 0u64;
-            for flow in String::from_utf8_lossy(&out.stdout)
+            // One delete per (service, stale reply source) rather than per
+            // flow: after a DNS endpoint change thousands of clients may
+            // hold flows to the same gone endpoint.
+            let groups: BTreeSet<(IpAddr, u16, IpAddr, u16)> = String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .filter_map(parse_flow)
-            {
-                if !t.is_stale(&flow) {
-                    continue;
-                }
-                let ok = Command::new("conntrack")
+                .filter(|f| t.is_stale(f))
+                .map(|f| (f.orig_dst, f.orig_dport, f.reply_src, f.reply_sport))
+                .collect();
+            let mut deleted = 0u64;
+            for (dst, dport, rsrc, rsport) in groups {
+                let out = Command::new("conntrack")
                     .args([
                         "-D",
                         "-p",
                         "udp",
                         "-f",
                         family_flag(family),
-                        "--orig-src",
-                        &flow.orig_src.to_string(),
                         "--orig-dst",
-                        &flow.orig_dst.to_string(),
-                        "--orig-port-src",
-                        &flow.orig_sport.to_string(),
+                        &dst.to_string(),
                         "--orig-port-dst",
-                        &flow.orig_dport.to_string(),
+                        &dport.to_string(),
+                        "--reply-src",
+                        &rsrc.to_string(),
+                        "--reply-port-src",
+                        &rsport.to_string(),
                     ])
                     .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .map(|s| s.success())
-                    .unwrap_or(false);
-                if ok {
-                    deleted += 1;
-                    tracing::debug!(?flow, "deleted stale UDP conntrack entry");
+                    .output();
+                match out {
+                    Ok(o) if o.status.success() => {
+                        let n = deleted_count(&String::from_utf8_lossy(&o.stderr))
+                            .unwrap_or_else(|| parse_lines(&o.stdout));
+                        deleted += n;
+                        tracing::debug!(%dst, dport, reply = %rsrc, reply_port = rsport, n,
+                            "deleted stale UDP conntrack entries");
+                    }
+                    // Exit 1 with nothing deleted: the flows expired meanwhile.
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "conntrack -D failed"),
                 }
             }
             if deleted > 0 {
@@ -286,6 +309,17 @@ mod tests {
             parse_flow("conntrack v1.4.8 (conntrack-tools): 3 flow entries have been shown.")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn deleted_summary_is_read() {
+        assert_eq!(
+            deleted_count(
+                "conntrack v1.4.7 (conntrack-tools): 3 flow entries have been deleted.\n"
+            ),
+            Some(3)
+        );
+        assert_eq!(deleted_count("something else"), None);
     }
 
     #[test]

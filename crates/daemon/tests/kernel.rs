@@ -575,6 +575,7 @@ fn stale_udp_conntrack_entries_are_deleted() {
     // To a gone endpoint, to the serving one, to a service with no
     // endpoints (scale to zero), never DNATed, and unrelated.
     conntrack_insert(&ns, "40000", "172.30.0.50", "10.180.0.9", "5353");
+    conntrack_insert(&ns, "40006", "172.30.0.50", "10.180.0.9", "5353");
     conntrack_insert(&ns, "40001", "172.30.0.50", "10.180.0.1", "5353");
     conntrack_insert(&ns, "40002", "172.30.0.51", "10.180.0.7", "53");
     conntrack_insert(&ns, "40003", "172.30.0.50", "172.30.0.50", "53");
@@ -598,6 +599,10 @@ fn stale_udp_conntrack_entries_are_deleted() {
     let has = |sport: &str| flows.contains(&format!("sport={sport} "));
     assert!(!has("40000"), "flow to a gone endpoint kept:\n{flows}");
     assert!(
+        !has("40006"),
+        "second flow to a gone endpoint kept:\n{flows}"
+    );
+    assert!(
         has("40001"),
         "flow to the serving endpoint deleted:\n{flows}"
     );
@@ -607,7 +612,10 @@ fn stale_udp_conntrack_entries_are_deleted() {
     );
     assert!(!has("40003"), "never-DNATed flow kept:\n{flows}");
     assert!(has("40004"), "unrelated flow deleted:\n{flows}");
-    assert!(err.contains("deleted stale UDP conntrack entries"), "{err}");
+    assert!(
+        err.contains("deleted stale UDP conntrack entries") && err.contains("deleted=4"),
+        "{err}"
+    );
 }
 
 /// kube-proxy's leftovers in every mode, plus rules that belong to someone
