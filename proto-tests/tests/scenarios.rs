@@ -146,7 +146,13 @@ fn every_probe_can_fail() {
         }
     }
     println!("every_probe_can_fail: {checked} mutated probes failed as they must");
-    assert!(checked > 50, "too few probes checked: {checked}");
+    // The whole suite has well over 50 probes; a narrowed run at least one.
+    let least = if env("PROTO_SCENARIOS").is_empty() {
+        50
+    } else {
+        1
+    };
+    assert!(checked >= least, "too few probes checked: {checked}");
     assert!(
         survivors.is_empty(),
         "wrong expectations that passed (the probe cannot tell right from wrong):\n{}",
