@@ -13,16 +13,21 @@ use kproxy_proto_tests::scenario::BackendName;
 fn wrong_expectations_fail_and_right_ones_pass() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/selftest");
     let script = std::fs::read_to_string(dir.join("seed-handmade.nft")).unwrap();
-    let reports = kproxy_proto_tests::run_suite(
-        &[dir.join("seed-handmade.yaml")],
-        &[BackendName::Nftables],
-        Path::new(env!("CARGO_BIN_EXE_kproxy-proto")),
-        &Applier::Nft { script },
-        1,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(reports.len(), 1);
-    let r = &reports[0];
+    // run_scenario directly (not run_suite): the report below is meant to
+    // show failures and is printed once, with that said.
+    kproxy_proto_tests::topo::preflight().unwrap_or_else(|e| panic!("{e}"));
+    kproxy_proto_tests::topo::install_signal_cleanup();
+    let s = kproxy_proto_tests::scenario::Scenario::load(&dir.join("seed-handmade.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cfg = kproxy_proto_tests::runner::RunConfig {
+        proto_bin: Path::new(env!("CARGO_BIN_EXE_kproxy-proto")).to_path_buf(),
+        applier: Applier::Nft { script },
+        timeout: std::time::Duration::from_millis(1000),
+        sctp: false,
+        mutate: false,
+    };
+    let report = kproxy_proto_tests::runner::run_scenario(&s, BackendName::Nftables, &cfg);
+    let r = &report;
     println!("(this report is meant to show failures: it checks that wrong expectations fail)");
     println!("{}", r.render());
     assert!(r.setup_error.is_none(), "{:?}", r.setup_error);
