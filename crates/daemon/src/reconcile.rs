@@ -254,7 +254,7 @@ impl Reconciler {
                 {
                     {
                         let before = self.last_applied.as_deref();
-                        let report = ct.cleanup(before, &graph, changes.as_ref());
+                        let report = block(|| ct.cleanup(before, &graph, changes.as_ref()));
                         m.conntrack_duration.observe(report.duration.as_secs_f64());
                         for (fam, n) in report.deleted {
                             m.conntrack_deleted
