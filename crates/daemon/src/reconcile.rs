@@ -252,17 +252,17 @@ impl Reconciler {
                 if !self.opts.dry_run
                     && let Some(ct) = &mut self.conntrack
                 {
-                    {
-                        let before = self.last_applied.as_deref();
-                        let report = block(|| ct.cleanup(before, &graph, changes.as_ref()));
-                        m.conntrack_duration.observe(report.duration.as_secs_f64());
-                        for (fam, n) in report.deleted {
-                            m.conntrack_deleted
-                                .get_or_create(&crate::metrics::FamilyLabel {
-                                    ip_family: fam.as_k8s_str().into(),
-                                })
-                                .inc_by(n);
-                        }
+                    // Compared with the last applied graph: removed UDP
+                    // service ports lose their flows too.
+                    let before = self.last_applied.as_deref();
+                    let report = block(|| ct.cleanup(before, &graph, changes.as_ref()));
+                    m.conntrack_duration.observe(report.duration.as_secs_f64());
+                    for (fam, n) in report.deleted {
+                        m.conntrack_deleted
+                            .get_or_create(&crate::metrics::FamilyLabel {
+                                ip_family: fam.as_k8s_str().into(),
+                            })
+                            .inc_by(n);
                     }
                 }
                 let families: Vec<IpFamily> = graph.families.keys().copied().collect();
