@@ -325,7 +325,8 @@ pub fn write(path: &Path, opts: &RunOpts, o: &Outcome, command: &str) -> anyhow:
          about 75% ClusterIP, 15% NodePort, 10% LoadBalancer until the 30000-32767 NodePort range runs out (then ClusterIP), \
          5% ClientIP affinity, 5% Local traffic policy, 10% with two ports, 3% DNS-like (UDP+TCP); plus one target Service for the data plane. \
          Every kernel-facing measurement runs in a fresh network namespace. Figures are median (min–max) over {} repeats \
-         ({} for sizes up to 1000; kube-proxy's nftables layout: one above 3000 Services); the churn figures are quantiles over \
+         ({} for sizes up to 1000); a measurement whose first run takes over 2 s gets 3 runs, over 60 s a single run \
+         (marked \"1 run\": the 30-minute budget of `make bench` allows no more). The churn figures are quantiles over \
          every change of one run. IPv4 only.\n",
         opts.endpoints,
         opts.repeats,
