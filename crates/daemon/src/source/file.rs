@@ -90,6 +90,12 @@ impl FileSource {
             // The first read must succeed: starting from nothing would
             // program an empty ruleset.
             self.reload()?;
+            if self.objects.services.is_empty() {
+                // Legal (an empty cluster), but more often a wrong path:
+                // the first sync would leave no Service reachable.
+                tracing::warn!(source = %self.path.display(),
+                    "the source holds no Services; every Service rule will be removed");
+            }
             self.delivered_initial = true;
             return Ok(());
         }
