@@ -36,7 +36,7 @@ fn run_once_programs_every_backend() {
     let dir = TempDir::new("once");
     let f = dir.write("cluster.yaml", &fixture("nodeports"));
     for backend in BACKENDS {
-        let ns = NetNs::new("dmn");
+        let ns = Ns::new();
         let (ok, _out, err) = kproxy_in(
             &ns,
             &[
@@ -69,7 +69,7 @@ fn run_once_programs_every_backend() {
 fn dry_run_leaves_the_kernel_alone() {
     let dir = TempDir::new("dry");
     let f = dir.write("cluster.yaml", &fixture("nodeports"));
-    let ns = NetNs::new("dmn");
+    let ns = Ns::new();
     let (ok, out, err) = kproxy_in(
         &ns,
         &[
@@ -96,7 +96,7 @@ fn dry_run_leaves_the_kernel_alone() {
 
 #[test]
 fn run_once_fails_with_the_error_on_bad_input() {
-    let ns = NetNs::new("dmn");
+    let ns = Ns::new();
     let (ok, _, err) = kproxy_in(
         &ns,
         &[
@@ -165,7 +165,7 @@ fn wait_synced(ns: &NetNs, d: &Daemon) {
 fn daemon_follows_file_changes_and_serves_http() {
     let dir = TempDir::new("follow");
     dir.write("cluster.yaml", &fixture("nodeports"));
-    let ns = NetNs::new("dmn");
+    let ns = Ns::new();
     let config = config_arg();
     let src = dir.path().to_str().unwrap().to_string();
     let mut d = Daemon::start(&ns, &daemon_args("nftables", &src, &config), &[]);
@@ -308,7 +308,7 @@ fn failed_transaction_keeps_rules_and_next_sync_is_full() {
         data.write("cluster.yaml", &fixture("nodeports"));
         let flag = dir.path().join("fail");
         let path = failing_loaders(&dir, &flag);
-        let ns = NetNs::new("dmn");
+        let ns = Ns::new();
         let config = config_arg();
         let src = data.path().to_str().unwrap().to_string();
         let d = Daemon::start(
@@ -376,7 +376,7 @@ fn deleted_rules_are_repaired_within_a_sync_period() {
     for backend in BACKENDS {
         let data = TempDir::new("drift");
         data.write("cluster.yaml", &fixture("nodeports"));
-        let ns = NetNs::new("dmn");
+        let ns = Ns::new();
         let config = config_arg();
         let src = data.path().to_str().unwrap().to_string();
         let d = Daemon::start(&ns, &daemon_args(backend, &src, &config), &[]);
@@ -421,7 +421,7 @@ fn invalid_objects_are_skipped_logged_and_counted() {
         "bad.yaml",
         "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: ns1}\nspec:\n  clusterIP: 172.30.0.999\n  ports: [{port: 80, protocol: TCP}]\n",
     );
-    let ns = NetNs::new("dmn");
+    let ns = Ns::new();
     let config = config_arg();
     let src = data.path().to_str().unwrap().to_string();
     let d = Daemon::start(&ns, &daemon_args("nftables", &src, &config), &[]);
@@ -454,7 +454,7 @@ fn health_check_node_port_reports_local_endpoints() {
     ] {
         let data = TempDir::new("hcnp");
         data.write("cluster.yaml", &fixture("etp-local"));
-        let ns = NetNs::new("dmn");
+        let ns = Ns::new();
         ns.exec(&["ip", "addr", "add", "192.168.0.2/32", "dev", "lo"]);
         let config = config_arg();
         let src = data.path().to_str().unwrap().to_string();
@@ -571,7 +571,7 @@ fn conntrack_insert(ns: &NetNs, sport: &str, dst: &str, reply_src: &str, reply_s
 fn stale_udp_conntrack_entries_are_deleted() {
     let data = TempDir::new("ct");
     let f = data.write("cluster.yaml", UDP_CLUSTER);
-    let ns = NetNs::new("dmn");
+    let ns = Ns::new();
     // To a gone endpoint, to the serving one, to a service with no
     // endpoints (scale to zero), never DNATed, and unrelated.
     conntrack_insert(&ns, "40000", "172.30.0.50", "10.180.0.9", "5353");
@@ -671,7 +671,7 @@ fn assert_foreign_rules_intact(ns: &NetNs) {
 fn other_modes_leftovers_are_removed_after_the_first_sync() {
     let data = TempDir::new("leftovers");
     let f = data.write("cluster.yaml", &fixture("nodeports"));
-    let ns = NetNs::new("dmn");
+    let ns = Ns::new();
     plant_leftovers(&ns);
     let (ok, _, err) = kproxy_in(
         &ns,
@@ -709,7 +709,7 @@ fn cleanup_removes_kproxy_and_kube_proxy_rules_only() {
     for backend in BACKENDS {
         let data = TempDir::new("cleanup");
         let f = data.write("cluster.yaml", &fixture("nodeports"));
-        let ns = NetNs::new("dmn");
+        let ns = Ns::new();
         let (ok, _, err) = kproxy_in(
             &ns,
             &[
@@ -752,7 +752,7 @@ fn restart_never_leaves_the_kernel_without_rules() {
     for backend in ["nftables", "iptables-nft"] {
         let data = TempDir::new("restart");
         data.write("cluster.yaml", &fixture("nodeports"));
-        let ns = NetNs::new("dmn");
+        let ns = Ns::new();
         let config = config_arg();
         let src = data.path().to_str().unwrap().to_string();
         let mut d = Daemon::start(&ns, &daemon_args(backend, &src, &config), &[]);
@@ -815,7 +815,7 @@ fn conntrack_settings_from_the_configuration_are_applied() {
         "config.yaml",
         "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nhostnameOverride: test-node\nclusterCIDR: 10.0.0.0/8\nconntrack:\n  tcpEstablishedTimeout: 2h\n  tcpCloseWaitTimeout: 90s\n",
     );
-    let ns = NetNs::new("dmn");
+    let ns = Ns::new();
     let (ok, _, err) = kproxy_in(
         &ns,
         &[
@@ -853,7 +853,7 @@ fn restart_under_traffic_fails_no_connection() {
     for backend in BACKENDS {
         let data = TempDir::new("traffic");
         data.write("cluster.yaml", &fixture("nodeports"));
-        let ns = NetNs::new("dmn");
+        let ns = Ns::new();
         // Both endpoints live on this namespace's loopback, and the service
         // range routes there, so the namespace is client, node and pods:
         // a connection to the ClusterIP only works through kproxy's DNAT.
@@ -934,7 +934,7 @@ fn auto_picks_nftables_and_falls_back_to_iptables() {
         &config_arg(),
         "--once",
     ];
-    let ns = NetNs::new("dmn");
+    let ns = Ns::new();
     let (ok, _, err) = kproxy_in(&ns, &args, &[]);
     assert!(ok, "{err}");
     assert!(err.contains("backend=nftables"), "{err}");
@@ -952,7 +952,7 @@ fn auto_picks_nftables_and_falls_back_to_iptables() {
         bin.path().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let ns = NetNs::new("dmn");
+    let ns = Ns::new();
     let (ok, _, err) = kproxy_in(&ns, &args, &[("PATH", &path)]);
     assert!(ok, "{err}");
     assert!(err.contains("backend=iptables-nft"), "{err}");
@@ -963,7 +963,7 @@ fn auto_picks_nftables_and_falls_back_to_iptables() {
 fn a_busy_listener_port_is_not_fatal_unless_asked() {
     let data = TempDir::new("busy");
     data.write("cluster.yaml", &fixture("nodeports"));
-    let ns = NetNs::new("dmn");
+    let ns = Ns::new();
     let _busy = in_netns(&ns, || {
         std::net::TcpListener::bind("127.0.0.1:10256").unwrap()
     })
@@ -994,7 +994,7 @@ fn a_changed_configuration_file_restarts_the_daemon() {
     let cfgdir = TempDir::new("cfg");
     let base = std::fs::read_to_string(default_config()).unwrap();
     let config = cfgdir.write("config.yaml", &base);
-    let ns = NetNs::new("dmn");
+    let ns = Ns::new();
     let src = data.path().to_str().unwrap().to_string();
     let mut d = Daemon::start(
         &ns,
@@ -1032,7 +1032,7 @@ fn nodeport_address_cidrs_match_the_hosts_interface_addresses() {
         "config.yaml",
         "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nhostnameOverride: test-node\nclusterCIDR: 10.0.0.0/8\nnodePortAddresses: [192.168.7.0/24]\n",
     );
-    let ns = NetNs::new("dmn");
+    let ns = Ns::new();
     ns.exec(&["ip", "addr", "add", "192.168.7.7/32", "dev", "lo"]);
     let (ok, _, err) = kproxy_in(
         &ns,

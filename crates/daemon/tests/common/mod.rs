@@ -72,6 +72,29 @@ pub fn default_config() -> PathBuf {
     testdata().join("configs/default.yaml")
 }
 
+/// A test namespace (`kp-dmn-*`) that also removes its xtables lock file
+/// when dropped.
+pub struct Ns(NetNs);
+
+impl Ns {
+    pub fn new() -> Self {
+        Ns(NetNs::new("dmn"))
+    }
+}
+
+impl std::ops::Deref for Ns {
+    type Target = NetNs;
+    fn deref(&self) -> &NetNs {
+        &self.0
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(xtables_lock(&self.0));
+    }
+}
+
 /// The xtables lock file for `ns`. iptables-legacy serialises every user
 /// on the host-wide /run/xtables.lock although a namespace's tables are
 /// its own; a lock per namespace keeps other tests' long restores from
