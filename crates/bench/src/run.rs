@@ -168,6 +168,11 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(&opts.scratch)
         .with_context(|| format!("creating {}", opts.scratch.display()))?;
     let mut out = Outcome::default();
+    // Other work on the machine skews every figure: record how busy it was.
+    out.notes.push(format!(
+        "load average at the start of the run: {}",
+        loadavg()
+    ));
     let mut available = Vec::new();
     for s in &opts.subjects {
         match s {
@@ -202,7 +207,19 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<Outcome> {
             }
         }
     }
+    out.notes.push(format!(
+        "load average at the end of the run: {}; the run took {:.0} s",
+        loadavg(),
+        crate::START.elapsed().as_secs_f64()
+    ));
     Ok(out)
+}
+
+/// `/proc/loadavg`'s 1, 5 and 15 minute figures.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn cluster_for(opts: &RunOpts, n: usize) -> anyhow::Result<Cluster> {
