@@ -175,6 +175,10 @@ struct RunArgs {
     /// Timeout of any one kernel-facing command, seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Sizes (and the churn run) not started this many minutes after the
+    /// start are skipped, with a note in the report.
+    #[arg(long, default_value_t = 20.0)]
+    deadline_minutes: f64,
     /// The `kproxy` binary (default: next to kproxy-bench).
     #[arg(long)]
     kproxy: Option<PathBuf>,
@@ -312,6 +316,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
         scratch: scratch.clone(),
         seed: a.seed,
         strict: a.quick,
+        deadline: Duration::from_secs_f64(a.deadline_minutes.max(0.0) * 60.0),
     };
     if a.quick {
         opts.sizes = vec![20, 200];

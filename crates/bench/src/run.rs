@@ -58,6 +58,8 @@ pub struct RunOpts {
     pub seed: u64,
     /// Check that everything measured something (bench-quick).
     pub strict: bool,
+    /// Sizes not started by this time after the start are skipped.
+    pub deadline: Duration,
 }
 
 /// Everything measured, plus notes for the report.
@@ -189,23 +191,25 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<Outcome> {
         .chain(&opts.dataplane_sizes)
         .copied()
         .collect();
+    // The churn run goes after the sizes up to its own, before larger
+    // ones: a run that hits its deadline loses the largest size, not churn.
+    let mut churned = opts.churn_seconds <= 0.0;
     for &n in &sizes {
+        if !churned && n > opts.churn_services {
+            churn_all(opts, &available, &mut out)?;
+            churned = true;
+        }
+        if past_deadline(opts) {
+            out.notes.push(format!(
+                "size {n}: skipped, the run passed its deadline of {:.0} minutes (`--deadline-minutes`)",
+                opts.deadline.as_secs_f64() / 60.0
+            ));
+            continue;
+        }
         size_pass(opts, n, &available, &mut out)?;
     }
-    if opts.churn_seconds > 0.0 {
-        for s in &available {
-            if let Subject::Ours(kind) = s {
-                if opts.churn_services > opts.cap(*s) {
-                    out.notes.push(format!(
-                        "{s}: churn not run at {} Services (above its cap of {})",
-                        opts.churn_services,
-                        opts.cap(*s)
-                    ));
-                    continue;
-                }
-                churn(opts, *kind, &mut out)?;
-            }
-        }
+    if !churned {
+        churn_all(opts, &available, &mut out)?;
     }
     out.notes.push(format!(
         "load average at the end of the run: {}; the run took {:.0} s",
@@ -213,6 +217,32 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<Outcome> {
         crate::START.elapsed().as_secs_f64()
     ));
     Ok(out)
+}
+
+fn past_deadline(opts: &RunOpts) -> bool {
+    crate::START.elapsed() > opts.deadline
+}
+
+fn churn_all(opts: &RunOpts, available: &[Subject], out: &mut Outcome) -> anyhow::Result<()> {
+    for s in available {
+        if let Subject::Ours(kind) = s {
+            if opts.churn_services > opts.cap(*s) {
+                out.notes.push(format!(
+                    "{s}: churn not run at {} Services (above its cap of {})",
+                    opts.churn_services,
+                    opts.cap(*s)
+                ));
+                continue;
+            }
+            if past_deadline(opts) {
+                out.notes
+                    .push(format!("{s}: churn skipped, the run passed its deadline"));
+                continue;
+            }
+            churn(opts, *kind, out)?;
+        }
+    }
+    Ok(())
 }
 
 /// `/proc/loadavg`'s 1, 5 and 15 minute figures.
