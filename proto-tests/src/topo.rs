@@ -140,13 +140,21 @@ impl Ns {
     }
 }
 
+/// PROTO_KEEP=1: leave the namespaces (and their rules) for inspection; the
+/// next run removes them.
+fn keep() -> bool {
+    std::env::var_os("PROTO_KEEP").is_some_and(|v| v == "1")
+}
+
 impl Drop for Ns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        if !keep() {
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &self.name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         if let Ok(mut l) = LIVE.lock() {
             l.retain(|n| n != &self.name);
         }
@@ -674,7 +682,19 @@ impl Drop for Topology {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if keep() {
+            eprintln!(
+                "PROTO_KEEP=1: kept {} (e.g. `ip netns exec {} nft list ruleset`); the next run removes them",
+                self.all_ns()
+                    .iter()
+                    .map(|n| n.name())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                self.node.name()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
         // The namespaces are dropped (deleted) after this, field by field.
     }
 }
