@@ -280,38 +280,39 @@ fn service(o: &mut String, fam: &FamilyGraph, sp: &ServicePort) {
         );
     }
 
-    let lb_chain = |o: &mut String, name: &str, eps: &[Endpoint], masq_cluster_ip: bool| {
-        let _ = writeln!(o, "add chain {T} {name}");
-        if masq_cluster_ip && let LocalTraffic::Cidr(c) = &fam.local_traffic {
-            let _ = writeln!(
-                o,
-                "add rule {T} {name} ip daddr {} ip saddr != {c} jump mark-for-masquerade",
-                sp.cluster_ip
-            );
-        }
-        if sp.session_affinity.is_some() {
-            for ep in eps {
-                let eb = ep_base(sp, ep);
+    let lb_chain =
+        |o: &mut String, name: &str, eps: &[std::sync::Arc<Endpoint>], masq_cluster_ip: bool| {
+            let _ = writeln!(o, "add chain {T} {name}");
+            if masq_cluster_ip && let LocalTraffic::Cidr(c) = &fam.local_traffic {
                 let _ = writeln!(
                     o,
-                    "add rule {T} {name} ip saddr @{} goto {}",
-                    chain("affinity", &eb),
-                    chain("endpoint", &eb)
+                    "add rule {T} {name} ip daddr {} ip saddr != {c} jump mark-for-masquerade",
+                    sp.cluster_ip
                 );
             }
-        }
-        let elems: Vec<String> = eps
-            .iter()
-            .enumerate()
-            .map(|(i, ep)| format!("{i} : goto {}", chain("endpoint", &ep_base(sp, ep))))
-            .collect();
-        let _ = writeln!(
-            o,
-            "add rule {T} {name} numgen random mod {} vmap {{ {} }}",
-            eps.len(),
-            elems.join(" , ")
-        );
-    };
+            if sp.session_affinity.is_some() {
+                for ep in eps {
+                    let eb = ep_base(sp, ep);
+                    let _ = writeln!(
+                        o,
+                        "add rule {T} {name} ip saddr @{} goto {}",
+                        chain("affinity", &eb),
+                        chain("endpoint", &eb)
+                    );
+                }
+            }
+            let elems: Vec<String> = eps
+                .iter()
+                .enumerate()
+                .map(|(i, ep)| format!("{i} : goto {}", chain("endpoint", &ep_base(sp, ep))))
+                .collect();
+            let _ = writeln!(
+                o,
+                "add rule {T} {name} numgen random mod {} vmap {{ {} }}",
+                eps.len(),
+                elems.join(" , ")
+            );
+        };
     if d.uses_cluster_chain && !sp.cluster_endpoints.is_empty() {
         lb_chain(o, &svc_chain, &sp.cluster_endpoints, true);
     }

@@ -56,12 +56,12 @@ fn endpoint_line(ep: &Endpoint) -> String {
     s
 }
 
-fn list(eps: &[Endpoint]) -> String {
+fn list(eps: &[std::sync::Arc<Endpoint>]) -> String {
     if eps.is_empty() {
         "(none)".into()
     } else {
         eps.iter()
-            .map(Endpoint::addr_string)
+            .map(|e| e.addr_string())
             .collect::<Vec<_>>()
             .join(", ")
     }

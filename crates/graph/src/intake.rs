@@ -963,7 +963,7 @@ fn intake_slices(
             .get_mut(&family)
             .and_then(|fg| fg.services.get_mut(&spn))
         {
-            sp.endpoints = eps.into_values().collect();
+            sp.endpoints = eps.into_values().map(std::sync::Arc::new).collect();
         }
     }
 }

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -294,6 +295,9 @@ pub struct Decisions {
 }
 
 /// One service port of one family, with its endpoints and decisions.
+///
+/// Endpoints are shared (`Arc`) between the full list and the selected
+/// sets, so a large cluster holds each endpoint once.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServicePort {
     /// Who this is.
@@ -323,14 +327,14 @@ pub struct ServicePort {
     pub traffic_distribution: Option<String>,
     /// Every endpoint known for this port (merged across slices,
     /// de-duplicated, sorted by `ip:port` text as kube-proxy sorts them).
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Vec<Arc<Endpoint>>,
     /// The endpoints cluster-policy traffic may use (sorted).
-    pub cluster_endpoints: Vec<Endpoint>,
+    pub cluster_endpoints: Vec<Arc<Endpoint>>,
     /// The endpoints local-policy traffic may use (sorted).
-    pub local_endpoints: Vec<Endpoint>,
+    pub local_endpoints: Vec<Arc<Endpoint>>,
     /// Union of the two: every endpoint that needs a per-endpoint object
     /// (a `KUBE-SEP-*` chain, say). Sorted.
-    pub reachable_endpoints: Vec<Endpoint>,
+    pub reachable_endpoints: Vec<Arc<Endpoint>>,
     /// The decisions every backend renders.
     pub decisions: Decisions,
     /// The number of ready local endpoints, as the health-check node port

@@ -3,6 +3,8 @@
 //! `CategorizeEndpoints` and the per-service-port booleans of its proxiers;
 //! reference §1.7, §1.9, §1.10).
 
+use std::sync::Arc;
+
 use crate::model::{
     Decisions, Endpoint, NoEndpointVerdict, ServicePort, TopologyMode, TrafficPolicy,
 };
@@ -13,7 +15,7 @@ use crate::model::{
 /// every Ready endpoint has them and one names this node; otherwise zone
 /// hints when every Ready endpoint has them and one names this zone.
 pub fn topology_mode(
-    endpoints: &[Endpoint],
+    endpoints: &[Arc<Endpoint>],
     node_name: &str,
     zone: Option<&str>,
 ) -> Option<TopologyMode> {
@@ -65,8 +67,8 @@ fn available_for_topology(
 pub fn select(sp: &mut ServicePort, node_name: &str, zone: Option<&str>) {
     let mut d = Decisions::default();
     let mut has_any = false;
-    let mut cluster: Vec<Endpoint> = Vec::new();
-    let mut local: Vec<Endpoint> = Vec::new();
+    let mut cluster: Vec<Arc<Endpoint>> = Vec::new();
+    let mut local: Vec<Arc<Endpoint>> = Vec::new();
 
     if sp.uses_cluster_endpoints() {
         d.topology = topology_mode(&sp.endpoints, node_name, zone);
@@ -184,6 +186,6 @@ pub fn select(sp: &mut ServicePort, node_name: &str, zone: Option<&str>) {
 }
 
 /// Sort endpoints the way kube-proxy does: by their `ip:port` text.
-pub fn sort_endpoints(eps: &mut [Endpoint]) {
-    eps.sort_by_cached_key(Endpoint::addr_string);
+pub fn sort_endpoints(eps: &mut [Arc<Endpoint>]) {
+    eps.sort_by_cached_key(|e| e.addr_string());
 }

@@ -95,7 +95,7 @@ fn port<'a>(g: &'a ServiceGraph, ns: &str, name: &str) -> &'a ServicePort {
         .unwrap_or_else(|| panic!("{ns}/{name} not in graph"))
 }
 
-fn ips(eps: &[Endpoint]) -> Vec<String> {
+fn ips(eps: &[std::sync::Arc<Endpoint>]) -> Vec<String> {
     eps.iter().map(|e| e.ip.to_string()).collect()
 }
 

@@ -820,7 +820,7 @@ fn endpoint_rules(
     cx: &Ctx<'_>,
     sp: &ServicePort,
     name: &str,
-    endpoints: &[kproxy_graph::Endpoint],
+    endpoints: &[std::sync::Arc<kproxy_graph::Endpoint>],
     seps: &HashMap<(IpAddr, u16), (String, String)>,
     rules: &mut Vec<Rule>,
 ) {

@@ -42,8 +42,10 @@ fn service(
     cluster_ip: &str,
     port: u16,
     node_port: Option<u16>,
-    mut eps: Vec<Endpoint>,
+    eps: Vec<Endpoint>,
 ) -> ServicePort {
+    // The graph shares endpoints between its lists.
+    let mut eps: Vec<std::sync::Arc<Endpoint>> = eps.into_iter().map(std::sync::Arc::new).collect();
     sort_endpoints(&mut eps);
     let mut sp = ServicePort {
         name: ServicePortName {

@@ -961,7 +961,7 @@ impl SvcCtx<'_, '_> {
         self.out.elems.push(Elem::new(set, &key, &e));
     }
 
-    fn eps(&self, policy: TrafficPolicy) -> &[Endpoint] {
+    fn eps(&self, policy: TrafficPolicy) -> &[std::sync::Arc<Endpoint>] {
         match policy {
             TrafficPolicy::Cluster => &self.sp.cluster_endpoints,
             TrafficPolicy::Local => &self.sp.local_endpoints,
@@ -999,7 +999,7 @@ impl SvcCtx<'_, '_> {
         };
         let protocol = self.sp.name.protocol;
         let map = ep_map_name(kind, protocol)?;
-        let values: Vec<String> = self.eps(policy).iter().map(ep_value).collect();
+        let values: Vec<String> = self.eps(policy).iter().map(|e| ep_value(e)).collect();
         for (i, v) in values.into_iter().enumerate() {
             self.elem(map, format!("{key_prefix} . {i}"), Some(v), false);
         }
@@ -1099,7 +1099,7 @@ impl SvcCtx<'_, '_> {
         if d.uses_local_chain && !self.sp.local_endpoints.is_empty() {
             wanted.push(("local", self.sp.local_endpoints.clone()));
         }
-        let mut endpoints: BTreeMap<String, Endpoint> = BTreeMap::new();
+        let mut endpoints: BTreeMap<String, std::sync::Arc<Endpoint>> = BTreeMap::new();
         for (prefix, eps) in wanted {
             let mut rules = Vec::new();
             let mut vmap = Vec::new();

@@ -35,7 +35,9 @@ pub fn endpoint(i: usize, j: usize, e: usize, salt: u32) -> Endpoint {
 }
 
 /// Service port `i` with endpoints `eps`, decisions made by the graph crate.
-pub fn service_port(i: usize, mut eps: Vec<Endpoint>) -> ServicePort {
+pub fn service_port(i: usize, eps: Vec<Endpoint>) -> ServicePort {
+    // The graph shares endpoints between its lists.
+    let mut eps: Vec<std::sync::Arc<Endpoint>> = eps.into_iter().map(std::sync::Arc::new).collect();
     sort_endpoints(&mut eps);
     let mut sp = ServicePort {
         name: ServicePortName {
