@@ -9,8 +9,11 @@
 //! - [`wire`]: the echo servers and probes that run inside the namespaces
 //!   (the `kproxy-proto` binary's `echo`, `sink` and `probe` subcommands);
 //! - [`runner`]: one scenario on one backend → a [`runner::ScenarioReport`];
-//!   [`run_suite`] runs many, in parallel.
+//!   [`run_suite`] runs many, in parallel;
+//! - [`differential`]: every probe's result checked against what
+//!   `kproxy_trace` predicts from the ruleset the kernel holds.
 
+pub mod differential;
 pub mod runner;
 pub mod scenario;
 pub mod topo;

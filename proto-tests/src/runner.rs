@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::differential::{self, Depth, StepRules};
 use crate::scenario::{
     BackendName, EndpointsExpect, Expect, HttpExpect, Probe, Scenario, SimpleExpect, Source,
     objects_yaml,
@@ -97,6 +98,11 @@ pub struct ProbeReport {
     pub expect: String,
     /// What was seen, summarised.
     pub observed: String,
+    /// The tracer check ([`crate::differential`]): what the tracer
+    /// predicted and that the kernel agreed, or why the probe is exempt.
+    /// `None` when not checked at all (mutated expectations, a probe that
+    /// did not run).
+    pub tracer: Option<String>,
     /// The verdict.
     pub verdict: Verdict,
 }
@@ -202,6 +208,9 @@ impl ScenarioReport {
                 "   [{tag}] step {} {}: expect {}; saw {}{why}",
                 p.step, p.probe, p.expect, p.observed
             );
+            if let Some(t) = &p.tracer {
+                let _ = writeln!(s, "        tracer: {t}");
+            }
         }
         if let Some(l) = &self.daemon_log {
             let _ = writeln!(s, "   daemon log (last lines):");
@@ -316,6 +325,7 @@ pub fn run_scenario(s: &Scenario, backend: BackendName, cfg: &RunConfig) -> Scen
             rep.setup_error = Some(format!("step {step}: {e}"));
             break;
         }
+        let rules = step_rules(&topo, backend, cfg);
         for p in probes {
             // A fixed-port probe depends on the conntrack clean-up, which the
             // daemon runs after it reports the sync.
@@ -324,7 +334,15 @@ pub fn run_scenario(s: &Scenario, backend: BackendName, cfg: &RunConfig) -> Scen
             {
                 d.wait_log_quiet(Duration::from_millis(2500));
             }
-            if let Some(r) = run_probe(&topo, step, p, backend, cfg, rep.known_failure.is_some()) {
+            if let Some(r) = run_probe(
+                &topo,
+                step,
+                p,
+                backend,
+                cfg,
+                rep.known_failure.is_some(),
+                rules.as_ref(),
+            ) {
                 rep.probes.push(r);
             }
         }
@@ -662,6 +680,76 @@ pub fn default_count(e: &Expect, sticky: bool) -> u32 {
     }
 }
 
+/// What the tracer check works from at one step: `None` = no check
+/// (mutated expectations: every probe fails anyway), `Some(Err)` = the
+/// ruleset could not be dumped (every probe of the step fails).
+fn step_rules(
+    topo: &Topology,
+    backend: BackendName,
+    cfg: &RunConfig,
+) -> Option<Result<StepRules, String>> {
+    if cfg.mutate {
+        return None;
+    }
+    let dumped =
+        differential::dump_ruleset(&topo.node, backend, &topo.xtables_lock()).and_then(|text| {
+            Ok(StepRules {
+                backend: differential::backend_kind(backend),
+                text,
+                node_ips: differential::node_addresses(&topo.node)?,
+            })
+        });
+    Some(dumped)
+}
+
+/// Why a probe's tracer check is partial or exempt, if it is.
+fn tracer_depth(p: &Probe, expect: &Expect) -> Result<Depth, String> {
+    if matches!(expect, Expect::Http(_)) {
+        return Err(
+            "exempt: HTTP health-check probe (the daemon's health server answers, not a rule)"
+                .into(),
+        );
+    }
+    if p.sticky || p.source_port.is_some() {
+        return Ok(Depth::SubsetOnly);
+    }
+    Ok(Depth::Full)
+}
+
+/// The tracer's source address for a probe: the address the attempts
+/// were made from (the kernel's choice for `node`), else for `node` the
+/// loopback address towards loopback and otherwise the node's first
+/// address of the family.
+fn tracer_source(
+    src: &Source,
+    to: &Target,
+    attempts: &[Attempt],
+    rules: &StepRules,
+) -> Option<IpAddr> {
+    match src {
+        Source::NodeAddr(ip) | Source::Pod(ip) | Source::External(ip) => Some(*ip),
+        Source::Node => attempts
+            .iter()
+            .find_map(|a| match a {
+                Attempt::Answer { local: Some(l), .. } => Some(l.ip()),
+                _ => None,
+            })
+            .or_else(|| to.addr.ip().is_loopback().then(|| to.addr.ip()))
+            .or_else(|| {
+                rules.node_ips.iter().copied().find(|ip| {
+                    ip.is_ipv4() == to.addr.is_ipv4() && !ip.is_loopback() && !is_link_local(ip)
+                })
+            }),
+    }
+}
+
+fn is_link_local(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v) => v.is_link_local(),
+        IpAddr::V6(v) => (v.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
 fn run_probe(
     topo: &Topology,
     step: usize,
@@ -669,6 +757,7 @@ fn run_probe(
     backend: BackendName,
     cfg: &RunConfig,
     scenario_known: bool,
+    rules: Option<&Result<StepRules, String>>,
 ) -> Option<ProbeReport> {
     if let Some(bs) = &p.backends
         && !bs.iter().any(|k| backend.matches_key(k))
@@ -697,6 +786,7 @@ fn run_probe(
         ),
         expect: describe(&expect),
         observed: String::new(),
+        tracer: None,
         verdict: Verdict::Pass,
     };
     if !p.note.is_empty() {
@@ -742,6 +832,40 @@ fn run_probe(
         ),
         Err(e) => Err(e),
     };
+    // The tracer check: what the rules the kernel holds predict must be
+    // what the kernel did. A disagreement is never a known failure: it is
+    // a tracer bug (or a kernel behaviour the tracer does not model), not
+    // the kproxy bug a known_failure mark is about.
+    let mut disagreement = None;
+    if let (Some(rules), Ok(a)) = (rules, &attempts) {
+        let checked = match (rules, tracer_depth(p, &expect)) {
+            (_, Err(exempt)) => Ok(exempt),
+            (Err(e), _) => Err(format!("cannot dump the node's ruleset: {e}")),
+            (Ok(r), Ok(depth)) => match tracer_source(&src, &to, a, r) {
+                None => Err(format!("no source address for {} in the node", p.from)),
+                Some(from) => differential::check(r, from, to.addr, to.proto, a, depth).map(
+                    |pred| match depth {
+                        Depth::Full => format!("{pred} (agrees)"),
+                        Depth::SubsetOnly => format!(
+                            "{pred} (agrees; every answer predicted, not every prediction required: {})",
+                            if p.sticky {
+                                "session affinity keeps one endpoint, the tracer sees them all"
+                            } else {
+                                "one source port, one conntrack flow"
+                            }
+                        ),
+                    },
+                ),
+            },
+        };
+        match checked {
+            Ok(line) => rep.tracer = Some(line),
+            Err(e) => {
+                rep.tracer = Some(format!("DISAGREES: {e}"));
+                disagreement = Some(e);
+            }
+        }
+    }
     let result = attempts.and_then(|a| {
         rep.observed = summarize(&a);
         judge(&expect, p.sticky, &a)
@@ -751,6 +875,13 @@ fn run_probe(
         .as_ref()
         .and_then(|k| k.get(backend))
         .cloned();
+    if let Some(d) = disagreement {
+        rep.verdict = Verdict::Fail(match result {
+            Ok(()) => format!("the tracer and the kernel disagree: {d}"),
+            Err(w) => format!("{w}; and the tracer and the kernel disagree: {d}"),
+        });
+        return Some(rep);
+    }
     rep.verdict = match (result, known) {
         (Ok(()), None) => Verdict::Pass,
         (Ok(()), Some(r)) => Verdict::UnexpectedPass(r),
@@ -1170,6 +1301,7 @@ mod tests {
                     probe: "p".into(),
                     expect: "e".into(),
                     observed: "o".into(),
+                    tracer: None,
                     verdict: v.clone(),
                 })
                 .collect(),
