@@ -860,7 +860,14 @@ fn run_probe(
         };
         match checked {
             Ok(line) => rep.tracer = Some(line),
-            Err(e) => {
+            Err(mut e) => {
+                if p.source_port.is_some() {
+                    // The tracer models a new connection; this probe reuses
+                    // one conntrack flow across steps.
+                    e.push_str(
+                        " (a fixed source port reuses one conntrack flow: a stale flow the rules no longer create shows here)",
+                    );
+                }
                 rep.tracer = Some(format!("DISAGREES: {e}"));
                 disagreement = Some(e);
             }
