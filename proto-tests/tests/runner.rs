@@ -57,6 +57,13 @@ fn wrong_expectations_fail_and_right_ones_pass() {
         }
     }
     assert_eq!(wrong, 12);
+    // The tracer check ran on every probe and agrees with the kernel on the
+    // hand-written rules too (right and wrong expectations alike: it
+    // compares with the prediction, not with the expectation).
+    for p in &r.probes {
+        let t = p.tracer.as_deref().unwrap_or("not checked");
+        assert!(t.contains("(agrees"), "{}: tracer check: {t}", p.probe);
+    }
     // Failing probes (and the XPASS) fail the run.
     assert!(r.failed());
     assert!(r.render().contains("[FAIL]"));

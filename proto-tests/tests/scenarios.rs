@@ -85,6 +85,26 @@ fn scenarios() {
         reports.len(),
         failed.join("\n")
     );
+    // The tracer check ran on every probe that ran: agreed, or exempt with
+    // its reason (never silently left out).
+    let mut traced = 0;
+    for r in &reports {
+        for p in &r.probes {
+            if matches!(p.verdict, kproxy_proto_tests::runner::Verdict::NotRun(_)) {
+                continue;
+            }
+            let t = p.tracer.as_deref().unwrap_or("not checked");
+            assert!(
+                t.contains("(agrees") || t.starts_with("exempt: "),
+                "{} on {}: {}: tracer check: {t}",
+                r.scenario,
+                r.backend,
+                p.probe
+            );
+            traced += usize::from(t.contains("(agrees"));
+        }
+    }
+    println!("tracer check: {traced} probes agree with the kernel");
 }
 
 /// Every scenario file parses and names valid sources, targets and
