@@ -341,7 +341,17 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
             "kproxy-bench: no kproxy binary next to kproxy-bench (build kproxy-daemon): end-to-end full syncs skipped"
         );
     }
-    let outcome = run::run(&opts);
+    let out = match (&a.out, a.quick) {
+        (Some(p), _) => p.clone(),
+        (None, true) => std::env::temp_dir().join("kproxy-bench-quick/performance.md"),
+        (None, false) => PathBuf::from("docs/performance.md"),
+    };
+    let partial = |o: &run::Outcome| {
+        if let Err(e) = report::write(&out, &opts, o, &command_line) {
+            eprintln!("kproxy-bench: partial report: {e:#}");
+        }
+    };
+    let outcome = run::run(&opts, &partial);
     let _ = std::fs::remove_dir_all(&scratch);
     let mut outcome = outcome?;
     if opts.kproxy.is_none() {
@@ -350,11 +360,6 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
             .push("no kproxy binary found: `kproxy run --once` not measured".into());
     }
     outcome.notes.extend(a.note.iter().cloned());
-    let out = match (a.out, a.quick) {
-        (Some(p), _) => p,
-        (None, true) => std::env::temp_dir().join("kproxy-bench-quick/performance.md"),
-        (None, false) => PathBuf::from("docs/performance.md"),
-    };
     report::write(&out, &opts, &outcome, &command_line)?;
     eprintln!("kproxy-bench: wrote {}", out.display());
     if a.quick {

@@ -107,9 +107,9 @@ impl Subject {
 
     /// How many rules (nft statements in chains; iptables `-A` lines) the
     /// namespace holds: proof that a sync put something in the kernel.
-    pub fn rules_in(self, ns: &Ns) -> anyhow::Result<usize> {
+    pub fn rules_in(self, ns: &Ns, timeout: std::time::Duration) -> anyhow::Result<usize> {
         if self.is_nft() {
-            let text = ns.exec(&["nft", "list", "ruleset"])?;
+            let text = ns.exec_timeout(&["nft", "list", "ruleset"], timeout)?;
             // Rules are the indented lines inside chains that are not
             // declarations.
             Ok(text
@@ -135,7 +135,7 @@ impl Subject {
                 Subject::Ours(BackendKind::IptablesLegacy) => "iptables-legacy-save",
                 _ => "iptables-nft-save",
             };
-            let text = ns.exec(&[save])?;
+            let text = ns.exec_timeout(&[save], timeout)?;
             Ok(text.lines().filter(|l| l.starts_with("-A ")).count())
         }
     }

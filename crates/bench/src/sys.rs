@@ -123,7 +123,12 @@ impl Ns {
 
     /// Run a command in the namespace (60 s timeout); its stdout.
     pub fn exec(&self, argv: &[&str]) -> anyhow::Result<String> {
-        Ok(run_timed(self.command(argv), None, Duration::from_secs(60))?.stdout())
+        self.exec_timeout(argv, Duration::from_secs(60))
+    }
+
+    /// Run a command in the namespace with a timeout; its stdout.
+    pub fn exec_timeout(&self, argv: &[&str], timeout: Duration) -> anyhow::Result<String> {
+        Ok(run_timed(self.command(argv), None, timeout)?.stdout())
     }
 
     /// Run a command in the namespace under `exec-rss`: the command's own
