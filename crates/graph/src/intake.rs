@@ -95,8 +95,9 @@ impl Objects {
         Ok(warnings)
     }
 
-    /// Add one decoded object (or `List`).
-    pub fn add_value(&mut self, value: serde_json::Value, warnings: &mut Vec<Warning>) {
+    /// Add one decoded object (or `List`). Takes the value by ownership:
+    /// a large `kind: List` is split into its items without copying them.
+    pub fn add_value(&mut self, mut value: serde_json::Value, warnings: &mut Vec<Warning>) {
         if value.is_null() {
             return;
         }
@@ -107,10 +108,13 @@ impl Objects {
             .to_string();
         match kind.as_str() {
             "List" | "ServiceList" | "EndpointSliceList" | "NodeList" => {
-                if let Some(items) = value.get("items").and_then(|i| i.as_array()) {
+                let items = value
+                    .as_object_mut()
+                    .and_then(|o| o.remove("items"))
+                    .unwrap_or(serde_json::Value::Null);
+                if let serde_json::Value::Array(items) = items {
                     let item_kind = kind.strip_suffix("List").unwrap_or("");
-                    for item in items.clone() {
-                        let mut item = item;
+                    for mut item in items {
                         if item.get("kind").is_none()
                             && !item_kind.is_empty()
                             && let Some(obj) = item.as_object_mut()
@@ -121,33 +125,32 @@ impl Objects {
                     }
                 }
             }
-            "Service" => match serde_json::from_value::<Service>(value.clone()) {
-                Ok(s) => self.services.push(s),
-                Err(e) => warnings.push(Warning::new(
-                    ObjectKind::Service,
-                    object_name(&value),
-                    "<object>",
-                    format!("does not match the Service schema, skipped: {e}"),
-                )),
-            },
-            "EndpointSlice" => match serde_json::from_value::<EndpointSlice>(value.clone()) {
-                Ok(s) => self.endpoint_slices.push(s),
-                Err(e) => warnings.push(Warning::new(
-                    ObjectKind::EndpointSlice,
-                    object_name(&value),
-                    "<object>",
-                    format!("does not match the EndpointSlice schema, skipped: {e}"),
-                )),
-            },
-            "Node" => match serde_json::from_value::<Node>(value.clone()) {
-                Ok(n) => self.nodes.push(n),
-                Err(e) => warnings.push(Warning::new(
-                    ObjectKind::Node,
-                    object_name(&value),
-                    "<object>",
-                    format!("does not match the Node schema, skipped: {e}"),
-                )),
-            },
+            "Service" | "EndpointSlice" | "Node" => {
+                let name = object_name(&value);
+                let (object_kind, result) = match kind.as_str() {
+                    "Service" => (
+                        ObjectKind::Service,
+                        serde_json::from_value::<Service>(value).map(|s| self.services.push(s)),
+                    ),
+                    "EndpointSlice" => (
+                        ObjectKind::EndpointSlice,
+                        serde_json::from_value::<EndpointSlice>(value)
+                            .map(|s| self.endpoint_slices.push(s)),
+                    ),
+                    _ => (
+                        ObjectKind::Node,
+                        serde_json::from_value::<Node>(value).map(|n| self.nodes.push(n)),
+                    ),
+                };
+                if let Err(e) = result {
+                    warnings.push(Warning::new(
+                        object_kind,
+                        name,
+                        "<object>",
+                        format!("does not match the {object_kind} schema, skipped: {e}"),
+                    ));
+                }
+            }
             _ => {}
         }
     }
