@@ -10,31 +10,8 @@ use std::fmt::Write as _;
 use kproxy_graph::{IpFamily, Objects, ProxyConfig, ServiceGraph};
 use kproxy_iptables::exec::IptablesTransport;
 use kproxy_iptables::{Flavour, GenOptions, Runner, generate, parse_save};
-use kproxy_testkit::NetNs;
+use kproxy_testkit::{NetNs, Rng};
 use serde_json::{Value, json};
-
-/// xorshift64*: small, seeded, good enough for test inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-}
 
 const HOSTILE: &[&str] = &[
     "web",

@@ -9,30 +9,7 @@ mod common;
 use common::cluster::{Svc, graph};
 use kproxy_graph::{Generator, Render};
 use kproxy_nftables::NftGenerator;
-use kproxy_testkit::NetNs;
-
-/// xorshift64*: small, deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-        xs[self.below(xs.len() as u64) as usize]
-    }
-}
+use kproxy_testkit::{NetNs, Rng};
 
 const HOSTILE: &[&str] = &[
     "web",
@@ -61,7 +38,7 @@ const HOSTILE: &[&str] = &[
 ];
 
 fn name(r: &mut Rng) -> String {
-    let mut s = r.pick(HOSTILE).to_string();
+    let mut s = (*r.pick(HOSTILE)).to_string();
     if r.chance(10) {
         s = s.repeat(1 + r.below(40) as usize);
     }
@@ -124,7 +101,7 @@ fn random_cluster(r: &mut Rng) -> Vec<Svc> {
         s.etp_local = r.chance(40);
         s.itp_local = r.chance(20);
         for _ in 0..r.below(6) {
-            let node = r.pick(&["test-node", "node-2", "node-3"]).to_string();
+            let node = (*r.pick(&["test-node", "node-2", "node-3"])).to_string();
             let ready = r.chance(80);
             s.endpoints.push((ip(r, "10.180", "fd00:10"), node, ready));
         }
