@@ -17,6 +17,7 @@ use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_graph::{IpFamily, Objects, ProxyConfig, ProxyMode, ServiceGraph};
+use kproxy_rng::SplitMix64;
 use serde_json::{Value, json};
 
 /// The node the bench programs (endpoints on it are local).
@@ -74,37 +75,6 @@ impl Default for Params {
     }
 }
 
-/// splitmix64: tiny, seeded and good enough to pick a cluster's shape
-/// (no dependency, same sequence on every platform).
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from `seed`.
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-
-    /// True with probability `pct` percent.
-    pub fn percent(&mut self, pct: u64) -> bool {
-        self.below(100) < pct
-    }
-}
-
 /// What kind of Service a synthetic one is (for the summary).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Mix {
@@ -137,7 +107,9 @@ pub struct Cluster {
     pub objects: Objects,
     /// What was generated.
     pub mix: Mix,
-    rng: Rng,
+    /// splitmix64 (from `kproxy-rng`, shared with the tests): same seed,
+    /// same cluster, byte for byte, on every platform.
+    rng: SplitMix64,
     next_service: usize,
     next_pod_ip: u32,
     next_node_port: u16,
@@ -163,7 +135,7 @@ impl Cluster {
             params,
             objects: Objects::default(),
             mix: Mix::default(),
-            rng: Rng::new(params.seed),
+            rng: SplitMix64(params.seed),
             next_service: 0,
             next_pod_ip: 0,
             next_node_port: 30000,
@@ -230,10 +202,10 @@ impl Cluster {
             _ => "LoadBalancer",
         };
         let mut kind = kind.unwrap_or(drawn).to_string();
-        let udp = kind == "ClusterIP" && self.rng.percent(3);
-        let multi = !udp && self.rng.percent(10);
-        let affinity = self.rng.percent(self.params.affinity_pct);
-        let local = self.rng.percent(5);
+        let udp = kind == "ClusterIP" && self.rng.chance(3);
+        let multi = !udp && self.rng.chance(10);
+        let affinity = self.rng.chance(self.params.affinity_pct);
+        let local = self.rng.chance(5);
         let mut ports: Vec<(String, &str, u16, u16)> = if udp {
             vec![
                 ("dns".into(), "UDP", 53, 5353),

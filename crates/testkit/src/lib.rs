@@ -3,7 +3,8 @@
 //!   `testdata/fixtures/` with their configurations in `testdata/configs/`;
 //! - [`assert_golden`]: compare output with a checked-in golden file, or
 //!   rewrite it when `UPDATE_GOLDEN=1` (`make golden`);
-//! - [`NetNs`]: a network namespace that is deleted on drop.
+//! - [`NetNs`]: a network namespace that is deleted on drop;
+//! - [`Rng`]: the seeded generator of the property tests (from `kproxy-rng`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -232,34 +233,8 @@ impl Drop for NetNs {
     }
 }
 
-/// A small seeded random generator (xorshift64*) for property tests: the
-/// same seed gives the same cases on every machine, with no dependency.
-#[derive(Debug, Clone)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A number in `0..n` (0 when `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-
-    /// True with the given chance, in percent.
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    /// One of `items` (which must not be empty).
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-}
+/// The seeded random generator of the property tests (xorshift64*): the
+/// same seed gives the same cases on every machine. It lives in
+/// `kproxy-rng` so the benchmark can share it without depending on this
+/// test kit; the path `kproxy_testkit::Rng` stays.
+pub use kproxy_rng::Rng;

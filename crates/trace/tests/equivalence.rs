@@ -4,7 +4,7 @@
 //! except for the documented differences between kube-proxy's iptables and
 //! nftables modes (reference §2.11, §2.12), which [`expected`] encodes.
 //!
-//! Deterministic: a fixed xorshift generator, so a failure names the
+//! Deterministic: the tests' seeded generator (`kproxy_testkit::Rng`), so a failure names the
 //! graph seed that reproduces it. `planted_divergences_are_caught` shows
 //! the comparison fails when a rendered ruleset is mutated (a DNAT branch
 //! removed, masquerading flipped).
@@ -19,31 +19,9 @@ use kproxy_graph::{
 };
 use kproxy_iptables::{Flavour, IptablesBackend};
 use kproxy_nftables::NftablesBackend;
+use kproxy_testkit::Rng;
 use kproxy_trace::{Node, Outcome, Packet, Verdict, report, tracer_for};
 use serde_json::{Value, json};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() % 10_000) as f64 / 10_000.0 < p
-    }
-    fn pick<T: Clone>(&mut self, v: &[T]) -> T {
-        v[self.below(v.len())].clone()
-    }
-}
 
 const NODE: &str = "node-a";
 const NODE_IP: &str = "192.168.0.10";
@@ -76,28 +54,28 @@ fn random_objects(rng: &mut Rng, dual: bool) -> Vec<Value> {
         "spec": {"podCIDR": pod_cidrs[0], "podCIDRs": pod_cidrs},
         "status": {"addresses": addresses},
     }));
-    let n_services = 1 + rng.below(4);
+    let n_services = 1 + rng.index(4);
     for i in 0..n_services {
         let name = format!("svc{i}");
-        let kind = rng.pick(&["ClusterIP", "ClusterIP", "NodePort", "LoadBalancer"]);
-        let six = dual && rng.chance(0.5);
+        let kind = *rng.pick(&["ClusterIP", "ClusterIP", "NodePort", "LoadBalancer"]);
+        let six = dual && rng.with_probability(0.5);
         let mut families = vec!["IPv4"];
         let mut cluster_ips = vec![format!("10.96.0.{}", 10 + i)];
         if six {
             families.push("IPv6");
             cluster_ips.push(format!("fd00:96::{}", 10 + i));
         }
-        let n_ports = 1 + rng.below(2);
+        let n_ports = 1 + rng.index(2);
         let mut ports = Vec::new();
         let mut used = Vec::new();
         for j in 0..n_ports {
-            let mut port: u16 = rng.pick(&[80, 443, 53, 8080]);
-            let proto = rng.pick(&["TCP", "TCP", "UDP", "SCTP"]);
+            let mut port: u16 = *rng.pick(&[80, 443, 53, 8080]);
+            let proto = *rng.pick(&["TCP", "TCP", "UDP", "SCTP"]);
             while used.contains(&(port, proto)) {
                 port += 1;
             }
             used.push((port, proto));
-            let pname = if n_ports == 1 && rng.chance(0.5) {
+            let pname = if n_ports == 1 && rng.with_probability(0.5) {
                 String::new()
             } else {
                 format!("p{j}")
@@ -114,33 +92,42 @@ fn random_objects(rng: &mut Rng, dual: bool) -> Vec<Value> {
             "ipFamilies": families,
             "ipFamilyPolicy": if six { "RequireDualStack" } else { "SingleStack" },
             "ports": ports,
-            "internalTrafficPolicy": if rng.chance(0.2) { "Local" } else { "Cluster" },
+            "internalTrafficPolicy": if rng.with_probability(0.2) { "Local" } else { "Cluster" },
         });
         let mut external = kind != "ClusterIP";
-        if rng.chance(0.25) {
+        if rng.with_probability(0.25) {
             spec["externalIPs"] = json!([format!("192.0.2.{}", 50 + i)]);
             external = true;
         }
         if external {
-            spec["externalTrafficPolicy"] =
-                json!(if rng.chance(0.4) { "Local" } else { "Cluster" });
+            spec["externalTrafficPolicy"] = json!(if rng.with_probability(0.4) {
+                "Local"
+            } else {
+                "Cluster"
+            });
         }
-        if rng.chance(0.2) {
+        if rng.with_probability(0.2) {
             spec["sessionAffinity"] = json!("ClientIP");
             spec["sessionAffinityConfig"] =
-                json!({"clientIP": {"timeoutSeconds": 60 + rng.below(1000)}});
+                json!({"clientIP": {"timeoutSeconds": 60 + rng.index(1000)}});
         }
         let mut status = json!({"loadBalancer": {}});
         if kind == "LoadBalancer" {
-            let mode = if rng.chance(0.85) { "VIP" } else { "Proxy" };
+            let mode = if rng.with_probability(0.85) {
+                "VIP"
+            } else {
+                "Proxy"
+            };
             status = json!({"loadBalancer": {"ingress": [
                 {"ip": format!("198.51.100.{}", 10 + i), "ipMode": mode}]}});
-            if rng.chance(0.5) {
-                let ranges = rng.pick(&[
-                    vec!["203.0.113.0/25"],
-                    vec!["192.168.0.0/24"],
-                    vec!["203.0.113.128/25", "198.51.100.0/24"],
-                ]);
+            if rng.with_probability(0.5) {
+                let ranges = rng
+                    .pick(&[
+                        vec!["203.0.113.0/25"],
+                        vec!["192.168.0.0/24"],
+                        vec!["203.0.113.128/25", "198.51.100.0/24"],
+                    ])
+                    .clone();
                 spec["loadBalancerSourceRanges"] = json!(ranges);
             }
         }
@@ -155,13 +142,17 @@ fn random_objects(rng: &mut Rng, dual: bool) -> Vec<Value> {
             vec![IpFamily::V4]
         };
         for fam in fams {
-            let n_eps = if rng.chance(0.2) { 0 } else { 1 + rng.below(3) };
+            let n_eps = if rng.with_probability(0.2) {
+                0
+            } else {
+                1 + rng.index(3)
+            };
             let mut eps = Vec::new();
             for k in 0..n_eps {
-                let node = rng.below(3);
-                let ready = rng.chance(0.75);
-                let terminating = !ready && rng.chance(0.6);
-                let serving = ready || (terminating && rng.chance(0.6));
+                let node = rng.index(3);
+                let ready = rng.with_probability(0.75);
+                let terminating = !ready && rng.with_probability(0.6);
+                let serving = ready || (terminating && rng.with_probability(0.6));
                 eps.push(json!({
                     "addresses": [ep_addr(fam, node, k + 3 * i)],
                     "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
@@ -199,10 +190,10 @@ fn config(rng: &mut Rng, dual: bool) -> ProxyConfig {
     let nets = |v: &[&str]| -> Vec<IpNet> { v.iter().map(|s| s.parse().expect("cidr")).collect() };
     c.cluster_cidrs = nets(&["10.244.0.0/16", "fd00:244::/48"]);
     c.service_cidrs = nets(&["10.96.0.0/16", "fd00:96::/112"]);
-    c.masquerade_all = rng.chance(0.1);
+    c.masquerade_all = rng.with_probability(0.1);
     // How pod traffic is recognised: by source CIDR, or by the interface
     // it arrives on (pods on this node arrive on `cbr0` / `veth*`).
-    match rng.below(4) {
+    match rng.index(4) {
         0 => {
             c.detect_local_mode = DetectLocalMode::BridgeInterface;
             c.bridge_interface = Some("cbr0".into());
@@ -213,7 +204,7 @@ fn config(rng: &mut Rng, dual: bool) -> ProxyConfig {
         }
         _ => {}
     }
-    if rng.chance(0.5) {
+    if rng.with_probability(0.5) {
         c.nodeport_addresses = vec![NodePortAddress::Primary];
     }
     c
@@ -385,18 +376,18 @@ fn random_packets(rng: &mut Rng, g: &FamilyGraph, n: usize) -> Vec<Packet> {
     let protos = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
     let mut out = Vec::new();
     for _ in 0..n {
-        let src = rng.pick(&sources);
+        let src = *rng.pick(&sources);
         let s = if svcs.is_empty() {
             None
         } else {
-            Some(rng.pick(&svcs))
+            Some(*rng.pick(&svcs))
         };
         let mut proto = s.map(|s| s.name.protocol).unwrap_or(Protocol::Tcp);
-        let (dst, dport) = match (rng.below(10), s) {
+        let (dst, dport) = match (rng.index(10), s) {
             (0 | 1, Some(s)) => (s.cluster_ip, s.port),
             (2, Some(s)) => (s.cluster_ip, 9999),
             (3, Some(s)) => {
-                proto = rng.pick(&protos);
+                proto = *rng.pick(&protos);
                 (s.cluster_ip, s.port)
             }
             (4, Some(s)) => (node_ip, s.node_port.unwrap_or(31999)),
@@ -429,7 +420,7 @@ fn random_packets(rng: &mut Rng, g: &FamilyGraph, n: usize) -> Vec<Packet> {
         };
         p.iif = Some(
             if local_pod {
-                rng.pick(&["cbr0", "veth1a2b"])
+                *rng.pick(&["cbr0", "veth1a2b"])
             } else {
                 "eth0"
             }
@@ -467,7 +458,7 @@ fn run(graphs: u64, packets_per_family: usize, mutate: Option<Mutation>) -> Run 
     };
     for seed in 1..=graphs {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let dual = rng.chance(0.3);
+        let dual = rng.with_probability(0.3);
         let items = random_objects(&mut rng, dual);
         let mut objects = Objects::default();
         let mut warnings = Vec::new();
