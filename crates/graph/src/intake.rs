@@ -5,7 +5,7 @@
 //! offending item (an address, a port, a whole object) is skipped and a
 //! [`Warning`] names the object, the field and the reason.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -201,104 +201,253 @@ struct SvcCommon {
     node_port_type: bool,
 }
 
+/// A Service's identity: `(namespace, name)`; a missing namespace reads as
+/// `default`, as for the EndpointSlices that refer to it.
+pub(crate) type SvcKey = (String, String);
+
+/// The namespace an object is read in (`default` when unset).
+pub(crate) fn namespace_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> String {
+    meta.namespace.clone().unwrap_or_else(|| "default".into())
+}
+
+/// The key of a named Service; `None` (with [`unnamed_service_warning`])
+/// for one without a name.
+pub(crate) fn service_key(svc: &Service) -> Option<SvcKey> {
+    let name = svc.metadata.name.clone()?;
+    Some((namespace_of(&svc.metadata), name))
+}
+
+/// The warning for a Service without `metadata.name`.
+pub(crate) fn unnamed_service_warning() -> Warning {
+    Warning::new(
+        ObjectKind::Service,
+        "<unnamed>",
+        "metadata.name",
+        "missing, skipped",
+    )
+}
+
+/// What an EndpointSlice's labels say about it before its Service is
+/// looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SliceClass {
+    /// Headless, or labelled for another proxy: ignored without a word.
+    Ignored,
+    /// No `kubernetes.io/service-name` label: this warning, nothing else.
+    NoService(Warning),
+    /// Part of this Service's endpoints.
+    Service(SvcKey),
+}
+
+/// Classify one slice for `config` (its proxy name decides which
+/// service-proxy-name labels are ours).
+pub(crate) fn classify_slice(config: &ProxyConfig, slice: &EndpointSlice) -> SliceClass {
+    let labels = slice.metadata.labels.as_ref();
+    let label = |k: &str| labels.and_then(|l| l.get(k));
+    if label(HEADLESS_LABEL).is_some() {
+        return SliceClass::Ignored;
+    }
+    if let Some(v) = label(SERVICE_PROXY_NAME_LABEL)
+        && config.proxy_name.as_deref() != Some(v.as_str())
+    {
+        return SliceClass::Ignored;
+    }
+    let ns = namespace_of(&slice.metadata);
+    match label(SERVICE_NAME_LABEL) {
+        Some(svc) => SliceClass::Service((ns, svc.clone())),
+        None => SliceClass::NoService(Warning::new(
+            ObjectKind::EndpointSlice,
+            format!(
+                "{ns}/{}",
+                slice.metadata.name.as_deref().unwrap_or("<unnamed>")
+            ),
+            format!("metadata.labels[{SERVICE_NAME_LABEL}]"),
+            "missing: the slice belongs to no Service, skipped",
+        )),
+    }
+}
+
+/// The node-wide part of a graph: this node, the per-family graphs
+/// without service ports, and the warnings raised on the way.
+pub(crate) struct Base {
+    pub(crate) node: NodeInfo,
+    pub(crate) families: BTreeMap<IpFamily, FamilyGraph>,
+    pub(crate) warnings: Vec<Warning>,
+}
+
+/// Build the node-wide part from this node's Node object (if any).
+pub(crate) fn build_base(config: &ProxyConfig, node: Option<&Node>) -> Base {
+    let mut cx = Ctx {
+        config,
+        warnings: Vec::new(),
+    };
+    let node = node_info(&mut cx, node);
+    let mut families: BTreeMap<IpFamily, FamilyGraph> = BTreeMap::new();
+    for family in &config.families {
+        let mut fg = FamilyGraph::empty(*family);
+        fg.node_ips = node
+            .ips
+            .iter()
+            .filter(|ip| IpFamily::of(ip) == *family)
+            .copied()
+            .collect();
+        fg.local_traffic = local_traffic(&mut cx, &node, *family);
+        let (np, localhost) = nodeport_ips(config, &node, *family);
+        fg.nodeport_ips = np;
+        fg.localhost_nodeports = localhost;
+        fg.service_cidrs = config
+            .service_cidrs
+            .iter()
+            .filter(|c| IpFamily::of_net(c) == *family)
+            .copied()
+            .collect();
+        families.insert(*family, fg);
+    }
+    Base {
+        node,
+        families,
+        warnings: cx.warnings,
+    }
+}
+
+/// The service ports (with fingerprints) and warnings one Service and its
+/// EndpointSlices contribute to a graph.
+pub(crate) struct Unit {
+    pub(crate) ports: Vec<(IpFamily, ServicePort, u64)>,
+    pub(crate) warnings: Vec<Warning>,
+}
+
+/// Build one Service's service ports. `services` are the Service objects
+/// with this key (one, unless the input repeats it; empty when only
+/// slices refer to it), `slices` the slices classified to it, in
+/// namespace and name order. The result depends only on these, the
+/// configuration, the enabled `families` and the node's name and zone:
+/// that is what lets [`crate::incremental`] rebuild one Service alone.
+pub(crate) fn build_unit(
+    config: &ProxyConfig,
+    node: &NodeInfo,
+    families: &[IpFamily],
+    key: &SvcKey,
+    services: &[&Service],
+    slices: &[&EndpointSlice],
+) -> Unit {
+    let mut cx = Ctx {
+        config,
+        warnings: Vec::new(),
+    };
+    let mut ports: BTreeMap<IpFamily, BTreeMap<ServicePortName, ServicePort>> =
+        families.iter().map(|f| (*f, BTreeMap::new())).collect();
+    let mut proxied = false;
+    for svc in services {
+        proxied |= intake_service(&mut cx, svc, &key.0, &key.1, &mut ports);
+    }
+    let known = !services.is_empty();
+    // (family, service port name) -> endpoints by ip:port text
+    let mut merged: HashMap<(IpFamily, ServicePortName), BTreeMap<String, Endpoint>> =
+        HashMap::new();
+    for slice in slices {
+        intake_slice(
+            &mut cx,
+            slice,
+            key,
+            known,
+            proxied,
+            node,
+            &ports,
+            &mut merged,
+        );
+    }
+    for ((family, spn), eps) in merged {
+        if let Some(sp) = ports.get_mut(&family).and_then(|m| m.get_mut(&spn)) {
+            sp.endpoints = eps.into_values().map(std::sync::Arc::new).collect();
+        }
+    }
+    let mut out = Vec::new();
+    for (family, m) in ports {
+        for (_, mut sp) in m {
+            sort_endpoints(&mut sp.endpoints);
+            select(&mut sp, &node.name, node.zone.as_deref());
+            let fp = fingerprint(&sp);
+            out.push((family, sp, fp));
+        }
+    }
+    Unit {
+        ports: out,
+        warnings: cx.warnings,
+    }
+}
+
 impl ServiceGraph {
     /// Build this node's graph from `objects`.
+    ///
+    /// The graph is assembled per Service (the Service with the slices
+    /// that name it), so [`crate::incremental::IncrementalGraph`] can
+    /// rebuild one Service alone and reach the same result.
     pub fn build(objects: &Objects, config: &ProxyConfig) -> ServiceGraph {
-        let mut cx = Ctx {
-            config,
-            warnings: Vec::new(),
-        };
-        let node = node_info(&mut cx, objects);
+        let node_obj = objects
+            .nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(config.node_name.as_str()));
+        let Base {
+            node,
+            mut families,
+            mut warnings,
+        } = build_base(config, node_obj);
+        let enabled: Vec<IpFamily> = families.keys().copied().collect();
 
-        // Service ports per family, keyed by name; plus every Service
-        // name seen (proxied or not) so slices of skipped Services are not
-        // reported as orphans.
-        let mut families: BTreeMap<IpFamily, FamilyGraph> = BTreeMap::new();
-        for family in &config.families {
-            let mut fg = FamilyGraph::empty(*family);
-            fg.node_ips = node
-                .ips
-                .iter()
-                .filter(|ip| IpFamily::of(ip) == *family)
-                .copied()
-                .collect();
-            fg.local_traffic = local_traffic(&mut cx, &node, *family);
-            let (np, localhost) = nodeport_ips(config, &node, *family);
-            fg.nodeport_ips = np;
-            fg.localhost_nodeports = localhost;
-            fg.service_cidrs = config
-                .service_cidrs
-                .iter()
-                .filter(|c| IpFamily::of_net(c) == *family)
-                .copied()
-                .collect();
-            families.insert(*family, fg);
-        }
-
-        let mut known_services: BTreeSet<(String, String)> = BTreeSet::new();
-        let mut proxied: BTreeSet<(String, String)> = BTreeSet::new();
+        // Every Service seen (proxied or not) has a group, so slices of
+        // skipped Services are not reported as orphans.
+        type Group<'a> = (Vec<&'a Service>, Vec<&'a EndpointSlice>);
+        let mut groups: BTreeMap<SvcKey, Group<'_>> = BTreeMap::new();
         for svc in &objects.services {
-            let ns = svc
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into());
-            let Some(name) = svc.metadata.name.clone() else {
-                cx.warn(
-                    ObjectKind::Service,
-                    "<unnamed>",
-                    "metadata.name",
-                    "missing, skipped",
-                );
-                continue;
-            };
-            known_services.insert((ns.clone(), name.clone()));
-            if intake_service(&mut cx, svc, &ns, &name, &mut families) {
-                proxied.insert((ns, name));
+            match service_key(svc) {
+                Some(key) => groups.entry(key).or_default().0.push(svc),
+                None => warnings.push(unnamed_service_warning()),
+            }
+        }
+        // Slices in name order, so duplicates resolve the same way every time.
+        let mut slices: Vec<&EndpointSlice> = objects.endpoint_slices.iter().collect();
+        slices.sort_by(|a, b| {
+            (a.metadata.namespace.as_deref(), a.metadata.name.as_deref())
+                .cmp(&(b.metadata.namespace.as_deref(), b.metadata.name.as_deref()))
+        });
+        for slice in slices {
+            match classify_slice(config, slice) {
+                SliceClass::Ignored => {}
+                SliceClass::NoService(w) => warnings.push(w),
+                SliceClass::Service(key) => groups.entry(key).or_default().1.push(slice),
             }
         }
 
-        intake_slices(
-            &mut cx,
-            objects,
-            &known_services,
-            &proxied,
-            &node,
-            &mut families,
-        );
-
-        for fg in families.values_mut() {
-            for sp in fg.services.values_mut() {
-                sort_endpoints(&mut sp.endpoints);
-                select(sp, &node.name, node.zone.as_deref());
+        for (key, (services, slices)) in &groups {
+            let unit = build_unit(config, &node, &enabled, key, services, slices);
+            warnings.extend(unit.warnings);
+            for (family, sp, fp) in unit.ports {
+                if let Some(fg) = families.get_mut(&family) {
+                    fg.fingerprints.insert(sp.name.clone(), fp);
+                    fg.services.insert(sp.name.clone(), sp);
+                }
             }
-            fg.fingerprints = fg
-                .services
-                .iter()
-                .map(|(k, v)| (k.clone(), fingerprint(v)))
-                .collect();
         }
 
-        cx.warnings.sort();
-        cx.warnings.dedup();
+        warnings.sort();
+        warnings.dedup();
         ServiceGraph {
             node,
             config: config.clone(),
             families,
-            warnings: cx.warnings,
+            warnings,
         }
     }
 }
 
-fn node_info(cx: &mut Ctx<'_>, objects: &Objects) -> NodeInfo {
+fn node_info(cx: &mut Ctx<'_>, node: Option<&Node>) -> NodeInfo {
     let mut info = NodeInfo {
         name: cx.config.node_name.clone(),
         ..NodeInfo::default()
     };
-    let node = objects
-        .nodes
-        .iter()
-        .find(|n| n.metadata.name.as_deref() == Some(cx.config.node_name.as_str()));
     let mut ips: Vec<IpAddr> = Vec::new();
     let mut primary: BTreeMap<IpFamily, IpAddr> = BTreeMap::new();
     if let Some(node) = node {
@@ -472,11 +621,14 @@ fn intake_service(
     svc: &Service,
     ns: &str,
     name: &str,
-    families: &mut BTreeMap<IpFamily, FamilyGraph>,
+    families: &mut BTreeMap<IpFamily, BTreeMap<ServicePortName, ServicePort>>,
 ) -> bool {
     let obj = format!("{ns}/{name}");
-    let labels = svc.metadata.labels.clone().unwrap_or_default();
-    if let Some(v) = labels.get(SERVICE_PROXY_NAME_LABEL)
+    if let Some(v) = svc
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL))
         && cx.config.proxy_name.as_deref() != Some(v.as_str())
     {
         return false;
@@ -734,7 +886,7 @@ fn intake_service(
                 port: p.name.clone().unwrap_or_default(),
                 protocol,
             };
-            if fg.services.contains_key(&spn) {
+            if fg.contains_key(&spn) {
                 cx.warn(
                     ObjectKind::Service,
                     &obj,
@@ -766,7 +918,7 @@ fn intake_service(
             if common.etp_local && sp.externally_accessible() {
                 sp.external_traffic_policy = TrafficPolicy::Local;
             }
-            fg.services.insert(spn, sp);
+            fg.insert(spn, sp);
         }
     }
     true
@@ -783,70 +935,41 @@ fn sorted_family(ips: &[IpAddr], family: IpFamily) -> Vec<IpAddr> {
     v
 }
 
-fn intake_slices(
+/// Merge one slice of the Service `key` into `merged`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
+fn intake_slice(
     cx: &mut Ctx<'_>,
-    objects: &Objects,
-    known: &BTreeSet<(String, String)>,
-    proxied: &BTreeSet<(String, String)>,
+    slice: &EndpointSlice,
+    key: &SvcKey,
+    known: bool,
+    proxied: bool,
     node: &NodeInfo,
-    families: &mut BTreeMap<IpFamily, FamilyGraph>,
+    ports: &BTreeMap<IpFamily, BTreeMap<ServicePortName, ServicePort>>,
+    merged: &mut HashMap<(IpFamily, ServicePortName), BTreeMap<String, Endpoint>>,
 ) {
-    // Slices in name order, so duplicates resolve the same way every time.
-    let mut slices: Vec<&EndpointSlice> = objects.endpoint_slices.iter().collect();
-    slices.sort_by(|a, b| {
-        (a.metadata.namespace.as_deref(), a.metadata.name.as_deref())
-            .cmp(&(b.metadata.namespace.as_deref(), b.metadata.name.as_deref()))
-    });
-    // (service port name, family) -> endpoints by ip:port text
-    let mut merged: HashMap<(ServicePortName, IpFamily), BTreeMap<String, Endpoint>> =
-        HashMap::new();
-    for slice in slices {
-        let ns = slice
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let sname = slice
-            .metadata
-            .name
-            .clone()
-            .unwrap_or_else(|| "<unnamed>".into());
-        let obj = format!("{ns}/{sname}");
-        let labels = slice.metadata.labels.clone().unwrap_or_default();
-        if labels.contains_key(HEADLESS_LABEL) {
-            continue;
-        }
-        if let Some(v) = labels.get(SERVICE_PROXY_NAME_LABEL)
-            && cx.config.proxy_name.as_deref() != Some(v.as_str())
-        {
-            continue;
-        }
-        let Some(svc_name) = labels.get(SERVICE_NAME_LABEL).cloned() else {
-            cx.warn(
-                ObjectKind::EndpointSlice,
-                &obj,
-                format!("metadata.labels[{SERVICE_NAME_LABEL}]"),
-                "missing: the slice belongs to no Service, skipped",
-            );
-            continue;
-        };
-        let key = (ns.clone(), svc_name.clone());
-        if !known.contains(&key) {
-            cx.warn(
-                ObjectKind::EndpointSlice,
-                &obj,
-                format!("metadata.labels[{SERVICE_NAME_LABEL}]"),
-                format!("Service {ns}/{svc_name} does not exist, slice skipped"),
-            );
-            continue;
-        }
-        if !proxied.contains(&key) {
-            continue;
-        }
+    let (ns, svc_name) = key;
+    let sname = slice.metadata.name.as_deref().unwrap_or("<unnamed>");
+    let obj = format!("{ns}/{sname}");
+    if !known {
+        cx.warn(
+            ObjectKind::EndpointSlice,
+            &obj,
+            format!("metadata.labels[{SERVICE_NAME_LABEL}]"),
+            format!("Service {ns}/{svc_name} does not exist, slice skipped"),
+        );
+        return;
+    }
+    if !proxied {
+        return;
+    }
+    {
         let family = match slice.address_type.as_str() {
             "IPv4" => IpFamily::V4,
             "IPv6" => IpFamily::V6,
-            "FQDN" => continue,
+            "FQDN" => return,
             other => {
                 cx.warn(
                     ObjectKind::EndpointSlice,
@@ -854,11 +977,11 @@ fn intake_slices(
                     "addressType",
                     format!("{other:?} is not IPv4, IPv6 or FQDN, slice skipped"),
                 );
-                continue;
+                return;
             }
         };
-        if !families.contains_key(&family) {
-            continue;
+        if !ports.contains_key(&family) {
+            return;
         }
         for (pi, p) in slice.ports.iter().flatten().enumerate() {
             let Some(port) = p.port else { continue };
@@ -890,7 +1013,7 @@ fn intake_slices(
                 port: p.name.clone().unwrap_or_default(),
                 protocol,
             };
-            let entry = merged.entry((spn, family)).or_default();
+            let entry = merged.entry((family, spn)).or_default();
             for (ei, ep) in slice.endpoints.iter().enumerate() {
                 let Some(addr) = ep.addresses.first() else {
                     cx.warn(
@@ -959,14 +1082,6 @@ fn intake_slices(
                     }
                 }
             }
-        }
-    }
-    for ((spn, family), eps) in merged {
-        if let Some(sp) = families
-            .get_mut(&family)
-            .and_then(|fg| fg.services.get_mut(&spn))
-        {
-            sp.endpoints = eps.into_values().map(std::sync::Arc::new).collect();
         }
     }
 }
