@@ -8,6 +8,8 @@
 //!   Service port with its [`Endpoint`]s and the [`Decisions`] of endpoint
 //!   selection (cluster and local endpoint sets, terminating fallback,
 //!   topology, REJECT versus DROP, firewall, masquerading);
+//! - [`IncrementalGraph`] keeps the objects indexed by Service and
+//!   rebuilds only the Services a change touches, with the same result;
 //! - [`ChangeSet::between`] says which service ports changed between two
 //!   graphs, from per-service fingerprints, for incremental syncs;
 //! - [`backend`] holds the traits every backend implements: a pure
@@ -24,6 +26,7 @@ pub mod backend;
 pub mod changes;
 pub mod config;
 pub mod display;
+pub mod incremental;
 pub mod intake;
 pub mod model;
 pub mod select;
@@ -36,6 +39,7 @@ pub use changes::{ChangeSet, FamilyChanges};
 pub use config::{
     DetectLocalMode, KubeProxyConfiguration, NodePortAddress, ProxyConfig, ProxyMode,
 };
+pub use incremental::IncrementalGraph;
 pub use intake::{IntakeError, Objects};
 pub use model::*;
 pub use warning::{ObjectKind, Warning};

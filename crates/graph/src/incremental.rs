@@ -1,0 +1,728 @@
+//! Incremental graph building: a sync after a few object changes costs
+//! work in proportion to the Services they touch, not to the cluster.
+//!
+//! [`IncrementalGraph`] keeps the objects indexed by Service (the Service
+//! and the EndpointSlices whose `kubernetes.io/service-name` label names
+//! it) together with the graph built from them. Upserts and deletes mark
+//! the Services they affect; [`IncrementalGraph::update`] rebuilds only
+//! those Services' ports (with the same per-Service code as
+//! [`ServiceGraph::build`]), keeps every other port and its fingerprint,
+//! and reports the [`ChangeSet`] against the previous update. A change of
+//! this node's Node object rebuilds the node-wide part (and every Service
+//! when the zone changed, since endpoint selection reads it); a change of
+//! the configuration beyond the extra node addresses rebuilds everything.
+//!
+//! The result equals [`ServiceGraph::build`] on the same objects,
+//! warnings included (the tests check it after every step of random
+//! change sequences). Objects are identified by namespace and name, as
+//! the API server identifies them: upserting an object replaces the one
+//! with its identity.
+//!
+//! The graph is held in an [`Arc`] and changed in place: keep no other
+//! clone of it across an [`IncrementalGraph::update`], or the update copies
+//! the whole graph first (still correct, only slower).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::changes::{ChangeSet, FamilyChanges};
+use crate::config::ProxyConfig;
+use crate::intake::{
+    Base, Objects, SliceClass, SvcKey, build_base, build_unit, classify_slice, namespace_of,
+    service_key, unnamed_service_warning,
+};
+use crate::model::{FamilyGraph, IpFamily, ServiceGraph, ServicePort, ServicePortName};
+use crate::warning::Warning;
+
+/// An EndpointSlice's identity: `(namespace, name)`.
+type SliceKey = (String, String);
+
+/// One Service's objects and what they last contributed to the graph.
+#[derive(Debug, Default)]
+struct Group {
+    service: Option<Arc<Service>>,
+    /// The slices that name this Service, by slice name (the order
+    /// [`ServiceGraph::build`] merges them in).
+    slices: BTreeMap<String, Arc<EndpointSlice>>,
+    /// The service ports this group put into the graph.
+    ports: Vec<(IpFamily, ServicePortName)>,
+    /// The warnings it raised.
+    warnings: Vec<Warning>,
+}
+
+#[derive(Debug)]
+struct SliceEntry {
+    slice: Arc<EndpointSlice>,
+    class: SliceClass,
+}
+
+/// What an [`IncrementalGraph::update`] changed.
+#[derive(Debug, Clone, Default)]
+pub struct Update {
+    /// The changes against the graph of the previous update: what
+    /// [`ChangeSet::between`] would report for the two graphs.
+    pub changes: ChangeSet,
+    /// The service ports that left the graph, per family (for clean-ups
+    /// that need the old port, such as stale UDP flows).
+    pub removed: BTreeMap<IpFamily, Vec<ServicePort>>,
+    /// How many Services were rebuilt.
+    pub rebuilt: usize,
+    /// Whether everything was rebuilt (first update, configuration change).
+    pub full_rebuild: bool,
+}
+
+/// Counts of objects that really changed (kube-proxy's change counters),
+/// from one batch of upserts and deletes.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// Services added, changed or removed.
+    pub services: u64,
+    /// EndpointSlices added, changed or removed.
+    pub slices: u64,
+    /// Nodes added, changed or removed.
+    pub nodes: u64,
+    /// The slices added or changed (for their trigger-time annotations).
+    pub changed_slices: Vec<Arc<EndpointSlice>>,
+}
+
+/// Service objects, EndpointSlices and Nodes indexed by Service, with the
+/// graph built from them, updated per changed Service.
+#[derive(Debug)]
+pub struct IncrementalGraph {
+    config: ProxyConfig,
+    families: Vec<IpFamily>,
+    groups: BTreeMap<SvcKey, Group>,
+    slices: HashMap<SliceKey, SliceEntry>,
+    nodes: BTreeMap<String, Arc<Node>>,
+    /// Services without a name (never from the API server): each is
+    /// skipped with the same warning.
+    unnamed_services: usize,
+    /// Warnings of groups and of slices that name no Service, counted:
+    /// several objects may raise the same one.
+    warnings: BTreeMap<Warning, usize>,
+    /// Warnings of the node-wide part.
+    base_warnings: Vec<Warning>,
+    /// Warnings the caller adds (the source's own).
+    extra_warnings: Vec<Warning>,
+    dirty: std::collections::BTreeSet<SvcKey>,
+    base_dirty: bool,
+    warnings_dirty: bool,
+    /// Everything must be rebuilt (new, or configuration changed).
+    full_dirty: bool,
+    graph: Arc<ServiceGraph>,
+}
+
+/// Equal objects: the same allocation (the API source's store hands out
+/// the same `Arc` for an unchanged object), else equal content.
+fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
+    Arc::ptr_eq(a, b) || **a == **b
+}
+
+fn slice_key(slice: &EndpointSlice) -> SliceKey {
+    (
+        namespace_of(&slice.metadata),
+        slice.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The graph without its service ports: what decides
+/// [`ChangeSet::needs_full_sync`], cheap to copy.
+fn header(g: &ServiceGraph) -> ServiceGraph {
+    ServiceGraph {
+        node: g.node.clone(),
+        config: g.config.clone(),
+        families: g
+            .families
+            .iter()
+            .map(|(f, fg)| {
+                let mut h = FamilyGraph::empty(*f);
+                h.node_ips = fg.node_ips.clone();
+                h.local_traffic = fg.local_traffic.clone();
+                h.nodeport_ips = fg.nodeport_ips.clone();
+                h.localhost_nodeports = fg.localhost_nodeports;
+                h.service_cidrs = fg.service_cidrs.clone();
+                (*f, h)
+            })
+            .collect(),
+        warnings: Vec::new(),
+    }
+}
+
+impl IncrementalGraph {
+    /// An empty cluster seen with `config`.
+    pub fn new(config: ProxyConfig) -> Self {
+        let base = build_base(&config, None);
+        let families = base.families.keys().copied().collect();
+        let graph = Arc::new(ServiceGraph {
+            node: base.node,
+            config: config.clone(),
+            families: base.families,
+            warnings: Vec::new(),
+        });
+        IncrementalGraph {
+            config,
+            families,
+            groups: BTreeMap::new(),
+            slices: HashMap::new(),
+            nodes: BTreeMap::new(),
+            unnamed_services: 0,
+            warnings: BTreeMap::new(),
+            base_warnings: base.warnings,
+            extra_warnings: Vec::new(),
+            dirty: Default::default(),
+            base_dirty: true,
+            warnings_dirty: true,
+            full_dirty: true,
+            graph,
+        }
+    }
+
+    /// The graph of the last [`update`](Self::update).
+    pub fn graph(&self) -> &Arc<ServiceGraph> {
+        &self.graph
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &ProxyConfig {
+        &self.config
+    }
+
+    /// Whether the next [`update`](Self::update) has anything to do.
+    pub fn is_dirty(&self) -> bool {
+        self.full_dirty || self.base_dirty || self.warnings_dirty || !self.dirty.is_empty()
+    }
+
+    /// Use `config` from the next update on. A change of the extra node
+    /// addresses alone (host addresses) rebuilds the node-wide part; any
+    /// other change rebuilds everything.
+    pub fn set_config(&mut self, config: ProxyConfig) {
+        if config == self.config {
+            return;
+        }
+        let mut a = config.clone();
+        let mut b = self.config.clone();
+        a.extra_node_ips.clear();
+        b.extra_node_ips.clear();
+        if a != b {
+            self.full_dirty = true;
+        }
+        self.base_dirty = true;
+        self.config = config;
+    }
+
+    /// Warnings to report with the graph's own (the source's), replacing
+    /// the previous ones.
+    pub fn set_extra_warnings(&mut self, warnings: Vec<Warning>) {
+        if warnings != self.extra_warnings {
+            self.extra_warnings = warnings;
+            self.warnings_dirty = true;
+        }
+    }
+
+    fn mark(&mut self, key: SvcKey) {
+        if !self.full_dirty {
+            self.dirty.insert(key);
+        }
+    }
+
+    /// Add or replace a Service. Returns whether anything changed.
+    pub fn upsert_service(&mut self, svc: Arc<Service>) -> bool {
+        let Some(key) = service_key(&svc) else {
+            self.unnamed_services += 1;
+            self.warnings_dirty = true;
+            return true;
+        };
+        let group = self.groups.entry(key.clone()).or_default();
+        if group.service.as_ref().is_some_and(|old| same(old, &svc)) {
+            return false;
+        }
+        group.service = Some(svc);
+        self.mark(key);
+        true
+    }
+
+    /// Remove a Service. Returns whether it existed.
+    pub fn delete_service(&mut self, namespace: &str, name: &str) -> bool {
+        let key = (namespace.to_string(), name.to_string());
+        let Some(group) = self.groups.get_mut(&key) else {
+            return false;
+        };
+        if group.service.take().is_none() {
+            return false;
+        }
+        self.mark(key);
+        true
+    }
+
+    /// Add or replace an EndpointSlice. Returns whether anything changed.
+    pub fn upsert_slice(&mut self, slice: Arc<EndpointSlice>) -> bool {
+        let key = slice_key(&slice);
+        if let Some(old) = self.slices.get(&key)
+            && same(&old.slice, &slice)
+        {
+            return false;
+        }
+        self.remove_slice_entry(&key);
+        let class = classify_slice(&self.config, &slice);
+        match &class {
+            SliceClass::Ignored => {}
+            SliceClass::NoService(w) => {
+                *self.warnings.entry(w.clone()).or_default() += 1;
+                self.warnings_dirty = true;
+            }
+            SliceClass::Service(svc) => {
+                self.groups
+                    .entry(svc.clone())
+                    .or_default()
+                    .slices
+                    .insert(key.1.clone(), slice.clone());
+                self.mark(svc.clone());
+            }
+        }
+        self.slices.insert(key, SliceEntry { slice, class });
+        true
+    }
+
+    /// Remove an EndpointSlice. Returns whether it existed.
+    pub fn delete_slice(&mut self, namespace: &str, name: &str) -> bool {
+        self.remove_slice_entry(&(namespace.to_string(), name.to_string()))
+    }
+
+    fn remove_slice_entry(&mut self, key: &SliceKey) -> bool {
+        let Some(old) = self.slices.remove(key) else {
+            return false;
+        };
+        match old.class {
+            SliceClass::Ignored => {}
+            SliceClass::NoService(w) => {
+                self.forget_warning(&w);
+                self.warnings_dirty = true;
+            }
+            SliceClass::Service(svc) => {
+                if let Some(g) = self.groups.get_mut(&svc) {
+                    g.slices.remove(&key.1);
+                }
+                self.mark(svc);
+            }
+        }
+        true
+    }
+
+    fn forget_warning(&mut self, w: &Warning) {
+        if let Some(n) = self.warnings.get_mut(w) {
+            *n -= 1;
+            if *n == 0 {
+                self.warnings.remove(w);
+            }
+        }
+    }
+
+    /// Add or replace a Node (only the one named in the configuration is
+    /// read). Returns whether anything changed.
+    pub fn upsert_node(&mut self, node: Arc<Node>) -> bool {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        if self.nodes.get(&name).is_some_and(|old| same(old, &node)) {
+            return false;
+        }
+        if name == self.config.node_name {
+            self.base_dirty = true;
+        }
+        self.nodes.insert(name, node);
+        true
+    }
+
+    /// Remove a Node. Returns whether it existed.
+    pub fn delete_node(&mut self, name: &str) -> bool {
+        if self.nodes.remove(name).is_none() {
+            return false;
+        }
+        if name == self.config.node_name {
+            self.base_dirty = true;
+        }
+        true
+    }
+
+    /// Make the Services the whole set: upsert each, delete the rest (for a
+    /// relist). Returns how many changed.
+    pub fn replace_services(&mut self, services: Vec<Arc<Service>>) -> u64 {
+        let mut n = 0;
+        let mut keep: std::collections::BTreeSet<SvcKey> = Default::default();
+        let unnamed_before = self.unnamed_services;
+        self.unnamed_services = 0;
+        for svc in services {
+            if let Some(k) = service_key(&svc) {
+                keep.insert(k);
+            }
+            n += u64::from(self.upsert_service(svc));
+        }
+        if self.unnamed_services != unnamed_before {
+            self.warnings_dirty = true;
+        }
+        let gone: Vec<SvcKey> = self
+            .groups
+            .iter()
+            .filter(|(k, g)| g.service.is_some() && !keep.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (ns, name) in gone {
+            n += u64::from(self.delete_service(&ns, &name));
+        }
+        n
+    }
+
+    /// Make the EndpointSlices the whole set: upsert each, delete the rest.
+    /// Returns how many changed and the slices added or changed.
+    pub fn replace_slices(
+        &mut self,
+        slices: Vec<Arc<EndpointSlice>>,
+    ) -> (u64, Vec<Arc<EndpointSlice>>) {
+        let mut n = 0;
+        let mut changed = Vec::new();
+        let mut keep: std::collections::HashSet<SliceKey> = Default::default();
+        for s in slices {
+            keep.insert(slice_key(&s));
+            if self.upsert_slice(s.clone()) {
+                n += 1;
+                changed.push(s);
+            }
+        }
+        let gone: Vec<SliceKey> = self
+            .slices
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
+        for (ns, name) in gone {
+            n += u64::from(self.delete_slice(&ns, &name));
+        }
+        (n, changed)
+    }
+
+    /// Make the Nodes the whole set. Returns how many changed.
+    pub fn replace_nodes(&mut self, nodes: Vec<Arc<Node>>) -> u64 {
+        let mut n = 0;
+        let mut keep: std::collections::BTreeSet<String> = Default::default();
+        for node in nodes {
+            keep.insert(node.metadata.name.clone().unwrap_or_default());
+            n += u64::from(self.upsert_node(node));
+        }
+        let gone: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
+        for name in gone {
+            n += u64::from(self.delete_node(&name));
+        }
+        n
+    }
+
+    /// Make `objects` the whole state (a file source's new reading).
+    /// Objects repeating an identity: the last one counts.
+    pub fn replace_all(&mut self, objects: Objects) -> Applied {
+        let services = self.replace_services(objects.services.into_iter().map(Arc::new).collect());
+        let (slices, changed_slices) =
+            self.replace_slices(objects.endpoint_slices.into_iter().map(Arc::new).collect());
+        let nodes = self.replace_nodes(objects.nodes.into_iter().map(Arc::new).collect());
+        Applied {
+            services,
+            slices,
+            nodes,
+            changed_slices,
+        }
+    }
+
+    /// The current objects, Services and slices in namespace and name
+    /// order (what [`ServiceGraph::build`] would be given).
+    pub fn objects(&self) -> Objects {
+        let mut slices: Vec<(&SliceKey, &SliceEntry)> = self.slices.iter().collect();
+        slices.sort_by(|a, b| a.0.cmp(b.0));
+        Objects {
+            services: self
+                .groups
+                .values()
+                .filter_map(|g| g.service.as_deref().cloned())
+                .collect(),
+            endpoint_slices: slices
+                .into_iter()
+                .map(|(_, e)| (*e.slice).clone())
+                .collect(),
+            nodes: self.nodes.values().map(|n| (**n).clone()).collect(),
+        }
+    }
+
+    /// Apply the pending changes to the graph; see [`Update`].
+    pub fn update(&mut self) -> Update {
+        if self.full_dirty {
+            return self.rebuild_all();
+        }
+        let families_unchanged = || {
+            let changes = ChangeSet {
+                families: self
+                    .graph
+                    .families
+                    .keys()
+                    .map(|f| (*f, FamilyChanges::default()))
+                    .collect(),
+                needs_full_sync: false,
+            };
+            Update {
+                changes,
+                ..Update::default()
+            }
+        };
+        if !self.is_dirty() {
+            return families_unchanged();
+        }
+        let before = header(&self.graph);
+        let mut g = std::mem::replace(
+            &mut self.graph,
+            Arc::new(ServiceGraph {
+                node: Default::default(),
+                config: self.config.clone(),
+                families: BTreeMap::new(),
+                warnings: Vec::new(),
+            }),
+        );
+        let graph = Arc::make_mut(&mut g);
+        if self.base_dirty {
+            let base = build_base(
+                &self.config,
+                self.nodes.get(&self.config.node_name).map(|n| &**n),
+            );
+            if base.node.name != graph.node.name || base.node.zone != graph.node.zone {
+                // Endpoint selection reads the node's name and zone.
+                self.dirty.extend(self.groups.keys().cloned());
+            }
+            self.apply_base(graph, base);
+            self.base_dirty = false;
+        }
+        let mut families: BTreeMap<IpFamily, FamilyChanges> = graph
+            .families
+            .keys()
+            .filter(|f| before.families.contains_key(f))
+            .map(|f| (*f, FamilyChanges::default()))
+            .collect();
+        let mut removed: BTreeMap<IpFamily, Vec<ServicePort>> = BTreeMap::new();
+        let dirty = std::mem::take(&mut self.dirty);
+        let rebuilt = dirty.len();
+        for key in dirty {
+            self.rebuild_group(graph, &key, &mut families, &mut removed);
+        }
+        self.assemble_warnings(graph);
+        self.graph = g;
+        let needs_full_sync = ChangeSet::between(&before, &header(&self.graph)).needs_full_sync;
+        Update {
+            changes: ChangeSet {
+                families,
+                needs_full_sync,
+            },
+            removed,
+            rebuilt,
+            full_rebuild: false,
+        }
+    }
+
+    /// Copy the node-wide part into `graph`, keeping its service ports.
+    fn apply_base(&mut self, graph: &mut ServiceGraph, base: Base) {
+        graph.node = base.node;
+        graph.config = self.config.clone();
+        for (f, h) in base.families {
+            let fg = graph
+                .families
+                .entry(f)
+                .or_insert_with(|| FamilyGraph::empty(f));
+            fg.node_ips = h.node_ips;
+            fg.local_traffic = h.local_traffic;
+            fg.nodeport_ips = h.nodeport_ips;
+            fg.localhost_nodeports = h.localhost_nodeports;
+            fg.service_cidrs = h.service_cidrs;
+        }
+        self.base_warnings = base.warnings;
+        self.warnings_dirty = true;
+    }
+
+    fn rebuild_group(
+        &mut self,
+        graph: &mut ServiceGraph,
+        key: &SvcKey,
+        changes: &mut BTreeMap<IpFamily, FamilyChanges>,
+        removed: &mut BTreeMap<IpFamily, Vec<ServicePort>>,
+    ) {
+        let Some(group) = self.groups.get_mut(key) else {
+            return;
+        };
+        // Take out what the group contributed last time.
+        let mut old: BTreeMap<(IpFamily, ServicePortName), (Option<ServicePort>, Option<u64>)> =
+            BTreeMap::new();
+        for (f, spn) in group.ports.drain(..) {
+            if let Some(fg) = graph.families.get_mut(&f) {
+                let sp = fg.services.remove(&spn);
+                let fp = fg.fingerprints.remove(&spn);
+                old.insert((f, spn), (sp, fp));
+            }
+        }
+        for w in std::mem::take(&mut group.warnings) {
+            if let Some(n) = self.warnings.get_mut(&w) {
+                *n -= 1;
+                if *n == 0 {
+                    self.warnings.remove(&w);
+                }
+            }
+        }
+        self.warnings_dirty = true;
+
+        let services: Vec<&Service> = group.service.as_deref().into_iter().collect();
+        let slices: Vec<&EndpointSlice> = group.slices.values().map(|s| &**s).collect();
+        let unit = build_unit(
+            &self.config,
+            &graph.node,
+            &self.families,
+            key,
+            &services,
+            &slices,
+        );
+        for (f, sp, fp) in unit.ports {
+            let Some(fg) = graph.families.get_mut(&f) else {
+                continue;
+            };
+            let name = sp.name.clone();
+            let fc = changes.entry(f).or_default();
+            match old.remove(&(f, name.clone())) {
+                Some((_, Some(prev))) if prev == fp => {}
+                Some(_) => {
+                    fc.changed.insert(name.clone());
+                }
+                None => {
+                    fc.added.insert(name.clone());
+                }
+            }
+            fg.fingerprints.insert(name.clone(), fp);
+            fg.services.insert(name.clone(), sp);
+            group.ports.push((f, name));
+        }
+        for ((f, name), (sp, _)) in old {
+            changes.entry(f).or_default().removed.insert(name);
+            if let Some(sp) = sp {
+                removed.entry(f).or_default().push(sp);
+            }
+        }
+        for w in &unit.warnings {
+            *self.warnings.entry(w.clone()).or_default() += 1;
+        }
+        group.warnings = unit.warnings;
+        if group.service.is_none() && group.slices.is_empty() {
+            self.groups.remove(key);
+        }
+    }
+
+    fn assemble_warnings(&mut self, graph: &mut ServiceGraph) {
+        if !self.warnings_dirty {
+            return;
+        }
+        let mut w: Vec<Warning> = self.warnings.keys().cloned().collect();
+        w.extend(self.base_warnings.iter().cloned());
+        w.extend(self.extra_warnings.iter().cloned());
+        if self.unnamed_services > 0 {
+            w.push(unnamed_service_warning());
+        }
+        w.sort();
+        w.dedup();
+        graph.warnings = w;
+        self.warnings_dirty = false;
+    }
+
+    /// Rebuild from the objects alone: the first update, and after a
+    /// configuration change (slices are classified with the proxy name).
+    fn rebuild_all(&mut self) -> Update {
+        let prev = std::mem::replace(
+            &mut self.graph,
+            Arc::new(ServiceGraph {
+                node: Default::default(),
+                config: self.config.clone(),
+                families: BTreeMap::new(),
+                warnings: Vec::new(),
+            }),
+        );
+        let base = build_base(
+            &self.config,
+            self.nodes.get(&self.config.node_name).map(|n| &**n),
+        );
+        self.families = base.families.keys().copied().collect();
+        let mut graph = ServiceGraph {
+            node: Default::default(),
+            config: self.config.clone(),
+            families: BTreeMap::new(),
+            warnings: Vec::new(),
+        };
+        self.apply_base(&mut graph, base);
+        // Reclassify every slice: the proxy name may have changed.
+        let entries: Vec<(SliceKey, SliceEntry)> = self.slices.drain().collect();
+        self.warnings.clear();
+        for g in self.groups.values_mut() {
+            g.slices.clear();
+            g.ports.clear();
+            g.warnings.clear();
+        }
+        self.groups.retain(|_, g| g.service.is_some());
+        for (key, e) in entries {
+            let class = classify_slice(&self.config, &e.slice);
+            match &class {
+                SliceClass::Ignored => {}
+                SliceClass::NoService(w) => *self.warnings.entry(w.clone()).or_default() += 1,
+                SliceClass::Service(svc) => {
+                    self.groups
+                        .entry(svc.clone())
+                        .or_default()
+                        .slices
+                        .insert(key.1.clone(), e.slice.clone());
+                }
+            }
+            self.slices.insert(
+                key,
+                SliceEntry {
+                    slice: e.slice,
+                    class,
+                },
+            );
+        }
+        let keys: Vec<SvcKey> = self.groups.keys().cloned().collect();
+        let rebuilt = keys.len();
+        let mut scratch = BTreeMap::new();
+        let mut scratch_removed = BTreeMap::new();
+        for key in keys {
+            self.rebuild_group(&mut graph, &key, &mut scratch, &mut scratch_removed);
+        }
+        self.warnings_dirty = true;
+        self.assemble_warnings(&mut graph);
+        self.dirty.clear();
+        self.base_dirty = false;
+        self.full_dirty = false;
+        let changes = ChangeSet::between(&prev, &graph);
+        let mut removed: BTreeMap<IpFamily, Vec<ServicePort>> = BTreeMap::new();
+        let mut prev = Arc::try_unwrap(prev).unwrap_or_else(|a| (*a).clone());
+        for (f, fc) in &changes.families {
+            if let Some(pf) = prev.families.get_mut(f) {
+                for name in &fc.removed {
+                    if let Some(sp) = pf.services.remove(name) {
+                        removed.entry(*f).or_default().push(sp);
+                    }
+                }
+            }
+        }
+        self.graph = Arc::new(graph);
+        Update {
+            changes,
+            removed,
+            rebuilt,
+            full_rebuild: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
