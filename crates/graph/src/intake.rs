@@ -34,6 +34,10 @@ pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 /// The largest ClientIP affinity timeout the API allows (1 day).
 pub const MAX_AFFINITY_TIMEOUT: u32 = 86400;
 
+// Streaming intake of large lists (a file beside this one).
+#[path = "stream.rs"]
+mod stream;
+
 /// The Kubernetes objects a graph is built from.
 #[derive(Debug, Clone, Default)]
 pub struct Objects {
@@ -82,6 +86,22 @@ impl Objects {
     /// their schema are skipped with a warning. `source_name` appears in
     /// errors.
     pub fn add_yaml(&mut self, source_name: &str, text: &str) -> Result<Vec<Warning>, IntakeError> {
+        // Large lists item by item (see `stream`); whatever that path does
+        // not take, and every error, is read here as a whole.
+        if let Some((mut objects, warnings)) = stream::read(text) {
+            stream::append(self, &mut objects);
+            return Ok(warnings);
+        }
+        self.add_yaml_whole(source_name, text)
+    }
+
+    /// [`Objects::add_yaml`] through one `serde_json::Value` tree per
+    /// document.
+    pub(crate) fn add_yaml_whole(
+        &mut self,
+        source_name: &str,
+        text: &str,
+    ) -> Result<Vec<Warning>, IntakeError> {
         let mut warnings = Vec::new();
         for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
             let value: serde_json::Value =

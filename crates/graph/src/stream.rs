@@ -1,0 +1,632 @@
+//! Streaming intake: large inputs read without holding them as one tree.
+//!
+//! `kubectl get services,endpointslices,nodes -A -o yaml` writes the whole
+//! cluster as ONE YAML document (`kind: List`). Parsing that with
+//! `serde_yaml_ng` first loads every event of the document (about 20 bytes
+//! of events per byte of text), then builds a `serde_json::Value` tree of
+//! it; at 10,000 Services that peaked at 700 MB before any typed object
+//! existed. [`read`] instead hands out the items of a list one at a time
+//! (YAML: in batches of about [`BATCH_BYTES`] of text; JSON: one item at a
+//! time, through `serde_json`'s streaming deserializer and a
+//! [`DeserializeSeed`]), converts each to its typed object and drops the
+//! text's tree as it goes.
+//!
+//! It is a fast path, never a second parser with its own rules:
+//! - every piece of YAML is still parsed by `serde_yaml_ng`, and every item
+//!   is converted by [`Objects::add_value`] exactly as before;
+//! - only a plainly shaped input is taken (documents separated by bare `---`
+//!   lines; a list's `items:` key at column 0 followed by a block sequence
+//!   whose entries start at one indentation); anything else (directives,
+//!   `...`, flow-style lists, anchors shared between items) returns `None`;
+//! - any parse error returns `None` too, so that the caller reads the text
+//!   the whole-tree way, which reports the error with its document number,
+//!   line and column exactly as before.
+
+use serde::Deserialize as _;
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+use crate::intake::Objects;
+use crate::warning::Warning;
+
+/// About this much YAML text (whole items) is parsed at a time: large
+/// enough that the per-parse overhead vanishes, small enough that the
+/// parser's event buffer (~20x the text) stays a few MiB.
+pub(crate) const BATCH_BYTES: usize = 256 * 1024;
+
+/// The item kind of a list kind (`ServiceList` -> `Service`, `List` -> ``),
+/// `None` for other kinds. Mirrors [`Objects::add_value`].
+fn list_item_kind(kind: &str) -> Option<&str> {
+    match kind {
+        "List" | "ServiceList" | "EndpointSliceList" | "NodeList" => {
+            Some(kind.strip_suffix("List").unwrap_or(""))
+        }
+        _ => None,
+    }
+}
+
+/// Add one list item the way [`Objects::add_value`] adds a list's items:
+/// an item without `kind` takes the list's item kind.
+fn add_list_item(
+    objects: &mut Objects,
+    mut item: Value,
+    item_kind: &str,
+    warnings: &mut Vec<Warning>,
+) {
+    if item.get("kind").is_none()
+        && !item_kind.is_empty()
+        && let Some(obj) = item.as_object_mut()
+    {
+        obj.insert("kind".into(), item_kind.into());
+    }
+    objects.add_value(item, warnings);
+}
+
+/// Read `text` (YAML or JSON) item by item. `None` when the input is not of
+/// a shape this path takes or does not parse: the caller then reads it as
+/// a whole (and reports any error).
+pub(crate) fn read(text: &str) -> Option<(Objects, Vec<Warning>)> {
+    let mut objects = Objects::default();
+    let mut warnings = Vec::new();
+    if text.trim_start().starts_with('{') {
+        read_json(text, &mut objects, &mut warnings)?;
+    } else {
+        read_yaml(text, &mut objects, &mut warnings)?;
+    }
+    Some((objects, warnings))
+}
+
+// --- YAML ---
+
+/// Lines of `s` with their byte offsets (each line keeps its `\n`).
+fn lines(s: &str) -> impl Iterator<Item = (usize, &str)> {
+    let mut at = 0;
+    s.split_inclusive('\n').map(move |l| {
+        let start = at;
+        at += l.len();
+        (start, l)
+    })
+}
+
+/// A line that holds nothing for the parser (blank or a comment).
+fn is_blank_or_comment(line: &str) -> bool {
+    let t = line.trim_start_matches(' ').trim_end();
+    t.is_empty() || t.starts_with('#')
+}
+
+/// `- ` (or a lone `-`) after `indent` spaces: a block sequence entry.
+fn is_entry(rest: &str) -> bool {
+    rest.starts_with("- ") || rest.trim_end() == "-"
+}
+
+/// Split a YAML stream into its documents' texts at bare `---` lines.
+/// `None` for anything the split could get wrong: a byte order mark,
+/// directives (`%`), `...` and `---` followed by content.
+fn split_documents(text: &str) -> Option<Vec<&str>> {
+    if text.starts_with('\u{feff}') {
+        return None;
+    }
+    let mut docs = Vec::new();
+    let mut start = 0;
+    for (at, line) in lines(text) {
+        if line.starts_with('%') {
+            return None;
+        }
+        if line.starts_with("---") || line.starts_with("...") {
+            let marker_ends = line[3..].starts_with([' ', '\t', '\r', '\n']) || line.len() == 3;
+            if line.trim_end() == "---" {
+                docs.push(&text[start..at]);
+                start = at + line.len();
+            } else if marker_ends {
+                return None;
+            }
+        }
+    }
+    docs.push(&text[start..]);
+    Some(docs)
+}
+
+/// Parse `text` with `serde_yaml_ng` into the values of its documents.
+fn parse_documents(text: &str) -> Option<Vec<Value>> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).ok())
+        .collect()
+}
+
+/// Where a document's `items:` block sequence is.
+struct ItemsBlock {
+    /// Byte offset of the `items:` line.
+    key_line: usize,
+    /// Byte offsets where each entry starts (its `- ` line).
+    entries: Vec<usize>,
+    /// Byte offset just past the block.
+    end: usize,
+}
+
+/// Find the `items:` key at column 0 with a block sequence value.
+/// `Ok(None)`: no such block (the document is read whole).
+/// `Err(())`: a shape this path does not take.
+fn find_items(doc: &str) -> Result<Option<ItemsBlock>, ()> {
+    let mut found: Option<ItemsBlock> = None;
+    // Inside the block: the entries' indentation once known.
+    let mut inside: Option<Option<usize>> = None;
+    for (at, line) in lines(doc) {
+        if let Some(indent) = inside {
+            if is_blank_or_comment(line) {
+                continue;
+            }
+            let n = line.len() - line.trim_start_matches(' ').len();
+            let rest = &line[n..];
+            if rest.starts_with('\t') {
+                return Err(());
+            }
+            let block = found.as_mut().ok_or(())?;
+            match indent {
+                None if is_entry(rest) => {
+                    inside = Some(Some(n));
+                    block.entries.push(at);
+                    continue;
+                }
+                // `items:` with a null or mapping value, or anything else:
+                // nothing to stream.
+                None => return Ok(None),
+                Some(k) if n > k => continue,
+                Some(k) if n == k && is_entry(rest) => {
+                    block.entries.push(at);
+                    continue;
+                }
+                // The next key of the document ends the block.
+                Some(_) if n == 0 && !rest.starts_with('-') => {
+                    block.end = at;
+                    inside = None;
+                }
+                Some(_) => return Err(()),
+            }
+        }
+        if line.starts_with("items:") {
+            if found.is_some() || line.trim_end() != "items:" {
+                return Err(());
+            }
+            found = Some(ItemsBlock {
+                key_line: at,
+                entries: Vec::new(),
+                end: doc.len(),
+            });
+            inside = Some(None);
+        }
+    }
+    match found {
+        Some(b) if b.entries.is_empty() => Ok(None),
+        other => Ok(other),
+    }
+}
+
+fn read_yaml(text: &str, objects: &mut Objects, warnings: &mut Vec<Warning>) -> Option<()> {
+    for doc in split_documents(text)? {
+        read_yaml_document(doc, objects, warnings)?;
+    }
+    Some(())
+}
+
+/// Read a document whole, as [`Objects::add_yaml`] does.
+fn read_whole(doc: &str, objects: &mut Objects, warnings: &mut Vec<Warning>) -> Option<()> {
+    for value in parse_documents(doc)? {
+        objects.add_value(value, warnings);
+    }
+    Some(())
+}
+
+fn read_yaml_document(doc: &str, objects: &mut Objects, warnings: &mut Vec<Warning>) -> Option<()> {
+    let Some(block) = find_items(doc).ok()? else {
+        return read_whole(doc, objects, warnings);
+    };
+    // The document without its items: a small mapping that says the kind.
+    let header_text = format!("{}{}", &doc[..block.key_line], &doc[block.end..]);
+    let header = match parse_documents(&header_text)?.as_slice() {
+        [] | [Value::Null] => Map::new(),
+        [Value::Object(m)] => m.clone(),
+        _ => return None,
+    };
+    if header.contains_key("items") {
+        return None;
+    }
+    let Some(item_kind) = header
+        .get("kind")
+        .and_then(Value::as_str)
+        .and_then(list_item_kind)
+    else {
+        // Not a list: its items mean nothing to kproxy, but the whole
+        // object may (read whole, as before).
+        return read_whole(doc, objects, warnings);
+    };
+    let mut i = 0;
+    while i < block.entries.len() {
+        let start = block.entries[i];
+        let mut j = i + 1;
+        while j < block.entries.len() && block.entries[j] - start < BATCH_BYTES {
+            j += 1;
+        }
+        let end = block.entries.get(j).copied().unwrap_or(block.end);
+        let batch = match parse_documents(&doc[start..end])?.as_mut_slice() {
+            [Value::Array(items)] => std::mem::take(items),
+            _ => return None,
+        };
+        // Each entry line must have started exactly one item: otherwise
+        // the split was wrong and the whole-text reading decides.
+        if batch.len() != j - i {
+            return None;
+        }
+        for item in batch {
+            add_list_item(objects, item, item_kind, warnings);
+        }
+        i = j;
+    }
+    Some(())
+}
+
+// --- JSON ---
+
+/// Items read before the list's `kind` was known (`kubectl -o json` writes
+/// `items` before `kind`). Items with their own kind are converted at once;
+/// kind-less ones wait for the list's kind. Kept in input order so objects
+/// and warnings come out in the same order as from the whole-tree reading.
+enum Segment {
+    Converted(Objects, Vec<Warning>),
+    KindLess(Value),
+}
+
+fn read_json(text: &str, objects: &mut Objects, warnings: &mut Vec<Warning>) -> Option<()> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let seed = DocumentSeed { objects, warnings };
+    seed.deserialize(&mut de).ok()?;
+    de.end().ok()
+}
+
+/// One JSON document: an object whose `items` are streamed.
+struct DocumentSeed<'a> {
+    objects: &'a mut Objects,
+    warnings: &'a mut Vec<Warning>,
+}
+
+impl<'de> DeserializeSeed<'de> for DocumentSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DocumentSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a Kubernetes object or list")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut header = Map::new();
+        let mut segments: Option<Vec<Segment>> = None;
+        // The item kind the items were converted under, when `kind` came
+        // first.
+        let mut streamed_as: Option<String> = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key != "items" {
+                let value: Value = map.next_value()?;
+                header.insert(key, value);
+                continue;
+            }
+            if segments.is_some() {
+                return Err(de::Error::custom("duplicate items"));
+            }
+            let known = header.get("kind").and_then(Value::as_str);
+            let item_kind = match known {
+                Some(k) => match list_item_kind(k) {
+                    Some(ik) => Some(ik.to_string()),
+                    // Items of a non-list: the whole-tree reading decides.
+                    None => return Err(de::Error::custom("items in a non-list")),
+                },
+                None => None,
+            };
+            streamed_as = item_kind.clone();
+            segments = Some(map.next_value_seed(ItemsSeed {
+                item_kind,
+                objects: &mut *self.objects,
+                warnings: &mut *self.warnings,
+            })?);
+        }
+        let kind = header.get("kind").and_then(Value::as_str);
+        let Some(segments) = segments else {
+            self.objects.add_value(Value::Object(header), self.warnings);
+            return Ok(());
+        };
+        let Some(item_kind) = kind.and_then(list_item_kind) else {
+            return Err(de::Error::custom("items in a non-list"));
+        };
+        if streamed_as.as_deref().is_some_and(|s| s != item_kind) {
+            return Err(de::Error::custom("kind given twice"));
+        }
+        for segment in segments {
+            match segment {
+                Segment::Converted(mut o, w) => {
+                    append(self.objects, &mut o);
+                    self.warnings.extend(w);
+                }
+                Segment::KindLess(v) => add_list_item(self.objects, v, item_kind, self.warnings),
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn append(to: &mut Objects, from: &mut Objects) {
+    to.services.append(&mut from.services);
+    to.endpoint_slices.append(&mut from.endpoint_slices);
+    to.nodes.append(&mut from.nodes);
+}
+
+/// A list's `items`, converted one by one as they are read.
+struct ItemsSeed<'a> {
+    /// The item kind, when the list's kind came before its items.
+    item_kind: Option<String>,
+    objects: &'a mut Objects,
+    warnings: &'a mut Vec<Warning>,
+}
+
+impl<'de> DeserializeSeed<'de> for ItemsSeed<'_> {
+    type Value = Vec<Segment>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Vec<Segment>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ItemsSeed<'_> {
+    type Value = Vec<Segment>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of Kubernetes objects")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Segment>, A::Error> {
+        let mut segments = Vec::new();
+        while let Some(item) = seq.next_element::<Value>()? {
+            if let Some(ik) = &self.item_kind {
+                add_list_item(self.objects, item, ik, self.warnings);
+            } else if item.get("kind").is_some() {
+                if !matches!(segments.last(), Some(Segment::Converted(..))) {
+                    segments.push(Segment::Converted(Objects::default(), Vec::new()));
+                }
+                if let Some(Segment::Converted(o, w)) = segments.last_mut() {
+                    o.add_value(item, w);
+                }
+            } else {
+                segments.push(Segment::KindLess(item));
+            }
+        }
+        Ok(segments)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intake::IntakeError;
+
+    /// The objects and warnings of `text` through the whole-tree reading.
+    fn whole(text: &str) -> (Objects, Vec<Warning>) {
+        let mut o = Objects::default();
+        let w = o.add_yaml_whole("t", text).expect("parses as a whole");
+        (o, w)
+    }
+
+    fn same(a: &(Objects, Vec<Warning>), b: &(Objects, Vec<Warning>)) {
+        assert_eq!(a.0.services, b.0.services);
+        assert_eq!(a.0.endpoint_slices, b.0.endpoint_slices);
+        assert_eq!(a.0.nodes, b.0.nodes);
+        assert_eq!(a.1, b.1);
+    }
+
+    /// `text` takes the streaming path and reads exactly as a whole.
+    fn streams_as_whole(text: &str) -> (Objects, Vec<Warning>) {
+        let streamed = read(text).expect("takes the streaming path");
+        same(&streamed, &whole(text));
+        streamed
+    }
+
+    fn names<
+        T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+    >(
+        v: &[T],
+    ) -> Vec<String> {
+        v.iter()
+            .map(|o| o.metadata().name.clone().unwrap_or_default())
+            .collect()
+    }
+
+    fn service(i: usize, indent: &str) -> String {
+        format!(
+            "{indent}- apiVersion: v1\n{indent}  kind: Service\n{indent}  metadata:\n{indent}    name: svc-{i}\n{indent}    namespace: ns\n{indent}  spec:\n{indent}    clusterIP: 172.16.{}.{}\n{indent}    ports:\n{indent}    - {{name: http, port: 80, protocol: TCP}}\n",
+            i / 250,
+            i % 250 + 1
+        )
+    }
+
+    fn slice(i: usize, indent: &str) -> String {
+        format!(
+            "{indent}- apiVersion: discovery.k8s.io/v1\n{indent}  kind: EndpointSlice\n{indent}  addressType: IPv4\n{indent}  endpoints:\n{indent}  - addresses:\n{indent}    - 10.1.{}.{}\n{indent}    conditions:\n{indent}      ready: true\n{indent}  metadata:\n{indent}    labels:\n{indent}      kubernetes.io/service-name: svc-{i}\n{indent}    name: svc-{i}-abc\n{indent}    namespace: ns\n{indent}  ports:\n{indent}  - {{name: http, port: 8080, protocol: TCP}}\n",
+            i / 250,
+            i % 250 + 1
+        )
+    }
+
+    /// `kubectl get -A -o yaml`: `items` before `kind`, entries at column 0.
+    fn kubectl_list(n: usize, indent: &str) -> String {
+        let mut s = String::from("apiVersion: v1\nitems:\n");
+        for i in 0..n {
+            s += &service(i, indent);
+            s += "# a comment between items\n\n";
+            s += &slice(i, indent);
+        }
+        s + "kind: List\nmetadata:\n  resourceVersion: \"\"\n"
+    }
+
+    #[test]
+    fn fixtures_read_the_same_streamed() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/fixtures");
+        let mut n = 0;
+        for f in std::fs::read_dir(&dir).expect("fixtures") {
+            let f = f.expect("entry").path();
+            let text = std::fs::read_to_string(&f).expect("readable");
+            streams_as_whole(&text);
+            n += 1;
+        }
+        assert!(n > 10, "only {n} fixtures found in {}", dir.display());
+    }
+
+    #[test]
+    fn a_large_list_is_read_in_batches_as_a_whole() {
+        let text = kubectl_list(2000, "");
+        assert!(text.len() > 3 * BATCH_BYTES, "several batches");
+        let (o, w) = streams_as_whole(&text);
+        assert_eq!(o.services.len(), 2000);
+        assert_eq!(o.endpoint_slices.len(), 2000);
+        assert!(w.is_empty());
+        assert_eq!(names(&o.services)[1999], "svc-1999");
+        // Indented entries, CRLF line ends.
+        streams_as_whole(&kubectl_list(300, "  "));
+        let crlf = kubectl_list(50, "").replace('\n', "\r\n");
+        assert_eq!(streams_as_whole(&crlf).0.services.len(), 50);
+    }
+
+    #[test]
+    fn kind_less_items_take_the_list_kind() {
+        let yaml = "apiVersion: v1\nkind: ServiceList\nitems:\n\
+            - metadata: {name: a, namespace: n}\n  spec: {clusterIP: 10.0.0.1, ports: [{port: 80}]}\n\
+            - metadata: {name: b, namespace: n}\n  spec: {clusterIP: 10.0.0.2, ports: [{port: 80}]}\n";
+        let (o, _) = streams_as_whole(yaml);
+        assert_eq!(names(&o.services), ["a", "b"]);
+        // The list's kind after its items (as `-o json` and `-o yaml` write
+        // it), kind-less items between kinded ones: input order is kept.
+        let json = r#"{"apiVersion":"v1","items":[
+            {"metadata":{"name":"a","namespace":"n"},"spec":{"clusterIP":"10.0.0.1","ports":[{"port":80}]}},
+            {"kind":"Service","metadata":{"name":"b","namespace":"n"},"spec":{"clusterIP":"10.0.0.2","ports":[{"port":80}]}},
+            {"metadata":{"name":"c","namespace":"n"},"spec":{"clusterIP":"10.0.0.3","ports":[{"port":80}]}},
+            {"kind":"EndpointSlice","metadata":{"name":"x","namespace":"n"},"addressType":"IPv4","endpoints":[]}
+        ],"kind":"ServiceList","metadata":{}}"#;
+        let (o, _) = streams_as_whole(json);
+        assert_eq!(names(&o.services), ["a", "b", "c"]);
+        assert_eq!(names(&o.endpoint_slices), ["x"]);
+        // A plain List's kind-less items have no kind: ignored, as before.
+        let (o, _) = streams_as_whole(&json.replace("ServiceList", "List"));
+        assert_eq!(names(&o.services), ["b"]);
+    }
+
+    #[test]
+    fn json_lists_stream_and_match_the_whole_reading() {
+        let mut items = Vec::new();
+        for i in 0..500 {
+            items.push(format!(
+                r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"s{i}","namespace":"n"}},"spec":{{"clusterIP":"10.0.{}.{}","ports":[{{"port":80}}]}}}}"#,
+                i / 250,
+                i % 250 + 1
+            ));
+        }
+        let json = format!(
+            "{{\n  \"kind\": \"List\",\n  \"items\": [\n{}\n  ]\n}}\n",
+            items.join(",\n")
+        );
+        assert_eq!(streams_as_whole(&json).0.services.len(), 500);
+        // A single object in JSON.
+        assert_eq!(streams_as_whole(&items[7]).0.services.len(), 1);
+    }
+
+    #[test]
+    fn multi_document_input_mixes_lists_and_objects() {
+        let text = format!(
+            "# leading comment\n---\n{}---\n{}---\napiVersion: v1\nkind: ConfigMap\nitems:\n- kind: Service\n  metadata: {{name: not-mine}}\n---\n",
+            &service(9000, "")[2..].replace("\n  ", "\n"),
+            kubectl_list(3, "")
+        );
+        let (o, _) = streams_as_whole(&text);
+        // The ConfigMap's items are not a list's: ignored.
+        assert_eq!(names(&o.services), ["svc-9000", "svc-0", "svc-1", "svc-2"]);
+    }
+
+    #[test]
+    fn a_malformed_item_is_skipped_with_a_warning_naming_it() {
+        let mut text = kubectl_list(3, "");
+        text = text.replace(
+            "    name: svc-1\n    namespace: ns\n  spec:\n    clusterIP: 172.16.0.2\n    ports:\n    - {name: http, port: 80, protocol: TCP}\n",
+            "    name: svc-1\n    namespace: ns\n  spec:\n    clusterIP: 172.16.0.2\n    ports: not-a-list\n",
+        );
+        let (o, w) = streams_as_whole(&text);
+        assert_eq!(names(&o.services), ["svc-0", "svc-2"]);
+        assert_eq!(w.len(), 1, "{w:?}");
+        let msg = w[0].to_string();
+        assert!(
+            msg.contains("ns/svc-1") && msg.contains("does not match the Service schema"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_document_that_does_not_parse_fails_naming_its_number() {
+        // Document 2's third item is broken YAML (an unclosed flow mapping).
+        let mut text = format!(
+            "{}---\n{}",
+            &service(7, "")[2..].replace("\n  ", "\n"),
+            kubectl_list(3, "")
+        );
+        text = text.replacen(
+            "  ports:\n  - {name: http, port: 8080, protocol: TCP}\n",
+            "  ports:\n  - {name: http, port: 8080\n",
+            3,
+        );
+        assert!(
+            read(&text).is_none(),
+            "the streaming path gives up on errors"
+        );
+        let mut o = Objects::default();
+        let err = o.add_yaml("input.yaml", &text).expect_err("does not parse");
+        let IntakeError::Yaml {
+            document,
+            source_name,
+            message,
+        } = &err;
+        assert_eq!(
+            (*document, source_name.as_str()),
+            (2, "input.yaml"),
+            "{err}"
+        );
+        assert!(message.contains("line"), "{message}");
+        // The same error as the whole-tree reading gives.
+        let whole_err = Objects::default()
+            .add_yaml_whole("input.yaml", &text)
+            .expect_err("does not parse");
+        assert_eq!(err.to_string(), whole_err.to_string());
+    }
+
+    #[test]
+    fn shapes_the_split_could_get_wrong_are_read_whole() {
+        let list = kubectl_list(2, "");
+        for text in [
+            format!("%YAML 1.2\n---\n{list}"),
+            format!("{list}...\n"),
+            format!("--- # a list\n{list}"),
+            list.replace("items:\n", "items: # the objects\n"),
+            format!("{list}items:\n- kind: Service\n"),
+        ] {
+            assert!(read(&text).is_none(), "{text}");
+        }
+        // An anchor in one batch used in another: the batch fails to
+        // parse alone, the whole reading resolves it.
+        let mut text = String::from(
+            "kind: List\nitems:\n- &first\n  kind: Service\n  metadata: {name: a, namespace: n}\n  spec: {clusterIP: 10.0.0.1, ports: [{port: 80}]}\n",
+        );
+        text += &"- {kind: ConfigMap, data: {pad: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx}}\n"
+            .repeat(BATCH_BYTES / 40);
+        text += "- *first\n";
+        assert!(read(&text).is_none());
+        let mut o = Objects::default();
+        o.add_yaml("t", &text).expect("reads whole");
+        assert_eq!(names(&o.services), ["a", "a"]);
+    }
+}
