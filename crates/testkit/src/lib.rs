@@ -151,11 +151,17 @@ impl NetNs {
     pub fn new(prefix: &str) -> NetNs {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
+        NetNs::named(&format!(
             "kp-{prefix}-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::SeqCst)
-        );
+        ))
+    }
+
+    /// Create the namespace `name` exactly, for callers with their own
+    /// naming scheme; they keep names unique. Panics like [`NetNs::new`].
+    pub fn named(name: &str) -> NetNs {
+        let name = name.to_string();
         let out = Command::new("ip").args(["netns", "add", &name]).output().unwrap_or_else(|e| {
             panic!("cannot run `ip netns add` ({e}): kernel tests need iproute2 and root; run `make test` as root")
         });
