@@ -17,11 +17,12 @@ use kproxy_graph::{
     ServiceGraph, SyncStats, Transport,
 };
 
+use crate::diff::{ChainEdit, edit_script};
 use crate::generate::{GenOptions, KUBE_PROXY_CANARY, generate, top_level_chains};
-use crate::ir::{BuiltinRule, FamilyRuleset, Ruleset, TableName};
+use crate::ir::{BuiltinRule, FamilyRuleset, Rule, Ruleset, TableName};
 use crate::naming::is_service_chain;
 use crate::parse::{Saved, parse_save_lenient};
-use crate::render::{RestorePlan, render_restore};
+use crate::render::{BatchLimits, RestorePlan, is_noop, render_batches, render_restore};
 
 /// Which iptables implementation programs the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -412,44 +413,88 @@ impl Transport for IptablesTransport {
     }
 }
 
+/// Most rule changes a chain is edited with in place (`-D`/`-I`) rather
+/// than rewritten; past it (or past half the chain) a rewrite is cheaper.
+pub const MAX_EDITS: usize = 2048;
+
+/// How one chain gets from what the kernel holds to the IR.
+enum ChainPlan {
+    /// Already equal: not written.
+    Same,
+    /// Edited in place.
+    Edit(Vec<ChainEdit>),
+    /// Flushed and rewritten.
+    Rewrite,
+}
+
+fn chain_plan<T: PartialEq>(have: &[T], want: &[T]) -> ChainPlan {
+    if have == want {
+        return ChainPlan::Same;
+    }
+    // Small chains (a service's own) are rewritten: a few lines either
+    // way, and iptables-nft needs the chain's rules from the kernel for
+    // numbered edits.
+    if want.len() < 16 && have.len() < 16 {
+        return ChainPlan::Rewrite;
+    }
+    let max = MAX_EDITS.min(want.len().max(have.len()) / 2);
+    match edit_script(have, want, max) {
+        Some(e) => ChainPlan::Edit(e),
+        None => ChainPlan::Rewrite,
+    }
+}
+
 /// The restore plan of a full sync against what the kernel holds: every
-/// chain whose kernel copy differs rewritten, missing jumps inserted,
-/// stale service chains deleted.
+/// chain whose kernel copy differs rewritten or edited in place, missing
+/// jumps inserted, stale service chains deleted.
 ///
 /// Chains the kernel already holds rule for rule (compared canonically,
 /// after parsing `iptables-save`) are left out: with iptables-nft every
-/// rule written costs ~0.1 ms (a full rewrite of 35,000 rules takes
-/// seconds), so a restart or periodic full sync over an unchanged node
-/// writes next to nothing. A chain with any rule kproxy cannot parse is
-/// rewritten.
+/// rule written costs time, so a restart or periodic full sync over an
+/// unchanged node writes next to nothing. A long chain that differs in a
+/// few rules (a top-level chain) gets `-D`/`-I` edits; a rule kproxy
+/// cannot parse never matches, so it is deleted or its chain rewritten.
 pub fn plan_full(fr: &FamilyRuleset, kernel: &Saved) -> RestorePlan {
     let mut insert: BTreeMap<TableName, Vec<BuiltinRule>> = BTreeMap::new();
-    let mut delete: BTreeMap<TableName, Vec<String>> = BTreeMap::new();
-    let mut skip: BTreeMap<TableName, BTreeSet<String>> = BTreeMap::new();
+    let mut plan = RestorePlan {
+        dirty: None,
+        ..RestorePlan::default()
+    };
     for table in &fr.tables {
         let kt = kernel.table(table.name);
         let kernel_chains: HashMap<&str, &crate::parse::SavedChain> = kt
             .map(|t| t.chains.iter().map(|c| (c.name.as_str(), c)).collect())
             .unwrap_or_default();
         let ours: HashSet<&str> = table.chains.iter().map(|c| c.name.as_str()).collect();
-        if kt.is_some() {
-            let same: BTreeSet<String> = table
-                .chains
+        let (mut same, mut edits, mut fresh) = (BTreeSet::new(), BTreeMap::new(), BTreeSet::new());
+        for c in &table.chains {
+            let Some(kc) = kernel_chains.get(c.name.as_str()) else {
+                fresh.insert(c.name.clone());
+                continue;
+            };
+            let have: Vec<Option<Rule>> = kc
+                .rules
                 .iter()
-                .filter(|c| {
-                    kernel_chains.get(c.name.as_str()).is_some_and(|kc| {
-                        kc.rules.len() == c.rules.len()
-                            && kc.rules.iter().zip(&c.rules).all(|(k, r)| {
-                                k.rule
-                                    .as_ref()
-                                    .is_some_and(|k| k.canonical() == r.canonical())
-                            })
-                    })
-                })
-                .map(|c| c.name.clone())
+                .map(|r| r.rule.as_ref().map(Rule::canonical))
                 .collect();
-            skip.insert(table.name, same);
+            let want: Vec<Option<Rule>> = c.rules.iter().map(|r| Some(r.canonical())).collect();
+            // An unparsed kernel rule (None) must never match: compare
+            // as "parsed and equal".
+            let have: Vec<Key> = have.into_iter().map(Key).collect();
+            let want: Vec<Key> = want.into_iter().map(Key).collect();
+            match chain_plan(&have, &want) {
+                ChainPlan::Same => {
+                    same.insert(c.name.clone());
+                }
+                ChainPlan::Edit(e) => {
+                    edits.insert(c.name.clone(), e);
+                }
+                ChainPlan::Rewrite => {}
+            }
         }
+        plan.skip.insert(table.name, same);
+        plan.edits.insert(table.name, edits);
+        plan.fresh.insert(table.name, fresh);
         let missing: Vec<BuiltinRule> = table
             .builtin_rules
             .iter()
@@ -472,27 +517,77 @@ pub fn plan_full(fr: &FamilyRuleset, kernel: &Saved) -> RestorePlan {
                 .map(|c| c.name.clone())
                 .collect();
             if !stale.is_empty() {
-                delete.insert(table.name, stale);
+                plan.delete.insert(table.name, stale);
             }
         }
     }
-    RestorePlan {
-        dirty: None,
-        insert: Some(insert),
-        delete,
-        skip,
+    plan.insert = Some(insert);
+    plan
+}
+
+/// A kernel rule as compared by [`plan_full`]: `None` (unparsed) equals
+/// nothing, not even another unparsed rule.
+struct Key(Option<Rule>);
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        matches!((&self.0, &other.0), (Some(a), Some(b)) if a == b)
     }
 }
 
-/// The restore plan of a partial sync (kube-proxy's KEP-3453): top-level
-/// chains always, the chains of added and changed service ports, and the
-/// deletion of chains `prev` had that `next` lacks.
+/// The restore plan of a partial sync (kube-proxy's KEP-3453): the
+/// chains of added and changed service ports and the top-level chains,
+/// each only where it differs from what `prev` wrote (long chains edited
+/// in place), and the deletion of chains `prev` had that `next` lacks.
+///
+/// Unlike kube-proxy, unchanged top-level chains are not rewritten: with
+/// iptables-nft that rewrite alone (one rule per service, each naming its
+/// own chain) grows quadratically, and with iptables-legacy any change
+/// makes the restore replace the whole table, so a sync that changes
+/// nothing must write nothing.
 pub fn plan_partial(
     prev: &FamilyRuleset,
     next: &FamilyRuleset,
     changes: &FamilyChanges,
 ) -> RestorePlan {
-    let mut delete: BTreeMap<TableName, Vec<String>> = BTreeMap::new();
+    let mut plan = RestorePlan {
+        dirty: Some(changes.dirty().cloned().collect()),
+        insert: Some(BTreeMap::new()),
+        ..RestorePlan::default()
+    };
+    for nt in &next.tables {
+        let pt = prev.table(nt.name);
+        let prev_chains: HashMap<&str, &crate::ir::Chain> = pt
+            .map(|t| t.chains.iter().map(|c| (c.name.as_str(), c)).collect())
+            .unwrap_or_default();
+        let dirty = plan.dirty.as_ref();
+        let (mut same, mut edits, mut fresh) = (BTreeSet::new(), BTreeMap::new(), BTreeSet::new());
+        for c in &nt.chains {
+            let selected = match &c.owner {
+                None => true,
+                Some(o) => dirty.is_some_and(|d| d.contains(o)),
+            };
+            if !selected {
+                continue;
+            }
+            let Some(pc) = prev_chains.get(c.name.as_str()) else {
+                fresh.insert(c.name.clone());
+                continue;
+            };
+            match chain_plan(&pc.rules, &c.rules) {
+                ChainPlan::Same => {
+                    same.insert(c.name.clone());
+                }
+                ChainPlan::Edit(e) => {
+                    edits.insert(c.name.clone(), e);
+                }
+                ChainPlan::Rewrite => {}
+            }
+        }
+        plan.skip.insert(nt.name, same);
+        plan.edits.insert(nt.name, edits);
+        plan.fresh.insert(nt.name, fresh);
+    }
     for pt in &prev.tables {
         let next_chains: HashSet<&str> = next
             .table(pt.name)
@@ -505,15 +600,10 @@ pub fn plan_partial(
             .map(|c| c.name.clone())
             .collect();
         if !stale.is_empty() {
-            delete.insert(pt.name, stale);
+            plan.delete.insert(pt.name, stale);
         }
     }
-    RestorePlan {
-        dirty: Some(changes.dirty().cloned().collect()),
-        insert: Some(BTreeMap::new()),
-        delete,
-        skip: BTreeMap::new(),
-    }
+    plan
 }
 
 /// The [`Backend`] shared by both flavours: generator, transport and the
@@ -523,7 +613,7 @@ pub struct IptablesBackend {
     transport: IptablesTransport,
     options: GenOptions,
     last: Option<Ruleset>,
-    last_text: Option<String>,
+    batch_limits: BatchLimits,
     need_full: bool,
     last_full: Option<Instant>,
     full_sync_period: Duration,
@@ -550,7 +640,7 @@ impl IptablesBackend {
             transport: IptablesTransport { flavour, runner },
             options: GenOptions::default(),
             last: None,
-            last_text: None,
+            batch_limits: BatchLimits::default(),
             need_full: true,
             last_full: None,
             full_sync_period: FULL_SYNC_PERIOD,
@@ -561,6 +651,12 @@ impl IptablesBackend {
     /// [`FULL_SYNC_PERIOD`]).
     pub fn set_full_sync_period(&mut self, period: Duration) {
         self.full_sync_period = period;
+    }
+
+    /// Change how iptables-nft syncs that write many chains are split
+    /// into several restores (see [`render_batches`]).
+    pub fn set_batch_limits(&mut self, limits: BatchLimits) {
+        self.batch_limits = limits;
     }
 
     /// The flavour.
@@ -614,21 +710,35 @@ impl IptablesBackend {
                     plan_full(fr, &kernel)
                 }
             };
-            let (text, written) = render_restore(fr, &plan);
-            tracing::trace!(family = %fr.family, full, bytes = text.len(), "iptables-restore input");
-            self.transport.apply(&FamilyPayload {
-                family: fr.family,
-                text: text.clone(),
-            })?;
-            stats.rules_written += written;
-            stats.bytes_written += text.len();
+            let chains_written: usize = fr.tables.iter().map(|t| plan.rewritten_count(t)).sum();
+            let restores = if self.transport.flavour == Flavour::Nft
+                && chains_written > self.batch_limits.names
+            {
+                render_batches(fr, &plan, self.batch_limits)
+            } else {
+                vec![render_restore(fr, &plan)]
+            };
+            for (text, written) in restores {
+                tracing::trace!(family = %fr.family, full, bytes = text.len(), "iptables-restore input");
+                // Nothing to change: legacy would still read (and with a
+                // chain line, replace) the whole table.
+                if is_noop(&text) {
+                    continue;
+                }
+                let bytes = text.len();
+                self.transport.apply(&FamilyPayload {
+                    family: fr.family,
+                    text,
+                })?;
+                stats.rules_written += written;
+                stats.bytes_written += bytes;
+            }
             stats.rules_total += fr.rule_count();
         }
         for fg in graph.families.values() {
             stats.services += fg.services.len();
             stats.endpoints += fg.total_endpoints();
         }
-        self.last_text = Some(rs.render());
         self.last = Some(rs);
         self.need_full = false;
         if full {
@@ -672,12 +782,13 @@ impl Backend for IptablesBackend {
     }
 
     fn last_applied(&self) -> Option<String> {
-        self.last_text.clone()
+        // Rendered on demand: at 50,000 services the text is ~170 MB and
+        // most syncs never need it.
+        self.last.as_ref().map(Render::render)
     }
 
     fn cleanup(&mut self) -> Result<(), Vec<ApplyError>> {
         self.last = None;
-        self.last_text = None;
         self.need_full = true;
         self.transport.cleanup()
     }

@@ -9,12 +9,14 @@
 //! - [`render`]: the iptables-restore writer and [`RestorePlan`] (which
 //!   chains a sync rewrites);
 //! - [`parse`]: the iptables-save parser ([`parse_save`]);
+//! - [`diff`]: in-place chain edits ([`diff::ChainEdit`], [`diff::edit_script`]);
 //! - [`exec`]: the [`Flavour`]s (legacy, nft), the process [`Runner`],
 //!   [`detect_flavour`], and [`IptablesBackend`], the
 //!   [`kproxy_graph::Backend`] both backend crates wrap.
 
 #![deny(missing_docs)]
 
+pub mod diff;
 pub mod exec;
 pub mod generate;
 pub mod ir;
@@ -29,4 +31,4 @@ pub use ir::{
     TableName, Target,
 };
 pub use parse::{ParseError, Saved, parse_save, parse_save_lenient};
-pub use render::{RestorePlan, render_restore};
+pub use render::{BatchLimits, RestorePlan, render_batches, render_restore};

@@ -13,8 +13,10 @@ use std::fmt::Write as _;
 
 use kproxy_graph::{IpFamily, Render, ServicePortName};
 
+use crate::diff::ChainEdit;
 use crate::ir::{
-    AddrTypeDir, BuiltinRule, FamilyRuleset, Match, Recent, Rule, Ruleset, TableName, Target,
+    AddrTypeDir, BuiltinRule, Chain, FamilyRuleset, Match, Recent, Rule, Ruleset, Table, TableName,
+    Target,
 };
 use crate::naming::probability;
 
@@ -187,10 +189,17 @@ pub struct RestorePlan {
     pub insert: Option<BTreeMap<TableName, Vec<BuiltinRule>>>,
     /// Chains to flush and delete (`-X`) in the same transaction, per table.
     pub delete: BTreeMap<TableName, Vec<String>>,
-    /// Chains not to write although selected above, per table: a full
-    /// sync leaves out chains the kernel already holds exactly (see
-    /// [`crate::exec::plan_full`]).
+    /// Chains not to write although selected above, per table: the kernel
+    /// already holds them exactly (see [`crate::exec::plan_full`] and
+    /// [`crate::exec::plan_partial`]).
     pub skip: BTreeMap<TableName, BTreeSet<String>>,
+    /// Chains changed in place instead of rewritten, per table: the
+    /// `-D`/`-I` script from what the kernel holds to the IR's rules
+    /// (see [`crate::diff`]).
+    pub edits: BTreeMap<TableName, BTreeMap<String, Vec<ChainEdit>>>,
+    /// Chains the kernel does not hold yet, per table: nothing can jump
+    /// to them, so [`render_batches`] may fill them over several restores.
+    pub fresh: BTreeMap<TableName, BTreeSet<String>>,
 }
 
 impl RestorePlan {
@@ -198,25 +207,80 @@ impl RestorePlan {
     pub fn full() -> Self {
         RestorePlan::default()
     }
+
+    /// The chains of `table` this plan rewrites (chain line plus rules).
+    fn rewritten<'a>(&self, table: &'a Table) -> Vec<&'a Chain> {
+        let skip = self.skip.get(&table.name);
+        let edits = self.edits.get(&table.name);
+        table
+            .chains
+            .iter()
+            .filter(|c| match (&self.dirty, &c.owner) {
+                (None, _) | (_, None) => true,
+                (Some(d), Some(o)) => d.contains(o),
+            })
+            .filter(|c| !skip.is_some_and(|s| s.contains(&c.name)))
+            .filter(|c| !edits.is_some_and(|e| e.contains_key(&c.name)))
+            .collect()
+    }
+
+    /// How many chains of `table` this plan rewrites.
+    pub fn rewritten_count(&self, table: &Table) -> usize {
+        self.rewritten(table).len()
+    }
+
+    fn inserts<'a>(&'a self, table: &'a Table) -> Vec<&'a BuiltinRule> {
+        match &self.insert {
+            None => table.builtin_rules.iter().collect(),
+            Some(m) => m.get(&table.name).into_iter().flatten().collect(),
+        }
+    }
+}
+
+/// Append `table`'s edit scripts (`-D`/`-I`/`-A` lines); returns the
+/// number of lines written.
+fn write_edits(out: &mut String, table: &Table, plan: &RestorePlan) -> usize {
+    let mut written = 0;
+    for (name, edits) in plan.edits.get(&table.name).into_iter().flatten() {
+        let Some(chain) = table.chain(name) else {
+            continue;
+        };
+        let ins = edits
+            .iter()
+            .filter(|e| matches!(e, ChainEdit::Insert { .. }))
+            .count();
+        // The kernel's length before the script: wanted - inserted + deleted.
+        let mut len = chain.rules.len() + (edits.len() - ins) - ins;
+        for e in edits {
+            match *e {
+                ChainEdit::Delete { at } => {
+                    let _ = writeln!(out, "-D {name} {at}");
+                    len -= 1;
+                }
+                ChainEdit::Insert { at, rule } => {
+                    let r = &chain.rules[rule];
+                    if at == len + 1 {
+                        write_rule(out, "-A", name, r);
+                    } else {
+                        write_rule(out, "-I", &format!("{name} {at}"), r);
+                    }
+                    len += 1;
+                }
+            }
+            written += 1;
+        }
+    }
+    written
 }
 
 /// The restore text of one family for `plan`, and how many rules it
-/// writes.
+/// writes (edits count one each).
 pub fn render_restore(fr: &FamilyRuleset, plan: &RestorePlan) -> (String, usize) {
     let mut out = String::with_capacity(fr.rule_count() * 120 + 256);
     let mut written = 0usize;
     for table in &fr.tables {
         let _ = writeln!(out, "*{}", table.name);
-        let skip = plan.skip.get(&table.name);
-        let chains: Vec<_> = table
-            .chains
-            .iter()
-            .filter(|c| match (&plan.dirty, &c.owner) {
-                (None, _) | (_, None) => true,
-                (Some(d), Some(o)) => d.contains(o),
-            })
-            .filter(|c| !skip.is_some_and(|s| s.contains(&c.name)))
-            .collect();
+        let chains = plan.rewritten(table);
         let deletes = plan.delete.get(&table.name);
         for c in &chains {
             let _ = writeln!(out, ":{} - [0:0]", c.name);
@@ -224,11 +288,7 @@ pub fn render_restore(fr: &FamilyRuleset, plan: &RestorePlan) -> (String, usize)
         for d in deletes.into_iter().flatten() {
             let _ = writeln!(out, ":{d} - [0:0]");
         }
-        let inserts: Vec<&BuiltinRule> = match &plan.insert {
-            None => table.builtin_rules.iter().collect(),
-            Some(m) => m.get(&table.name).into_iter().flatten().collect(),
-        };
-        for b in inserts {
+        for b in plan.inserts(table) {
             write_rule(&mut out, "-I", &b.chain, &b.rule);
             written += 1;
         }
@@ -238,12 +298,168 @@ pub fn render_restore(fr: &FamilyRuleset, plan: &RestorePlan) -> (String, usize)
                 written += 1;
             }
         }
+        written += write_edits(&mut out, table, plan);
         for d in deletes.into_iter().flatten() {
             let _ = writeln!(out, "-X {d}");
         }
         out.push_str("COMMIT\n");
     }
     (out, written)
+}
+
+/// Whether restore input changes nothing (only table and COMMIT lines):
+/// such a sync need not run the tool at all.
+pub fn is_noop(text: &str) -> bool {
+    text.lines()
+        .all(|l| l.is_empty() || l.starts_with('*') || l == "COMMIT" || l.starts_with('#'))
+}
+
+/// How deep `name` sits in `table`'s jump graph: 0 for a chain that jumps
+/// to no chain of the table, else one more than its deepest target.
+fn depth<'a>(
+    table: &'a Table,
+    name: &'a str,
+    memo: &mut std::collections::HashMap<&'a str, usize>,
+) -> usize {
+    if let Some(&d) = memo.get(name) {
+        return d;
+    }
+    // Guards a (never generated) cycle from recursing forever.
+    memo.insert(name, 0);
+    let d = table
+        .chain(name)
+        .map(|c| {
+            c.rules
+                .iter()
+                .filter_map(Rule::jump_target)
+                .filter(|t| *t != name && table.chain(t).is_some())
+                .map(|t| depth(table, t, memo) + 1)
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    memo.insert(name, d);
+    d
+}
+
+/// Limits of one restore in [`render_batches`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Distinct chain names (chains written plus jump targets) per
+    /// restore: iptables-nft's cost grows with the square of this.
+    pub names: usize,
+    /// Rules per restore.
+    pub rules: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            names: 1500,
+            rules: 30_000,
+        }
+    }
+}
+
+/// `plan` as several restores for iptables-nft, each naming a bounded
+/// number of chains: chains are written bottom-up (every chain after the
+/// chains it jumps to), each chain whole in one restore, except that a
+/// chain the kernel does not hold yet ([`RestorePlan::fresh`]) may be
+/// filled over several (nothing jumps to it until a later restore). The
+/// last restore carries the edits, the jumps from built-in chains and the
+/// deletions, so every rule that goes live meets complete chains.
+///
+/// Why: iptables-nft 1.8.9 under `--noflush` spends time quadratic in the
+/// number of distinct chains one restore names (see [`crate::diff`]); a
+/// first sync of 10,000 services (~120,000 chains) in one restore does
+/// not finish in ten minutes. The price is atomicity across batches:
+/// a failure part-way leaves some chains new and some old (each chain is
+/// consistent, stale ones are not yet deleted) and the next sync is full.
+pub fn render_batches(
+    fr: &FamilyRuleset,
+    plan: &RestorePlan,
+    limits: BatchLimits,
+) -> Vec<(String, usize)> {
+    let mut batches: Vec<(String, usize)> = Vec::new();
+    for table in &fr.tables {
+        let mut memo = std::collections::HashMap::new();
+        let mut chains: Vec<(usize, &Chain)> = plan
+            .rewritten(table)
+            .into_iter()
+            .map(|c| (depth(table, &c.name, &mut memo), c))
+            .collect();
+        // Bottom-up; within a depth by name, descending: iptables-nft
+        // keeps the names in an ascending list searched from the front,
+        // so a chain written right after its declaration is found at once.
+        chains.sort_by(|(da, a), (db, b)| da.cmp(db).then_with(|| b.name.cmp(&a.name)));
+        let fresh = plan.fresh.get(&table.name);
+        let mut cur = String::new();
+        let mut written = 0usize;
+        let mut names: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut rules = 0usize;
+        let mut flush = |cur: &mut String,
+                         written: &mut usize,
+                         names: &mut std::collections::HashSet<&str>,
+                         rules: &mut usize| {
+            if !cur.is_empty() {
+                let text = format!("*{}\n{cur}COMMIT\n", table.name);
+                batches.push((text, *written));
+            }
+            cur.clear();
+            *written = 0;
+            names.clear();
+            *rules = 0;
+        };
+        for (_, c) in chains {
+            let splittable = fresh.is_some_and(|f| f.contains(&c.name));
+            if !splittable
+                && !cur.is_empty()
+                && (names.len() >= limits.names || rules + c.rules.len() > limits.rules)
+            {
+                flush(&mut cur, &mut written, &mut names, &mut rules);
+            }
+            let _ = writeln!(cur, ":{} - [0:0]", c.name);
+            names.insert(&c.name);
+            for r in &c.rules {
+                if splittable && (names.len() >= limits.names || rules >= limits.rules) {
+                    flush(&mut cur, &mut written, &mut names, &mut rules);
+                    names.insert(&c.name);
+                }
+                if let Some(t) = r.jump_target() {
+                    names.insert(t);
+                }
+                write_rule(&mut cur, "-A", &c.name, r);
+                written += 1;
+                rules += 1;
+            }
+        }
+        flush(&mut cur, &mut written, &mut names, &mut rules);
+    }
+    // The last restore: jumps from built-in chains, edits, deletions.
+    let mut out = String::new();
+    let mut written = 0usize;
+    for table in &fr.tables {
+        let mut body = String::new();
+        let deletes = plan.delete.get(&table.name);
+        for d in deletes.into_iter().flatten() {
+            let _ = writeln!(body, ":{d} - [0:0]");
+        }
+        for b in plan.inserts(table) {
+            write_rule(&mut body, "-I", &b.chain, &b.rule);
+            written += 1;
+        }
+        written += write_edits(&mut body, table, plan);
+        for d in deletes.into_iter().flatten() {
+            let _ = writeln!(body, "-X {d}");
+        }
+        if !body.is_empty() {
+            let _ = write!(out, "*{}\n{body}COMMIT\n", table.name);
+        }
+    }
+    if !out.is_empty() {
+        batches.push((out, written));
+    }
+    batches
 }
 
 /// The header line that separates families in combined output.

@@ -271,8 +271,10 @@ fn partial_restore_writes_only_changed_service_chains() {
     // The unchanged seed service's chains are not in the input ...
     assert!(!text.contains(":KUBE-SVC-6NP7QLHXVWVVFBVL"), "{text}");
     assert!(!text.contains("-A KUBE-SEP-GPPLZ26R2KHJ2RMU"), "{text}");
-    // ... its top-level rules are (top-level chains are rewritten) ...
-    assert!(text.contains("-A KUBE-SERVICES -m comment --comment \"web/web-service cluster IP\""));
+    // ... nor are the top-level chains, which did not change (kube-proxy
+    // rewrites them every time) ...
+    assert!(!text.contains("KUBE-SERVICES"), "{text}");
+    assert!(!text.contains("KUBE-NODEPORTS"), "{text}");
     // ... the changed service's chains are, and its old endpoint chain is
     // flushed and deleted in the same transaction.
     assert!(text.contains("--to-destination 10.244.1.9:8080"), "{text}");
@@ -453,4 +455,146 @@ fn takeover_removes_leftovers_of_another_run() {
             assert_kernel_matches(&t, fr, &format!("{flavour:?} takeover"));
         }
     }
+}
+
+/// `n` extra ClusterIP services (`svc00`, `svc01`, ...) with two
+/// endpoints each, plus `extra` on top.
+fn many(seed: &str, n: usize, skip: &[usize], extra: &[String]) -> ServiceGraph {
+    let mut docs: Vec<String> = (0..n)
+        .filter(|i| !skip.contains(i))
+        .map(|i| {
+            extra_service(
+                &format!("svc{i:02}"),
+                &format!("10.96.1.{}", i + 1),
+                &[
+                    &format!("10.244.3.{}", i + 1),
+                    &format!("10.244.4.{}", i + 1),
+                ],
+            )
+        })
+        .collect();
+    docs.extend(extra.iter().cloned());
+    let mut all: Vec<&str> = vec![seed];
+    all.extend(docs.iter().map(String::as_str));
+    graph_from(&all)
+}
+
+#[test]
+fn top_level_chains_are_edited_in_place_and_nft_loads_in_batches() {
+    // 40 services: KUBE-SERVICES is long enough to be edited with -D/-I
+    // rather than rewritten. Tiny batch limits make the nft flavour's full
+    // syncs split into many restores, including a fresh KUBE-SERVICES
+    // filled over several. After every step the kernel must hold exactly
+    // a fresh full render.
+    let seed = std::fs::read_to_string(fixture_path("seed")).expect("seed");
+    let add = |name: &str, ip: &str| extra_service(name, ip, &["10.244.5.1", "10.244.5.2"]);
+    let steps: Vec<(&str, ServiceGraph)> = vec![
+        ("start", many(&seed, 40, &[], &[])),
+        (
+            "add three",
+            many(
+                &seed,
+                40,
+                &[],
+                &[
+                    add("svc05b", "10.96.2.1"),
+                    add("svc20b", "10.96.2.2"),
+                    add("svc39b", "10.96.2.3"),
+                ],
+            ),
+        ),
+        (
+            "remove two, change one",
+            many(
+                &seed,
+                40,
+                &[7, 30],
+                &[
+                    add("svc05b", "10.96.2.1"),
+                    add("svc20b", "10.96.2.2"),
+                    extra_service("svc39b", "10.96.2.3", &["10.244.5.9"]),
+                ],
+            ),
+        ),
+        ("back", many(&seed, 40, &[], &[])),
+    ];
+    let limits = kproxy_iptables::BatchLimits {
+        names: 8,
+        rules: 20,
+    };
+    for flavour in FLAVOURS {
+        let ns = NetNs::named(&format!("kpi-edit-{}-{flavour:?}", std::process::id()));
+        let t = transport(flavour, &ns);
+        let mut be = IptablesBackend::in_netns(flavour, ns.name());
+        be.set_batch_limits(limits);
+        let mut prev: Option<&ServiceGraph> = None;
+        for (what, g) in &steps {
+            let changes = prev.map(|p| ChangeSet::between(p, g));
+            let stats = be
+                .sync(g, changes.as_ref())
+                .unwrap_or_else(|e| panic!("{flavour:?} {what}: {e}"));
+            let rs = generate(g, &GenOptions::default());
+            for fr in &rs.families {
+                assert_kernel_matches(&t, fr, &format!("{flavour:?} after {what}"));
+            }
+            if prev.is_some() {
+                assert!(
+                    stats.rules_written < 60,
+                    "{flavour:?} {what}: wrote {} rules",
+                    stats.rules_written
+                );
+            }
+            prev = Some(g);
+        }
+        // A new backend (full sync) over a kernel that differs from the
+        // wanted state by a few services: the top-level chains are edited
+        // against what iptables-save shows.
+        let mut fresh = IptablesBackend::in_netns(flavour, ns.name());
+        fresh.set_batch_limits(limits);
+        let target = &steps[2].1;
+        let stats = fresh.sync(target, None).expect("full sync");
+        assert!(stats.full);
+        assert!(
+            stats.rules_written < 60,
+            "{flavour:?}: full sync wrote {}",
+            stats.rules_written
+        );
+        for fr in &generate(target, &GenOptions::default()).families {
+            assert_kernel_matches(&t, fr, &format!("{flavour:?} full sync over a near state"));
+        }
+    }
+}
+
+#[test]
+fn partial_restore_inserts_and_deletes_top_level_rules_by_number() {
+    let seed = std::fs::read_to_string(fixture_path("seed")).expect("seed");
+    let a = many(&seed, 40, &[], &[]);
+    let b = many(
+        &seed,
+        40,
+        &[12],
+        &[extra_service("svc20b", "10.96.2.2", &["10.244.5.1"])],
+    );
+    let (ra, rb) = (
+        generate(&a, &GenOptions::default()),
+        generate(&b, &GenOptions::default()),
+    );
+    let (pa, pb) = (
+        ra.family(IpFamily::V4).expect("v4"),
+        rb.family(IpFamily::V4).expect("v4"),
+    );
+    let plan = plan_partial(pa, pb, &ChangeSet::between(&a, &b).family(IpFamily::V4));
+    let (text, written) = render_restore(pb, &plan);
+    assert!(!text.contains(":KUBE-SERVICES"), "not rewritten:\n{text}");
+    let nat = pb.table(TableName::Nat).expect("nat");
+    let services = nat.chain("KUBE-SERVICES").expect("KUBE-SERVICES");
+    let at = services
+        .rules
+        .iter()
+        .position(|r| format!("{r:?}").contains("svc20b"))
+        .expect("svc20b rule")
+        + 1;
+    assert!(text.contains(&format!("-I KUBE-SERVICES {at} ")), "{text}");
+    assert!(text.contains("-D KUBE-SERVICES "), "{text}");
+    assert!(written < 20, "{written} rules\n{text}");
 }
