@@ -27,6 +27,8 @@ use kproxy_graph::{
     SyncStats,
 };
 
+use std::fmt::Write as _;
+
 use crate::diff::{self, diff_tables};
 use crate::generate::{
     self, Ctx, FamilyRules, LbChain, NftGenerator, ServiceRules, TABLE, lb_closure, sets,
@@ -264,6 +266,16 @@ impl NftablesBackend {
         self.generation = self.generation.wrapping_add(1);
         let families: Vec<Family> = fams.iter().map(|(f, _)| *f).collect();
         let mut gen_tx = Transaction::new();
+        if !self.dry_run {
+            for (f, keys) in self.carried_affinity(&fams) {
+                gen_tx.add_elements(
+                    f,
+                    TABLE,
+                    sets::AFFINITY,
+                    keys.into_iter().map(|k| (k, Element::default())),
+                );
+            }
+        }
         self.generation_ops(&mut gen_tx, &families);
         // `nft -c` of a later part would not see the earlier parts'
         // objects, so a dry run checks one transaction.
@@ -432,6 +444,28 @@ impl NftablesBackend {
             added.extend(plan.added_chains.into_iter().map(|c| (fs.family, c)));
             new_state.push((idx, updates, refs, new_skeleton.cloned()));
         }
+        // Affinity ids of endpoints that go away: their clients' entries
+        // are removed after the transaction, as kube-proxy deletes an
+        // endpoint's affinity set with its chain (a returning endpoint
+        // starts with no clients).
+        let mut purge: Vec<(Family, BTreeSet<(u32, u32)>)> = Vec::new();
+        for (idx, updates, _, _) in &new_state {
+            let fs = &state[*idx];
+            let mut gone = BTreeSet::new();
+            for (name, sr) in updates {
+                if let Some(old) = fs.rules.services.get(name) {
+                    let keep = sr.as_ref().map_or(&[][..], |s| &s.affinity_ids[..]);
+                    gone.extend(
+                        old.affinity_ids
+                            .iter()
+                            .filter(|id| keep.binary_search(id).is_err()),
+                    );
+                }
+            }
+            if !gone.is_empty() {
+                purge.push((fs.family, gone));
+            }
+        }
         let families: Vec<Family> = state.iter().map(|s| s.family).collect();
         let mut stats = SyncStats {
             rules_written: 0,
@@ -488,6 +522,13 @@ impl NftablesBackend {
             self.stale.remove(a);
         }
         self.stale.extend(stale);
+        for (family, ids) in &purge {
+            // Best effort: the rules are in place; a leftover entry only
+            // expires later.
+            if let Err(e) = self.purge_affinity(*family, ids) {
+                tracing::warn!(%e, family = family.as_str(), "could not remove the affinity entries of removed endpoints");
+            }
+        }
         stats.rules_total = self
             .state
             .as_ref()
@@ -500,6 +541,149 @@ impl NftablesBackend {
         fill_counts(&mut stats, graph);
         Ok(stats)
     }
+}
+
+impl NftablesBackend {
+    /// Before the tables are replaced: the affinity entries in the kernel
+    /// whose endpoint is still in `fams`, as keys with their remaining
+    /// time (`client . hi . lo timeout Ns`), so a restart or a resync
+    /// after drift keeps every client on its endpoint as kube-proxy does.
+    /// Nothing when there is no table yet.
+    fn carried_affinity(&self, fams: &[(Family, FamilyRules)]) -> Vec<(Family, Vec<String>)> {
+        let mut out = Vec::new();
+        for (f, fr) in fams {
+            let ids: BTreeSet<(u32, u32)> = fr
+                .services
+                .values()
+                .flat_map(|sr| sr.affinity_ids.iter().copied())
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let Ok(json) = self.nft.run(
+                &["-j", "list", "set", f.as_str(), TABLE, sets::AFFINITY],
+                None,
+            ) else {
+                continue;
+            };
+            let keys: Vec<String> = affinity_listing(&json)
+                .into_iter()
+                .filter(|e| ids.contains(&e.id))
+                .filter_map(|e| match e.expires {
+                    Some(s) if s > 0 => Some(format!("{} timeout {s}s", e.key())),
+                    _ => None,
+                })
+                .collect();
+            if !keys.is_empty() {
+                out.push((*f, keys));
+            }
+        }
+        out
+    }
+
+    /// Remove the `affinity` entries whose endpoint id is in `ids`; returns
+    /// how many. The kernel adds and expires entries on its own, so the
+    /// listing can be stale by the time the delete arrives (an entry
+    /// expired in between fails the delete): one retry with a fresh
+    /// listing.
+    fn purge_affinity(
+        &self,
+        family: Family,
+        ids: &BTreeSet<(u32, u32)>,
+    ) -> Result<usize, ApplyError> {
+        let mut last = None;
+        for _ in 0..2 {
+            let out = self.nft.run(
+                &["-j", "list", "set", family.as_str(), TABLE, sets::AFFINITY],
+                None,
+            )?;
+            let keys = affinity_entries(&out, ids);
+            if keys.is_empty() {
+                return Ok(0);
+            }
+            let mut text = String::new();
+            for chunk in keys.chunks(1000) {
+                let _ = writeln!(
+                    text,
+                    "delete element {} {TABLE} {} {{ {} }}",
+                    family.as_str(),
+                    sets::AFFINITY,
+                    chunk.join(", ")
+                );
+            }
+            match self.nft.apply(&text) {
+                Ok(()) => return Ok(keys.len()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ApplyError::Other {
+            backend: "nftables",
+            message: "affinity purge failed".into(),
+        }))
+    }
+}
+
+/// One entry of the `affinity` set as `nft -j list set` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AffinityEntry {
+    client: String,
+    id: (u32, u32),
+    /// Seconds left before it expires.
+    expires: Option<u64>,
+}
+
+impl AffinityEntry {
+    fn key(&self) -> String {
+        format!("{} . {} . {}", self.client, self.id.0, self.id.1)
+    }
+}
+
+/// The entries of an `nft -j list set` of the affinity set (nothing on
+/// output it cannot read: the entries only ever matter as a courtesy).
+fn affinity_listing(json: &str) -> Vec<AffinityEntry> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let objects = v.get("nftables").and_then(|n| n.as_array());
+    for obj in objects.into_iter().flatten() {
+        let Some(elems) = obj.pointer("/set/elem").and_then(|e| e.as_array()) else {
+            continue;
+        };
+        for e in elems {
+            // With timeouts an element is `{"elem": {"val": ...}}`.
+            let val = e.pointer("/elem/val").unwrap_or(e);
+            let Some([client, hi, lo]) = val
+                .get("concat")
+                .and_then(|c| c.as_array())
+                .map(|c| c.as_slice())
+            else {
+                continue;
+            };
+            let (Some(client), Some(hi), Some(lo)) = (client.as_str(), hi.as_u64(), lo.as_u64())
+            else {
+                continue;
+            };
+            let (Ok(hi), Ok(lo)) = (u32::try_from(hi), u32::try_from(lo)) else {
+                continue;
+            };
+            out.push(AffinityEntry {
+                client: client.to_string(),
+                id: (hi, lo),
+                expires: e.pointer("/elem/expires").and_then(|x| x.as_u64()),
+            });
+        }
+    }
+    out
+}
+
+/// The keys (`client . hi . lo`) of the listed entries whose id is in `ids`.
+fn affinity_entries(json: &str, ids: &BTreeSet<(u32, u32)>) -> Vec<String> {
+    affinity_listing(json)
+        .into_iter()
+        .filter(|e| ids.contains(&e.id))
+        .map(|e| e.key())
+        .collect()
 }
 
 /// A table with the skeleton's set declarations (no elements, no chains):
@@ -721,5 +905,23 @@ mod tests {
         assert!(!listing_matches(out, 4, &m));
         m.insert(Family::Ip, 2);
         assert!(!listing_matches(out, 3, &m));
+    }
+
+    #[test]
+    fn affinity_entries_of_removed_endpoints() {
+        // `nft -j list set ip kproxy affinity` (nft 1.0.6), IPv4 and IPv6.
+        let out = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"set": {"family": "ip", "name": "affinity", "table": "kproxy", "type": ["ipv4_addr", "integer", "integer"], "flags": ["timeout"], "elem": [{"elem": {"val": {"concat": ["10.0.0.2", 5, 6]}, "timeout": 3600, "expires": 3599}}, {"elem": {"val": {"concat": ["10.0.0.3", 4000000000, 7]}, "timeout": 3600, "expires": 3599}}, {"elem": {"val": {"concat": ["fd00::2", 5, 6]}, "timeout": 60}}]}}]}"#;
+        let ids: BTreeSet<(u32, u32)> = [(5, 6), (9, 9)].into();
+        assert_eq!(
+            affinity_entries(out, &ids),
+            vec!["10.0.0.2 . 5 . 6", "fd00::2 . 5 . 6"]
+        );
+        let ids: BTreeSet<(u32, u32)> = [(4_000_000_000, 7)].into();
+        assert_eq!(
+            affinity_entries(out, &ids),
+            vec!["10.0.0.3 . 4000000000 . 7"]
+        );
+        assert!(affinity_entries("not json", &ids).is_empty());
+        assert!(affinity_entries(r#"{"nftables": []}"#, &ids).is_empty());
     }
 }

@@ -207,6 +207,7 @@ mod tests {
             set_type: SetType::Type("inet_service : verdict".into()),
             flags: vec![],
             timeout: None,
+            size: None,
             comment: None,
             elements: BTreeMap::new(),
         };

@@ -85,7 +85,16 @@ pub mod sets {
     ];
     /// One element: the generation of the last sync (the drift canary).
     pub const GENERATION: &str = "sync-generation";
+    /// ClientIP affinity, filled from the packet path: client . endpoint
+    /// id (two 32-bit halves), one element per client and endpoint of a
+    /// Service port, each with that Service's timeout.
+    pub const AFFINITY: &str = "affinity";
 }
+
+/// The most affinity entries (client, endpoint) a family holds at once.
+/// kube-proxy's per-endpoint sets hold nft's default 65,535 each; one
+/// shared set needs room for the whole node.
+pub const AFFINITY_SIZE: u32 = 1 << 20;
 
 /// A shared load-balancing chain: DNAT to one of K endpoints of one
 /// endpoint set, looked up by the packet's original destination.
@@ -302,10 +311,14 @@ impl Elem {
 pub struct ServiceRules {
     /// Per-service chains (affinity, eTP=Local, firewall), sorted by name.
     pub chains: Vec<Chain>,
-    /// Per-service sets (affinity), sorted by name.
+    /// Per-service sets, sorted by name (none today: affinity uses the
+    /// shared `affinity` set).
     pub sets: Vec<Set>,
     /// Elements in shared sets and maps.
     pub elems: Vec<Elem>,
+    /// The ids its endpoints have in the shared `affinity` set, sorted:
+    /// when an endpoint goes away, the backend removes its entries.
+    pub affinity_ids: Vec<(u32, u32)>,
     /// The shared load-balancing chains it uses.
     pub lb: BTreeSet<LbChain>,
 }
@@ -462,6 +475,7 @@ fn skeleton_set_name(name: &str) -> Option<&'static str> {
         sets::FIREWALL_IPS,
         sets::HAIRPIN,
         sets::GENERATION,
+        sets::AFFINITY,
     ]
     .into_iter()
     .chain(sets::CLUSTER_EPS)
@@ -675,6 +689,7 @@ fn vmap_set(name: &str, key: String, comment: &str) -> Set {
         set_type: SetType::Type(format!("{key} : verdict")),
         flags: vec![],
         timeout: None,
+        size: None,
         comment: Some(names::comment(comment)),
         elements: BTreeMap::new(),
     }
@@ -687,6 +702,7 @@ fn plain_set(name: &str, ty: String, comment: &str) -> Set {
         set_type: SetType::Type(ty),
         flags: vec![],
         timeout: None,
+        size: None,
         comment: Some(names::comment(comment)),
         elements: BTreeMap::new(),
     }
@@ -706,6 +722,7 @@ fn ep_map(name: &str, fam: &Fam, nodeport: bool, proto: Protocol, comment: &str)
         set_type: SetType::Typeof(format!("{key} : {f} daddr . {} dport", proto.as_str())),
         flags: vec![],
         timeout: None,
+        size: None,
         comment: Some(names::comment(comment)),
         elements: BTreeMap::new(),
     }
@@ -896,6 +913,20 @@ fn skeleton(ctx: &Ctx) -> Table {
             "local endpoint connections to themselves",
         ),
         plain_set(sets::GENERATION, "mark".to_string(), "sync generation"),
+        Set {
+            name: sets::AFFINITY.to_string(),
+            map: false,
+            set_type: SetType::Typeof(format!(
+                "{} . {ID} . {ID}",
+                fam.saddr(),
+                ID = names::AFFINITY_ID_TYPE
+            )),
+            flags: vec!["dynamic", "timeout"],
+            timeout: None,
+            size: Some(AFFINITY_SIZE),
+            comment: Some(names::comment("ClientIP affinity: client . endpoint id")),
+            elements: BTreeMap::new(),
+        },
     ];
     for proto in PROTOCOLS {
         for (kind, nodeport, what) in [
@@ -1084,8 +1115,12 @@ impl SvcCtx<'_, '_> {
         }
     }
 
-    /// ClientIP affinity: kube-proxy's per-service and per-endpoint chains
-    /// with one dynamic set per endpoint.
+    /// ClientIP affinity: kube-proxy's per-service and per-endpoint chains,
+    /// with the clients remembered in the one shared `affinity` set
+    /// (kube-proxy has a named set per endpoint; the kernel finds named
+    /// sets by walking a list, so thousands of them make a load
+    /// quadratic). An element is client . endpoint id, with the Service's
+    /// timeout on the element itself.
     fn affinity_chains(&mut self) {
         let Some(aff) = self.sp.session_affinity else {
             return;
@@ -1106,8 +1141,10 @@ impl SvcCtx<'_, '_> {
             for (i, ep) in eps.iter().enumerate() {
                 let eb = names::endpoint_base(&self.sp.name, ep);
                 rules.push(Rule::new(format!(
-                    "{} @affinity-{eb} goto endpoint-{eb}",
-                    fam.saddr()
+                    "{} . {} @{} goto endpoint-{eb}",
+                    fam.saddr(),
+                    names::affinity_key(names::affinity_id(&self.sp.name, ep)),
+                    sets::AFFINITY,
                 )));
                 vmap.push(format!("{i} : goto endpoint-{eb}"));
                 endpoints.insert(eb, ep.clone());
@@ -1121,15 +1158,8 @@ impl SvcCtx<'_, '_> {
             self.ensure_chain(&name, rules);
         }
         for (eb, ep) in endpoints {
-            self.out.sets.push(Set {
-                name: format!("affinity-{eb}"),
-                map: false,
-                set_type: SetType::Type(fam.f.addr_type().to_string()),
-                flags: vec!["dynamic", "timeout"],
-                timeout: Some(aff.timeout_seconds),
-                comment: None,
-                elements: BTreeMap::new(),
-            });
+            let id = names::affinity_id(&self.sp.name, &ep);
+            self.out.affinity_ids.push(id);
             let dst = match ep.ip {
                 IpAddr::V4(ip) => format!("{ip}:{}", ep.port),
                 IpAddr::V6(ip) => format!("[{ip}]:{}", ep.port),
@@ -1137,7 +1167,13 @@ impl SvcCtx<'_, '_> {
             self.ensure_chain(
                 &format!("endpoint-{eb}"),
                 vec![
-                    Rule::new(format!("update @affinity-{eb} {{ {} }}", fam.saddr())),
+                    Rule::new(format!(
+                        "update @{} {{ {} . {} timeout {}s }}",
+                        sets::AFFINITY,
+                        fam.saddr(),
+                        names::affinity_key(id),
+                        aff.timeout_seconds
+                    )),
                     Rule::new(format!(
                         "meta l4proto {} dnat {} to {dst}",
                         self.proto,

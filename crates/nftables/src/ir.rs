@@ -206,6 +206,9 @@ pub struct Set {
     pub flags: Vec<&'static str>,
     /// Default element timeout, in seconds.
     pub timeout: Option<u32>,
+    /// The maximum number of elements (`size`); nft's default when `None`
+    /// (65,535 for a set filled from the packet path).
+    pub size: Option<u32>,
     /// A comment.
     pub comment: Option<String>,
     /// The elements, by key text. Sorted, so rendering is deterministic.
@@ -223,6 +226,9 @@ impl Set {
             SetType::Typeof(t) => {
                 let _ = write!(out, "typeof {t} ; ");
             }
+        }
+        if let Some(n) = self.size {
+            let _ = write!(out, "size {n} ; ");
         }
         if !self.flags.is_empty() {
             let _ = write!(out, "flags {} ; ", self.flags.join(","));
@@ -243,6 +249,7 @@ impl Set {
             && self.set_type == other.set_type
             && self.flags == other.flags
             && self.timeout == other.timeout
+            && self.size == other.size
             && self.comment == other.comment
     }
 

@@ -127,6 +127,27 @@ pub fn endpoint_base(name: &ServicePortName, ep: &Endpoint) -> String {
     )
 }
 
+/// The typed expression an affinity endpoint id half is written as.
+/// nft 1.0.6 cannot type a literal inside a concatenation it looks up
+/// (`ip saddr . 42 @set` fails with "Can't parse symbolic invalid
+/// expressions"), so each 32-bit half is `numgen inc mod 1 offset N`: a
+/// counter modulo 1 plus N, which is always N.
+pub const AFFINITY_ID_TYPE: &str = "numgen inc mod 1";
+
+/// A service port's endpoint as the affinity set keys it: the first 64
+/// bits of sha256 of the endpoint's full name (the one its chain name is
+/// cut from). Stable across restarts.
+pub fn affinity_id(name: &ServicePortName, ep: &Endpoint) -> (u32, u32) {
+    let raw = format!("{}__{}", service_base_raw(name), endpoint_suffix(ep));
+    base32_lite::hash64(raw.as_bytes())
+}
+
+/// An affinity id as nft reads it in a key: two `numgen inc mod 1 offset
+/// N` halves.
+pub fn affinity_key((hi, lo): (u32, u32)) -> String {
+    format!("{AFFINITY_ID_TYPE} offset {hi} . {AFFINITY_ID_TYPE} offset {lo}")
+}
+
 /// `ns/svc:port` for comments (kube-proxy's ServicePortName string).
 pub fn service_comment(name: &ServicePortName) -> String {
     comment(&name.to_string())
@@ -150,6 +171,15 @@ mod base32_lite {
         (0..8)
             .map(|i| ALPHABET[((v >> (35 - 5 * i)) & 31) as usize] as char)
             .collect()
+    }
+
+    /// The first 64 bits of sha256(data), as two 32-bit halves.
+    pub fn hash64(data: &[u8]) -> (u32, u32) {
+        let d = Sha256::digest(data);
+        (
+            u32::from_be_bytes([d[0], d[1], d[2], d[3]]),
+            u32::from_be_bytes([d[4], d[5], d[6], d[7]]),
+        )
     }
 }
 

@@ -178,7 +178,8 @@ pub enum Sel {
     FibSaddrType,
     /// `iif` / `iifname`.
     Iif,
-    /// `numgen random mod N offset O`.
+    /// `numgen random mod N offset O` (or `numgen inc mod 1 offset O`, the
+    /// constant O).
     Numgen {
         /// Modulus.
         modulus: u64,
@@ -576,16 +577,25 @@ fn parse_sel(s: &mut Stream<'_>) -> Result<Sel, String> {
             }
         }
         "numgen" => {
-            if field(s)? != "random" {
-                return Err("only numgen random is supported".into());
+            let kind = field(s)?;
+            if kind != "random" && kind != "inc" {
+                return Err(format!("unsupported numgen {kind}"));
             }
             if field(s)? != "mod" {
-                return Err("numgen random without mod".into());
+                return Err(format!("numgen {kind} without mod"));
             }
             let m = field(s)?;
             let modulus = parse_int(&m)
                 .filter(|m| *m > 0)
                 .ok_or(format!("bad modulus {m}"))?;
+            // `numgen inc mod 1 offset N` is always N: kproxy writes its
+            // affinity ids so. A counter with a larger modulus depends on
+            // the packets before, which a trace cannot know.
+            if kind == "inc" && modulus != 1 {
+                return Err(format!(
+                    "numgen inc mod {modulus}: only mod 1 (a constant) is supported"
+                ));
+            }
             let mut offset = 0;
             if s.peek().is_some_and(|t| t.is("offset")) {
                 s.next();
