@@ -4,8 +4,9 @@
 //! except for the documented differences between kube-proxy's iptables and
 //! nftables modes (reference §2.11, §2.12), which [`expected`] encodes.
 //!
-//! Deterministic: the tests' seeded generator (`kproxy_testkit::Rng`), so a failure names the
-//! graph seed that reproduces it. `planted_divergences_are_caught` shows
+//! Deterministic: the tests' seeded generator (`kproxy_testkit::Rng`), so
+//! a failure names the graph seed that reproduces it.
+//! `planted_divergences_are_caught` shows
 //! the comparison fails when a rendered ruleset is mutated (a DNAT branch
 //! removed, masquerading flipped).
 
