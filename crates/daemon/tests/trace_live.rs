@@ -417,29 +417,9 @@ async fn trace_and_diff(x: Expect) {
 }
 
 /// `diff --source kube --exit-code` of a cluster the kernel already holds:
-/// `no changes`, exit 0.
-///
-/// KNOWN BUG on nftables, pinned so this fails once it is fixed: every
-/// sync writes a `sync-generation` canary element that a rendered ruleset
-/// lacks, so after a real `kproxy run` the diff always shows that element
-/// as removed (and `--exit-code` exits 1) although nothing would change.
-/// (With rules loaded by hand from `kproxy render` the diff is empty.)
-/// When fixed, drop the nftables branch and expect `no changes` everywhere.
+/// `no changes`, exit 0 (on nftables too: the `sync-generation` canary and
+/// the affinity clients are state, not differences).
 fn assert_unchanged(b: &str, out: &Out, what: &str) {
-    if b == "nftables" {
-        let noise = out.stdout.lines().all(|l| {
-            l.starts_with("  set table ip kproxy sync-generation:")
-                || l.starts_with("  set table ip6 kproxy sync-generation:")
-                || (l.starts_with("-   0x") && l.len() == "-   0x00000001".len())
-                || l == "summary: 2 elements removed"
-        });
-        assert!(
-            out.code == Some(1) && noise && out.stdout.contains("sync-generation"),
-            "{b}: diff of {what}: the known sync-generation noise changed (fixed? then \
-             expect `no changes` and exit 0 here, as for iptables): {out}"
-        );
-        return;
-    }
     assert_eq!(out.code, Some(0), "{b}: diff of {what}, unchanged: {out}");
     assert_eq!(
         out.stdout.trim(),

@@ -259,6 +259,17 @@ pub fn nftables(current: &str, desired: &str) -> Result<Diff, TraceError> {
                 (Some(_), None) => d.add("sets removed", format!("- set {label} {s}")),
                 _ => {}
             }
+            // Elements that are state rather than configuration: the sync
+            // generation canary (every sync writes one) and sets the
+            // kernel fills from the packet path (ClientIP affinity).
+            if s == "sync-generation"
+                || [a, b]
+                    .into_iter()
+                    .flatten()
+                    .any(|x| x.decl.contains("dynamic"))
+            {
+                continue;
+            }
             // Compared by meaning, shown as written.
             let elems = |x: Option<&crate::nftables::NftSet>| -> BTreeMap<String, String> {
                 x.map(|x| {
