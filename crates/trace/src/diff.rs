@@ -344,4 +344,15 @@ mod tests {
         let d = nftables(listed, &more).expect("parses");
         assert_eq!(d.counts.get("elements added"), Some(&1), "{}", d.render());
     }
+
+    #[test]
+    fn nft_state_elements_are_not_differences() {
+        let script = "add table ip kproxy\nadd set ip kproxy sync-generation { type mark ; }\nadd set ip kproxy affinity { typeof ip saddr . numgen inc mod 1 . numgen inc mod 1 ; flags dynamic,timeout ; }\nadd set ip kproxy ips { type ipv4_addr ; }\n";
+        let listed = "table ip kproxy {\n\tset sync-generation {\n\t\ttype mark\n\t\telements = { 0x00000003 }\n\t}\n\tset affinity {\n\t\ttypeof ip saddr . numgen inc mod 1 . numgen inc mod 1\n\t\tsize 65535\n\t\tflags dynamic,timeout\n\t\telements = { 10.0.0.2 . 5 . 6 timeout 3h expires 2h59m }\n\t}\n\tset ips {\n\t\ttype ipv4_addr\n\t\telements = { 10.0.0.9 }\n\t}\n}\n";
+        let d = nftables(listed, script).expect("parses");
+        // Only the configured set's element is a difference.
+        assert_eq!(d.counts.get("elements removed"), Some(&1), "{}", d.render());
+        assert!(d.render().contains("10.0.0.9"), "{}", d.render());
+        assert!(!d.render().contains("sync-generation"), "{}", d.render());
+    }
 }
