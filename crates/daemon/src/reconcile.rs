@@ -2,9 +2,16 @@
 //!
 //! - Changes are coalesced: a sync runs no sooner than `min_sync_period`
 //!   after the previous one and at least every `sync_period`.
-//! - The first sync is full; later ones are incremental from
-//!   [`ChangeSet::between`] the last *successfully applied* graph and the
-//!   new one. A full sync is forced after any failure, every
+//! - The graph is kept by an [`IncrementalGraph`]: the source hands it
+//!   the objects that changed, and each sync rebuilds only the Services
+//!   they touch (a change of this node or of the configuration rebuilds
+//!   more). The graph is changed in place, so no copy of it is kept
+//!   between syncs beyond the one `/graph` shows, which is dropped before
+//!   the update.
+//! - The first sync is full; later ones are incremental from the
+//!   [`ChangeSet`](kproxy_graph::ChangeSet) of the graph update, which is against the previous
+//!   graph: the last *successfully applied* one, since any failure makes
+//!   the next sync full. A full sync is forced after any failure, every
 //!   `full_sync_period`, when the change set says so (node topology,
 //!   configuration) and when [`Backend::check`] finds drift (checked every
 //!   `sync_period`).
@@ -18,8 +25,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use kproxy_graph::incremental::Applied;
 use kproxy_graph::{
-    Backend, ChangeSet, IpFamily, Objects, ServiceGraph, SyncStats, TrafficPolicy, Warning,
+    Backend, FamilyGraph, IncrementalGraph, IpFamily, Objects, ProxyConfig, ServiceGraph,
+    SyncStats, TrafficPolicy, Warning,
 };
 use tokio::time::sleep_until;
 
@@ -55,8 +64,11 @@ pub struct Reconciler {
     opts: LoopOptions,
     backend: Box<dyn Backend>,
     shared: Arc<Shared>,
-    /// The last graph the backend applied successfully.
-    last_applied: Option<Arc<ServiceGraph>>,
+    /// The objects and the graph built from them.
+    graph: IncrementalGraph,
+    /// A sync has succeeded (so the graph update's change set is against
+    /// what the kernel holds, unless `need_full`).
+    applied: bool,
     need_full: bool,
     last_full: Option<Instant>,
     last_attempt: Option<Instant>,
@@ -65,8 +77,9 @@ pub struct Reconciler {
     seen_warnings: BTreeSet<Warning>,
     /// Per EndpointSlice, the trigger time already observed.
     seen_triggers: BTreeMap<String, String>,
-    /// Object versions of the last snapshot, for the change counters.
-    versions: Versions,
+    /// EndpointSlices changed since the last successful sync, with their
+    /// trigger time (`None`: deleted, or no annotation).
+    pending_triggers: BTreeMap<String, Option<String>>,
     hc_ports: Option<HealthCheckPorts>,
     conntrack: Option<Conntrack>,
     /// The ruleset a dry run printed last.
@@ -85,12 +98,14 @@ impl Reconciler {
         let hc_ports = opts
             .health_check_node_ports
             .then(|| HealthCheckPorts::new(shared.clone()));
+        let proxy = settings.proxy.clone();
         Reconciler {
             settings,
             opts,
             backend,
             shared,
-            last_applied: None,
+            graph: IncrementalGraph::new(proxy),
+            applied: false,
             need_full: true,
             last_full: None,
             last_attempt: None,
@@ -98,33 +113,57 @@ impl Reconciler {
             cleaned_other_modes: false,
             seen_warnings: BTreeSet::new(),
             seen_triggers: BTreeMap::new(),
-            versions: Versions::default(),
+            pending_triggers: BTreeMap::new(),
             hc_ports,
             conntrack,
             dry_run_printed: None,
         }
     }
 
-    /// Build the graph from `objects` (plus the source's own warnings).
-    pub fn build_graph(&self, objects: &Objects, source_warnings: Vec<Warning>) -> ServiceGraph {
-        let mut g = if self.opts.host_addresses {
-            let mut config = self.settings.proxy.clone();
+    /// The configuration the graph is built with now: the settings plus,
+    /// with `host_addresses`, the host's current interface addresses.
+    fn proxy_config(&self) -> ProxyConfig {
+        let mut config = self.settings.proxy.clone();
+        if self.opts.host_addresses {
             config.extra_node_ips.extend(crate::hostaddrs::host_ips());
             config.extra_node_ips.sort();
             config.extra_node_ips.dedup();
-            ServiceGraph::build(objects, &config)
-        } else {
-            ServiceGraph::build(objects, &self.settings.proxy)
-        };
-        g.warnings.extend(source_warnings);
-        g.warnings.sort();
-        g.warnings.dedup();
-        g
+        }
+        config
+    }
+
+    /// Take in what the source changed since the last drain: counted as
+    /// kube-proxy's change counters (pending until the next successful
+    /// sync), and the slices' trigger times noted for the
+    /// network-programming latency.
+    pub fn ingest(&mut self, source: &mut Source) {
+        let applied = source.drain_into(&mut self.graph);
+        self.note_applied(applied);
+    }
+
+    fn note_applied(&mut self, applied: Applied) {
+        let m = &self.shared.metrics;
+        m.service_changes_total.inc_by(applied.services);
+        m.endpoint_changes_total.inc_by(applied.slices);
+        m.service_changes_pending.inc_by(applied.services as i64);
+        m.endpoint_changes_pending.inc_by(applied.slices as i64);
+        for s in &applied.changed_slices {
+            let t = s
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
+                .cloned();
+            self.pending_triggers.insert(slice_key(&s.metadata), t);
+        }
+        for (ns, name) in applied.deleted_slices {
+            self.pending_triggers.insert(format!("{ns}/{name}"), None);
+        }
     }
 
     /// A change notification arrived: health and the queued timestamp.
     /// Cheap on purpose: under an event storm this runs per event, while
-    /// the snapshot is only taken once per sync.
+    /// the changes are drained once per sync.
     pub fn note_queued(&mut self) {
         let now = SystemTime::now();
         let families: Vec<IpFamily> = self.settings.proxy.families.clone();
@@ -135,37 +174,57 @@ impl Reconciler {
             .set(unix_secs(now));
     }
 
-    /// Count the Service and EndpointSlice changes in a new snapshot
-    /// (kube-proxy's change counters); pending until the next successful
-    /// sync.
-    pub fn count_changes(&mut self, objects: &Objects) {
-        let m = &self.shared.metrics;
-        let (svc, eps) = self.versions.update(objects);
-        m.service_changes_total.inc_by(svc);
-        m.endpoint_changes_total.inc_by(eps);
-        m.service_changes_pending.inc_by(svc as i64);
-        m.endpoint_changes_pending.inc_by(eps as i64);
+    /// Make `objects` the whole state and sync it (a source that reads
+    /// everything at once; the tests).
+    #[cfg_attr(not(test), expect(dead_code, reason = "the loop drains sources"))]
+    pub fn sync_objects(&mut self, objects: &Objects, source_warnings: Vec<Warning>) -> bool {
+        self.graph.set_extra_warnings(source_warnings);
+        let applied = self.graph.replace_all(objects.clone());
+        self.note_applied(applied);
+        self.sync()
     }
 
-    /// One sync of `objects`; `false` when the backend refused (the
-    /// previous rules stay, the next sync is full).
-    pub fn sync(&mut self, objects: &Objects, source_warnings: Vec<Warning>) -> bool {
+    /// One sync of the current objects; `false` when the backend refused
+    /// (the previous rules stay, the next sync is full).
+    pub fn sync(&mut self) -> bool {
         let started = Instant::now();
         self.last_attempt = Some(started);
-        let graph = self.build_graph(objects, source_warnings);
+        let config = self.proxy_config();
+        self.graph.set_config(config);
+        if self.graph.is_dirty() {
+            // The update changes the graph in place: a copy still held
+            // here would make it copy the whole graph first.
+            self.shared.status().graph = None;
+        }
+        let update = self.graph.update();
+        let graph = self.graph.graph().clone();
         self.report_warnings(&graph);
         let graph_built = started.elapsed();
 
         let full_due = self
             .last_full
             .is_none_or(|t| started.duration_since(t) >= self.settings.full_sync_period);
-        let changes = match (&self.last_applied, self.need_full || full_due) {
-            (Some(prev), false) => {
-                let c = ChangeSet::between(prev, &graph);
-                (!c.needs_full_sync).then_some(c)
-            }
-            _ => None,
+        let changes = if self.applied && !self.need_full && !full_due {
+            (!update.changes.needs_full_sync).then_some(update.changes)
+        } else {
+            None
         };
+        // What left the graph, for the conntrack clean-up of removed UDP
+        // service ports (it reads nothing else of the previous graph).
+        let before = self.applied.then(|| ServiceGraph {
+            node: graph.node.clone(),
+            config: graph.config.clone(),
+            families: update
+                .removed
+                .into_iter()
+                .map(|(f, ports)| {
+                    let mut fg = FamilyGraph::empty(f);
+                    fg.services = ports.into_iter().map(|sp| (sp.name.clone(), sp)).collect();
+                    (f, fg)
+                })
+                .collect(),
+            warnings: Vec::new(),
+        });
         let full = changes.is_none();
         let kind = if full { "full" } else { "partial" };
         if let Some(c) = &changes {
@@ -177,7 +236,7 @@ impl Reconciler {
             tracing::debug!(
                 need_full = self.need_full,
                 full_due,
-                first = self.last_applied.is_none(),
+                first = !self.applied,
                 "full sync"
             );
         }
@@ -236,7 +295,7 @@ impl Reconciler {
                 m.service_ports.set(service_ports(&graph) as i64);
                 m.endpoints.set(endpoints(&graph) as i64);
                 self.no_local_endpoint_metrics(&graph);
-                self.network_programming(objects, now);
+                self.network_programming(now);
                 tracing::info!(
                     backend = %self.backend.kind(),
                     sync = kind,
@@ -247,6 +306,7 @@ impl Reconciler {
                     rules_total = stats.rules_total,
                     duration_ms = elapsed.as_millis() as u64,
                     graph_ms = graph_built.as_millis() as u64,
+                    services_rebuilt = update.rebuilt,
                     "synced"
                 );
                 if !self.opts.dry_run
@@ -254,8 +314,7 @@ impl Reconciler {
                 {
                     // Compared with the last applied graph: removed UDP
                     // service ports lose their flows too.
-                    let before = self.last_applied.as_deref();
-                    let report = block(|| ct.cleanup(before, &graph, changes.as_ref()));
+                    let report = block(|| ct.cleanup(before.as_ref(), &graph, changes.as_ref()));
                     m.conntrack_duration.observe(report.duration.as_secs_f64());
                     for (fam, n) in report.deleted {
                         m.conntrack_deleted
@@ -295,7 +354,6 @@ impl Reconciler {
                         })
                         .set(stats.rules_written as i64);
                 }
-                let graph = Arc::new(graph);
                 {
                     let mut st = self.shared.status();
                     st.last_sync = Some(now);
@@ -309,7 +367,7 @@ impl Reconciler {
                     st.rules = rules;
                     st.warnings = graph.warnings.iter().map(ToString::to_string).collect();
                 }
-                self.last_applied = Some(graph);
+                self.applied = true;
                 self.need_full = false;
                 if full {
                     self.last_full = Some(started);
@@ -338,6 +396,8 @@ impl Reconciler {
                 tracing::error!(backend = %self.backend.kind(), sync = kind, error = %e,
                     "sync failed; the previous rules stay, the next sync is full");
                 let mut st = self.shared.status();
+                // What the failed sync tried to apply, for /graph.
+                st.graph = Some(graph);
                 st.failures += 1;
                 st.consecutive_failures += 1;
                 st.last_error = Some((SystemTime::now(), e.clone()));
@@ -349,7 +409,7 @@ impl Reconciler {
     /// The periodic drift check: `true` when the kernel lost our rules.
     pub fn check_drift(&mut self) -> bool {
         self.last_check = Instant::now();
-        if self.opts.dry_run || self.last_applied.is_none() {
+        if self.opts.dry_run || !self.applied {
             return false;
         }
         let backend = &mut self.backend;
@@ -417,27 +477,17 @@ impl Reconciler {
 
     /// Observe, for every EndpointSlice whose trigger time is new since the
     /// last successful sync, the time from the trigger to now.
-    fn network_programming(&mut self, objects: &Objects, now: SystemTime) {
-        let first = self.seen_triggers.is_empty() && self.syncs() == 0;
-        let mut next = BTreeMap::new();
-        for s in &objects.endpoint_slices {
-            let key = format!(
-                "{}/{}",
-                s.metadata.namespace.as_deref().unwrap_or(""),
-                s.metadata.name.as_deref().unwrap_or("")
-            );
-            let Some(t) = s
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
-            else {
+    fn network_programming(&mut self, now: SystemTime) {
+        // The first sync after start does not observe: those changes
+        // happened before this process and would skew the SLI.
+        let first = self.syncs() == 0;
+        for (key, t) in std::mem::take(&mut self.pending_triggers) {
+            let Some(t) = t else {
+                self.seen_triggers.remove(&key);
                 continue;
             };
-            // The first sync after start does not observe: those changes
-            // happened before this process and would skew the SLI.
             if !first
-                && self.seen_triggers.get(&key) != Some(t)
+                && self.seen_triggers.get(&key) != Some(&t)
                 && let Ok(ts) = t.parse::<k8s_openapi::jiff::Timestamp>()
                 && let Ok(d) = now.duration_since(SystemTime::from(ts))
             {
@@ -446,9 +496,8 @@ impl Reconciler {
                     .network_programming
                     .observe(d.as_secs_f64());
             }
-            next.insert(key, t.clone());
+            self.seen_triggers.insert(key, t);
         }
-        self.seen_triggers = next;
     }
 
     fn syncs(&self) -> u64 {
@@ -486,12 +535,11 @@ impl Reconciler {
         // Nothing is synced before the source's initial state is complete:
         // a partial state would delete rules for Services not yet listed.
         source.changed().await?;
-        let mut objects = source.snapshot();
         self.shared.status().source = source.describe();
         self.note_queued();
-        self.count_changes(&objects);
+        self.ingest(&mut source);
         if once {
-            return Ok(self.sync(&objects, source.warnings()));
+            return Ok(self.sync());
         }
         let mut shutdown = Shutdown::new()?;
         let mut dirty = true;
@@ -508,10 +556,9 @@ impl Reconciler {
                         .is_some_and(|t| t.elapsed() < self.settings.sync_period);
                 if !periodic_only {
                     if dirty {
-                        objects = source.snapshot();
-                        self.count_changes(&objects);
+                        self.ingest(&mut source);
                     }
-                    self.sync(&objects, source.warnings());
+                    self.sync();
                 }
                 self.shared.status().source_errors = source.errors();
                 dirty = false;
@@ -576,54 +623,13 @@ fn endpoints(g: &ServiceGraph) -> usize {
     g.families.values().map(|f| f.total_endpoints()).sum()
 }
 
-/// Object versions of the last snapshot, to count Service and
-/// EndpointSlice changes as kube-proxy's change counters do.
-#[derive(Debug, Default)]
-struct Versions {
-    services: BTreeMap<String, String>,
-    slices: BTreeMap<String, String>,
-}
-
-impl Versions {
-    fn update(&mut self, objects: &Objects) -> (u64, u64) {
-        fn version(
-            meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-            obj: &impl serde::Serialize,
-        ) -> String {
-            match &meta.resource_version {
-                Some(rv) if !rv.is_empty() => rv.clone(),
-                // File input has no resourceVersion: the content is the version.
-                _ => serde_json::to_string(obj).unwrap_or_default(),
-            }
-        }
-        fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-            format!(
-                "{}/{}",
-                meta.namespace.as_deref().unwrap_or(""),
-                meta.name.as_deref().unwrap_or("")
-            )
-        }
-        fn diff(old: &mut BTreeMap<String, String>, new: BTreeMap<String, String>) -> u64 {
-            let changed = new.iter().filter(|(k, v)| old.get(*k) != Some(v)).count()
-                + old.keys().filter(|k| !new.contains_key(*k)).count();
-            *old = new;
-            changed as u64
-        }
-        let svcs = objects
-            .services
-            .iter()
-            .map(|s| (key(&s.metadata), version(&s.metadata, s)))
-            .collect();
-        let slices = objects
-            .endpoint_slices
-            .iter()
-            .map(|s| (key(&s.metadata), version(&s.metadata, s)))
-            .collect();
-        (
-            diff(&mut self.services, svcs),
-            diff(&mut self.slices, slices),
-        )
-    }
+/// `namespace/name` of an object.
+fn slice_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or("")
+    )
 }
 
 /// SIGTERM and SIGINT.
@@ -653,7 +659,7 @@ impl Shutdown {
 mod tests {
     use std::sync::Mutex;
 
-    use kproxy_graph::{ApplyError, BackendKind, GenError, ProxyConfig};
+    use kproxy_graph::{ApplyError, BackendKind, ChangeSet, GenError, ProxyConfig};
 
     use super::*;
     use crate::health::ProxyHealth;
@@ -757,12 +763,12 @@ mod tests {
     fn first_full_then_partial_failure_forces_full() {
         let log = Arc::new(Mutex::new(Log::default()));
         let mut r = reconciler(log.clone());
-        assert!(r.sync(&objects("10.0.0.1"), vec![]));
-        assert!(r.sync(&objects("10.0.0.2"), vec![]));
+        assert!(r.sync_objects(&objects("10.0.0.1"), vec![]));
+        assert!(r.sync_objects(&objects("10.0.0.2"), vec![]));
         log.lock().unwrap().fail_next = true;
-        assert!(!r.sync(&objects("10.0.0.3"), vec![]));
-        assert!(r.sync(&objects("10.0.0.3"), vec![]));
-        assert!(r.sync(&objects("10.0.0.4"), vec![]));
+        assert!(!r.sync_objects(&objects("10.0.0.3"), vec![]));
+        assert!(r.sync_objects(&objects("10.0.0.3"), vec![]));
+        assert!(r.sync_objects(&objects("10.0.0.4"), vec![]));
         assert_eq!(
             log.lock().unwrap().syncs,
             vec![true, false, false, true, false]
@@ -784,11 +790,11 @@ mod tests {
     fn drift_forces_a_full_sync() {
         let log = Arc::new(Mutex::new(Log::default()));
         let mut r = reconciler(log.clone());
-        assert!(r.sync(&objects("10.0.0.1"), vec![]));
+        assert!(r.sync_objects(&objects("10.0.0.1"), vec![]));
         assert!(!r.check_drift(), "no drift yet");
         log.lock().unwrap().drifted = true;
         assert!(r.check_drift());
-        assert!(r.sync(&objects("10.0.0.1"), vec![]));
+        assert!(r.sync_objects(&objects("10.0.0.1"), vec![]));
         assert_eq!(log.lock().unwrap().syncs, vec![true, true]);
         assert!(
             r.shared
@@ -808,8 +814,8 @@ mod tests {
             "apiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: n}\nspec:\n  clusterIP: 10.0.0.999\n  ports: [{port: 80}]\n",
         )
         .unwrap();
-        assert!(r.sync(&o, vec![]));
-        assert!(r.sync(&o, vec![]));
+        assert!(r.sync_objects(&o, vec![]));
+        assert!(r.sync_objects(&o, vec![]));
         let g = r.shared.status().graph.clone().unwrap();
         let n = g.warnings.len();
         assert!(
@@ -864,19 +870,19 @@ mod tests {
                 .map(|v| v.trim().to_string())
         };
         let first = ago(100);
-        assert!(r.sync(&with_trigger(&first), vec![]));
+        assert!(r.sync_objects(&with_trigger(&first), vec![]));
         assert_eq!(
             count(&r).as_deref(),
             Some("0"),
             "changes before start are not observed"
         );
-        assert!(r.sync(&with_trigger(&first), vec![]));
+        assert!(r.sync_objects(&with_trigger(&first), vec![]));
         assert_eq!(
             count(&r).as_deref(),
             Some("0"),
             "an unchanged trigger time is observed once"
         );
-        assert!(r.sync(&with_trigger(&ago(3)), vec![]));
+        assert!(r.sync_objects(&with_trigger(&ago(3)), vec![]));
         assert_eq!(count(&r).as_deref(), Some("1"));
         let text = r.shared.metrics.encode();
         assert!(
@@ -895,6 +901,115 @@ mod tests {
         let m = iptables_rules_per_table(text);
         assert_eq!(m.get("filter"), Some(&1));
         assert_eq!(m.get("nat"), Some(&3));
+    }
+
+    /// A synthetic EndpointSlice of Service `i`: 10 endpoints from `pod`.
+    fn churn_slice(i: usize, pod: &mut u32) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+        let eps: Vec<_> = (0..10)
+            .map(|_| {
+                *pod += 1;
+                let ip = std::net::Ipv4Addr::from(0x0a01_0000u32 + *pod);
+                serde_json::json!({"addresses": [ip.to_string()], "conditions": {"ready": true},
+                    "nodeName": format!("node-{}", *pod % 100)})
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("svc-{i}-abcde"), "namespace": format!("ns-{}", i % 100),
+                         "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+            "addressType": "IPv4",
+            "endpoints": eps,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        }))
+        .unwrap()
+    }
+
+    fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// Sustained churn through the reconciler and the nftables backend in
+    /// a network namespace (the daemon's sync path after a source drained
+    /// the changed slices): `KPROXY_CHURN_SERVICES` (10000) Services x 10
+    /// endpoints, `KPROXY_CHURN_RATE` (10) endpoint changes per second for
+    /// `KPROXY_CHURN_SECONDS` (60). Each change's latency runs from when
+    /// it is due to the end of the sync carrying it, as `kproxy-bench`'s
+    /// churn run measures it. A measurement, not a check:
+    /// `cargo test --release -p kproxy-daemon --bin kproxy churn -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement: a minute, root and nft"]
+    fn churn_through_the_reconciler() {
+        use std::time::Duration;
+        let n: usize = env_or("KPROXY_CHURN_SERVICES", 10_000);
+        let rate: f64 = env_or("KPROXY_CHURN_RATE", 10.0);
+        let seconds: f64 = env_or("KPROXY_CHURN_SECONDS", 60.0);
+        let ns = kproxy_testkit::NetNs::named(&format!("kpa-churn-{}", std::process::id()));
+        let log = Arc::new(Mutex::new(Log::default()));
+        let mut r = reconciler(log);
+        r.settings.proxy.mode = kproxy_graph::ProxyMode::Nftables;
+        r.settings.proxy.families = vec![IpFamily::V4];
+        r.backend = Box::new(kproxy_nftables::NftablesBackend::in_netns(ns.name()));
+        let mut objects = Objects::default();
+        let mut pod = 0u32;
+        let mut slices = Vec::new();
+        for i in 0..n {
+            let ip = std::net::Ipv4Addr::from(0x0a60_0000u32 + i as u32 + 1).to_string();
+            objects.services.push(
+                serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("svc-{i}"), "namespace": format!("ns-{}", i % 100)},
+                    "spec": {"clusterIP": ip, "clusterIPs": [ip],
+                             "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+                }))
+                .unwrap(),
+            );
+            slices.push(churn_slice(i, &mut pod));
+        }
+        objects.endpoint_slices = slices;
+        let t = Instant::now();
+        assert!(r.sync_objects(&objects, vec![]), "initial full sync");
+        eprintln!("{n} Services: initial full sync {:.2?}", t.elapsed());
+        drop(objects);
+
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let total = (seconds * rate).round().max(1.0) as usize;
+        let start = Instant::now();
+        let due = |i: usize| start + interval * (i as u32);
+        let (mut lat, mut syncs, mut next) = (Vec::new(), Vec::new(), 0usize);
+        while next < total {
+            let now = Instant::now();
+            if due(next) > now {
+                std::thread::sleep(due(next) - now);
+            }
+            let mut batch = Vec::new();
+            while next < total && due(next) <= Instant::now() {
+                let i = (next * 7919 + 1) % n;
+                r.graph.upsert_slice(Arc::new(churn_slice(i, &mut pod)));
+                batch.push(due(next));
+                next += 1;
+            }
+            let t = Instant::now();
+            assert!(r.sync(), "sync");
+            let done = Instant::now();
+            syncs.push((done - t).as_secs_f64());
+            lat.extend(batch.iter().map(|d| (done - *d).as_secs_f64()));
+        }
+        let q = |v: &mut Vec<f64>, p: f64| {
+            v.sort_by(f64::total_cmp);
+            v[((v.len() - 1) as f64 * p).round() as usize] * 1e3
+        };
+        eprintln!(
+            "churn {n} Services, {rate}/s for {seconds} s: {} changes in {} syncs; \
+             change-to-kernel p50 {:.1} ms, p99 {:.1} ms; sync p50 {:.1} ms, min {:.1}, max {:.1}",
+            lat.len(),
+            syncs.len(),
+            q(&mut lat, 0.5),
+            q(&mut lat, 0.99),
+            q(&mut syncs, 0.5),
+            q(&mut syncs, 0.0),
+            q(&mut syncs, 1.0),
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -86,6 +86,19 @@ pub struct Applied {
     pub nodes: u64,
     /// The slices added or changed (for their trigger-time annotations).
     pub changed_slices: Vec<Arc<EndpointSlice>>,
+    /// The slices removed, as `(namespace, name)`.
+    pub deleted_slices: Vec<(String, String)>,
+}
+
+impl Applied {
+    /// Add another batch's counts.
+    pub fn merge(&mut self, other: Applied) {
+        self.services += other.services;
+        self.slices += other.slices;
+        self.nodes += other.nodes;
+        self.changed_slices.extend(other.changed_slices);
+        self.deleted_slices.extend(other.deleted_slices);
+    }
 }
 
 /// Service objects, EndpointSlices and Nodes indexed by Service, with the
@@ -374,19 +387,16 @@ impl IncrementalGraph {
     }
 
     /// Make the EndpointSlices the whole set: upsert each, delete the rest.
-    /// Returns how many changed and the slices added or changed.
-    pub fn replace_slices(
-        &mut self,
-        slices: Vec<Arc<EndpointSlice>>,
-    ) -> (u64, Vec<Arc<EndpointSlice>>) {
-        let mut n = 0;
-        let mut changed = Vec::new();
+    /// Returns the slices counted in [`Applied::slices`],
+    /// [`Applied::changed_slices`] and [`Applied::deleted_slices`].
+    pub fn replace_slices(&mut self, slices: Vec<Arc<EndpointSlice>>) -> Applied {
+        let mut out = Applied::default();
         let mut keep: std::collections::HashSet<SliceKey> = Default::default();
         for s in slices {
             keep.insert(slice_key(&s));
             if self.upsert_slice(s.clone()) {
-                n += 1;
-                changed.push(s);
+                out.slices += 1;
+                out.changed_slices.push(s);
             }
         }
         let gone: Vec<SliceKey> = self
@@ -396,9 +406,12 @@ impl IncrementalGraph {
             .cloned()
             .collect();
         for (ns, name) in gone {
-            n += u64::from(self.delete_slice(&ns, &name));
+            if self.delete_slice(&ns, &name) {
+                out.slices += 1;
+                out.deleted_slices.push((ns, name));
+            }
         }
-        (n, changed)
+        out
     }
 
     /// Make the Nodes the whole set. Returns how many changed.
@@ -424,16 +437,11 @@ impl IncrementalGraph {
     /// Make `objects` the whole state (a file source's new reading).
     /// Objects repeating an identity: the last one counts.
     pub fn replace_all(&mut self, objects: Objects) -> Applied {
-        let services = self.replace_services(objects.services.into_iter().map(Arc::new).collect());
-        let (slices, changed_slices) =
+        let mut out =
             self.replace_slices(objects.endpoint_slices.into_iter().map(Arc::new).collect());
-        let nodes = self.replace_nodes(objects.nodes.into_iter().map(Arc::new).collect());
-        Applied {
-            services,
-            slices,
-            nodes,
-            changed_slices,
-        }
+        out.services = self.replace_services(objects.services.into_iter().map(Arc::new).collect());
+        out.nodes = self.replace_nodes(objects.nodes.into_iter().map(Arc::new).collect());
+        out
     }
 
     /// The current objects, Services and slices in namespace and name

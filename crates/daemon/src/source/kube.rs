@@ -10,18 +10,25 @@
 //! default exponential backoff. [`KubeSource::changed`] first resolves
 //! once all three initial lists are complete, so the first sync never
 //! sees, say, Services without their EndpointSlices.
+//!
+//! Each watcher also records which objects its events touched (and that a
+//! list completed), so [`KubeSource::drain_into`] hands the graph only the
+//! changed objects (the store's own `Arc`s, no copy) rather than a
+//! snapshot of the cluster.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kproxy_graph::Objects;
+use kproxy_graph::incremental::Applied;
 use kproxy_graph::intake::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
-use kube::runtime::reflector::{self, Store};
+use kproxy_graph::{IncrementalGraph, Objects};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource};
 use tokio::sync::watch;
@@ -67,16 +74,37 @@ struct Status {
     ended: Option<String>,
 }
 
+/// What the watchers changed since the last [`KubeSource::drain_into`]:
+/// per kind, the `(namespace, name)` of objects that had events, or
+/// `all` after a (re)list replaced the store.
+#[derive(Debug, Default)]
+struct Pending {
+    keys: [HashSet<(String, String)>; 3],
+    all: [bool; 3],
+}
+
+type SharedPending = Arc<Mutex<Pending>>;
+
+fn lock_pending(p: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    // The data is a set of keys: still usable after a panic elsewhere.
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The API server as a source of Services, EndpointSlices and this Node.
 pub struct KubeSource {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
     status: watch::Receiver<Status>,
+    pending: SharedPending,
     seen: u64,
     node_name: String,
     proxy_name: Option<String>,
     tasks: Vec<JoinHandle<()>>,
+    /// The tests' graph fed by [`KubeSource::drain_into`], checked
+    /// against a full build of the snapshot.
+    #[cfg(test)]
+    mirror: Option<Box<IncrementalGraph>>,
 }
 
 impl std::fmt::Debug for KubeSource {
@@ -106,6 +134,7 @@ fn spawn_watcher<K>(
     config: watcher::Config,
     index: usize,
     status: Arc<watch::Sender<Status>>,
+    pending: SharedPending,
 ) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
@@ -122,9 +151,16 @@ where
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
-            // The reflector has already applied the event to the store.
+            // The reflector has already applied the event to the store;
+            // the key is recorded after that, so a drain that reads the
+            // store before the key is recorded sees it again next time.
             match event {
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj)) => {
+                    let meta = obj.meta();
+                    lock_pending(&pending).keys[index].insert((
+                        meta.namespace.clone().unwrap_or_default(),
+                        meta.name.clone().unwrap_or_default(),
+                    ));
                     status.send_modify(|s| {
                         s.generation += 1;
                         s.errors[index] = None;
@@ -132,6 +168,11 @@ where
                 }
                 Ok(watcher::Event::InitDone) => {
                     tracing::debug!(kind, "list complete");
+                    {
+                        let mut p = lock_pending(&pending);
+                        p.all[index] = true;
+                        p.keys[index].clear();
+                    }
                     status.send_modify(|s| {
                         s.generation += 1;
                         s.ready[index] = true;
@@ -201,34 +242,41 @@ impl KubeSource {
         let client = Client::try_from(config).context("building the Kubernetes client")?;
         let (tx, rx) = watch::channel(Status::default());
         let tx = Arc::new(tx);
+        let pending = SharedPending::default();
         let labels = label_selector(opts.proxy_name.as_deref());
         let (services, t1) = spawn_watcher(
             Api::<Service>::all(client.clone()),
             watcher::Config::default().labels(&labels),
             SERVICES,
             tx.clone(),
+            pending.clone(),
         );
         let (slices, t2) = spawn_watcher(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default().labels(&labels),
             SLICES,
             tx.clone(),
+            pending.clone(),
         );
         let (nodes, t3) = spawn_watcher(
             Api::<Node>::all(client),
             watcher::Config::default().fields(&format!("metadata.name={}", opts.node_name)),
             NODES,
             tx,
+            pending.clone(),
         );
         Ok(KubeSource {
             services,
             slices,
             nodes,
             status: rx,
+            pending,
             seen: 0,
             node_name: opts.node_name,
             proxy_name: opts.proxy_name,
             tasks: vec![t1, t2, t3],
+            #[cfg(test)]
+            mirror: None,
         })
     }
 
@@ -253,14 +301,86 @@ impl KubeSource {
         Ok(())
     }
 
-    /// The current objects, sorted by namespace and name.
+    /// Whether kproxy proxies an object with this metadata: not headless,
+    /// and not labelled for another proxy (the label selector cannot say
+    /// "no label or this value").
+    fn wanted(&self, meta: &ObjectMeta) -> bool {
+        let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k));
+        label(HEADLESS_LABEL).is_none()
+            && label(SERVICE_PROXY_NAME_LABEL)
+                .is_none_or(|v| self.proxy_name.as_deref() == Some(v.as_str()))
+    }
+
+    /// Hand `graph` what changed since the last drain: the objects the
+    /// watchers' events named (looked up in the stores, so a burst of
+    /// events for one object is one upsert), or a whole kind after a
+    /// (re)list. Returns what really changed.
+    pub fn drain_into(&mut self, graph: &mut IncrementalGraph) -> Applied {
+        let pending = std::mem::take(&mut *lock_pending(&self.pending));
+        let mut out = Applied::default();
+
+        if pending.all[SERVICES] {
+            let all = self
+                .services
+                .state()
+                .into_iter()
+                .filter(|s| self.wanted(&s.metadata))
+                .collect();
+            out.services += graph.replace_services(all);
+        } else {
+            for (ns, name) in &pending.keys[SERVICES] {
+                out.services += u64::from(match self.services.get(&objref(ns, name)) {
+                    Some(s) if self.wanted(&s.metadata) => graph.upsert_service(s),
+                    _ => graph.delete_service(ns_or_default(ns), name),
+                });
+            }
+        }
+        if pending.all[SLICES] {
+            let all = self
+                .slices
+                .state()
+                .into_iter()
+                .filter(|s| self.wanted(&s.metadata))
+                .collect();
+            out.merge(graph.replace_slices(all));
+        } else {
+            for (ns, name) in &pending.keys[SLICES] {
+                match self.slices.get(&objref(ns, name)) {
+                    Some(s) if self.wanted(&s.metadata) => {
+                        if graph.upsert_slice(s.clone()) {
+                            out.slices += 1;
+                            out.changed_slices.push(s);
+                        }
+                    }
+                    _ => {
+                        let ns = ns_or_default(ns);
+                        if graph.delete_slice(ns, name) {
+                            out.slices += 1;
+                            out.deleted_slices.push((ns.to_string(), name.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        let ours = |n: &Arc<Node>| n.metadata.name.as_deref() == Some(self.node_name.as_str());
+        if pending.all[NODES] {
+            let all = self.nodes.state().into_iter().filter(ours).collect();
+            out.nodes += graph.replace_nodes(all);
+        } else {
+            for (_, name) in &pending.keys[NODES] {
+                out.nodes += u64::from(match self.nodes.get(&objref("", name)) {
+                    Some(n) if ours(&n) => graph.upsert_node(n),
+                    _ => graph.delete_node(name),
+                });
+            }
+        }
+        out
+    }
+
+    /// The current objects, sorted by namespace and name (`kproxy diff`
+    /// and the tests; the daemon uses [`KubeSource::drain_into`]).
     pub fn snapshot(&self) -> Objects {
-        let wanted = |meta: &ObjectMeta| {
-            let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k));
-            label(HEADLESS_LABEL).is_none()
-                && label(SERVICE_PROXY_NAME_LABEL)
-                    .is_none_or(|v| self.proxy_name.as_deref() == Some(v.as_str()))
-        };
+        let wanted = |meta: &ObjectMeta| self.wanted(meta);
         let mut services: Vec<Service> = self
             .services
             .state()
@@ -320,6 +440,21 @@ impl Drop for KubeSource {
             task.abort();
         }
     }
+}
+
+/// The store's key of an object.
+fn objref<K>(ns: &str, name: &str) -> ObjectRef<K>
+where
+    K: kube::runtime::reflector::Lookup,
+    K::DynamicType: Default,
+{
+    let r = ObjectRef::new(name);
+    if ns.is_empty() { r } else { r.within(ns) }
+}
+
+/// The namespace the graph files an object under (`default` when unset).
+fn ns_or_default(ns: &str) -> &str {
+    if ns.is_empty() { "default" } else { ns }
 }
 
 #[cfg(test)]

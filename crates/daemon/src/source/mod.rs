@@ -1,12 +1,15 @@
 //! Where the cluster state comes from.
 //!
 //! Every source has the same shape: [`Source::changed`] resolves when the
-//! state changed since the last snapshot (the first time: when the initial
-//! state is complete) and [`Source::snapshot`] returns the objects. The
-//! reconcile loop neither knows nor cares whether they came from the API
-//! server or from files.
+//! state changed since the last drain (the first time: when the initial
+//! state is complete) and [`Source::drain_into`] hands the changes to the
+//! [`IncrementalGraph`]: the API source only the objects its watch events
+//! named, the file source a new reading of its files. The reconcile loop
+//! neither knows nor cares whether they came from the API server or from
+//! files.
 
-use kproxy_graph::{Objects, Warning};
+use kproxy_graph::IncrementalGraph;
+use kproxy_graph::incremental::Applied;
 
 pub mod file;
 pub mod kube;
@@ -48,20 +51,26 @@ impl Source {
         }
     }
 
-    /// The current objects.
-    pub fn snapshot(&self) -> Objects {
+    /// A copy of the current objects (`kproxy diff`; the daemon drains
+    /// changes instead).
+    pub fn snapshot(&self) -> kproxy_graph::Objects {
         match self {
             Source::File(f) => f.snapshot(),
             Source::Kube(k) => k.snapshot(),
         }
     }
 
-    /// Objects the source itself could not decode (a whole document that
-    /// does not match its schema); the graph adds its own warnings.
-    pub fn warnings(&self) -> Vec<Warning> {
+    /// Hand `graph` the changes since the last drain (and the source's
+    /// own warnings); returns what really changed.
+    pub fn drain_into(&mut self, graph: &mut IncrementalGraph) -> Applied {
         match self {
-            Source::File(f) => f.warnings(),
-            Source::Kube(_) => Vec::new(),
+            // A new reading replaces the objects; unchanged ones compare
+            // equal and cost no rebuild.
+            Source::File(f) => {
+                graph.set_extra_warnings(f.warnings());
+                graph.replace_all(f.snapshot())
+            }
+            Source::Kube(k) => k.drain_into(graph),
         }
     }
 

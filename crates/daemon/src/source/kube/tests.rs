@@ -180,6 +180,7 @@ async fn wait_for(src: &mut KubeSource, want: &Summary, timeout: Duration) {
     let end = tokio::time::Instant::now() + timeout;
     loop {
         if src.synced() && &summary(&src.snapshot()) == want {
+            check_feed(src);
             return;
         }
         let left = end.saturating_duration_since(tokio::time::Instant::now());
@@ -192,6 +193,29 @@ async fn wait_for(src: &mut KubeSource, want: &Summary, timeout: Duration) {
             ),
         }
     }
+}
+
+/// The changes `drain_into` handed over so far give the graph a full
+/// build of the snapshot gives.
+fn check_feed(src: &mut KubeSource) {
+    let config = kproxy_graph::ProxyConfig {
+        node_name: src.node_name.clone(),
+        proxy_name: src.proxy_name.clone(),
+        ..Default::default()
+    };
+    let mut mirror = src
+        .mirror
+        .take()
+        .unwrap_or_else(|| Box::new(kproxy_graph::IncrementalGraph::new(config.clone())));
+    src.drain_into(&mut mirror);
+    mirror.update();
+    let full = kproxy_graph::ServiceGraph::build(&src.snapshot(), &config);
+    assert_eq!(
+        **mirror.graph(),
+        full,
+        "the drained changes disagree with the snapshot"
+    );
+    src.mirror = Some(mirror);
 }
 
 fn base(h: &Harness) {
@@ -506,6 +530,8 @@ async fn relists_after_a_410_inside_an_open_watch() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(summary(&src.snapshot()), want);
+    // The relists replaced each kind in the graph too.
+    check_feed(&mut src);
 }
 
 #[tokio::test]
@@ -606,6 +632,7 @@ async fn large_cluster_syncs_and_follows_changes() {
     let t = std::time::Instant::now();
     let snap = src.snapshot();
     let snapshot = t.elapsed();
+    check_feed(&mut src);
     assert_eq!(snap.services.len(), usize::from(N));
     assert_eq!(snap.endpoint_slices.len(), usize::from(N));
     assert_eq!(snap.nodes.len(), 1);
@@ -648,6 +675,13 @@ async fn large_cluster_syncs_and_follows_changes() {
             break;
         }
     }
+    // ... and reaches the graph alone: one slice, one Service rebuilt.
+    let mut mirror = src.mirror.take().expect("fed above");
+    let applied = src.drain_into(&mut mirror);
+    assert_eq!((applied.services, applied.slices, applied.nodes), (0, 1, 0));
+    assert_eq!(mirror.update().rebuilt, 1);
+    src.mirror = Some(mirror);
+    check_feed(&mut src);
     eprintln!(
         "{N} services + {N} slices: initial sync {synced:?}, snapshot {snapshot:?}, one change {:?}",
         t.elapsed()
