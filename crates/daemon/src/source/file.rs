@@ -27,7 +27,10 @@ pub struct FileSource {
     hash: Option<u64>,
     /// The last read that failed, so it is logged once, not every poll.
     last_error: Option<String>,
-    objects: Objects,
+    /// The objects of the last reading; `None` once handed over by
+    /// [`FileSource::take_objects`] (the daemon's graph holds them then:
+    /// at 50,000 Services one copy is ~270 MiB).
+    objects: Option<Objects>,
     warnings: Vec<Warning>,
     /// The first `changed` resolves at once with the initial state.
     delivered_initial: bool,
@@ -40,7 +43,7 @@ impl FileSource {
             path,
             hash: None,
             last_error: None,
-            objects: Objects::default(),
+            objects: None,
             warnings: Vec::new(),
             delivered_initial: false,
         }
@@ -58,29 +61,32 @@ impl FileSource {
 
     /// Read everything now. Returns whether the content differs from the
     /// current snapshot.
+    ///
+    /// The files are hashed first, one at a time, and parsed only when the
+    /// hash changed; then read again and parsed one at a time, so at most
+    /// one file's text is held beside the objects.
     pub fn reload(&mut self) -> anyhow::Result<bool> {
         let files = input::input_files(std::slice::from_ref(&self.path))?;
-        let mut texts = Vec::with_capacity(files.len());
         let mut h = DefaultHasher::new();
         for f in &files {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| anyhow::anyhow!("reading {}: {e}", f.display()))?;
-            f.hash(&mut h);
-            text.hash(&mut h);
-            texts.push((f.display().to_string(), text));
+            hash_file(&mut h, f, &read(f)?);
         }
-        let hash = h.finish();
-        if self.hash == Some(hash) {
+        if self.hash == Some(h.finish()) {
             return Ok(false);
         }
+        // The files may change between the two passes: the hash kept is
+        // that of the text actually parsed.
+        let mut h = DefaultHasher::new();
         let mut objects = Objects::default();
         let mut warnings = Vec::new();
-        for (name, text) in &texts {
-            warnings.extend(objects.add_yaml(name, text)?);
+        for f in &files {
+            let text = read(f)?;
+            hash_file(&mut h, f, &text);
+            warnings.extend(objects.add_yaml(&f.display().to_string(), &text)?);
         }
-        self.objects = objects;
+        self.objects = Some(objects);
         self.warnings = warnings;
-        self.hash = Some(hash);
+        self.hash = Some(h.finish());
         Ok(true)
     }
 
@@ -90,7 +96,7 @@ impl FileSource {
             // The first read must succeed: starting from nothing would
             // program an empty ruleset.
             self.reload()?;
-            if self.objects.services.is_empty() {
+            if self.objects.as_ref().is_some_and(|o| o.services.is_empty()) {
                 // Legal (an empty cluster), but more often a wrong path:
                 // the first sync would leave no Service reachable.
                 tracing::warn!(source = %self.path.display(),
@@ -119,15 +125,54 @@ impl FileSource {
         }
     }
 
-    /// The current objects.
+    /// A copy of the current objects. After [`FileSource::take_objects`]
+    /// the files are read again (an unreadable file then gives no objects,
+    /// logged).
     pub fn snapshot(&self) -> Objects {
-        self.objects.clone()
+        if let Some(o) = &self.objects {
+            return o.clone();
+        }
+        let mut objects = Objects::default();
+        let files = input::input_files(std::slice::from_ref(&self.path));
+        let read_all = files.and_then(|files| {
+            for f in &files {
+                objects.add_yaml(&f.display().to_string(), &read(f)?)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = read_all {
+            tracing::error!(source = %self.path.display(), error = %format!("{e:#}"),
+                "cannot read the source again");
+        }
+        objects
+    }
+
+    /// The objects read since the last call (the whole state, not a
+    /// difference), moved out rather than copied; `None` when the files
+    /// did not change since. For a caller that keeps the objects itself
+    /// (the daemon's graph): with [`FileSource::snapshot`] both would hold
+    /// a copy.
+    #[allow(
+        dead_code,
+        reason = "for Source::drain_into, which still copies a snapshot"
+    )]
+    pub fn take_objects(&mut self) -> Option<Objects> {
+        self.objects.take()
     }
 
     /// Documents skipped while reading.
     pub fn warnings(&self) -> Vec<Warning> {
         self.warnings.clone()
     }
+}
+
+fn read(f: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("reading {}: {e}", f.display()))
+}
+
+fn hash_file(h: &mut DefaultHasher, f: &Path, text: &str) {
+    f.hash(h);
+    text.hash(h);
 }
 
 #[cfg(test)]
@@ -154,6 +199,37 @@ mod tests {
         std::fs::write(&f, "kind: Service\nmetadata: [unclosed").unwrap();
         assert!(src.reload().is_err());
         assert_eq!(src.snapshot().services.len(), 1, "previous state kept");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn objects_are_handed_over_once_per_change() {
+        let dir = std::env::temp_dir().join(format!("kproxy-filesrc-take-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("a.json");
+        let list = |ips: &[&str]| {
+            let items: Vec<String> = ips
+                .iter()
+                .enumerate()
+                .map(|(i, ip)| format!(r#"{{"metadata":{{"name":"s{i}","namespace":"n"}},"spec":{{"clusterIP":"{ip}","ports":[{{"port":80}}]}}}}"#))
+                .collect();
+            format!(r#"{{"items":[{}],"kind":"ServiceList"}}"#, items.join(","))
+        };
+        std::fs::write(&f, list(&["10.0.0.1", "10.0.0.2"])).unwrap();
+        let mut src = FileSource::new(dir.clone());
+        assert!(src.reload().unwrap());
+        assert_eq!(src.take_objects().map(|o| o.services.len()), Some(2));
+        assert!(
+            src.take_objects().is_none(),
+            "nothing new since the last take"
+        );
+        // A copy is still available: the files are read again.
+        assert_eq!(src.snapshot().services.len(), 2);
+        assert!(!src.reload().unwrap());
+        assert!(src.take_objects().is_none());
+        std::fs::write(&f, list(&["10.0.0.1"])).unwrap();
+        assert!(src.reload().unwrap());
+        assert_eq!(src.take_objects().map(|o| o.services.len()), Some(1));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
