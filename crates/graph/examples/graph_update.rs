@@ -113,7 +113,7 @@ fn main() {
             let next = ServiceGraph::build(&snapshot, &config);
             let cs = ChangeSet::between(&prev, &next);
             old.push(t.elapsed().as_secs_f64());
-            assert_eq!(cs.family(kproxy_graph::IpFamily::V4).changed.len(), 1);
+            assert!(!cs.family(kproxy_graph::IpFamily::V4).changed.is_empty());
             prev = next;
         }
         drop(prev);
@@ -133,9 +133,11 @@ fn main() {
             let up = inc.update();
             new.push(t.elapsed().as_secs_f64());
             assert_eq!(up.rebuilt, 1);
-            assert_eq!(
-                up.changes.family(kproxy_graph::IpFamily::V4).changed.len(),
-                1
+            assert!(
+                !up.changes
+                    .family(kproxy_graph::IpFamily::V4)
+                    .changed
+                    .is_empty()
             );
         }
         println!("{n} Services x 10 endpoints:");
