@@ -3,10 +3,11 @@
 //! endpoint change, and optionally (`--apply`, needs root) the backends'
 //! real syncs with `iptables-legacy-restore` and `iptables-nft-restore`
 //! inside a throw-away network namespace (first full sync, full sync over
-//! an unchanged node, partial sync after one endpoint change).
+//! an unchanged node, partial syncs after one endpoint change, one service
+//! removed, one service added).
 //!
 //! ```text
-//! cargo run --release -p kproxy-iptables --example bench -- [SERVICES] [ENDPOINTS] [--apply]
+//! cargo run --release -p kproxy-iptables --example bench -- [SERVICES] [ENDPOINTS] [--apply [--nft-only|--legacy-only] [--reps N]] [--write DIR]
 //! ```
 
 use std::process::Command;
@@ -147,14 +148,57 @@ fn main() {
         let dir = args.get(i + 1).map(String::as_str).unwrap_or(".");
         let _ = std::fs::write(format!("{dir}/full.rules"), &full);
         let _ = std::fs::write(format!("{dir}/partial.rules"), &partial);
+        // The way back, and both directions as kube-proxy writes them
+        // (top-level chains rewritten every time), for timing the loaders
+        // on the same kernel state.
+        let back_plan = plan_partial(f2, f1, &ChangeSet::between(&g2, &g).family(IpFamily::V4));
+        let _ = std::fs::write(
+            format!("{dir}/partial-back.rules"),
+            render_restore(f1, &back_plan).0,
+        );
+        let kube_proxy_style = |p: &RestorePlan| RestorePlan {
+            dirty: p.dirty.clone(),
+            insert: p.insert.clone(),
+            delete: p.delete.clone(),
+            ..RestorePlan::default()
+        };
+        let _ = std::fs::write(
+            format!("{dir}/partial-kp.rules"),
+            render_restore(f2, &kube_proxy_style(&plan)).0,
+        );
+        let _ = std::fs::write(
+            format!("{dir}/partial-kp-back.rules"),
+            render_restore(f1, &kube_proxy_style(&back_plan)).0,
+        );
     }
     if apply {
-        apply_bench(&g, &g2);
+        let flavours: Vec<Flavour> = if args.iter().any(|a| a == "--nft-only") {
+            vec![Flavour::Nft]
+        } else if args.iter().any(|a| a == "--legacy-only") {
+            vec![Flavour::Legacy]
+        } else {
+            vec![Flavour::Legacy, Flavour::Nft]
+        };
+        let reps = args
+            .iter()
+            .position(|a| a == "--reps")
+            .and_then(|i| args.get(i + 1)?.parse().ok())
+            .unwrap_or(6);
+        // The same cluster without its last service: one service removed
+        // (and, going back, added).
+        let g3 = cluster(services - 1, endpoints, None);
+        apply_bench(&g, &g2, &g3, &flavours, reps);
     }
 }
 
-fn apply_bench(g: &ServiceGraph, g2: &ServiceGraph) {
-    let ns = format!("ipt-bench-{}", std::process::id());
+fn apply_bench(
+    g: &ServiceGraph,
+    g2: &ServiceGraph,
+    g3: &ServiceGraph,
+    flavours: &[Flavour],
+    reps: usize,
+) {
+    let ns = format!("kpi-bench-{}", std::process::id());
     let ok = Command::new("ip")
         .args(["netns", "add", &ns])
         .status()
@@ -162,18 +206,22 @@ fn apply_bench(g: &ServiceGraph, g2: &ServiceGraph) {
     assert!(ok, "ip netns add failed (needs root)");
     let there = ChangeSet::between(g, g2);
     let back = ChangeSet::between(g2, g);
-    for flavour in [Flavour::Legacy, Flavour::Nft] {
+    let remove = ChangeSet::between(g, g3);
+    let readd = ChangeSet::between(g3, g);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    for &flavour in flavours {
         let mut be = IptablesBackend::in_netns(flavour, &ns);
         let t0 = Instant::now();
         let s = be.sync(g, None).expect("first sync");
         println!(
             "{flavour:?} first full sync (empty node): {:.1} ms, {} rules written",
-            t0.elapsed().as_secs_f64() * 1000.0,
+            ms(t0.elapsed()),
             s.rules_written
         );
-        let (mut full, mut partial) = (Vec::new(), Vec::new());
-        let mut written = (0, 0);
-        for i in 0..6 {
+        let (mut full, mut partial, mut rm, mut add) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut written = (0, 0, 0, 0);
+        for i in 0..reps {
             let t0 = Instant::now();
             let s = be.sync(g, None).expect("full sync");
             full.push(t0.elapsed());
@@ -184,10 +232,18 @@ fn apply_bench(g: &ServiceGraph, g2: &ServiceGraph) {
             let s = be.sync(target, Some(c)).expect("partial sync");
             partial.push(t0.elapsed());
             written.1 = s.rules_written;
-            // Leave the node at `g` for the next full sync.
+            // Leave the node at `g`.
             if i % 2 == 0 {
                 be.sync(g, Some(&back)).expect("back");
             }
+            let t0 = Instant::now();
+            let s = be.sync(g3, Some(&remove)).expect("remove");
+            rm.push(t0.elapsed());
+            written.2 = s.rules_written;
+            let t0 = Instant::now();
+            let s = be.sync(g, Some(&readd)).expect("add");
+            add.push(t0.elapsed());
+            written.3 = s.rules_written;
         }
         println!(
             "{flavour:?} full sync, unchanged node ({} rules written): {}",
@@ -198,6 +254,16 @@ fn apply_bench(g: &ServiceGraph, g2: &ServiceGraph) {
             "{flavour:?} partial sync, one endpoint changed ({} rules written): {}",
             written.1,
             stats(partial)
+        );
+        println!(
+            "{flavour:?} partial sync, one service removed ({} rules written): {}",
+            written.2,
+            stats(rm)
+        );
+        println!(
+            "{flavour:?} partial sync, one service added ({} rules written): {}",
+            written.3,
+            stats(add)
         );
         be.cleanup().expect("cleanup");
     }

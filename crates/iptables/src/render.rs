@@ -8,7 +8,7 @@
 //! chains a sync rewrites, which jumps it inserts and which chains it
 //! deletes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use kproxy_graph::{IpFamily, Render, ServicePortName};
@@ -314,26 +314,28 @@ pub fn is_noop(text: &str) -> bool {
         .all(|l| l.is_empty() || l.starts_with('*') || l == "COMMIT" || l.starts_with('#'))
 }
 
-/// How deep `name` sits in `table`'s jump graph: 0 for a chain that jumps
-/// to no chain of the table, else one more than its deepest target.
+/// How deep `name` sits in its table's jump graph (`chains`: the table's
+/// chains by name): 0 for a chain that jumps to no chain of the table,
+/// else one more than its deepest target.
 fn depth<'a>(
-    table: &'a Table,
+    chains: &HashMap<&'a str, &'a Chain>,
     name: &'a str,
-    memo: &mut std::collections::HashMap<&'a str, usize>,
+    memo: &mut HashMap<&'a str, usize>,
 ) -> usize {
     if let Some(&d) = memo.get(name) {
         return d;
     }
     // Guards a (never generated) cycle from recursing forever.
     memo.insert(name, 0);
-    let d = table
-        .chain(name)
+    let d = chains
+        .get(name)
         .map(|c| {
             c.rules
                 .iter()
                 .filter_map(Rule::jump_target)
-                .filter(|t| *t != name && table.chain(t).is_some())
-                .map(|t| depth(table, t, memo) + 1)
+                .filter_map(|t| chains.get_key_value(t).map(|(k, _)| *k))
+                .filter(|t| *t != name)
+                .map(|t| depth(chains, t, memo) + 1)
                 .max()
                 .unwrap_or(0)
         })
@@ -382,24 +384,30 @@ pub fn render_batches(
 ) -> Vec<(String, usize)> {
     let mut batches: Vec<(String, usize)> = Vec::new();
     for table in &fr.tables {
-        let mut memo = std::collections::HashMap::new();
+        let by_name: HashMap<&str, &Chain> =
+            table.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+        let mut memo = HashMap::new();
         let mut chains: Vec<(usize, &Chain)> = plan
             .rewritten(table)
             .into_iter()
-            .map(|c| (depth(table, &c.name, &mut memo), c))
+            .map(|c| (depth(&by_name, &c.name, &mut memo), c))
             .collect();
-        // Bottom-up; within a depth by name, descending: iptables-nft
-        // keeps the names in an ascending list searched from the front,
-        // so a chain written right after its declaration is found at once.
-        chains.sort_by(|(da, a), (db, b)| da.cmp(db).then_with(|| b.name.cmp(&a.name)));
+        // Bottom-up, and within a depth in the IR's order, which is random
+        // in the chains' hashed names. Not sorted by name: iptables-nft
+        // would then find each name at the front of its sorted list, but
+        // the kernel keeps chains in creation order and iptables-nft-save
+        // (and `iptables -L`) sort them with a first-element-pivot
+        // quicksort, which on sorted input recursed 120,000 deep and
+        // crashed (SIGSEGV) at 10,000 services.
+        chains.sort_by_key(|(d, _)| *d);
         let fresh = plan.fresh.get(&table.name);
         let mut cur = String::new();
         let mut written = 0usize;
-        let mut names: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut names: HashSet<&str> = HashSet::new();
         let mut rules = 0usize;
         let mut flush = |cur: &mut String,
                          written: &mut usize,
-                         names: &mut std::collections::HashSet<&str>,
+                         names: &mut HashSet<&str>,
                          rules: &mut usize| {
             if !cur.is_empty() {
                 let text = format!("*{}\n{cur}COMMIT\n", table.name);
