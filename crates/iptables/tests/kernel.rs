@@ -598,3 +598,53 @@ fn partial_restore_inserts_and_deletes_top_level_rules_by_number() {
     assert!(text.contains("-D KUBE-SERVICES "), "{text}");
     assert!(written < 20, "{written} rules\n{text}");
 }
+
+#[test]
+fn batches_are_bottom_up_and_not_in_name_order() {
+    // Every chain is created before a rule jumps to it, the jumps from
+    // built-in chains come last, and chains are not created in name
+    // order (iptables-nft-save's quicksort crashed on sorted chains).
+    let seed = std::fs::read_to_string(fixture_path("seed")).expect("seed");
+    let rs = generate(&many(&seed, 40, &[], &[]), &GenOptions::default());
+    let fr = rs.family(IpFamily::V4).expect("v4");
+    let limits = kproxy_iptables::BatchLimits {
+        names: 8,
+        rules: 20,
+    };
+    let batches =
+        kproxy_iptables::render_batches(fr, &kproxy_iptables::RestorePlan::full(), limits);
+    assert!(batches.len() > 5, "{} batches", batches.len());
+    let mut created: BTreeSet<String> = BTreeSet::new();
+    let mut seps = Vec::new();
+    for (i, (text, _)) in batches.iter().enumerate() {
+        let last = i + 1 == batches.len();
+        for line in text.lines() {
+            if let Some(c) = line.strip_prefix(':') {
+                let name = c.split(' ').next().expect("name").to_string();
+                if name.starts_with("KUBE-SEP-") {
+                    seps.push(name.clone());
+                }
+                created.insert(name);
+            } else if line.starts_with("-I ") {
+                assert!(
+                    last,
+                    "jump from a built-in chain before the last restore: {line}"
+                );
+            }
+            if let Some(j) = line.split(" -j ").nth(1) {
+                let target = j.split(' ').next().expect("target");
+                if target.starts_with("KUBE-") {
+                    assert!(
+                        created.contains(target),
+                        "batch {i}: {line} before {target} exists"
+                    );
+                }
+            }
+        }
+    }
+    let mut sorted = seps.clone();
+    sorted.sort();
+    assert_ne!(seps, sorted, "SEP chains created in ascending order");
+    sorted.reverse();
+    assert_ne!(seps, sorted, "SEP chains created in descending order");
+}
