@@ -209,7 +209,7 @@ fn targets(o: &Outcome) -> Vec<Target> {
             verdict: verdict(total.map(|v| v <= limit)),
             figure: match (total, sync, graph) {
                 (Some(tot), Some(s), Some(g)) => format!(
-                    "{} change-to-kernel = {} graph rebuild + diff, {} backend sync (sync alone: {})",
+                    "{} change-to-kernel = {} graph update + change set, {} backend sync (sync alone: {})",
                     Human(tot, "s"),
                     Human(g, "s"),
                     Human(s, "s"),
@@ -349,7 +349,7 @@ pub fn write(path: &Path, opts: &RunOpts, o: &Outcome, command: &str) -> anyhow:
     let _ = writeln!(
         w,
         "- **incremental**: in a populated namespace, one endpoint replaced / one ClusterIP Service added / one removed; \
-         *graph rebuild + change set* is what the daemon does before each sync (it rebuilds the graph from all objects), *sync* is Backend::sync with the change set; bytes are SyncStats.bytes_written."
+         *graph update + change set* is what the daemon does before each sync (its IncrementalGraph takes the changed objects and rebuilds only the Services they touch), *sync* is Backend::sync with the change set; bytes are SyncStats.bytes_written."
     );
     let _ = writeln!(
         w,

@@ -84,7 +84,7 @@ impl Metric {
             Metric::IncrEndpoint => "incremental: one endpoint changed (sync)",
             Metric::IncrAdd => "incremental: one Service added (sync)",
             Metric::IncrRemove => "incremental: one Service removed (sync)",
-            Metric::IncrGraph => "incremental: graph rebuild + change set",
+            Metric::IncrGraph => "incremental: graph update + change set",
             Metric::IncrEndpointBytes => "bytes sent: endpoint change",
             Metric::IncrAddBytes => "bytes sent: Service added",
             Metric::IncrRemoveBytes => "bytes sent: Service removed",

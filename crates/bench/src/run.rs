@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use kproxy_graph::{Backend, BackendKind, ChangeSet, ServiceGraph};
+use std::sync::Arc;
+
+use kproxy_graph::{Backend, BackendKind, IncrementalGraph, ServiceGraph};
 
 use crate::dataplane::Topology;
 use crate::results::{Metric, Record, quantile};
@@ -614,24 +616,71 @@ fn full_sync_daemon(
     Ok(())
 }
 
-/// One change through the daemon's path: mutate the objects, rebuild the
-/// graph, diff, sync. Returns (graph+diff seconds, sync seconds, bytes).
+/// The daemon's graph: an [`IncrementalGraph`] fed the objects a change
+/// touched, as the daemon's sources feed it, so each sync rebuilds only
+/// the touched Services.
+struct DaemonGraph {
+    inc: IncrementalGraph,
+}
+
+impl DaemonGraph {
+    fn new(c: &Cluster, mode: kproxy_graph::ProxyMode) -> anyhow::Result<Self> {
+        let mut inc = IncrementalGraph::new(Cluster::proxy_config(mode)?);
+        for n in &c.objects.nodes {
+            inc.upsert_node(Arc::new(n.clone()));
+        }
+        for s in &c.objects.services {
+            inc.upsert_service(Arc::new(s.clone()));
+        }
+        for s in &c.objects.endpoint_slices {
+            inc.upsert_slice(Arc::new(s.clone()));
+        }
+        inc.update();
+        Ok(DaemonGraph { inc })
+    }
+
+    /// Hand over the current objects of Service `ns/name` (the Service and
+    /// the slices that name it; `gone_slices` were deleted with it).
+    fn touch(&mut self, c: &Cluster, ns: &str, name: &str, gone_slices: &[String]) {
+        match c.objects.services.iter().find(|s| {
+            s.metadata.namespace.as_deref() == Some(ns) && s.metadata.name.as_deref() == Some(name)
+        }) {
+            Some(s) => {
+                self.inc.upsert_service(Arc::new(s.clone()));
+            }
+            None => {
+                self.inc.delete_service(ns, name);
+            }
+        }
+        for s in c.slices_of(ns, name) {
+            self.inc.upsert_slice(Arc::new(s.clone()));
+        }
+        for s in gone_slices {
+            self.inc.delete_slice(ns, s);
+        }
+    }
+}
+
+/// One change through the daemon's path: the objects `touched` hand over,
+/// incremental graph update and change set, sync. Returns (graph update +
+/// change set seconds, sync seconds, bytes).
 fn one_change(
     b: &mut dyn Backend,
-    cluster: &Cluster,
-    prev: &ServiceGraph,
-    mode: kproxy_graph::ProxyMode,
-) -> anyhow::Result<(ServiceGraph, f64, f64, usize)> {
+    dg: &mut DaemonGraph,
+    c: &Cluster,
+    touched: &[(String, String, Vec<String>)],
+) -> anyhow::Result<(f64, f64, usize)> {
     let t0 = Instant::now();
-    let next = cluster.graph(mode)?;
-    let cs = ChangeSet::between(prev, &next);
+    for (ns, name, gone) in touched {
+        dg.touch(c, ns, name, gone);
+    }
+    let update = dg.inc.update();
     let t1 = Instant::now();
     let stats = b
-        .sync(&next, Some(&cs))
+        .sync(dg.inc.graph(), Some(&update.changes))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let t2 = Instant::now();
     Ok((
-        next,
         (t1 - t0).as_secs_f64(),
         (t2 - t1).as_secs_f64(),
         stats.bytes_written,
@@ -675,7 +724,7 @@ fn populated(
     }
     let mode = subject.mode();
     let mut c = cluster.clone();
-    let mut prev = graph.clone();
+    let mut dg = DaemonGraph::new(&c, mode)?;
     let reps = repeats_for(opts, n);
     let mut m: [(Vec<f64>, Vec<f64>); 3] = Default::default();
     let mut graph_times = Vec::new();
@@ -684,19 +733,33 @@ fn populated(
         // Endpoint change on a Service spread over the cluster.
         let idx = (r * 7919 + 13) % n;
         for (k, slot) in m.iter_mut().enumerate() {
-            match k {
-                0 => c.change_endpoint(idx).map(drop)?,
-                1 => c.add_service(Some("ClusterIP")).map(drop)?,
-                _ => c.remove_service(r % n.max(1)).map(drop)?,
-            }
-            match one_change(b.as_mut(), &c, &prev, mode) {
-                Ok((next, g, s, bytes)) => {
+            let touched = match k {
+                0 => {
+                    let (ns, name) = c.change_endpoint(idx)?;
+                    (ns, name, Vec::new())
+                }
+                1 => {
+                    let (ns, name) = c.add_service(Some("ClusterIP"))?;
+                    (ns, name, Vec::new())
+                }
+                _ => {
+                    let i = r % n.max(1);
+                    let (ns, name) = c.service_name(i).context("no Service to remove")?;
+                    let gone = c
+                        .slices_of(&ns, &name)
+                        .filter_map(|s| s.metadata.name.clone())
+                        .collect();
+                    c.remove_service(i)?;
+                    (ns, name, gone)
+                }
+            };
+            match one_change(b.as_mut(), &mut dg, &c, &[touched]) {
+                Ok((g, s, bytes)) => {
                     if k == 0 {
                         graph_times.push(g);
                     }
                     slot.0.push(s);
                     slot.1.push(bytes as f64);
-                    prev = next;
                 }
                 Err(e) => {
                     err = Some(format!("{e:#}"));
@@ -816,10 +879,10 @@ fn churn(opts: &RunOpts, kind: BackendKind, out: &mut Outcome) -> anyhow::Result
     ));
     let mut c = cluster_for(opts, n)?;
     let mode = subject.mode();
-    let mut prev = c.graph(mode)?;
+    let mut dg = DaemonGraph::new(&c, mode)?;
     let ns = Ns::new()?;
     let mut b = backend(kind, Some(ns.name()))?;
-    if let Err(e) = b.sync(&prev, None) {
+    if let Err(e) = b.sync(dg.inc.graph(), None) {
         out.miss(
             Metric::ChurnP50,
             subject,
@@ -842,19 +905,17 @@ fn churn(opts: &RunOpts, kind: BackendKind, out: &mut Outcome) -> anyhow::Result
         }
         // Every change due by now goes into this sync.
         let mut batch = Vec::new();
+        let mut touched = Vec::new();
         while next_change < total && due(next_change) <= Instant::now() {
-            c.change_endpoint((next_change * 7919 + 1) % n.max(1))?;
+            let (ns, name) = c.change_endpoint((next_change * 7919 + 1) % n.max(1))?;
+            touched.push((ns, name, Vec::new()));
             batch.push(due(next_change));
             next_change += 1;
         }
-        let (g, _, _, _) = match one_change(b.as_mut(), &c, &prev, mode) {
-            Ok(r) => r,
-            Err(e) => {
-                out.miss(Metric::ChurnP50, subject, n, format!("{e:#}"));
-                return Ok(());
-            }
-        };
-        prev = g;
+        if let Err(e) = one_change(b.as_mut(), &mut dg, &c, &touched) {
+            out.miss(Metric::ChurnP50, subject, n, format!("{e:#}"));
+            return Ok(());
+        }
         syncs += 1;
         let done = Instant::now();
         lat.extend(batch.iter().map(|d| (done - *d).as_secs_f64()));

@@ -348,9 +348,27 @@ impl Cluster {
         ))
     }
 
+    /// The EndpointSlices that name Service `ns/name`.
+    pub fn slices_of<'a>(
+        &'a self,
+        ns: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+        self.objects.endpoint_slices.iter().filter(move |s| {
+            s.metadata.namespace.as_deref() == Some(ns)
+                && s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("kubernetes.io/service-name"))
+                    .map(String::as_str)
+                    == Some(name)
+        })
+    }
+
     /// Replace the first endpoint of the Service at `index` with a new pod
-    /// (a rolling update's unit of work). Returns the Service's name.
-    pub fn change_endpoint(&mut self, index: usize) -> anyhow::Result<String> {
+    /// (a rolling update's unit of work). Returns the Service's namespace
+    /// and name.
+    pub fn change_endpoint(&mut self, index: usize) -> anyhow::Result<(String, String)> {
         let (ns, name) = self
             .service_name(index)
             .with_context(|| format!("no Service at index {index}"))?;
@@ -375,7 +393,7 @@ impl Cluster {
             Some(e) => *e = new,
             None => slice.endpoints.push(new),
         }
-        Ok(format!("{ns}/{name}"))
+        Ok((ns, name))
     }
 
     /// Remove the Service at `index` and its EndpointSlices.
