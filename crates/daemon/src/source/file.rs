@@ -150,12 +150,8 @@ impl FileSource {
     /// The objects read since the last call (the whole state, not a
     /// difference), moved out rather than copied; `None` when the files
     /// did not change since. For a caller that keeps the objects itself
-    /// (the daemon's graph): with [`FileSource::snapshot`] both would hold
-    /// a copy.
-    #[allow(
-        dead_code,
-        reason = "for Source::drain_into, which still copies a snapshot"
-    )]
+    /// (the daemon's graph, through `Source::drain_into`): with
+    /// [`FileSource::snapshot`] both would hold a copy.
     pub fn take_objects(&mut self) -> Option<Objects> {
         self.objects.take()
     }

@@ -65,10 +65,15 @@ impl Source {
     pub fn drain_into(&mut self, graph: &mut IncrementalGraph) -> Applied {
         match self {
             // A new reading replaces the objects; unchanged ones compare
-            // equal and cost no rebuild.
+            // equal and cost no rebuild. The reading is moved into the
+            // graph, not copied (one copy is ~250 MiB at 50,000 Services);
+            // no new reading since the last drain: nothing changed.
             Source::File(f) => {
                 graph.set_extra_warnings(f.warnings());
-                graph.replace_all(f.snapshot())
+                match f.take_objects() {
+                    Some(objects) => graph.replace_all(objects),
+                    None => Applied::default(),
+                }
             }
             Source::Kube(k) => k.drain_into(graph),
         }
