@@ -352,7 +352,7 @@ pub fn handler(shared: std::sync::Arc<crate::state::Shared>) -> crate::http::Han
             r.content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
             r
         }
-        "/rules" => match shared.status().rules.clone() {
+        "/rules" => match shared.rules() {
             Some(rules) => Reply::text(200, rules),
             None => Reply::text(503, "no ruleset applied yet\n"),
         },

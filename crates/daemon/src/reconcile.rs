@@ -37,7 +37,7 @@ use crate::conntrack::Conntrack;
 use crate::hcports::HealthCheckPorts;
 use crate::settings::Settings;
 use crate::source::Source;
-use crate::state::Shared;
+use crate::state::{Shared, SharedBackend, lock};
 
 /// The annotation the EndpointSlice controller sets to the time of the
 /// change that triggered the slice update.
@@ -62,7 +62,9 @@ pub struct LoopOptions {
 pub struct Reconciler {
     settings: Settings,
     opts: LoopOptions,
-    backend: Box<dyn Backend>,
+    /// Shared with `/rules`, which renders the applied ruleset on request.
+    backend: SharedBackend,
+    kind: kproxy_graph::BackendKind,
     shared: Arc<Shared>,
     /// The objects and the graph built from them.
     graph: IncrementalGraph,
@@ -99,10 +101,14 @@ impl Reconciler {
             .health_check_node_ports
             .then(|| HealthCheckPorts::new(shared.clone()));
         let proxy = settings.proxy.clone();
+        let kind = backend.kind();
+        let backend: SharedBackend = Arc::new(std::sync::Mutex::new(backend));
+        shared.set_backend(backend.clone());
         Reconciler {
             settings,
             opts,
             backend,
+            kind,
             shared,
             graph: IncrementalGraph::new(proxy),
             applied: false,
@@ -242,16 +248,13 @@ impl Reconciler {
         }
 
         let result = if self.opts.dry_run {
-            match self.backend.render_full(&graph) {
+            let rendered = lock(&self.backend).render_full(&graph);
+            match rendered {
                 Ok(text) => {
                     // Print each distinct ruleset once: periodic syncs of
                     // an unchanged state would only repeat it.
                     if self.dry_run_printed.as_deref() != Some(text.as_str()) {
-                        println!(
-                            "# kproxy dry run: {} sync, backend {}",
-                            kind,
-                            self.backend.kind()
-                        );
+                        println!("# kproxy dry run: {} sync, backend {}", kind, self.kind);
                         print!("{text}");
                         self.dry_run_printed = Some(text.clone());
                     }
@@ -267,8 +270,8 @@ impl Reconciler {
                 Err(e) => Err(e.to_string()),
             }
         } else {
-            let backend = &mut self.backend;
-            block(|| backend.sync(&graph, changes.as_ref())).map_err(|e| e.to_string())
+            let backend = self.backend.clone();
+            block(|| lock(&backend).sync(&graph, changes.as_ref())).map_err(|e| e.to_string())
         };
         let elapsed = started.elapsed();
         let shared = self.shared.clone();
@@ -297,7 +300,7 @@ impl Reconciler {
                 self.no_local_endpoint_metrics(&graph);
                 self.network_programming(now);
                 tracing::info!(
-                    backend = %self.backend.kind(),
+                    backend = %self.kind,
                     sync = kind,
                     services = stats.services,
                     endpoints = stats.endpoints,
@@ -333,13 +336,19 @@ impl Reconciler {
                 if let Some(hc) = &mut self.hc_ports {
                     hc.update(&graph);
                 }
+                // nftables: `/rules` renders the applied ruleset when asked
+                // (the whole text, ~6 MB at 10,000 Services, costs more
+                // than an incremental sync). iptables: its rule counts per
+                // table come from the text, so it is rendered each sync.
                 let rules = if self.opts.dry_run {
-                    self.backend.render_full(&graph).ok()
+                    lock(&self.backend).render_full(&graph).ok()
+                } else if self.kind != kproxy_graph::BackendKind::Nftables {
+                    lock(&self.backend).last_applied()
                 } else {
-                    self.backend.last_applied()
+                    None
                 };
                 if let Some(text) = &rules
-                    && self.backend.kind() != kproxy_graph::BackendKind::Nftables
+                    && self.kind != kproxy_graph::BackendKind::Nftables
                 {
                     // kube-proxy's per-table gauges: the rules kproxy owns
                     // in each table (both families), from the applied text.
@@ -375,14 +384,14 @@ impl Reconciler {
                 if !self.cleaned_other_modes && self.opts.cleanup_other_modes && !self.opts.dry_run
                 {
                     self.cleaned_other_modes = true;
-                    cleanup::other_modes(self.backend.kind());
+                    cleanup::other_modes(self.kind);
                 }
                 true
             }
             Err(e) => {
                 self.need_full = true;
                 m.sync_failures.get_or_create(&label).inc();
-                match self.backend.kind() {
+                match self.kind {
                     kproxy_graph::BackendKind::Nftables => m.nftables_sync_failures.inc(),
                     _ => {
                         m.iptables_restore_failures.inc();
@@ -393,7 +402,7 @@ impl Reconciler {
                         }
                     }
                 };
-                tracing::error!(backend = %self.backend.kind(), sync = kind, error = %e,
+                tracing::error!(backend = %self.kind, sync = kind, error = %e,
                     "sync failed; the previous rules stay, the next sync is full");
                 let mut st = self.shared.status();
                 // What the failed sync tried to apply, for /graph.
@@ -412,11 +421,11 @@ impl Reconciler {
         if self.opts.dry_run || !self.applied {
             return false;
         }
-        let backend = &mut self.backend;
-        match block(|| backend.check()) {
+        let backend = self.backend.clone();
+        match block(|| lock(&backend).check()) {
             Ok(true) => false,
             Ok(false) => {
-                tracing::warn!(backend = %self.backend.kind(),
+                tracing::warn!(backend = %self.kind,
                     "the kernel no longer holds kproxy's rules (flushed or edited); repairing with a full sync");
                 self.need_full = true;
                 self.shared.metrics.drift_repairs.inc();
@@ -424,7 +433,7 @@ impl Reconciler {
                 true
             }
             Err(e) => {
-                tracing::warn!(backend = %self.backend.kind(), error = %e, "drift check failed; forcing a full sync");
+                tracing::warn!(backend = %self.kind, error = %e, "drift check failed; forcing a full sync");
                 self.need_full = true;
                 true
             }
@@ -950,7 +959,10 @@ mod tests {
         let mut r = reconciler(log);
         r.settings.proxy.mode = kproxy_graph::ProxyMode::Nftables;
         r.settings.proxy.families = vec![IpFamily::V4];
-        r.backend = Box::new(kproxy_nftables::NftablesBackend::in_netns(ns.name()));
+        r.backend = Arc::new(Mutex::new(Box::new(
+            kproxy_nftables::NftablesBackend::in_netns(ns.name()),
+        )));
+        r.shared.set_backend(r.backend.clone());
         let mut objects = Objects::default();
         let mut pod = 0u32;
         let mut slices = Vec::new();

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use kproxy_graph::{BackendKind, ServiceGraph, SyncStats};
+use kproxy_graph::{Backend, BackendKind, ServiceGraph, SyncStats};
 
 use crate::health::ProxyHealth;
 use crate::metrics::Metrics;
@@ -37,11 +37,18 @@ pub struct Status {
     pub drift_repairs: u64,
     /// Current warnings (invalid objects).
     pub warnings: Vec<String>,
-    /// The graph last applied.
+    /// The graph of the last sync: the one applied, unless that sync
+    /// failed (see `last_error`). Dropped while a sync updates the graph
+    /// in place, so holding it would cost a copy of the whole graph.
     pub graph: Option<Arc<ServiceGraph>>,
-    /// The ruleset last applied, in the backend's syntax.
+    /// The ruleset last applied, in the backend's syntax, when it was
+    /// rendered at sync time (dry runs, iptables); `None` otherwise, and
+    /// [`Shared::rules`] asks the backend.
     pub rules: Option<String>,
 }
+
+/// The backend, shared by the reconcile loop and `/rules`.
+pub type SharedBackend = Arc<Mutex<Box<dyn Backend>>>;
 
 /// Shared state.
 pub struct Shared {
@@ -49,9 +56,11 @@ pub struct Shared {
     pub metrics: Metrics,
     health: Mutex<ProxyHealth>,
     status: Mutex<Status>,
+    backend: Mutex<Option<SharedBackend>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Lock `m`, whatever a panicking holder left.
+pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves data that is still consistent
     // enough to report; never propagate the poison.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -64,6 +73,7 @@ impl Shared {
             metrics: Metrics::new(),
             health: Mutex::new(health),
             status: Mutex::new(status),
+            backend: Mutex::new(None),
         })
     }
 
@@ -75,5 +85,23 @@ impl Shared {
     /// The status.
     pub fn status(&self) -> MutexGuard<'_, Status> {
         lock(&self.status)
+    }
+
+    /// Register the backend whose applied ruleset [`Shared::rules`] renders.
+    pub fn set_backend(&self, backend: SharedBackend) {
+        *lock(&self.backend) = Some(backend);
+    }
+
+    /// The ruleset last applied: rendered at sync time, or now by the
+    /// backend (which waits for a sync in progress). `None` before the
+    /// first sync, and after a failed nftables sync until the next
+    /// successful one (the backend forgets what it applied, and the text
+    /// is not kept by every sync).
+    pub fn rules(&self) -> Option<String> {
+        if let Some(text) = self.status().rules.clone() {
+            return Some(text);
+        }
+        let backend = lock(&self.backend).clone()?;
+        lock(&backend).last_applied()
     }
 }
