@@ -137,6 +137,27 @@ fn main() {
     );
     let plan = plan_partial(f1, f2, &changes.family(IpFamily::V4));
     let (partial, written) = render_restore(f2, &plan);
+    // What a partial sync costs kproxy before the loader runs: the whole
+    // IR is generated again (as kube-proxy does), diffed and rendered.
+    let (mut prep_t, mut prep_c) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let (c0, t0) = (cpu_now(), Instant::now());
+        let rs = generate(&g2, &opts);
+        let f = rs.family(IpFamily::V4).expect("v4");
+        let p = plan_partial(f1, f, &changes.family(IpFamily::V4));
+        let _ = render_restore(f, &p);
+        drop(rs);
+        prep_c.push(cpu_now() - c0);
+        prep_t.push(t0.elapsed());
+    }
+    println!(
+        "wall partial sync before the loader (generate + diff + render): {}",
+        stats(prep_t)
+    );
+    println!(
+        "cpu  partial sync before the loader (generate + diff + render): {}",
+        stats(prep_c)
+    );
     let (full, full_written) = render_restore(f2, &RestorePlan::full());
     println!(
         "partial sync after one endpoint change: {written} rules, {} bytes (full: {full_written} rules, {} bytes)",

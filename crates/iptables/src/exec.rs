@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 
 use kproxy_graph::{
     ApplyError, Backend, BackendKind, ChangeSet, FamilyChanges, GenError, IpFamily, Render,
-    ServiceGraph, SyncStats, Transport,
+    ServiceGraph, ServicePortName, SyncStats, Transport,
 };
 
 use crate::diff::{ChainEdit, edit_script};
-use crate::generate::{GenOptions, KUBE_PROXY_CANARY, generate, top_level_chains};
+use crate::generate::{
+    GenOptions, KUBE_PROXY_CANARY, generate, generate_reusing, top_level_chains,
+};
 use crate::ir::{BuiltinRule, FamilyRuleset, Rule, Ruleset, TableName};
 use crate::naming::is_service_chain;
 use crate::parse::{Saved, parse_save_lenient};
@@ -688,15 +690,58 @@ impl IptablesBackend {
         graph: &ServiceGraph,
         changes: Option<&ChangeSet>,
     ) -> Result<SyncStats, ApplyError> {
-        let rs = generate(graph, &self.options);
         let full = self.needs_full_sync() || changes.is_none_or(|c| c.needs_full_sync);
-        let mut stats = SyncStats {
-            full,
-            ..SyncStats::default()
+        // A partial sync moves the unchanged services' chains out of the
+        // previous ruleset instead of generating them again.
+        let (rs, reused) = match (full, self.last.as_mut(), changes) {
+            (false, Some(prev), Some(c)) => {
+                let dirty: BTreeMap<IpFamily, BTreeSet<ServicePortName>> = prev
+                    .families
+                    .iter()
+                    .map(|f| {
+                        let fc = c.family(f.family);
+                        (f.family, fc.dirty().chain(&fc.removed).cloned().collect())
+                    })
+                    .collect();
+                (generate_reusing(graph, &self.options, prev, &dirty), true)
+            }
+            _ => (generate(graph, &self.options), false),
         };
         // Pessimistic until every family is in: a failure half-way leaves
         // the next sync full.
         self.need_full = true;
+        match self.apply_ruleset(graph, &rs, full, changes) {
+            Ok(stats) => {
+                self.last = Some(rs);
+                self.need_full = false;
+                if full {
+                    self.last_full = Some(Instant::now());
+                }
+                Ok(stats)
+            }
+            Err(e) => {
+                // The previous ruleset lent its chains to `rs`: it no
+                // longer says what the kernel holds (the next sync is full
+                // and reads the kernel instead).
+                if reused {
+                    self.last = None;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn apply_ruleset(
+        &mut self,
+        graph: &ServiceGraph,
+        rs: &Ruleset,
+        full: bool,
+        changes: Option<&ChangeSet>,
+    ) -> Result<SyncStats, ApplyError> {
+        let mut stats = SyncStats {
+            full,
+            ..SyncStats::default()
+        };
         for fr in &rs.families {
             let prev = self.last.as_ref().and_then(|l| l.family(fr.family));
             let plan = match (full, prev, changes) {
@@ -738,11 +783,6 @@ impl IptablesBackend {
         for fg in graph.families.values() {
             stats.services += fg.services.len();
             stats.endpoints += fg.total_endpoints();
-        }
-        self.last = Some(rs);
-        self.need_full = false;
-        if full {
-            self.last_full = Some(Instant::now());
         }
         Ok(stats)
     }

@@ -25,7 +25,7 @@ pub mod parse;
 pub mod render;
 
 pub use exec::{Flavour, IptablesBackend, Runner, detect_flavour, detect_flavour_with};
-pub use generate::{GenOptions, IptablesGenerator, generate};
+pub use generate::{GenOptions, IptablesGenerator, generate, generate_reusing};
 pub use ir::{
     Addr, AddrTypeDir, BuiltinRule, Chain, FamilyRuleset, Match, Recent, Rule, Ruleset, Table,
     TableName, Target,

@@ -242,6 +242,12 @@ fn partial_syncs_match_a_fresh_full_render() {
             for fr in &rs.families {
                 assert_kernel_matches(&t, fr, &format!("{flavour:?} after {what}"));
             }
+            // Partial syncs reuse the previous IR's unchanged chains: the
+            // result must still be exactly a fresh generation.
+            assert!(
+                be.last_ruleset() == Some(&rs),
+                "{flavour:?} {what}: IR differs from a fresh one"
+            );
             if prev.is_some() {
                 assert!(
                     stats.rules_written < rs.families.iter().map(|f| f.rule_count()).sum(),
@@ -463,12 +469,13 @@ fn many(seed: &str, n: usize, skip: &[usize], extra: &[String]) -> ServiceGraph 
     let mut docs: Vec<String> = (0..n)
         .filter(|i| !skip.contains(i))
         .map(|i| {
+            let (hi, lo) = (i / 250, i % 250 + 1);
             extra_service(
                 &format!("svc{i:02}"),
-                &format!("10.96.1.{}", i + 1),
+                &format!("10.96.{}.{lo}", 1 + 3 * hi),
                 &[
-                    &format!("10.244.3.{}", i + 1),
-                    &format!("10.244.4.{}", i + 1),
+                    &format!("10.244.{}.{lo}", 3 + 2 * hi),
+                    &format!("10.244.{}.{lo}", 4 + 2 * hi),
                 ],
             )
         })
@@ -537,6 +544,12 @@ fn top_level_chains_are_edited_in_place_and_nft_loads_in_batches() {
             for fr in &rs.families {
                 assert_kernel_matches(&t, fr, &format!("{flavour:?} after {what}"));
             }
+            // Partial syncs reuse the previous IR's unchanged chains: the
+            // result must still be exactly a fresh generation.
+            assert!(
+                be.last_ruleset() == Some(&rs),
+                "{flavour:?} {what}: IR differs from a fresh one"
+            );
             if prev.is_some() {
                 assert!(
                     stats.rules_written < 60,
@@ -647,4 +660,52 @@ fn batches_are_bottom_up_and_not_in_name_order() {
     assert_ne!(seps, sorted, "SEP chains created in ascending order");
     sorted.reverse();
     assert_ne!(seps, sorted, "SEP chains created in descending order");
+}
+
+#[test]
+fn generate_reusing_equals_a_fresh_generation() {
+    // No kernel involved: the IR a partial sync builds from the previous
+    // one equals a fresh generation, across additions, removals, endpoint
+    // changes and a flip into large-cluster mode (> 1000 endpoints).
+    let seed = std::fs::read_to_string(fixture_path("seed")).expect("seed");
+    let opts = GenOptions::default();
+    let cases: Vec<(&str, ServiceGraph, ServiceGraph)> = vec![
+        (
+            "add, remove, change",
+            many(&seed, 40, &[3], &[]),
+            many(
+                &seed,
+                40,
+                &[5, 9],
+                &[extra_service("svc03", "10.96.1.4", &["10.244.9.9"])],
+            ),
+        ),
+        (
+            "into large-cluster mode",
+            many(&seed, 495, &[], &[]),
+            many(&seed, 510, &[], &[]),
+        ),
+    ];
+    let large = |g: &ServiceGraph| generate(g, &opts).families[0].large_cluster;
+    assert!(
+        !large(&cases[1].1) && large(&cases[1].2),
+        "the second case must flip"
+    );
+    for (what, a, b) in cases {
+        let mut prev = generate(&a, &opts);
+        let changes = ChangeSet::between(&a, &b);
+        let dirty = prev
+            .families
+            .iter()
+            .map(|f| {
+                let fc = changes.family(f.family);
+                (f.family, fc.dirty().chain(&fc.removed).cloned().collect())
+            })
+            .collect();
+        let reused = kproxy_iptables::generate_reusing(&b, &opts, &mut prev, &dirty);
+        assert!(
+            reused == generate(&b, &opts),
+            "{what}: differs from a fresh generation"
+        );
+    }
 }
