@@ -17,7 +17,7 @@ use kproxy_graph::Backend;
 use kproxy_graph::{ChangeSet, IpFamily, Objects, ProxyConfig, Render, ServiceGraph};
 use kproxy_iptables::exec::plan_partial;
 use kproxy_iptables::{
-    Flavour, GenOptions, IptablesBackend, RestorePlan, generate, render_restore,
+    Flavour, GenOptions, IptablesBackend, RestorePlan, generate, generate_reusing, render_restore,
 };
 
 fn cluster(services: usize, endpoints: usize, changed: Option<usize>) -> ServiceGraph {
@@ -137,34 +137,55 @@ fn main() {
     );
     let plan = plan_partial(f1, f2, &changes.family(IpFamily::V4));
     let (partial, written) = render_restore(f2, &plan);
-    // What a partial sync costs kproxy before the loader runs: the whole
-    // IR is generated again (as kube-proxy does), diffed and rendered.
-    let (mut prep_t, mut prep_c) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
-        let (c0, t0) = (cpu_now(), Instant::now());
-        let rs = generate(&g2, &opts);
-        let f = rs.family(IpFamily::V4).expect("v4");
-        let p = plan_partial(f1, f, &changes.family(IpFamily::V4));
-        let _ = render_restore(f, &p);
-        drop(rs);
-        prep_c.push(cpu_now() - c0);
-        prep_t.push(t0.elapsed());
+    // What a partial sync costs kproxy before the loader runs: the IR
+    // (unchanged services' chains moved from the previous one, as the
+    // backend does; or generated whole, as kube-proxy does), diffed
+    // against the previous IR and rendered.
+    for reuse in [true, false] {
+        let (mut prep_t, mut prep_c) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            let mut prev = r1.clone();
+            let fc = changes.family(IpFamily::V4);
+            let dirty = [(
+                IpFamily::V4,
+                fc.dirty().chain(&fc.removed).cloned().collect(),
+            )]
+            .into_iter()
+            .collect();
+            let (c0, t0) = (cpu_now(), Instant::now());
+            let rs = if reuse {
+                generate_reusing(&g2, &opts, &mut prev, &dirty)
+            } else {
+                generate(&g2, &opts)
+            };
+            let f = rs.family(IpFamily::V4).expect("v4");
+            let pf = prev.family(IpFamily::V4).expect("v4");
+            let p = plan_partial(pf, f, &fc);
+            let _ = render_restore(f, &p);
+            prep_c.push(cpu_now() - c0);
+            prep_t.push(t0.elapsed());
+            drop(rs);
+        }
+        let how = if reuse {
+            "reuse + diff + render"
+        } else {
+            "generate + diff + render"
+        };
+        println!(
+            "wall partial sync before the loader ({how}): {}",
+            stats(prep_t)
+        );
+        println!(
+            "cpu  partial sync before the loader ({how}): {}",
+            stats(prep_c)
+        );
     }
-    println!(
-        "wall partial sync before the loader (generate + diff + render): {}",
-        stats(prep_t)
-    );
-    println!(
-        "cpu  partial sync before the loader (generate + diff + render): {}",
-        stats(prep_c)
-    );
     let (full, full_written) = render_restore(f2, &RestorePlan::full());
     println!(
         "partial sync after one endpoint change: {written} rules, {} bytes (full: {full_written} rules, {} bytes)",
         partial.len(),
         full.len()
     );
-
     if let Some(i) = args.iter().position(|a| a == "--write") {
         let dir = args.get(i + 1).map(String::as_str).unwrap_or(".");
         let _ = std::fs::write(format!("{dir}/full.rules"), &full);
