@@ -7,7 +7,7 @@
 //! removed, one service added).
 //!
 //! ```text
-//! cargo run --release -p kproxy-iptables --example bench -- [SERVICES] [ENDPOINTS] [--apply [--nft-only|--legacy-only] [--reps N]] [--write DIR]
+//! cargo run --release -p kproxy-iptables --example bench -- [SERVICES] [ENDPOINTS] [--apply [--nft-only|--legacy-only] [--reps N] [--no-full]] [--write DIR]
 //! ```
 
 use std::process::Command;
@@ -229,7 +229,14 @@ fn main() {
         // The same cluster without its last service: one service removed
         // (and, going back, added).
         let g3 = cluster(services - 1, endpoints, None);
-        apply_bench(&g, &g2, &g3, &flavours, reps);
+        apply_bench(
+            &g,
+            &g2,
+            &g3,
+            &flavours,
+            reps,
+            !args.iter().any(|a| a == "--no-full"),
+        );
     }
 }
 
@@ -239,6 +246,7 @@ fn apply_bench(
     g3: &ServiceGraph,
     flavours: &[Flavour],
     reps: usize,
+    with_full: bool,
 ) {
     let ns = format!("kpi-bench-{}", std::process::id());
     let ok = Command::new("ip")
@@ -263,20 +271,20 @@ fn apply_bench(
         let (mut full, mut partial, mut rm, mut add) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut written = (0, 0, 0, 0);
-        for i in 0..reps {
-            let t0 = Instant::now();
-            let s = be.sync(g, None).expect("full sync");
-            full.push(t0.elapsed());
-            written.0 = s.rules_written;
-            let t0 = Instant::now();
-            let c = if i % 2 == 0 { &there } else { &back };
-            let target = if i % 2 == 0 { g2 } else { g };
-            let s = be.sync(target, Some(c)).expect("partial sync");
-            partial.push(t0.elapsed());
-            written.1 = s.rules_written;
-            // Leave the node at `g`.
-            if i % 2 == 0 {
-                be.sync(g, Some(&back)).expect("back");
+        let (mut floor, mut floor_ok) = (Vec::new(), true);
+        for _ in 0..reps {
+            if with_full {
+                let t0 = Instant::now();
+                let s = be.sync(g, None).expect("full sync");
+                full.push(t0.elapsed());
+                written.0 = s.rules_written;
+            }
+            // There and back: both are real one-endpoint changes.
+            for (target, c) in [(g2, &there), (g, &back)] {
+                let t0 = Instant::now();
+                let s = be.sync(target, Some(c)).expect("partial sync");
+                partial.push(t0.elapsed());
+                written.1 = s.rules_written;
             }
             let t0 = Instant::now();
             let s = be.sync(g3, Some(&remove)).expect("remove");
@@ -286,12 +294,36 @@ fn apply_bench(
             let s = be.sync(g, Some(&readd)).expect("add");
             add.push(t0.elapsed());
             written.3 = s.rules_written;
+            // The kernel's floor: one new, unreferenced one-rule chain in
+            // the nat table, in its own restore (then removed).
+            let t = be.transport();
+            let t0 = Instant::now();
+            floor_ok &= t
+                .apply_text(
+                    IpFamily::V4,
+                    "*nat\n:KPI-FLOOR - [0:0]\n-A KPI-FLOOR -j RETURN\nCOMMIT\n",
+                )
+                .is_ok();
+            floor.push(t0.elapsed());
+            floor_ok &= t
+                .apply_text(
+                    IpFamily::V4,
+                    "*nat\n:KPI-FLOOR - [0:0]\n-X KPI-FLOOR\nCOMMIT\n",
+                )
+                .is_ok();
         }
+        assert!(floor_ok, "floor restores failed");
         println!(
-            "{flavour:?} full sync, unchanged node ({} rules written): {}",
-            written.0,
-            stats(full)
+            "{flavour:?} loader floor, one new one-rule chain in nat: {}",
+            stats(floor)
         );
+        if with_full {
+            println!(
+                "{flavour:?} full sync, unchanged node ({} rules written): {}",
+                written.0,
+                stats(full)
+            );
+        }
         println!(
             "{flavour:?} partial sync, one endpoint changed ({} rules written): {}",
             written.1,
