@@ -1115,12 +1115,18 @@ impl SvcCtx<'_, '_> {
         }
     }
 
-    /// ClientIP affinity: kube-proxy's per-service and per-endpoint chains,
-    /// with the clients remembered in the one shared `affinity` set
-    /// (kube-proxy has a named set per endpoint; the kernel finds named
-    /// sets by walking a list, so thousands of them make a load
-    /// quadratic). An element is client . endpoint id, with the Service's
-    /// timeout on the element itself.
+    /// ClientIP affinity: kube-proxy's `service-`/`local-` chains without
+    /// its per-endpoint chains or sets. The clients live in the one shared
+    /// `affinity` set, keyed by client . endpoint id with the Service's
+    /// timeout on each element (the kernel finds named sets by walking a
+    /// list, so a set per endpoint makes loads quadratic). Each endpoint
+    /// is one rule that sends a remembered client back to it, refreshing
+    /// the entry; then new clients are spread by a cascade of `numgen
+    /// random mod N-i 0` rules (probability 1/N each, as the iptables
+    /// backends' `statistic` rules), each remembering the pick. No chain
+    /// per endpoint: nft reads every chain of the table into its cache
+    /// for any later transaction, so tens of thousands of them would make
+    /// every incremental sync slow.
     fn affinity_chains(&mut self) {
         let Some(aff) = self.sp.session_affinity else {
             return;
@@ -1134,54 +1140,45 @@ impl SvcCtx<'_, '_> {
         if d.uses_local_chain && !self.sp.local_endpoints.is_empty() {
             wanted.push(("local", self.sp.local_endpoints.clone()));
         }
-        let mut endpoints: BTreeMap<String, std::sync::Arc<Endpoint>> = BTreeMap::new();
+        let mut ids = BTreeSet::new();
         for (prefix, eps) in wanted {
             let mut rules = Vec::new();
-            let mut vmap = Vec::new();
-            for (i, ep) in eps.iter().enumerate() {
-                let eb = names::endpoint_base(&self.sp.name, ep);
-                rules.push(Rule::new(format!(
-                    "{} . {} @{} goto endpoint-{eb}",
-                    fam.saddr(),
-                    names::affinity_key(names::affinity_id(&self.sp.name, ep)),
+            let mut picks = Vec::new();
+            for ep in eps.iter() {
+                let id = names::affinity_id(&self.sp.name, ep);
+                ids.insert(id);
+                let key = names::affinity_key(id);
+                let dst = match ep.ip {
+                    IpAddr::V4(ip) => format!("{ip}:{}", ep.port),
+                    IpAddr::V6(ip) => format!("[{ip}]:{}", ep.port),
+                };
+                let then = format!(
+                    "meta l4proto {} update @{} {{ {} . {key} timeout {}s }} dnat {} to {dst}",
+                    self.proto,
                     sets::AFFINITY,
+                    fam.saddr(),
+                    aff.timeout_seconds,
+                    fam.f.as_str()
+                );
+                rules.push(Rule::new(format!(
+                    "{} . {key} @{} {then}",
+                    fam.saddr(),
+                    sets::AFFINITY
                 )));
-                vmap.push(format!("{i} : goto endpoint-{eb}"));
-                endpoints.insert(eb, ep.clone());
+                picks.push(then);
             }
-            rules.push(Rule::new(format!(
-                "numgen random mod {} vmap {{ {} }}",
-                eps.len(),
-                vmap.join(", ")
-            )));
+            let n = picks.len();
+            for (i, then) in picks.into_iter().enumerate() {
+                if i + 1 < n {
+                    rules.push(Rule::new(format!("numgen random mod {} 0 {then}", n - i)));
+                } else {
+                    rules.push(Rule::new(then));
+                }
+            }
             let name = format!("{prefix}-{}", self.base);
             self.ensure_chain(&name, rules);
         }
-        for (eb, ep) in endpoints {
-            let id = names::affinity_id(&self.sp.name, &ep);
-            self.out.affinity_ids.push(id);
-            let dst = match ep.ip {
-                IpAddr::V4(ip) => format!("{ip}:{}", ep.port),
-                IpAddr::V6(ip) => format!("[{ip}]:{}", ep.port),
-            };
-            self.ensure_chain(
-                &format!("endpoint-{eb}"),
-                vec![
-                    Rule::new(format!(
-                        "update @{} {{ {} . {} timeout {}s }}",
-                        sets::AFFINITY,
-                        fam.saddr(),
-                        names::affinity_key(id),
-                        aff.timeout_seconds
-                    )),
-                    Rule::new(format!(
-                        "meta l4proto {} dnat {} to {dst}",
-                        self.proto,
-                        fam.f.as_str()
-                    )),
-                ],
-            );
-        }
+        self.out.affinity_ids = ids.into_iter().collect();
     }
 }
 
