@@ -679,6 +679,8 @@ mod tests {
     struct Log {
         /// `true` for full syncs.
         syncs: Vec<bool>,
+        /// The change set of each partial sync.
+        changes: Vec<ChangeSet>,
         fail_next: bool,
         drifted: bool,
     }
@@ -699,6 +701,7 @@ mod tests {
         ) -> Result<SyncStats, ApplyError> {
             let mut log = self.0.lock().unwrap();
             log.syncs.push(changes.is_none());
+            log.changes.extend(changes.cloned());
             if std::mem::take(&mut log.fail_next) {
                 return Err(ApplyError::Rejected {
                     backend: "fake",
@@ -792,6 +795,44 @@ mod tests {
         assert!(
             text.contains("kproxy_syncs_total{sync=\"partial\"} 2"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_slice_change_rebuilds_its_service_in_place() {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let mut r = reconciler(log.clone());
+        let with_slices = |first_ip: &str| {
+            let mut o = objects("10.0.0.1");
+            for (svc, ip) in [("s", first_ip), ("t", "10.1.0.2")] {
+                if svc == "t" {
+                    o.add_yaml("t", "apiVersion: v1\nkind: Service\nmetadata: {name: t, namespace: n}\nspec:\n  clusterIP: 10.0.0.2\n  ports: [{port: 80, protocol: TCP}]\n").unwrap();
+                }
+                o.add_yaml(
+                    "slice",
+                    &format!(
+                        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {svc}-1\n  namespace: n\n  labels: {{kubernetes.io/service-name: {svc}}}\naddressType: IPv4\nports: [{{port: 80, protocol: TCP}}]\nendpoints: [{{addresses: [{ip}]}}]\n"
+                    ),
+                )
+                .unwrap();
+            }
+            o
+        };
+        assert!(r.sync_objects(&with_slices("10.1.0.1"), vec![]));
+        let before = Arc::as_ptr(r.graph.graph());
+        assert!(r.sync_objects(&with_slices("10.1.0.9"), vec![]));
+        // Updated in place: the status' copy was dropped before the update.
+        assert_eq!(Arc::as_ptr(r.graph.graph()), before);
+        let log = log.lock().unwrap();
+        assert_eq!(log.syncs, vec![true, false]);
+        let v4 = log.changes[0].family(IpFamily::V4);
+        let names: Vec<String> = v4.changed.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["n/s"], "{v4:?}");
+        assert!(v4.added.is_empty() && v4.removed.is_empty(), "{v4:?}");
+        let text = r.shared.metrics.encode();
+        assert!(
+            text.contains("kubeproxy_sync_proxy_rules_endpoint_changes_total 3"),
+            "two slices, then one: {text}"
         );
     }
 
