@@ -41,9 +41,8 @@ pub struct Status {
     /// failed (see `last_error`). Dropped while a sync updates the graph
     /// in place, so holding it would cost a copy of the whole graph.
     pub graph: Option<Arc<ServiceGraph>>,
-    /// The ruleset last applied, in the backend's syntax, when it was
-    /// rendered at sync time (dry runs, iptables); `None` otherwise, and
-    /// [`Shared::rules`] asks the backend.
+    /// The ruleset a dry run printed; `None` otherwise, and
+    /// [`Shared::rules`] asks the backend for what it applied.
     pub rules: Option<String>,
 }
 
@@ -92,11 +91,12 @@ impl Shared {
         *lock(&self.backend) = Some(backend);
     }
 
-    /// The ruleset last applied: rendered at sync time, or now by the
-    /// backend (which waits for a sync in progress). `None` before the
-    /// first sync, and after a failed nftables sync until the next
-    /// successful one (the backend forgets what it applied, and the text
-    /// is not kept by every sync).
+    /// The ruleset last applied, rendered now by the backend (waiting for
+    /// a sync in progress), or what a dry run printed. `None` before the
+    /// first sync, and after a failed sync until the next successful one
+    /// when the backend forgets what it applied (nftables does: its next
+    /// sync reloads everything); rendering it after every sync instead
+    /// would cost more than an incremental sync.
     pub fn rules(&self) -> Option<String> {
         if let Some(text) = self.status().rules.clone() {
             return Some(text);
