@@ -66,6 +66,14 @@ fn slice(i: usize, pod: &mut u32) -> EndpointSlice {
     .expect("slice")
 }
 
+/// Resident memory now, MiB (Linux).
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |pages| pages * 4096.0 / (1024.0 * 1024.0))
+}
+
 fn stats(mut v: Vec<f64>) -> String {
     v.sort_by(f64::total_cmp);
     let med = v[v.len() / 2];
@@ -81,9 +89,12 @@ fn stats(mut v: Vec<f64>) -> String {
 fn main() {
     let mut sizes = Vec::new();
     let mut reps = 30usize;
+    let mut memory: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        if a == "--reps" {
+        if a == "--memory" {
+            memory = args.next();
+        } else if a == "--reps" {
             reps = args.next().and_then(|r| r.parse().ok()).unwrap_or(reps);
         } else if let Ok(n) = a.parse() {
             sizes.push(n);
@@ -98,6 +109,32 @@ fn main() {
         families: vec![kproxy_graph::IpFamily::V4],
         ..ProxyConfig::default()
     };
+    if let Some(how) = memory {
+        // Resident memory of one way of holding the graph, in a fresh
+        // process: `--memory full` (objects + ServiceGraph::build) or
+        // `--memory incremental` (objects moved into an IncrementalGraph).
+        for n in sizes {
+            let objects = cluster(n);
+            let before = rss_mib();
+            let t = Instant::now();
+            let held: Box<dyn std::any::Any> = if how == "full" {
+                let g = ServiceGraph::build(&objects, &config);
+                Box::new((objects, g))
+            } else {
+                let mut inc = IncrementalGraph::new(config.clone());
+                inc.replace_all(objects);
+                inc.update();
+                Box::new(inc)
+            };
+            println!(
+                "{n} Services, {how}: objects {before:.0} MiB, with the graph {:.0} MiB, built in {:.0} ms",
+                rss_mib(),
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            drop(held);
+        }
+        return;
+    }
     for n in sizes {
         let mut objects = cluster(n);
         let mut pod = 10_000_000u32;
@@ -119,11 +156,15 @@ fn main() {
         drop(prev);
 
         // The incremental way.
+        let full = ServiceGraph::build(&objects, &config);
+        let rss_objects_and_graph = rss_mib();
+        drop(full);
         let t = Instant::now();
         let mut inc = IncrementalGraph::new(config.clone());
-        inc.replace_all(objects.clone());
+        inc.replace_all(std::mem::take(&mut objects));
         inc.update();
         let first = t.elapsed().as_secs_f64();
+        let rss_incremental = rss_mib();
         let mut new = Vec::new();
         for r in 0..reps {
             let i = (r * 7919 + 1) % n;
@@ -146,6 +187,10 @@ fn main() {
             stats(old)
         );
         println!("  incremental: first build {:.3} ms", first * 1e3);
+        println!(
+            "  resident: objects + full graph {rss_objects_and_graph:.0} MiB; \
+             IncrementalGraph (objects moved in, index, graph) {rss_incremental:.0} MiB"
+        );
         println!(
             "  incremental: upsert one slice + update:     {}",
             stats(new)

@@ -34,7 +34,7 @@ use crate::intake::{
     Base, Objects, SliceClass, SvcKey, build_base, build_unit, classify_slice, namespace_of,
     service_key, unnamed_service_warning,
 };
-use crate::model::{FamilyGraph, IpFamily, ServiceGraph, ServicePort, ServicePortName};
+use crate::model::{FamilyGraph, IpFamily, Protocol, ServiceGraph, ServicePort, ServicePortName};
 use crate::warning::Warning;
 
 /// An EndpointSlice's identity: `(namespace, name)`.
@@ -44,19 +44,34 @@ type SliceKey = (String, String);
 #[derive(Debug, Default)]
 struct Group {
     service: Option<Arc<Service>>,
-    /// The slices that name this Service, by slice name (the order
-    /// [`ServiceGraph::build`] merges them in).
-    slices: BTreeMap<String, Arc<EndpointSlice>>,
-    /// The service ports this group put into the graph.
-    ports: Vec<(IpFamily, ServicePortName)>,
+    /// The slices that name this Service, sorted by name (the order
+    /// [`ServiceGraph::build`] merges them in). A vector: most Services
+    /// have one slice, and a map node would cost more than the slice.
+    slices: Vec<Arc<EndpointSlice>>,
     /// The warnings it raised.
     warnings: Vec<Warning>,
 }
 
-#[derive(Debug)]
-struct SliceEntry {
-    slice: Arc<EndpointSlice>,
-    class: SliceClass,
+fn slice_name(s: &EndpointSlice) -> &str {
+    s.metadata.name.as_deref().unwrap_or("")
+}
+
+impl Group {
+    fn insert_slice(&mut self, slice: Arc<EndpointSlice>) {
+        match self
+            .slices
+            .binary_search_by(|s| slice_name(s).cmp(slice_name(&slice)))
+        {
+            Ok(i) => self.slices[i] = slice,
+            Err(i) => self.slices.insert(i, slice),
+        }
+    }
+
+    fn remove_slice(&mut self, name: &str) {
+        if let Ok(i) = self.slices.binary_search_by(|s| slice_name(s).cmp(name)) {
+            self.slices.remove(i);
+        }
+    }
 }
 
 /// What an [`IncrementalGraph::update`] changed.
@@ -108,7 +123,10 @@ pub struct IncrementalGraph {
     config: ProxyConfig,
     families: Vec<IpFamily>,
     groups: BTreeMap<SvcKey, Group>,
-    slices: HashMap<SliceKey, SliceEntry>,
+    /// Every slice by identity. Its class (which group it is in) is not
+    /// kept: it is computed again from the slice and the configuration,
+    /// which only change together with a rebuild of everything.
+    slices: HashMap<SliceKey, Arc<EndpointSlice>>,
     nodes: BTreeMap<String, Arc<Node>>,
     /// Services without a name (never from the API server): each is
     /// skipped with the same warning.
@@ -274,28 +292,26 @@ impl IncrementalGraph {
     pub fn upsert_slice(&mut self, slice: Arc<EndpointSlice>) -> bool {
         let key = slice_key(&slice);
         if let Some(old) = self.slices.get(&key)
-            && same(&old.slice, &slice)
+            && same(old, &slice)
         {
             return false;
         }
         self.remove_slice_entry(&key);
-        let class = classify_slice(&self.config, &slice);
-        match &class {
+        match classify_slice(&self.config, &slice) {
             SliceClass::Ignored => {}
             SliceClass::NoService(w) => {
-                *self.warnings.entry(w.clone()).or_default() += 1;
+                *self.warnings.entry(w).or_default() += 1;
                 self.warnings_dirty = true;
             }
             SliceClass::Service(svc) => {
                 self.groups
                     .entry(svc.clone())
                     .or_default()
-                    .slices
-                    .insert(key.1.clone(), slice.clone());
-                self.mark(svc.clone());
+                    .insert_slice(slice.clone());
+                self.mark(svc);
             }
         }
-        self.slices.insert(key, SliceEntry { slice, class });
+        self.slices.insert(key, slice);
         true
     }
 
@@ -308,7 +324,9 @@ impl IncrementalGraph {
         let Some(old) = self.slices.remove(key) else {
             return false;
         };
-        match old.class {
+        // The class it was filed under: the configuration has not changed
+        // since (a change rebuilds everything, refiling every slice).
+        match classify_slice(&self.config, &old) {
             SliceClass::Ignored => {}
             SliceClass::NoService(w) => {
                 self.forget_warning(&w);
@@ -316,7 +334,7 @@ impl IncrementalGraph {
             }
             SliceClass::Service(svc) => {
                 if let Some(g) = self.groups.get_mut(&svc) {
-                    g.slices.remove(&key.1);
+                    g.remove_slice(slice_name(&old));
                 }
                 self.mark(svc);
             }
@@ -447,7 +465,7 @@ impl IncrementalGraph {
     /// The current objects, Services and slices in namespace and name
     /// order (what [`ServiceGraph::build`] would be given).
     pub fn objects(&self) -> Objects {
-        let mut slices: Vec<(&SliceKey, &SliceEntry)> = self.slices.iter().collect();
+        let mut slices: Vec<(&SliceKey, &Arc<EndpointSlice>)> = self.slices.iter().collect();
         slices.sort_by(|a, b| a.0.cmp(b.0));
         Objects {
             services: self
@@ -455,10 +473,7 @@ impl IncrementalGraph {
                 .values()
                 .filter_map(|g| g.service.as_deref().cloned())
                 .collect(),
-            endpoint_slices: slices
-                .into_iter()
-                .map(|(_, e)| (*e.slice).clone())
-                .collect(),
+            endpoint_slices: slices.into_iter().map(|(_, s)| (**s).clone()).collect(),
             nodes: self.nodes.values().map(|n| (**n).clone()).collect(),
         }
     }
@@ -564,14 +579,27 @@ impl IncrementalGraph {
         let Some(group) = self.groups.get_mut(key) else {
             return;
         };
-        // Take out what the group contributed last time.
+        // Take out what the group contributed last time: its ports are
+        // the graph's entries named `namespace/name`, one run of keys.
         let mut old: BTreeMap<(IpFamily, ServicePortName), (Option<ServicePort>, Option<u64>)> =
             BTreeMap::new();
-        for (f, spn) in group.ports.drain(..) {
-            if let Some(fg) = graph.families.get_mut(&f) {
+        let first = ServicePortName {
+            namespace: key.0.clone(),
+            name: key.1.clone(),
+            port: String::new(),
+            protocol: Protocol::Tcp,
+        };
+        for (f, fg) in graph.families.iter_mut() {
+            let names: Vec<ServicePortName> = fg
+                .services
+                .range(&first..)
+                .take_while(|(k, _)| k.namespace == key.0 && k.name == key.1)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for spn in names {
                 let sp = fg.services.remove(&spn);
                 let fp = fg.fingerprints.remove(&spn);
-                old.insert((f, spn), (sp, fp));
+                old.insert((*f, spn), (sp, fp));
             }
         }
         for w in std::mem::take(&mut group.warnings) {
@@ -585,7 +613,7 @@ impl IncrementalGraph {
         self.warnings_dirty = true;
 
         let services: Vec<&Service> = group.service.as_deref().into_iter().collect();
-        let slices: Vec<&EndpointSlice> = group.slices.values().map(|s| &**s).collect();
+        let slices: Vec<&EndpointSlice> = group.slices.iter().map(|s| &**s).collect();
         let unit = build_unit(
             &self.config,
             &graph.node,
@@ -610,8 +638,7 @@ impl IncrementalGraph {
                 }
             }
             fg.fingerprints.insert(name.clone(), fp);
-            fg.services.insert(name.clone(), sp);
-            group.ports.push((f, name));
+            fg.services.insert(name, sp);
         }
         for ((f, name), (sp, _)) in old {
             changes.entry(f).or_default().removed.insert(name);
@@ -669,34 +696,23 @@ impl IncrementalGraph {
         };
         self.apply_base(&mut graph, base);
         // Reclassify every slice: the proxy name may have changed.
-        let entries: Vec<(SliceKey, SliceEntry)> = self.slices.drain().collect();
         self.warnings.clear();
         for g in self.groups.values_mut() {
             g.slices.clear();
-            g.ports.clear();
             g.warnings.clear();
         }
         self.groups.retain(|_, g| g.service.is_some());
-        for (key, e) in entries {
-            let class = classify_slice(&self.config, &e.slice);
-            match &class {
+        for slice in self.slices.values() {
+            match classify_slice(&self.config, slice) {
                 SliceClass::Ignored => {}
-                SliceClass::NoService(w) => *self.warnings.entry(w.clone()).or_default() += 1,
+                SliceClass::NoService(w) => *self.warnings.entry(w).or_default() += 1,
                 SliceClass::Service(svc) => {
                     self.groups
-                        .entry(svc.clone())
+                        .entry(svc)
                         .or_default()
-                        .slices
-                        .insert(key.1.clone(), e.slice.clone());
+                        .insert_slice(slice.clone());
                 }
             }
-            self.slices.insert(
-                key,
-                SliceEntry {
-                    slice: e.slice,
-                    class,
-                },
-            );
         }
         let keys: Vec<SvcKey> = self.groups.keys().cloned().collect();
         let rebuilt = keys.len();
