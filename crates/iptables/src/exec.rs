@@ -363,6 +363,107 @@ impl IptablesTransport {
     }
 }
 
+/// Chains one iptables-nft cleanup restore deletes at most (see
+/// [`IptablesTransport::cleanup_batches`]).
+pub const CLEANUP_BATCH_CHAINS: usize = 1500;
+
+impl IptablesTransport {
+    /// [`IptablesTransport::cleanup_text`] as several restores for
+    /// iptables-nft, whose restore time is quadratic in the chains one
+    /// restore names (see [`crate::diff`]): first the jumps from other
+    /// chains are deleted, then kproxy's chains are flushed and deleted
+    /// at most `max_chains` per restore, every chain before the chains
+    /// it jumps to (so none is referenced when deleted).
+    pub fn cleanup_batches(saved: &Saved, max_chains: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for table in [TableName::Filter, TableName::Nat, TableName::Mangle] {
+            let Some(t) = saved.table(table) else {
+                continue;
+            };
+            let is_ours = |n: &str| top_level_chains(table).contains(&n) || is_service_chain(n);
+            let target_of = |r: &crate::parse::SavedRule| match &r.rule {
+                Some(rule) => rule.jump_target().map(String::from),
+                None => raw_jump_target(&r.raw),
+            };
+            let ours: HashMap<&str, Vec<String>> = t
+                .chains
+                .iter()
+                .filter(|c| is_ours(&c.name))
+                .map(|c| {
+                    let targets = c.rules.iter().filter_map(target_of).collect();
+                    (c.name.as_str(), targets)
+                })
+                .collect();
+            if ours.is_empty() {
+                continue;
+            }
+            let mut unlink = String::new();
+            for c in t
+                .chains
+                .iter()
+                .filter(|c| !ours.contains_key(c.name.as_str()))
+            {
+                for r in &c.rules {
+                    if target_of(r).is_some_and(|x| ours.contains_key(x.as_str())) {
+                        unlink.push_str(&format!("-D {} {}\n", c.name, r.raw));
+                    }
+                }
+            }
+            if !unlink.is_empty() {
+                out.push(format!("*{table}\n{unlink}COMMIT\n"));
+            }
+            let mut memo: HashMap<&str, usize> = HashMap::new();
+            // Kernel order (creation order, not sorted by name), deepest
+            // referrers first.
+            let mut order: Vec<(usize, &str)> = t
+                .chains
+                .iter()
+                .filter(|c| ours.contains_key(c.name.as_str()))
+                .map(|c| (saved_depth(&ours, &c.name, &mut memo), c.name.as_str()))
+                .collect();
+            order.sort_by_key(|(d, _)| std::cmp::Reverse(*d));
+            for chunk in order.chunks(max_chains.max(1)) {
+                let mut body = String::new();
+                for (_, c) in chunk {
+                    body.push_str(&format!(":{c} - [0:0]\n"));
+                }
+                for (_, c) in chunk {
+                    body.push_str(&format!("-X {c}\n"));
+                }
+                out.push(format!("*{table}\n{body}COMMIT\n"));
+            }
+        }
+        out
+    }
+}
+
+/// Depth of `name` among kproxy's chains in the kernel (`ours`: each
+/// chain's jump targets): 0 when it jumps to none of them.
+fn saved_depth<'a>(
+    ours: &'a HashMap<&'a str, Vec<String>>,
+    name: &'a str,
+    memo: &mut HashMap<&'a str, usize>,
+) -> usize {
+    if let Some(&d) = memo.get(name) {
+        return d;
+    }
+    memo.insert(name, 0);
+    let d = ours
+        .get(name)
+        .map(|targets| {
+            targets
+                .iter()
+                .filter_map(|t| ours.get_key_value(t.as_str()).map(|(k, _)| *k))
+                .filter(|t| *t != name)
+                .map(|t| saved_depth(ours, t, memo) + 1)
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    memo.insert(name, d);
+    d
+}
+
 fn raw_jump_target(raw: &str) -> Option<String> {
     let words = crate::parse::tokenize(raw).ok()?;
     let i = words.iter().position(|w| w == "-j" || w == "--jump")?;
@@ -401,10 +502,15 @@ impl Transport for IptablesTransport {
                     continue;
                 }
             };
-            if let Some(text) = Self::cleanup_text(&saved)
-                && let Err(e) = self.restore(f, &text, &[])
-            {
-                errors.push(e);
+            let texts = match self.flavour {
+                Flavour::Nft => Self::cleanup_batches(&saved, CLEANUP_BATCH_CHAINS),
+                Flavour::Legacy => Self::cleanup_text(&saved).into_iter().collect(),
+            };
+            for text in texts {
+                if let Err(e) = self.restore(f, &text, &[]) {
+                    errors.push(e);
+                    break;
+                }
             }
         }
         if errors.is_empty() {

@@ -154,11 +154,16 @@ pub fn generate_reusing(
                                 })
                             });
                         t.chains = keep;
+                        // A service port's chains are adjacent: one owner
+                        // clone and one map entry per port, not per chain.
+                        let mut group: Vec<Chain> = Vec::new();
                         for c in take {
-                            if let Some(o) = c.owner.clone() {
-                                reuse.entry(o).or_default().push(c);
+                            if group.first().is_some_and(|g| g.owner != c.owner) {
+                                flush_group(&mut reuse, &mut group);
                             }
+                            group.push(c);
                         }
+                        flush_group(&mut reuse, &mut group);
                     }
                 }
                 generate_family(graph, fg, options, reuse)
@@ -209,6 +214,13 @@ fn local_if(lt: &LocalTraffic, negated: bool) -> Option<Match> {
             name: format!("{p}+"),
         }),
     }
+}
+
+fn flush_group(reuse: &mut HashMap<ServicePortName, Vec<Chain>>, group: &mut Vec<Chain>) {
+    if let Some(o) = group.first().and_then(|c| c.owner.clone()) {
+        reuse.entry(o).or_default().append(group);
+    }
+    group.clear();
 }
 
 /// Per-family state while generating.

@@ -276,11 +276,12 @@ fn write_edits(out: &mut String, table: &Table, plan: &RestorePlan) -> usize {
 /// The restore text of one family for `plan`, and how many rules it
 /// writes (edits count one each).
 pub fn render_restore(fr: &FamilyRuleset, plan: &RestorePlan) -> (String, usize) {
-    let mut out = String::with_capacity(fr.rule_count() * 120 + 256);
+    let selected: Vec<Vec<&Chain>> = fr.tables.iter().map(|t| plan.rewritten(t)).collect();
+    let rules: usize = selected.iter().flatten().map(|c| c.rules.len() + 1).sum();
+    let mut out = String::with_capacity(rules * 120 + 256);
     let mut written = 0usize;
-    for table in &fr.tables {
+    for (table, chains) in fr.tables.iter().zip(selected) {
         let _ = writeln!(out, "*{}", table.name);
-        let chains = plan.rewritten(table);
         let deletes = plan.delete.get(&table.name);
         for c in &chains {
             let _ = writeln!(out, ":{} - [0:0]", c.name);

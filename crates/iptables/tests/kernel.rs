@@ -709,3 +709,44 @@ fn generate_reusing_equals_a_fresh_generation() {
         );
     }
 }
+
+#[test]
+fn nft_cleanup_in_small_batches_removes_everything_of_ours() {
+    // Cleanup of a big node is split for iptables-nft: jumps first, then
+    // chains referrers-first; with two chains per restore every ordering
+    // mistake makes a restore fail (a chain still referenced).
+    let seed = std::fs::read_to_string(fixture_path("seed")).expect("seed");
+    let g = many(&seed, 40, &[], &[]);
+    let ns = NetNs::named(&format!("kpi-clean-{}", std::process::id()));
+    let t = transport(Flavour::Nft, &ns);
+    IptablesBackend::in_netns(Flavour::Nft, ns.name())
+        .sync(&g, None)
+        .expect("sync");
+    run(&ns, &["iptables-nft", "-t", "nat", "-N", "FOREIGN"]);
+    run(
+        &ns,
+        &[
+            "iptables-nft",
+            "-t",
+            "nat",
+            "-A",
+            "FOREIGN",
+            "-j",
+            "KUBE-SERVICES",
+        ],
+    );
+    let saved = parse_save_lenient(&t.save(IpFamily::V4).expect("save")).expect("parse");
+    let batches = IptablesTransport::cleanup_batches(&saved, 2);
+    assert!(batches.len() > 20, "{} batches", batches.len());
+    for (i, text) in batches.iter().enumerate() {
+        t.apply_text(IpFamily::V4, text)
+            .unwrap_or_else(|e| panic!("batch {i}: {e}\n{text}"));
+    }
+    let after = t.save(IpFamily::V4).expect("save");
+    assert!(
+        !after.contains(":KUBE-SVC-") && !after.contains(":KUBE-SERVICES"),
+        "{after}"
+    );
+    assert!(!after.contains("-j KUBE-SERVICES"), "{after}");
+    assert!(after.contains(":FOREIGN"), "foreign chain kept: {after}");
+}
