@@ -4,6 +4,8 @@
 //!
 //! `cargo run --release -p kproxy-graph --example graph_update -- [SERVICES...] [--reps N]`
 //! (default 10000 50000, 30 repeats). Prints median (min-max) per size.
+//! `--memory full|incremental` instead prints the resident memory of one
+//! way of holding the graph (run each in its own process).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -156,15 +158,11 @@ fn main() {
         drop(prev);
 
         // The incremental way.
-        let full = ServiceGraph::build(&objects, &config);
-        let rss_objects_and_graph = rss_mib();
-        drop(full);
         let t = Instant::now();
         let mut inc = IncrementalGraph::new(config.clone());
         inc.replace_all(std::mem::take(&mut objects));
         inc.update();
         let first = t.elapsed().as_secs_f64();
-        let rss_incremental = rss_mib();
         let mut new = Vec::new();
         for r in 0..reps {
             let i = (r * 7919 + 1) % n;
@@ -187,10 +185,6 @@ fn main() {
             stats(old)
         );
         println!("  incremental: first build {:.3} ms", first * 1e3);
-        println!(
-            "  resident: objects + full graph {rss_objects_and_graph:.0} MiB; \
-             IncrementalGraph (objects moved in, index, graph) {rss_incremental:.0} MiB"
-        );
         println!(
             "  incremental: upsert one slice + update:     {}",
             stats(new)
