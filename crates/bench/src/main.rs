@@ -119,7 +119,7 @@ struct RunArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "100,1000,3000,10000,30000,50000"
+        default_value = "100,1000,10000,50000"
     )]
     sizes: Vec<usize>,
     /// Sizes at which the data plane is measured.
@@ -146,7 +146,7 @@ struct RunArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "iptables-nft=1000,iptables-legacy=10000"
+        default_value = "iptables-nft=10000,iptables-legacy=10000"
     )]
     cap: Vec<String>,
     /// Per-backend size caps for the data plane above the control-plane
