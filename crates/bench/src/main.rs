@@ -116,11 +116,7 @@ enum Cmd {
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// Cluster sizes (Services) for the control-plane measurements.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "100,1000,10000,50000"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000,50000")]
     sizes: Vec<usize>,
     /// Sizes at which the data plane is measured.
     #[arg(long, value_delimiter = ',', default_value = "10,1000,10000,50000")]

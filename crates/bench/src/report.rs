@@ -343,7 +343,7 @@ pub fn write(path: &Path, opts: &RunOpts, o: &Outcome, command: &str) -> anyhow:
     );
     let _ = writeln!(
         w,
-        "- **loader alone**: `nft -f FILE` / `iptables-*-restore --noflush FILE` on the exact text of the full sync: the kernel floor. \
+        "- **loader alone**: `nft -f FILE` / `iptables-legacy-restore --noflush FILE` / `iptables-nft-restore FILE` on the exact text of the full sync, into an empty namespace: the kernel floor. iptables-nft's is a plain restore (same result in an empty namespace): with `--noflush`, iptables 1.8.9 is quadratic in the chains the input names (over 600 s at 10,000 Services), so that form is timed separately and only up to 1,000 Services. \
          For kube-proxy-nft it is that layout's whole full sync."
     );
     let _ = writeln!(

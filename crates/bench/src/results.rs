@@ -21,7 +21,7 @@ pub enum Metric {
     FullSyncBackend,
     /// The loader alone on the same text into an empty namespace, seconds.
     Loader,
-    /// iptables only: the loader without `--noflush` on the same text, seconds.
+    /// iptables-nft only: the same text as one `--noflush` restore, seconds.
     LoaderPlain,
     /// nftables only: the loader alone on the same cluster without ClientIP
     /// affinity (no per-endpoint affinity sets), seconds.
@@ -77,7 +77,9 @@ impl Metric {
             Metric::FullSyncDaemon => "full sync, `kproxy run --once` end to end",
             Metric::FullSyncBackend => "full sync, Backend::sync in process",
             Metric::Loader => "loader alone, same text (kernel floor)",
-            Metric::LoaderPlain => "iptables: plain restore (no --noflush), same text",
+            Metric::LoaderPlain => {
+                "iptables-nft: the same text as one --noflush restore (up to 1000)"
+            }
             Metric::LoaderNoAffinity => "loader alone, same cluster with no ClientIP affinity",
             Metric::DaemonRss => "peak RSS, `kproxy run --once`",
             Metric::LoaderRss => "peak RSS, loader",

@@ -411,6 +411,9 @@ fn ensure_rules(opts: &RunOpts, subject: Subject, ns: &Ns) -> anyhow::Result<usi
     Ok(rules)
 }
 
+/// The largest size iptables-nft's one `--noflush` restore is timed at.
+const NOFLUSH_MAX: usize = 1000;
+
 fn loader_alone(
     opts: &RunOpts,
     subject: Subject,
@@ -455,10 +458,11 @@ fn loader_alone(
     }
     out.add(Metric::Loader, subject, n, wall);
     out.add(Metric::LoaderRss, subject, n, rss);
-    // iptables-nft's --noflush restore checks every chain against the
-    // kernel's: the plain restore of the same text shows that cost.
-    if subject == Subject::Ours(BackendKind::IptablesNft) {
-        let argv = subject.plain_loader_argv(file);
+    // iptables-nft's one --noflush restore of the same text: quadratic in
+    // the chains in iptables 1.8.9, so only at small sizes.
+    if let Some(argv) = subject.noflush_loader_argv(file)
+        && n <= NOFLUSH_MAX
+    {
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let mut wall = Vec::new();
         for _ in 0..reps {

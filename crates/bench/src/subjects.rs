@@ -84,13 +84,29 @@ impl Subject {
             Subject::Ours(BackendKind::Nftables) | Subject::KubeProxyNft => {
                 vec!["nft".into(), "-f".into(), f]
             }
+            // Plain: into an empty namespace the result is the same, and
+            // iptables-nft 1.8.9's `--noflush` is quadratic in the chains
+            // named (over 600 s at 10,000 Services), which is the tool's
+            // cost, not the kernel's; kproxy splits large syncs instead.
             Subject::Ours(BackendKind::IptablesNft) => {
-                vec!["iptables-nft-restore".into(), "--noflush".into(), f]
+                vec!["iptables-nft-restore".into(), f]
             }
             Subject::Ours(BackendKind::IptablesLegacy) => {
                 vec!["iptables-legacy-restore".into(), "--noflush".into(), f]
             }
         }
+    }
+
+    /// iptables-nft's loader as one `--noflush` restore (what a naive
+    /// sync of the whole text would run); `None` for the others.
+    pub fn noflush_loader_argv(self, file: &Path) -> Option<Vec<String>> {
+        (self == Subject::Ours(BackendKind::IptablesNft)).then(|| {
+            vec![
+                "iptables-nft-restore".into(),
+                "--noflush".into(),
+                file.to_string_lossy().into_owned(),
+            ]
+        })
     }
 
     /// The loader's command line without `--noflush` (iptables only; for
