@@ -412,6 +412,15 @@ impl IptablesTransport {
             if !unlink.is_empty() {
                 out.push(format!("*{table}\n{unlink}COMMIT\n"));
             }
+            // Depth among kproxy's chains in the kernel (`ours`: each
+            // chain's jump targets).
+            let targets = |name: &str| -> Vec<&str> {
+                ours.get(name).map_or_else(Vec::new, |ts| {
+                    ts.iter()
+                        .filter_map(|t| ours.get_key_value(t.as_str()).map(|(k, _)| *k))
+                        .collect()
+                })
+            };
             let mut memo: HashMap<&str, usize> = HashMap::new();
             // Kernel order (creation order, not sorted by name), deepest
             // referrers first.
@@ -419,7 +428,12 @@ impl IptablesTransport {
                 .chains
                 .iter()
                 .filter(|c| ours.contains_key(c.name.as_str()))
-                .map(|c| (saved_depth(&ours, &c.name, &mut memo), c.name.as_str()))
+                .map(|c| {
+                    (
+                        crate::render::jump_depth(&c.name, &targets, &mut memo),
+                        c.name.as_str(),
+                    )
+                })
                 .collect();
             order.sort_by_key(|(d, _)| std::cmp::Reverse(*d));
             for chunk in order.chunks(max_chains.max(1)) {
@@ -435,33 +449,6 @@ impl IptablesTransport {
         }
         out
     }
-}
-
-/// Depth of `name` among kproxy's chains in the kernel (`ours`: each
-/// chain's jump targets): 0 when it jumps to none of them.
-fn saved_depth<'a>(
-    ours: &'a HashMap<&'a str, Vec<String>>,
-    name: &'a str,
-    memo: &mut HashMap<&'a str, usize>,
-) -> usize {
-    if let Some(&d) = memo.get(name) {
-        return d;
-    }
-    memo.insert(name, 0);
-    let d = ours
-        .get(name)
-        .map(|targets| {
-            targets
-                .iter()
-                .filter_map(|t| ours.get_key_value(t.as_str()).map(|(k, _)| *k))
-                .filter(|t| *t != name)
-                .map(|t| saved_depth(ours, t, memo) + 1)
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0);
-    memo.insert(name, d);
-    d
 }
 
 fn raw_jump_target(raw: &str) -> Option<String> {

@@ -315,31 +315,28 @@ pub fn is_noop(text: &str) -> bool {
         .all(|l| l.is_empty() || l.starts_with('*') || l == "COMMIT" || l.starts_with('#'))
 }
 
-/// How deep `name` sits in its table's jump graph (`chains`: the table's
-/// chains by name): 0 for a chain that jumps to no chain of the table,
-/// else one more than its deepest target.
-fn depth<'a>(
-    chains: &HashMap<&'a str, &'a Chain>,
+/// How deep `name` sits in a jump graph: 0 for a chain that jumps to no
+/// chain of the graph, else one more than its deepest target. `targets`
+/// gives the graph's chains a chain jumps to (none for a chain outside
+/// it). Used for the IR's tables and for the chains the kernel holds.
+pub(crate) fn jump_depth<'a, F>(
     name: &'a str,
+    targets: &F,
     memo: &mut HashMap<&'a str, usize>,
-) -> usize {
+) -> usize
+where
+    F: Fn(&'a str) -> Vec<&'a str>,
+{
     if let Some(&d) = memo.get(name) {
         return d;
     }
     // Guards a (never generated) cycle from recursing forever.
     memo.insert(name, 0);
-    let d = chains
-        .get(name)
-        .map(|c| {
-            c.rules
-                .iter()
-                .filter_map(Rule::jump_target)
-                .filter_map(|t| chains.get_key_value(t).map(|(k, _)| *k))
-                .filter(|t| *t != name)
-                .map(|t| depth(chains, t, memo) + 1)
-                .max()
-                .unwrap_or(0)
-        })
+    let d = targets(name)
+        .into_iter()
+        .filter(|t| *t != name)
+        .map(|t| jump_depth(t, targets, memo) + 1)
+        .max()
         .unwrap_or(0);
     memo.insert(name, d);
     d
@@ -387,11 +384,20 @@ pub fn render_batches(
     for table in &fr.tables {
         let by_name: HashMap<&str, &Chain> =
             table.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+        let targets = |name: &str| -> Vec<&str> {
+            by_name.get(name).map_or_else(Vec::new, |c| {
+                c.rules
+                    .iter()
+                    .filter_map(Rule::jump_target)
+                    .filter_map(|t| by_name.get_key_value(t).map(|(k, _)| *k))
+                    .collect()
+            })
+        };
         let mut memo = HashMap::new();
         let mut chains: Vec<(usize, &Chain)> = plan
             .rewritten(table)
             .into_iter()
-            .map(|c| (depth(&by_name, &c.name, &mut memo), c))
+            .map(|c| (jump_depth(&c.name, &targets, &mut memo), c))
             .collect();
         // Bottom-up, and within a depth in the IR's order, which is random
         // in the chains' hashed names. Not sorted by name: iptables-nft
