@@ -306,14 +306,12 @@ impl Elem {
     }
 }
 
-/// What one service port contributes to its family's table.
+/// What one service port contributes to its family's table: chains and
+/// elements of the skeleton's sets and maps (no sets of its own).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Hash)]
 pub struct ServiceRules {
     /// Per-service chains (affinity, eTP=Local, firewall), sorted by name.
     pub chains: Vec<Chain>,
-    /// Per-service sets, sorted by name (none today: affinity uses the
-    /// shared `affinity` set).
-    pub sets: Vec<Set>,
     /// Elements in shared sets and maps.
     pub elems: Vec<Elem>,
     /// The ids its endpoints have in the shared `affinity` set, sorted:
@@ -362,9 +360,6 @@ impl FamilyRules {
         for sr in self.services.values() {
             for c in &sr.chains {
                 t.chains.entry(c.name.clone()).or_insert_with(|| c.clone());
-            }
-            for s in &sr.sets {
-                t.sets.entry(s.name.clone()).or_insert_with(|| s.clone());
             }
             lbs.extend(sr.lb.iter().copied());
         }
@@ -516,9 +511,6 @@ impl std::hash::Hasher for Fnv {
 pub fn add_contribution(t: &mut Table, sr: &ServiceRules) {
     for c in &sr.chains {
         t.chains.entry(c.name.clone()).or_insert_with(|| c.clone());
-    }
-    for s in &sr.sets {
-        t.sets.entry(s.name.clone()).or_insert_with(|| s.clone());
     }
     for e in &sr.elems {
         if let Some(set) = t.sets.get_mut(e.set) {
@@ -1337,7 +1329,6 @@ pub fn service_rules(ctx: &Ctx, sp: &ServicePort) -> Result<ServiceRules, GenErr
     }
 
     s.out.chains.sort_by(|a, b| a.name.cmp(&b.name));
-    s.out.sets.sort_by(|a, b| a.name.cmp(&b.name));
     s.out.elems.shrink_to_fit();
     Ok(s.out)
 }
