@@ -346,9 +346,10 @@ impl Reconciler {
                 // `/rules` asks the backend to render the applied ruleset
                 // when requested: the whole text (~6 MB of nft at 10,000
                 // Services, ~170 MB of iptables at 50,000) costs more than
-                // an incremental sync. A dry run keeps what it printed.
+                // an incremental sync. A dry run keeps what it printed
+                // (this sync's render: it is replaced whenever it differs).
                 let rules = if self.opts.dry_run {
-                    lock(&self.backend).render_full(&graph).ok()
+                    self.dry_run_printed.clone()
                 } else {
                     None
                 };
