@@ -5,6 +5,8 @@
 //!
 //! Needs root (network namespaces, nft); fails, never skips, without it.
 
+mod common;
+
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,32 +15,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kproxy_apiserver_emulator::{Emulator, reusable_listener};
+use kproxy_apiserver_emulator::Emulator;
 use kproxy_testkit::NetNs;
 use nix::sched::{CloneFlags, setns};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 const NODE: &str = "test-node";
-
-/// A binder that creates the emulator's listening socket inside `ns`.
-fn bind_in(
-    ns: &str,
-) -> impl Fn(SocketAddr) -> std::io::Result<std::net::TcpListener> + Send + Sync + 'static {
-    let path = format!("/var/run/netns/{ns}");
-    move |addr| {
-        let path = path.clone();
-        // setns affects only the calling thread: a throwaway thread makes
-        // the socket, which stays in the namespace it was made in.
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path)?;
-            setns(&file, CloneFlags::CLONE_NEWNET)?;
-            reusable_listener(addr)
-        })
-        .join()
-        .map_err(|_| std::io::Error::other("bind thread panicked"))?
-    }
-}
 
 fn node() -> Value {
     json!({"apiVersion": "v1", "kind": "Node",
@@ -199,10 +182,12 @@ async fn follows_the_api_and_survives_its_absence(backend: &str) {
     let kubeconfig = dir.0.join("kubeconfig");
     let log = dir.0.join("kproxy.log");
 
-    let (mut emu, _) =
-        Emulator::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), bind_in(ns.name()))
-            .await
-            .expect("emulator starts inside the namespace");
+    let (mut emu, _) = Emulator::start_with(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        common::bind_in(ns.name()),
+    )
+    .await
+    .expect("emulator starts inside the namespace");
     emu.write_kubeconfig(&kubeconfig).expect("kubeconfig");
     emu.apply(&node()).expect("node");
     emu.apply(&service()).expect("service");
@@ -503,7 +488,7 @@ async fn traffic_follows_the_api(backend: &str) {
     let log = dir.0.join("kproxy.log");
     let (mut emu, _) = Emulator::start_with(
         SocketAddr::from(([127, 0, 0, 1], 0)),
-        bind_in(node_ns.name()),
+        common::bind_in(node_ns.name()),
     )
     .await
     .expect("emulator starts inside the node namespace");

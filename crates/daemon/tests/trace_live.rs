@@ -20,14 +20,15 @@
 //! `--node-ip`. Needs root, nft and iptables: fails, never skips, without
 //! them.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use kproxy_apiserver_emulator::{Emulator, reusable_listener};
+use kproxy_apiserver_emulator::Emulator;
 use kproxy_testkit::NetNs;
-use nix::sched::{CloneFlags, setns};
 use serde_json::Value;
 
 const KPROXY: &str = env!("CARGO_BIN_EXE_kproxy");
@@ -212,26 +213,6 @@ async fn trace_json(ns: &Ns, backend: &str, from: &str, to: &str) -> Vec<(String
     got
 }
 
-/// A binder that creates the emulator's listening socket inside `ns`, so
-/// kproxy reaches it on the namespace's loopback.
-fn bind_in(
-    ns: &str,
-) -> impl Fn(SocketAddr) -> std::io::Result<std::net::TcpListener> + Send + Sync + 'static {
-    let path = format!("/var/run/netns/{ns}");
-    move |addr| {
-        let path = path.clone();
-        // setns affects only the calling thread: a throwaway thread makes
-        // the socket, which stays in the namespace it was made in.
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path)?;
-            setns(&file, CloneFlags::CLONE_NEWNET)?;
-            reusable_listener(addr)
-        })
-        .join()
-        .map_err(|_| std::io::Error::other("bind thread panicked"))?
-    }
-}
-
 /// What differs per backend.
 struct Expect {
     backend: &'static str,
@@ -333,10 +314,12 @@ async fn trace_and_diff(x: Expect) {
     assert_eq!(outcome, x.wrong_port, "{b}: ClusterIP, wrong port");
 
     // The API server holds the same objects: nothing to change.
-    let (emu, _) =
-        Emulator::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), bind_in(ns.ns.name()))
-            .await
-            .expect("emulator starts inside the namespace");
+    let (emu, _) = Emulator::start_with(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        common::bind_in(ns.ns.name()),
+    )
+    .await
+    .expect("emulator starts inside the namespace");
     let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", ns.ns.name()));
     let _kubeconfig_guard = RemoveOnDrop(kubeconfig.clone());
     emu.write_kubeconfig(&kubeconfig).expect("kubeconfig");

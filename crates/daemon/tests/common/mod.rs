@@ -276,3 +276,26 @@ pub fn in_netns<T: Send + 'static>(
         f()
     })
 }
+
+/// A binder for `kproxy_apiserver_emulator::Emulator::start_with` that
+/// creates the listening socket inside network namespace `ns`, so kproxy
+/// reaches the emulator on that namespace's loopback.
+pub fn bind_in(
+    ns: &str,
+) -> impl Fn(std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> + Send + Sync + 'static
+{
+    use nix::sched::{CloneFlags, setns};
+    let path = format!("/var/run/netns/{ns}");
+    move |addr| {
+        let path = path.clone();
+        // setns affects only the calling thread: a throwaway thread makes
+        // the socket, which stays in the namespace it was made in.
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path)?;
+            setns(&file, CloneFlags::CLONE_NEWNET)?;
+            kproxy_apiserver_emulator::reusable_listener(addr)
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("bind thread panicked"))?
+    }
+}
