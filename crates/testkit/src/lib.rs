@@ -244,7 +244,7 @@ impl Drop for NetNs {
 /// `kproxy-rng` so the benchmark can share it without depending on this
 /// test kit; the path `kproxy_testkit::Rng` stays.
 pub use kproxy_rng::Rng;
-/// Seeded randomness for new tests (`rand::rngs::StdRng::seed_from_u64`).
-pub use rand;
 /// Property tests with shrinking.
 pub use proptest;
+/// Seeded randomness for new tests (`rand::rngs::StdRng::seed_from_u64`).
+pub use rand;
