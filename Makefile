@@ -4,7 +4,7 @@
 CARGO ?= cargo $(if $(CI),--locked,)
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help build deps test unit golden golden-check lint fmt demo proto-test bench bench-quick msrv
+.PHONY: help build deps test unit golden golden-check lint fmt demo proto-test live-test bench bench-quick msrv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -37,6 +37,9 @@ demo: deps ## the seed article's cluster in network namespaces, served by kproxy
 
 proto-test: deps ## real packets through real kernels, every scenario x backend (SCENARIOS=seed,udp BACKENDS=nftables; root)
 	PROTO_SCENARIOS="$(SCENARIOS)" PROTO_BACKENDS="$(BACKENDS)" $(CARGO) test -p kproxy-proto-tests --test runner --test scenarios -- --nocapture
+
+live-test: deps ## live traffic through daemon kills, backend switches, kube-proxy takeover, a 60 s API outage (EVENTS=restarts,switch BACKENDS=nftables; root)
+	PROTO_LIVE_EVENTS="$(EVENTS)" PROTO_BACKENDS="$(BACKENDS)" $(CARGO) test -p kproxy-proto-tests --test live -- --nocapture
 
 msrv: ## check the workspace with the pinned (MSRV) toolchain
 	$(CARGO) +1.95.0 check --workspace

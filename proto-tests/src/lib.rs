@@ -11,9 +11,12 @@
 //! - [`runner`]: one scenario on one backend → a [`runner::ScenarioReport`];
 //!   [`run_suite`] runs many, in parallel;
 //! - [`differential`]: every probe's result checked against what
-//!   `kproxy_trace` predicts from the ruleset the kernel holds.
+//!   `kproxy_trace` predicts from the ruleset the kernel holds;
+//! - [`live`]: live traffic through daemon kills and restarts, backend
+//!   switches, kube-proxy takeover and hand-back, and API server outages.
 
 pub mod differential;
+pub mod live;
 pub mod runner;
 pub mod scenario;
 pub mod topo;

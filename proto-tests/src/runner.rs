@@ -360,19 +360,74 @@ pub fn run_scenario(s: &Scenario, backend: BackendName, cfg: &RunConfig) -> Scen
 
 /// A `kproxy run` daemon in the node namespace, killed on drop. Its log
 /// lines are collected; each "synced" line counts one applied sync.
-struct Daemon {
+pub(crate) struct Daemon {
     child: std::process::Child,
     synced: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Daemon {
-    fn syncs(&self) -> usize {
+    /// Start `c` (a `kproxy run` in a namespace) with its standard output
+    /// and error collected line by line.
+    pub(crate) fn spawn(mut c: Command) -> Result<Daemon, String> {
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().map_err(|e| format!("{c:?}: {e}"))?;
+        let synced = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let readers: Vec<Box<dyn std::io::Read + Send>> = [
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for r in readers {
+            let (synced, log) = (synced.clone(), log.clone());
+            std::thread::spawn(move || {
+                use std::io::BufRead as _;
+                for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+                    if line.contains(" synced ") || line.contains("\"synced\"") {
+                        synced.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    if let Ok(mut l) = log.lock() {
+                        l.push(line);
+                    }
+                }
+            });
+        }
+        Ok(Daemon { child, synced, log })
+    }
+
+    /// The process id (`ip netns exec` execs kproxy, so it is kproxy's).
+    pub(crate) fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL and reap.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether it still runs.
+    pub(crate) fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub(crate) fn syncs(&self) -> usize {
         self.synced.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Wait until more than `n` syncs happened; the log tail on failure.
-    fn wait_beyond(&mut self, n: usize, limit: Duration) -> Result<(), String> {
+    pub(crate) fn wait_beyond(&mut self, n: usize, limit: Duration) -> Result<(), String> {
         let start = Instant::now();
         while self.syncs() <= n {
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -392,7 +447,7 @@ impl Daemon {
 
     /// Wait until no sync happened for `quiet` (a file change can cause
     /// more than one sync; a late one must not be taken for the next step's).
-    fn wait_quiet(&self, quiet: Duration) {
+    pub(crate) fn wait_quiet(&self, quiet: Duration) {
         let start = Instant::now();
         loop {
             let c = self.syncs();
@@ -405,7 +460,7 @@ impl Daemon {
 
     /// Wait until the daemon logged nothing for `quiet` (its stale-UDP
     /// clean-up runs after the "synced" line and logs when it is done).
-    fn wait_log_quiet(&self, quiet: Duration) {
+    pub(crate) fn wait_log_quiet(&self, quiet: Duration) {
         let len = || self.log.lock().map(|l| l.len()).unwrap_or(0);
         let start = Instant::now();
         loop {
@@ -417,7 +472,7 @@ impl Daemon {
         }
     }
 
-    fn tail(&self) -> String {
+    pub(crate) fn tail(&self) -> String {
         let l = self.log.lock().map(|l| l.clone()).unwrap_or_default();
         l[l.len().saturating_sub(25)..].join("\n")
     }
@@ -474,37 +529,7 @@ fn daemon_sync(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = c.spawn().map_err(|e| format!("{c:?}: {e}"))?;
-    let synced = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let readers: Vec<Box<dyn std::io::Read + Send>> = [
-        child
-            .stdout
-            .take()
-            .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    for r in readers {
-        let (synced, log) = (synced.clone(), log.clone());
-        std::thread::spawn(move || {
-            use std::io::BufRead as _;
-            for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
-                if line.contains(" synced ") || line.contains("\"synced\"") {
-                    synced.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
-                if let Ok(mut l) = log.lock() {
-                    l.push(line);
-                }
-            }
-        });
-    }
-    let d = daemon.insert(Daemon { child, synced, log });
+    let d = daemon.insert(Daemon::spawn(c)?);
     d.wait_beyond(0, Duration::from_secs(30))?;
     // Let a sync triggered by the file write itself (racing the start) pass.
     std::thread::sleep(Duration::from_millis(300));
@@ -579,7 +604,7 @@ pub fn sync(
 }
 
 /// Load `kproxy render` output into the node namespace.
-fn load_rendered(
+pub(crate) fn load_rendered(
     topo: &Topology,
     backend: BackendName,
     text: &str,

@@ -224,10 +224,8 @@ pub fn serve_echo(label: &str, listen: &[Target]) -> std::io::Result<()> {
                 let l = TcpListener::bind(t.addr)?;
                 threads.push(std::thread::spawn(move || {
                     for c in l.incoming().flatten() {
-                        let mut c = c;
-                        if let (Ok(me), Ok(peer)) = (c.local_addr(), c.peer_addr()) {
-                            let _ = c.write_all(echo_line(&label, me, peer).as_bytes());
-                        }
+                        let label = label.clone();
+                        std::thread::spawn(move || tcp_echo(&label, c));
                     }
                 }));
             }
@@ -265,6 +263,37 @@ pub fn serve_echo(label: &str, listen: &[Target]) -> std::io::Result<()> {
     let _ = std::io::stdin().read_to_end(&mut sink);
     Ok(())
 }
+
+/// One TCP connection: the echo line at once, then the same line again
+/// for every line the client sends (a long-lived connection's keepalive,
+/// [`Held`]), until the client closes or stays silent for
+/// [`HELD_IDLE_LIMIT`]. A probe reads the first line and closes.
+fn tcp_echo(label: &str, mut c: std::net::TcpStream) {
+    let (Ok(me), Ok(peer)) = (c.local_addr(), c.peer_addr()) else {
+        return;
+    };
+    let line = echo_line(label, me, peer);
+    if c.write_all(line.as_bytes()).is_err() {
+        return;
+    }
+    let _ = c.set_read_timeout(Some(HELD_IDLE_LIMIT));
+    let mut buf = [0u8; 512];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                for _ in buf[..n].iter().filter(|b| **b == b'\n') {
+                    if c.write_all(line.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How long an echo server keeps a silent TCP connection open.
+pub const HELD_IDLE_LIMIT: Duration = Duration::from_secs(300);
 
 fn udp_echo(label: &str, sock: UdpSocket) {
     let Ok(me) = sock.local_addr() else { return };
@@ -478,6 +507,120 @@ fn probe_udp(to: &Target, bind: Option<IpAddr>, port: u16, timeout: Duration) ->
     }
 }
 
+/// A long-lived connection: one TCP connection, or one UDP socket (one
+/// conntrack flow), that exchanges a line with its echo server at every
+/// [`Held::ping`]. Every answer must come from the endpoint the first one
+/// came from.
+#[derive(Debug)]
+pub struct Held {
+    conn: HeldConn,
+    /// The first answer: which endpoint, which source it saw.
+    pub first: Attempt,
+    timeout: Duration,
+}
+
+#[derive(Debug)]
+enum HeldConn {
+    Tcp(std::net::TcpStream),
+    Udp(UdpSocket),
+}
+
+impl Held {
+    /// Connect to `to` (TCP or UDP) from `bind` and get the first answer.
+    /// `Err` is that attempt's outcome.
+    pub fn open(to: &Target, bind: Option<IpAddr>, timeout: Duration) -> Result<Held, Attempt> {
+        let any = unspecified(&to.addr);
+        let local = SocketAddr::new(bind.unwrap_or(any), 0);
+        let conn = match to.proto {
+            Proto::Udp => {
+                let s = UdpSocket::bind(local).map_err(|e| Attempt::from_io(&e))?;
+                s.connect(to.addr).map_err(|e| Attempt::from_io(&e))?;
+                s.set_read_timeout(Some(timeout))
+                    .map_err(|e| Attempt::from_io(&e))?;
+                HeldConn::Udp(s)
+            }
+            _ => {
+                let s = stream_socket(&to.addr, Proto::Tcp).map_err(|e| Attempt::from_io(&e))?;
+                if bind.is_some() {
+                    s.bind(&SockAddr::from(local)).map_err(|e| Attempt::Error {
+                        error: format!("bind {local}: {e}"),
+                    })?;
+                }
+                s.connect_timeout(&SockAddr::from(to.addr), timeout)
+                    .map_err(|e| Attempt::from_io(&e))?;
+                s.set_read_timeout(Some(timeout))
+                    .map_err(|e| Attempt::from_io(&e))?;
+                HeldConn::Tcp(s.into())
+            }
+        };
+        let mut h = Held {
+            conn,
+            first: Attempt::Timeout,
+            timeout,
+        };
+        // A UDP flow starts with its first datagram; a TCP server speaks first.
+        h.first = match &h.conn {
+            HeldConn::Udp(_) => h.ping(),
+            HeldConn::Tcp(_) => h.read_line(),
+        };
+        match h.first {
+            Attempt::Answer { .. } => Ok(h),
+            ref other => Err(other.clone()),
+        }
+    }
+
+    /// Send one line, read one answer (within the timeout given to
+    /// [`Held::open`]).
+    pub fn ping(&mut self) -> Attempt {
+        match &mut self.conn {
+            HeldConn::Udp(s) => {
+                if let Err(e) = s.send(b"kproxy-probe\n") {
+                    return Attempt::from_io(&e);
+                }
+                let local = s.local_addr().ok();
+                let mut buf = [0u8; 1500];
+                match s.recv(&mut buf) {
+                    Ok(n) => parse_echo(String::from_utf8_lossy(&buf[..n]).trim(), local),
+                    Err(e) => Attempt::from_io(&e),
+                }
+            }
+            HeldConn::Tcp(s) => {
+                if let Err(e) = s.write_all(b"ping\n") {
+                    return Attempt::from_io(&e);
+                }
+                self.read_line()
+            }
+        }
+    }
+
+    fn read_line(&mut self) -> Attempt {
+        let HeldConn::Tcp(s) = &mut self.conn else {
+            return Attempt::Error {
+                error: "read_line on UDP".into(),
+            };
+        };
+        let local = s.local_addr().ok();
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        let start = std::time::Instant::now();
+        while !got.ends_with(b"\n") {
+            match s.read(&mut byte) {
+                Ok(0) => {
+                    return Attempt::Error {
+                        error: "connection closed by the peer".into(),
+                    };
+                }
+                Ok(_) => got.push(byte[0]),
+                Err(e) => return Attempt::from_io(&e),
+            }
+            if start.elapsed() > self.timeout {
+                return Attempt::Timeout;
+            }
+        }
+        parse_echo(String::from_utf8_lossy(&got).trim(), local)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,6 +657,47 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(parse_echo("hello", None), Attempt::Error { .. }));
+    }
+
+    #[test]
+    fn held_connections_exchange_lines_and_see_the_peer_go() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let tcp: Target = format!("127.0.0.1:{port}/tcp").parse().unwrap();
+        let udp: Target = format!("127.0.0.1:{port}/udp").parse().unwrap();
+        let listen = [tcp, udp];
+        std::thread::spawn(move || {
+            let _ = serve_echo("held", &listen);
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        for t in [tcp, udp] {
+            let mut h = Held::open(&t, None, Duration::from_secs(1)).unwrap();
+            for _ in 0..3 {
+                match h.ping() {
+                    Attempt::Answer { label, reached, .. } => {
+                        assert_eq!(label, "held");
+                        assert_eq!(reached, t.addr);
+                    }
+                    other => panic!("{t}: {other:?}"),
+                }
+            }
+        }
+        // A server that closes the connection: the next exchange fails.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            if let Ok((mut c, peer)) = l.accept() {
+                let _ = c.write_all(echo_line("once", addr, peer).as_bytes());
+            }
+        });
+        let t = Target {
+            addr,
+            proto: Proto::Tcp,
+        };
+        let mut h = Held::open(&t, None, Duration::from_secs(1)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!matches!(h.ping(), Attempt::Answer { .. }));
     }
 
     #[test]
