@@ -19,6 +19,8 @@
 //!
 //! Tests drive it with [`Emulator::apply`] and [`Emulator::delete`], and
 //! break it with [`Emulator::fail_for`] (HTTP 500 for every request),
+//! [`Emulator::unavailable_for`] (503), [`Emulator::forbid_for`] (403, as
+//! a just-started API server whose authorizer is not ready yet),
 //! [`Emulator::hang_up_watches`], [`Emulator::expire_watches`],
 //! [`Emulator::set_history_limit`] and [`Emulator::stop`] /
 //! [`Emulator::restart`] (same port, state kept, like an API server
@@ -385,9 +387,28 @@ impl Emulator {
     /// Answers every request with HTTP 500 for `duration` (open watches
     /// keep streaming; combine with [`Emulator::hang_up_watches`]).
     pub fn fail_for(&self, duration: Duration) {
+        self.fail_with_for(500, duration);
+    }
+
+    /// Answers every request with HTTP 403 Forbidden for `duration`, as a
+    /// freshly started API server does until its authorizer has loaded
+    /// the RBAC objects.
+    pub fn forbid_for(&self, duration: Duration) {
+        self.fail_with_for(403, duration);
+    }
+
+    /// Answers every request with HTTP 503 Service Unavailable for
+    /// `duration`: the API server is down, but the requests are counted
+    /// (see [`Emulator::requests`]), which a stopped server cannot do.
+    pub fn unavailable_for(&self, duration: Duration) {
+        self.fail_with_for(503, duration);
+    }
+
+    fn fail_with_for(&self, code: u16, duration: Duration) {
         let mut st = self.shared.lock();
         st.fail_until = Some(Instant::now() + duration);
         st.fail_matching = None;
+        st.fail_code = code;
     }
 
     /// Answers requests whose path contains `path_part` (such as
@@ -396,6 +417,7 @@ impl Emulator {
         let mut st = self.shared.lock();
         st.fail_until = Some(Instant::now() + duration);
         st.fail_matching = Some(path_part.to_string());
+        st.fail_code = 500;
     }
 
     /// Stops failing requests now.
@@ -464,6 +486,16 @@ impl Emulator {
     /// Every request so far, as `METHOD PATH?DECODED-QUERY`.
     pub fn requests(&self) -> Vec<String> {
         self.shared.lock().requests.clone()
+    }
+
+    /// Every request so far with the time it arrived.
+    pub fn timed_requests(&self) -> Vec<(Instant, String)> {
+        let st = self.shared.lock();
+        st.request_times
+            .iter()
+            .copied()
+            .zip(st.requests.iter().cloned())
+            .collect()
     }
 
     /// Stops listening and closes every connection; the objects stay.

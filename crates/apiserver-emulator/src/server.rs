@@ -197,12 +197,27 @@ fn route(path: &str) -> Option<Target> {
     }
 }
 
+/// What the API server's authorizer says when it denies a request (the
+/// message of a real `system:serviceaccount` denial).
+fn forbidden_message(path: &str) -> String {
+    let resource = path.trim_matches('/').rsplit('/').next().unwrap_or("");
+    let group = if path.starts_with("/apis/discovery.k8s.io") {
+        "discovery.k8s.io"
+    } else {
+        ""
+    };
+    format!(
+        "{resource} is forbidden: User \"system:serviceaccount:kube-system:kproxy\" cannot list resource \"{resource}\" in API group \"{group}\" at the cluster scope"
+    )
+}
+
 /// Serves one request.
 pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     {
         let mut st = shared.lock();
+        st.request_times.push(std::time::Instant::now());
         st.requests.push(match &query {
             Some(q) => format!("{} {path}?{}", req.method(), percent_decode(q)),
             None => format!("{} {path}", req.method()),
@@ -215,11 +230,23 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
             return resp;
         }
         if st.failing(&path) {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                "the emulator was told to fail requests",
-            );
+            return match st.fail_code {
+                403 => error(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    &forbidden_message(&path),
+                ),
+                503 => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "the emulator was told to be unavailable",
+                ),
+                _ => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    "the emulator was told to fail requests",
+                ),
+            };
         }
     }
     if req.method() != Method::GET {

@@ -48,8 +48,14 @@ pub(crate) struct State {
     pub fail_until: Option<Instant>,
     /// When set, only requests whose path contains this text fail.
     pub fail_matching: Option<String>,
+    /// How failing requests are answered: 500 (an internal error), 503
+    /// (unavailable) or 403 (forbidden, as a freshly started API server
+    /// answers while its authorizer's cache fills).
+    pub fail_code: u16,
     pub bookmark_interval: Duration,
     pub requests: Vec<String>,
+    /// When each of `requests` arrived.
+    pub request_times: Vec<Instant>,
     /// The rest of paged lists, by continue token: (resourceVersion, items).
     pub pages: BTreeMap<u64, (u64, Vec<Value>)>,
     next_page: u64,
@@ -67,8 +73,10 @@ impl State {
             history_limit: 1000,
             fail_until: None,
             fail_matching: None,
+            fail_code: 500,
             bookmark_interval: Duration::from_secs(1),
             requests: Vec::new(),
+            request_times: Vec::new(),
             pages: BTreeMap::new(),
             next_page: 1,
             next_uid: 1,

@@ -113,8 +113,10 @@ pub struct RunArgs {
     /// path to Kubernetes YAML (a file or a directory), re-read on change.
     #[arg(long, default_value = "kube")]
     pub source: String,
-    /// kubeconfig for `--source kube` (default: in-cluster, then
-    /// $KUBECONFIG / ~/.kube/config).
+    /// kubeconfig for `--source kube` (default: the config file's
+    /// clientConnection.kubeconfig, which wins over this flag as in
+    /// kube-proxy; else ~/.kube/config, then in-cluster). On a node, name
+    /// the control-plane endpoint, not the `kubernetes` Service.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// Answer to Services labelled service.kubernetes.io/service-proxy-name

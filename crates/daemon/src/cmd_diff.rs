@@ -25,8 +25,9 @@ pub struct DiffArgs {
     /// YAML/JSON (a file or a directory).
     #[arg(long)]
     pub source: Option<String>,
-    /// kubeconfig for `--source kube` (default: in-cluster, then
-    /// $KUBECONFIG / ~/.kube/config).
+    /// kubeconfig for `--source kube` (default: the config file's
+    /// clientConnection.kubeconfig, which wins over this flag as in
+    /// kube-proxy; else ~/.kube/config, then in-cluster).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// Compare with a saved ruleset instead of the kernel's.
@@ -50,10 +51,16 @@ fn list_from_api(args: &DiffArgs, config: &ProxyConfig) -> anyhow::Result<Object
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async {
+        let client = crate::settings::client_settings(
+            args.kubeconfig.as_ref(),
+            args.input.config_file()?.as_ref(),
+        )?;
         let opts = crate::source::SourceOptions {
-            kubeconfig: args.kubeconfig.clone(),
+            kubeconfig: client.kubeconfig,
             node_name: config.node_name.clone(),
             proxy_name: config.proxy_name.clone(),
+            rate_limit: client.rate_limit,
+            on_errors: None,
         };
         let mut src = crate::source::Source::open("kube", opts).await?;
         tokio::time::timeout(API_TIMEOUT, src.changed())

@@ -87,9 +87,11 @@ async fn run(
     let source = Source::open(
         &args.source,
         SourceOptions {
-            kubeconfig: args.kubeconfig.clone(),
+            kubeconfig: settings.client.kubeconfig.clone(),
             node_name: settings.proxy.node_name.clone(),
             proxy_name: settings.proxy.proxy_name.clone(),
+            rate_limit: settings.client.rate_limit,
+            on_errors: Some(error_sink(shared.clone())),
         },
     )
     .await?;
@@ -119,6 +121,30 @@ async fn run(
         eprintln!("kproxy: sync failed: {err}");
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// Source errors into `/status` and the metrics as they come and go (the
+/// reconcile loop refreshes `/status` only at syncs, and before the first
+/// list there is none).
+fn error_sink(shared: std::sync::Arc<Shared>) -> crate::source::ErrorSink {
+    std::sync::Arc::new(move |u: &crate::source::ErrorUpdate<'_>| {
+        let label = crate::metrics::KindLabel {
+            kind: u.kind.to_string(),
+        };
+        shared
+            .metrics
+            .source_errors
+            .get_or_create(&label)
+            .set(i64::from(u.error.is_some()));
+        if u.error.is_some() {
+            shared
+                .metrics
+                .source_errors_total
+                .get_or_create(&label)
+                .inc();
+        }
+        shared.status().source_errors.clone_from(&u.current);
+    })
 }
 
 /// Resolves (with the file's name) when the `--config` file's content

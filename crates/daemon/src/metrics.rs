@@ -32,6 +32,13 @@ pub struct PolicyLabel {
     pub traffic_policy: String,
 }
 
+/// `{kind}`: the kind a source watcher watches (`EndpointSlice`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// The kind.
+    pub kind: String,
+}
+
 /// `{ip_family}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FamilyLabel {
@@ -113,6 +120,10 @@ pub struct Metrics {
     pub service_ports: Gauge,
     /// kproxy: endpoints in the graph.
     pub endpoints: Gauge,
+    /// kproxy: 1 while a source watcher's last request failed.
+    pub source_errors: Family<KindLabel, Gauge>,
+    /// kproxy: source watcher errors seen.
+    pub source_errors_total: Family<KindLabel, Counter>,
 }
 
 impl Metrics {
@@ -159,6 +170,8 @@ impl Metrics {
             invalid_objects_total: Counter::default(),
             service_ports: Gauge::default(),
             endpoints: Gauge::default(),
+            source_errors: Family::default(),
+            source_errors_total: Family::default(),
         };
         // Counters are registered without `_total`: the encoder appends it.
         let k = "kubeproxy_";
@@ -322,6 +335,16 @@ impl Metrics {
             format!("{p}endpoints"),
             "Endpoints in the service graph",
             m.endpoints
+        );
+        reg!(
+            format!("{p}source_errors"),
+            "1 while a source watcher (by kind) is failing: from its error until the API server answers it again",
+            m.source_errors
+        );
+        reg!(
+            format!("{p}source_watch_errors"),
+            "Errors of the source watchers by kind (each failed list or watch request)",
+            m.source_errors_total
         );
         Metrics { registry: r, ..m }
     }

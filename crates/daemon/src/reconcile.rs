@@ -561,14 +561,26 @@ impl Reconciler {
         let mut config_changed = std::pin::pin!(config_changed);
         // Nothing is synced before the source's initial state is complete:
         // a partial state would delete rules for Services not yet listed.
-        source.changed().await?;
+        // A daemon stopped while it waits (the API server unreachable)
+        // exits as cleanly as one stopped later: there is nothing to undo.
+        let mut shutdown = if once { None } else { Some(Shutdown::new()?) };
+        if let Some(shutdown) = shutdown.as_mut() {
+            tokio::select! {
+                r = source.changed() => r?,
+                sig = shutdown.recv() => {
+                    tracing::info!(signal = sig, "shutting down before the first sync; the rules stay as they were");
+                    return Ok(true);
+                }
+            }
+        } else {
+            source.changed().await?;
+        }
         self.shared.status().source = source.describe();
         self.note_queued();
         self.ingest(&mut source);
-        if once {
+        let Some(mut shutdown) = shutdown else {
             return Ok(self.sync());
-        }
-        let mut shutdown = Shutdown::new()?;
+        };
         let mut dirty = true;
         loop {
             let due = self.due(dirty);
@@ -774,6 +786,7 @@ mod tests {
             healthz_addr: None,
             metrics_addr: None,
             sysctls: Vec::new(),
+            client: Default::default(),
             bind_address_hard_fail: false,
             oom_score_adj: None,
         };

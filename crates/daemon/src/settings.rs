@@ -2,6 +2,7 @@
 //! file over kube-proxy's defaults (reference §3.1).
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -10,6 +11,7 @@ use kproxy_graph::{BackendKind, KubeProxyConfiguration, ProxyConfig, ProxyMode};
 
 use crate::backends;
 use crate::cli::RunArgs;
+use crate::source::kube::RateLimit;
 
 /// kube-proxy's default `syncPeriod`.
 pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(30);
@@ -46,6 +48,55 @@ pub struct Settings {
     pub oom_score_adj: Option<i32>,
     /// Kernel settings to apply at start.
     pub sysctls: Vec<crate::sysctl::Sysctl>,
+    /// How to reach the API server (`clientConnection`, `--kubeconfig`).
+    pub client: ClientSettings,
+}
+
+/// The API client's settings: `clientConnection` and `--kubeconfig`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientSettings {
+    /// The kubeconfig; `None`: inferred (`KUBECONFIG`, `~/.kube/config`,
+    /// in-cluster).
+    pub kubeconfig: Option<PathBuf>,
+    /// `clientConnection.qps`/`burst`; `None`: no limit.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Resolve the API client's settings. As in kube-proxy, a configuration
+/// file's `clientConnection.kubeconfig` wins over `--kubeconfig` (a
+/// warning says so when both are given and differ); unlike kube-proxy,
+/// `--kubeconfig` is used when the file leaves it empty (kube-proxy would
+/// then ignore the flag and use the in-cluster configuration).
+pub fn client_settings(
+    flag: Option<&PathBuf>,
+    file: Option<&KubeProxyConfiguration>,
+) -> anyhow::Result<ClientSettings> {
+    let cc = match file {
+        Some(f) => f.client_connection.resolve().context("configuration")?,
+        None => kproxy_graph::config::ClientConnectionConfiguration::default()
+            .resolve()
+            .context("configuration")?,
+    };
+    let kubeconfig = match (cc.kubeconfig, flag) {
+        (Some(from_file), Some(from_flag)) => {
+            if &from_file != from_flag {
+                tracing::warn!(
+                    used = %from_file.display(),
+                    ignored = %from_flag.display(),
+                    "clientConnection.kubeconfig in the configuration file wins over --kubeconfig (KUBECONFIG), as in kube-proxy"
+                );
+            }
+            Some(from_file)
+        }
+        (from_file, from_flag) => from_file.or_else(|| from_flag.cloned()),
+    };
+    Ok(ClientSettings {
+        kubeconfig,
+        rate_limit: cc.qps.map(|qps| RateLimit {
+            qps,
+            burst: cc.burst,
+        }),
+    })
 }
 
 impl Settings {
@@ -124,6 +175,7 @@ impl Settings {
                 .unwrap_or(DEFAULT_METRICS),
             10249,
         )?;
+        let client = client_settings(args.kubeconfig.as_ref(), file.as_ref())?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let sysctls = crate::sysctl::wanted(file.as_ref(), &proxy, backend, cores);
         let oom_score_adj = match args.oom_score_adj.or(f.oom_score_adj) {
@@ -134,6 +186,7 @@ impl Settings {
             None => Some(DEFAULT_OOM_SCORE_ADJ),
         };
         Ok(Settings {
+            client,
             bind_address_hard_fail: args.bind_address_hard_fail
                 || f.bind_address_hard_fail.unwrap_or(false),
             oom_score_adj,
@@ -286,6 +339,60 @@ mod tests {
             )
             .contains("oomScoreAdj")
         );
+    }
+
+    #[test]
+    fn client_connection_settings() {
+        let s = resolve(BASE, &["--backend", "nftables"]).unwrap();
+        assert_eq!(
+            s.client,
+            ClientSettings {
+                kubeconfig: None,
+                rate_limit: Some(RateLimit {
+                    qps: 5.0,
+                    burst: 10
+                }),
+            },
+            "kube-proxy's defaults"
+        );
+        let cfg = format!(
+            "{BASE}clientConnection:\n  kubeconfig: /etc/kproxy/kubeconfig\n  qps: 50\n  burst: 100\n  contentType: \"\"\n"
+        );
+        let s = resolve(&cfg, &["--backend", "nftables"]).unwrap();
+        assert_eq!(
+            s.client.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/etc/kproxy/kubeconfig"))
+        );
+        assert_eq!(
+            s.client.rate_limit,
+            Some(RateLimit {
+                qps: 50.0,
+                burst: 100
+            })
+        );
+        // The file wins over the flag, as in kube-proxy...
+        let s = resolve(&cfg, &["--backend", "nftables", "--kubeconfig", "/flag"]).unwrap();
+        assert_eq!(
+            s.client.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/etc/kproxy/kubeconfig"))
+        );
+        // ...and the flag is used when the file says nothing.
+        let s = resolve(BASE, &["--backend", "nftables", "--kubeconfig", "/flag"]).unwrap();
+        assert_eq!(
+            s.client.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/flag"))
+        );
+        let e = format!(
+            "{:#}",
+            resolve(
+                &format!(
+                    "{BASE}clientConnection:\n  contentType: application/vnd.kubernetes.protobuf\n"
+                ),
+                &["--backend", "nftables"]
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("clientConnection.contentType"), "{e}");
     }
 
     #[test]

@@ -117,8 +117,44 @@ fn manifests_parse_into_their_types() {
 fn check_daemonset(ds: &DaemonSet) {
     let spec = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     assert_eq!(spec.host_network, Some(true));
+    // The runtime's default seccomp filter (not Unconfined).
+    let seccomp = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.seccomp_profile.as_ref())
+        .map(|p| p.type_.as_str());
+    assert_eq!(seccomp, Some("RuntimeDefault"));
     assert_eq!(spec.service_account_name.as_deref(), Some("kproxy"));
     let c = &spec.containers[0];
+    // A pinned release: the workspace version, never :latest.
+    let image = c.image.as_deref().unwrap();
+    assert_eq!(
+        image.rsplit_once(':').map(|(_, tag)| tag),
+        Some(format!("v{}", env!("CARGO_PKG_VERSION")).as_str()),
+        "{image}"
+    );
+    if let Some(p) = c
+        .security_context
+        .as_ref()
+        .and_then(|s| s.seccomp_profile.as_ref())
+    {
+        assert_eq!(
+            p.type_, "RuntimeDefault",
+            "the container must not loosen it"
+        );
+    }
+    // The API server is reached through the ConfigMap's kubeconfig.
+    let config_mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "config")
+        .expect("the ConfigMap is mounted");
+    assert_eq!(config_mount.mount_path, CONFIG_DIR);
+    assert!(
+        c.env.iter().flatten().all(|e| e.name != "KUBECONFIG"),
+        "the kubeconfig comes from clientConnection"
+    );
     let sc = c.security_context.as_ref().unwrap();
     assert_ne!(sc.privileged, Some(true), "capabilities, not privileged");
     let caps = sc.capabilities.as_ref().unwrap();
@@ -170,18 +206,87 @@ fn check_cluster_role(r: &ClusterRole) {
     );
 }
 
+/// Where the DaemonSet mounts the ConfigMap.
+const CONFIG_DIR: &str = "/var/lib/kproxy";
+/// The service-account files every pod gets.
+const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
 fn check_configmap(cm: &ConfigMap) {
-    let text = cm
-        .data
-        .as_ref()
-        .and_then(|d| d.get("config.conf"))
-        .expect("config.conf");
+    let data = cm.data.as_ref().expect("data");
+    let text = data.get("config.conf").expect("config.conf");
     let cfg =
         KubeProxyConfiguration::from_yaml(text).unwrap_or_else(|e| panic!("config.conf: {e}"));
     let mut pc = ProxyConfig::default();
     cfg.apply_to(&mut pc)
         .unwrap_or_else(|e| panic!("config.conf: {e}"));
     assert!(!pc.cluster_cidrs.is_empty());
+    // clientConnection is honoured, and names the ConfigMap's kubeconfig
+    // as mounted.
+    let client = cfg
+        .client_connection
+        .resolve()
+        .unwrap_or_else(|e| panic!("config.conf: {e}"));
+    let kubeconfig_path = client.kubeconfig.expect("clientConnection.kubeconfig");
+    let key = kubeconfig_path
+        .strip_prefix(CONFIG_DIR)
+        .unwrap_or_else(|_| panic!("{} is not in {CONFIG_DIR}", kubeconfig_path.display()));
+    let kubeconfig = data
+        .get(key.to_str().unwrap())
+        .unwrap_or_else(|| panic!("the ConfigMap has no {}", key.display()));
+    // The control-plane endpoint with the service account's credentials,
+    // as kubeadm's kube-proxy: never the `kubernetes` Service.
+    let kc = kube::config::Kubeconfig::from_yaml(kubeconfig)
+        .unwrap_or_else(|e| panic!("kubeconfig.conf: {e}"));
+    let cluster = kc.clusters[0].cluster.as_ref().unwrap();
+    let server = cluster.server.as_deref().unwrap();
+    assert!(server.starts_with("https://"), "{server}");
+    for not_a_clusterip in ["kubernetes.default", "10.96.0.1", "172.30.0.1"] {
+        assert!(!server.contains(not_a_clusterip), "{server}");
+    }
+    assert_eq!(
+        cluster.certificate_authority.as_deref(),
+        Some(format!("{SA_DIR}/ca.crt").as_str())
+    );
+    let user = kc.auth_infos[0].auth_info.as_ref().unwrap();
+    assert_eq!(
+        user.token_file.as_deref(),
+        Some(format!("{SA_DIR}/token").as_str())
+    );
+}
+
+#[test]
+fn configmap_kubeconfig_is_one_kproxy_loads() {
+    // The shipped kubeconfig, with files that exist, is accepted by the
+    // client kproxy builds from it.
+    let (_, doc) = documents()
+        .into_iter()
+        .find(|(_, d)| d["kind"] == "ConfigMap")
+        .unwrap();
+    let text = doc["data"]["kubeconfig.conf"].as_str().unwrap();
+    let dir = std::env::temp_dir().join(format!("kproxy-deploy-kc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.crt");
+    let token = dir.join("token");
+    // Any PEM certificate does for loading; the emulator has none, so a
+    // throwaway self-signed one is written.
+    std::fs::write(&ca, TEST_CA).unwrap();
+    std::fs::write(&token, "t0ken").unwrap();
+    let text = text
+        .replace(&format!("{SA_DIR}/ca.crt"), ca.to_str().unwrap())
+        .replace(&format!("{SA_DIR}/token"), token.to_str().unwrap());
+    let kc = kube::config::Kubeconfig::from_yaml(&text).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = rt
+        .block_on(kube::Config::from_custom_kubeconfig(
+            kc,
+            &kube::config::KubeConfigOptions::default(),
+        ))
+        .unwrap();
+    assert!(config.cluster_url.to_string().starts_with("https://"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -193,3 +298,18 @@ fn a_misspelt_field_is_caught() {
     let r = std::panic::catch_unwind(|| roundtrip::<ServiceAccount>("typo", &doc));
     assert!(r.is_err(), "namespce must not pass");
 }
+
+/// A self-signed certificate (no key kept) standing in for the cluster CA.
+const TEST_CA: &str = "\
+-----BEGIN CERTIFICATE-----\n\
+MIIBiDCCAS+gAwIBAgIUNK798q70L2NGfyO0nIWuRUZrji8wCgYIKoZIzj0EAwIw\n\
+GTEXMBUGA1UEAwwOa3Byb3h5LXRlc3QtY2EwIBcNMjYxMjA3MDAyMTM5WhgPMjEy\n\
+NjExMTMwMDIxMzlaMBkxFzAVBgNVBAMMDmtwcm94eS10ZXN0LWNhMFkwEwYHKoZI\n\
+zj0CAQYIKoZIzj0DAQcDQgAEnpIrUiJTw23lmWrZO/+jinBJy9h/vqlTS/peE+vG\n\
+QMxF2wYSLPwPgciQsgEVA+7cARFj6hWzEGQP2GTX5ScbSKNTMFEwHQYDVR0OBBYE\n\
+FPlW5xQOFP2idx49ix/DI8njuLdGMB8GA1UdIwQYMBaAFPlW5xQOFP2idx49ix/D\n\
+I8njuLdGMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDRwAwRAIgTPTuTCiH\n\
+aSscUQRePDqP9IfKwzqERnCuB2kCh423v54CIDhNjH+s4l/DYgc+CHv39xmiLrWS\n\
+pyrZ1Jzi5SGoQMGr\n\
+-----END CERTIFICATE-----\n\
+";

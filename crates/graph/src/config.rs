@@ -225,7 +225,7 @@ pub struct KubeProxyConfiguration {
     #[serde(rename = "nodeIPOverride")]
     pub node_ip_override: Option<Vec<String>>,
     #[serde(default)]
-    pub client_connection: serde_json::Value,
+    pub client_connection: ClientConnectionConfiguration,
     #[serde(default)]
     pub feature_gates: serde_json::Value,
     #[serde(default)]
@@ -234,6 +234,93 @@ pub struct KubeProxyConfiguration {
     pub port_range: Option<String>,
     pub show_hidden_metrics_for_version: Option<String>,
     pub udp_idle_timeout: Option<GoDuration>,
+}
+
+/// `clientConnection`: how to reach the API server.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct ClientConnectionConfiguration {
+    pub kubeconfig: Option<String>,
+    pub accept_content_types: Option<String>,
+    pub content_type: Option<String>,
+    pub qps: Option<f64>,
+    pub burst: Option<i64>,
+}
+
+/// kube-proxy's default `clientConnection.qps` (its `--kube-api-qps`).
+pub const DEFAULT_CLIENT_QPS: f64 = 5.0;
+/// kube-proxy's default `clientConnection.burst` (its `--kube-api-burst`).
+pub const DEFAULT_CLIENT_BURST: u32 = 10;
+
+/// `clientConnection`, validated: what kproxy's API client uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientConnection {
+    /// `kubeconfig`; `None`: in-cluster (or the command line's).
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// `qps`: requests per second in the long run; `None`: unlimited (a
+    /// negative `qps`, as in client-go).
+    pub qps: Option<f64>,
+    /// `burst`: requests at once.
+    pub burst: u32,
+}
+
+/// The content types kproxy's client speaks: JSON only (Kubernetes
+/// protobuf is not implemented by its client).
+const JSON: &str = "application/json";
+
+impl ClientConnectionConfiguration {
+    /// Validate, naming the field of anything kproxy cannot honour.
+    pub fn resolve(&self) -> Result<ClientConnection, ConfigError> {
+        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+            field: format!("clientConnection.{field}"),
+            reason,
+        };
+        // A request body is never sent (kproxy only lists and watches);
+        // the content type still decides the Accept header when
+        // acceptContentTypes is empty, as in client-go.
+        for (field, value) in [
+            ("contentType", &self.content_type),
+            ("acceptContentTypes", &self.accept_content_types),
+        ] {
+            let v = value.as_deref().unwrap_or("").trim();
+            if !(v.is_empty() || v == JSON) {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{v:?}: kproxy's API client speaks {JSON} only; leave it empty or set {JSON}"
+                    ),
+                ));
+            }
+        }
+        let qps = match self.qps {
+            Some(q) if !q.is_finite() => {
+                return Err(invalid("qps", format!("{q} is not a number")));
+            }
+            None => Some(DEFAULT_CLIENT_QPS),
+            Some(0.0) => Some(DEFAULT_CLIENT_QPS),
+            Some(q) if q < 0.0 => None,
+            Some(q) => Some(q),
+        };
+        let burst = match self.burst {
+            None | Some(0) => DEFAULT_CLIENT_BURST,
+            Some(b) => u32::try_from(b)
+                .ok()
+                .filter(|b| *b >= 1)
+                .ok_or_else(|| invalid("burst", format!("{b} is not a positive count")))?,
+        };
+        let kubeconfig = self
+            .kubeconfig
+            .as_deref()
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(std::path::PathBuf::from);
+        Ok(ClientConnection {
+            kubeconfig,
+            qps,
+            burst,
+        })
+    }
 }
 
 /// `detectLocal`.
@@ -509,5 +596,57 @@ syncPeriod: 30s
 
         let cfg = KubeProxyConfiguration::from_yaml("mode: ipvs\n").unwrap();
         assert!(cfg.apply_to(&mut ProxyConfig::default()).is_err());
+    }
+
+    #[test]
+    fn client_connection_is_honoured_or_rejected_by_name() {
+        // kubeadm's kube-proxy ConfigMap: empty values mean the defaults.
+        let cfg = KubeProxyConfiguration::from_yaml(
+            "clientConnection:\n  acceptContentTypes: \"\"\n  burst: 0\n  contentType: \"\"\n  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf\n  qps: 0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.client_connection.resolve().unwrap(),
+            ClientConnection {
+                kubeconfig: Some("/var/lib/kube-proxy/kubeconfig.conf".into()),
+                qps: Some(DEFAULT_CLIENT_QPS),
+                burst: DEFAULT_CLIENT_BURST,
+            }
+        );
+        let cfg = KubeProxyConfiguration::from_yaml(
+            "clientConnection:\n  qps: 20.5\n  burst: 40\n  contentType: application/json\n",
+        )
+        .unwrap();
+        let c = cfg.client_connection.resolve().unwrap();
+        assert_eq!((c.kubeconfig, c.qps, c.burst), (None, Some(20.5), 40));
+        let c = KubeProxyConfiguration::from_yaml("clientConnection: {qps: -1}\n")
+            .unwrap()
+            .client_connection
+            .resolve()
+            .unwrap();
+        assert_eq!(c.qps, None, "a negative qps turns the limit off");
+
+        for (text, field) in [
+            (
+                "clientConnection: {contentType: application/vnd.kubernetes.protobuf}",
+                "clientConnection.contentType",
+            ),
+            (
+                "clientConnection: {acceptContentTypes: \"application/vnd.kubernetes.protobuf,application/json\"}",
+                "clientConnection.acceptContentTypes",
+            ),
+            ("clientConnection: {burst: -3}", "clientConnection.burst"),
+        ] {
+            let err = KubeProxyConfiguration::from_yaml(text)
+                .unwrap()
+                .client_connection
+                .resolve()
+                .unwrap_err();
+            assert!(err.to_string().contains(field), "{text}: {err}");
+        }
+        // An unknown field inside clientConnection is named too.
+        let err =
+            KubeProxyConfiguration::from_yaml("clientConnection: {kubeConfig: x}\n").unwrap_err();
+        assert!(err.to_string().contains("kubeConfig"), "{err}");
     }
 }

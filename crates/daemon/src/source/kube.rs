@@ -1,20 +1,32 @@
 //! `--source kube`: the cluster state from the Kubernetes API server.
 //!
-//! [`KubeSource`] runs three kube-runtime watchers, each feeding a
+//! [`KubeSource`] runs one kube-runtime watcher per kind, each feeding a
 //! reflector store: Services and EndpointSlices with the label selectors
 //! kube-proxy uses, and this node's Node by the field selector
 //! `metadata.name=NODE`. The watchers list, then watch from the list's
-//! resourceVersion; on 410 Gone they list again (the store keeps the old
-//! state until the new list is complete, so a relist never shows a
-//! half-empty cluster), and on errors they retry with kube-runtime's
-//! default exponential backoff. [`KubeSource::changed`] first resolves
-//! once all three initial lists are complete, so the first sync never
-//! sees, say, Services without their EndpointSlices.
+//! resourceVersion; on 410 Gone they list again at once (the store keeps
+//! the old state until the new list is complete, so a relist never shows
+//! a half-empty cluster), and on other errors they wait as [`backoff`]
+//! says: exponential with jitter up to 30 s, not reset by a relist, with a
+//! just-started API server's transient 403s retried quietly.
+//! [`KubeSource::changed`] first resolves once every initial list is
+//! complete, so the first sync never sees, say, Services without their
+//! EndpointSlices.
+//!
+//! A watcher's error is shown (in [`KubeSource::errors`] and through the
+//! [`ErrorSink`] the daemon passes, which feeds `/status` and the metrics)
+//! from the moment it happens until the API server next answers that
+//! watcher: a client middleware sees every response, so a watch resumed
+//! without news clears the error as well as an event does.
 //!
 //! Each watcher also records which objects its events touched (and that a
 //! list completed), so [`KubeSource::drain_into`] hands the graph only the
 //! changed objects (the store's own `Arc`s, no copy) rather than a
 //! snapshot of the cluster.
+//!
+//! Adding a watcher takes a name in [`KINDS`], a [`spawn_watcher`] call in
+//! [`KubeSource::new`] and its part of [`KubeSource::drain_into`]; the
+//! pacing, error reporting and readiness are shared.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -35,14 +47,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// How long a watcher error is reported. A watcher that recovers without
-/// news (a watch resumed, nothing changed) emits no event that could clear
-/// its error, while a persisting outage errs again at least every backoff
-/// period (at most about 30 s), so errors older than this are stale.
-const ERROR_TTL: std::time::Duration = std::time::Duration::from_secs(120);
+use self::backoff::{Failure, WatchBackoff};
+use super::{ErrorSink, ErrorUpdate};
+
+pub mod backoff;
+mod client;
 
 /// What [`KubeSource::new`] needs.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct KubeSourceOptions {
     /// A kubeconfig file; `None` infers the configuration (the
     /// `KUBECONFIG` variable or `~/.kube/config`, else in-cluster).
@@ -52,24 +64,52 @@ pub struct KubeSourceOptions {
     /// The `service.kubernetes.io/service-proxy-name` value kproxy
     /// answers to; `None`: only objects without that label.
     pub proxy_name: Option<String>,
+    /// Client-side request rate limit (`clientConnection.qps` and
+    /// `burst`); `None`: unlimited.
+    pub rate_limit: Option<RateLimit>,
+    /// Told about every change of a watcher's error, as it happens.
+    pub on_errors: Option<ErrorSink>,
+}
+
+impl std::fmt::Debug for KubeSourceOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSourceOptions")
+            .field("kubeconfig", &self.kubeconfig)
+            .field("node_name", &self.node_name)
+            .field("proxy_name", &self.proxy_name)
+            .field("rate_limit", &self.rate_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A token bucket over the client's requests, as client-go's: `burst`
+/// requests at once, refilled at `qps` per second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Requests per second in the long run (> 0).
+    pub qps: f64,
+    /// Requests allowed at once (>= 1).
+    pub burst: u32,
 }
 
 /// Which watcher a status entry belongs to.
 const SERVICES: usize = 0;
 const SLICES: usize = 1;
 const NODES: usize = 2;
+/// The kind each watcher watches, by index.
 const KINDS: [&str; 3] = ["Service", "EndpointSlice", "Node"];
+const WATCHERS: usize = KINDS.len();
 
-/// Progress of the three watchers, shared with [`KubeSource::changed`].
+/// Progress of the watchers, shared with [`KubeSource::changed`].
 #[derive(Debug, Clone, Default)]
 struct Status {
     /// Bumped whenever a store changed.
     generation: u64,
     /// Whether each watcher completed its first list.
-    ready: [bool; 3],
-    /// The last error of each watcher and when it happened, cleared by its
-    /// next event.
-    errors: [Option<(Instant, String)>; 3],
+    ready: [bool; WATCHERS],
+    /// The last error of each watcher, until the API server next answers
+    /// it.
+    errors: [Option<String>; WATCHERS],
     /// Set when a watcher task ended, which only happens on a bug.
     ended: Option<String>,
 }
@@ -79,24 +119,93 @@ struct Status {
 /// `all` after a (re)list replaced the store.
 #[derive(Debug, Default)]
 struct Pending {
-    keys: [HashSet<(String, String)>; 3],
-    all: [bool; 3],
+    keys: [HashSet<(String, String)>; WATCHERS],
+    all: [bool; WATCHERS],
 }
 
-type SharedPending = Arc<Mutex<Pending>>;
-
-fn lock_pending(p: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
-    // The data is a set of keys: still usable after a panic elsewhere.
-    p.lock().unwrap_or_else(|e| e.into_inner())
+/// Lock `m`, whatever a panicking holder left: the data (keys, pacing
+/// state) stays usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The API server as a source of Services, EndpointSlices and this Node.
+/// State shared by the watcher tasks, the client middleware and the
+/// source.
+struct Watchers {
+    status: watch::Sender<Status>,
+    pending: Mutex<Pending>,
+    backoff: [Mutex<WatchBackoff>; WATCHERS],
+    /// The collection URL path of each watcher (`/api/v1/services`), to
+    /// tell whose request a response answers.
+    paths: Mutex<Vec<(String, usize)>>,
+    sink: Option<ErrorSink>,
+}
+
+impl Watchers {
+    fn new(sink: Option<ErrorSink>) -> Self {
+        Watchers {
+            status: watch::Sender::new(Status::default()),
+            pending: Mutex::default(),
+            backoff: std::array::from_fn(|_| Mutex::new(WatchBackoff::default())),
+            paths: Mutex::default(),
+            sink,
+        }
+    }
+
+    /// Set or clear watcher `index`'s error; tells the sink about every
+    /// error, and about a clear that ended one.
+    fn set_error(&self, index: usize, error: Option<String>) {
+        let mut current = None;
+        self.status.send_if_modified(|s| {
+            if error.is_none() && s.errors[index].is_none() {
+                return false;
+            }
+            s.errors[index].clone_from(&error);
+            current = Some(errors_of(s));
+            // Nothing waits on errors: no wake-up.
+            false
+        });
+        if let (Some(current), Some(sink)) = (current, &self.sink) {
+            sink(&ErrorUpdate {
+                kind: KINDS[index],
+                error: error.as_deref(),
+                current,
+            });
+        }
+    }
+
+    /// The API server answered a request (client middleware).
+    fn answered(&self, path: &str, status: hyper::StatusCode) {
+        if !status.is_success() {
+            return;
+        }
+        let index = lock(&self.paths)
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, i)| *i);
+        if let Some(index) = index {
+            lock(&self.backoff[index]).on_success();
+            self.set_error(index, None);
+        }
+    }
+}
+
+/// The current errors, as `Kind: error` lines.
+fn errors_of(s: &Status) -> Vec<String> {
+    KINDS
+        .iter()
+        .zip(s.errors.iter())
+        .filter_map(|(kind, e)| e.as_ref().map(|e| format!("{kind}: {e}")))
+        .collect()
+}
+
+/// The API source of Services, EndpointSlices and this Node.
 pub struct KubeSource {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
     status: watch::Receiver<Status>,
-    pending: SharedPending,
+    shared: Arc<Watchers>,
     seen: u64,
     node_name: String,
     proxy_name: Option<String>,
@@ -129,24 +238,39 @@ fn label_selector(proxy_name: Option<&str>) -> String {
     }
 }
 
+/// How an error counts for pacing.
+fn classify(e: &watcher::Error) -> Failure {
+    let code = match e {
+        watcher::Error::WatchError(s) => Some(s.code),
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.code),
+        _ => None,
+    };
+    match code {
+        Some(410) => Failure::Gone,
+        Some(403) => Failure::Forbidden,
+        _ => Failure::Unavailable,
+    }
+}
+
+/// Start watcher `index` on `api`: its store and its task.
 fn spawn_watcher<K>(
     api: Api<K>,
     config: watcher::Config,
     index: usize,
-    status: Arc<watch::Sender<Status>>,
-    pending: SharedPending,
+    shared: Arc<Watchers>,
 ) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
+    lock(&shared.paths).push((api.resource_url().to_string(), index));
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, config)
-            .default_backoff()
-            .modify(strip_unused_metadata),
-    );
+    // No `StreamBackoff`: it resets on every `Ok` item, and the watcher
+    // emits one before each list. The task below paces instead: the
+    // stream makes no request while it is not polled.
+    let stream = reflector::reflector(writer, watcher(api, config).modify(strip_unused_metadata));
     let kind = KINDS[index];
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -157,39 +281,51 @@ where
             match event {
                 Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj)) => {
                     let meta = obj.meta();
-                    lock_pending(&pending).keys[index].insert((
+                    lock(&shared.pending).keys[index].insert((
                         meta.namespace.clone().unwrap_or_default(),
                         meta.name.clone().unwrap_or_default(),
                     ));
-                    status.send_modify(|s| {
-                        s.generation += 1;
-                        s.errors[index] = None;
-                    });
+                    shared.status.send_modify(|s| s.generation += 1);
+                    shared.set_error(index, None);
                 }
                 Ok(watcher::Event::InitDone) => {
                     tracing::debug!(kind, "list complete");
                     {
-                        let mut p = lock_pending(&pending);
+                        let mut p = lock(&shared.pending);
                         p.all[index] = true;
                         p.keys[index].clear();
                     }
-                    status.send_modify(|s| {
+                    shared.status.send_modify(|s| {
                         s.generation += 1;
                         s.ready[index] = true;
-                        s.errors[index] = None;
                     });
+                    shared.set_error(index, None);
                 }
                 // The store swaps in a relist's objects only at InitDone.
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
                 Err(e) => {
-                    // Each error is followed by a backoff delay (at most
-                    // about half a minute), so this does not flood the log.
-                    tracing::warn!(kind, error = %e, "API watch failed; retrying");
-                    status.send_modify(|s| s.errors[index] = Some((Instant::now(), e.to_string())));
+                    let failure = classify(&e);
+                    let retry = lock(&shared.backoff[index]).on_error(failure, Instant::now());
+                    let retry_in = retry.delay;
+                    if failure == Failure::Gone && retry.quiet {
+                        tracing::info!(kind, error = %e, "watch too far behind; listing again");
+                    } else {
+                        if retry.quiet {
+                            tracing::debug!(kind, error = %e, ?retry_in, "API watch failed (the API server may be starting); retrying");
+                        } else {
+                            tracing::warn!(kind, error = %e, ?retry_in, "API watch failed; retrying");
+                        }
+                        shared.set_error(index, Some(e.to_string()));
+                    }
+                    if !retry_in.is_zero() {
+                        tokio::time::sleep(retry_in).await;
+                    }
                 }
             }
         }
-        status.send_modify(|s| s.ended = Some(format!("the {kind} watcher stopped")));
+        shared
+            .status
+            .send_modify(|s| s.ended = Some(format!("the {kind} watcher stopped")));
     });
     (store, task)
 }
@@ -237,40 +373,44 @@ impl KubeSource {
         if opts.node_name.is_empty() {
             anyhow::bail!("the kube source needs the node name (--hostname-override)");
         }
-        let config = client_config(opts.kubeconfig.as_ref()).await?;
-        tracing::info!(server = %config.cluster_url, node = %opts.node_name, "watching the API server");
-        let client = Client::try_from(config).context("building the Kubernetes client")?;
-        let (tx, rx) = watch::channel(Status::default());
-        let tx = Arc::new(tx);
-        let pending = SharedPending::default();
+        let mut config = client_config(opts.kubeconfig.as_ref()).await?;
+        // kube-client retries 429/503/504 by itself (up to 15 times,
+        // within the same request): the watchers' backoff is the one
+        // retry policy, so that an outage is paced, counted and shown.
+        config.default_retry = false;
+        tracing::info!(server = %config.cluster_url, node = %opts.node_name, rate_limit = ?opts.rate_limit, "watching the API server");
+        let shared = Arc::new(Watchers::new(opts.on_errors));
+        let layer = client::Layer::new(opts.rate_limit, shared.clone());
+        let client: Client = kube::client::ClientBuilder::try_from(config)
+            .context("building the Kubernetes client")?
+            .with_layer(&layer)
+            .build();
+        let status = shared.status.subscribe();
         let labels = label_selector(opts.proxy_name.as_deref());
         let (services, t1) = spawn_watcher(
             Api::<Service>::all(client.clone()),
             watcher::Config::default().labels(&labels),
             SERVICES,
-            tx.clone(),
-            pending.clone(),
+            shared.clone(),
         );
         let (slices, t2) = spawn_watcher(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default().labels(&labels),
             SLICES,
-            tx.clone(),
-            pending.clone(),
+            shared.clone(),
         );
         let (nodes, t3) = spawn_watcher(
             Api::<Node>::all(client),
             watcher::Config::default().fields(&format!("metadata.name={}", opts.node_name)),
             NODES,
-            tx,
-            pending.clone(),
+            shared.clone(),
         );
         Ok(KubeSource {
             services,
             slices,
             nodes,
-            status: rx,
-            pending,
+            status,
+            shared,
             seen: 0,
             node_name: opts.node_name,
             proxy_name: opts.proxy_name,
@@ -316,7 +456,7 @@ impl KubeSource {
     /// events for one object is one upsert), or a whole kind after a
     /// (re)list. Returns what really changed.
     pub fn drain_into(&mut self, graph: &mut IncrementalGraph) -> Applied {
-        let pending = std::mem::take(&mut *lock_pending(&self.pending));
+        let pending = std::mem::take(&mut *lock(&self.shared.pending));
         let mut out = Applied::default();
 
         if pending.all[SERVICES] {
@@ -411,26 +551,17 @@ impl KubeSource {
         }
     }
 
-    /// Whether all three initial lists completed.
+    /// Whether every initial list completed.
     #[allow(dead_code, reason = "part of the source's interface; the tests use it")]
     pub fn synced(&self) -> bool {
         self.status.borrow().ready.iter().all(|r| *r)
     }
 
-    /// The watchers' recent errors (empty while the API server answers),
-    /// for /status: the last error of each watcher that has had no event
-    /// since, if it is less than two minutes old.
+    /// The watchers' current errors (empty while the API server answers),
+    /// for /status: each watcher's last error, until the API server next
+    /// answers it.
     pub fn errors(&self) -> Vec<String> {
-        let status = self.status.borrow();
-        KINDS
-            .iter()
-            .zip(status.errors.iter())
-            .filter_map(|(kind, e)| {
-                e.as_ref()
-                    .filter(|(at, _)| at.elapsed() < ERROR_TTL)
-                    .map(|(_, e)| format!("{kind}: {e}"))
-            })
-            .collect()
+        errors_of(&self.status.borrow())
     }
 }
 

@@ -30,6 +30,8 @@ impl Source {
                 kubeconfig: opts.kubeconfig,
                 node_name: opts.node_name,
                 proxy_name: opts.proxy_name,
+                rate_limit: opts.rate_limit,
+                on_errors: opts.on_errors,
             })
             .await?;
             return Ok(Source::Kube(k));
@@ -97,12 +99,31 @@ impl Source {
 }
 
 /// What the API source needs (the file source ignores it).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct SourceOptions {
-    /// `--kubeconfig`.
+    /// `--kubeconfig` or `clientConnection.kubeconfig`.
     pub kubeconfig: Option<std::path::PathBuf>,
     /// This node's name.
     pub node_name: String,
     /// `--proxy-name`.
     pub proxy_name: Option<String>,
+    /// `clientConnection.qps` and `burst`.
+    pub rate_limit: Option<kube::RateLimit>,
+    /// Told about source errors as they come and go.
+    pub on_errors: Option<ErrorSink>,
 }
+
+/// A change of one watcher's error: what the API source tells the daemon
+/// the moment it happens, rather than at the next sync.
+#[derive(Debug)]
+pub struct ErrorUpdate<'a> {
+    /// The kind the watcher watches (`EndpointSlice`).
+    pub kind: &'a str,
+    /// Its new error; `None`: the error is over.
+    pub error: Option<&'a str>,
+    /// Every watcher's current error, as [`Source::errors`] lists them.
+    pub current: Vec<String>,
+}
+
+/// Where the API source reports [`ErrorUpdate`]s (called from its tasks).
+pub type ErrorSink = std::sync::Arc<dyn Fn(&ErrorUpdate<'_>) + Send + Sync>;

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::{KubeSource, KubeSourceOptions};
 
 const NODE: &str = "test-node";
-/// Long enough for kube-runtime's backoff (it grows towards 30 s) to come
+/// Long enough for the watchers' backoff (it grows towards 30 s) to come
 /// round after an outage, short enough that a hang fails the test.
 const CATCH_UP: Duration = Duration::from_secs(60);
 
@@ -146,6 +146,7 @@ impl Harness {
             kubeconfig: Some(self.kubeconfig.clone()),
             node_name: NODE.into(),
             proxy_name: proxy_name.map(str::to_string),
+            ..Default::default()
         })
         .await
         .expect("kube source starts")
@@ -596,6 +597,7 @@ async fn bad_kubeconfig_is_a_clear_error() {
         kubeconfig: Some("/nonexistent/kubeconfig".into()),
         node_name: NODE.into(),
         proxy_name: None,
+        ..Default::default()
     })
     .await
     .expect_err("a missing kubeconfig fails");
@@ -745,5 +747,255 @@ async fn emulator_serves_streaming_lists() {
     assert!(
         h.emu.requests().iter().all(|r| r.contains("watch=true")),
         "a streaming list makes no LIST request"
+    );
+}
+
+/// Requests of `resource` (lists and watches) the emulator saw since
+/// `from` requests.
+fn requests_of(h: &Harness, from: usize, resource: &str) -> usize {
+    h.emu.requests()[from..]
+        .iter()
+        .filter(|r| r.contains(&format!("/{resource}?")))
+        .count()
+}
+
+/// What an [`super::ErrorSink`] was told last: every watcher's current errors.
+type Told = std::sync::Arc<std::sync::Mutex<Option<Vec<String>>>>;
+
+async fn source_with_sink(h: &Harness) -> (KubeSource, Told) {
+    let told = Told::default();
+    let t = told.clone();
+    let src = KubeSource::new(KubeSourceOptions {
+        kubeconfig: Some(h.kubeconfig.clone()),
+        node_name: NODE.into(),
+        on_errors: Some(std::sync::Arc::new(move |u: &super::ErrorUpdate<'_>| {
+            *t.lock().unwrap() = Some(u.current.clone());
+        })),
+        ..Default::default()
+    })
+    .await
+    .expect("kube source starts");
+    (src, told)
+}
+
+#[tokio::test]
+async fn backoff_grows_while_the_api_server_is_down_before_the_first_list() {
+    // The window and the bound: with the policy's shortest delays (1 s
+    // doubling, jitter down to 0.75), a watcher makes at most 6 requests
+    // in 30 s (`backoff::tests::lists_in_a_window_are_bounded`).
+    const WINDOW: Duration = Duration::from_secs(30);
+    const MAX_PER_WATCHER: usize = 6;
+    let h = harness("down-first").await;
+    base(&h);
+    h.emu.unavailable_for(Duration::from_secs(600));
+    let (mut src, told) = source_with_sink(&h).await;
+    let started = tokio::time::Instant::now();
+    // The errors are reported as they happen, before any list completed.
+    while told.lock().unwrap().as_ref().is_none_or(|e| e.len() < 3) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the sink was not told about the failing lists: {:?}",
+            told.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(src.errors().len(), 3, "{:?}", src.errors());
+    assert!(!src.synced());
+    tokio::time::sleep(WINDOW.saturating_sub(started.elapsed())).await;
+    let counts: Vec<(&str, usize)> = ["services", "endpointslices", "nodes"]
+        .into_iter()
+        .map(|r| (r, requests_of(&h, 0, r)))
+        .collect();
+    eprintln!("requests in the first {WINDOW:?} with the API server down: {counts:?}");
+    for (resource, n) in &counts {
+        assert!(
+            (1..=MAX_PER_WATCHER).contains(n),
+            "{resource}: {n} requests in {WINDOW:?} while the API server was down (at most {MAX_PER_WATCHER}): {counts:?}"
+        );
+    }
+    // The server comes back: the first sync comes within the cap.
+    h.emu.recover();
+    let back = tokio::time::Instant::now();
+    wait_for(
+        &mut src,
+        &base_summary(),
+        super::backoff::CAP + Duration::from_secs(10),
+    )
+    .await;
+    eprintln!(
+        "first sync {:?} after the API server came back",
+        back.elapsed()
+    );
+    assert!(src.errors().is_empty(), "{:?}", src.errors());
+    assert_eq!(
+        told.lock().unwrap().as_deref(),
+        Some(&[][..]),
+        "the sink was not told that the errors are over"
+    );
+}
+
+#[tokio::test]
+async fn catches_up_within_the_cap_after_an_outage_ending_in_403_and_410() {
+    let h = harness("outage").await;
+    base(&h);
+    let mut src = h.source(None).await;
+    wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
+    assert!(h.emu.wait_for_watches(3, Duration::from_secs(10)).await);
+
+    // A long outage: every watcher's delay grows to the cap.
+    h.emu.unavailable_for(Duration::from_secs(600));
+    h.emu.hang_up_watches();
+    h.all_watches_closed().await;
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    assert_eq!(src.errors().len(), 3, "{:?}", src.errors());
+    // A new API server: its authorizer answers 403 for a few seconds,
+    // and its watch cache does not reach back to the watchers'
+    // resourceVersions (410 on resume), so they must list again.
+    h.apply(slice("default", "web-1", "web", &["10.0.1.8"], json!({})));
+    h.emu.expire_watches();
+    h.emu.forbid_for(Duration::from_secs(3));
+    let back = tokio::time::Instant::now();
+    let want = Summary {
+        slices: s(&["default/web-1=10.0.1.8"]),
+        ..base_summary()
+    };
+    // The cap, the 403s, and slack for a loaded machine: today's
+    // figure is printed below.
+    wait_for(
+        &mut src,
+        &want,
+        super::backoff::CAP + Duration::from_secs(3 + 10),
+    )
+    .await;
+    eprintln!(
+        "the change reached the source {:?} after the API server came back",
+        back.elapsed()
+    );
+    // The EndpointSlice watcher's first answered resume was a 410, and it
+    // listed again at once rather than after another delay (so did the
+    // others, if their next try already came).
+    let log = h.emu.timed_requests();
+    let forbidden_until = back.into_std() + Duration::from_secs(3);
+    for resource in ["endpointslices", "services", "nodes"] {
+        let of = |(t, r): &&(std::time::Instant, String)| {
+            *t >= forbidden_until && r.contains(&format!("/{resource}?"))
+        };
+        let mut after = log.iter().filter(of);
+        let Some((t_watch, watch)) = after.next() else {
+            assert_ne!(resource, "endpointslices", "no request after the 403s");
+            continue;
+        };
+        assert!(watch.contains("watch=true"), "{resource}: {watch}");
+        let (t_list, _) = after
+            .find(|(_, r)| !r.contains("watch=true"))
+            .expect("a list after the 410");
+        let gap = t_list.duration_since(*t_watch);
+        eprintln!("{resource}: listed {gap:?} after the 410");
+        assert!(
+            gap < Duration::from_secs(5),
+            "{resource}: the list came {gap:?} after the 410"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_transient_403_does_not_escalate_the_backoff() {
+    const FORBIDDEN: Duration = Duration::from_secs(20);
+    let h = harness("forbidden").await;
+    base(&h);
+    let mut src = h.source(None).await;
+    wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
+    assert!(h.emu.wait_for_watches(3, Duration::from_secs(10)).await);
+    // A restarted API server whose authorizer is still loading RBAC.
+    let before = h.emu.requests().len();
+    h.emu.forbid_for(FORBIDDEN);
+    let start = tokio::time::Instant::now();
+    h.emu.hang_up_watches();
+    h.all_watches_closed().await;
+    h.apply(node(NODE, "z9"));
+    let want = Summary {
+        nodes: s(&["test-node@z9"]),
+        ..base_summary()
+    };
+    // Retried about every second instead of after growing delays (1, 2,
+    // 4, 8, 16 s would retry at 31 s at the earliest): caught up within
+    // a few seconds of the 403s ending.
+    wait_for(&mut src, &want, FORBIDDEN + Duration::from_secs(3)).await;
+    eprintln!(
+        "caught up {:?} after 403s for {FORBIDDEN:?}",
+        start.elapsed()
+    );
+    // About one request a second during the 403s; growing delays would
+    // have made 5.
+    let retries = requests_of(&h, before, "nodes");
+    eprintln!("node requests during the 403s: {retries}");
+    assert!(
+        retries >= 10,
+        "{retries} node requests in {FORBIDDEN:?} of 403s: the delay grew"
+    );
+}
+
+#[tokio::test]
+async fn an_error_lasts_until_the_api_server_answers_again() {
+    let h = harness("clears").await;
+    base(&h);
+    let (mut src, told) = source_with_sink(&h).await;
+    wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
+    assert!(h.emu.wait_for_watches(3, Duration::from_secs(10)).await);
+    let lists = h.lists("services");
+    h.emu.unavailable_for(Duration::from_secs(600));
+    h.emu.hang_up_watches();
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while src.errors().len() < 3 {
+        assert!(tokio::time::Instant::now() < end, "{:?}", src.errors());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(told.lock().unwrap().as_ref().map(Vec::len), Some(3));
+    // Back, with nothing changed: the watches resume without an event,
+    // and the errors end when the resumed watches are answered.
+    h.emu.recover();
+    let back = tokio::time::Instant::now();
+    while !src.errors().is_empty() {
+        assert!(
+            back.elapsed() < super::backoff::CAP + Duration::from_secs(5),
+            "errors still shown {:?} after recovery: {:?}",
+            back.elapsed(),
+            src.errors()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(told.lock().unwrap().as_deref(), Some(&[][..]));
+    assert_eq!(h.lists("services"), lists, "resumed, not listed again");
+}
+
+#[tokio::test]
+async fn client_connection_qps_and_burst_pace_requests() {
+    let h = harness("qps").await;
+    base(&h);
+    let mut src = KubeSource::new(KubeSourceOptions {
+        kubeconfig: Some(h.kubeconfig.clone()),
+        node_name: NODE.into(),
+        rate_limit: Some(super::RateLimit { qps: 4.0, burst: 1 }),
+        ..Default::default()
+    })
+    .await
+    .expect("kube source starts");
+    wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
+    assert!(h.emu.wait_for_watches(3, Duration::from_secs(10)).await);
+    // Three lists and three watches, one token each: the sixth request
+    // cannot come before 5 / 4 s after the first.
+    let times: Vec<std::time::Instant> = h
+        .emu
+        .timed_requests()
+        .into_iter()
+        .filter(|(_, r)| r.contains('?'))
+        .map(|(t, _)| t)
+        .collect();
+    assert!(times.len() >= 6, "{times:?}");
+    let spread = times[5].duration_since(times[0]);
+    eprintln!("six requests spread over {spread:?} at qps 4, burst 1");
+    assert!(
+        spread >= Duration::from_millis(1200),
+        "six requests within {spread:?}: not rate limited"
     );
 }
