@@ -3,9 +3,10 @@
 //! [`Emulator`] serves, over plain HTTP/1.1 on loopback, what a service
 //! proxy reads: LIST (paged with `limit`/`continue` from a consistent
 //! snapshot), GET and WATCH of Services (`/api/v1/services`),
-//! EndpointSlices (`/apis/discovery.k8s.io/v1/endpointslices`) and Nodes
+//! EndpointSlices (`/apis/discovery.k8s.io/v1/endpointslices`), Nodes
 //! (`/api/v1/nodes`, also a single node by name or by the field selector
-//! `metadata.name=...`), plus enough discovery (`/version`, `/api`,
+//! `metadata.name=...`) and ServiceCIDRs
+//! (`/apis/networking.k8s.io/v1/servicecidrs`), plus enough discovery (`/version`, `/api`,
 //! `/apis`, `/api/v1`, ...) for kube-rs.
 //!
 //! It behaves like the real API server where a client can tell the
@@ -87,6 +88,8 @@ pub enum Kind {
     EndpointSlice,
     /// `v1` Node.
     Node,
+    /// `networking.k8s.io/v1` ServiceCIDR.
+    ServiceCidr,
 }
 
 impl Kind {
@@ -96,6 +99,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Node => "Node",
+            Kind::ServiceCidr => "ServiceCIDR",
         }
     }
 
@@ -104,6 +108,7 @@ impl Kind {
         match self {
             Kind::Service | Kind::Node => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::ServiceCidr => "networking.k8s.io/v1",
         }
     }
 
@@ -113,12 +118,13 @@ impl Kind {
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
             Kind::Node => "nodes",
+            Kind::ServiceCidr => "servicecidrs",
         }
     }
 
     /// Whether objects of this kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Node)
+        !matches!(self, Kind::Node | Kind::ServiceCidr)
     }
 
     /// The kind named by a `kind` field value.
@@ -127,6 +133,7 @@ impl Kind {
             "Service" => Some(Kind::Service),
             "EndpointSlice" => Some(Kind::EndpointSlice),
             "Node" => Some(Kind::Node),
+            "ServiceCIDR" => Some(Kind::ServiceCidr),
             _ => None,
         }
     }
@@ -322,7 +329,7 @@ impl Emulator {
     }
 
     /// Creates or replaces an object (anything serializing to a Service,
-    /// EndpointSlice or Node with `kind` set, such as k8s-openapi types or
+    /// EndpointSlice, Node or ServiceCIDR with `kind` set, such as k8s-openapi types or
     /// `serde_json::Value`). Namespaced objects without a namespace go to
     /// `default`. Returns the object's resourceVersion; re-applying an
     /// unchanged object is a no-op, as on a real API server.
@@ -418,6 +425,14 @@ impl Emulator {
         st.fail_until = Some(Instant::now() + duration);
         st.fail_matching = Some(path_part.to_string());
         st.fail_code = 500;
+    }
+
+    /// Answers requests whose path contains `path_part` (such as
+    /// `/servicecidrs`) only after `delay` (a slow list); a zero `delay`
+    /// ends it.
+    pub fn delay_matching(&self, path_part: &str, delay: Duration) {
+        self.shared.lock().delay_matching =
+            (!delay.is_zero()).then(|| (path_part.to_string(), delay));
     }
 
     /// Stops failing requests now.

@@ -1,8 +1,8 @@
-//! `kproxy-apiserver-emulator`: serve Services, EndpointSlices and Nodes
-//! from Kubernetes YAML files as a (minimal) Kubernetes API server, so
-//! that `kproxy run --source kube` can be tried without a cluster. The
-//! files are re-read when they change, and the API follows: objects
-//! added, changed and removed become watch events.
+//! `kproxy-apiserver-emulator`: serve Services, EndpointSlices, Nodes and
+//! ServiceCIDRs from Kubernetes YAML files as a (minimal) Kubernetes API
+//! server, so that `kproxy run --source kube` can be tried without a
+//! cluster. The files are re-read when they change, and the API follows:
+//! objects added, changed and removed become watch events.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,8 +26,8 @@ struct Args {
     /// How often to check the files for changes, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     reload_ms: u64,
-    /// Kubernetes YAML/JSON files or directories (Services, EndpointSlices
-    /// and Nodes are served; other kinds are skipped).
+    /// Kubernetes YAML/JSON files or directories (Services, EndpointSlices,
+    /// Nodes and ServiceCIDRs are served; other kinds are skipped).
     #[arg(required = true)]
     files: Vec<PathBuf>,
 }

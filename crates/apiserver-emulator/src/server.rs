@@ -138,6 +138,18 @@ fn discovery_slices() -> Value {
     })
 }
 
+fn discovery_networking() -> Value {
+    json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": "networking.k8s.io/v1",
+        "resources": [
+            {"name": "servicecidrs", "singularName": "servicecidr", "namespaced": false,
+             "kind": "ServiceCIDR", "verbs": ["get", "list", "watch"]},
+        ]
+    })
+}
+
 fn route(path: &str) -> Option<Target> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let kind_of = |group: &[&str], resource: &str| -> Option<Kind> {
@@ -145,6 +157,7 @@ fn route(path: &str) -> Option<Target> {
             (["api", "v1"], "services") => Some(Kind::Service),
             (["api", "v1"], "nodes") => Some(Kind::Node),
             (["apis", "discovery.k8s.io", "v1"], "endpointslices") => Some(Kind::EndpointSlice),
+            (["apis", "networking.k8s.io", "v1"], "servicecidrs") => Some(Kind::ServiceCidr),
             _ => None,
         }
     };
@@ -168,13 +181,20 @@ fn route(path: &str) -> Option<Target> {
                 "kind": "APIGroupList", "apiVersion": "v1",
                 "groups": [{"name": "discovery.k8s.io",
                     "versions": [{"groupVersion": "discovery.k8s.io/v1", "version": "v1"}],
-                    "preferredVersion": {"groupVersion": "discovery.k8s.io/v1", "version": "v1"}}]
+                    "preferredVersion": {"groupVersion": "discovery.k8s.io/v1", "version": "v1"}},
+                    {"name": "networking.k8s.io",
+                    "versions": [{"groupVersion": "networking.k8s.io/v1", "version": "v1"}],
+                    "preferredVersion": {"groupVersion": "networking.k8s.io/v1", "version": "v1"}}]
             })));
         }
         ["api", "v1"] => return Some(Target::Discovery(discovery_v1())),
         ["apis", "discovery.k8s.io", "v1"] => return Some(Target::Discovery(discovery_slices())),
+        ["apis", "networking.k8s.io", "v1"] => {
+            return Some(Target::Discovery(discovery_networking()));
+        }
         ["api", "v1", rest @ ..] => (&segs[..2], rest),
         ["apis", "discovery.k8s.io", "v1", rest @ ..] => (&segs[..3], rest),
+        ["apis", "networking.k8s.io", "v1", rest @ ..] => (&segs[..3], rest),
         _ => return None,
     };
     match rest {
@@ -263,6 +283,15 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
             &format!("the server could not find the requested resource: {path}"),
         );
     };
+    let delay = shared
+        .lock()
+        .delay_matching
+        .as_ref()
+        .filter(|(part, _)| path.contains(part.as_str()))
+        .map(|(_, d)| *d);
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
     let q = parse_query(query.as_deref());
     match target {
         Target::Discovery(v) => full(StatusCode::OK, &v),
@@ -587,6 +616,15 @@ mod tests {
             route("/api/v1/nodes/n1"),
             Some(Target::Object(Kind::Node, _, _))
         ));
+        assert!(matches!(
+            route("/apis/networking.k8s.io/v1/servicecidrs"),
+            Some(Target::Collection(Kind::ServiceCidr, None))
+        ));
+        assert!(matches!(
+            route("/apis/networking.k8s.io/v1/servicecidrs/kubernetes"),
+            Some(Target::Object(Kind::ServiceCidr, _, _))
+        ));
+        assert!(route("/apis/networking.k8s.io/v1/namespaces/a/servicecidrs").is_none());
         assert!(route("/api/v1/services/x").is_none());
         assert!(route("/api/v1/namespaces/a/nodes").is_none());
         assert!(route("/api/v1/pods").is_none());

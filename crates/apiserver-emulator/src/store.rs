@@ -52,6 +52,8 @@ pub(crate) struct State {
     /// (unavailable) or 403 (forbidden, as a freshly started API server
     /// answers while its authorizer's cache fills).
     pub fail_code: u16,
+    /// Requests whose path contains this text are answered this late.
+    pub delay_matching: Option<(String, Duration)>,
     pub bookmark_interval: Duration,
     pub requests: Vec<String>,
     /// When each of `requests` arrived.
@@ -74,6 +76,7 @@ impl State {
             fail_until: None,
             fail_matching: None,
             fail_code: 500,
+            delay_matching: None,
             bookmark_interval: Duration::from_secs(1),
             requests: Vec::new(),
             request_times: Vec::new(),

@@ -201,7 +201,8 @@ fn check_cluster_role(r: &ClusterRole) {
         [
             "/nodes:list,watch",
             "/services:list,watch",
-            "discovery.k8s.io/endpointslices:list,watch"
+            "discovery.k8s.io/endpointslices:list,watch",
+            "networking.k8s.io/servicecidrs:list,watch"
         ]
     );
 }

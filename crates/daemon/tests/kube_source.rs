@@ -819,7 +819,7 @@ async fn after_a_long_outage_changes_reach_the_kernel_within_the_backoff_cap() {
         |r| r.contains("10.0.1.1"),
     )
     .await;
-    assert!(emu.wait_for_watches(3, Duration::from_secs(10)).await);
+    assert!(emu.wait_for_watches(4, Duration::from_secs(10)).await);
 
     // 35 s down: every watcher's delay has grown to the cap.
     emu.unavailable_for(Duration::from_secs(600));

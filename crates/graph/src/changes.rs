@@ -73,6 +73,10 @@ pub struct ChangeSet {
     /// Something outside the service ports changed (node topology labels,
     /// node addresses, configuration, detector): only a full sync is right.
     pub needs_full_sync: bool,
+    /// The service CIDRs of some family changed (ServiceCIDR objects):
+    /// a backend that renders them updates only those (nftables' drop
+    /// set); no full sync is needed for it.
+    pub service_cidrs_changed: bool,
 }
 
 impl ChangeSet {
@@ -83,6 +87,7 @@ impl ChangeSet {
             || prev.node.zone != next.node.zone
             || prev.node.ips != next.node.ips
             || prev.node.pod_cidrs != next.node.pod_cidrs;
+        let mut service_cidrs_changed = false;
         let mut families = std::collections::BTreeMap::new();
         for (family, nf) in &next.families {
             match prev.families.get(family) {
@@ -90,10 +95,10 @@ impl ChangeSet {
                     if pf.local_traffic != nf.local_traffic
                         || pf.nodeport_ips != nf.nodeport_ips
                         || pf.localhost_nodeports != nf.localhost_nodeports
-                        || pf.service_cidrs != nf.service_cidrs
                     {
                         needs_full_sync = true;
                     }
+                    service_cidrs_changed |= pf.service_cidrs != nf.service_cidrs;
                     families.insert(*family, FamilyChanges::between(pf, nf));
                 }
                 None => needs_full_sync = true,
@@ -105,12 +110,16 @@ impl ChangeSet {
         ChangeSet {
             families,
             needs_full_sync,
+            service_cidrs_changed,
         }
     }
 
-    /// No service port changed and no full sync is needed.
+    /// No service port and no service CIDR changed, and no full sync is
+    /// needed.
     pub fn is_empty(&self) -> bool {
-        !self.needs_full_sync && self.families.values().all(FamilyChanges::is_empty)
+        !self.needs_full_sync
+            && !self.service_cidrs_changed
+            && self.families.values().all(FamilyChanges::is_empty)
     }
 
     /// The changes of one family (empty if none were recorded).

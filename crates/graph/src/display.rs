@@ -213,7 +213,7 @@ pub fn graph(g: &ServiceGraph) -> String {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "{}: {} service ports, {} endpoints; pod traffic: {}; node ports on: {}{}",
+            "{}: {} service ports, {} endpoints; pod traffic: {}; node ports on: {}{}{}",
             fg.family,
             fg.services.len(),
             fg.total_endpoints(),
@@ -223,6 +223,12 @@ pub fn graph(g: &ServiceGraph) -> String {
                 " + localhost"
             } else {
                 ""
+            },
+            if fg.service_cidrs.is_empty() {
+                String::new()
+            } else {
+                let cidrs: Vec<String> = fg.service_cidrs.iter().map(ToString::to_string).collect();
+                format!("; service CIDRs: {}", cidrs.join(", "))
             }
         );
         for sp in fg.services.values() {

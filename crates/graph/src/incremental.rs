@@ -9,7 +9,9 @@
 //! [`ServiceGraph::build`]), keeps every other port and its fingerprint,
 //! and reports the [`ChangeSet`] against the previous update. A change of
 //! this node's Node object rebuilds the node-wide part (and every Service
-//! when the zone changed, since endpoint selection reads it); a change of
+//! when the zone changed, since endpoint selection reads it), and so does
+//! a change of the ServiceCIDR objects (which rebuilds no Service: the
+//! change set then only says that the service CIDRs changed); a change of
 //! the configuration beyond the extra node addresses rebuilds everything.
 //!
 //! The result equals [`ServiceGraph::build`] on the same objects,
@@ -27,6 +29,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 
 use crate::changes::{ChangeSet, FamilyChanges};
 use crate::config::ProxyConfig;
@@ -99,6 +102,8 @@ pub struct Applied {
     pub slices: u64,
     /// Nodes added, changed or removed.
     pub nodes: u64,
+    /// ServiceCIDRs added, changed or removed.
+    pub service_cidrs: u64,
     /// The slices added or changed (for their trigger-time annotations).
     pub changed_slices: Vec<Arc<EndpointSlice>>,
     /// The slices removed, as `(namespace, name)`.
@@ -111,6 +116,7 @@ impl Applied {
         self.services += other.services;
         self.slices += other.slices;
         self.nodes += other.nodes;
+        self.service_cidrs += other.service_cidrs;
         self.changed_slices.extend(other.changed_slices);
         self.deleted_slices.extend(other.deleted_slices);
     }
@@ -128,6 +134,8 @@ pub struct IncrementalGraph {
     /// which only change together with a rebuild of everything.
     slices: HashMap<SliceKey, Arc<EndpointSlice>>,
     nodes: BTreeMap<String, Arc<Node>>,
+    /// ServiceCIDRs by name (cluster-scoped).
+    service_cidrs: BTreeMap<String, Arc<ServiceCIDR>>,
     /// Services without a name (never from the API server): each is
     /// skipped with the same warning.
     unnamed_services: usize,
@@ -185,7 +193,7 @@ fn header(g: &ServiceGraph) -> ServiceGraph {
 impl IncrementalGraph {
     /// An empty cluster seen with `config`.
     pub fn new(config: ProxyConfig) -> Self {
-        let base = build_base(&config, None);
+        let base = build_base(&config, None, []);
         let families = base.families.keys().copied().collect();
         let graph = Arc::new(ServiceGraph {
             node: base.node,
@@ -199,6 +207,7 @@ impl IncrementalGraph {
             groups: BTreeMap::new(),
             slices: HashMap::new(),
             nodes: BTreeMap::new(),
+            service_cidrs: BTreeMap::new(),
             unnamed_services: 0,
             warnings: BTreeMap::new(),
             base_warnings: base.warnings,
@@ -376,6 +385,52 @@ impl IncrementalGraph {
         true
     }
 
+    /// Add or replace a ServiceCIDR. Returns whether anything changed.
+    /// Only the node-wide part is rebuilt: the service CIDRs of each
+    /// family (no Service reads them).
+    pub fn upsert_service_cidr(&mut self, cidr: Arc<ServiceCIDR>) -> bool {
+        let name = cidr.metadata.name.clone().unwrap_or_default();
+        if self
+            .service_cidrs
+            .get(&name)
+            .is_some_and(|old| same(old, &cidr))
+        {
+            return false;
+        }
+        self.service_cidrs.insert(name, cidr);
+        self.base_dirty = true;
+        true
+    }
+
+    /// Remove a ServiceCIDR. Returns whether it existed.
+    pub fn delete_service_cidr(&mut self, name: &str) -> bool {
+        if self.service_cidrs.remove(name).is_none() {
+            return false;
+        }
+        self.base_dirty = true;
+        true
+    }
+
+    /// Make the ServiceCIDRs the whole set. Returns how many changed.
+    pub fn replace_service_cidrs(&mut self, cidrs: Vec<Arc<ServiceCIDR>>) -> u64 {
+        let mut n = 0;
+        let mut keep: std::collections::BTreeSet<String> = Default::default();
+        for c in cidrs {
+            keep.insert(c.metadata.name.clone().unwrap_or_default());
+            n += u64::from(self.upsert_service_cidr(c));
+        }
+        let gone: Vec<String> = self
+            .service_cidrs
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
+        for name in gone {
+            n += u64::from(self.delete_service_cidr(&name));
+        }
+        n
+    }
+
     /// Make the Services the whole set: upsert each, delete the rest (for a
     /// relist). Returns how many changed.
     pub fn replace_services(&mut self, services: Vec<Arc<Service>>) -> u64 {
@@ -459,6 +514,8 @@ impl IncrementalGraph {
             self.replace_slices(objects.endpoint_slices.into_iter().map(Arc::new).collect());
         out.services = self.replace_services(objects.services.into_iter().map(Arc::new).collect());
         out.nodes = self.replace_nodes(objects.nodes.into_iter().map(Arc::new).collect());
+        out.service_cidrs =
+            self.replace_service_cidrs(objects.service_cidrs.into_iter().map(Arc::new).collect());
         out
     }
 
@@ -475,6 +532,7 @@ impl IncrementalGraph {
                 .collect(),
             endpoint_slices: slices.into_iter().map(|(_, s)| (**s).clone()).collect(),
             nodes: self.nodes.values().map(|n| (**n).clone()).collect(),
+            service_cidrs: self.service_cidrs.values().map(|c| (**c).clone()).collect(),
         }
     }
 
@@ -492,6 +550,7 @@ impl IncrementalGraph {
                     .map(|f| (*f, FamilyChanges::default()))
                     .collect(),
                 needs_full_sync: false,
+                service_cidrs_changed: false,
             };
             Update {
                 changes,
@@ -516,6 +575,7 @@ impl IncrementalGraph {
             let base = build_base(
                 &self.config,
                 self.nodes.get(&self.config.node_name).map(|n| &**n),
+                self.service_cidrs.values().map(|c| &**c),
             );
             if base.node.name != graph.node.name || base.node.zone != graph.node.zone {
                 // Endpoint selection reads the node's name and zone.
@@ -538,11 +598,12 @@ impl IncrementalGraph {
         }
         self.assemble_warnings(graph);
         self.graph = g;
-        let needs_full_sync = ChangeSet::between(&before, &header(&self.graph)).needs_full_sync;
+        let node_wide = ChangeSet::between(&before, &header(&self.graph));
         Update {
             changes: ChangeSet {
                 families,
-                needs_full_sync,
+                needs_full_sync: node_wide.needs_full_sync,
+                service_cidrs_changed: node_wide.service_cidrs_changed,
             },
             removed,
             rebuilt,
@@ -686,6 +747,7 @@ impl IncrementalGraph {
         let base = build_base(
             &self.config,
             self.nodes.get(&self.config.node_name).map(|n| &**n),
+            self.service_cidrs.values().map(|c| &**c),
         );
         self.families = base.families.keys().copied().collect();
         let mut graph = ServiceGraph {

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 
 use crate::changes::fingerprint;
 use crate::config::{DetectLocalMode, NodePortAddress, ProxyConfig, ProxyMode};
@@ -47,6 +48,9 @@ pub struct Objects {
     pub endpoint_slices: Vec<EndpointSlice>,
     /// Nodes (only the proxy's own is used).
     pub nodes: Vec<Node>,
+    /// `networking.k8s.io/v1` ServiceCIDRs: with the configured service
+    /// CIDRs, the ranges whose unallocated addresses nftables drops.
+    pub service_cidrs: Vec<ServiceCIDR>,
 }
 
 /// A whole input that could not be read.
@@ -81,10 +85,10 @@ fn object_name(v: &serde_json::Value) -> String {
 
 impl Objects {
     /// Read multi-document YAML or JSON: single objects, `kind: List`, and
-    /// the exact output of `kubectl get services,endpointslices,nodes -A -o
-    /// yaml`. Objects of other kinds are ignored; objects that do not match
-    /// their schema are skipped with a warning. `source_name` appears in
-    /// errors.
+    /// the exact output of `kubectl get
+    /// services,endpointslices,nodes,servicecidrs -A -o yaml`. Objects of
+    /// other kinds are ignored; objects that do not match their schema are
+    /// skipped with a warning. `source_name` appears in errors.
     pub fn add_yaml(&mut self, source_name: &str, text: &str) -> Result<Vec<Warning>, IntakeError> {
         // Large lists item by item (see `stream`); whatever that path does
         // not take, and every error, is read here as a whole.
@@ -127,7 +131,7 @@ impl Objects {
             .unwrap_or("")
             .to_string();
         match kind.as_str() {
-            "List" | "ServiceList" | "EndpointSliceList" | "NodeList" => {
+            "List" | "ServiceList" | "EndpointSliceList" | "NodeList" | "ServiceCIDRList" => {
                 let items = value
                     .as_object_mut()
                     .and_then(|o| o.remove("items"))
@@ -145,7 +149,7 @@ impl Objects {
                     }
                 }
             }
-            "Service" | "EndpointSlice" | "Node" => {
+            "Service" | "EndpointSlice" | "Node" | "ServiceCIDR" => {
                 let name = object_name(&value);
                 let (object_kind, result) = match kind.as_str() {
                     "Service" => (
@@ -156,6 +160,11 @@ impl Objects {
                         ObjectKind::EndpointSlice,
                         serde_json::from_value::<EndpointSlice>(value)
                             .map(|s| self.endpoint_slices.push(s)),
+                    ),
+                    "ServiceCIDR" => (
+                        ObjectKind::ServiceCidr,
+                        serde_json::from_value::<ServiceCIDR>(value)
+                            .map(|c| self.service_cidrs.push(c)),
                     ),
                     _ => (
                         ObjectKind::Node,
@@ -297,13 +306,24 @@ pub(crate) struct Base {
     pub(crate) warnings: Vec<Warning>,
 }
 
-/// Build the node-wide part from this node's Node object (if any).
-pub(crate) fn build_base(config: &ProxyConfig, node: Option<&Node>) -> Base {
+/// Build the node-wide part from this node's Node object (if any) and
+/// the ServiceCIDR objects.
+pub(crate) fn build_base<'a>(
+    config: &ProxyConfig,
+    node: Option<&Node>,
+    service_cidrs: impl IntoIterator<Item = &'a ServiceCIDR>,
+) -> Base {
     let mut cx = Ctx {
         config,
         warnings: Vec::new(),
     };
     let node = node_info(&mut cx, node);
+    let mut cidrs: Vec<IpNet> = config.service_cidrs.iter().map(IpNet::trunc).collect();
+    for sc in service_cidrs {
+        cidrs.extend(service_cidr_ranges(&mut cx, sc));
+    }
+    cidrs.sort();
+    cidrs.dedup();
     let mut families: BTreeMap<IpFamily, FamilyGraph> = BTreeMap::new();
     for family in &config.families {
         let mut fg = FamilyGraph::empty(*family);
@@ -317,8 +337,7 @@ pub(crate) fn build_base(config: &ProxyConfig, node: Option<&Node>) -> Base {
         let (np, localhost) = nodeport_ips(config, &node, *family);
         fg.nodeport_ips = np;
         fg.localhost_nodeports = localhost;
-        fg.service_cidrs = config
-            .service_cidrs
+        fg.service_cidrs = cidrs
             .iter()
             .filter(|c| IpFamily::of_net(c) == *family)
             .copied()
@@ -330,6 +349,29 @@ pub(crate) fn build_base(config: &ProxyConfig, node: Option<&Node>) -> Base {
         families,
         warnings: cx.warnings,
     }
+}
+
+/// The ranges of one ServiceCIDR: its `spec.cidrs`, as kube-proxy reads
+/// them (`ServiceCIDRConfig` takes the spec, whatever the status or a
+/// pending deletion says: a ServiceCIDR being deleted still holds its
+/// ClusterIPs until the API server removes it). An unparsable entry is
+/// skipped with a warning.
+fn service_cidr_ranges(cx: &mut Ctx<'_>, sc: &ServiceCIDR) -> Vec<IpNet> {
+    let name = sc.metadata.name.as_deref().unwrap_or("<unnamed>");
+    let mut out = Vec::new();
+    let entries = sc.spec.as_ref().and_then(|s| s.cidrs.as_ref());
+    for (i, c) in entries.into_iter().flatten().enumerate() {
+        match c.trim().parse::<IpNet>() {
+            Ok(n) => out.push(n.trunc()),
+            Err(_) => cx.warn(
+                ObjectKind::ServiceCidr,
+                name,
+                format!("spec.cidrs[{i}]"),
+                format!("{c:?} is not a CIDR, ignored"),
+            ),
+        }
+    }
+    out
 }
 
 /// The service ports (with fingerprints) and warnings one Service and its
@@ -414,7 +456,7 @@ impl ServiceGraph {
             node,
             mut families,
             mut warnings,
-        } = build_base(config, node_obj);
+        } = build_base(config, node_obj, &objects.service_cidrs);
         let enabled: Vec<IpFamily> = families.keys().copied().collect();
 
         // Every Service seen (proxied or not) has a group, so slices of

@@ -38,7 +38,7 @@ pub(crate) const BATCH_BYTES: usize = 256 * 1024;
 /// `None` for other kinds. Mirrors [`Objects::add_value`].
 fn list_item_kind(kind: &str) -> Option<&str> {
     match kind {
-        "List" | "ServiceList" | "EndpointSliceList" | "NodeList" => {
+        "List" | "ServiceList" | "EndpointSliceList" | "NodeList" | "ServiceCIDRList" => {
             Some(kind.strip_suffix("List").unwrap_or(""))
         }
         _ => None,
@@ -373,6 +373,7 @@ pub(crate) fn append(to: &mut Objects, from: &mut Objects) {
     move_to(&mut to.services, &mut from.services);
     move_to(&mut to.endpoint_slices, &mut from.endpoint_slices);
     move_to(&mut to.nodes, &mut from.nodes);
+    move_to(&mut to.service_cidrs, &mut from.service_cidrs);
 }
 
 /// A list's `items`, converted one by one as they are read.

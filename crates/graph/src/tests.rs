@@ -1021,3 +1021,140 @@ fn local_policies_everywhere_still_use_cluster_endpoints_for_short_circuits() {
     assert_eq!(sp.decisions.internal_policy_chain, TrafficPolicy::Local);
     assert_eq!(sp.decisions.external_policy_chain, TrafficPolicy::Local);
 }
+
+/// What `kubectl get servicecidrs -o yaml` prints (trimmed): a ServiceCIDR
+/// the API server made, one added later, and one being deleted.
+const SERVICE_CIDRS_YAML: &str = r#"apiVersion: v1
+items:
+- apiVersion: networking.k8s.io/v1
+  kind: ServiceCIDR
+  metadata:
+    creationTimestamp: "2026-11-01T10:00:00Z"
+    finalizers: [networking.k8s.io/service-cidr-finalizer]
+    name: kubernetes
+    resourceVersion: "197"
+    uid: 3d6fa37b-5e2d-4b43-a4c9-0f1fbc64b6a1
+  spec:
+    cidrs: [10.96.0.0/16, fd00:10:96::/112]
+  status:
+    conditions:
+    - lastTransitionTime: "2026-11-01T10:00:00Z"
+      message: Kubernetes Service CIDR is ready
+      reason: ""
+      status: "True"
+      type: Ready
+- apiVersion: networking.k8s.io/v1
+  kind: ServiceCIDR
+  metadata:
+    name: extra
+  spec:
+    cidrs: [10.100.0.0/16, not-a-cidr]
+- apiVersion: networking.k8s.io/v1
+  kind: ServiceCIDR
+  metadata:
+    deletionTimestamp: "2026-11-02T10:00:00Z"
+    finalizers: [networking.k8s.io/service-cidr-finalizer]
+    name: leaving
+  spec:
+    cidrs: [10.200.0.0/24]
+  status:
+    conditions:
+    - lastTransitionTime: "2026-11-02T10:00:00Z"
+      message: There are still IPAddresses referencing the ServiceCIDR
+      reason: OrphanIPAddress
+      status: "False"
+      type: Ready
+kind: List
+metadata:
+  resourceVersion: ""
+"#;
+
+fn family_cidrs(g: &ServiceGraph, f: IpFamily) -> Vec<String> {
+    g.family(f)
+        .map(|fg| fg.service_cidrs.iter().map(ToString::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// ServiceCIDR objects give each family its service CIDRs: every
+/// `spec.cidrs` entry, whatever the status or a pending deletion says
+/// (kube-proxy's ServiceCIDRConfig reads the spec of every object its
+/// informer holds), united with the configured ones, split by family.
+#[test]
+fn service_cidrs_from_objects_yaml_and_json() {
+    let (objects, warnings) = Objects::from_yaml("cidrs.yaml", SERVICE_CIDRS_YAML).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(objects.service_cidrs.len(), 3);
+    let mut config = cfg();
+    config.service_cidrs = vec![
+        "10.96.0.0/16".parse().unwrap(),
+        "172.30.0.0/16".parse().unwrap(),
+    ];
+    let g = ServiceGraph::build(&objects, &config);
+    assert_eq!(
+        family_cidrs(&g, IpFamily::V4),
+        [
+            "10.96.0.0/16",
+            "10.100.0.0/16",
+            "10.200.0.0/24",
+            "172.30.0.0/16"
+        ]
+    );
+    assert_eq!(family_cidrs(&g, IpFamily::V6), ["fd00:10:96::/112"]);
+    let bad: Vec<String> = g.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        bad,
+        [r#"ServiceCIDR extra: spec.cidrs[1]: "not-a-cidr" is not a CIDR, ignored"#]
+    );
+
+    // The same objects as kubectl's JSON (a ServiceCIDRList whose items
+    // carry no kind), and a single object.
+    let json = json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDRList",
+        "items": [
+            {"metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/16", "fd00:10:96::/112"]}},
+            {"metadata": {"name": "extra"}, "spec": {"cidrs": ["10.100.0.0/16"]}},
+        ]
+    })
+    .to_string();
+    let (objects, warnings) = Objects::from_yaml("cidrs.json", &json).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let g = ServiceGraph::build(&objects, &cfg());
+    assert_eq!(
+        family_cidrs(&g, IpFamily::V4),
+        ["10.96.0.0/16", "10.100.0.0/16"]
+    );
+    assert_eq!(family_cidrs(&g, IpFamily::V6), ["fd00:10:96::/112"]);
+    let single = r#"{"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": "only"}, "spec": {"cidrs": ["fd00:1::/64"]}}"#;
+    let (objects, _) = Objects::from_yaml("one.json", single).unwrap();
+    let g = ServiceGraph::build(&objects, &cfg());
+    assert!(family_cidrs(&g, IpFamily::V4).is_empty());
+    assert_eq!(family_cidrs(&g, IpFamily::V6), ["fd00:1::/64"]);
+
+    // A ServiceCIDR that does not match the schema is skipped, named.
+    let (objects, warnings) = Objects::from_yaml(
+        "bad.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {name: broken}\nspec: {cidrs: 7}\n",
+    )
+    .unwrap();
+    assert!(objects.service_cidrs.is_empty());
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].kind, ObjectKind::ServiceCidr);
+    assert_eq!(warnings[0].object, "broken");
+}
+
+/// A change of the service CIDRs alone is no reason for a full sync; the
+/// change set says it.
+#[test]
+fn service_cidr_changes_need_no_full_sync() {
+    let (objects, _) = Objects::from_yaml("cidrs.yaml", SERVICE_CIDRS_YAML).unwrap();
+    let g1 = ServiceGraph::build(&Objects::default(), &cfg());
+    let g2 = ServiceGraph::build(&objects, &cfg());
+    let c = ChangeSet::between(&g1, &g2);
+    assert!(
+        c.service_cidrs_changed && !c.needs_full_sync && !c.is_empty(),
+        "{c:?}"
+    );
+    let c = ChangeSet::between(&g2, &g2.clone());
+    assert!(!c.service_cidrs_changed && c.is_empty(), "{c:?}");
+}

@@ -11,6 +11,8 @@ pub enum ObjectKind {
     EndpointSlice,
     /// A Node.
     Node,
+    /// A `networking.k8s.io/v1` ServiceCIDR.
+    ServiceCidr,
     /// A document in an input file that is not one of the above.
     Document,
 }
@@ -21,6 +23,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Service => "Service",
             ObjectKind::EndpointSlice => "EndpointSlice",
             ObjectKind::Node => "Node",
+            ObjectKind::ServiceCidr => "ServiceCIDR",
             ObjectKind::Document => "document",
         })
     }

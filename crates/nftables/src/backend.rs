@@ -744,7 +744,14 @@ impl Backend for NftablesBackend {
             // A dry run applies nothing, so there is no kernel state to
             // diff against: every dry-run sync checks a full load.
             Some(c) if self.state.is_some() && !c.needs_full_sync && !self.dry_run => {
-                self.incremental_sync(graph, c, None)
+                // Changed service CIDRs: the new skeletons, whose diff is
+                // element updates of the `service-cidrs` set.
+                let skeletons = if c.service_cidrs_changed {
+                    Some(generate::skeletons(graph))
+                } else {
+                    None
+                };
+                self.incremental_sync(graph, c, skeletons.as_deref())
             }
             _ => self.full_sync(graph),
         }

@@ -46,6 +46,9 @@ pub mod sets {
     pub const CLUSTER_IPS: &str = "cluster-ips";
     /// Addresses that accept NodePorts (set).
     pub const NODEPORT_IPS: &str = "nodeport-ips";
+    /// The service CIDRs (interval set), whose unallocated addresses are
+    /// dropped; declared only when the family has service CIDRs.
+    pub const SERVICE_CIDRS: &str = "service-cidrs";
     /// VIP . proto . port → verdict (ClusterIPs, ExternalIPs, LB IPs).
     pub const SERVICE_IPS: &str = "service-ips";
     /// proto . port → verdict (NodePorts).
@@ -463,6 +466,7 @@ fn skeleton_set_name(name: &str) -> Option<&'static str> {
     [
         sets::CLUSTER_IPS,
         sets::NODEPORT_IPS,
+        sets::SERVICE_CIDRS,
         sets::SERVICE_IPS,
         sets::SERVICE_NODEPORTS,
         sets::NO_ENDPOINT_SERVICES,
@@ -589,6 +593,25 @@ pub fn generate_families(graph: &ServiceGraph) -> Result<Vec<(Family, FamilyRule
         out.push((nft_family(fam), generate_family(graph, fg)?));
     }
     Ok(out)
+}
+
+/// Every family's skeleton alone (the node-wide part: no service port),
+/// for an incremental sync of node-wide sets such as the service CIDRs.
+pub fn skeletons(graph: &ServiceGraph) -> Vec<(Family, Table)> {
+    IpFamily::ALL
+        .into_iter()
+        .map(|fam| {
+            let empty;
+            let fg = match graph.family(fam) {
+                Some(fg) => fg,
+                None => {
+                    empty = FamilyGraph::empty(fam);
+                    &empty
+                }
+            };
+            (nft_family(fam), skeleton(&Ctx::new(graph, fg)))
+        })
+        .collect()
 }
 
 /// Generation context for one family.
@@ -856,16 +879,25 @@ fn skeleton(ctx: &Ctx) -> Table {
         format!("{d} @{} reject", sets::CLUSTER_IPS),
         "Reject traffic to invalid ports of ClusterIPs",
     )];
-    if !ctx.fg.service_cidrs.is_empty() {
-        let cidrs: Vec<String> = disjoint_cidrs(ctx.fg.service_cidrs.clone())
-            .iter()
-            .map(|c| c.to_string())
-            .collect();
+    // kube-proxy writes the CIDRs inline (`ip daddr { ... } drop`) and
+    // rewrites the chain every sync; a named set lets a ServiceCIDR change
+    // be an element update.
+    let service_cidrs = (!ctx.fg.service_cidrs.is_empty()).then(|| {
+        let mut set = plain_set(
+            sets::SERVICE_CIDRS,
+            a.to_string(),
+            "Service CIDRs: unallocated ClusterIPs are dropped",
+        );
+        set.flags = vec!["interval"];
+        for c in disjoint_cidrs(ctx.fg.service_cidrs.clone()) {
+            set.elements.insert(c.to_string(), Element::default());
+        }
         cip.push(Rule::commented(
-            format!("{d} {{ {} }} drop", cidrs.join(", ")),
+            format!("{d} @{} drop", sets::SERVICE_CIDRS),
             "Drop traffic to unallocated ClusterIPs",
         ));
-    }
+        set
+    });
     add(Chain::new("cluster-ips-check", cip));
     add(Chain::new("reject-chain", vec![Rule::new("reject")]));
 
@@ -941,6 +973,7 @@ fn skeleton(ctx: &Ctx) -> Table {
             sets_[1].elements.insert(ip.to_string(), Element::default());
         }
     }
+    sets_.extend(service_cidrs);
     for s in sets_ {
         t.sets.insert(s.name.clone(), s);
     }

@@ -228,4 +228,68 @@ mod tests {
         assert_eq!(src.take_objects().map(|o| o.services.len()), Some(1));
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// ServiceCIDR objects in the files (YAML and JSON) reach the graph,
+    /// and their changes are service-CIDR changes, not full syncs.
+    #[test]
+    fn service_cidrs_are_read_and_followed() {
+        use kproxy_graph::{IncrementalGraph, IpFamily, ProxyConfig};
+
+        let dir = std::env::temp_dir().join(format!("kproxy-filesrc-cidr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let yaml = dir.join("a.yaml");
+        let json = dir.join("b.json");
+        std::fs::write(
+            &yaml,
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: n}\nspec:\n  clusterIP: 10.96.0.1\n  ports: [{port: 80}]\n---\napiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {name: kubernetes}\nspec: {cidrs: [10.96.0.0/16, 'fd00:96::/112']}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &json,
+            r#"{"apiVersion": "v1", "kind": "List", "items": [{"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR", "metadata": {"name": "extra"}, "spec": {"cidrs": ["10.100.0.0/16"]}}]}"#,
+        )
+        .unwrap();
+        let mut source = super::super::Source::File(FileSource::new(dir.clone()));
+        let super::super::Source::File(src) = &mut source else {
+            unreachable!()
+        };
+        assert!(src.reload().unwrap());
+        let mut graph = IncrementalGraph::new(ProxyConfig {
+            node_name: "n".into(),
+            ..Default::default()
+        });
+        let applied = source.drain_into(&mut graph);
+        assert_eq!(applied.service_cidrs, 2);
+        graph.update();
+        let cidrs = |g: &IncrementalGraph, f: IpFamily| -> Vec<String> {
+            g.graph().families[&f]
+                .service_cidrs
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(
+            cidrs(&graph, IpFamily::V4),
+            ["10.96.0.0/16", "10.100.0.0/16"]
+        );
+        assert_eq!(cidrs(&graph, IpFamily::V6), ["fd00:96::/112"]);
+
+        // The JSON file's ServiceCIDR goes.
+        std::fs::write(
+            &json,
+            r#"{"apiVersion": "v1", "kind": "List", "items": []}"#,
+        )
+        .unwrap();
+        let super::super::Source::File(src) = &mut source else {
+            unreachable!()
+        };
+        assert!(src.reload().unwrap());
+        let applied = source.drain_into(&mut graph);
+        assert_eq!((applied.services, applied.service_cidrs), (0, 1));
+        let up = graph.update();
+        assert!(up.changes.service_cidrs_changed && !up.changes.needs_full_sync);
+        assert_eq!(up.rebuilt, 0);
+        assert_eq!(cidrs(&graph, IpFamily::V4), ["10.96.0.0/16"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

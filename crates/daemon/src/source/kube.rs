@@ -2,16 +2,19 @@
 //!
 //! [`KubeSource`] runs one kube-runtime watcher per kind, each feeding a
 //! reflector store: Services and EndpointSlices with the label selectors
-//! kube-proxy uses, and this node's Node by the field selector
-//! `metadata.name=NODE`. The watchers list, then watch from the list's
+//! kube-proxy uses, this node's Node by the field selector
+//! `metadata.name=NODE`, and every `networking.k8s.io/v1` ServiceCIDR. The watchers list, then watch from the list's
 //! resourceVersion; on 410 Gone they list again at once (the store keeps
 //! the old state until the new list is complete, so a relist never shows
 //! a half-empty cluster), and on other errors they wait as [`backoff`]
 //! says: exponential with jitter up to 30 s, not reset by a relist, with a
 //! just-started API server's transient 403s retried quietly.
-//! [`KubeSource::changed`] first resolves once every initial list is
-//! complete, so the first sync never sees, say, Services without their
-//! EndpointSlices.
+//! [`KubeSource::changed`] first resolves once the Service, EndpointSlice
+//! and Node lists are complete, so the first sync never sees, say, Services
+//! without their EndpointSlices, and the ServiceCIDR list too unless it
+//! failed: kube-proxy's proxier does not wait for ServiceCIDRs at all, and a
+//! cluster or a role without them must still get its Services (the drop
+//! rule follows when their list arrives).
 //!
 //! A watcher's error is shown (in [`KubeSource::errors`] and through the
 //! [`ErrorSink`] the daemon passes, which feeds `/status` and the metrics)
@@ -36,6 +39,7 @@ use anyhow::Context as _;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kproxy_graph::incremental::Applied;
 use kproxy_graph::intake::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
@@ -96,9 +100,12 @@ pub struct RateLimit {
 const SERVICES: usize = 0;
 const SLICES: usize = 1;
 const NODES: usize = 2;
+const SERVICE_CIDRS: usize = 3;
 /// The kind each watcher watches, by index.
-const KINDS: [&str; 3] = ["Service", "EndpointSlice", "Node"];
+const KINDS: [&str; 4] = ["Service", "EndpointSlice", "Node", "ServiceCIDR"];
 const WATCHERS: usize = KINDS.len();
+/// The watchers whose first list the first sync always waits for.
+const REQUIRED: [usize; 3] = [SERVICES, SLICES, NODES];
 
 /// Progress of the watchers, shared with [`KubeSource::changed`].
 #[derive(Debug, Clone, Default)]
@@ -199,11 +206,13 @@ fn errors_of(s: &Status) -> Vec<String> {
         .collect()
 }
 
-/// The API source of Services, EndpointSlices and this Node.
+/// The API server as a source of Services, EndpointSlices, this Node and
+/// ServiceCIDRs.
 pub struct KubeSource {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
+    service_cidrs: Store<ServiceCIDR>,
     status: watch::Receiver<Status>,
     shared: Arc<Watchers>,
     seen: u64,
@@ -400,21 +409,28 @@ impl KubeSource {
             shared.clone(),
         );
         let (nodes, t3) = spawn_watcher(
-            Api::<Node>::all(client),
+            Api::<Node>::all(client.clone()),
             watcher::Config::default().fields(&format!("metadata.name={}", opts.node_name)),
             NODES,
+            shared.clone(),
+        );
+        let (service_cidrs, t4) = spawn_watcher(
+            Api::<ServiceCIDR>::all(client),
+            watcher::Config::default(),
+            SERVICE_CIDRS,
             shared.clone(),
         );
         Ok(KubeSource {
             services,
             slices,
             nodes,
+            service_cidrs,
             status,
             shared,
             seen: 0,
             node_name: opts.node_name,
             proxy_name: opts.proxy_name,
-            tasks: vec![t1, t2, t3],
+            tasks: vec![t1, t2, t3, t4],
             #[cfg(test)]
             mirror: None,
         })
@@ -427,9 +443,7 @@ impl KubeSource {
         let generation = {
             let status = self
                 .status
-                .wait_for(|s| {
-                    s.ended.is_some() || (s.ready.iter().all(|r| *r) && s.generation != seen)
-                })
+                .wait_for(|s| s.ended.is_some() || (sync_ready(s) && s.generation != seen))
                 .await
                 .context("the API watchers stopped")?;
             if let Some(ended) = &status.ended {
@@ -514,6 +528,16 @@ impl KubeSource {
                 });
             }
         }
+        if pending.all[SERVICE_CIDRS] {
+            out.service_cidrs += graph.replace_service_cidrs(self.service_cidrs.state());
+        } else {
+            for (_, name) in &pending.keys[SERVICE_CIDRS] {
+                out.service_cidrs += u64::from(match self.service_cidrs.get(&objref("", name)) {
+                    Some(c) => graph.upsert_service_cidr(c),
+                    None => graph.delete_service_cidr(name),
+                });
+            }
+        }
         out
     }
 
@@ -544,17 +568,25 @@ impl KubeSource {
             .filter(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()))
             .map(|n| (**n).clone())
             .collect();
+        let mut service_cidrs: Vec<ServiceCIDR> = self
+            .service_cidrs
+            .state()
+            .iter()
+            .map(|c| (**c).clone())
+            .collect();
+        service_cidrs.sort_by_key(|c| sort_key(&c.metadata));
         Objects {
             services,
             endpoint_slices,
             nodes,
+            service_cidrs,
         }
     }
 
-    /// Whether every initial list completed.
+    /// Whether the initial lists the first sync waits for completed.
     #[allow(dead_code, reason = "part of the source's interface; the tests use it")]
     pub fn synced(&self) -> bool {
-        self.status.borrow().ready.iter().all(|r| *r)
+        sync_ready(&self.status.borrow())
     }
 
     /// The watchers' current errors (empty while the API server answers),
@@ -571,6 +603,14 @@ impl Drop for KubeSource {
             task.abort();
         }
     }
+}
+
+/// Whether the first sync can go: the required lists are complete, and
+/// the ServiceCIDR list is complete or failed (a role without the grant,
+/// an API server without the API: the Services do not wait for it).
+fn sync_ready(s: &Status) -> bool {
+    REQUIRED.iter().all(|i| s.ready[*i])
+        && (s.ready[SERVICE_CIDRS] || s.errors[SERVICE_CIDRS].is_some())
 }
 
 /// The store's key of an object.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kproxy_testkit::Rng;
 
 use super::*;
@@ -22,6 +23,7 @@ struct Truth {
     services: BTreeMap<(String, String), Service>,
     slices: BTreeMap<(String, String), EndpointSlice>,
     nodes: BTreeMap<String, Node>,
+    service_cidrs: BTreeMap<String, ServiceCIDR>,
 }
 
 impl Truth {
@@ -30,7 +32,36 @@ impl Truth {
             services: self.services.values().cloned().collect(),
             endpoint_slices: self.slices.values().cloned().collect(),
             nodes: self.nodes.values().cloned().collect(),
+            service_cidrs: self.service_cidrs.values().cloned().collect(),
         }
+    }
+}
+
+/// A ServiceCIDR named `name` with a random choice of ranges, some of
+/// them overlapping, not truncated or not CIDRs at all.
+fn random_service_cidr(rng: &mut Rng, name: &str) -> ServiceCIDR {
+    let mut cidrs = Vec::new();
+    for _ in 0..rng.below(3) {
+        cidrs.push(
+            rng.pick(&[
+                "10.96.0.0/16",
+                "10.100.0.0/16",
+                "10.96.0.0/12",
+                "10.96.0.1/16",
+                "fd00:96::/112",
+                "fd00:100::/64",
+                "not-a-cidr",
+            ])
+            .to_string(),
+        );
+    }
+    ServiceCIDR {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        spec: Some(k8s_openapi::api::networking::v1::ServiceCIDRSpec { cidrs: Some(cidrs) }),
+        status: None,
     }
 }
 
@@ -72,6 +103,7 @@ fn pool() -> Vec<(String, Objects)> {
             o.services.retain(|s| s.metadata.name.is_some());
             o.endpoint_slices.retain(|s| s.metadata.name.is_some());
             o.nodes.retain(|n| n.metadata.name.is_some());
+            o.service_cidrs.retain(|c| c.metadata.name.is_some());
             (name, o)
         })
         .collect()
@@ -311,7 +343,8 @@ fn run_sequence(
     initial.extend(std::iter::repeat_n(0, objects.services.len()));
     initial.extend(std::iter::repeat_n(1, objects.endpoint_slices.len()));
     initial.extend(std::iter::repeat_n(2, objects.nodes.len()));
-    let (mut si, mut ei, mut ni) = (0, 0, 0);
+    initial.extend(std::iter::repeat_n(3, objects.service_cidrs.len()));
+    let (mut si, mut ei, mut ni, mut ci) = (0, 0, 0, 0);
     let mut order: Vec<u8> = Vec::new();
     while !initial.is_empty() {
         order.push(initial.swap_remove(rng.index(initial.len())));
@@ -341,13 +374,21 @@ fn run_sequence(
                         truth.slices.insert(key(&s.metadata), s.clone());
                         inc.upsert_slice(Arc::new(s));
                     }
-                    _ => {
+                    2 => {
                         let n = objects.nodes[ni].clone();
                         ni += 1;
                         truth
                             .nodes
                             .insert(n.metadata.name.clone().unwrap_or_default(), n.clone());
                         inc.upsert_node(Arc::new(n));
+                    }
+                    _ => {
+                        let c = objects.service_cidrs[ci].clone();
+                        ci += 1;
+                        truth
+                            .service_cidrs
+                            .insert(c.metadata.name.clone().unwrap_or_default(), c.clone());
+                        inc.upsert_service_cidr(Arc::new(c));
                     }
                 }
                 break;
@@ -401,7 +442,23 @@ fn run_sequence(
                         assert!(inc.delete_slice(&k.0, &k.1), "{ctx}: delete slice {k:?}");
                     }
                 }
-                85..92 => {
+                85..89 => {
+                    // ServiceCIDRs come, change and go.
+                    let name = *rng.pick(&["kubernetes", "extra", "third"]);
+                    if rng.chance(30) {
+                        let existed = truth.service_cidrs.remove(name).is_some();
+                        assert_eq!(
+                            inc.delete_service_cidr(name),
+                            existed,
+                            "{ctx}: delete {name}"
+                        );
+                    } else {
+                        let c = random_service_cidr(&mut rng, name);
+                        truth.service_cidrs.insert(name.to_string(), c.clone());
+                        inc.upsert_service_cidr(Arc::new(c));
+                    }
+                }
+                89..92 => {
                     if rng.chance(20) {
                         truth.nodes.remove(&node_name);
                         inc.delete_node(&node_name);
@@ -514,4 +571,70 @@ fn unchanged_objects_are_not_changes_and_ports_are_reused() {
     assert!(!up.full_rebuild && !up.changes.needs_full_sync);
     let changed: usize = up.changes.families.values().map(|c| c.changed.len()).sum();
     assert!(changed >= 1, "{:?}", up.changes);
+}
+
+#[test]
+fn a_service_cidr_change_updates_only_the_service_cidrs() {
+    let pool = pool();
+    let (name, objects) = pool
+        .iter()
+        .find(|(n, _)| n == "cluster-ip-general")
+        .unwrap();
+    let mut config = fixture_config(name, ProxyMode::Nftables);
+    config.service_cidrs = vec!["10.96.0.0/16".parse().unwrap()];
+    let mut inc = IncrementalGraph::new(config.clone());
+    let mut objects = objects.clone();
+    objects.service_cidrs.clear();
+    inc.replace_all(objects.clone());
+    inc.update();
+    let mut truth = objects.clone();
+    let cidrs = |g: &ServiceGraph, f: IpFamily| -> Vec<String> {
+        g.family(f)
+            .map(|fg| fg.service_cidrs.iter().map(ToString::to_string).collect())
+            .unwrap_or_default()
+    };
+
+    // Added: the union with the flag, per family.
+    let mut rng = Rng(7);
+    let mut c = random_service_cidr(&mut rng, "kubernetes");
+    c.spec = Some(k8s_openapi::api::networking::v1::ServiceCIDRSpec {
+        cidrs: Some(vec![
+            "10.96.0.0/16".into(),
+            "10.100.0.1/16".into(),
+            "fd00:96::/112".into(),
+        ]),
+    });
+    truth.service_cidrs.push(c.clone());
+    let before = (**inc.graph()).clone();
+    assert!(inc.upsert_service_cidr(Arc::new(c.clone())));
+    assert!(
+        !inc.upsert_service_cidr(Arc::new(c)),
+        "the same object again"
+    );
+    let up = inc.update();
+    let full = ServiceGraph::build(&truth, &config);
+    assert_eq!(**inc.graph(), full);
+    assert_eq!(
+        cidrs(&full, IpFamily::V4),
+        ["10.96.0.0/16", "10.100.0.0/16"]
+    );
+    assert_eq!(cidrs(&full, IpFamily::V6), ["fd00:96::/112"]);
+    assert_eq!(up.changes, ChangeSet::between(&before, &full));
+    assert!(up.changes.service_cidrs_changed && !up.changes.needs_full_sync);
+    assert_eq!(up.rebuilt, 0, "no Service is rebuilt");
+    assert!(up.changes.families.values().all(|fc| fc.is_empty()));
+
+    // Removed: back to the flag's CIDR alone.
+    truth.service_cidrs.clear();
+    let before = (**inc.graph()).clone();
+    assert!(inc.delete_service_cidr("kubernetes"));
+    assert!(!inc.delete_service_cidr("kubernetes"));
+    let up = inc.update();
+    let full = ServiceGraph::build(&truth, &config);
+    assert_eq!(**inc.graph(), full);
+    assert_eq!(cidrs(&full, IpFamily::V4), ["10.96.0.0/16"]);
+    assert!(cidrs(&full, IpFamily::V6).is_empty());
+    assert_eq!(up.changes, ChangeSet::between(&before, &full));
+    assert!(up.changes.service_cidrs_changed && !up.changes.needs_full_sync);
+    assert_eq!(up.rebuilt, 0);
 }

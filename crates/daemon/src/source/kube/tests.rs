@@ -287,12 +287,13 @@ async fn initial_sync_uses_kube_proxy_selectors() {
                 && r.contains("fieldSelector=metadata.name=test-node")),
         "no node request by field selector in {requests:#?}"
     );
-    // Only list and watch on the three collections, as deploy/rbac.yaml
+    // Only list and watch on the four collections, as deploy/rbac.yaml
     // grants: no single-object GETs, nothing else.
     let allowed = [
         "GET /api/v1/services?",
         "GET /apis/discovery.k8s.io/v1/endpointslices?",
         "GET /api/v1/nodes?",
+        "GET /apis/networking.k8s.io/v1/servicecidrs?",
     ];
     for r in &requests {
         assert!(
@@ -791,7 +792,7 @@ async fn backoff_grows_while_the_api_server_is_down_before_the_first_list() {
     let (mut src, told) = source_with_sink(&h).await;
     let started = tokio::time::Instant::now();
     // The errors are reported as they happen, before any list completed.
-    while told.lock().unwrap().as_ref().is_none_or(|e| e.len() < 3) {
+    while told.lock().unwrap().as_ref().is_none_or(|e| e.len() < 4) {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "the sink was not told about the failing lists: {:?}",
@@ -799,10 +800,10 @@ async fn backoff_grows_while_the_api_server_is_down_before_the_first_list() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(src.errors().len(), 3, "{:?}", src.errors());
+    assert_eq!(src.errors().len(), 4, "{:?}", src.errors());
     assert!(!src.synced());
     tokio::time::sleep(WINDOW.saturating_sub(started.elapsed())).await;
-    let counts: Vec<(&str, usize)> = ["services", "endpointslices", "nodes"]
+    let counts: Vec<(&str, usize)> = ["services", "endpointslices", "nodes", "servicecidrs"]
         .into_iter()
         .map(|r| (r, requests_of(&h, 0, r)))
         .collect();
@@ -840,14 +841,14 @@ async fn catches_up_within_the_cap_after_an_outage_ending_in_403_and_410() {
     base(&h);
     let mut src = h.source(None).await;
     wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
-    assert!(h.emu.wait_for_watches(3, Duration::from_secs(10)).await);
+    assert!(h.emu.wait_for_watches(4, Duration::from_secs(10)).await);
 
     // A long outage: every watcher's delay grows to the cap.
     h.emu.unavailable_for(Duration::from_secs(600));
     h.emu.hang_up_watches();
     h.all_watches_closed().await;
     tokio::time::sleep(Duration::from_secs(35)).await;
-    assert_eq!(src.errors().len(), 3, "{:?}", src.errors());
+    assert_eq!(src.errors().len(), 4, "{:?}", src.errors());
     // A new API server: its authorizer answers 403 for a few seconds,
     // and its watch cache does not reach back to the watchers'
     // resourceVersions (410 on resume), so they must list again.
@@ -876,7 +877,7 @@ async fn catches_up_within_the_cap_after_an_outage_ending_in_403_and_410() {
     // others, if their next try already came).
     let log = h.emu.timed_requests();
     let forbidden_until = back.into_std() + Duration::from_secs(3);
-    for resource in ["endpointslices", "services", "nodes"] {
+    for resource in ["endpointslices", "services", "nodes", "servicecidrs"] {
         let of = |(t, r): &&(std::time::Instant, String)| {
             *t >= forbidden_until && r.contains(&format!("/{resource}?"))
         };
@@ -905,7 +906,7 @@ async fn a_transient_403_does_not_escalate_the_backoff() {
     base(&h);
     let mut src = h.source(None).await;
     wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
-    assert!(h.emu.wait_for_watches(3, Duration::from_secs(10)).await);
+    assert!(h.emu.wait_for_watches(4, Duration::from_secs(10)).await);
     // A restarted API server whose authorizer is still loading RBAC.
     let before = h.emu.requests().len();
     h.emu.forbid_for(FORBIDDEN);
@@ -941,12 +942,12 @@ async fn an_error_lasts_until_the_api_server_answers_again() {
     base(&h);
     let (mut src, told) = source_with_sink(&h).await;
     wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
-    assert!(h.emu.wait_for_watches(3, Duration::from_secs(10)).await);
+    assert!(h.emu.wait_for_watches(4, Duration::from_secs(10)).await);
     let lists = h.lists("services");
     h.emu.unavailable_for(Duration::from_secs(600));
     h.emu.hang_up_watches();
     let end = tokio::time::Instant::now() + Duration::from_secs(10);
-    while src.errors().len() < 3 {
+    while src.errors().len() < 4 {
         assert!(tokio::time::Instant::now() < end, "{:?}", src.errors());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -981,8 +982,8 @@ async fn client_connection_qps_and_burst_pace_requests() {
     .await
     .expect("kube source starts");
     wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
-    assert!(h.emu.wait_for_watches(3, Duration::from_secs(10)).await);
-    // Three lists and three watches, one token each: the sixth request
+    assert!(h.emu.wait_for_watches(4, Duration::from_secs(10)).await);
+    // Four lists and four watches, one token each: the sixth request
     // cannot come before 5 / 4 s after the first.
     let times: Vec<std::time::Instant> = h
         .emu
@@ -998,4 +999,166 @@ async fn client_connection_qps_and_burst_pace_requests() {
         spread >= Duration::from_millis(1200),
         "six requests within {spread:?}: not rate limited"
     );
+}
+
+fn service_cidr(name: &str, cidrs: &[&str]) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": name},
+        "spec": {"cidrs": cidrs},
+        "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "",
+            "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+    })
+}
+
+/// The snapshot's ServiceCIDRs as `name=cidr,cidr`.
+fn cidr_summary(o: &Objects) -> Vec<String> {
+    o.service_cidrs
+        .iter()
+        .map(|c| {
+            let cidrs = c
+                .spec
+                .as_ref()
+                .and_then(|s| s.cidrs.clone())
+                .unwrap_or_default();
+            format!(
+                "{}={}",
+                c.metadata.name.clone().unwrap_or_default(),
+                cidrs.join(",")
+            )
+        })
+        .collect()
+}
+
+/// Waits until the snapshot's ServiceCIDRs are `want`; then the drained
+/// changes must give the graph's service CIDRs `v4` and `v6`.
+async fn wait_for_cidrs(src: &mut KubeSource, want: &[&str], v4: &[&str], v6: &[&str]) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !(src.synced() && cidr_summary(&src.snapshot()) == want) {
+        let left = end.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, src.changed()).await {
+            Ok(r) => r.expect("changed() succeeds"),
+            Err(_) => panic!(
+                "timed out waiting for ServiceCIDRs {want:?}; the source has {:?} (errors {:?})",
+                cidr_summary(&src.snapshot()),
+                src.errors()
+            ),
+        }
+    }
+    check_feed(src);
+    let graph = src
+        .mirror
+        .as_ref()
+        .expect("check_feed keeps the graph")
+        .graph();
+    for (family, want) in [
+        (kproxy_graph::IpFamily::V4, v4),
+        (kproxy_graph::IpFamily::V6, v6),
+    ] {
+        let got: Vec<String> = graph
+            .family(family)
+            .expect("both families")
+            .service_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(got, want, "{family} service CIDRs");
+    }
+}
+
+#[tokio::test]
+async fn service_cidrs_are_watched() {
+    let h = harness("servicecidrs").await;
+    base(&h);
+    h.apply(service_cidr(
+        "kubernetes",
+        &["10.96.0.0/16", "fd00:96::/112"],
+    ));
+    // A slow ServiceCIDR list: the first sync still has them, it waits
+    // for their list (as the list succeeds).
+    h.emu
+        .delay_matching("/servicecidrs", Duration::from_millis(1500));
+    let mut src = h.source(None).await;
+    tokio::time::timeout(Duration::from_secs(20), src.changed())
+        .await
+        .expect("initial sync within 20 s")
+        .expect("changed() succeeds");
+    assert_eq!(
+        cidr_summary(&src.snapshot()),
+        ["kubernetes=10.96.0.0/16,fd00:96::/112"]
+    );
+    h.emu.delay_matching("/servicecidrs", Duration::ZERO);
+    wait_for_cidrs(
+        &mut src,
+        &["kubernetes=10.96.0.0/16,fd00:96::/112"],
+        &["10.96.0.0/16"],
+        &["fd00:96::/112"],
+    )
+    .await;
+    assert!(
+        h.emu
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("GET /apis/networking.k8s.io/v1/servicecidrs?")),
+        "no ServiceCIDR list: {:#?}",
+        h.emu.requests()
+    );
+
+    // Added at run time.
+    h.apply(service_cidr("extra", &["10.100.0.0/16"]));
+    wait_for_cidrs(
+        &mut src,
+        &[
+            "extra=10.100.0.0/16",
+            "kubernetes=10.96.0.0/16,fd00:96::/112",
+        ],
+        &["10.96.0.0/16", "10.100.0.0/16"],
+        &["fd00:96::/112"],
+    )
+    .await;
+    // Changed.
+    h.apply(service_cidr("extra", &["10.100.0.0/16", "fd00:100::/112"]));
+    wait_for_cidrs(
+        &mut src,
+        &[
+            "extra=10.100.0.0/16,fd00:100::/112",
+            "kubernetes=10.96.0.0/16,fd00:96::/112",
+        ],
+        &["10.96.0.0/16", "10.100.0.0/16"],
+        &["fd00:96::/112", "fd00:100::/112"],
+    )
+    .await;
+    // Deleted.
+    h.emu
+        .delete(Kind::ServiceCidr, "", "extra")
+        .expect("deleted");
+    wait_for_cidrs(
+        &mut src,
+        &["kubernetes=10.96.0.0/16,fd00:96::/112"],
+        &["10.96.0.0/16"],
+        &["fd00:96::/112"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn first_sync_does_not_wait_for_a_failing_service_cidr_list() {
+    let h = harness("servicecidrs-late").await;
+    base(&h);
+    h.apply(service_cidr("kubernetes", &["10.96.0.0/16"]));
+    // A role without the ServiceCIDR grant, or an API server without the
+    // API: the Services are still served.
+    h.emu
+        .fail_matching_for("/servicecidrs", Duration::from_secs(600));
+    let mut src = h.source(None).await;
+    wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
+    assert!(src.snapshot().service_cidrs.is_empty());
+    h.emu.recover();
+    wait_for_cidrs(
+        &mut src,
+        &["kubernetes=10.96.0.0/16"],
+        &["10.96.0.0/16"],
+        &[],
+    )
+    .await;
 }
