@@ -1,9 +1,14 @@
-//! Prometheus metrics: kube-proxy's `kubeproxy_*` names and labels
-//! (reference §3.2), so existing dashboards and alerts keep working, plus
-//! kproxy's own `kproxy_*`.
+//! Prometheus metrics: kube-proxy 1.36's `kubeproxy_*` families with its
+//! types, label names and buckets, registered per mode as kube-proxy does
+//! (`pkg/proxy/metrics` `RegisterMetrics`), so existing dashboards and
+//! alerts keep working; plus kproxy's own `kproxy_*`. The differences that
+//! remain are listed in docs/operations.md ("Known differences from
+//! kube-proxy") and checked by tests/metrics.rs against recorded
+//! kube-proxy 1.36 expositions.
 
 use std::sync::atomic::AtomicU64;
 
+use kproxy_graph::{BackendKind, IpFamily};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -11,10 +16,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// `{table}`.
+/// `{ip_family, table}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableLabel {
-    /// The iptables table (kproxy reports the total as `all`).
+    /// `IPv4` or `IPv6`.
+    pub ip_family: String,
+    /// The iptables table.
     pub table: String,
 }
 
@@ -25,9 +32,11 @@ pub struct CodeLabel {
     pub code: String,
 }
 
-/// `{traffic_policy}`.
+/// `{ip_family, traffic_policy}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabel {
+    /// `IPv4` or `IPv6`.
+    pub ip_family: String,
     /// `internal` or `external`.
     pub traffic_policy: String,
 }
@@ -46,6 +55,15 @@ pub struct FamilyLabel {
     pub ip_family: String,
 }
 
+impl FamilyLabel {
+    /// The label of `family`, spelled as kube-proxy (`v1.IPFamily`).
+    pub fn of(family: IpFamily) -> Self {
+        FamilyLabel {
+            ip_family: family.as_k8s_str().into(),
+        }
+    }
+}
+
 /// `{sync}`: `full` or `partial`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SyncLabel {
@@ -54,22 +72,45 @@ pub struct SyncLabel {
 }
 
 type FGauge = Gauge<f64, AtomicU64>;
+/// A histogram per IP family, all with the same buckets.
+pub type FamilyHistogram = Family<FamilyLabel, Histogram, fn() -> Histogram>;
 
-/// Every metric the daemon exports.
+/// kube-proxy's sync and conntrack-reconciler buckets:
+/// `ExponentialBuckets(0.001, 2, 15)`, 1 ms to 16.384 s.
+fn sync_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// kube-proxy's network-programming buckets: `MergeBuckets` of 0.25 s and
+/// 0.5 s, 1..59 s, 60..115 s by 5 and 120..300 s by 30, after the 0 that
+/// `MergeBuckets` starts with.
+fn network_programming_histogram() -> Histogram {
+    let buckets: Vec<f64> = [0.0, 0.25, 0.5]
+        .into_iter()
+        .chain((1..=59).map(f64::from))
+        .chain((60..=115).step_by(5).map(f64::from))
+        .chain((120..=300).step_by(30).map(f64::from))
+        .collect();
+    Histogram::new(buckets)
+}
+
+/// Every metric the daemon exports. All exist whatever the backend; the
+/// registry exposes the ones kube-proxy registers in that mode.
 pub struct Metrics {
     registry: Registry,
-    /// Duration of every sync.
-    pub sync_duration: Histogram,
+    /// Duration of every sync, per family it covered.
+    pub sync_duration: FamilyHistogram,
     /// Duration of full syncs.
-    pub sync_full_duration: Histogram,
+    pub sync_full_duration: FamilyHistogram,
     /// Duration of partial syncs.
-    pub sync_partial_duration: Histogram,
-    /// EndpointSlice trigger time to rules in the kernel.
-    pub network_programming: Histogram,
+    pub sync_partial_duration: FamilyHistogram,
+    /// EndpointSlice trigger time to rules in the kernel, by the slice's
+    /// family.
+    pub network_programming: FamilyHistogram,
     /// Last successful sync (Unix seconds).
-    pub last_sync_timestamp: FGauge,
+    pub last_sync_timestamp: Family<FamilyLabel, FGauge>,
     /// Last time a sync was requested (Unix seconds).
-    pub last_queued_timestamp: FGauge,
+    pub last_queued_timestamp: Family<FamilyLabel, FGauge>,
     /// EndpointSlice changes not yet synced.
     pub endpoint_changes_pending: Gauge,
     /// EndpointSlice changes seen.
@@ -83,19 +124,23 @@ pub struct Metrics {
     /// Rules written in the last restore (iptables backends).
     pub iptables_last: Family<TableLabel, Gauge>,
     /// Failed restores (iptables backends).
-    pub iptables_restore_failures: Counter,
+    pub iptables_restore_failures: Family<FamilyLabel, Counter>,
     /// Failed partial restores (iptables backends).
-    pub iptables_partial_restore_failures: Counter,
+    pub iptables_partial_restore_failures: Family<FamilyLabel, Counter>,
     /// Failed nft transactions.
-    pub nftables_sync_failures: Counter,
+    pub nftables_sync_failures: Family<FamilyLabel, Counter>,
+    /// Failed removals of stale nftables objects: kproxy removes them in
+    /// the sync's own transaction, so this never counts (a failure counts
+    /// as a sync failure).
+    pub nftables_cleanup_failures: Family<FamilyLabel, Counter>,
     /// Local-policy service ports without local endpoints.
     pub no_local_endpoints: Family<PolicyLabel, Gauge>,
     /// /healthz answers by code.
     pub healthz_total: Family<CodeLabel, Counter>,
     /// /livez answers by code.
     pub livez_total: Family<CodeLabel, Counter>,
-    /// Conntrack cleanup run time.
-    pub conntrack_duration: Histogram,
+    /// Conntrack cleanup run time, per family cleaned.
+    pub conntrack_duration: FamilyHistogram,
     /// Conntrack entries deleted.
     pub conntrack_deleted: Family<FamilyLabel, Counter>,
     /// kproxy: bytes sent to the kernel.
@@ -127,37 +172,34 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// All metrics, registered.
-    pub fn new() -> Self {
+    /// All metrics, registered as kube-proxy registers them in the mode
+    /// of `backend` (both iptables backends are kube-proxy's iptables
+    /// mode).
+    pub fn new(backend: BackendKind) -> Self {
         let mut r = Registry::default();
-        let sync_hist = || Histogram::new(exponential_buckets(0.001, 2.0, 15));
-        let npd_buckets: Vec<f64> = [0.25, 0.5]
-            .into_iter()
-            .chain((1..=59).map(f64::from))
-            .chain((60..=115).step_by(5).map(f64::from))
-            .chain((120..=300).step_by(30).map(f64::from))
-            .collect();
+        let fam_hist = |f: fn() -> Histogram| FamilyHistogram::new_with_constructor(f);
         let m = Metrics {
             registry: Registry::default(),
-            sync_duration: sync_hist(),
-            sync_full_duration: sync_hist(),
-            sync_partial_duration: sync_hist(),
-            network_programming: Histogram::new(npd_buckets),
-            last_sync_timestamp: FGauge::default(),
-            last_queued_timestamp: FGauge::default(),
+            sync_duration: fam_hist(sync_histogram),
+            sync_full_duration: fam_hist(sync_histogram),
+            sync_partial_duration: fam_hist(sync_histogram),
+            network_programming: fam_hist(network_programming_histogram),
+            last_sync_timestamp: Family::default(),
+            last_queued_timestamp: Family::default(),
             endpoint_changes_pending: Gauge::default(),
             endpoint_changes_total: Counter::default(),
             service_changes_pending: Gauge::default(),
             service_changes_total: Counter::default(),
             iptables_total: Family::default(),
             iptables_last: Family::default(),
-            iptables_restore_failures: Counter::default(),
-            iptables_partial_restore_failures: Counter::default(),
-            nftables_sync_failures: Counter::default(),
+            iptables_restore_failures: Family::default(),
+            iptables_partial_restore_failures: Family::default(),
+            nftables_sync_failures: Family::default(),
+            nftables_cleanup_failures: Family::default(),
             no_local_endpoints: Family::default(),
             healthz_total: Family::default(),
             livez_total: Family::default(),
-            conntrack_duration: sync_hist(),
+            conntrack_duration: fam_hist(sync_histogram),
             conntrack_deleted: Family::default(),
             bytes_written: Counter::default(),
             bytes_last: Gauge::default(),
@@ -180,106 +222,118 @@ impl Metrics {
                 r.register($name, $help, $m.clone())
             };
         }
+        // Every mode.
         reg!(
             format!("{k}sync_proxy_rules_duration_seconds"),
-            "SyncProxyRules latency in seconds",
+            "Time each sync of the proxy rules took, in seconds",
             m.sync_duration
         );
         reg!(
             format!("{k}sync_full_proxy_rules_duration_seconds"),
-            "SyncProxyRules latency in seconds for full resyncs",
+            "Time each full sync of the proxy rules took, in seconds",
             m.sync_full_duration
         );
         reg!(
             format!("{k}sync_partial_proxy_rules_duration_seconds"),
-            "SyncProxyRules latency in seconds for partial resyncs",
+            "Time each partial sync of the proxy rules took, in seconds",
             m.sync_partial_duration
         );
         reg!(
             format!("{k}network_programming_duration_seconds"),
-            "In Cluster Network Programming Latency in seconds",
+            "Time from an EndpointSlice change to its rules in the kernel, in seconds",
             m.network_programming
         );
         reg!(
             format!("{k}sync_proxy_rules_last_timestamp_seconds"),
-            "The last time proxy rules were successfully synced",
+            "When the proxy rules were last synced successfully (Unix seconds)",
             m.last_sync_timestamp
         );
         reg!(
             format!("{k}sync_proxy_rules_last_queued_timestamp_seconds"),
-            "The last time a sync of proxy rules was queued",
+            "When a sync of the proxy rules was last requested (Unix seconds)",
             m.last_queued_timestamp
         );
         reg!(
             format!("{k}sync_proxy_rules_endpoint_changes_pending"),
-            "Pending proxy rules Endpoint changes",
+            "EndpointSlice changes not yet synced",
             m.endpoint_changes_pending
         );
         reg!(
             format!("{k}sync_proxy_rules_endpoint_changes"),
-            "Cumulative proxy rules Endpoint changes",
+            "EndpointSlice changes seen",
             m.endpoint_changes_total
         );
         reg!(
             format!("{k}sync_proxy_rules_service_changes_pending"),
-            "Pending proxy rules Service changes",
+            "Service changes not yet synced",
             m.service_changes_pending
         );
         reg!(
             format!("{k}sync_proxy_rules_service_changes"),
-            "Cumulative proxy rules Service changes",
+            "Service changes seen",
             m.service_changes_total
         );
         reg!(
-            format!("{k}sync_proxy_rules_iptables_total"),
-            "Total number of iptables rules owned by kproxy",
-            m.iptables_total
-        );
-        reg!(
-            format!("{k}sync_proxy_rules_iptables_last"),
-            "Number of iptables rules written by kproxy in last sync",
-            m.iptables_last
-        );
-        reg!(
-            format!("{k}sync_proxy_rules_iptables_restore_failures"),
-            "Cumulative proxy iptables restore failures",
-            m.iptables_restore_failures
-        );
-        reg!(
-            format!("{k}sync_proxy_rules_iptables_partial_restore_failures"),
-            "Cumulative proxy iptables partial restore failures",
-            m.iptables_partial_restore_failures
-        );
-        reg!(
-            format!("{k}sync_proxy_rules_nftables_sync_failures"),
-            "Cumulative proxy nftables sync failures",
-            m.nftables_sync_failures
-        );
-        reg!(
             format!("{k}sync_proxy_rules_no_local_endpoints_total"),
-            "Number of services with a Local traffic policy and no endpoints",
+            "Service ports with a Local traffic policy and no local endpoints",
             m.no_local_endpoints
         );
         reg!(
             format!("{k}proxy_healthz"),
-            "Cumulative proxy healthz HTTP status",
+            "Answers of the /healthz endpoint by HTTP status",
             m.healthz_total
         );
         reg!(
             format!("{k}proxy_livez"),
-            "Cumulative proxy livez HTTP status",
+            "Answers of the /livez endpoint by HTTP status",
             m.livez_total
         );
         reg!(
             format!("{k}conntrack_reconciler_sync_duration_seconds"),
-            "Conntrack cleanup latency in seconds",
+            "Time each cleanup of stale conntrack flows took, in seconds",
             m.conntrack_duration
         );
         reg!(
             format!("{k}conntrack_reconciler_deleted_entries"),
-            "Cumulative conntrack flows deleted by the cleanup",
+            "Conntrack flows deleted by the stale-flow cleanup",
             m.conntrack_deleted
         );
+        match backend {
+            BackendKind::Nftables => {
+                reg!(
+                    format!("{k}sync_proxy_rules_nftables_sync_failures"),
+                    "Failed nftables transactions",
+                    m.nftables_sync_failures
+                );
+                reg!(
+                    format!("{k}sync_proxy_rules_nftables_cleanup_failures"),
+                    "Failed removals of stale nftables objects (kproxy removes them in the sync's transaction)",
+                    m.nftables_cleanup_failures
+                );
+            }
+            BackendKind::IptablesLegacy | BackendKind::IptablesNft => {
+                reg!(
+                    format!("{k}sync_proxy_rules_iptables_total"),
+                    "iptables rules kproxy owns, by table",
+                    m.iptables_total
+                );
+                reg!(
+                    format!("{k}sync_proxy_rules_iptables_last"),
+                    "iptables rules kproxy wrote in the last sync, by table",
+                    m.iptables_last
+                );
+                reg!(
+                    format!("{k}sync_proxy_rules_iptables_restore_failures"),
+                    "Failed iptables-restore runs",
+                    m.iptables_restore_failures
+                );
+                reg!(
+                    format!("{k}sync_proxy_rules_iptables_partial_restore_failures"),
+                    "Failed iptables-restore runs of partial syncs (the next sync is full)",
+                    m.iptables_partial_restore_failures
+                );
+            }
+        }
         let p = "kproxy_";
         reg!(
             format!("{p}sync_bytes_written"),
@@ -356,12 +410,6 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics");
         }
         out
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

@@ -35,6 +35,7 @@ use tokio::time::sleep_until;
 use crate::cleanup;
 use crate::conntrack::Conntrack;
 use crate::hcports::HealthCheckPorts;
+use crate::metrics::{FamilyLabel, PolicyLabel, TableLabel};
 use crate::settings::Settings;
 use crate::source::Source;
 use crate::state::{Shared, SharedBackend, lock};
@@ -84,8 +85,8 @@ pub struct Reconciler {
     /// Per EndpointSlice, the trigger time already observed.
     seen_triggers: BTreeMap<String, String>,
     /// EndpointSlices changed since the last successful sync, with their
-    /// trigger time (`None`: deleted, or no annotation).
-    pending_triggers: BTreeMap<String, Option<String>>,
+    /// trigger time (`None`: deleted, or no annotation) and family.
+    pending_triggers: BTreeMap<String, (Option<String>, Option<IpFamily>)>,
     hc_ports: Option<HealthCheckPorts>,
     conntrack: Option<Conntrack>,
     /// The ruleset a dry run printed last.
@@ -167,10 +168,17 @@ impl Reconciler {
                 .as_ref()
                 .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
                 .cloned();
-            self.pending_triggers.insert(slice_key(&s.metadata), t);
+            let family = match s.address_type.as_str() {
+                "IPv4" => Some(IpFamily::V4),
+                "IPv6" => Some(IpFamily::V6),
+                _ => None,
+            };
+            self.pending_triggers
+                .insert(slice_key(&s.metadata), (t, family));
         }
         for (ns, name) in applied.deleted_slices {
-            self.pending_triggers.insert(format!("{ns}/{name}"), None);
+            self.pending_triggers
+                .insert(format!("{ns}/{name}"), (None, None));
         }
     }
 
@@ -181,10 +189,13 @@ impl Reconciler {
         let now = SystemTime::now();
         let families: Vec<IpFamily> = self.settings.proxy.families.clone();
         self.shared.health().queued(&families, now);
-        self.shared
-            .metrics
-            .last_queued_timestamp
-            .set(unix_secs(now));
+        for f in &families {
+            self.shared
+                .metrics
+                .last_queued_timestamp
+                .get_or_create(&FamilyLabel::of(*f))
+                .set(unix_secs(now));
+        }
     }
 
     /// Make `objects` the whole state and sync it (a source that reads
@@ -272,6 +283,7 @@ impl Reconciler {
                         rules_total: text.lines().count(),
                         rules_written: 0,
                         bytes_written: 0,
+                        rules_written_by_table: Vec::new(),
                     })
                 }
                 Err(e) => Err(e.to_string()),
@@ -284,18 +296,25 @@ impl Reconciler {
         let shared = self.shared.clone();
         let m = &shared.metrics;
         let label = crate::metrics::SyncLabel { sync: kind.into() };
+        // kube-proxy runs a proxier per family and labels its sync
+        // metrics with it; kproxy syncs every family at once, so each
+        // family's series gets the same observation.
+        let family_labels: Vec<FamilyLabel> =
+            graph.families.keys().map(|f| FamilyLabel::of(*f)).collect();
         match result {
             Ok(stats) => {
                 let now = SystemTime::now();
                 let secs = elapsed.as_secs_f64();
-                m.sync_duration.observe(secs);
-                if full {
-                    m.sync_full_duration.observe(secs);
-                } else {
-                    m.sync_partial_duration.observe(secs);
+                for fl in &family_labels {
+                    m.sync_duration.get_or_create(fl).observe(secs);
+                    if full {
+                        m.sync_full_duration.get_or_create(fl).observe(secs);
+                    } else {
+                        m.sync_partial_duration.get_or_create(fl).observe(secs);
+                    }
+                    m.last_sync_timestamp.get_or_create(fl).set(unix_secs(now));
                 }
                 m.syncs.get_or_create(&label).inc();
-                m.last_sync_timestamp.set(unix_secs(now));
                 m.service_changes_pending.set(0);
                 m.endpoint_changes_pending.set(0);
                 m.bytes_written.inc_by(stats.bytes_written as u64);
@@ -325,12 +344,15 @@ impl Reconciler {
                     // Compared with the last applied graph: removed UDP
                     // service ports lose their flows too.
                     let report = block(|| ct.cleanup(before.as_ref(), &graph, changes.as_ref()));
-                    m.conntrack_duration.observe(report.duration.as_secs_f64());
+                    // One cleanup covers every family: each gets its time.
+                    for fl in &family_labels {
+                        m.conntrack_duration
+                            .get_or_create(fl)
+                            .observe(report.duration.as_secs_f64());
+                    }
                     for (fam, n) in report.deleted {
                         m.conntrack_deleted
-                            .get_or_create(&crate::metrics::FamilyLabel {
-                                ip_family: fam.as_k8s_str().into(),
-                            })
+                            .get_or_create(&FamilyLabel::of(fam))
                             .inc_by(n);
                     }
                 }
@@ -354,11 +376,30 @@ impl Reconciler {
                     None
                 };
                 if self.kind != kproxy_graph::BackendKind::Nftables {
-                    m.iptables_last
-                        .get_or_create(&crate::metrics::TableLabel {
-                            table: "all".into(),
-                        })
-                        .set(stats.rules_written as i64);
+                    // Rules written per family and table; tables this
+                    // sync did not write count 0, as kube-proxy's buffer.
+                    for f in graph.families.keys() {
+                        for table in ["filter", "nat"] {
+                            m.iptables_last
+                                .get_or_create(&TableLabel {
+                                    ip_family: f.as_k8s_str().into(),
+                                    table: table.into(),
+                                })
+                                .set(0);
+                        }
+                    }
+                    // Only kube-proxy's tables, and others kproxy wrote to.
+                    for (f, table, n) in &stats.rules_written_by_table {
+                        if *n == 0 {
+                            continue;
+                        }
+                        m.iptables_last
+                            .get_or_create(&TableLabel {
+                                ip_family: f.as_k8s_str().into(),
+                                table: table.clone(),
+                            })
+                            .set(*n as i64);
+                    }
                     // kube-proxy's per-table gauges: the rules kproxy owns
                     // in each table (both families), counted in the applied
                     // text, so after full syncs and at most every
@@ -373,9 +414,15 @@ impl Reconciler {
                         None => None,
                     };
                     if let Some(text) = text {
-                        for (table, n) in iptables_rules_per_table(&text) {
+                        for ((family, table), n) in iptables_rules_per_table(&text) {
+                            if n == 0 && table != "filter" && table != "nat" {
+                                continue;
+                            }
                             m.iptables_total
-                                .get_or_create(&crate::metrics::TableLabel { table })
+                                .get_or_create(&TableLabel {
+                                    ip_family: family.as_k8s_str().into(),
+                                    table,
+                                })
                                 .set(n as i64);
                         }
                         self.rules_counted = Some(Instant::now());
@@ -409,17 +456,20 @@ impl Reconciler {
             Err(e) => {
                 self.need_full = true;
                 m.sync_failures.get_or_create(&label).inc();
-                match self.kind {
-                    kproxy_graph::BackendKind::Nftables => m.nftables_sync_failures.inc(),
-                    _ => {
-                        m.iptables_restore_failures.inc();
-                        if !full {
-                            m.iptables_partial_restore_failures.inc()
-                        } else {
-                            0
+                // The sync of every family failed (and is retried whole).
+                for fl in &family_labels {
+                    match self.kind {
+                        kproxy_graph::BackendKind::Nftables => {
+                            m.nftables_sync_failures.get_or_create(fl).inc();
+                        }
+                        _ => {
+                            m.iptables_restore_failures.get_or_create(fl).inc();
+                            if !full {
+                                m.iptables_partial_restore_failures.get_or_create(fl).inc();
+                            }
                         }
                     }
-                };
+                }
                 tracing::error!(backend = %self.kind, sync = kind, error = %e,
                     "sync failed; the previous rules stay, the next sync is full");
                 let mut st = self.shared.status();
@@ -474,8 +524,9 @@ impl Reconciler {
     }
 
     fn no_local_endpoint_metrics(&self, graph: &ServiceGraph) {
-        let (mut internal, mut external) = (0i64, 0i64);
-        for fg in graph.families.values() {
+        let m = &self.shared.metrics;
+        for (family, fg) in &graph.families {
+            let (mut internal, mut external) = (0i64, 0i64);
             for sp in fg.services.values() {
                 if sp.local_endpoints.is_empty() && sp.decisions.has_endpoints {
                     if sp.internal_traffic_policy == TrafficPolicy::Local {
@@ -488,18 +539,15 @@ impl Reconciler {
                     }
                 }
             }
+            for (policy, n) in [("internal", internal), ("external", external)] {
+                m.no_local_endpoints
+                    .get_or_create(&PolicyLabel {
+                        ip_family: family.as_k8s_str().into(),
+                        traffic_policy: policy.into(),
+                    })
+                    .set(n);
+            }
         }
-        let m = &self.shared.metrics;
-        m.no_local_endpoints
-            .get_or_create(&crate::metrics::PolicyLabel {
-                traffic_policy: "internal".into(),
-            })
-            .set(internal);
-        m.no_local_endpoints
-            .get_or_create(&crate::metrics::PolicyLabel {
-                traffic_policy: "external".into(),
-            })
-            .set(external);
     }
 
     /// Observe, for every EndpointSlice whose trigger time is new since the
@@ -508,19 +556,21 @@ impl Reconciler {
         // The first sync after start does not observe: those changes
         // happened before this process and would skew the SLI.
         let first = self.syncs() == 0;
-        for (key, t) in std::mem::take(&mut self.pending_triggers) {
+        for (key, (t, family)) in std::mem::take(&mut self.pending_triggers) {
             let Some(t) = t else {
                 self.seen_triggers.remove(&key);
                 continue;
             };
             if !first
                 && self.seen_triggers.get(&key) != Some(&t)
+                && let Some(family) = family
                 && let Ok(ts) = t.parse::<k8s_openapi::jiff::Timestamp>()
                 && let Ok(d) = now.duration_since(SystemTime::from(ts))
             {
                 self.shared
                     .metrics
                     .network_programming
+                    .get_or_create(&FamilyLabel::of(family))
                     .observe(d.as_secs_f64());
             }
             self.seen_triggers.insert(key, t);
@@ -634,15 +684,22 @@ fn block<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Rules (`-A`/`-I` lines) per table in iptables-restore text.
-fn iptables_rules_per_table(text: &str) -> BTreeMap<String, usize> {
-    let mut out: BTreeMap<String, usize> = BTreeMap::new();
+fn iptables_rules_per_table(text: &str) -> BTreeMap<(IpFamily, String), usize> {
+    let mut out: BTreeMap<(IpFamily, String), usize> = BTreeMap::new();
+    // The applied text holds each family under its header line
+    // (`# IPv4: iptables-restore ...`, `# IPv6: ip6tables-restore ...`).
+    let mut family = IpFamily::V4;
     let mut table = String::new();
     for line in text.lines() {
-        if let Some(t) = line.strip_prefix('*') {
+        if line.starts_with("# IPv6:") {
+            family = IpFamily::V6;
+        } else if line.starts_with("# IPv4:") {
+            family = IpFamily::V4;
+        } else if let Some(t) = line.strip_prefix('*') {
             table = t.trim().to_string();
-            out.entry(table.clone()).or_default();
+            out.entry((family, table.clone())).or_default();
         } else if line.starts_with("-A ") || line.starts_with("-I ") {
-            *out.entry(table.clone()).or_default() += 1;
+            *out.entry((family, table.clone())).or_default() += 1;
         }
     }
     out
@@ -748,6 +805,7 @@ mod tests {
                 rules_total: 10,
                 rules_written: 3,
                 bytes_written: 100,
+                rules_written_by_table: Vec::new(),
             })
         }
         fn check(&mut self) -> Result<bool, ApplyError> {
@@ -792,7 +850,10 @@ mod tests {
         };
         let shared = Shared::new(
             ProxyHealth::new(std::time::Duration::from_secs(60)),
-            Status::default(),
+            Status {
+                backend: Some(BackendKind::Nftables),
+                ..Status::default()
+            },
         );
         Reconciler::new(
             settings,
@@ -820,7 +881,9 @@ mod tests {
         assert_eq!((st.syncs, st.failures), (4, 1));
         let text = r.shared.metrics.encode();
         assert!(
-            text.contains("kubeproxy_sync_proxy_rules_nftables_sync_failures_total 1"),
+            text.contains(
+                "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"} 1"
+            ),
             "{text}"
         );
         assert!(
@@ -946,7 +1009,9 @@ mod tests {
             let text = r.shared.metrics.encode();
             text.lines()
                 .find_map(|l| {
-                    l.strip_prefix("kubeproxy_network_programming_duration_seconds_count ")
+                    l.strip_prefix(
+                        "kubeproxy_network_programming_duration_seconds_count{ip_family=\"IPv4\"} ",
+                    )
                 })
                 .map(|v| v.trim().to_string())
         };
@@ -954,34 +1019,37 @@ mod tests {
         assert!(r.sync_objects(&with_trigger(&first), vec![]));
         assert_eq!(
             count(&r).as_deref(),
-            Some("0"),
-            "changes before start are not observed"
+            None,
+            "changes before start are not observed (no series yet)"
         );
         assert!(r.sync_objects(&with_trigger(&first), vec![]));
         assert_eq!(
             count(&r).as_deref(),
-            Some("0"),
+            None,
             "an unchanged trigger time is observed once"
         );
         assert!(r.sync_objects(&with_trigger(&ago(3)), vec![]));
         assert_eq!(count(&r).as_deref(), Some("1"));
         let text = r.shared.metrics.encode();
         assert!(
-            text.contains("kubeproxy_network_programming_duration_seconds_bucket{le=\"3.0\"} 0"),
+            text.contains("kubeproxy_network_programming_duration_seconds_bucket{le=\"3.0\",ip_family=\"IPv4\"} 0"),
             "{text}"
         );
         assert!(
-            text.contains("kubeproxy_network_programming_duration_seconds_bucket{le=\"5.0\"} 1"),
+            text.contains("kubeproxy_network_programming_duration_seconds_bucket{le=\"5.0\",ip_family=\"IPv4\"} 1"),
             "{text}"
         );
     }
 
     #[test]
     fn iptables_rules_are_counted_per_table() {
-        let text = "# IPv4\n*filter\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -j ACCEPT\nCOMMIT\n*nat\n-I PREROUTING -j KUBE-SERVICES\n-A KUBE-SERVICES -j RETURN\nCOMMIT\n# IPv6\n*nat\n-A KUBE-SERVICES -j RETURN\nCOMMIT\n";
+        let text = "# IPv4: iptables-restore --noflush --counters\n*filter\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -j ACCEPT\nCOMMIT\n*nat\n-I PREROUTING -j KUBE-SERVICES\n-A KUBE-SERVICES -j RETURN\nCOMMIT\n# IPv6: ip6tables-restore --noflush --counters\n*nat\n-A KUBE-SERVICES -j RETURN\nCOMMIT\n";
         let m = iptables_rules_per_table(text);
-        assert_eq!(m.get("filter"), Some(&1));
-        assert_eq!(m.get("nat"), Some(&3));
+        let get = |f: IpFamily, t: &str| m.get(&(f, t.to_string())).copied();
+        assert_eq!(get(IpFamily::V4, "filter"), Some(1));
+        assert_eq!(get(IpFamily::V4, "nat"), Some(2));
+        assert_eq!(get(IpFamily::V6, "nat"), Some(1));
+        assert_eq!(get(IpFamily::V6, "filter"), None);
     }
 
     /// A synthetic EndpointSlice of Service `i`: 10 endpoints from `pod`.

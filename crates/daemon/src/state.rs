@@ -69,7 +69,12 @@ impl Shared {
     /// New shared state.
     pub fn new(health: ProxyHealth, status: Status) -> Arc<Self> {
         Arc::new(Shared {
-            metrics: Metrics::new(),
+            // kube-proxy's iptables-mode families unless told the backend.
+            metrics: Metrics::new(
+                status
+                    .backend
+                    .unwrap_or(kproxy_graph::BackendKind::IptablesNft),
+            ),
             health: Mutex::new(health),
             status: Mutex::new(status),
             backend: Mutex::new(None),

@@ -91,8 +91,9 @@ pub fn wanted(
     }
     // 127.0.0.1:<nodePort> needs the kernel to route to loopback
     // destinations after DNAT (iptables backends only; nftables mode has no
-    // localhost NodePorts).
-    if backend != BackendKind::Nftables && proxy.localhost_nodeports {
+    // localhost NodePorts), and only when nodePortAddresses admits
+    // loopback, as kube-proxy.
+    if backend != BackendKind::Nftables && proxy.ipv4_localhost_nodeports() {
         out.push(Sysctl {
             name: "net.ipv4.conf.all.route_localnet",
             value: "1".into(),
@@ -181,5 +182,30 @@ mod tests {
             s.iter()
                 .any(|x| x.name == "net.ipv4.conf.all.route_localnet")
         );
+    }
+
+    #[test]
+    fn route_localnet_only_when_nodeport_addresses_admit_loopback() {
+        use kproxy_graph::config::parse_nodeport_addresses;
+        let with = |entries: &[&str]| {
+            let pc = ProxyConfig {
+                nodeport_addresses: parse_nodeport_addresses(
+                    "nodePortAddresses",
+                    &entries.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                )
+                .unwrap(),
+                ..ProxyConfig::default()
+            };
+            wanted(None, &pc, BackendKind::IptablesLegacy, 2)
+                .iter()
+                .any(|x| x.name == "net.ipv4.conf.all.route_localnet")
+        };
+        assert!(with(&[]), "unset: every address, loopback included");
+        assert!(with(&["127.0.0.0/8"]));
+        assert!(with(&["0.0.0.0/0"]));
+        assert!(with(&["fd00::/64"]), "no IPv4 entry: every IPv4 address");
+        assert!(!with(&["192.168.0.0/24"]), "a CIDR excluding loopback");
+        assert!(!with(&["primary"]));
+        assert!(!with(&["192.168.0.0/24", "fd00::/64"]));
     }
 }

@@ -209,14 +209,13 @@ fn daemon_follows_file_changes_and_serves_http() {
     let (code, _, m) = http_get(&ns, 10249, "/metrics").unwrap();
     assert_eq!(code, 200);
     for name in [
-        "kubeproxy_sync_proxy_rules_duration_seconds_count",
-        "kubeproxy_sync_full_proxy_rules_duration_seconds_count",
-        "kubeproxy_sync_partial_proxy_rules_duration_seconds_count",
-        "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-        "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+        "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}",
+        "kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}",
+        "kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}",
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"}",
+        "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family=\"IPv4\"}",
         "kubeproxy_sync_proxy_rules_endpoint_changes_total",
         "kubeproxy_sync_proxy_rules_service_changes_total",
-        "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
         "kubeproxy_proxy_healthz_total{code=\"200\"}",
         "kproxy_sync_bytes_written_total",
         "kproxy_syncs_total{sync=\"full\"}",
@@ -324,9 +323,9 @@ fn failed_transaction_keeps_rules_and_next_sync_is_full() {
             &fixture("nodeports").replace("10.180.0.1", "10.180.0.9"),
         );
         let failure_metric = if backend == "nftables" {
-            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total"
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"}"
         } else {
-            "kubeproxy_sync_proxy_rules_iptables_restore_failures_total"
+            "kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family=\"IPv4\"}"
         };
         assert!(
             wait_for(Duration::from_secs(10), || http_get(&ns, 10249, "/metrics")
@@ -346,7 +345,7 @@ fn failed_transaction_keeps_rules_and_next_sync_is_full() {
             assert!(
                 metric(
                     &m,
-                    "kubeproxy_sync_proxy_rules_iptables_total{table=\"nat\"}"
+                    "kubeproxy_sync_proxy_rules_iptables_total{ip_family=\"IPv4\",table=\"nat\"}"
                 )
                 .is_some_and(|v| v > 0.0),
                 "{m}"

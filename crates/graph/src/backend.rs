@@ -15,7 +15,7 @@
 use std::fmt::Debug;
 
 use crate::changes::ChangeSet;
-use crate::model::ServiceGraph;
+use crate::model::{IpFamily, ServiceGraph};
 
 /// The backends kproxy has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -150,6 +150,9 @@ pub struct SyncStats {
     pub rules_written: usize,
     /// Bytes sent to the kernel.
     pub bytes_written: usize,
+    /// Rules sent to the kernel per family and table, for backends that
+    /// have tables of rules (iptables); empty otherwise.
+    pub rules_written_by_table: Vec<(IpFamily, String, usize)>,
 }
 
 /// The daemon's handle on a backend: generator plus transport plus the

@@ -104,6 +104,34 @@ impl Default for ProxyConfig {
 }
 
 impl ProxyConfig {
+    /// Whether IPv4 NodePorts are open on 127.0.0.1 (and so route_localnet
+    /// and KUBE-FIREWALL's localnet rule are needed): the iptables mode,
+    /// `iptables.localhostNodePorts` on, IPv4 among the families, and an
+    /// IPv4 `nodePortAddresses` entry overlapping 127.0.0.0/8 or no IPv4
+    /// entry at all (kube-proxy's `NodePortAddresses.ContainsIPv4Loopback`).
+    pub fn ipv4_localhost_nodeports(&self) -> bool {
+        if self.mode != ProxyMode::Iptables
+            || !self.localhost_nodeports
+            || !self.families.contains(&IpFamily::V4)
+        {
+            return false;
+        }
+        let loopback = IpFamily::V4.loopback_net();
+        let v4: Vec<&IpNet> = self
+            .nodeport_addresses
+            .iter()
+            .filter_map(|e| match e {
+                NodePortAddress::Cidr(n) if IpFamily::of_net(n) == IpFamily::V4 => Some(n),
+                _ => None,
+            })
+            .collect();
+        let primary = self.nodeport_addresses.contains(&NodePortAddress::Primary);
+        (v4.is_empty() && !primary)
+            || v4
+                .iter()
+                .any(|n| loopback.contains(&n.network()) || n.contains(&loopback.network()))
+    }
+
     /// `1 << masquerade_bit`.
     pub fn masquerade_mark(&self) -> u32 {
         1u32 << (self.masquerade_bit.min(31))

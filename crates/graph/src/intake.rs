@@ -66,6 +66,20 @@ pub enum IntakeError {
         /// The parser's message (with line and column).
         message: String,
     },
+    /// Sequences or mappings nest deeper than any Kubernetes object.
+    #[error(
+        "{source_name}: document {document}: line {line}: nested more than {max} levels deep; not read"
+    )]
+    TooDeep {
+        /// Where the text came from (a file name).
+        source_name: String,
+        /// The 1-based document index.
+        document: usize,
+        /// The 1-based line where the limit was passed.
+        line: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 fn object_name(v: &serde_json::Value) -> String {
@@ -90,9 +104,13 @@ impl Objects {
     /// other kinds are ignored; objects that do not match their schema are
     /// skipped with a warning. `source_name` appears in errors.
     pub fn add_yaml(&mut self, source_name: &str, text: &str) -> Result<Vec<Warning>, IntakeError> {
+        // A UTF-8 byte order mark (editors on Windows write one) is not
+        // content.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        check_depth(source_name, text)?;
         // Large lists item by item (see `stream`); whatever that path does
         // not take, and every error, is read here as a whole.
-        if let Some((mut objects, warnings)) = stream::read(text) {
+        if let Some((mut objects, warnings)) = stream::read(source_name, text) {
             stream::append(self, &mut objects);
             return Ok(warnings);
         }
@@ -114,15 +132,31 @@ impl Objects {
                     document: i + 1,
                     message: e.to_string(),
                 })?;
+            let before = warnings.len();
             self.add_value(value, &mut warnings);
+            place(&mut warnings[before..], source_name, i + 1);
         }
         Ok(warnings)
     }
 
     /// Add one decoded object (or `List`). Takes the value by ownership:
     /// a large `kind: List` is split into its items without copying them.
-    pub fn add_value(&mut self, mut value: serde_json::Value, warnings: &mut Vec<Warning>) {
-        if value.is_null() {
+    /// What is not an object of a kind kproxy reads (an empty document, a
+    /// scalar or sequence, another kind) is ignored with a warning.
+    pub fn add_value(&mut self, value: serde_json::Value, warnings: &mut Vec<Warning>) {
+        self.add_item(value, None, warnings);
+    }
+
+    /// [`Objects::add_value`] of a whole document (`item` `None`) or of a
+    /// list's item `item`.
+    pub(crate) fn add_item(
+        &mut self,
+        mut value: serde_json::Value,
+        item: Option<usize>,
+        warnings: &mut Vec<Warning>,
+    ) {
+        if let Some(w) = not_an_object(&value, item) {
+            warnings.push(w);
             return;
         }
         let kind = value
@@ -138,14 +172,14 @@ impl Objects {
                     .unwrap_or(serde_json::Value::Null);
                 if let serde_json::Value::Array(items) = items {
                     let item_kind = kind.strip_suffix("List").unwrap_or("");
-                    for mut item in items {
+                    for (i, mut item) in items.into_iter().enumerate() {
                         if item.get("kind").is_none()
                             && !item_kind.is_empty()
                             && let Some(obj) = item.as_object_mut()
                         {
                             obj.insert("kind".into(), item_kind.into());
                         }
-                        self.add_value(item, warnings);
+                        self.add_item(item, Some(i), warnings);
                     }
                 }
             }
@@ -180,7 +214,7 @@ impl Objects {
                     ));
                 }
             }
-            _ => {}
+            _ => warnings.extend(unread_kind(&value, &kind, item)),
         }
     }
 
@@ -190,6 +224,175 @@ impl Objects {
         let w = o.add_yaml(source_name, text)?;
         Ok((o, w))
     }
+}
+
+/// The object of a document-level warning until the reader names the file
+/// and document ([`place`]).
+const UNPLACED: &str = "";
+
+/// Name the file and document of the document-level `warnings` just made.
+pub(crate) fn place(warnings: &mut [Warning], source_name: &str, document: usize) {
+    for w in warnings {
+        if w.kind == ObjectKind::Document && w.object == UNPLACED {
+            w.object = format!("{document} of {source_name}");
+        }
+    }
+}
+
+/// The field of a document-level warning: `what` of the document, or of
+/// list item `item`.
+fn item_field(item: Option<usize>, what: &str) -> String {
+    match (item, what) {
+        (None, "") => "<document>".into(),
+        (None, w) => w.into(),
+        (Some(i), "") => format!("items[{i}]"),
+        (Some(i), w) => format!("items[{i}].{w}"),
+    }
+}
+
+/// The warning for a document or list item that is not an object.
+fn not_an_object(value: &serde_json::Value, item: Option<usize>) -> Option<Warning> {
+    use serde_json::Value;
+    let what = match value {
+        Value::Object(_) => return None,
+        Value::Null => "empty".to_string(),
+        Value::Array(a) => format!(
+            "a sequence of {} entries, not a Kubernetes object (a list of objects needs kind: List and items)",
+            a.len()
+        ),
+        Value::String(_) => "a string, not a Kubernetes object".to_string(),
+        Value::Bool(_) | Value::Number(_) => format!("{value}, not a Kubernetes object"),
+    };
+    Some(Warning::new(
+        ObjectKind::Document,
+        UNPLACED,
+        item_field(item, ""),
+        format!("{what}; ignored"),
+    ))
+}
+
+/// The kinds kproxy reads from input, for the case-insensitive hint.
+const READ_KINDS: [&str; 7] = [
+    "Service",
+    "EndpointSlice",
+    "Node",
+    "List",
+    "ServiceList",
+    "EndpointSliceList",
+    "NodeList",
+];
+
+/// The warning for an object of a kind kproxy does not read, or `None` for
+/// kinds it knows (ServiceCIDR, which other paths read).
+fn unread_kind(value: &serde_json::Value, kind: &str, item: Option<usize>) -> Option<Warning> {
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    if kind == "ServiceCIDR" && api_version.starts_with("networking.k8s.io/") {
+        return None;
+    }
+    let named = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .is_some_and(|n| n.is_string());
+    let name = if named {
+        format!(" {}", object_name(value))
+    } else {
+        String::new()
+    };
+    let reason = if kind.is_empty() {
+        format!("object{name} has no kind; ignored")
+    } else {
+        let hint = READ_KINDS
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(kind))
+            .map(|k| format!(" (kinds are case-sensitive: did you mean {k}?)"))
+            .unwrap_or_default();
+        format!("{kind}{name} is not a kind kproxy reads; ignored{hint}")
+    };
+    Some(Warning::new(
+        ObjectKind::Document,
+        UNPLACED,
+        item_field(item, "kind"),
+        reason,
+    ))
+}
+
+/// The deepest nesting of sequences and mappings a document may have.
+/// Kubernetes objects nest about ten deep; the YAML parser's work grows
+/// with the square of the depth (a 200 KB file of nested `[` took a
+/// minute to reject).
+pub const MAX_DEPTH: usize = 64;
+
+/// The columns of a line's leading spaces and `- ` sequence entries.
+fn block_indent(line: &str) -> usize {
+    let mut rest = line;
+    loop {
+        let t = rest.trim_start_matches(' ');
+        match t.strip_prefix("- ") {
+            Some(after) => rest = after,
+            None => return line.len() - t.len(),
+        }
+    }
+}
+
+/// Reject text whose sequences or mappings nest deeper than [`MAX_DEPTH`]
+/// before the parser sees it. A cheap linear scan that may overestimate,
+/// never underestimate: a line's block indentation (two columns a level,
+/// `- ` included) plus the flow brackets (`[`, `{`) open at that point,
+/// outside quoted scalars and comments.
+fn check_depth(source_name: &str, text: &str) -> Result<(), IntakeError> {
+    let mut document = 1;
+    let mut flow = 0usize;
+    let mut quote: Option<char> = None;
+    for (n, line) in text.lines().enumerate() {
+        if quote.is_none() && flow == 0 && line.starts_with("---") {
+            document += 1;
+        }
+        let indent = block_indent(line);
+        // A quoted scalar starts only where a scalar can start, so the
+        // apostrophe of `don't` opens nothing.
+        let mut prev = ' ';
+        let mut escaped = false;
+        for c in line.chars() {
+            match quote {
+                Some('"') if escaped => escaped = false,
+                Some('"') if c == '\\' => escaped = true,
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None => match c {
+                    '"' | '\'' if matches!(prev, ' ' | '\t' | '[' | '{' | ',' | ':' | '-') => {
+                        quote = Some(c)
+                    }
+                    '#' if matches!(prev, ' ' | '\t') => break,
+                    '[' | '{' => {
+                        flow += 1;
+                        if indent / 2 + flow > MAX_DEPTH {
+                            return Err(IntakeError::TooDeep {
+                                source_name: source_name.to_string(),
+                                document,
+                                line: n + 1,
+                                max: MAX_DEPTH,
+                            });
+                        }
+                    }
+                    ']' | '}' => flow = flow.saturating_sub(1),
+                    _ => {}
+                },
+            }
+            prev = c;
+        }
+        if quote.is_none() && indent / 2 > MAX_DEPTH {
+            return Err(IntakeError::TooDeep {
+                source_name: source_name.to_string(),
+                document,
+                line: n + 1,
+                max: MAX_DEPTH,
+            });
+        }
+    }
+    Ok(())
 }
 
 // === building ===
@@ -214,6 +417,31 @@ impl Ctx<'_> {
 
 fn parse_ip(s: &str) -> Option<IpAddr> {
     s.trim().parse().ok()
+}
+
+/// What kind of special-purpose address `ip` is, when the API server
+/// refuses it as an EndpointSlice address or an external IP (its
+/// `ValidateEndpointIP`: unspecified, loopback, link-local and link-local
+/// multicast; broadcast and other multicast addresses pass). kube-proxy
+/// never sees such an object; from files kproxy skips the address.
+fn special_purpose(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(a) if a.is_unspecified() => Some("unspecified"),
+        IpAddr::V4(a) if a.is_loopback() => Some("loopback 127.0.0.0/8"),
+        IpAddr::V4(a) if a.is_link_local() => Some("link-local 169.254.0.0/16"),
+        IpAddr::V4(a) if a.octets()[..3] == [224, 0, 0] => {
+            Some("link-local multicast 224.0.0.0/24")
+        }
+        IpAddr::V4(_) => None,
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => special_purpose(IpAddr::V4(v4)),
+            None if a.is_unspecified() => Some("unspecified"),
+            None if a.is_loopback() => Some("loopback ::1"),
+            None if a.segments()[0] & 0xffc0 == 0xfe80 => Some("link-local fe80::/10"),
+            None if a.segments()[0] & 0xff0f == 0xff02 => Some("link-local multicast ff02::/16"),
+            None => None,
+        },
+    }
 }
 
 /// The per-Service facts shared by all its ports, for one family.
@@ -643,7 +871,10 @@ fn nodeport_ips(config: &ProxyConfig, node: &NodeInfo, family: IpFamily) -> (Nod
             NodePortAddress::Cidr(n) => IpFamily::of_net(n) == family,
         })
         .collect();
-    let all = entries.is_empty()
+    // No entry of this family (even when the other family has some):
+    // every address, as kube-proxy's `NewNodePortAddresses` (0.0.0.0/0 or
+    // ::/0) in both modes.
+    let all = fam_entries.is_empty()
         || fam_entries
             .iter()
             .any(|e| matches!(e, NodePortAddress::Cidr(n) if n.prefix_len() == 0));
@@ -750,6 +981,12 @@ fn intake_service(
     let mut external_ips: Vec<IpAddr> = Vec::new();
     for (i, s) in spec.external_ips.iter().flatten().enumerate() {
         match parse_ip(s) {
+            Some(ip) if let Some(why) = special_purpose(ip) => cx.warn(
+                ObjectKind::Service,
+                &obj,
+                format!("spec.externalIPs[{i}]"),
+                format!("{s:?} is a special-purpose address ({why}), which the API server refuses as an external IP; ignored"),
+            ),
             Some(ip) => external_ips.push(ip),
             None => cx.warn(
                 ObjectKind::Service,
@@ -1087,6 +1324,17 @@ fn intake_slice(
                     continue;
                 };
                 let ip = match parse_ip(addr) {
+                    Some(ip) if let Some(why) = special_purpose(ip) => {
+                        if pi == 0 {
+                            cx.warn(
+                                ObjectKind::EndpointSlice,
+                                &obj,
+                                format!("endpoints[{ei}].addresses[0]"),
+                                format!("{addr:?} is a special-purpose address ({why}), which the API server refuses as an endpoint; endpoint skipped"),
+                            );
+                        }
+                        continue;
+                    }
                     Some(ip) if IpFamily::of(&ip) == family => ip,
                     Some(_) => {
                         if pi == 0 {
@@ -1145,5 +1393,159 @@ fn intake_slice(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod input_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// Warnings of `text` read as `f.yaml`, as display strings; the
+    /// streaming and the whole-tree readings must agree.
+    fn warnings(text: &str) -> Vec<String> {
+        let (_, w) = Objects::from_yaml("f.yaml", text).expect("reads");
+        let mut whole = Objects::default();
+        let ww = whole
+            .add_yaml_whole("f.yaml", text.strip_prefix('\u{feff}').unwrap_or(text))
+            .expect("reads whole");
+        assert_eq!(w, ww, "streamed and whole readings differ");
+        w.iter().map(ToString::to_string).collect()
+    }
+
+    const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: ns}\nspec:\n  clusterIP: 10.0.0.1\n  ports: [{port: 80, protocol: TCP}]\n";
+
+    #[test]
+    fn kinds_kproxy_does_not_read_are_named_with_file_and_document() {
+        let text = format!(
+            "{SERVICE}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: ns}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm}}\n---\napiVersion: v1\nkind: service\nmetadata: {{name: typo, namespace: ns}}\n---\napiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {{name: kubernetes}}\nspec: {{cidrs: [10.96.0.0/12]}}\n---\napiVersion: v1\nkind: List\nitems:\n- {{apiVersion: v1, kind: Secret, metadata: {{name: s, namespace: ns}}}}\n- {{apiVersion: v1, kind: Endpoints}}\n---\nmetadata: {{name: kindless}}\n"
+        );
+        assert_eq!(
+            warnings(&text),
+            [
+                "document 2 of f.yaml: kind: Pod ns/p is not a kind kproxy reads; ignored",
+                "document 3 of f.yaml: kind: ConfigMap cm is not a kind kproxy reads; ignored",
+                "document 4 of f.yaml: kind: service ns/typo is not a kind kproxy reads; ignored (kinds are case-sensitive: did you mean Service?)",
+                "document 6 of f.yaml: items[0].kind: Secret ns/s is not a kind kproxy reads; ignored",
+                "document 6 of f.yaml: items[1].kind: Endpoints is not a kind kproxy reads; ignored",
+                "document 7 of f.yaml: kind: object kindless has no kind; ignored",
+            ]
+        );
+        let (o, _) = Objects::from_yaml("f.yaml", &text).unwrap();
+        assert_eq!(o.services.len(), 1, "the Service is read");
+    }
+
+    #[test]
+    fn empty_documents_and_non_objects_are_warned_about() {
+        let text = format!(
+            "{SERVICE}---\n---\n# only a comment\n---\n- a\n- b\n---\n42\n---\napiVersion: v1\nkind: List\nitems: [null, x]\n"
+        );
+        assert_eq!(
+            warnings(&text),
+            [
+                "document 2 of f.yaml: <document>: empty; ignored",
+                "document 3 of f.yaml: <document>: empty; ignored",
+                "document 4 of f.yaml: <document>: a sequence of 2 entries, not a Kubernetes object (a list of objects needs kind: List and items); ignored",
+                "document 5 of f.yaml: <document>: 42, not a Kubernetes object; ignored",
+                "document 6 of f.yaml: items[0]: empty; ignored",
+                "document 6 of f.yaml: items[1]: a string, not a Kubernetes object; ignored",
+            ]
+        );
+        // A leading `---` and comments before it start no document.
+        assert_eq!(
+            warnings(&format!("# header\n---\n{SERVICE}")),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_accepted() {
+        let text = format!("\u{feff}{SERVICE}");
+        let (o, w) = Objects::from_yaml("f.yaml", &text).expect("a BOM is not an error");
+        assert_eq!(o.services.len(), 1);
+        assert!(w.is_empty(), "{w:?}");
+        let json = "\u{feff}{\"apiVersion\": \"v1\", \"kind\": \"Service\", \"metadata\": {\"name\": \"j\"}}";
+        let (o, _) = Objects::from_yaml("f.json", json).expect("a BOM before JSON");
+        assert_eq!(o.services.len(), 1);
+    }
+
+    #[test]
+    fn special_purpose_addresses_the_api_server_refuses_are_skipped_with_a_warning() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: ns}\nspec:\n  clusterIP: 10.0.0.1\n  externalIPs: [0.0.0.0, 127.0.0.5, 169.254.169.254, 224.0.0.1, \"::ffff:127.0.0.1\", 255.255.255.255, 239.1.1.1, 192.0.2.10]\n  ports: [{name: p, port: 80, protocol: TCP}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: ns, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: p, port: 80, protocol: TCP}]\nendpoints:\n- addresses: [127.0.0.1]\n- addresses: [169.254.1.1]\n- addresses: [10.1.0.1]\n";
+        let (objects, w) = Objects::from_yaml("f.yaml", text).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        let config = ProxyConfig {
+            node_name: "n".into(),
+            ..ProxyConfig::default()
+        };
+        let g = ServiceGraph::build(&objects, &config);
+        let warnings: Vec<String> = g.warnings.iter().map(ToString::to_string).collect();
+        for expected in [
+            "Service ns/web: spec.externalIPs[0]: \"0.0.0.0\" is a special-purpose address (unspecified)",
+            "Service ns/web: spec.externalIPs[1]: \"127.0.0.5\" is a special-purpose address (loopback 127.0.0.0/8)",
+            "Service ns/web: spec.externalIPs[2]: \"169.254.169.254\" is a special-purpose address (link-local 169.254.0.0/16)",
+            "Service ns/web: spec.externalIPs[3]: \"224.0.0.1\" is a special-purpose address (link-local multicast 224.0.0.0/24)",
+            "Service ns/web: spec.externalIPs[4]: \"::ffff:127.0.0.1\" is a special-purpose address (loopback 127.0.0.0/8)",
+            "EndpointSlice ns/web-1: endpoints[0].addresses[0]: \"127.0.0.1\" is a special-purpose address (loopback 127.0.0.0/8)",
+            "EndpointSlice ns/web-1: endpoints[1].addresses[0]: \"169.254.1.1\" is a special-purpose address (link-local 169.254.0.0/16)",
+        ] {
+            assert!(
+                warnings.iter().any(|w| w.starts_with(expected)),
+                "no warning {expected:?} in {warnings:#?}"
+            );
+        }
+        assert_eq!(warnings.len(), 7, "{warnings:#?}");
+        let fg = g.family(IpFamily::V4).unwrap();
+        let sp = fg.services.values().next().unwrap();
+        let ips: Vec<String> = sp.external_ips.iter().map(ToString::to_string).collect();
+        // Broadcast and other multicast addresses pass validation, and
+        // kube-proxy programs them.
+        assert_eq!(ips, ["192.0.2.10", "239.1.1.1", "255.255.255.255"]);
+        let eps: Vec<String> = sp
+            .cluster_endpoints
+            .iter()
+            .map(|e| e.ip.to_string())
+            .collect();
+        assert_eq!(eps, ["10.1.0.1"]);
+    }
+
+    #[track_caller]
+    fn too_deep(text: &str) -> (usize, usize) {
+        match Objects::from_yaml("deep.yaml", text) {
+            Err(IntakeError::TooDeep { document, line, .. }) => (document, line),
+            other => panic!("not rejected as too deep: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_rejected_before_parsing() {
+        let flow = |d: usize| format!("a: {}{}\n", "[".repeat(d), "]".repeat(d));
+        assert_eq!(
+            too_deep(&format!("{SERVICE}---\n{}", flow(100_000))),
+            (2, 8)
+        );
+        // One bracket a line, and braces, count as much.
+        let lines: String = (0..100).map(|_| "{a: [\n").collect();
+        too_deep(&lines);
+        // Block nesting by indentation.
+        let block: String = (0..100)
+            .map(|i| format!("{}k:\n", "  ".repeat(i)))
+            .collect();
+        too_deep(&block);
+        // Brackets in quoted strings and comments do not count; a Kubernetes
+        // object's depth is far from the limit.
+        let text = format!(
+            "{SERVICE}  selector: {{app: \"{}\"}}\n# {}\n  x: 'it''s [[[['\n",
+            "[".repeat(200),
+            "[".repeat(200)
+        );
+        assert!(flow(MAX_DEPTH - 1).len() > 100);
+        Objects::from_yaml("ok.yaml", &text).expect("not too deep");
+        Objects::from_yaml("ok.yaml", &flow(MAX_DEPTH - 1)).expect("at the limit");
+        let e = Objects::from_yaml("deep.yaml", &flow(MAX_DEPTH + 1)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "deep.yaml: document 1: line 1: nested more than 64 levels deep; not read"
+        );
     }
 }

@@ -26,7 +26,7 @@ use serde::Deserialize as _;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::intake::Objects;
+use crate::intake::{Objects, place};
 use crate::warning::Warning;
 
 /// About this much YAML text (whole items) is parsed at a time: large
@@ -45,12 +45,13 @@ fn list_item_kind(kind: &str) -> Option<&str> {
     }
 }
 
-/// Add one list item the way [`Objects::add_value`] adds a list's items:
-/// an item without `kind` takes the list's item kind.
+/// Add list item `index` the way [`Objects::add_value`] adds a list's
+/// items: an item without `kind` takes the list's item kind.
 fn add_list_item(
     objects: &mut Objects,
     mut item: Value,
     item_kind: &str,
+    index: usize,
     warnings: &mut Vec<Warning>,
 ) {
     if item.get("kind").is_none()
@@ -59,19 +60,22 @@ fn add_list_item(
     {
         obj.insert("kind".into(), item_kind.into());
     }
-    objects.add_value(item, warnings);
+    objects.add_item(item, Some(index), warnings);
 }
 
 /// Read `text` (YAML or JSON) item by item. `None` when the input is not of
 /// a shape this path takes or does not parse: the caller then reads it as
 /// a whole (and reports any error).
-pub(crate) fn read(text: &str) -> Option<(Objects, Vec<Warning>)> {
+/// Warnings about documents name `source_name` and the document's number
+/// as the whole-text reading counts them.
+pub(crate) fn read(source_name: &str, text: &str) -> Option<(Objects, Vec<Warning>)> {
     let mut objects = Objects::default();
     let mut warnings = Vec::new();
     if text.trim_start().starts_with('{') {
         read_json(text, &mut objects, &mut warnings)?;
+        place(&mut warnings, source_name, 1);
     } else {
-        read_yaml(text, &mut objects, &mut warnings)?;
+        read_yaml(source_name, text, &mut objects, &mut warnings)?;
     }
     Some((objects, warnings))
 }
@@ -201,24 +205,54 @@ fn find_items(doc: &str) -> Result<Option<ItemsBlock>, ()> {
     }
 }
 
-fn read_yaml(text: &str, objects: &mut Objects, warnings: &mut Vec<Warning>) -> Option<()> {
-    for doc in split_documents(text)? {
-        read_yaml_document(doc, objects, warnings)?;
+fn read_yaml(
+    source_name: &str,
+    text: &str,
+    objects: &mut Objects,
+    warnings: &mut Vec<Warning>,
+) -> Option<()> {
+    // The parser's documents: every text after a `---` line is one (an
+    // empty one is null), the text before the first only when it holds
+    // more than blank lines and comments.
+    let mut number = 0;
+    for (i, doc) in split_documents(text)?.into_iter().enumerate() {
+        if i == 0 && doc.split_inclusive('\n').all(is_blank_or_comment) {
+            continue;
+        }
+        number += 1;
+        let before = warnings.len();
+        read_yaml_document(doc, i > 0, objects, warnings)?;
+        place(&mut warnings[before..], source_name, number);
     }
     Some(())
 }
 
-/// Read a document whole, as [`Objects::add_yaml`] does.
-fn read_whole(doc: &str, objects: &mut Objects, warnings: &mut Vec<Warning>) -> Option<()> {
-    for value in parse_documents(doc)? {
+/// Read a document whole, as [`Objects::add_yaml`] does. `explicit`: the
+/// text followed a `---` line, so it is one document even when empty.
+fn read_whole(
+    doc: &str,
+    explicit: bool,
+    objects: &mut Objects,
+    warnings: &mut Vec<Warning>,
+) -> Option<()> {
+    let values = parse_documents(doc)?;
+    if values.is_empty() && explicit {
+        objects.add_value(Value::Null, warnings);
+    }
+    for value in values {
         objects.add_value(value, warnings);
     }
     Some(())
 }
 
-fn read_yaml_document(doc: &str, objects: &mut Objects, warnings: &mut Vec<Warning>) -> Option<()> {
+fn read_yaml_document(
+    doc: &str,
+    explicit: bool,
+    objects: &mut Objects,
+    warnings: &mut Vec<Warning>,
+) -> Option<()> {
     let Some(block) = find_items(doc).ok()? else {
-        return read_whole(doc, objects, warnings);
+        return read_whole(doc, explicit, objects, warnings);
     };
     // The document without its items: a small mapping that says the kind.
     let header_text = format!("{}{}", &doc[..block.key_line], &doc[block.end..]);
@@ -237,7 +271,7 @@ fn read_yaml_document(doc: &str, objects: &mut Objects, warnings: &mut Vec<Warni
     else {
         // Not a list: its items mean nothing to kproxy, but the whole
         // object may (read whole, as before).
-        return read_whole(doc, objects, warnings);
+        return read_whole(doc, explicit, objects, warnings);
     };
     let mut i = 0;
     while i < block.entries.len() {
@@ -256,8 +290,8 @@ fn read_yaml_document(doc: &str, objects: &mut Objects, warnings: &mut Vec<Warni
         if batch.len() != j - i {
             return None;
         }
-        for item in batch {
-            add_list_item(objects, item, item_kind, warnings);
+        for (k, item) in batch.into_iter().enumerate() {
+            add_list_item(objects, item, item_kind, i + k, warnings);
         }
         i = j;
     }
@@ -272,7 +306,8 @@ fn read_yaml_document(doc: &str, objects: &mut Objects, warnings: &mut Vec<Warni
 /// and warnings come out in the same order as from the whole-tree reading.
 enum Segment {
     Converted(Objects, Vec<Warning>),
-    KindLess(Value),
+    /// An item without `kind`, and its index.
+    KindLess(usize, Value),
 }
 
 fn read_json(text: &str, objects: &mut Objects, warnings: &mut Vec<Warning>) -> Option<()> {
@@ -350,7 +385,9 @@ impl<'de> Visitor<'de> for DocumentSeed<'_> {
                     append(self.objects, &mut o);
                     self.warnings.extend(w);
                 }
-                Segment::KindLess(v) => add_list_item(self.objects, v, item_kind, self.warnings),
+                Segment::KindLess(i, v) => {
+                    add_list_item(self.objects, v, item_kind, i, self.warnings)
+                }
             }
         }
         Ok(())
@@ -400,19 +437,21 @@ impl<'de> Visitor<'de> for ItemsSeed<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Segment>, A::Error> {
         let mut segments = Vec::new();
+        let mut index = 0;
         while let Some(item) = seq.next_element::<Value>()? {
             if let Some(ik) = &self.item_kind {
-                add_list_item(self.objects, item, ik, self.warnings);
+                add_list_item(self.objects, item, ik, index, self.warnings);
             } else if item.get("kind").is_some() {
                 if !matches!(segments.last(), Some(Segment::Converted(..))) {
                     segments.push(Segment::Converted(Objects::default(), Vec::new()));
                 }
                 if let Some(Segment::Converted(o, w)) = segments.last_mut() {
-                    o.add_value(item, w);
+                    o.add_item(item, Some(index), w);
                 }
             } else {
-                segments.push(Segment::KindLess(item));
+                segments.push(Segment::KindLess(index, item));
             }
+            index += 1;
         }
         Ok(segments)
     }
@@ -439,7 +478,7 @@ mod tests {
 
     /// `text` takes the streaming path and reads exactly as a whole.
     fn streams_as_whole(text: &str) -> (Objects, Vec<Warning>) {
-        let streamed = read(text).expect("takes the streaming path");
+        let streamed = read("t", text).expect("takes the streaming path");
         same(&streamed, &whole(text));
         streamed
     }
@@ -594,7 +633,7 @@ mod tests {
             3,
         );
         assert!(
-            read(&text).is_none(),
+            read("t", &text).is_none(),
             "the streaming path gives up on errors"
         );
         let mut o = Objects::default();
@@ -603,7 +642,10 @@ mod tests {
             document,
             source_name,
             message,
-        } = &err;
+        } = &err
+        else {
+            panic!("not a parse error: {err}");
+        };
         assert_eq!(
             (*document, source_name.as_str()),
             (2, "input.yaml"),
@@ -627,7 +669,7 @@ mod tests {
             list.replace("items:\n", "items: # the objects\n"),
             format!("{list}items:\n- kind: Service\n"),
         ] {
-            assert!(read(&text).is_none(), "{text}");
+            assert!(read("t", &text).is_none(), "{text}");
         }
         // An anchor in one batch used in another: the batch fails to
         // parse alone, the whole reading resolves it.
@@ -637,7 +679,7 @@ mod tests {
         text += &"- {kind: ConfigMap, data: {pad: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx}}\n"
             .repeat(BATCH_BYTES / 40);
         text += "- *first\n";
-        assert!(read(&text).is_none());
+        assert!(read("t", &text).is_none());
         let mut o = Objects::default();
         o.add_yaml("t", &text).expect("reads whole");
         assert_eq!(names(&o.services), ["a", "a"]);

@@ -829,9 +829,11 @@ fn nodeport_addresses_per_mode() {
         NodePortIps::Only(vec!["192.168.0.2".parse().unwrap()])
     );
     assert!(g.family(IpFamily::V4).unwrap().localhost_nodeports);
+    // No IPv6 entry: every IPv6 address, as kube-proxy's
+    // `NewNodePortAddresses` (::/0 even when IPv4 has entries).
     assert_eq!(
         g.family(IpFamily::V6).unwrap().nodeport_ips,
-        NodePortIps::Only(vec![])
+        NodePortIps::All
     );
     c.localhost_nodeports = false;
     let g = graph_of(vec![node(None)], &c);

@@ -864,6 +864,16 @@ impl IptablesBackend {
                     continue;
                 }
                 let bytes = text.len();
+                for (table, n) in rules_per_table(&text) {
+                    match stats
+                        .rules_written_by_table
+                        .iter_mut()
+                        .find(|(f, t, _)| *f == fr.family && *t == table)
+                    {
+                        Some((_, _, sum)) => *sum += n,
+                        None => stats.rules_written_by_table.push((fr.family, table, n)),
+                    }
+                }
                 self.transport.apply(&FamilyPayload {
                     family: fr.family,
                     text,
@@ -879,6 +889,21 @@ impl IptablesBackend {
         }
         Ok(stats)
     }
+}
+
+/// The rules (`-A`, `-I`, `-R` lines) of a restore input, per table.
+fn rules_per_table(text: &str) -> Vec<(String, usize)> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            out.push((t.trim().to_string(), 0));
+        } else if (line.starts_with("-A ") || line.starts_with("-I ") || line.starts_with("-R "))
+            && let Some((_, n)) = out.last_mut()
+        {
+            *n += 1;
+        }
+    }
+    out
 }
 
 impl Backend for IptablesBackend {

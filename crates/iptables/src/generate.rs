@@ -275,7 +275,11 @@ fn generate_family(
     let mark = graph.masquerade_mark();
     let large = fg.total_endpoints() > LARGE_CLUSTER_ENDPOINTS;
     let is_v6 = fg.family == IpFamily::V6;
-    let kube_firewall = !is_v6 && graph.config.localhost_nodeports;
+    // kube-proxy writes KUBE-FIREWALL's localnet rule only where it sets
+    // route_localnet: IPv4, localhostNodePorts on and a loopback address
+    // among the NodePort addresses (`NewProxier` turns localhostNodePorts
+    // off otherwise). The graph resolved exactly that per family.
+    let kube_firewall = !is_v6 && fg.localhost_nodeports;
     let mut cx = Ctx {
         graph,
         fg,
@@ -935,5 +939,84 @@ fn endpoint_rules(
             });
         }
         rules.push(Rule::new(m, jump(sep)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use kproxy_graph::config::parse_nodeport_addresses;
+    use kproxy_graph::{Objects, ProxyConfig};
+
+    const CLUSTER: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: np}
+spec:
+  type: NodePort
+  clusterIPs: [172.30.0.61, \"fd00:172:30::61\"]
+  ipFamilies: [IPv4, IPv6]
+  ports:
+  - {name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 3061}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: test-node}
+status:
+  addresses:
+  - {type: InternalIP, address: 192.168.0.2}
+  - {type: InternalIP, address: \"2001:db8::2\"}
+";
+
+    const LOCALNET: &str = "-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP";
+
+    /// Whether each family's ruleset has the localnet rule and the
+    /// KUBE-FIREWALL chain at all, for `nodePortAddresses` = `entries`.
+    fn localnet(entries: &[&str], localhost_nodeports: bool) -> [(bool, bool); 2] {
+        let (objects, _) = Objects::from_yaml("cluster.yaml", CLUSTER).unwrap();
+        let config = ProxyConfig {
+            node_name: "test-node".into(),
+            nodeport_addresses: parse_nodeport_addresses(
+                "nodePortAddresses",
+                &entries.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+            .unwrap(),
+            localhost_nodeports,
+            ..ProxyConfig::default()
+        };
+        let g = ServiceGraph::build(&objects, &config);
+        let r = generate(&g, &GenOptions::default());
+        [IpFamily::V4, IpFamily::V6].map(|f| {
+            let text = r.family(f).unwrap().render_full();
+            (
+                text.lines().any(|l| l == LOCALNET),
+                text.contains(KUBE_FIREWALL),
+            )
+        })
+    }
+
+    #[test]
+    fn localnet_rule_only_with_localhost_nodeports() {
+        let (on, off) = ((true, true), (false, false));
+        assert_eq!(localnet(&[], true), [on, off], "unset");
+        assert_eq!(localnet(&["127.0.0.0/8"], true), [on, off], "localhost");
+        assert_eq!(localnet(&["0.0.0.0/0"], true), [on, off], "everything");
+        assert_eq!(localnet(&["192.168.0.0/24"], true), [off, off], "a CIDR");
+        assert_eq!(localnet(&["primary"], true), [off, off], "primary");
+        assert_eq!(
+            localnet(
+                &["192.168.0.0/24", "127.0.0.1/32", "2001:db8::/64", "::1/128"],
+                true
+            ),
+            [on, off],
+            "both families"
+        );
+        assert_eq!(
+            localnet(&["2001:db8::/64"], true),
+            [on, off],
+            "no IPv4 entry: every IPv4 address, localhost included"
+        );
+        assert_eq!(localnet(&[], false), [off, off], "localhostNodePorts off");
     }
 }

@@ -66,8 +66,10 @@ pub fn fixture_config(name: &str, mode: ProxyMode) -> ProxyConfig {
 pub fn load_fixture(name: &str, mode: ProxyMode) -> ServiceGraph {
     let path = fixture_path(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let (objects, warnings) =
-        Objects::from_yaml(&path.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"));
+    // Named as in the repository, so warnings (and golden files) do not
+    // depend on where it is checked out.
+    let (objects, warnings) = Objects::from_yaml(&format!("testdata/fixtures/{name}.yaml"), &text)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut g = ServiceGraph::build(&objects, &fixture_config(name, mode));
     g.warnings.extend(warnings);
     g.warnings.sort();
