@@ -20,18 +20,19 @@
 //!   are atomic); the error carries nft's message and statement, and the
 //!   next sync is full.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use kproxy_graph::{
     ApplyError, Backend, BackendKind, ChangeSet, GenError, Generator, Render, ServiceGraph,
-    SyncStats,
+    ServicePortName, SyncStats,
 };
 
 use std::fmt::Write as _;
 
+use crate::claims::{self, Claims, Winner};
 use crate::diff::{self, diff_tables};
 use crate::generate::{
-    self, Ctx, FamilyRules, LbChain, NftGenerator, ServiceRules, TABLE, lb_closure, sets,
+    self, Ctx, FamilyRules, FastHash, LbChain, NftGenerator, ServiceRules, TABLE, lb_closure, sets,
 };
 use crate::ir::{ChunkWriter, Element, Family, Op, Table, Transaction};
 use crate::transport::{self, Nft};
@@ -49,6 +50,8 @@ struct FamilyState {
     /// Rules in the per-service chains (kept up to date so statistics
     /// never walk every service).
     chain_rules: usize,
+    /// Who claims each key of the shared sets and maps.
+    claims: Claims,
 }
 
 fn service_chain_rules(sr: &ServiceRules) -> usize {
@@ -66,11 +69,13 @@ impl FamilyState {
             }
         }
         let chain_rules = rules.services.values().map(service_chain_rules).sum();
+        let claims = Claims::build(&rules.services);
         FamilyState {
             family,
             rules,
             lb_refs,
             chain_rules,
+            claims,
         }
     }
 }
@@ -400,7 +405,7 @@ impl NftablesBackend {
             let mut updates = Vec::new();
             for name in fc.removed.iter().chain(fc.changed.iter()) {
                 if let Some(sr) = fs.rules.services.get(name) {
-                    generate::add_contribution(&mut old_part, sr);
+                    add_chains(&mut old_part, sr);
                     for lb in lb_closure(&sr.lb) {
                         touched.insert(lb);
                         if let Some(n) = refs.get_mut(&lb) {
@@ -417,13 +422,15 @@ impl NftablesBackend {
                     continue;
                 };
                 let sr = generate::service_rules(&ctx, sp).map_err(gen_err)?;
-                generate::add_contribution(&mut new_part, &sr);
+                add_chains(&mut new_part, &sr);
                 for lb in lb_closure(&sr.lb) {
                     touched.insert(lb);
                     *refs.entry(lb).or_insert(0) += 1;
                 }
                 updates.push((name.clone(), Some(sr)));
             }
+            let new_skel = new_skeleton.unwrap_or(&fs.rules.skeleton);
+            shared_elements(fs, &updates, new_skel, &mut old_part, &mut new_part);
             let fam = generate::Fam { f: fs.family };
             for lb in &touched {
                 let c = lb.chain(&fam, ctx.mark());
@@ -506,6 +513,12 @@ impl NftablesBackend {
             }
             for (name, sr) in updates {
                 let new_rules = sr.as_ref().map_or(0, service_chain_rules);
+                if let Some(old) = fs.rules.services.get(&name) {
+                    fs.claims.remove(&name, old);
+                }
+                if let Some(sr) = &sr {
+                    fs.claims.add(&name, sr);
+                }
                 let old = match sr {
                     Some(sr) => fs.rules.services.insert(name, sr),
                     None => fs.rules.services.remove(&name),
@@ -684,6 +697,83 @@ fn affinity_entries(json: &str, ids: &BTreeSet<(u32, u32)>) -> Vec<String> {
         .filter(|e| ids.contains(&e.id))
         .map(|e| e.key())
         .collect()
+}
+
+/// Add the per-service chains of a contribution to a partial table (their
+/// names are unique to the service port).
+fn add_chains(t: &mut Table, sr: &ServiceRules) {
+    for c in &sr.chains {
+        t.chains.entry(c.name.clone()).or_insert_with(|| c.clone());
+    }
+}
+
+/// The elements an incremental sync must compare: for every key that the
+/// changed service ports claim before or after the change, the element the
+/// full render writes before (into `old_part`: what the kernel has) and
+/// after (into `new_part`). The full render's rule decides both
+/// ([`claims::winner`]: the skeleton's element, else the first claimant's
+/// in service-port order), over every claimant of the key, changed or not:
+/// so a second claimant never collides with the first, a loser that
+/// changes stays out, and a loser takes over when the winner goes.
+fn shared_elements(
+    fs: &FamilyState,
+    updates: &[(ServicePortName, Option<ServiceRules>)],
+    new_skeleton: &Table,
+    old_part: &mut Table,
+    new_part: &mut Table,
+) {
+    let changed: HashSet<&ServicePortName> = updates.iter().map(|(n, _)| n).collect();
+    // The new contributions' claims, by fingerprint.
+    let mut new_claims: HashMap<u64, Vec<(usize, usize)>, FastHash> = HashMap::default();
+    for (i, (_, sr)) in updates.iter().enumerate() {
+        let Some(sr) = sr else { continue };
+        let mut seen: HashSet<u64, FastHash> = HashSet::default();
+        for (at, e) in sr.elems.iter().enumerate() {
+            let fp = claims::fingerprint(e.set, e.key());
+            if seen.insert(fp) {
+                new_claims.entry(fp).or_default().push((i, at));
+            }
+        }
+    }
+    // Every key the change touches, once.
+    let mut keys: HashSet<(&'static str, &str), FastHash> = HashSet::default();
+    let olds = updates.iter().filter_map(|(n, _)| fs.rules.services.get(n));
+    let news = updates.iter().filter_map(|(_, sr)| sr.as_ref());
+    for sr in olds.chain(news) {
+        for e in &sr.elems {
+            keys.insert((e.set, e.key()));
+        }
+    }
+    let services = &fs.rules.services;
+    for (set, key) in keys {
+        let recorded = fs.claims.claimants(set, key);
+        let before = claims::winner(
+            &fs.rules.skeleton,
+            set,
+            key,
+            recorded
+                .iter()
+                .filter_map(|(n, at)| services.get_key_value(*n).map(|(n, sr)| (n, sr, *at))),
+        );
+        let unchanged = recorded
+            .iter()
+            .filter(|(n, _)| !changed.contains(n))
+            .filter_map(|(n, at)| services.get_key_value(*n).map(|(n, sr)| (n, sr, *at)));
+        let fresh = new_claims
+            .get(&claims::fingerprint(set, key))
+            .into_iter()
+            .flatten()
+            .filter_map(|(i, at)| {
+                let (n, sr) = &updates[*i];
+                sr.as_ref().map(|sr| (n, sr, *at))
+            });
+        let after = claims::winner(new_skeleton, set, key, unchanged.chain(fresh));
+        for (part, w) in [(&mut *old_part, before), (&mut *new_part, after)] {
+            if let (Winner::Service(e), Some(s)) = (w, part.sets.get_mut(set)) {
+                s.elements.insert(key.to_string(), e.element());
+            }
+        }
+    }
 }
 
 /// A table with the skeleton's set declarations (no elements, no chains):

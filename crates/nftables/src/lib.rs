@@ -9,6 +9,9 @@
 //! - [`diff`]: the incremental transaction builder (last applied IR → new
 //!   IR: element adds/deletes, chain adds/flushes, "flush now, delete
 //!   later");
+//! - [`claims`]: which service ports claim each key of the shared sets
+//!   and maps, so an incremental sync writes the element a full render
+//!   would (first claim in service-port order wins);
 //! - [`transport`]: [`Nft`], the wrapper around `nft -f -` that maps nft's
 //!   `line:col` errors back to the offending statement;
 //! - [`backend`]: [`NftablesBackend`], the daemon's
@@ -20,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod claims;
 pub mod diff;
 pub mod generate;
 pub mod ir;
