@@ -9,13 +9,16 @@
 //!   with SVG plots ([`report`]);
 //! - hidden helpers the bench runs inside namespaces: `exec-rss` (a
 //!   command's wall time and peak RSS), `serve` and `connect` (the data
-//!   plane's listener and client, [`dataplane`]).
+//!   plane's listener and client, [`dataplane`]);
+//! - `kproxy-bench drift-check` (hidden): the CPU time and memory of one
+//!   drift check at a given size ([`driftcheck`]).
 //!
 //! Needs root (network namespaces). Never touches the host's own rules:
 //! every rule goes into a namespace named `bch-<pid>-<n>`, deleted after
 //! use.
 
 mod dataplane;
+mod driftcheck;
 mod kpnft;
 mod report;
 mod results;
@@ -90,6 +93,23 @@ enum Cmd {
         /// The command.
         #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
         argv: Vec<String>,
+    },
+    /// (internal) The CPU time and memory of one drift check
+    /// (`Backend::check`) after a full sync of a synthetic cluster.
+    #[command(hide = true)]
+    DriftCheck {
+        /// `nftables`, `iptables-nft` or `iptables-legacy`.
+        #[arg(long)]
+        backend: String,
+        /// Number of Services.
+        #[arg(long, default_value_t = 10_000)]
+        services: usize,
+        /// Endpoints per Service.
+        #[arg(long, default_value_t = 10)]
+        endpoints: usize,
+        /// Checks to measure.
+        #[arg(long, default_value_t = 5)]
+        checks: usize,
     },
     /// (internal) Accept TCP connections and reset them, until killed.
     #[command(hide = true)]
@@ -252,6 +272,18 @@ fn real_main() -> anyhow::Result<()> {
         }
         Cmd::Run(args) => run_cmd(*args),
         Cmd::ExecRss { argv } => sys::exec_rss(&argv),
+        Cmd::DriftCheck {
+            backend,
+            services,
+            endpoints,
+            checks,
+        } => {
+            let kind = kproxy_graph::BackendKind::ALL
+                .into_iter()
+                .find(|k| k.as_str() == backend)
+                .with_context(|| format!("unknown backend {backend:?}"))?;
+            driftcheck::run(kind, services, endpoints, checks)
+        }
         Cmd::Serve { addr } => dataplane::serve(addr),
         Cmd::Connect { to, seconds, count } => dataplane::connect(to, seconds, count),
     }

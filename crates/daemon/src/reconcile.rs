@@ -484,9 +484,14 @@ impl Reconciler {
     }
 
     /// The periodic drift check: `true` when the kernel lost our rules.
+    ///
+    /// Only a kernel that no longer holds what the last *successful* sync
+    /// applied is drift. After a failed sync the next sync is full anyway
+    /// and the failure was counted as such: checking then would count the
+    /// same failure again as drift, every period, while the loader fails.
     pub fn check_drift(&mut self) -> bool {
         self.last_check = Instant::now();
-        if self.opts.dry_run || !self.applied {
+        if self.opts.dry_run || !self.applied || self.need_full {
             return false;
         }
         let backend = self.backend.clone();
@@ -769,7 +774,12 @@ mod tests {
         /// The change set of each partial sync.
         changes: Vec<ChangeSet>,
         fail_next: bool,
+        /// Every sync fails (a broken loader).
+        fail_always: bool,
         drifted: bool,
+        /// A failed sync left the backend without a state to compare
+        /// with, as the real backends do.
+        lost: bool,
     }
 
     struct Fake(Arc<Mutex<Log>>);
@@ -789,7 +799,8 @@ mod tests {
             let mut log = self.0.lock().unwrap();
             log.syncs.push(changes.is_none());
             log.changes.extend(changes.cloned());
-            if std::mem::take(&mut log.fail_next) {
+            if std::mem::take(&mut log.fail_next) || log.fail_always {
+                log.lost = true;
                 return Err(ApplyError::Rejected {
                     backend: "fake",
                     program: "nft".into(),
@@ -798,6 +809,7 @@ mod tests {
                 });
             }
             log.drifted = false;
+            log.lost = false;
             Ok(SyncStats {
                 full: changes.is_none(),
                 services: service_ports(graph),
@@ -809,7 +821,8 @@ mod tests {
             })
         }
         fn check(&mut self) -> Result<bool, ApplyError> {
-            Ok(!self.0.lock().unwrap().drifted)
+            let log = self.0.lock().unwrap();
+            Ok(!log.drifted && !log.lost)
         }
         fn last_applied(&self) -> Option<String> {
             Some("applied".into())
@@ -945,6 +958,38 @@ mod tests {
                 .metrics
                 .encode()
                 .contains("kproxy_drift_repairs_total 1")
+        );
+    }
+
+    #[test]
+    fn a_failing_loader_is_a_failed_sync_not_drift() {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let mut r = reconciler(log.clone());
+        assert!(r.sync_objects(&objects("10.0.0.1"), vec![]));
+        log.lock().unwrap().fail_always = true;
+        assert!(!r.sync_objects(&objects("10.0.0.2"), vec![]));
+        // The loop's order: the periodic check, then the retry.
+        for _ in 0..4 {
+            assert!(!r.check_drift(), "a failed sync is not drift");
+            assert!(!r.sync());
+        }
+        log.lock().unwrap().fail_always = false;
+        assert!(!r.check_drift());
+        assert!(r.sync());
+        assert!(!r.check_drift(), "in sync again");
+        assert_eq!(
+            log.lock().unwrap().syncs,
+            vec![true, false, true, true, true, true, true],
+            "retries are full syncs"
+        );
+        let st = r.shared.status();
+        assert_eq!((st.syncs, st.failures, st.drift_repairs), (2, 5, 0));
+        drop(st);
+        let text = r.shared.metrics.encode();
+        assert!(text.contains("kproxy_drift_repairs_total 0"), "{text}");
+        assert!(
+            text.contains("kubeproxy_sync_proxy_rules_nftables_sync_failures_total 5"),
+            "{text}"
         );
     }
 

@@ -339,6 +339,21 @@ fn failed_transaction_keeps_rules_and_next_sync_is_full() {
             rules.contains("10.180.0.1") && !rules.contains("10.180.0.9"),
             "{backend}: the previous rules must stay:\n{rules}"
         );
+        // While the loader keeps failing, each retry (one per syncPeriod)
+        // is a failed sync; none is drift.
+        assert!(
+            wait_for(Duration::from_secs(10), || http_get(&ns, 10249, "/metrics")
+                .and_then(|(_, _, m)| metric(&m, failure_metric))
+                .is_some_and(|v| v >= 3.0)),
+            "{backend}: failures not retried:\n{}",
+            d.log()
+        );
+        let (_, _, m) = http_get(&ns, 10249, "/metrics").unwrap();
+        assert_eq!(
+            metric(&m, "kproxy_drift_repairs_total"),
+            Some(0.0),
+            "{backend}: a failing loader is not drift:\n{m}"
+        );
         let (_, _, m) = http_get(&ns, 10249, "/metrics").unwrap();
         let full_before = metric(&m, "kproxy_syncs_total{sync=\"full\"}").unwrap_or(0.0);
         if backend == "iptables-nft" {
@@ -407,6 +422,57 @@ fn deleted_rules_are_repaired_within_a_sync_period() {
         let (_, _, m) = http_get(&ns, 10249, "/metrics").unwrap();
         assert!(
             metric(&m, "kproxy_drift_repairs_total").unwrap_or(0.0) >= 1.0,
+            "{backend}: {m}"
+        );
+
+        // Partial damage: one element of service-ips (nftables), the
+        // PREROUTING jump (iptables); repaired within a period as well.
+        let (damage, repaired): (Vec<String>, Box<dyn Fn() -> bool>) = match backend {
+            "nftables" => (
+                "nft delete element ip kproxy service-ips { 172.30.0.41 . tcp . 80 }"
+                    .split(' ')
+                    .map(String::from)
+                    .collect(),
+                Box::new(|| {
+                    ns.exec(&["nft", "list", "map", "ip", "kproxy", "service-ips"])
+                        .contains(SVC_IP)
+                }),
+            ),
+            flavour => {
+                let ipt = format!("iptables-{}", flavour.trim_start_matches("iptables-"));
+                let ns = &ns;
+                (
+                    vec![
+                        ipt.clone(),
+                        "-t".into(),
+                        "nat".into(),
+                        "-D".into(),
+                        "PREROUTING".into(),
+                        "-m".into(),
+                        "comment".into(),
+                        "--comment".into(),
+                        "kubernetes service portals".into(),
+                        "-j".into(),
+                        "KUBE-SERVICES".into(),
+                    ],
+                    Box::new(move || {
+                        exec_in(ns, &[&ipt, "-t", "nat", "-S", "PREROUTING"])
+                            .contains("KUBE-SERVICES")
+                    }),
+                )
+            }
+        };
+        let argv: Vec<&str> = damage.iter().map(String::as_str).collect();
+        exec_in(&ns, &argv);
+        assert!(!repaired(), "{backend}: damaged");
+        assert!(
+            wait_for(Duration::from_secs(4), &*repaired),
+            "{backend}: partial damage not repaired:\n{}",
+            d.log()
+        );
+        let (_, _, m) = http_get(&ns, 10249, "/metrics").unwrap();
+        assert!(
+            metric(&m, "kproxy_drift_repairs_total").unwrap_or(0.0) >= 2.0,
             "{backend}: {m}"
         );
     }

@@ -174,9 +174,15 @@ pub trait Backend: Send {
         changes: Option<&ChangeSet>,
     ) -> Result<SyncStats, ApplyError>;
 
-    /// Cheap check that the kernel still holds what was last applied (table
-    /// or canary present and unedited). `Ok(false)` means drift: the caller
-    /// forces a full sync.
+    /// Cheap check that the kernel still holds what the last successful
+    /// sync applied, compared as counts (tables and chains present, rules
+    /// per chain, jumps from built-in chains, set sizes; each backend says
+    /// which), never by listing everything as text. `Ok(false)` means
+    /// drift: the backend has logged what differs and its next sync is
+    /// full; the caller forces one. Also `Ok(false)` when nothing was
+    /// applied (no sync yet, or the last one failed): callers check only
+    /// after a successful sync, since a failed one is already retried as a
+    /// full sync.
     fn check(&mut self) -> Result<bool, ApplyError>;
 
     /// The last applied ruleset, in the backend's own syntax.

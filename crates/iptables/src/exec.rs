@@ -16,8 +16,10 @@ use kproxy_graph::{
     ApplyError, Backend, BackendKind, ChangeSet, FamilyChanges, GenError, IpFamily, Render,
     ServiceGraph, ServicePortName, SyncStats, Transport,
 };
+use kproxy_nftables::netlink::{self, NfSocket};
 
 use crate::diff::{ChainEdit, edit_script};
+use crate::drift::{self, ChainState};
 use crate::generate::{
     GenOptions, KUBE_PROXY_CANARY, generate, generate_reusing, top_level_chains,
 };
@@ -128,6 +130,66 @@ impl Runner {
                 lock.to_string_lossy().into_owned(),
             )],
         }
+    }
+
+    /// The network namespace commands run in (`None`: this process's).
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+
+    /// Run `program args...` and hand each line of its standard output to
+    /// `line` as it arrives, without keeping the output (a table's
+    /// `iptables-save` can be tens of MB). Returns the status and the
+    /// standard error.
+    pub fn run_lines(
+        &self,
+        program: &str,
+        args: &[&str],
+        mut line: impl FnMut(&str),
+    ) -> std::io::Result<RunOutput> {
+        use std::io::{BufRead as _, Read as _};
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
+        };
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        // Standard error from a thread: a child that fills that pipe while
+        // standard output is being read would otherwise block.
+        let stderr = child.stderr.take().map(|mut e| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = e.read_to_string(&mut s);
+                s
+            })
+        });
+        if let Some(out) = child.stdout.take() {
+            let mut r = std::io::BufReader::new(out);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                if r.read_until(b'\n', &mut buf)? == 0 {
+                    break;
+                }
+                line(String::from_utf8_lossy(&buf).trim_end_matches('\n'));
+            }
+        }
+        let status = child.wait()?;
+        let stderr = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
+        Ok(RunOutput {
+            success: status.success(),
+            status: status.to_string(),
+            stdout: String::new(),
+            stderr,
+        })
     }
 
     /// Run `program args...`, feeding `stdin`. Errors only when the
@@ -307,6 +369,54 @@ impl IptablesTransport {
                 message: format!("{program} failed ({}): {}", out.status, out.stderr.trim()),
             })
         }
+    }
+
+    /// Some chains of one table from one `iptables-save -t TABLE`, read as
+    /// a stream: each chain's rule count and jump targets, `None` for a
+    /// chain the table lacks. The legacy kernel interface hands out a
+    /// table only whole, so reading it once for every chain is the
+    /// cheapest way (one `iptables -S CHAIN` costs about as much).
+    pub fn save_chains(
+        &self,
+        family: IpFamily,
+        table: TableName,
+        chains: &[&str],
+    ) -> Result<BTreeMap<String, Option<ChainState>>, ApplyError> {
+        let program = self.flavour.save_binary(family);
+        let mut got: BTreeMap<String, Option<ChainState>> =
+            chains.iter().map(|c| (c.to_string(), None)).collect();
+        let out = self
+            .runner
+            .run_lines(&program, &["-t", table.as_str()], |l| {
+                if let Some(decl) = l.strip_prefix(':') {
+                    let name = decl.split_whitespace().next().unwrap_or("");
+                    if let Some(slot) = got.get_mut(name) {
+                        slot.get_or_insert_with(ChainState::default);
+                    }
+                } else if let Some(rest) = l.strip_prefix("-A ") {
+                    let name = rest.split_whitespace().next().unwrap_or("");
+                    if let Some(Some(state)) = got.get_mut(name) {
+                        drift::count_rule(state, rest);
+                    }
+                }
+            })
+            .map_err(|source| ApplyError::Spawn {
+                backend: self.backend(),
+                program: program.clone(),
+                source,
+            })?;
+        if !out.success {
+            return Err(ApplyError::Other {
+                backend: self.backend(),
+                message: format!(
+                    "{program} -t {} failed ({}): {}",
+                    table.as_str(),
+                    out.status,
+                    out.stderr.trim()
+                ),
+            });
+        }
+        Ok(got)
     }
 
     /// Whether the canary chain exists in `table` (a missing one means
@@ -712,6 +822,9 @@ pub struct IptablesBackend {
     need_full: bool,
     last_full: Option<Instant>,
     full_sync_period: Duration,
+    /// iptables-nft: the netlink socket the drift check reads through
+    /// (opened on first use, dropped after an error).
+    sock: Option<NfSocket>,
 }
 
 /// kube-proxy's `FullSyncPeriod`: a full sync at least this often repairs
@@ -739,6 +852,7 @@ impl IptablesBackend {
             need_full: true,
             last_full: None,
             full_sync_period: FULL_SYNC_PERIOD,
+            sock: None,
         }
     }
 
@@ -906,6 +1020,77 @@ fn rules_per_table(text: &str) -> Vec<(String, usize)> {
     out
 }
 
+impl IptablesBackend {
+    /// What differs between the kernel and the last sync ([`drift`]):
+    /// `None` when nothing does; "nothing applied" before the first
+    /// successful sync.
+    fn drift(&mut self) -> Result<Option<String>, ApplyError> {
+        let Some(last) = &self.last else {
+            return Ok(Some("nothing applied".into()));
+        };
+        let wanted: Vec<(IpFamily, Vec<drift::TableExpect>)> = last
+            .families
+            .iter()
+            .map(|fr| (fr.family, drift::expected(fr)))
+            .collect();
+        let mut diffs = Vec::new();
+        for (family, tables) in &wanted {
+            for want in tables {
+                let got = if self.transport.flavour == Flavour::Legacy {
+                    let chains: Vec<&str> = want.chains_to_read().collect();
+                    self.transport.save_chains(*family, want.table, &chains)?
+                } else {
+                    let mut got = BTreeMap::new();
+                    for chain in want.chains_to_read() {
+                        let state = self.read_chain(*family, want.table, chain)?;
+                        got.insert(chain.to_string(), state);
+                    }
+                    got
+                };
+                diffs.extend(drift::compare(*family, want, &got));
+            }
+        }
+        Ok((!diffs.is_empty()).then(|| diffs.join("; ")))
+    }
+
+    /// One chain of iptables-nft as the kernel holds it: its tables are
+    /// nf_tables tables, read over netlink (one message per rule of the
+    /// chain).
+    fn read_chain(
+        &mut self,
+        family: IpFamily,
+        table: TableName,
+        chain: &str,
+    ) -> Result<Option<ChainState>, ApplyError> {
+        let backend = self.transport.backend();
+        let err = |e: netlink::Error| ApplyError::Other {
+            backend,
+            message: format!("reading {} {chain}: {e}", table.as_str()),
+        };
+        let sock = match self.sock.as_mut() {
+            Some(s) => s,
+            None => {
+                let s = match self.transport.runner.netns() {
+                    Some(ns) => NfSocket::open_in_netns(ns),
+                    None => NfSocket::open(),
+                }
+                .map_err(err)?;
+                self.sock.insert(s)
+            }
+        };
+        let nf = match family {
+            IpFamily::V4 => kproxy_nftables::Family::Ip,
+            IpFamily::V6 => kproxy_nftables::Family::Ip6,
+        };
+        Ok(netlink::read_chain(sock, nf, table.as_str(), chain)
+            .map_err(err)?
+            .map(|c| ChainState {
+                rules: c.rules,
+                jumps: c.jumps,
+            }))
+    }
+}
+
 impl Backend for IptablesBackend {
     fn kind(&self) -> BackendKind {
         self.transport.flavour.kind()
@@ -924,19 +1109,19 @@ impl Backend for IptablesBackend {
     }
 
     fn check(&mut self) -> Result<bool, ApplyError> {
-        let Some(last) = &self.last else {
-            return Ok(false);
-        };
-        let families: Vec<IpFamily> = last.families.iter().map(|f| f.family).collect();
-        for f in families {
-            for t in [TableName::Mangle, TableName::Nat, TableName::Filter] {
-                if !self.transport.canary_present(f, t)? {
-                    self.need_full = true;
-                    return Ok(false);
-                }
+        match self.drift() {
+            Ok(None) => Ok(true),
+            Ok(Some(what)) => {
+                tracing::warn!(backend = %self.kind(), differences = %what,
+                    "the kernel's kproxy rules differ from the last sync");
+                self.need_full = true;
+                Ok(false)
+            }
+            Err(e) => {
+                self.sock = None;
+                Err(e)
             }
         }
-        Ok(true)
     }
 
     fn last_applied(&self) -> Option<String> {

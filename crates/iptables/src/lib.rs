@@ -10,6 +10,7 @@
 //!   chains a sync rewrites);
 //! - [`parse`]: the iptables-save parser ([`parse_save`]);
 //! - [`diff`]: in-place chain edits ([`diff::ChainEdit`], [`diff::edit_script`]);
+//! - [`drift`]: the drift check's expected jumps and rule counts;
 //! - [`exec`]: the [`Flavour`]s (legacy, nft), the process [`Runner`],
 //!   [`detect_flavour`], and [`IptablesBackend`], the
 //!   [`kproxy_graph::Backend`] both backend crates wrap.
@@ -17,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod diff;
+pub mod drift;
 pub mod exec;
 pub mod generate;
 pub mod ir;

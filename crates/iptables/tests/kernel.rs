@@ -750,3 +750,110 @@ fn nft_cleanup_in_small_batches_removes_everything_of_ours() {
     assert!(!after.contains("-j KUBE-SERVICES"), "{after}");
     assert!(after.contains(":FOREIGN"), "foreign chain kept: {after}");
 }
+
+/// Partial damage is drift, for both flavours: each case is seen by
+/// `check` (base-chain jumps and top-level rule counts) and the next sync
+/// (full) restores every rule.
+#[test]
+fn partial_damage_is_detected_and_repaired() {
+    let g = load_fixture("seed", ProxyMode::Iptables);
+    let rs = generate(&g, &GenOptions::default());
+    for flavour in FLAVOURS {
+        let ns = NetNs::new("iptdrift");
+        let t = transport(flavour, &ns);
+        let ipt = flavour.iptables_binary(IpFamily::V4);
+        let ip6t = flavour.iptables_binary(IpFamily::V6);
+        let mut be = IptablesBackend::in_netns(flavour, ns.name());
+        be.sync(&g, None).expect("sync");
+        let portals = "kubernetes service portals";
+        let cases: Vec<(&str, Vec<&str>)> = vec![
+            ("iptables -t nat -F", vec![&ipt, "-t", "nat", "-F"]),
+            (
+                "the PREROUTING jump deleted",
+                vec![
+                    &ipt,
+                    "-t",
+                    "nat",
+                    "-D",
+                    "PREROUTING",
+                    "-m",
+                    "comment",
+                    "--comment",
+                    portals,
+                    "-j",
+                    "KUBE-SERVICES",
+                ],
+            ),
+            (
+                "KUBE-SERVICES flushed",
+                vec![&ipt, "-t", "nat", "-F", "KUBE-SERVICES"],
+            ),
+            (
+                "the IPv6 FORWARD jump to KUBE-FORWARD deleted",
+                vec![
+                    &ip6t,
+                    "-t",
+                    "filter",
+                    "-D",
+                    "FORWARD",
+                    "-m",
+                    "comment",
+                    "--comment",
+                    "kubernetes forwarding rules",
+                    "-j",
+                    "KUBE-FORWARD",
+                ],
+            ),
+            (
+                "a rule added to KUBE-NODEPORTS",
+                vec![&ipt, "-t", "nat", "-A", "KUBE-NODEPORTS", "-j", "RETURN"],
+            ),
+            (
+                "the canary deleted",
+                vec![&ipt, "-t", "mangle", "-X", "KUBE-PROXY-CANARY"],
+            ),
+        ];
+        let mut missed = Vec::new();
+        for (what, argv) in &cases {
+            assert!(
+                be.check().expect("check"),
+                "{flavour:?} {what}: in sync before"
+            );
+            run(&ns, argv);
+            if be.check().expect("check") {
+                missed.push(*what);
+            }
+            let changes = ChangeSet::between(&g, &g);
+            let stats = be.sync(&g, Some(&changes)).expect("repair");
+            assert!(stats.full, "{flavour:?} {what}: the repair is a full sync");
+            assert!(
+                be.check().expect("check"),
+                "{flavour:?} {what}: in sync after"
+            );
+            for fr in &rs.families {
+                assert_kernel_matches(&t, fr, &format!("{flavour:?} {what}: repaired"));
+            }
+        }
+        assert!(missed.is_empty(), "{flavour:?}: drift not seen: {missed:?}");
+        // Rules of others in the same base chains are not drift.
+        run(
+            &ns,
+            &[
+                &ipt,
+                "-t",
+                "nat",
+                "-I",
+                "PREROUTING",
+                "-s",
+                "10.9.9.9",
+                "-j",
+                "RETURN",
+            ],
+        );
+        run(
+            &ns,
+            &[&ipt, "-t", "filter", "-A", "FORWARD", "-j", "ACCEPT"],
+        );
+        assert!(be.check().expect("check"), "{flavour:?}: foreign rules");
+    }
+}

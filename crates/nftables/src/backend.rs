@@ -14,8 +14,10 @@
 //!   ([`crate::diff`]): one transaction whose size depends on the change,
 //!   not on the cluster.
 //! - Every sync bumps a generation element in the `sync-generation` set;
-//!   [`check`](Backend::check) reads that set and the `services` chain (a
-//!   bounded read, never the whole table).
+//!   [`check`](Backend::check) reads, through netlink, every chain's rule
+//!   count and every set's element count and compares them with what the
+//!   last sync applied ([`crate::drift`]), then the generation: no `nft`
+//!   process, no text, memory independent of the cluster's size.
 //! - A failed transaction leaves the kernel as it was (nft transactions
 //!   are atomic); the error carries nft's message and statement, and the
 //!   next sync is full.
@@ -31,10 +33,12 @@ use std::fmt::Write as _;
 
 use crate::claims::{self, Claims, Winner};
 use crate::diff::{self, diff_tables};
+use crate::drift;
 use crate::generate::{
     self, Ctx, FamilyRules, FastHash, LbChain, NftGenerator, ServiceRules, TABLE, lb_closure, sets,
 };
 use crate::ir::{ChunkWriter, Element, Family, Op, Table, Transaction};
+use crate::netlink::{self, NfSocket, TableSummary};
 use crate::transport::{self, Nft};
 
 /// The default bound on elements per transaction for large full syncs.
@@ -99,9 +103,14 @@ pub struct NftablesBackend {
     generation: u32,
     /// Chains flushed by an earlier sync, to delete in a later one.
     stale: BTreeSet<(Family, String)>,
-    /// Rules in the `services` chain per family after the last sync (for
-    /// the drift check).
-    services_rules: BTreeMap<Family, usize>,
+    /// What the kernel must hold after the sync of generation `.0`, as
+    /// counts (computed by the first drift check after a sync).
+    expected: Option<(u32, Vec<(Family, TableSummary)>)>,
+    /// The netlink socket the drift check reads through (opened on first
+    /// use, dropped after an error).
+    sock: Option<NfSocket>,
+    /// Sets up to this size are counted exactly by the drift check.
+    exact_limit: usize,
     max_elements: usize,
     dry_run: bool,
 }
@@ -131,7 +140,9 @@ impl NftablesBackend {
             state: None,
             generation: 0,
             stale: BTreeSet::new(),
-            services_rules: BTreeMap::new(),
+            expected: None,
+            sock: None,
+            exact_limit: drift::EXACT_LIMIT,
             max_elements: DEFAULT_MAX_ELEMENTS,
             dry_run: false,
         }
@@ -140,6 +151,14 @@ impl NftablesBackend {
     /// Bound the elements of one transaction in a full sync (≥ 1000).
     pub fn max_elements_per_transaction(mut self, n: usize) -> Self {
         self.max_elements = n.max(1000);
+        self
+    }
+
+    /// The drift check counts the elements of sets up to `n` elements and
+    /// only checks larger ones for being non-empty (default
+    /// [`drift::EXACT_LIMIT`]).
+    pub fn drift_exact_limit(mut self, n: usize) -> Self {
+        self.exact_limit = n;
         self
     }
 
@@ -307,17 +326,9 @@ impl NftablesBackend {
             }
         };
         let mut w = ChunkWriter::streaming(max, &mut sink);
-        let mut services_rules = BTreeMap::new();
-        for (f, fr) in &fams {
+        for (_, fr) in &fams {
             fr.render_full(&mut w);
             stats.rules_total += fr.assemble_rule_count();
-            services_rules.insert(
-                *f,
-                fr.skeleton
-                    .chains
-                    .get("services")
-                    .map_or(0, |c| c.rules.len()),
-            );
         }
         for (f, t, op) in &gen_tx.ops {
             w.op(*f, t, op);
@@ -330,7 +341,6 @@ impl NftablesBackend {
             return Err(e);
         }
         self.stale.clear();
-        self.services_rules = services_rules;
         self.state = Some(
             fams.into_iter()
                 .map(|(f, fr)| FamilyState::new(f, fr))
@@ -505,10 +515,6 @@ impl NftablesBackend {
         for (idx, updates, refs, skeleton) in new_state {
             let fs = &mut state[idx];
             if let Some(skel) = skeleton {
-                self.services_rules.insert(
-                    fs.family,
-                    skel.chains.get("services").map_or(0, |c| c.rules.len()),
-                );
                 fs.rules.skeleton = skel;
             }
             for (name, sr) in updates {
@@ -553,6 +559,91 @@ impl NftablesBackend {
             .unwrap_or(0);
         fill_counts(&mut stats, graph);
         Ok(stats)
+    }
+}
+
+impl NftablesBackend {
+    /// What differs between the kernel and the last sync, read through
+    /// netlink as counts ([`crate::drift`]): `None` when nothing does.
+    /// Nothing applied (no sync yet, or the last one failed) is reported
+    /// as a difference too: there is nothing to compare with.
+    fn drift(&mut self) -> Result<Option<String>, ApplyError> {
+        let Some(state) = self.state.as_ref() else {
+            return Ok(Some("nothing applied".into()));
+        };
+        if self
+            .expected
+            .as_ref()
+            .is_none_or(|(g, _)| *g != self.generation)
+        {
+            let summaries = state
+                .iter()
+                .map(|fs| {
+                    let mut s = drift::expected(&fs.rules, fs.lb_refs.keys());
+                    // The one element each sync writes.
+                    if let Some(g) = s.sets.get_mut(sets::GENERATION) {
+                        g.elements = 1;
+                    }
+                    (fs.family, s)
+                })
+                .collect();
+            self.expected = Some((self.generation, summaries));
+        }
+        let sock = match self.sock.as_mut() {
+            Some(s) => s,
+            None => {
+                let s = match self.nft.netns() {
+                    Some(ns) => NfSocket::open_in_netns(ns),
+                    None => NfSocket::open(),
+                }
+                .map_err(netlink_err)?;
+                self.sock.insert(s)
+            }
+        };
+        let Some((_, expected)) = self.expected.as_ref() else {
+            return Ok(None);
+        };
+        for (f, want) in expected {
+            let exact = |set: &str| {
+                want.sets
+                    .get(set)
+                    .is_some_and(|s| s.elements <= self.exact_limit)
+            };
+            let Some(got) = netlink::read_table(sock, *f, TABLE, &exact).map_err(netlink_err)?
+            else {
+                return Ok(Some(format!("table {} {TABLE} is gone", f.as_str())));
+            };
+            let flushed: Vec<&str> = self
+                .stale
+                .iter()
+                .filter(|(sf, _)| sf == f)
+                .map(|(_, c)| c.as_str())
+                .collect();
+            let diffs = drift::compare(*f, want, &got, &flushed);
+            if !diffs.is_empty() {
+                return Ok(Some(diffs.join("; ")));
+            }
+            // Same counts: still the generation kproxy wrote last (another
+            // writer's reload would show another one).
+            let keys = netlink::set_keys(sock, *f, TABLE, sets::GENERATION).map_err(netlink_err)?;
+            let want_key = self.generation.to_ne_bytes();
+            if keys.len() != 1 || keys[0] != want_key {
+                return Ok(Some(format!(
+                    "set {} {} holds another generation than {:#x}",
+                    f.as_str(),
+                    sets::GENERATION,
+                    self.generation
+                )));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn netlink_err(e: netlink::Error) -> ApplyError {
+    ApplyError::Other {
+        backend: "nftables",
+        message: format!("reading the kernel's tables: {e}"),
     }
 }
 
@@ -848,35 +939,21 @@ impl Backend for NftablesBackend {
     }
 
     fn check(&mut self) -> Result<bool, ApplyError> {
-        if self.state.is_none() {
-            return Ok(false);
-        }
-        // One `nft list` per object: nft 1.0.6 fails to resolve set
-        // references when several `list` commands share one `-f` script.
-        let mut out = String::new();
-        for f in self.services_rules.keys() {
-            for args in [
-                ["list", "set", f.as_str(), TABLE, sets::GENERATION],
-                ["list", "chain", f.as_str(), TABLE, "services"],
-            ] {
-                match self.nft.run(&args, None) {
-                    Ok(text) => out.push_str(&text),
-                    // The table or the object is gone: drift.
-                    Err(ApplyError::Rejected { .. }) => {
-                        self.state = None;
-                        return Ok(false);
-                    }
-                    Err(e) => return Err(e),
-                }
+        match self.drift() {
+            Ok(None) => Ok(true),
+            Ok(Some(what)) => {
+                tracing::warn!(backend = "nftables", differences = %what,
+                    "the kernel's kproxy tables differ from the last sync");
+                // What kproxy applied is no longer what the kernel has: the
+                // next sync must reload, not diff against the stale state.
+                self.state = None;
+                Ok(false)
+            }
+            Err(e) => {
+                self.sock = None;
+                Err(e)
             }
         }
-        let ok = listing_matches(&out, self.generation, &self.services_rules);
-        if !ok {
-            // What kproxy applied is no longer what the kernel has: the
-            // next sync must reload, not diff against the stale state.
-            self.state = None;
-        }
-        Ok(ok)
     }
 
     fn last_applied(&self) -> Option<String> {
@@ -919,38 +996,6 @@ impl Backend for NftablesBackend {
             Err(errors)
         }
     }
-}
-
-/// Does `nft list` output of the generation sets and `services` chains
-/// show `generation` in every family and the expected rule counts?
-fn listing_matches(out: &str, generation: u32, services_rules: &BTreeMap<Family, usize>) -> bool {
-    let want = format!("{generation:#010x}");
-    let gens = out
-        .lines()
-        .filter(|l| l.trim_start().starts_with("elements = {"))
-        .filter(|l| l.contains(&want))
-        .count();
-    if gens != services_rules.len() {
-        return false;
-    }
-    // Rules of each `services` chain: the lines between its header and
-    // the closing brace.
-    let mut counts = Vec::new();
-    let mut inside = None;
-    for l in out.lines() {
-        let t = l.trim();
-        if t.starts_with("chain services {") {
-            inside = Some(0usize);
-        } else if let Some(n) = inside.as_mut() {
-            if t == "}" {
-                counts.push(*n);
-                inside = None;
-            } else if !t.is_empty() {
-                *n += 1;
-            }
-        }
-    }
-    counts == services_rules.values().copied().collect::<Vec<_>>()
 }
 
 /// Why nftables mode cannot run here (reference §2.9).
@@ -1001,17 +1046,6 @@ pub fn supported_with(nft: &Nft) -> Result<(), Unsupported> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn listing_check() {
-        let out = "table ip kproxy {\n\tset sync-generation {\n\t\ttype mark\n\t\telements = { 0x00000003 }\n\t}\n}\ntable ip kproxy {\n\tchain services {\n\t\tip daddr . meta l4proto . th dport vmap @service-ips\n\t}\n}\n";
-        let mut m = BTreeMap::new();
-        m.insert(Family::Ip, 1);
-        assert!(listing_matches(out, 3, &m));
-        assert!(!listing_matches(out, 4, &m));
-        m.insert(Family::Ip, 2);
-        assert!(!listing_matches(out, 3, &m));
-    }
 
     #[test]
     fn affinity_entries_of_removed_endpoints() {

@@ -14,6 +14,9 @@
 //!   would (first claim in service-port order wins);
 //! - [`transport`]: [`Nft`], the wrapper around `nft -f -` that maps nft's
 //!   `line:col` errors back to the offending statement;
+//! - [`drift`]: the drift check's expected counts and comparison;
+//! - [`netlink`]: read-only nf_tables netlink dumps (chains, rule and
+//!   element counts) for the drift check;
 //! - [`backend`]: [`NftablesBackend`], the daemon's
 //!   [`kproxy_graph::Backend`], and [`supported`] for `--backend auto`.
 //!
@@ -25,9 +28,11 @@
 pub mod backend;
 pub mod claims;
 pub mod diff;
+pub mod drift;
 pub mod generate;
 pub mod ir;
 pub mod names;
+pub mod netlink;
 pub mod transport;
 
 pub use backend::{NftablesBackend, supported};

@@ -21,6 +21,9 @@ pub struct Nft {
     /// The program and leading arguments (`["nft"]`, or
     /// `["ip", "netns", "exec", NAME, "nft"]`).
     argv: Vec<String>,
+    /// The network namespace `argv` enters, if any (netlink reads open
+    /// their socket there).
+    netns: Option<String>,
 }
 
 impl Default for Nft {
@@ -34,6 +37,7 @@ impl Nft {
     pub fn host() -> Self {
         Nft {
             argv: vec!["nft".to_string()],
+            netns: None,
         }
     }
 
@@ -44,7 +48,13 @@ impl Nft {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            netns: Some(name.to_string()),
         }
+    }
+
+    /// The network namespace commands run in (`None`: this process's).
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
     }
 
     /// The command line, for messages.

@@ -237,3 +237,218 @@ fn ipv6_service_reaches_both_pods() {
         assert_eq!(probe_many(topo.client.name(), addr, 40), both, "{addr}");
     }
 }
+
+/// Partial damage is drift: each case is seen by `check` (counts read
+/// through netlink) and a full sync restores the table.
+#[test]
+fn partial_damage_is_detected_and_repaired() {
+    let ns = kproxy_testkit::NetNs::new("nftdrift");
+    let graph = load_fixture("seed", ProxyMode::Nftables);
+    let mut backend = NftablesBackend::in_netns(ns.name());
+    backend.sync(&graph, None).expect("full sync");
+    // The table without the generation, which every sync bumps.
+    let listing = || -> String {
+        ns.exec(&["nft", "list", "table", "ip", "kproxy"])
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("elements = { 0x"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let pristine = listing();
+    let jump_handle = |chain: &str| -> String {
+        let out = ns.exec(&["nft", "-a", "list", "chain", "ip", "kproxy", chain]);
+        let line = out
+            .lines()
+            .find(|l| l.contains("jump services"))
+            .unwrap_or_else(|| panic!("no jump services in {chain}: {out}"));
+        line.rsplit("handle ")
+            .next()
+            .expect("handle")
+            .trim()
+            .to_string()
+    };
+    type Damage<'a> = Box<dyn Fn() + 'a>;
+    let cases: Vec<(&str, Damage)> = vec![
+        (
+            "one element of service-ips deleted",
+            Box::new(|| {
+                ns.exec(&[
+                    "nft",
+                    "delete",
+                    "element",
+                    "ip",
+                    "kproxy",
+                    "service-ips",
+                    "{",
+                    "10.107.33.105",
+                    ".",
+                    "tcp",
+                    ".",
+                    "80",
+                    "}",
+                ]);
+            }),
+        ),
+        (
+            "jump services deleted from nat-prerouting",
+            Box::new(|| {
+                let h = jump_handle("nat-prerouting");
+                ns.exec(&[
+                    "nft",
+                    "delete",
+                    "rule",
+                    "ip",
+                    "kproxy",
+                    "nat-prerouting",
+                    "handle",
+                    &h,
+                ]);
+            }),
+        ),
+        (
+            "an endpoint map flushed",
+            Box::new(|| {
+                ns.exec(&[
+                    "nft",
+                    "flush",
+                    "map",
+                    "ip",
+                    "kproxy",
+                    "cluster-endpoints-tcp",
+                ]);
+            }),
+        ),
+        (
+            "the services chain flushed",
+            Box::new(|| {
+                ns.exec(&["nft", "flush", "chain", "ip", "kproxy", "services"]);
+            }),
+        ),
+        (
+            "a rule added to a chain",
+            Box::new(|| {
+                ns.exec(&["nft", "add", "rule", "ip", "kproxy", "services", "counter"]);
+            }),
+        ),
+        (
+            "the table deleted",
+            Box::new(|| {
+                ns.exec(&["nft", "delete", "table", "ip", "kproxy"]);
+            }),
+        ),
+    ];
+    let mut missed = Vec::new();
+    for (what, damage) in &cases {
+        assert!(backend.check().expect("check"), "{what}: in sync before");
+        damage();
+        if backend.check().expect("check") {
+            missed.push(*what);
+        }
+        // The daemon then forces a full sync.
+        let stats = backend.sync(&graph, None).expect("repair");
+        assert!(stats.full, "{what}");
+        assert!(backend.check().expect("check"), "{what}: in sync after");
+        let repaired = listing();
+        assert_eq!(
+            kproxy_testkit::line_diff(&pristine, &repaired),
+            "",
+            "{what}: repaired"
+        );
+    }
+    assert!(missed.is_empty(), "drift not seen: {missed:?}");
+    // Entries the kernel adds to the dynamic affinity set are not drift.
+    ns.exec(&[
+        "nft", "add", "element", "ip", "kproxy", "affinity", "{", "10.0.0.9", ".", "1", ".", "2",
+        "timeout", "1h", "}",
+    ]);
+    assert!(
+        backend.check().expect("check"),
+        "affinity entries are not drift"
+    );
+    backend.cleanup().expect("cleanup");
+}
+
+/// Sets above the exact-count limit are read one reply datagram deep: a
+/// flushed map is drift, a missing element of it is left to the periodic
+/// full sync.
+#[test]
+fn large_sets_are_probed_for_emptiness() {
+    use common::cluster::{Svc, graph};
+    let ns = kproxy_testkit::NetNs::new("nftprobe");
+    // 1,000 endpoints: more than one ~32 KiB reply of the endpoint map.
+    let svcs: Vec<Svc> = (0..500)
+        .map(|i| {
+            Svc::new(
+                "ns",
+                &format!("s{i}"),
+                &format!("10.96.{}.{}", i / 250, i % 250 + 1),
+                80,
+            )
+            .ep(&format!("10.244.{}.{}", i / 250, i % 250 + 1), "node-2")
+            .ep(&format!("10.245.{}.{}", i / 250, i % 250 + 1), "node-3")
+        })
+        .collect();
+    let g = graph(&svcs);
+    let mut backend = NftablesBackend::in_netns(ns.name()).drift_exact_limit(100);
+    backend.sync(&g, None).expect("full sync");
+    assert!(backend.check().expect("check"), "in sync");
+    ns.exec(&[
+        "nft",
+        "delete",
+        "element",
+        "ip",
+        "kproxy",
+        "cluster-endpoints-tcp",
+        "{",
+        "10.96.0.1",
+        ".",
+        "tcp",
+        ".",
+        "80",
+        ".",
+        "0",
+        "}",
+    ]);
+    assert!(
+        backend.check().expect("check"),
+        "one element of a probed map is not seen"
+    );
+    ns.exec(&[
+        "nft",
+        "flush",
+        "map",
+        "ip",
+        "kproxy",
+        "cluster-endpoints-tcp",
+    ]);
+    assert!(
+        !backend.check().expect("check"),
+        "a flushed probed map is drift"
+    );
+    backend.sync(&g, None).expect("repair");
+    assert!(backend.check().expect("check"), "in sync after");
+    // Exact counts (the default limit) see the single element.
+    let mut backend = backend.drift_exact_limit(kproxy_nftables::drift::EXACT_LIMIT);
+    assert!(backend.check().expect("check"));
+    ns.exec(&[
+        "nft",
+        "delete",
+        "element",
+        "ip",
+        "kproxy",
+        "cluster-endpoints-tcp",
+        "{",
+        "10.96.0.1",
+        ".",
+        "tcp",
+        ".",
+        "80",
+        ".",
+        "0",
+        "}",
+    ]);
+    assert!(
+        !backend.check().expect("check"),
+        "counted: one element seen"
+    );
+}

@@ -1,0 +1,184 @@
+//! [`NfSocket`]: one `NETLINK_NETFILTER` socket, one request at a time.
+
+use netlink_packet_core::{NLM_F_DUMP_INTR, NetlinkBuffer};
+use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
+
+use super::Error;
+use super::msg::{NFGENMSG_LEN, NFNL_SUBSYS_NFTABLES, Request};
+
+/// `NLMSG_ERROR`: an error or, with code 0, an acknowledgement.
+const NLMSG_ERROR: u16 = 2;
+/// `NLMSG_DONE`: the end of a dump.
+const NLMSG_DONE: u16 = 3;
+/// `MSG_TRUNC` for `recv(2)`: return the datagram's real length.
+const MSG_TRUNC: i32 = 0x20;
+/// The receive buffer. The kernel fills a dump datagram up to the size of
+/// the reader's buffer (32 KiB at first); one nf_tables object is far
+/// smaller.
+const RECV_BUF: usize = 128 * 1024;
+
+/// One reply message of an nf_tables request.
+#[derive(Debug, Clone, Copy)]
+pub struct Reply<'a> {
+    /// The nf_tables message type (`NFT_MSG_NEW*`).
+    pub msg: u8,
+    /// `nfgenmsg.nfgen_family`.
+    pub family: u8,
+    /// The attributes after the `nfgenmsg` header.
+    pub attrs: &'a [u8],
+}
+
+/// A netfilter netlink socket.
+#[derive(Debug)]
+pub struct NfSocket {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+    /// The namespace it was opened in (`None`: this process's).
+    netns: Option<String>,
+}
+
+impl NfSocket {
+    /// A socket in this process's network namespace.
+    pub fn open() -> Result<Self, Error> {
+        let mut socket = Socket::new(NETLINK_NETFILTER)?;
+        socket.bind_auto()?;
+        socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+        Ok(NfSocket {
+            socket,
+            seq: 0,
+            buf: vec![0; RECV_BUF],
+            netns: None,
+        })
+    }
+
+    /// A socket in the network namespace `ip netns` calls `name`
+    /// (`/run/netns/NAME`). A socket belongs to the namespace it was
+    /// created in, so it is created on a short-lived thread that entered
+    /// the namespace; this process's namespace is left alone.
+    pub fn open_in_netns(name: &str) -> Result<Self, Error> {
+        let path = format!("/run/netns/{name}");
+        let netns = |reason: String| Error::Netns {
+            name: name.to_string(),
+            reason,
+        };
+        let file = std::fs::File::open(&path).map_err(|e| netns(format!("{path}: {e}")))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| netns(format!("setns: {e}")))?;
+                let mut s = NfSocket::open()?;
+                s.netns = Some(name.to_string());
+                Ok(s)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(netns("the helper thread panicked".into())))
+        })
+    }
+
+    /// A new socket in the same network namespace.
+    pub fn reopen(&self) -> Result<Self, Error> {
+        match &self.netns {
+            Some(name) => NfSocket::open_in_netns(name),
+            None => NfSocket::open(),
+        }
+    }
+
+    /// Send the dump `req` on a socket of its own and hand the messages of
+    /// the first reply datagram (about 32 KiB) to `each`; then close that
+    /// socket, which ends the dump in the kernel. `true` when that was the
+    /// whole dump. The probe of a large set: reading it whole costs the
+    /// kernel more than linear time (a hash set's dump walks the set from
+    /// its start for every datagram).
+    pub fn request_first(&self, req: &Request, each: impl FnMut(Reply<'_>)) -> Result<bool, Error> {
+        let mut probe = self.reopen()?;
+        probe.exchange(req, each, true)
+    }
+
+    /// Send `req` and hand each nf_tables reply message to `each`, until
+    /// the dump ends (or, for a get, the acknowledgement arrives). A dump
+    /// the kernel marks as interrupted by a concurrent change is read to
+    /// its end and then reported as [`Error::Interrupted`].
+    pub fn request(&mut self, req: &Request, each: impl FnMut(Reply<'_>)) -> Result<(), Error> {
+        self.exchange(req, each, false).map(|_| ())
+    }
+
+    /// [`NfSocket::request`], or with `first_only` only the first reply
+    /// datagram (`Ok(false)` when more was to come).
+    fn exchange(
+        &mut self,
+        req: &Request,
+        mut each: impl FnMut(Reply<'_>),
+        first_only: bool,
+    ) -> Result<bool, Error> {
+        let name = req.msg.name();
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        self.socket.send(&req.encode(seq), 0)?;
+        let mut interrupted = false;
+        loop {
+            let n = self.socket.recv(&mut &mut self.buf[..], MSG_TRUNC)?;
+            if n > self.buf.len() {
+                return Err(Error::Decode {
+                    request: name,
+                    reason: format!("a {n}-byte datagram exceeds the {RECV_BUF}-byte buffer"),
+                });
+            }
+            let mut data = &self.buf[..n];
+            while !data.is_empty() {
+                let nl = NetlinkBuffer::new_checked(data).map_err(|e| Error::Decode {
+                    request: name,
+                    reason: e.to_string(),
+                })?;
+                let len = (nl.length() as usize).min(data.len());
+                let aligned = len.next_multiple_of(4).min(data.len());
+                let (kind, flags, msg_seq) = (nl.message_type(), nl.flags(), nl.sequence_number());
+                let payload = nl.payload();
+                data = &data[aligned..];
+                if msg_seq != seq {
+                    continue;
+                }
+                interrupted |= flags & NLM_F_DUMP_INTR != 0;
+                match kind {
+                    NLMSG_DONE => return finish(name, interrupted).map(|()| true),
+                    NLMSG_ERROR => {
+                        let code = payload
+                            .get(..4)
+                            .and_then(|b| b.try_into().ok())
+                            .map(i32::from_ne_bytes)
+                            .ok_or_else(|| Error::Decode {
+                                request: name,
+                                reason: "short error message".into(),
+                            })?;
+                        if code == 0 {
+                            return finish(name, interrupted).map(|()| true);
+                        }
+                        return Err(Error::Kernel {
+                            request: name,
+                            source: std::io::Error::from_raw_os_error(-code),
+                        });
+                    }
+                    k if k >> 8 == NFNL_SUBSYS_NFTABLES && payload.len() >= NFGENMSG_LEN => {
+                        each(Reply {
+                            msg: (k & 0xff) as u8,
+                            family: payload[0],
+                            attrs: &payload[NFGENMSG_LEN..],
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            if first_only {
+                return Ok(false);
+            }
+        }
+    }
+}
+
+fn finish(request: &'static str, interrupted: bool) -> Result<(), Error> {
+    if interrupted {
+        Err(Error::Interrupted { request })
+    } else {
+        Ok(())
+    }
+}
