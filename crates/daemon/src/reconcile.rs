@@ -988,7 +988,9 @@ mod tests {
         let text = r.shared.metrics.encode();
         assert!(text.contains("kproxy_drift_repairs_total 0"), "{text}");
         assert!(
-            text.contains("kubeproxy_sync_proxy_rules_nftables_sync_failures_total 5"),
+            text.contains(
+                "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"} 5"
+            ),
             "{text}"
         );
     }

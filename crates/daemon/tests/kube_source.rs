@@ -752,7 +752,7 @@ async fn before_the_first_list_status_shows_the_errors_and_sigterm_exits_0() {
         let status = common::http_get(&ns, 10249, "/status").map(|(_, _, body)| body);
         if let Some(body) = &status {
             let v: Value = serde_json::from_str(body).expect("/status is JSON");
-            if v["sourceErrors"].as_array().is_some_and(|e| e.len() == 3) {
+            if v["sourceErrors"].as_array().is_some_and(|e| e.len() == 4) {
                 break v;
             }
         }

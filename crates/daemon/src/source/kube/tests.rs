@@ -951,7 +951,7 @@ async fn an_error_lasts_until_the_api_server_answers_again() {
         assert!(tokio::time::Instant::now() < end, "{:?}", src.errors());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(told.lock().unwrap().as_ref().map(Vec::len), Some(3));
+    assert_eq!(told.lock().unwrap().as_ref().map(Vec::len), Some(4));
     // Back, with nothing changed: the watches resume without an event,
     // and the errors end when the resumed watches are answered.
     h.emu.recover();
