@@ -25,6 +25,7 @@ pub fn main(args: &RunArgs) -> anyhow::Result<ExitCode> {
         min_sync_period = ?settings.min_sync_period,
         "kproxy starting"
     );
+    raise_open_file_limit();
     let backend = backends::make_backend(settings.backend)?;
     if !args.dry_run {
         crate::sysctl::apply(&settings.sysctls);
@@ -37,13 +38,44 @@ pub fn main(args: &RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(run(args, settings, backend))
+    // The HTTP listeners get a runtime of their own, so that nothing the
+    // sync loop does (a long graph update, a kernel transaction, a source
+    // flooding events) can delay /livez and /healthz; their heavy answers
+    // (/rules, /graph) are rendered on its blocking pool.
+    let http_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .thread_name("kproxy-http")
+        .enable_all()
+        .build()
+        .context("starting the HTTP runtime")?;
+    let result = rt.block_on(run(args, settings, backend, http_rt.handle().clone()));
+    http_rt.shutdown_background();
+    result
+}
+
+/// Raise the open-file soft limit to the hard limit: every connection,
+/// netlink socket and loader pipe is a descriptor, and the usual soft
+/// limit of 1024 is far below what a node's daemon may need.
+pub fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit")
+            }
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
 }
 
 async fn run(
     args: &RunArgs,
     settings: Settings,
     backend: Box<dyn kproxy_graph::Backend>,
+    http_rt: tokio::runtime::Handle,
 ) -> anyhow::Result<ExitCode> {
     let shared = Shared::new(
         ProxyHealth::new(settings.sync_period * 2),
@@ -54,6 +86,7 @@ async fn run(
             ..Status::default()
         },
     );
+    shared.set_http_runtime(http_rt.clone());
     let mut tasks = Vec::new();
     if !args.once {
         let listeners: [(&str, Option<std::net::SocketAddr>, http::Handler); 2] = [
@@ -70,10 +103,15 @@ async fn run(
         ];
         for (what, addr, handler) in listeners {
             let Some(addr) = addr else { continue };
-            match http::bind(what, addr).await {
+            match http::bind(what, addr) {
                 Ok(l) => {
                     tracing::info!(%addr, listener = what, "serving");
-                    tasks.push(tokio::spawn(http::serve(l, handler)));
+                    tasks.push(http_rt.spawn(http::serve(
+                        l,
+                        handler,
+                        http::Limits::LISTENER,
+                        None,
+                    )));
                 }
                 // kube-proxy's bindAddressHardFail: by default a listener
                 // that cannot bind is logged and the proxy works on.

@@ -34,6 +34,8 @@ pub struct HealthCheckPorts {
     shared: Arc<Shared>,
     table: Table,
     servers: BTreeMap<u16, Server>,
+    /// The connections all ports together may hold.
+    budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl HealthCheckPorts {
@@ -43,6 +45,9 @@ impl HealthCheckPorts {
             shared,
             table: Arc::new(Mutex::new(BTreeMap::new())),
             servers: BTreeMap::new(),
+            budget: Arc::new(tokio::sync::Semaphore::new(
+                http::HEALTH_CHECK_PORTS_CONNECTIONS,
+            )),
         }
     }
 
@@ -85,7 +90,7 @@ impl HealthCheckPorts {
         BindIps::Only(ips)
     }
 
-    fn listen(bind: &BindIps, port: u16) -> Vec<std::io::Result<tokio::net::TcpListener>> {
+    fn listen(bind: &BindIps, port: u16) -> Vec<std::io::Result<std::net::TcpListener>> {
         let addrs: Vec<Vec<SocketAddr>> = match bind {
             // [::] accepts IPv4 too on Linux (bindv6only=0); 0.0.0.0 where
             // IPv6 is off.
@@ -106,7 +111,7 @@ impl HealthCheckPorts {
                     match std::net::TcpListener::bind(a) {
                         Ok(l) => {
                             l.set_nonblocking(true)?;
-                            return tokio::net::TcpListener::from_std(l);
+                            return Ok(l);
                         }
                         Err(e) => last = Some(e),
                     }
@@ -151,7 +156,7 @@ impl HealthCheckPorts {
                 };
                 let table = self.table.clone();
                 let shared = self.shared.clone();
-                let handler: http::Handler = Arc::new(move |_path: &str| {
+                let handler = http::handler(move |_path: &str| {
                     let info = table
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -174,7 +179,15 @@ impl HealthCheckPorts {
                     ));
                     r
                 });
-                tasks.push(tokio::spawn(http::serve(listener, handler)));
+                let Some(rt) = self.shared.http_runtime() else {
+                    continue;
+                };
+                tasks.push(rt.spawn(http::serve(
+                    listener,
+                    handler,
+                    http::Limits::HEALTH_CHECK_PORT,
+                    Some(self.budget.clone()),
+                )));
             }
             tracing::info!(port, service = %service, listeners = tasks.len(), bind = ?bind,
                 "health-check node port open");

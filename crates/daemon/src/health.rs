@@ -158,15 +158,17 @@ pub fn service_health_body(
     (code, body.to_string())
 }
 
-/// The `/healthz` and `/livez` listener's handler.
+/// The `/healthz` and `/livez` listener's handler: a copy of the small
+/// health state, evaluated without any lock held.
 pub fn handler(shared: std::sync::Arc<crate::state::Shared>) -> crate::http::Handler {
     use crate::http::Reply;
     use crate::metrics::CodeLabel;
-    std::sync::Arc::new(move |path: &str| {
+    crate::http::handler(move |path: &str| {
         let now = SystemTime::now();
+        let health = shared.health().clone();
         let (report, counter) = match path {
-            "/healthz" => (shared.health().healthz(now), &shared.metrics.healthz_total),
-            "/livez" => (shared.health().livez(now), &shared.metrics.livez_total),
+            "/healthz" => (health.healthz(now), &shared.metrics.healthz_total),
+            "/livez" => (health.livez(now), &shared.metrics.livez_total),
             _ => return Reply::text(404, "404 page not found\n"),
         };
         let code: u16 = if report.healthy { 200 } else { 503 };

@@ -414,26 +414,56 @@ impl Metrics {
 }
 
 /// The metrics listener's handler: `/metrics` and the debug endpoints
-/// `/rules`, `/graph`, `/status`.
+/// `/rules`, `/graph`, `/status`. `/rules` and `/graph` are rendered on
+/// the blocking pool, once per sync however many clients ask
+/// ([`crate::http::DocCache`]).
 pub fn handler(shared: std::sync::Arc<crate::state::Shared>) -> crate::http::Handler {
-    use crate::http::Reply;
-    std::sync::Arc::new(move |path: &str| match path {
-        "/metrics" => {
-            let mut r = Reply::text(200, shared.metrics.encode());
-            r.content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-            r
-        }
-        "/rules" => match shared.rules() {
-            Some(rules) => Reply::text(200, rules),
-            None => Reply::text(503, "no ruleset applied yet\n"),
-        },
-        "/graph" => match shared.status().graph.clone() {
-            Some(g) => Reply::text(200, kproxy_graph::display::graph(&g)),
-            None => Reply::text(503, "no graph built yet\n"),
-        },
-        "/status" => Reply::json(200, status_json(&shared.status()).to_string()),
-        "/" => Reply::text(200, "kproxy: /metrics /rules /graph /status\n"),
-        _ => Reply::text(404, "404 page not found\n"),
+    use crate::http::{DocAnswer, Reply};
+    std::sync::Arc::new(move |path: &str| {
+        let shared = shared.clone();
+        let path = path.to_string();
+        Box::pin(async move {
+            let doc = |answer: DocAnswer, missing: &str| match answer {
+                DocAnswer::Doc(text) => Reply::bytes(200, "text/plain; charset=utf-8", text),
+                DocAnswer::Nothing => Reply::text(503, missing),
+                DocAnswer::Busy => {
+                    let mut r = Reply::text(
+                        503,
+                        "busy: earlier versions are still being downloaded; retry later\n",
+                    );
+                    r.headers.push(("Retry-After", "10".into()));
+                    r
+                }
+            };
+            match path.as_str() {
+                "/metrics" => {
+                    let mut r = Reply::text(200, shared.metrics.encode());
+                    r.content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+                    r
+                }
+                "/rules" => {
+                    let key = shared.sync_generation();
+                    let s = shared.clone();
+                    let answer = shared.rules_doc.get(key, move || s.rules()).await;
+                    doc(answer, "no ruleset applied yet\n")
+                }
+                "/graph" => {
+                    let key = shared.sync_generation();
+                    let s = shared.clone();
+                    let answer = shared
+                        .graph_doc
+                        .get(key, move || {
+                            let g = s.status().graph.clone()?;
+                            Some(kproxy_graph::display::graph(&g))
+                        })
+                        .await;
+                    doc(answer, "no graph built yet\n")
+                }
+                "/status" => Reply::json(200, status_json(&shared.status()).to_string()),
+                "/" => Reply::text(200, "kproxy: /metrics /rules /graph /status\n"),
+                _ => Reply::text(404, "404 page not found\n"),
+            }
+        })
     })
 }
 

@@ -24,7 +24,7 @@ pub fn render(kind: BackendKind, input: &InputArgs, files: &[PathBuf]) -> anyhow
         .context("configuration")?;
     let graph = input::load_graph(files, &config)?;
     for w in &graph.warnings {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", crate::trace::escape_controls(&w.to_string()));
     }
     let backend = backends::make_backend(kind)?;
     let text = backend

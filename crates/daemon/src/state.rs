@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use kproxy_graph::{Backend, BackendKind, ServiceGraph, SyncStats};
 
 use crate::health::ProxyHealth;
+use crate::http::DocCache;
 use crate::metrics::Metrics;
 
 /// What `/status` reports.
@@ -50,12 +51,24 @@ pub struct Status {
 pub type SharedBackend = Arc<Mutex<Box<dyn Backend>>>;
 
 /// Shared state.
+///
+/// The HTTP listeners read it from a runtime of their own: the health and
+/// status locks are only ever held for a copy or a field update, never
+/// across a render or a kernel transaction; the backend lock is taken only
+/// on the blocking pool.
 pub struct Shared {
     /// Metrics.
     pub metrics: Metrics,
     health: Mutex<ProxyHealth>,
     status: Mutex<Status>,
     backend: Mutex<Option<SharedBackend>>,
+    /// The runtime serving the HTTP listeners (health-check node ports
+    /// included), when it is not the caller's.
+    http: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// `/rules`, rendered on request and shared by concurrent clients.
+    pub rules_doc: Arc<DocCache>,
+    /// `/graph`, likewise.
+    pub graph_doc: Arc<DocCache>,
 }
 
 /// Lock `m`, whatever a panicking holder left.
@@ -78,7 +91,31 @@ impl Shared {
             health: Mutex::new(health),
             status: Mutex::new(status),
             backend: Mutex::new(None),
+            http: std::sync::OnceLock::new(),
+            rules_doc: DocCache::new(2),
+            graph_doc: DocCache::new(2),
         })
+    }
+
+    /// Serve HTTP from `handle` (set once, before any listener starts).
+    pub fn set_http_runtime(&self, handle: tokio::runtime::Handle) {
+        let _ = self.http.set(handle);
+    }
+
+    /// Where HTTP listeners run: the runtime set by
+    /// [`Shared::set_http_runtime`], else the caller's.
+    pub fn http_runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.http
+            .get()
+            .cloned()
+            .or_else(|| tokio::runtime::Handle::try_current().ok())
+    }
+
+    /// A number that changes whenever a sync ends (successful or not):
+    /// the version of `/rules` and `/graph`.
+    pub fn sync_generation(&self) -> u64 {
+        let st = self.status();
+        st.syncs.wrapping_add(st.failures)
     }
 
     /// The health state.

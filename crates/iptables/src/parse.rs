@@ -84,8 +84,12 @@ impl Saved {
     }
 }
 
-/// Split a line into words as iptables-restore does: whitespace separates,
-/// double quotes group, and inside quotes `\` escapes the next character.
+/// Split a line into words as `iptables-save` prints them (libxtables'
+/// `xtables_save_string`): whitespace separates; a value that needs it is
+/// printed in double quotes, with `"`, `\` and `'` escaped by a backslash
+/// and every other byte (a newline too) as is. A quote opens only at the
+/// start of a word: chain and target names are printed unquoted, so a `"`
+/// inside a word is part of it. An error for a quote left open.
 pub fn tokenize(line: &str) -> Result<Vec<String>, String> {
     let mut words = Vec::new();
     let mut cur = String::new();
@@ -105,7 +109,7 @@ pub fn tokenize(line: &str) -> Result<Vec<String>, String> {
             continue;
         }
         match c {
-            '"' => {
+            '"' if !in_word => {
                 quoted = true;
                 in_word = true;
             }
@@ -128,6 +132,109 @@ pub fn tokenize(line: &str) -> Result<Vec<String>, String> {
         words.push(cur);
     }
     Ok(words)
+}
+
+/// [`tokenize`], or for a line it cannot split (a foreign chain whose name
+/// starts with `"`), its whitespace-separated words as they are.
+pub fn tokenize_lossy(line: &str) -> Vec<String> {
+    tokenize(line).unwrap_or_else(|_| line.split_whitespace().map(String::from).collect())
+}
+
+/// How a line ends, read as [`tokenize`] reads it.
+#[derive(Debug, PartialEq, Eq)]
+enum QuoteState {
+    /// Every quote closed, each followed by whitespace or the end.
+    Closed,
+    /// A quote is still open at the end.
+    Open,
+    /// Not something `iptables-save` prints (a quote closed mid-word).
+    Invalid,
+}
+
+fn quote_state(line: &str) -> QuoteState {
+    let mut in_word = false;
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if quoted {
+            match c {
+                '\\' if chars.next().is_none() => return QuoteState::Open,
+                '"' => {
+                    if chars.peek().is_some_and(|n| !n.is_whitespace()) {
+                        return QuoteState::Invalid;
+                    }
+                    quoted = false;
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' if !in_word => {
+                quoted = true;
+                in_word = true;
+            }
+            c if c.is_whitespace() => in_word = false,
+            _ => in_word = true,
+        }
+    }
+    if quoted {
+        QuoteState::Open
+    } else {
+        QuoteState::Closed
+    }
+}
+
+/// The most a quoted value may carry over into following lines: the
+/// longest strings iptables saves quoted are comments (256 bytes); this
+/// bounds how far a stray quote can reach.
+const MAX_CONTINUATION: usize = 1024;
+
+/// The logical lines of `iptables-save` output, with their 1-based line
+/// numbers. A quoted value holding a newline (a comment, a log prefix) is
+/// printed across several lines: they are joined back, with their
+/// newlines, when the quote closes within [`MAX_CONTINUATION`] bytes as
+/// `iptables-save` would close it; otherwise the line stands alone (and
+/// [`tokenize`] will refuse it).
+pub fn save_lines(text: &str) -> Vec<(usize, std::borrow::Cow<'_, str>)> {
+    use std::borrow::Cow;
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::with_capacity(lines.len());
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        if quote_state(line) != QuoteState::Open {
+            out.push((i + 1, Cow::Borrowed(line)));
+            i += 1;
+            continue;
+        }
+        let mut joined = line.to_string();
+        let mut j = i + 1;
+        let mut taken = None;
+        while j < lines.len() && joined.len() - line.len() <= MAX_CONTINUATION {
+            joined.push('\n');
+            joined.push_str(lines[j]);
+            match quote_state(&joined) {
+                QuoteState::Open => j += 1,
+                QuoteState::Closed => {
+                    taken = Some(j);
+                    break;
+                }
+                QuoteState::Invalid => break,
+            }
+        }
+        match taken {
+            Some(last) => {
+                out.push((i + 1, Cow::Owned(joined)));
+                i = last + 1;
+            }
+            None => {
+                out.push((i + 1, Cow::Borrowed(line)));
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 fn parse_u32(s: &str) -> Result<u32, String> {
@@ -434,9 +541,10 @@ fn parse_inner(text: &str, lenient: bool) -> Result<Saved, ParseError> {
     // Chain name → index in the current table: tables hold tens of
     // thousands of chains, so a linear search per rule would be quadratic.
     let mut index: HashMap<String, usize> = HashMap::new();
-    for (n, line) in text.lines().enumerate() {
+    for (n, line) in save_lines(text) {
+        let line = line.as_ref();
         let err = |message: String| ParseError::Line {
-            line: n + 1,
+            line: n,
             message,
             text: line.to_string(),
         };
@@ -486,9 +594,19 @@ fn parse_inner(text: &str, lenient: bool) -> Result<Saved, ParseError> {
             }
             continue;
         }
-        let words = tokenize(line_t).map_err(&err)?;
+        let words = match tokenize(line_t) {
+            Ok(w) => w,
+            // Another agent's rule kproxy cannot split (a chain named
+            // with a leading quote): kept by its words as they are.
+            Err(_) if lenient => tokenize_lossy(line_t),
+            Err(e) => return Err(err(e)),
+        };
         let (op, chain) = match (words.first(), words.get(1)) {
             (Some(op), Some(chain)) => (op.as_str(), chain.clone()),
+            _ if lenient => {
+                tracing::debug!(line = n, text = %line_t, "skipping an iptables-save line kproxy cannot read");
+                continue;
+            }
             _ => return Err(err("expected -A/-I/-X CHAIN".into())),
         };
         if op == "-X" {
@@ -510,6 +628,10 @@ fn parse_inner(text: &str, lenient: bool) -> Result<Saved, ParseError> {
                 } else {
                     (true, 2)
                 }
+            }
+            _ if lenient => {
+                tracing::debug!(line = n, text = %line_t, "skipping an iptables-save line kproxy cannot read");
+                continue;
             }
             other => return Err(err(format!("unsupported command {other:?}"))),
         };
@@ -586,6 +708,67 @@ mod tests {
         );
         assert_eq!(tokenize(r#"--comment """#).unwrap(), vec!["--comment", ""]);
         assert!(tokenize(r#"--comment "open"#).is_err());
+    }
+
+    /// What `iptables-save` prints for foreign rules with hostile strings
+    /// (as libxtables' `xtables_save_string` quotes them) between kproxy's.
+    const HOSTILE_SAVE: &str = "*filter\n\
+:INPUT ACCEPT [0:0]\n\
+:FOO\"BAR - [0:0]\n\
+:\"LEAD - [0:0]\n\
+:KUBE-SERVICES - [0:0]\n\
+-A INPUT -m comment --comment \"line one\n-A KUBE-SERVICES -j DROP\nCOMMIT\n*nat\" -j ACCEPT\n\
+-A INPUT -m comment --comment \"q\\\"uote \\\\ back\\\\\\\" tick\\' \" -j FOO\"BAR\n\
+-A INPUT -j \"LEAD\n\
+-A FOO\"BAR -m owner --uid-owner 0 -m comment --comment \"a\nb\" -j LOG --log-prefix \"x\ny \"\n\
+-A KUBE-SERVICES -m comment --comment \"ns/svc:p cluster IP\" -j KUBE-SVC-X\n\
+COMMIT\n";
+
+    #[test]
+    fn hostile_foreign_rules_parse_as_iptables_saves_them() {
+        let s = parse_save_lenient(HOSTILE_SAVE).unwrap();
+        assert_eq!(s.tables.len(), 1, "a COMMIT inside a comment is text");
+        let t = &s.tables[0];
+        let input = t.chain("INPUT").unwrap();
+        assert_eq!(input.rules.len(), 3, "{input:?}");
+        assert_eq!(
+            tokenize(&input.rules[0].raw).unwrap(),
+            [
+                "-m",
+                "comment",
+                "--comment",
+                "line one\n-A KUBE-SERVICES -j DROP\nCOMMIT\n*nat",
+                "-j",
+                "ACCEPT"
+            ]
+        );
+        assert_eq!(
+            tokenize(&input.rules[1].raw).unwrap()[3],
+            "q\"uote \\ back\\\" tick' "
+        );
+        assert_eq!(tokenize(&input.rules[1].raw).unwrap()[5], "FOO\"BAR");
+        let foo = t.chain("FOO\"BAR").unwrap();
+        assert_eq!(foo.rules.len(), 1);
+        assert!(foo.rules[0].raw.contains("\"x\ny \""), "{:?}", foo.rules[0]);
+        assert!(t.chain("\"LEAD").is_some());
+        // kproxy's chain holds its one rule, not the forged one.
+        let ours = t.chain("KUBE-SERVICES").unwrap();
+        assert_eq!(ours.rules.len(), 1, "{ours:?}");
+        assert!(ours.rules[0].rule.is_some());
+    }
+
+    #[test]
+    fn a_stray_quote_reaches_no_further_than_its_line() {
+        // A chain named with a leading quote, then kproxy's rules: the
+        // quote never closes as iptables-save would close it.
+        let text = "*nat\n:\"X - [0:0]\n:KUBE-SERVICES - [0:0]\n-A \"X -j ACCEPT\n\
+-A KUBE-SERVICES -m comment --comment \"ns/a:p cluster IP\" -j KUBE-SVC-A\n\
+-A KUBE-SERVICES -m comment --comment \"ns/b:p cluster IP\" -j KUBE-SVC-B\nCOMMIT\n";
+        let s = parse_save_lenient(text).unwrap();
+        let t = &s.tables[0];
+        assert_eq!(t.chain("KUBE-SERVICES").unwrap().rules.len(), 2);
+        assert_eq!(t.chain("\"X").unwrap().rules.len(), 1);
+        assert!(parse_save(text).is_err(), "strict parsing still refuses it");
     }
 
     #[test]

@@ -204,46 +204,6 @@ fn builtin(table: &str, chain: &str) -> bool {
     )
 }
 
-/// Split a line into words, honouring iptables' double quotes.
-fn split_words(line: &str) -> Result<Vec<String>, String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\\') => match chars.next() {
-                            Some(e) => cur.push(e),
-                            None => return Err("unterminated escape".into()),
-                        },
-                        Some('"') => break,
-                        Some(o) => cur.push(o),
-                        None => return Err("unterminated quote".into()),
-                    }
-                }
-            }
-            c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            c => {
-                in_word = true;
-                cur.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(cur);
-    }
-    Ok(words)
-}
-
 /// The protocol number of a [`Protocol`].
 pub fn protocol_number(p: Protocol) -> u8 {
     match p {
@@ -434,8 +394,9 @@ impl IptablesRuleset {
         let mut cur = Tables::default();
         let mut table: Option<String> = None;
         let mut started = false;
-        for (idx, raw) in text.lines().enumerate() {
-            let line = idx + 1;
+        // Logical lines: a quoted value holding a newline spans several.
+        for (line, raw) in kproxy_iptables::parse::save_lines(text) {
+            let raw = raw.as_ref();
             let l = raw.trim();
             if l.is_empty() {
                 continue;
@@ -496,7 +457,9 @@ impl IptablesRuleset {
             } else {
                 l
             };
-            let words = split_words(body).map_err(|e| err(&e))?;
+            // As iptables-save quotes; a line it cannot split (a chain
+            // named with a leading quote) is taken word by word.
+            let words = kproxy_iptables::parse::tokenize_lossy(body);
             let (op, chain) = match (words.first(), words.get(1)) {
                 (Some(o), Some(c)) => (o.as_str(), c.clone()),
                 _ => return Err(err("expected -A/-I/-N/-X/-F CHAIN")),

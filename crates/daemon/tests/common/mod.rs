@@ -165,6 +165,17 @@ pub struct Daemon {
 impl Daemon {
     /// Start `kproxy run ARGS` in `ns` with extra environment.
     pub fn start(ns: &NetNs, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::start_wrapped(ns, &[], args, env)
+    }
+
+    /// [`Daemon::start`] through a command that execs its arguments
+    /// (`prlimit --nofile=256:`).
+    pub fn start_wrapped(
+        ns: &NetNs,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let logdir = TempDir::new("log");
         let log = logdir.path().join("kproxy.log");
         let file = std::fs::File::create(&log).unwrap();
@@ -175,6 +186,7 @@ impl Daemon {
             c.arg(format!("{k}={v}"));
         }
         let child = c
+            .args(wrapper)
             .arg(KPROXY)
             .arg("run")
             .args(args)
