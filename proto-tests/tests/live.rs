@@ -4,8 +4,8 @@
 //! rules and hands back, and while the API server is away for a minute
 //! (`kproxy_proto_tests::live`). Every event must leave every new
 //! connection answered and every long-lived one unbroken, and the outage's
-//! changes must reach the kernel within one sync period of the server's
-//! return; the control event (rules and conntrack flushed) must show
+//! changes must reach the kernel within the watch backoff cap and one
+//! sync of the server's return; the control event (rules and conntrack flushed) must show
 //! failures, so the counting is known to see them.
 //!
 //! Environment: PROTO_BACKENDS (comma-separated), PROTO_LIVE_EVENTS
