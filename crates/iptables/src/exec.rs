@@ -16,7 +16,7 @@ use kproxy_graph::{
     ApplyError, Backend, BackendKind, ChangeSet, FamilyChanges, GenError, IpFamily, Render,
     ServiceGraph, ServicePortName, SyncStats, Transport,
 };
-use kproxy_nftables::netlink::{self, NfSocket};
+use kproxy_netlink::{self as netlink, NfSocket};
 
 use crate::diff::{ChainEdit, edit_script};
 use crate::drift::{self, ChainState};
@@ -1079,8 +1079,8 @@ impl IptablesBackend {
             }
         };
         let nf = match family {
-            IpFamily::V4 => kproxy_nftables::Family::Ip,
-            IpFamily::V6 => kproxy_nftables::Family::Ip6,
+            IpFamily::V4 => netlink::Family::Ip,
+            IpFamily::V6 => netlink::Family::Ip6,
         };
         Ok(netlink::read_chain(sock, nf, table.as_str(), chain)
             .map_err(err)?

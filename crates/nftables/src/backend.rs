@@ -38,8 +38,8 @@ use crate::generate::{
     self, Ctx, FamilyRules, FastHash, LbChain, NftGenerator, ServiceRules, TABLE, lb_closure, sets,
 };
 use crate::ir::{ChunkWriter, Element, Family, Op, Table, Transaction};
-use crate::netlink::{self, NfSocket, TableSummary};
 use crate::transport::{self, Nft};
+use kproxy_netlink::{self as netlink, NfSocket, TableSummary};
 
 /// The default bound on elements per transaction for large full syncs.
 pub const DEFAULT_MAX_ELEMENTS: usize = 50_000;
@@ -609,7 +609,8 @@ impl NftablesBackend {
                     .get(set)
                     .is_some_and(|s| s.elements <= self.exact_limit)
             };
-            let Some(got) = netlink::read_table(sock, *f, TABLE, &exact).map_err(netlink_err)?
+            let Some(got) =
+                netlink::read_table(sock, (*f).into(), TABLE, &exact).map_err(netlink_err)?
             else {
                 return Ok(Some(format!("table {} {TABLE} is gone", f.as_str())));
             };
@@ -625,7 +626,8 @@ impl NftablesBackend {
             }
             // Same counts: still the generation kproxy wrote last (another
             // writer's reload would show another one).
-            let keys = netlink::set_keys(sock, *f, TABLE, sets::GENERATION).map_err(netlink_err)?;
+            let keys = netlink::set_keys(sock, (*f).into(), TABLE, sets::GENERATION)
+                .map_err(netlink_err)?;
             let want_key = self.generation.to_ne_bytes();
             if keys.len() != 1 || keys[0] != want_key {
                 return Ok(Some(format!(

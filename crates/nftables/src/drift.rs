@@ -7,7 +7,7 @@
 //! chain, set or map, a rule deleted from or added to any chain (the
 //! `jump services` of a base chain, say) and an element deleted from or
 //! added to any set or map of up to [`EXACT_LIMIT`] elements, for the cost
-//! of netlink dumps ([`crate::netlink`]). Larger sets (the endpoint maps of
+//! of netlink dumps ([`kproxy_netlink`]). Larger sets (the endpoint maps of
 //! a large cluster) are only checked for being empty: the kernel's dump of
 //! a hash set walks it from the start for every ~32 KiB reply, so counting
 //! n elements costs it O(n²) (0.7 s of system time for the 110,000
@@ -20,8 +20,8 @@ use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 
 use crate::generate::{Fam, FamilyRules, LbChain, ServiceRules, sets};
 use crate::ir::Family;
-use crate::netlink::msg::set_flags;
-use crate::netlink::{ChainSummary, SetSummary, TableSummary};
+use kproxy_netlink::msg::set_flags;
+use kproxy_netlink::{ChainSummary, SetSummary, TableSummary};
 
 /// Sets with up to this many elements are counted exactly by the check;
 /// larger ones are only checked for being non-empty.

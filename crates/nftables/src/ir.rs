@@ -37,6 +37,16 @@ impl Family {
     }
 }
 
+/// The same family for the netlink reader (the drift check).
+impl From<Family> for kproxy_netlink::Family {
+    fn from(f: Family) -> Self {
+        match f {
+            Family::Ip => kproxy_netlink::Family::Ip,
+            Family::Ip6 => kproxy_netlink::Family::Ip6,
+        }
+    }
+}
+
 /// A base chain's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ChainType {

@@ -14,9 +14,9 @@
 //!   would (first claim in service-port order wins);
 //! - [`transport`]: [`Nft`], the wrapper around `nft -f -` that maps nft's
 //!   `line:col` errors back to the offending statement;
-//! - [`drift`]: the drift check's expected counts and comparison;
-//! - [`netlink`]: read-only nf_tables netlink dumps (chains, rule and
-//!   element counts) for the drift check;
+//! - [`drift`]: the drift check's expected counts and comparison, against
+//!   what [`kproxy_netlink`] reads from the kernel (chains, rule and
+//!   element counts);
 //! - [`backend`]: [`NftablesBackend`], the daemon's
 //!   [`kproxy_graph::Backend`], and [`supported`] for `--backend auto`.
 //!
@@ -32,7 +32,6 @@ pub mod drift;
 pub mod generate;
 pub mod ir;
 pub mod names;
-pub mod netlink;
 pub mod transport;
 
 pub use backend::{NftablesBackend, supported};

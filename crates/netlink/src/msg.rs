@@ -8,8 +8,6 @@ use netlink_packet_core::{
     NlasIterator,
 };
 
-use crate::ir::Family;
-
 /// The nfnetlink subsystem of nf_tables (`NFNL_SUBSYS_NFTABLES`).
 pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
 /// `NFNETLINK_V0`.
@@ -110,14 +108,6 @@ pub mod set_flags {
 
 /// `NFT_SET_ELEM_INTERVAL_END`.
 pub const SET_ELEM_INTERVAL_END: u32 = 0x1;
-
-/// The nfproto number of a family (`NFPROTO_IPV4`, `NFPROTO_IPV6`).
-pub fn nfproto(f: Family) -> u8 {
-    match f {
-        Family::Ip => 2,
-        Family::Ip6 => 10,
-    }
-}
 
 /// One request: a message type, a family and string attributes (table,
 /// chain, set names), as a dump or as a single get.

@@ -3,8 +3,8 @@
 use netlink_packet_core::{NLM_F_DUMP_INTR, NetlinkBuffer};
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
-use super::Error;
-use super::msg::{NFGENMSG_LEN, NFNL_SUBSYS_NFTABLES, Request};
+use crate::Error;
+use crate::msg::{NFGENMSG_LEN, NFNL_SUBSYS_NFTABLES, Request};
 
 /// `NLMSG_ERROR`: an error or, with code 0, an acknowledgement.
 const NLMSG_ERROR: u16 = 2;

@@ -2,9 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use super::msg::{self, MsgType, Request, attr, set_flags};
-use super::{Error, NfSocket};
-use crate::ir::Family;
+use crate::msg::{self, MsgType, Request, attr, set_flags};
+use crate::{Error, Family, NfSocket};
 
 /// One chain of a table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -77,7 +76,7 @@ pub fn read_table(
 ) -> Result<Option<TableSummary>, Error> {
     let mut last = None;
     for _ in 0..ATTEMPTS {
-        match read_once(sock, msg::nfproto(family), table, count) {
+        match read_once(sock, family.nfproto(), table, count) {
             Err(e @ Error::Interrupted { .. }) => last = Some(e),
             other => return other,
         }
@@ -164,7 +163,7 @@ fn count_elements(
 ) -> Result<(usize, bool), Error> {
     let mut n = 0;
     let req = elements_request(nfproto, table, set);
-    let each = |r: super::socket::Reply<'_>| {
+    let each = |r: crate::socket::Reply<'_>| {
         if let Some(list) = msg::find(r.attrs, attr::SET_ELEM_LIST_ELEMENTS) {
             n += msg::each(list, attr::LIST_ELEM)
                 .filter(|e| {
@@ -192,7 +191,7 @@ pub fn set_keys(
     set: &str,
 ) -> Result<Vec<Vec<u8>>, Error> {
     let mut keys = Vec::new();
-    let req = elements_request(msg::nfproto(family), table, set);
+    let req = elements_request(family.nfproto(), table, set);
     sock.request(&req, |r| {
         if let Some(list) = msg::find(r.attrs, attr::SET_ELEM_LIST_ELEMENTS) {
             for e in msg::each(list, attr::LIST_ELEM) {
@@ -227,7 +226,7 @@ pub fn read_chain(
     table: &str,
     chain: &str,
 ) -> Result<Option<ChainRules>, Error> {
-    let nfproto = msg::nfproto(family);
+    let nfproto = family.nfproto();
     let mut last = None;
     for _ in 0..ATTEMPTS {
         let get = Request::get(MsgType::GetChain, nfproto)

@@ -1,5 +1,5 @@
-//! nf_tables over netlink: the messages kproxy reads straight from the
-//! kernel, without `nft`.
+//! kproxy-netlink: nf_tables over netlink, the messages kproxy reads
+//! straight from the kernel, without `nft`.
 //!
 //! `nft list` builds its cache of the whole table (every set element)
 //! before it prints even one chain, which at 50,000 Services costs a
@@ -23,7 +23,11 @@
 //!
 //! Everything here only reads. The netlink framing (headers, attribute
 //! buffers) comes from `netlink-packet-core`, the socket from
-//! `netlink-sys`; the nf_tables layer on top is this module's.
+//! `netlink-sys`; the nf_tables layer on top is this crate's. The drift
+//! checks of both the nftables backend (kproxy-nftables) and iptables-nft
+//! (kproxy-iptables) use it; it depends on neither.
+
+#![deny(missing_docs)]
 
 pub mod msg;
 pub mod socket;
@@ -33,6 +37,26 @@ pub use socket::NfSocket;
 pub use summary::{
     ChainRules, ChainSummary, SetSummary, TableSummary, read_chain, read_table, set_keys,
 };
+
+/// The family of an nf_tables table kproxy reads (the `nfgen_family` of
+/// each request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    /// `ip` (IPv4, `NFPROTO_IPV4`).
+    Ip,
+    /// `ip6` (IPv6, `NFPROTO_IPV6`).
+    Ip6,
+}
+
+impl Family {
+    /// The nfproto number (`NFPROTO_IPV4`, `NFPROTO_IPV6`).
+    pub const fn nfproto(self) -> u8 {
+        match self {
+            Family::Ip => 2,
+            Family::Ip6 => 10,
+        }
+    }
+}
 
 /// An error talking to nf_tables over netlink.
 #[derive(Debug, thiserror::Error)]
