@@ -25,6 +25,12 @@ unit: ## unit tests only (no root needed)
 golden: ## regenerate the golden files after an intended output change
 	UPDATE_GOLDEN=1 $(CARGO) test --workspace --test golden
 
+golden-check: ## regenerate the golden files and fail if any differs from the checked-in ones
+	UPDATE_GOLDEN=1 $(CARGO) test --workspace --test golden
+	git diff --exit-code --stat -- crates testdata
+	@test -z "$$(git status --porcelain --untracked-files=all -- crates testdata)" || \
+		{ git status --short -- crates testdata; echo "golden files not checked in"; exit 1; }
+
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
