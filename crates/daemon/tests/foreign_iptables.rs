@@ -126,26 +126,7 @@ fn hostile_foreign_rules_never_break_kproxy() {
         let src = data.path().to_str().unwrap().to_string();
 
         // A full sync, then a partial one.
-        let mut d = Daemon::start(
-            &ns,
-            &[
-                "--backend",
-                backend,
-                "--source",
-                &src,
-                "--config",
-                &config,
-                "--sync-period",
-                "1s",
-                "--min-sync-period",
-                "100ms",
-                "--healthz-bind-address",
-                "127.0.0.1:10256",
-                "--metrics-bind-address",
-                "127.0.0.1:10249",
-            ],
-            &[],
-        );
+        let mut d = Daemon::start(&ns, &daemon_args(backend, &src, &config), &[]);
         assert!(
             wait_for(Duration::from_secs(20), || http_get(&ns, 10249, "/rules")
                 .is_some_and(|r| r.0 == 200)),

@@ -20,32 +20,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use kproxy_testkit::NetNs;
 
-fn args<'a>(src: &'a str, config: &'a str) -> Vec<&'a str> {
-    vec![
-        "--backend",
-        "nftables",
-        "--source",
-        src,
-        "--config",
-        config,
-        "--sync-period",
-        "1s",
-        "--min-sync-period",
-        "100ms",
-        "--healthz-bind-address",
-        "127.0.0.1:10256",
-        "--metrics-bind-address",
-        "127.0.0.1:10249",
-    ]
-}
-
-fn wait_synced(ns: &NetNs, d: &Daemon) {
-    assert!(
-        wait_for(Duration::from_secs(20), || http_get(ns, 10249, "/rules")
-            .is_some_and(|r| r.0 == 200)),
-        "the daemon never synced:\n{}",
-        d.log()
-    );
+fn nft_args<'a>(src: &'a str, config: &'a str) -> Vec<&'a str> {
+    daemon_args("nftables", src, config)
 }
 
 /// `n` connections to `port` inside `ns`, each having sent `request` (if
@@ -128,7 +104,7 @@ fn livez_answers_while_rules_clients_never_read_during_a_sync() {
     let ns = Ns::new();
     let config = default_config().display().to_string();
     let src = data.path().to_str().unwrap().to_string();
-    let d = Daemon::start(&ns, &args(&src, &config), &[("PATH", &path)]);
+    let d = Daemon::start(&ns, &nft_args(&src, &config), &[("PATH", &path)]);
     wait_synced(&ns, &d);
 
     // A sync that stays in progress (its load waits), ...
@@ -204,7 +180,7 @@ fn connections_beyond_the_cap_cost_no_descriptors_and_syncs_go_on() {
     let mut d = Daemon::start_wrapped(
         &ns,
         &["prlimit", "--nofile=256:"],
-        &args(&src, &config),
+        &nft_args(&src, &config),
         &[],
     );
     wait_synced(&ns, &d);

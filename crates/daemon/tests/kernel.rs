@@ -133,34 +133,6 @@ fn run_once_fails_with_the_error_on_bad_input() {
     assert!(err.contains("--sync-period"), "{err}");
 }
 
-fn daemon_args<'a>(backend: &'a str, source: &'a str, config: &'a str) -> Vec<&'a str> {
-    vec![
-        "--backend",
-        backend,
-        "--source",
-        source,
-        "--config",
-        config,
-        "--sync-period",
-        "1s",
-        "--min-sync-period",
-        "100ms",
-        "--healthz-bind-address",
-        "127.0.0.1:10256",
-        "--metrics-bind-address",
-        "127.0.0.1:10249",
-    ]
-}
-
-fn wait_synced(ns: &NetNs, d: &Daemon) {
-    assert!(
-        wait_for(Duration::from_secs(20), || http_get(ns, 10249, "/rules")
-            .is_some_and(|r| r.0 == 200)),
-        "the daemon never synced:\n{}",
-        d.log()
-    );
-}
-
 #[test]
 fn daemon_follows_file_changes_and_serves_http() {
     let dir = TempDir::new("follow");

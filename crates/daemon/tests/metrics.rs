@@ -257,25 +257,6 @@ fn differences(
     diffs
 }
 
-fn daemon_args<'a>(backend: &'a str, source: &'a str, config: &'a str) -> Vec<&'a str> {
-    vec![
-        "--backend",
-        backend,
-        "--source",
-        source,
-        "--config",
-        config,
-        "--sync-period",
-        "1s",
-        "--min-sync-period",
-        "100ms",
-        "--healthz-bind-address",
-        "127.0.0.1:10256",
-        "--metrics-bind-address",
-        "127.0.0.1:10249",
-    ]
-}
-
 /// The dual-stack fixture with an endpoint changed and a trigger time on
 /// the slices (so the partial sync observes the network-programming
 /// latency).

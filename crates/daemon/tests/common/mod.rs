@@ -311,3 +311,35 @@ pub fn bind_in(
         .map_err(|_| std::io::Error::other("bind thread panicked"))?
     }
 }
+
+/// The flags of a file-source daemon in a test: `--source`, `--config`, a
+/// 1 s sync period (drift checks every second), a 100 ms minimum, and the
+/// healthz and metrics listeners on their default loopback ports.
+pub fn daemon_args<'a>(backend: &'a str, source: &'a str, config: &'a str) -> Vec<&'a str> {
+    vec![
+        "--backend",
+        backend,
+        "--source",
+        source,
+        "--config",
+        config,
+        "--sync-period",
+        "1s",
+        "--min-sync-period",
+        "100ms",
+        "--healthz-bind-address",
+        "127.0.0.1:10256",
+        "--metrics-bind-address",
+        "127.0.0.1:10249",
+    ]
+}
+
+/// Wait until the daemon has applied its first sync (`/rules` answers).
+pub fn wait_synced(ns: &NetNs, d: &Daemon) {
+    assert!(
+        wait_for(Duration::from_secs(20), || http_get(ns, 10249, "/rules")
+            .is_some_and(|r| r.0 == 200)),
+        "the daemon never synced:\n{}",
+        d.log()
+    );
+}
