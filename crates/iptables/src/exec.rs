@@ -385,26 +385,34 @@ impl IptablesTransport {
         let program = self.flavour.save_binary(family);
         let mut got: BTreeMap<String, Option<ChainState>> =
             chains.iter().map(|c| (c.to_string(), None)).collect();
+        // Count logical lines: a foreign comment holding a newline (and a
+        // forged `-A KUBE-SERVICES ...` after it) is one rule of its own
+        // chain, not one of kproxy's.
+        let mut count = |l: &str| {
+            if let Some(decl) = l.strip_prefix(':') {
+                let name = decl.split_whitespace().next().unwrap_or("");
+                if let Some(slot) = got.get_mut(name) {
+                    slot.get_or_insert_with(ChainState::default);
+                }
+            } else if let Some(rest) = l.strip_prefix("-A ") {
+                let name = rest.split_whitespace().next().unwrap_or("");
+                if let Some(Some(state)) = got.get_mut(name) {
+                    drift::count_rule(state, rest);
+                }
+            }
+        };
+        let mut joiner = crate::parse::SaveLineJoiner::default();
         let out = self
             .runner
             .run_lines(&program, &["-t", table.as_str()], |l| {
-                if let Some(decl) = l.strip_prefix(':') {
-                    let name = decl.split_whitespace().next().unwrap_or("");
-                    if let Some(slot) = got.get_mut(name) {
-                        slot.get_or_insert_with(ChainState::default);
-                    }
-                } else if let Some(rest) = l.strip_prefix("-A ") {
-                    let name = rest.split_whitespace().next().unwrap_or("");
-                    if let Some(Some(state)) = got.get_mut(name) {
-                        drift::count_rule(state, rest);
-                    }
-                }
+                joiner.push(l, &mut count)
             })
             .map_err(|source| ApplyError::Spawn {
                 backend: self.backend(),
                 program: program.clone(),
                 source,
             })?;
+        joiner.finish(&mut count);
         if !out.success {
             return Err(ApplyError::Other {
                 backend: self.backend(),

@@ -237,6 +237,75 @@ pub fn save_lines(text: &str) -> Vec<(usize, std::borrow::Cow<'_, str>)> {
     out
 }
 
+/// [`save_lines`] for output read as a stream, one physical line at a
+/// time (the drift check reads a legacy table's save without holding it):
+/// the same logical lines, in order, handed to a callback as they complete.
+/// Only a quoted value still open is held, at most [`MAX_CONTINUATION`]
+/// bytes past its first line.
+#[derive(Debug, Default)]
+pub struct SaveLineJoiner {
+    pending: std::collections::VecDeque<String>,
+}
+
+impl SaveLineJoiner {
+    /// Take the next physical line.
+    pub fn push(&mut self, line: &str, emit: &mut impl FnMut(&str)) {
+        if self.pending.is_empty() && quote_state(line) != QuoteState::Open {
+            emit(line);
+            return;
+        }
+        self.pending.push_back(line.to_string());
+        self.settle(false, emit);
+    }
+
+    /// The end of the output: a quote still open closes nothing, so its
+    /// line stands alone and the lines after it are read again.
+    pub fn finish(&mut self, emit: &mut impl FnMut(&str)) {
+        self.settle(true, emit);
+    }
+
+    fn settle(&mut self, at_end: bool, emit: &mut impl FnMut(&str)) {
+        while let Some(first) = self.pending.front() {
+            if quote_state(first) != QuoteState::Open {
+                emit(first);
+                self.pending.pop_front();
+                continue;
+            }
+            let mut joined = first.clone();
+            let mut closed_at = None;
+            let mut refused = false;
+            for (k, next) in self.pending.iter().enumerate().skip(1) {
+                if joined.len() - first.len() > MAX_CONTINUATION {
+                    refused = true;
+                    break;
+                }
+                joined.push('\n');
+                joined.push_str(next);
+                match quote_state(&joined) {
+                    QuoteState::Open => {}
+                    QuoteState::Closed => {
+                        closed_at = Some(k);
+                        break;
+                    }
+                    QuoteState::Invalid => {
+                        refused = true;
+                        break;
+                    }
+                }
+            }
+            if let Some(k) = closed_at {
+                emit(&joined);
+                self.pending.drain(..=k);
+            } else if refused || at_end || joined.len() - first.len() > MAX_CONTINUATION {
+                emit(first);
+                self.pending.pop_front();
+            } else {
+                return;
+            }
+        }
+    }
+}
+
 fn parse_u32(s: &str) -> Result<u32, String> {
     let r = if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         u32::from_str_radix(h, 16)
@@ -755,6 +824,29 @@ COMMIT\n";
         let ours = t.chain("KUBE-SERVICES").unwrap();
         assert_eq!(ours.rules.len(), 1, "{ours:?}");
         assert!(ours.rules[0].rule.is_some());
+    }
+
+    #[test]
+    fn the_streaming_joiner_gives_save_lines() {
+        let long = format!("-A X -m comment --comment \"{}\n", "y".repeat(2000));
+        for text in [
+            HOSTILE_SAVE.to_string(),
+            "*nat\n:\"X - [0:0]\n-A \"X -j ACCEPT\n-A K -j Y\nCOMMIT\n".to_string(),
+            format!("*nat\n{long}-A K -j Y\n-A K -m comment --comment \"a\nb\" -j Z\nCOMMIT\n"),
+            "-A K -m comment --comment \"open at the end\n-A K -j Y".to_string(),
+        ] {
+            let want: Vec<String> = save_lines(&text)
+                .into_iter()
+                .map(|(_, l)| l.into_owned())
+                .collect();
+            let mut got = Vec::new();
+            let mut j = SaveLineJoiner::default();
+            for line in text.lines() {
+                j.push(line, &mut |l: &str| got.push(l.to_string()));
+            }
+            j.finish(&mut |l: &str| got.push(l.to_string()));
+            assert_eq!(got, want, "{text:?}");
+        }
     }
 
     #[test]
