@@ -20,9 +20,7 @@ use kproxy_netlink::{self as netlink, NfSocket};
 
 use crate::diff::{ChainEdit, edit_script};
 use crate::drift::{self, ChainState};
-use crate::generate::{
-    GenOptions, KUBE_PROXY_CANARY, generate, generate_reusing, top_level_chains,
-};
+use crate::generate::{GenOptions, generate, generate_reusing, top_level_chains};
 use crate::ir::{BuiltinRule, FamilyRuleset, Rule, Ruleset, TableName};
 use crate::naming::is_service_chain;
 use crate::parse::{Saved, parse_save_lenient};
@@ -425,18 +423,6 @@ impl IptablesTransport {
             });
         }
         Ok(got)
-    }
-
-    /// Whether the canary chain exists in `table` (a missing one means
-    /// someone flushed kproxy's rules).
-    pub fn canary_present(&self, family: IpFamily, table: TableName) -> Result<bool, ApplyError> {
-        let program = self.flavour.iptables_binary(family);
-        let mut args: Vec<&str> = match self.flavour {
-            Flavour::Legacy => vec!["-w", "5"],
-            Flavour::Nft => vec![],
-        };
-        args.extend(["-t", table.as_str(), "-n", "-L", KUBE_PROXY_CANARY]);
-        Ok(self.run(&program, &args, None)?.success)
     }
 
     /// The restore input that removes kproxy's (and kube-proxy's) chains

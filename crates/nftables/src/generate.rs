@@ -511,20 +511,6 @@ impl std::hash::Hasher for Fnv {
     }
 }
 
-/// Add one contribution to a table (first claim of a key wins).
-pub fn add_contribution(t: &mut Table, sr: &ServiceRules) {
-    for c in &sr.chains {
-        t.chains.entry(c.name.clone()).or_insert_with(|| c.clone());
-    }
-    for e in &sr.elems {
-        if let Some(set) = t.sets.get_mut(e.set) {
-            set.elements
-                .entry(e.key().to_string())
-                .or_insert_with(|| e.element());
-        }
-    }
-}
-
 /// The nftables generator (pure; no I/O).
 #[derive(Debug, Clone, Default)]
 pub struct NftGenerator;
