@@ -2,7 +2,8 @@
 //! a comparison baseline (not product code).
 //!
 //! This is the per-service layout kube-proxy's nftables mode writes
-//! (reference §2.1-§2.6, the v1.33 shapes): `table ip kube-proxy`, one
+//! (v1.33's shapes, upstream pkg/proxy/nftables/proxier.go and
+//! TestOverallNFTablesRules): `table ip kube-proxy`, one
 //! `service-*` chain per service port whose load balancing is an anonymous
 //! `numgen random mod N vmap { 0 : goto endpoint-A , ... }`, one
 //! `endpoint-*` chain per endpoint with the hairpin mark and the DNAT,

@@ -52,7 +52,8 @@ pub fn mode_for(kind: BackendKind) -> ProxyMode {
 }
 
 /// Resolve `--backend` to a concrete backend. `auto` probes the host
-/// (reference §2.9): nftables when supported, otherwise the iptables
+/// (as upstream's `getNFTablesInterface` in pkg/proxy/nftables/supported.go):
+/// nftables when supported, otherwise the iptables
 /// flavour already in use. `config_mode` is the configuration file's
 /// `mode` (used only when the flag was not given).
 pub fn resolve(
@@ -72,7 +73,8 @@ pub fn resolve(
     }
 }
 
-/// `auto`: nftables when supported (reference §2.9), else the host's
+/// `auto`: nftables when supported (kernel 5.13 or later, as upstream's
+/// `getNFTablesInterface`), else the host's
 /// iptables flavour. The reason is logged, since the choice decides which
 /// tools an operator uses to look at the rules.
 pub fn detect_auto() -> anyhow::Result<BackendKind> {

@@ -13,7 +13,8 @@ use kproxy_graph::BackendKind;
 use crate::backends;
 use crate::cli::CleanupBackend;
 
-/// kube-proxy's nftables mode tables (reference §2.10).
+/// kube-proxy's nftables mode tables (deleted by upstream's
+/// `platformCleanup` in cmd/kube-proxy/app/server_linux.go).
 const KUBE_PROXY_NFT_TABLES: [&str; 2] = ["ip kube-proxy", "ip6 kube-proxy"];
 
 /// Delete kube-proxy's nftables tables, if present. Returns the errors.

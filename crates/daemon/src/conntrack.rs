@@ -1,4 +1,5 @@
-//! Stale UDP conntrack cleanup (reference §1.13).
+//! Stale UDP conntrack cleanup (upstream `CleanStaleEntries` in
+//! pkg/proxy/conntrack/cleanup.go).
 //!
 //! UDP has no connection teardown: a conntrack entry created while a
 //! service had no endpoints, or one pointing at an endpoint that is gone,

@@ -1,7 +1,8 @@
 //! Health-check node ports: for every `externalTrafficPolicy: Local`
 //! service with a `healthCheckNodePort`, an HTTP server on that port
 //! answering 200 when this node has a ready local endpoint and 503
-//! otherwise (reference §1.9), so load balancers send traffic only to nodes
+//! otherwise (upstream pkg/proxy/healthcheck/service_health.go), so load
+//! balancers send traffic only to nodes
 //! that can serve it locally. Like kube-proxy, the servers listen on the
 //! NodePort addresses: every address when NodePorts are accepted on all
 //! local addresses (iptables mode's default), else only on the addresses

@@ -1,6 +1,6 @@
 //! Proxy health (`/healthz`, `/livez`) with kube-proxy's semantics
-//! (reference §3.3), and the per-service health-check node port answers
-//! (reference §1.9).
+//! (upstream pkg/proxy/healthcheck/proxy_health.go), and the per-service
+//! health-check node port answers (pkg/proxy/healthcheck/service_health.go).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};

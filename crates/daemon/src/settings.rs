@@ -1,5 +1,6 @@
 //! The daemon's resolved settings: flags over the KubeProxyConfiguration
-//! file over kube-proxy's defaults (reference §3.1).
+//! file over kube-proxy's defaults (`SetDefaults_KubeProxyConfiguration` in
+//! pkg/proxy/apis/config/v1alpha1/defaults.go upstream).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

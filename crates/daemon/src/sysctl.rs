@@ -1,4 +1,5 @@
-//! The kernel settings kube-proxy manages (reference §3.1): conntrack
+//! The kernel settings kube-proxy manages (its `conntrack` configuration,
+//! pkg/proxy/apis/config/types.go upstream): conntrack
 //! table size and timeouts from `conntrack.*`, and `route_localnet` for
 //! localhost NodePorts in iptables mode.
 //!

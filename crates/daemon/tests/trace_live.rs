@@ -245,7 +245,8 @@ const fn iptables(backend: &'static str) -> Expect {
         nodeport_path: "PREROUTING -> KUBE-SERVICES -> KUBE-NODEPORTS -> KUBE-EXT-6NP7QLHXVWVVFBVL -> KUBE-SVC-6NP7QLHXVWVVFBVL -> KUBE-SEP-GPPLZ26R2KHJ2RMU (50%) / KUBE-SEP-QQH73SDDDTZQH4BO (50%)",
         clusterip_path: "PREROUTING -> KUBE-SERVICES -> KUBE-SVC-6NP7QLHXVWVVFBVL -> KUBE-SEP-GPPLZ26R2KHJ2RMU (50%) / KUBE-SEP-QQH73SDDDTZQH4BO (50%)",
         // kube-proxy's iptables mode has no rule for a ClusterIP's unused
-        // ports (reference §2.11); nftables mode rejects them.
+        // ports (docs/backends/nftables.md, "Differences"); nftables mode
+        // rejects them.
         wrong_port: "not handled (accepted without DNAT)",
         scaled_down_diff: &[
             "- chain IPv4 nat KUBE-SEP-QQH73SDDDTZQH4BO",

@@ -1,6 +1,6 @@
 //! The interfaces every backend implements.
 //!
-//! A backend is two halves (STYLE.md §3.2):
+//! A backend is two halves:
 //! - a pure **generator**: [`Generator::generate`] turns a [`ServiceGraph`]
 //!   into the backend's IR, [`Render::render`] turns that IR into the
 //!   loader's text (iptables-restore input, an `nft -f` script);

@@ -11,7 +11,7 @@ use crate::model::{FamilyGraph, IpFamily, ServiceGraph, ServicePort, ServicePort
 
 /// A stable fingerprint of one service port: everything a generator may
 /// render for it (VIPs, ports, policies, endpoints, decisions).
-pub fn fingerprint(sp: &ServicePort) -> u64 {
+pub(crate) fn fingerprint(sp: &ServicePort) -> u64 {
     // DefaultHasher::new() uses fixed keys: equal input gives equal output
     // within one build, which is all change tracking needs.
     let mut h = DefaultHasher::new();

@@ -12,7 +12,8 @@ use serde::Deserialize;
 use crate::model::IpFamily;
 
 /// Which kind of rules the graph is built for. kube-proxy's two modes differ
-/// in a few defaults (reference §2.11), which the graph resolves once.
+/// in a few defaults (docs/backends/nftables.md, "Differences"), which the
+/// graph resolves once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ProxyMode {
     /// iptables-legacy or iptables-nft.

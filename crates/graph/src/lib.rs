@@ -8,6 +8,9 @@
 //!   Service port with its [`Endpoint`]s and the [`Decisions`] of endpoint
 //!   selection (cluster and local endpoint sets, terminating fallback,
 //!   topology, REJECT versus DROP, firewall, masquerading);
+//! - [`ServiceGraph::builder`] builds the same graph from service ports
+//!   described in code ([`ServicePort::builder`]), for controllers and
+//!   tests that have no Kubernetes objects;
 //! - [`IncrementalGraph`] keeps the objects indexed by Service and
 //!   rebuilds only the Services a change touches, with the same result;
 //! - [`ChangeSet::between`] says which service ports changed between two
@@ -23,18 +26,20 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod builder;
 pub mod changes;
 pub mod config;
 pub mod display;
 pub mod incremental;
 pub mod intake;
 pub mod model;
-pub mod select;
+pub(crate) mod select;
 pub mod warning;
 
 pub use backend::{
     ApplyError, Backend, BackendKind, GenError, Generator, Render, SyncStats, Transport,
 };
+pub use builder::{BuildError, ServiceGraphBuilder, ServicePortBuilder};
 pub use changes::{ChangeSet, FamilyChanges};
 pub use config::{
     DetectLocalMode, KubeProxyConfiguration, NodePortAddress, ProxyConfig, ProxyMode,

@@ -282,7 +282,8 @@ pub struct Decisions {
     /// The port has LoadBalancer (VIP-mode) IPs and source ranges, so the
     /// source-range firewall applies to LB IP traffic. kube-proxy's iptables
     /// mode additionally requires `has_endpoints` before writing its
-    /// `KUBE-FW-*` chain; nftables mode does not (reference §2.5).
+    /// `KUBE-FW-*` chain; nftables mode does not (upstream `syncProxyRules` in
+    /// pkg/proxy/iptables/proxier.go and pkg/proxy/nftables/proxier.go).
     pub source_ranges_apply: bool,
     /// The topology filter applied to the cluster endpoints, if any.
     pub topology: Option<TopologyMode>,

@@ -1,7 +1,7 @@
 //! Endpoint selection: which endpoints serve cluster traffic and which serve
 //! local traffic, and the decisions every backend renders (kube-proxy's
-//! `CategorizeEndpoints` and the per-service-port booleans of its proxiers;
-//! reference §1.7, §1.9, §1.10).
+//! `CategorizeEndpoints` in pkg/proxy/topology.go and the per-service-port
+//! booleans of `syncProxyRules` in its proxiers).
 
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use crate::model::{
 /// As upstream: only Ready endpoints are considered; node hints win when
 /// every Ready endpoint has them and one names this node; otherwise zone
 /// hints when every Ready endpoint has them and one names this zone.
-pub fn topology_mode(
+pub(crate) fn topology_mode(
     endpoints: &[Arc<Endpoint>],
     node_name: &str,
     zone: Option<&str>,
@@ -64,7 +64,7 @@ fn available_for_topology(
 /// Fill in `cluster_endpoints`, `local_endpoints`, `reachable_endpoints`,
 /// `ready_local_endpoints` and `decisions` of `sp` from `sp.endpoints`.
 /// `sp.endpoints` must already be sorted.
-pub fn select(sp: &mut ServicePort, node_name: &str, zone: Option<&str>) {
+pub(crate) fn select(sp: &mut ServicePort, node_name: &str, zone: Option<&str>) {
     let mut d = Decisions::default();
     let mut has_any = false;
     let mut cluster: Vec<Arc<Endpoint>> = Vec::new();
@@ -186,6 +186,6 @@ pub fn select(sp: &mut ServicePort, node_name: &str, zone: Option<&str>) {
 }
 
 /// Sort endpoints the way kube-proxy does: by their `ip:port` text.
-pub fn sort_endpoints(eps: &mut [Arc<Endpoint>]) {
+pub(crate) fn sort_endpoints(eps: &mut [Arc<Endpoint>]) {
     eps.sort_by_cached_key(|e| e.addr_string());
 }

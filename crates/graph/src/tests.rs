@@ -1,5 +1,8 @@
 //! Endpoint selection, intake and change tracking, case by case, after the
-//! upstream kube-proxy tests named in reference §4.2. Each test asserts the
+//! upstream kube-proxy tests of the same names (kubernetes/kubernetes
+//! pkg/proxy/iptables/proxier_test.go and pkg/proxy/nftables/proxier_test.go,
+//! e.g. TestInternalTrafficPolicy, TestTerminatingEndpointsTrafficPolicyLocal,
+//! TestNoEndpointsReject). Each test asserts the
 //! decisions, not just that something was produced.
 
 use std::net::IpAddr;

@@ -250,7 +250,7 @@ fn rule_lines(save: &str) -> usize {
 }
 
 /// Which flavour the host uses, decided as kubernetes-sigs/iptables-wrappers
-/// does (reference §1.15).
+/// does (its `iptables-wrapper-installer.sh`).
 pub fn detect_flavour() -> Flavour {
     detect_flavour_with(&Runner::host())
 }

@@ -1,5 +1,5 @@
 //! The generator: [`ServiceGraph`] → [`Ruleset`], reproducing kube-proxy's
-//! iptables proxier (`syncProxyRules`, reference §1.1–§1.14).
+//! iptables proxier (`syncProxyRules` in pkg/proxy/iptables/proxier.go).
 //!
 //! It renders the graph's [`Decisions`](kproxy_graph::Decisions); endpoint
 //! selection, REJECT versus DROP and the like were decided in the graph.

@@ -1,4 +1,6 @@
-//! kube-proxy's chain names and probabilities (reference §1.2, §1.4).
+//! kube-proxy's chain names and probabilities (upstream
+//! pkg/proxy/iptables/proxier.go: `servicePortPolicyClusterChain` and its
+//! siblings, `computeProbability`; tested by TestComputeProbability).
 //!
 //! Chain names must stay byte-identical to kube-proxy's so that operators'
 //! habits (`iptables -t nat -L KUBE-SVC-...`) and kube-proxy's own cleanup

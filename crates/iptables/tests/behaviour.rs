@@ -1,4 +1,5 @@
-//! Rule-level checks of kube-proxy's behaviours (reference §1, §4.3) on
+//! Rule-level checks of kube-proxy's behaviours (after the upstream tests in
+//! pkg/proxy/iptables/proxier_test.go, e.g. TestOverallIPTablesRules) on
 //! the shared fixtures, plus structural invariants over every fixture.
 
 use std::collections::BTreeSet;

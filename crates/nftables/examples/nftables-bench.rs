@@ -136,9 +136,9 @@ impl NftPeak {
     }
 }
 
-/// kube-proxy's shape for the same cluster: v1.36 (reference §2.12: the
+/// kube-proxy's shape for the same cluster: v1.36 (as a real v1.36 writes: the
 /// service chain DNATs through an anonymous `numgen` data map) or, with
-/// `endpoint_chains`, v1.33-v1.35 (§2.5: an anonymous `numgen` verdict map
+/// `endpoint_chains`, v1.33-v1.35 (upstream TestOverallNFTablesRules of those releases: an anonymous `numgen` verdict map
 /// to per-endpoint chains that DNAT).
 fn kube_proxy_layout(g: &kproxy_graph::ServiceGraph, endpoint_chains: bool) -> String {
     let mut out = String::new();

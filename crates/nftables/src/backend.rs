@@ -1000,7 +1000,8 @@ impl Backend for NftablesBackend {
     }
 }
 
-/// Why nftables mode cannot run here (reference §2.9).
+/// Why nftables mode cannot run here (upstream's checks:
+/// `getNFTablesInterface` in pkg/proxy/nftables/supported.go).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unsupported {
     /// The kernel is older than 5.13.

@@ -12,7 +12,8 @@
 //!
 //! Chains that are gone are only flushed: a chain that a map element
 //! referenced cannot be deleted in the transaction that removes the
-//! element (reference §2.8, "flush now, delete later"). [`Plan::stale_chains`]
+//! element ("flush now, delete later", as upstream's `staleChains` in
+//! pkg/proxy/nftables/proxier.go). [`Plan::stale_chains`]
 //! lists them; the backend deletes them in a separate transaction at the
 //! start of a later sync ([`delete_stale`]).
 

@@ -38,3 +38,8 @@ pub use backend::{NftablesBackend, supported};
 pub use generate::{FamilyRules, NftGenerator, NftRuleset, ServiceRules};
 pub use ir::{Chain, Element, Family, Op, Rule, Set, SetType, Table, Transaction};
 pub use transport::Nft;
+
+/// docs/library.md, whose Rust examples run as this crate's doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/library.md")]
+pub struct LibraryGuide;

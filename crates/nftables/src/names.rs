@@ -199,7 +199,8 @@ mod tests {
 
     #[test]
     fn matches_kube_proxy_hashes() {
-        // From kube-proxy's tests and a real v1.36 (reference §2.4, §2.12).
+        // From kube-proxy's tests (pkg/proxy/nftables/proxier_test.go,
+        // Test_servicePortChainNameBase) and a real v1.36.
         assert_eq!(
             service_base(&spn("ns1", "svc1", "p80")),
             "ULMVA6XW-ns1/svc1/tcp/p80"
@@ -224,7 +225,8 @@ mod tests {
             node_hints: None,
             is_local: false,
         };
-        // reference §2.4: endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80
+        // Upstream's `servicePortEndpointChainNameBase` doc comment:
+        // endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80
         assert_eq!(
             endpoint_base(&spn("ns1", "svc1", "p80"), &ep),
             "5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80"

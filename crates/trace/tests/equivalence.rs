@@ -2,7 +2,9 @@
 //! and random new connections, rendered by every backend and traced
 //! through each ruleset's text, must have the same outcome everywhere,
 //! except for the documented differences between kube-proxy's iptables and
-//! nftables modes (reference §2.11, §2.12), which [`expected`] encodes.
+//! nftables modes (Kubernetes docs, "Virtual IPs and Service Proxies",
+//! the nftables section; pkg/proxy/nftables/README.md upstream), which
+//! [`expected`] encodes.
 //!
 //! Deterministic: the tests' seeded generator (`kproxy_testkit::Rng`), so
 //! a failure names the graph seed that reproduces it.
@@ -215,13 +217,14 @@ fn config(rng: &mut Rng, dual: bool) -> ProxyConfig {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Expect {
     /// Same outcome (masquerade may differ for a hairpin to a remote
-    /// endpoint: nftables hairpins only local endpoints, §2.12).
+    /// endpoint: nftables hairpins only local endpoints, as a real kube-proxy v1.36
+    /// does).
     Same,
     /// Wrong port or protocol on an active ClusterIP: iptables has no
-    /// rule; nftables REJECTs (§2.11).
+    /// rule; nftables REJECTs (docs/backends/nftables.md, "Differences").
     WrongPort,
     /// An unallocated address of the service CIDR: iptables has no rule;
-    /// nftables DROPs (§2.11).
+    /// nftables DROPs (docs/backends/nftables.md, "Differences").
     Unallocated,
     /// Loopback NodePorts (iptables only), or a NodePort on a node address
     /// nftables does not accept NodePorts on (default nodePortAddresses:
@@ -237,7 +240,8 @@ enum Expect {
     NodeToExternalNoEndpoints,
     /// LB IP with source ranges and no endpoints: iptables REJECTs every
     /// client; nftables DROPs clients outside the ranges (its firewall runs
-    /// before DNAT) and REJECTs clients inside (§2.12).
+    /// before DNAT) and REJECTs clients inside, as a real kube-proxy v1.36
+    /// does.
     LbRangesNoEndpoints {
         /// The client is inside the ranges.
         allowed: bool,

@@ -1,0 +1,208 @@
+//! The generator: [`ServiceGraph`] → one [`Table`] per family.
+//!
+//! The output is split into the part that does not depend on any one
+//! service (the skeleton: base chains, helper chains, the shared sets and
+//! maps, node and CIDR elements) and one [`ServiceRules`] per service port
+//! (its elements in the shared maps, the per-service chains and sets it
+//! needs, and the shared load-balancing chains it uses). A full sync
+//! assembles them all ([`FamilyRules::assemble`]); an incremental sync
+//! regenerates only the service ports that changed and diffs their
+//! contributions (see [`crate::diff`]).
+//!
+//! Layout (docs/backends/nftables.md has the whole story): traffic is
+//! classified by the verdict maps `service-ips` (VIP . proto . port) and
+//! `service-nodeports` (proto . port) into *shared* load-balancing chains,
+//! one per endpoint count K and endpoint set (`cluster-K`, `local-K`,
+//! `nodeport-cluster-K`, `nodeport-local-K`), whose single rule DNATs
+//! through a data map keyed by the original destination and
+//! `numgen random mod K`. Per-service chains exist only where a feature
+//! needs them: `externalTrafficPolicy: Local` short-circuits, ClientIP
+//! affinity, and source-range firewalls.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use kproxy_graph::{
+    Endpoint, FamilyGraph, GenError, Generator, IpFamily, LocalTraffic, NoEndpointVerdict,
+    NodePortIps, Protocol, ServiceGraph, ServicePort, ServicePortName, TrafficPolicy,
+};
+
+use crate::ir::{
+    Chain, ChainType, ChunkWriter, Element, Family, Hook, HookPoint, Op, Priority, Rule, Set,
+    SetType, Table,
+};
+use crate::names;
+
+/// The table name kproxy owns in both families.
+pub const TABLE: &str = "kproxy";
+/// The table's comment.
+pub(crate) const TABLE_COMMENT: &str = "rules for kproxy";
+
+mod assemble;
+mod cidrs;
+mod layout;
+mod service;
+mod skeleton;
+
+pub use assemble::*;
+pub(crate) use cidrs::*;
+pub use layout::*;
+pub(crate) use service::*;
+
+/// The nftables generator (pure; no I/O).
+#[derive(Debug, Clone, Default)]
+pub struct NftGenerator;
+
+/// The generator's output: per family, the skeleton and each service
+/// port's contribution ([`FamilyRules`]); [`NftRuleset::tables`] assembles
+/// them into [`Table`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftRuleset {
+    /// Per family, IPv4 first.
+    pub families: Vec<FamilyRules>,
+}
+
+impl NftRuleset {
+    /// The assembled tables, IPv4 first.
+    pub fn tables(&self) -> Vec<Table> {
+        self.families.iter().map(FamilyRules::assemble).collect()
+    }
+}
+
+impl kproxy_graph::Render for NftRuleset {
+    fn render(&self) -> String {
+        let mut w = ChunkWriter::new(usize::MAX);
+        for fr in &self.families {
+            fr.render_full(&mut w);
+        }
+        w.finish().concat()
+    }
+}
+
+impl Generator for NftGenerator {
+    type Ruleset = NftRuleset;
+
+    fn generate(&self, graph: &ServiceGraph) -> Result<NftRuleset, GenError> {
+        Ok(NftRuleset {
+            families: generate_families(graph)?
+                .into_iter()
+                .map(|(_, fr)| fr)
+                .collect(),
+        })
+    }
+}
+
+/// The nft family for a graph family.
+pub(crate) fn nft_family(f: IpFamily) -> Family {
+    match f {
+        IpFamily::V4 => Family::Ip,
+        IpFamily::V6 => Family::Ip6,
+    }
+}
+
+/// Generate every family of the graph (both families always: an
+/// IPv4-only graph still gets an empty `ip6` table, as kube-proxy does,
+/// so a family that goes away is cleaned out by the next full sync).
+pub(crate) fn generate_families(
+    graph: &ServiceGraph,
+) -> Result<Vec<(Family, FamilyRules)>, GenError> {
+    let mut out = Vec::new();
+    for fam in IpFamily::ALL {
+        let empty;
+        let fg = match graph.family(fam) {
+            Some(fg) => fg,
+            None => {
+                empty = FamilyGraph::empty(fam);
+                &empty
+            }
+        };
+        out.push((nft_family(fam), generate_family(graph, fg)?));
+    }
+    Ok(out)
+}
+
+/// Every family's skeleton alone (the node-wide part: no service port),
+/// for an incremental sync of node-wide sets such as the service CIDRs.
+pub(crate) fn skeletons(graph: &ServiceGraph) -> Vec<(Family, Table)> {
+    IpFamily::ALL
+        .into_iter()
+        .map(|fam| {
+            let empty;
+            let fg = match graph.family(fam) {
+                Some(fg) => fg,
+                None => {
+                    empty = FamilyGraph::empty(fam);
+                    &empty
+                }
+            };
+            (nft_family(fam), skeleton::skeleton(&Ctx::new(graph, fg)))
+        })
+        .collect()
+}
+
+/// Generation context for one family.
+pub(crate) struct Ctx<'a> {
+    fam: Fam,
+    fg: &'a FamilyGraph,
+    mark: u32,
+    masquerade_all: bool,
+}
+
+impl<'a> Ctx<'a> {
+    /// A context for one family graph.
+    pub fn new(graph: &ServiceGraph, fg: &'a FamilyGraph) -> Self {
+        Ctx {
+            fam: Fam {
+                f: nft_family(fg.family),
+            },
+            fg,
+            mark: graph.masquerade_mark(),
+            masquerade_all: graph.config.masquerade_all,
+        }
+    }
+
+    /// The masquerade mark.
+    pub fn mark(&self) -> u32 {
+        self.mark
+    }
+}
+
+/// Generate one family.
+pub(crate) fn generate_family(
+    graph: &ServiceGraph,
+    fg: &FamilyGraph,
+) -> Result<FamilyRules, GenError> {
+    let ctx = Ctx::new(graph, fg);
+    let skeleton = skeleton::skeleton(&ctx);
+    let mut services = BTreeMap::new();
+    for (name, sp) in &fg.services {
+        services.insert(name.clone(), service_rules(&ctx, sp)?);
+    }
+    Ok(FamilyRules {
+        skeleton,
+        services,
+        mark: ctx.mark,
+    })
+}
+
+/// The local-traffic detector as a match, `negate` for "not from pods".
+fn detector(ctx: &Ctx, negate: bool) -> Option<String> {
+    let op = if negate { "!= " } else { "" };
+    match &ctx.fg.local_traffic {
+        LocalTraffic::None => None,
+        LocalTraffic::Cidr(c) => Some(format!("{} {op}{c}", ctx.fam.saddr())),
+        LocalTraffic::Interface(i) => Some(format!("iifname {op}\"{}\"", ifname(i))),
+        LocalTraffic::InterfacePrefix(p) => Some(format!("iifname {op}\"{}*\"", ifname(p))),
+    }
+}
+
+/// Interface names are validated by intake; filter again so nothing can
+/// escape the quotes (or become a wildcard) whatever reaches us.
+fn ifname(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '*'))
+        .take(15)
+        .collect()
+}
