@@ -627,6 +627,11 @@ pub(crate) fn load_rendered(
     topo.node
         .exec(&[&bin, "sysctl", "net.ipv4.conf.all.route_localnet=1"])
         .map_err(err)?;
+    // The render counts into kube-proxy's nfacct counters, which must
+    // exist before `-m nfacct` loads (kube-proxy creates them at start).
+    if !kproxy_iptables::nfacct::ensure_counters(Some(topo.node.name())) {
+        return Err("cannot create the nfacct counters the render matches".into());
+    }
     // Sections start with "# IPv4: ..." / "# IPv6: ...".
     let mut sections: Vec<(bool, String)> = Vec::new();
     for line in text.lines() {

@@ -11,12 +11,15 @@
 //!   command's wall time and peak RSS), `serve` and `connect` (the data
 //!   plane's listener and client, [`dataplane`]);
 //! - `kproxy-bench drift-check` (hidden): the CPU time and memory of one
-//!   drift check at a given size ([`driftcheck`]).
+//!   drift check at a given size ([`driftcheck`]);
+//! - `kproxy-bench conntrack-cleanup` (hidden): the time to find and delete
+//!   stale UDP conntrack entries over ctnetlink ([`ctclean`]).
 //!
 //! Needs root (network namespaces). Never touches the host's own rules:
 //! every rule goes into a namespace named `bch-<pid>-<n>`, deleted after
 //! use.
 
+mod ctclean;
 mod dataplane;
 mod driftcheck;
 mod kpnft;
@@ -110,6 +113,23 @@ enum Cmd {
         /// Checks to measure.
         #[arg(long, default_value_t = 5)]
         checks: usize,
+    },
+    /// (internal) The time to find and delete stale UDP conntrack entries
+    /// over ctnetlink, as the daemon's cleanup does.
+    #[command(hide = true)]
+    ConntrackCleanup {
+        /// Stale flows (to a gone endpoint) to delete.
+        #[arg(long, default_value_t = 10_000)]
+        stale: usize,
+        /// Flows to the serving endpoint, kept.
+        #[arg(long, default_value_t = 10_000)]
+        kept: usize,
+        /// Repeats, each in a fresh namespace.
+        #[arg(long, default_value_t = 7)]
+        repeats: usize,
+        /// Also time the same cleanup done with the `conntrack` tool.
+        #[arg(long)]
+        compare_tool: bool,
     },
     /// (internal) Accept TCP connections and reset them, until killed.
     #[command(hide = true)]
@@ -284,6 +304,12 @@ fn real_main() -> anyhow::Result<()> {
                 .with_context(|| format!("unknown backend {backend:?}"))?;
             driftcheck::run(kind, services, endpoints, checks)
         }
+        Cmd::ConntrackCleanup {
+            stale,
+            kept,
+            repeats,
+            compare_tool,
+        } => ctclean::run(stale, kept, repeats, compare_tool),
         Cmd::Serve { addr } => dataplane::serve(addr),
         Cmd::Connect { to, seconds, count } => dataplane::connect(to, seconds, count),
     }

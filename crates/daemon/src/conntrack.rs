@@ -11,15 +11,20 @@
 //! are deleted. That includes the scale-to-zero case (every flow to the
 //! service goes) and service ports that were removed.
 //!
-//! The `conntrack` tool does the listing and deleting (it speaks
-//! ctnetlink); if it is missing the cleanup is skipped with one warning.
+//! The flows are read and deleted over ctnetlink (kproxy-netlink's
+//! `conntrack` module), as kube-proxy's `CleanStaleEntries` does: one dump
+//! of the family's UDP flows, filtered on the protocol in the kernel, then
+//! a delete of each stale flow by its tuple and id, batched many to a
+//! message. No `conntrack` process is run. If the kernel has no ctnetlink
+//! the cleanup is skipped with one warning.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kproxy_graph::{ChangeSet, IpFamily, Protocol, ServiceGraph, ServicePort};
+use kproxy_netlink::conntrack::{self, IPPROTO_UDP};
+use kproxy_netlink::{Family, NfSocket};
 
 /// One deletion target set for a family.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -122,7 +127,7 @@ pub fn targets(
     out
 }
 
-/// One UDP flow as `conntrack -L` prints it.
+/// One UDP flow: the parts of a conntrack entry the cleanup looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flow {
     /// Original source.
@@ -139,50 +144,17 @@ pub struct Flow {
     pub reply_sport: u16,
 }
 
-/// Parse one line of `conntrack -L -p udp` output.
-pub fn parse_flow(line: &str) -> Option<Flow> {
-    let mut srcs = Vec::new();
-    let mut dsts = Vec::new();
-    let mut sports = Vec::new();
-    let mut dports = Vec::new();
-    for tok in line.split_whitespace() {
-        if let Some((k, v)) = tok.split_once('=') {
-            match k {
-                "src" => srcs.push(v.parse::<IpAddr>().ok()?),
-                "dst" => dsts.push(v.parse::<IpAddr>().ok()?),
-                "sport" => sports.push(v.parse::<u16>().ok()?),
-                "dport" => dports.push(v.parse::<u16>().ok()?),
-                _ => {}
-            }
+impl From<&conntrack::Flow> for Flow {
+    fn from(f: &conntrack::Flow) -> Self {
+        Flow {
+            orig_src: f.orig.src,
+            orig_dst: f.orig.dst,
+            orig_sport: f.orig.sport,
+            orig_dport: f.orig.dport,
+            reply_src: f.reply.src,
+            reply_sport: f.reply.sport,
         }
     }
-    if srcs.len() < 2 || dsts.is_empty() || sports.len() < 2 || dports.is_empty() {
-        return None;
-    }
-    Some(Flow {
-        orig_src: srcs[0],
-        orig_dst: dsts[0],
-        orig_sport: sports[0],
-        orig_dport: dports[0],
-        reply_src: srcs[1],
-        reply_sport: sports[1],
-    })
-}
-
-/// The count in conntrack's "N flow entries have been deleted." summary.
-fn deleted_count(stderr: &str) -> Option<u64> {
-    stderr.lines().find_map(|l| {
-        let rest = l.split("): ").nth(1).unwrap_or(l);
-        let (n, tail) = rest.trim().split_once(' ')?;
-        tail.contains("have been deleted").then(|| n.parse().ok())?
-    })
-}
-
-fn parse_lines(stdout: &[u8]) -> u64 {
-    String::from_utf8_lossy(stdout)
-        .lines()
-        .filter(|l| parse_flow(l).is_some())
-        .count() as u64
 }
 
 /// What one cleanup did.
@@ -194,23 +166,70 @@ pub struct Report {
     pub deleted: Vec<(IpFamily, u64)>,
 }
 
-/// The cleanup, with the tool's availability remembered.
+/// The cleanup, with its ctnetlink socket (opened on first use, in the
+/// daemon's network namespace).
 #[derive(Debug, Default)]
 pub struct Conntrack {
+    sock: Option<NfSocket>,
+    /// The kernel has no ctnetlink: warned once, never tried again.
     unavailable: bool,
 }
 
-fn family_flag(f: IpFamily) -> &'static str {
+fn nl_family(f: IpFamily) -> Family {
     match f {
-        IpFamily::V4 => "ipv4",
-        IpFamily::V6 => "ipv6",
+        IpFamily::V4 => Family::Ip,
+        IpFamily::V6 => Family::Ip6,
     }
 }
 
+/// errnos that mean the kernel has no ctnetlink (no `nf_conntrack_netlink`).
+fn unsupported(e: &kproxy_netlink::Error) -> bool {
+    const EINVAL: i32 = 22;
+    const EPROTONOSUPPORT: i32 = 93;
+    const EOPNOTSUPP: i32 = 95;
+    matches!(e.errno(), Some(EINVAL | EPROTONOSUPPORT | EOPNOTSUPP))
+}
+
 impl Conntrack {
-    /// A cleaner.
+    /// A cleaner working in this process's network namespace.
     pub fn new() -> Self {
         Conntrack::default()
+    }
+
+    fn socket(&mut self) -> Result<&mut NfSocket, kproxy_netlink::Error> {
+        if self.sock.is_none() {
+            self.sock = Some(NfSocket::open()?);
+        }
+        self.sock.as_mut().ok_or_else(|| {
+            kproxy_netlink::Error::Io(std::io::Error::other("conntrack socket not open"))
+        })
+    }
+
+    /// Delete the flows `t` calls stale in `family`: a dump of the
+    /// family's UDP flows (filtered on the protocol in the kernel), then
+    /// one delete per stale flow, many per message batch.
+    fn clean_family(
+        &mut self,
+        family: IpFamily,
+        t: &Targets,
+    ) -> Result<conntrack::Deleted, kproxy_netlink::Error> {
+        let fam = nl_family(family);
+        let sock = self.socket()?;
+        let mut stale = Vec::new();
+        conntrack::dump(sock, fam, IPPROTO_UDP, |f| {
+            if t.is_stale(&Flow::from(f)) {
+                stale.push(*f);
+            }
+        })?;
+        let mut refused = BTreeMap::<i32, u64>::new();
+        let d = conntrack::delete(sock, fam, &stale, |errno| {
+            *refused.entry(errno).or_default() += 1;
+        })?;
+        for (errno, n) in refused {
+            tracing::warn!(family = %family, n, error = %std::io::Error::from_raw_os_error(errno),
+                "the kernel refused to delete stale UDP conntrack entries");
+        }
+        Ok(d)
     }
 
     /// Delete stale UDP flows after a sync from `prev` to `next`.
@@ -226,69 +245,26 @@ impl Conntrack {
             return report;
         }
         for (family, t) in targets(prev, next, changes) {
-            let out = Command::new("conntrack")
-                .args(["-L", "-p", "udp", "-f", family_flag(family)])
-                .stdin(Stdio::null())
-                .stderr(Stdio::null())
-                .output();
-            let out = match out {
-                Ok(o) if o.status.success() => o,
-                Ok(o) => {
-                    tracing::warn!(family = %family, status = %o.status, "conntrack -L failed; stale UDP flows not cleaned");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "the conntrack tool is not available; stale UDP flows will not be cleaned");
-                    self.unavailable = true;
-                    return report;
-                }
-            };
-            // One delete per (service, stale reply source) rather than per
-            // flow: after a DNS endpoint change thousands of clients may
-            // hold flows to the same gone endpoint.
-            let groups: BTreeSet<(IpAddr, u16, IpAddr, u16)> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(parse_flow)
-                .filter(|f| t.is_stale(f))
-                .map(|f| (f.orig_dst, f.orig_dport, f.reply_src, f.reply_sport))
-                .collect();
-            let mut deleted = 0u64;
-            for (dst, dport, rsrc, rsport) in groups {
-                let out = Command::new("conntrack")
-                    .args([
-                        "-D",
-                        "-p",
-                        "udp",
-                        "-f",
-                        family_flag(family),
-                        "--orig-dst",
-                        &dst.to_string(),
-                        "--orig-port-dst",
-                        &dport.to_string(),
-                        "--reply-src",
-                        &rsrc.to_string(),
-                        "--reply-port-src",
-                        &rsport.to_string(),
-                    ])
-                    .stdin(Stdio::null())
-                    .output();
-                match out {
-                    Ok(o) if o.status.success() => {
-                        let n = deleted_count(&String::from_utf8_lossy(&o.stderr))
-                            .unwrap_or_else(|| parse_lines(&o.stdout));
-                        deleted += n;
-                        tracing::debug!(%dst, dport, reply = %rsrc, reply_port = rsport, n,
+            match self.clean_family(family, &t) {
+                Ok(d) => {
+                    if d.deleted > 0 {
+                        tracing::info!(family = %family, deleted = d.deleted, gone = d.gone,
                             "deleted stale UDP conntrack entries");
                     }
-                    // Exit 1 with nothing deleted: the flows expired meanwhile.
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "conntrack -D failed"),
+                    report.deleted.push((family, d.deleted));
+                }
+                Err(e) if unsupported(&e) => {
+                    tracing::warn!(error = %e, "the kernel has no ctnetlink; stale UDP flows will not be cleaned");
+                    self.unavailable = true;
+                    break;
+                }
+                Err(e) => {
+                    // A fresh socket next time (a failed exchange may
+                    // leave replies behind).
+                    self.sock = None;
+                    tracing::warn!(family = %family, error = %e, "stale UDP flows not cleaned");
                 }
             }
-            if deleted > 0 {
-                tracing::info!(family = %family, deleted, "deleted stale UDP conntrack entries");
-            }
-            report.deleted.push((family, deleted));
         }
         report.duration = started.elapsed();
         report
@@ -298,30 +274,6 @@ impl Conntrack {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_conntrack_lines() {
-        let f = parse_flow("udp      17 29 src=10.0.0.2 dst=172.30.0.41 sport=40000 dport=53 [UNREPLIED] src=10.180.0.1 dst=10.0.0.2 sport=5353 dport=40000 mark=0 use=1").unwrap();
-        assert_eq!(f.orig_dst, "172.30.0.41".parse::<IpAddr>().unwrap());
-        assert_eq!(f.orig_dport, 53);
-        assert_eq!(f.reply_src, "10.180.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(f.reply_sport, 5353);
-        assert!(
-            parse_flow("conntrack v1.4.8 (conntrack-tools): 3 flow entries have been shown.")
-                .is_none()
-        );
-    }
-
-    #[test]
-    fn deleted_summary_is_read() {
-        assert_eq!(
-            deleted_count(
-                "conntrack v1.4.7 (conntrack-tools): 3 flow entries have been deleted.\n"
-            ),
-            Some(3)
-        );
-        assert_eq!(deleted_count("something else"), None);
-    }
 
     #[test]
     fn stale_flows() {

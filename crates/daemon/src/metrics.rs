@@ -332,6 +332,7 @@ impl Metrics {
                     "Failed iptables-restore runs of partial syncs (the next sync is full)",
                     m.iptables_partial_restore_failures
                 );
+                r.register_collector(Box::new(NfacctCollector::default()));
             }
         }
         let p = "kproxy_";
@@ -410,6 +411,76 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics");
         }
         out
+    }
+}
+
+/// kube-proxy's two nfacct packet counters, read from nfnetlink_acct at
+/// scrape time (kube-proxy's `ctStateInvalidPacketsCollector` and
+/// `localhostNodePortsAcceptedPacketsCollector`): a counter that cannot be
+/// read (the kernel has no nfnetlink_acct, or the counter is gone) is left
+/// out of the exposition, with a debug log.
+#[derive(Debug, Default)]
+struct NfacctCollector {
+    /// The socket, opened on the first scrape (this process's namespace).
+    sock: std::sync::Mutex<Option<kproxy_netlink::NfSocket>>,
+}
+
+/// The metric (without `_total`, which the encoder appends) of each
+/// counter.
+const NFACCT_METRICS: [(&str, &str, &str); 2] = [
+    (
+        kproxy_iptables::NFACCT_CT_STATE_INVALID,
+        "kubeproxy_iptables_ct_state_invalid_dropped_packets",
+        "packets dropped by iptables to work around conntrack problems",
+    ),
+    (
+        kproxy_iptables::NFACCT_LOCALHOST_NODEPORTS,
+        "kubeproxy_iptables_localhost_nodeports_accepted_packets",
+        "Number of packets accepted on nodeports of loopback interface",
+    ),
+];
+
+impl NfacctCollector {
+    fn read(&self, counter: &str) -> Option<u64> {
+        let mut guard = self.sock.lock().ok()?;
+        if guard.is_none() {
+            match kproxy_netlink::NfSocket::open() {
+                Ok(s) => *guard = Some(s),
+                Err(e) => {
+                    tracing::debug!(error = %e, "nfacct socket");
+                    return None;
+                }
+            }
+        }
+        let sock = guard.as_mut()?;
+        match kproxy_netlink::acct::get(sock, counter) {
+            Ok(c) => Some(c.packets),
+            Err(e) => {
+                tracing::debug!(counter, error = %e, "reading an nfacct counter");
+                if !matches!(e, kproxy_netlink::Error::Kernel { .. }) {
+                    *guard = None;
+                }
+                None
+            }
+        }
+    }
+}
+
+impl prometheus_client::collector::Collector for NfacctCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::counter::ConstCounter;
+        for (counter, name, help) in NFACCT_METRICS {
+            if let Some(packets) = self.read(counter) {
+                let c = ConstCounter::new(packets);
+                let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+                c.encode(m)?;
+            }
+        }
+        Ok(())
     }
 }
 

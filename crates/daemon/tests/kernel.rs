@@ -655,6 +655,141 @@ fn stale_udp_conntrack_entries_are_deleted() {
     );
 }
 
+/// The iptables backends create kube-proxy's nfacct counters before their
+/// first restore and match them as kube-proxy does; localhost NodePort
+/// packets count.
+#[test]
+fn iptables_backends_create_and_match_the_nfacct_counters() {
+    use kproxy_netlink::{NfSocket, acct};
+    let dir = TempDir::new("nfacct");
+    let f = dir.write("cluster.yaml", &fixture("nodeports"));
+    for backend in ["iptables-legacy", "iptables-nft"] {
+        let ns = Ns::new();
+        let (ok, _out, err) = kproxy_in(
+            &ns,
+            &[
+                "run",
+                "--backend",
+                backend,
+                "--source",
+                f.to_str().unwrap(),
+                "--config",
+                &config_arg(),
+                "--once",
+            ],
+            &[],
+        );
+        assert!(ok, "{backend}: run --once failed: {err}");
+        // iptables-save prints two spaces after `--nfacct-name`.
+        let rules = kernel_rules(&ns, backend).replace("--nfacct-name  ", "--nfacct-name ");
+        assert!(
+            rules.lines().any(|l| l
+                == "-A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct --nfacct-name ct_state_invalid_dropped_pkts -j DROP"),
+            "{backend}:\n{rules}"
+        );
+        assert!(
+            rules.lines().any(|l| l.starts_with("-A KUBE-NODEPORTS -d 127.0.0.0/8 -p tcp")
+                && l.contains("--dport 3001 -m nfacct --nfacct-name localhost_nps_accepted_pkts -j KUBE-EXT-")),
+            "{backend}:\n{rules}"
+        );
+        let mut sock = NfSocket::open_in_netns(ns.name()).unwrap();
+        assert_eq!(
+            acct::get(&mut sock, "ct_state_invalid_dropped_pkts")
+                .unwrap()
+                .packets,
+            0
+        );
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        // A connection attempt to the localhost NodePort: its SYN is
+        // counted in nat OUTPUT whatever becomes of it.
+        let _ = ns
+            .command("timeout")
+            .args(["1", "bash", "-c", "echo > /dev/tcp/127.0.0.1/3001"])
+            .output();
+        let c = acct::get(&mut sock, "localhost_nps_accepted_pkts").unwrap();
+        assert!(c.packets >= 1, "{backend}: {c:?}");
+    }
+}
+
+/// Thousands of matching flows: every stale one goes, in one sync, and
+/// nothing else does. The flows are created over ctnetlink (thousands of
+/// `conntrack -I` processes would take longer than the test).
+#[test]
+fn thousands_of_stale_udp_flows_are_deleted() {
+    use kproxy_netlink::conntrack::{self, Flow, IPPROTO_TCP, IPPROTO_UDP, Tuple};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    let data = TempDir::new("ctk");
+    let f = data.write("cluster.yaml", UDP_CLUSTER);
+    let ns = Ns::new();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let flow = |proto: u8, i: u32, dst: &str, reply_src: &str, reply_sport: u16| {
+        let client = IpAddr::V4(Ipv4Addr::from(0x0a01_0000 + i));
+        Flow {
+            proto,
+            orig: Tuple {
+                src: client,
+                dst: ip(dst),
+                sport: 20000 + i as u16,
+                dport: 53,
+            },
+            reply: Tuple {
+                src: ip(reply_src),
+                dst: client,
+                sport: reply_sport,
+                dport: 20000 + i as u16,
+            },
+            zone: 0,
+            id: None,
+        }
+    };
+    let mut flows = Vec::new();
+    // Stale: to a gone endpoint (3000), to a service scaled to zero (1000).
+    flows.extend((0..3000).map(|i| flow(IPPROTO_UDP, i, "172.30.0.50", "10.180.0.9", 5353)));
+    flows.extend((3000..4000).map(|i| flow(IPPROTO_UDP, i, "172.30.0.51", "10.180.0.7", 53)));
+    // Kept: to the serving endpoint, unrelated UDP, TCP to the service.
+    flows.extend((4000..6000).map(|i| flow(IPPROTO_UDP, i, "172.30.0.50", "10.180.0.1", 5353)));
+    flows.extend((6000..7000).map(|i| flow(IPPROTO_UDP, i, "8.8.8.8", "8.8.8.8", 53)));
+    flows.extend((7000..8000).map(|i| flow(IPPROTO_TCP, i, "172.30.0.50", "10.180.0.9", 5353)));
+    let mut sock = kproxy_netlink::NfSocket::open_in_netns(ns.name()).unwrap();
+    assert_eq!(
+        conntrack::create(&mut sock, kproxy_netlink::Family::Ip, &flows, 300).unwrap(),
+        8000
+    );
+    let (ok, _, err) = kproxy_in(
+        &ns,
+        &[
+            "run",
+            "--backend",
+            "nftables",
+            "--source",
+            f.to_str().unwrap(),
+            "--config",
+            &config_arg(),
+            "--once",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let udp = ns.exec(&["conntrack", "-L", "-p", "udp"]);
+    let count = |pat: &str| udp.lines().filter(|l| l.contains(pat)).count();
+    assert_eq!(count("dst=172.30.0.50 "), 2000, "flows to the service left");
+    assert_eq!(
+        count("src=10.180.0.1 "),
+        2000,
+        "flows to the serving endpoint"
+    );
+    assert_eq!(count("src=10.180.0.9 "), 0, "flows to the gone endpoint");
+    assert_eq!(count("dst=172.30.0.51 "), 0, "flows to the empty service");
+    assert_eq!(count("dst=8.8.8.8 "), 1000, "unrelated flows");
+    let tcp = ns.exec(&["conntrack", "-L", "-p", "tcp"]);
+    assert_eq!(tcp.lines().filter(|l| l.starts_with("tcp")).count(), 1000);
+    assert!(
+        err.contains("deleted stale UDP conntrack entries") && err.contains("deleted=4000"),
+        "{err}"
+    );
+}
+
 /// kube-proxy's leftovers in every mode, plus rules that belong to someone
 /// else.
 fn plant_leftovers(ns: &NetNs) {

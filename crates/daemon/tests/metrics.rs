@@ -17,14 +17,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// kube-proxy families kproxy does not have yet, each a documented
-/// difference (docs/operations.md, "Known differences from kube-proxy"):
-/// the nfacct packet counters need nfnetlink_acct.
-const KNOWN_MISSING: &[&str] = &[
-    "kubeproxy_iptables_ct_state_invalid_dropped_packets_total",
-    "kubeproxy_iptables_localhost_nodeports_accepted_packets_total",
-];
-
 /// kube-proxy 1.36 families of a mode that the recording has no series of
 /// (nothing had happened to them in that run): name, type and label names
 /// as the Kubernetes metrics reference lists them
@@ -182,16 +174,9 @@ fn differences(
     let mut diffs = Vec::new();
     for (name, t) in theirs.iter().filter(|(n, _)| n.starts_with("kubeproxy_")) {
         let Some(o) = ours.get(name) else {
-            if !KNOWN_MISSING.contains(&name.as_str()) {
-                diffs.push(format!("{name}: missing"));
-            }
+            diffs.push(format!("{name}: missing"));
             continue;
         };
-        if KNOWN_MISSING.contains(&name.as_str()) {
-            diffs.push(format!(
-                "{name}: kproxy has it now; take it off KNOWN_MISSING and docs/operations.md"
-            ));
-        }
         if o.kind != t.kind {
             diffs.push(format!(
                 "{name}: type {} vs kube-proxy's {}",
@@ -332,11 +317,7 @@ fn the_comparison_sees_a_label_type_or_bucket_difference() {
             .join("tests/data/kube-proxy-1.36-metrics-iptables.txt"),
     )
     .unwrap();
-    let ours = |text: &str| {
-        let mut m = parse(text);
-        m.retain(|n, _| !KNOWN_MISSING.contains(&n.as_str()));
-        m
-    };
+    let ours = parse;
     assert_eq!(
         differences("iptables", &ours(&text), &theirs),
         Vec::<String>::new()

@@ -819,6 +819,9 @@ pub struct IptablesBackend {
     /// iptables-nft: the netlink socket the drift check reads through
     /// (opened on first use, dropped after an error).
     sock: Option<NfSocket>,
+    /// The nfacct counters were created (or found missing support) before
+    /// the first sync ([`GenOptions::nfacct`]).
+    nfacct_checked: bool,
 }
 
 /// kube-proxy's `FullSyncPeriod`: a full sync at least this often repairs
@@ -847,6 +850,7 @@ impl IptablesBackend {
             last_full: None,
             full_sync_period: FULL_SYNC_PERIOD,
             sock: None,
+            nfacct_checked: false,
         }
     }
 
@@ -891,6 +895,10 @@ impl IptablesBackend {
         graph: &ServiceGraph,
         changes: Option<&ChangeSet>,
     ) -> Result<SyncStats, ApplyError> {
+        if self.options.nfacct && !self.nfacct_checked {
+            self.nfacct_checked = true;
+            self.options.nfacct = crate::nfacct::ensure_counters(self.transport.runner.netns());
+        }
         let full = self.needs_full_sync() || changes.is_none_or(|c| c.needs_full_sync);
         // A partial sync moves the unchanged services' chains out of the
         // previous ruleset instead of generating them again.

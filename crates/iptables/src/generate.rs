@@ -75,13 +75,31 @@ pub struct GenOptions {
     /// Write the KUBE-FORWARD `ctstate INVALID` drop (kube-proxy skips it
     /// when `nf_conntrack_tcp_be_liberal` is set).
     pub drop_invalid: bool,
+    /// Count into kube-proxy's nfacct counters ([`NFACCT_CT_STATE_INVALID`]
+    /// on the INVALID drop, [`NFACCT_LOCALHOST_NODEPORTS`] on a localhost
+    /// NodePort rule per NodePort), as kube-proxy does when it could create
+    /// them. The counters must exist before such rules load
+    /// (`-m nfacct` fails with `ENOENT` otherwise): the iptables backend
+    /// creates them over nfnetlink_acct and turns this off, with one
+    /// warning, when the kernel has no nfnetlink_acct.
+    pub nfacct: bool,
 }
+
+/// kube-proxy's nfacct counter of INVALID packets dropped in KUBE-FORWARD
+/// (`metrics.IPTablesCTStateInvalidDroppedNFAcctCounter`).
+pub const NFACCT_CT_STATE_INVALID: &str = "ct_state_invalid_dropped_pkts";
+/// kube-proxy's nfacct counter of packets accepted by localhost NodePorts
+/// (`metrics.LocalhostNodePortAcceptedNFAcctCounter`).
+pub const NFACCT_LOCALHOST_NODEPORTS: &str = "localhost_nps_accepted_pkts";
+/// Both counters.
+pub const NFACCT_COUNTERS: [&str; 2] = [NFACCT_CT_STATE_INVALID, NFACCT_LOCALHOST_NODEPORTS];
 
 impl Default for GenOptions {
     fn default() -> Self {
         GenOptions {
             random_fully: true,
             drop_invalid: true,
+            nfacct: true,
         }
     }
 }
@@ -234,6 +252,9 @@ struct Ctx<'a> {
     /// Chains of unchanged service ports taken from the previous ruleset
     /// ([`generate_reusing`]): used as they are instead of generated.
     reuse: HashMap<ServicePortName, Vec<Chain>>,
+    /// Count localhost NodePort packets ([`GenOptions::nfacct`], IPv4 with
+    /// localhost NodePorts on).
+    localhost_nfacct: bool,
 }
 
 impl Ctx<'_> {
@@ -299,6 +320,7 @@ fn generate_family(
         ],
         nat_services: Vec::new(),
         reuse,
+        localhost_nfacct: options.nfacct && kube_firewall,
     };
     if kube_firewall {
         cx.filter.push((KUBE_FIREWALL, Vec::new()));
@@ -350,10 +372,14 @@ fn generate_family(
 
     nodeport_catch_all(&mut cx, is_v6);
 
-    // filter KUBE-FORWARD. No `-m nfacct`: kproxy does not require it.
+    // filter KUBE-FORWARD.
     if options.drop_invalid {
+        let mut m = vec![ctstate("INVALID")];
+        if options.nfacct {
+            m.push(Match::Nfacct(NFACCT_CT_STATE_INVALID.into()));
+        }
         cx.filter_rules(KUBE_FORWARD)
-            .push(Rule::new(vec![ctstate("INVALID")], Target::Drop));
+            .push(Rule::new(m, Target::Drop));
     }
     cx.filter_rules(KUBE_FORWARD).extend([
         Rule::new(
@@ -663,6 +689,18 @@ fn service_rules(cx: &mut Ctx<'_>, sp: &ServicePort) {
     // NodePort. Not subject to source ranges (upstream behaviour).
     if let Some(np) = sp.node_port {
         if has_endpoints {
+            if cx.localhost_nfacct {
+                cx.nat_rules(KUBE_NODEPORTS).push(Rule::new(
+                    vec![
+                        comment(name.clone()),
+                        proto(p),
+                        dst_ip_net("127.0.0.0/8", false),
+                        Match::DestPort(np),
+                        Match::Nfacct(NFACCT_LOCALHOST_NODEPORTS.into()),
+                    ],
+                    jump(&ext),
+                ));
+            }
             cx.nat_rules(KUBE_NODEPORTS).push(Rule::new(
                 vec![comment(name.clone()), proto(p), Match::DestPort(np)],
                 jump(&ext),

@@ -180,6 +180,9 @@ pub enum Match {
     },
     /// `-m recent ...`.
     Recent(Recent),
+    /// `-m nfacct --nfacct-name NAME`: counts into an nfnetlink_acct
+    /// counter; always matches.
+    Nfacct(String),
 }
 
 /// What a rule does.

@@ -11,6 +11,7 @@
 //! - [`parse`]: the iptables-save parser ([`parse_save`]);
 //! - [`diff`]: in-place chain edits ([`diff::ChainEdit`], [`diff::edit_script`]);
 //! - [`drift`]: the drift check's expected jumps and rule counts;
+//! - [`nfacct`]: kube-proxy's nfacct counters, created over nfnetlink_acct;
 //! - [`exec`]: the [`Flavour`]s (legacy, nft), the process [`Runner`],
 //!   [`detect_flavour`], and [`IptablesBackend`], the
 //!   [`kproxy_graph::Backend`] both backend crates wrap.
@@ -23,11 +24,15 @@ pub mod exec;
 pub mod generate;
 pub mod ir;
 pub mod naming;
+pub mod nfacct;
 pub mod parse;
 pub mod render;
 
 pub use exec::{Flavour, IptablesBackend, Runner, detect_flavour, detect_flavour_with};
-pub use generate::{GenOptions, IptablesGenerator, generate, generate_reusing};
+pub use generate::{
+    GenOptions, IptablesGenerator, NFACCT_COUNTERS, NFACCT_CT_STATE_INVALID,
+    NFACCT_LOCALHOST_NODEPORTS, generate, generate_reusing,
+};
 pub use ir::{
     Addr, AddrTypeDir, BuiltinRule, Chain, FamilyRuleset, Match, Recent, Rule, Ruleset, Table,
     TableName, Target,

@@ -412,7 +412,7 @@ pub fn parse_rule(words: &[String]) -> Result<Rule, String> {
                 match m.as_str() {
                     // Implied by `-p`; kproxy always writes both.
                     "tcp" | "udp" | "sctp" | "comment" | "addrtype" | "conntrack" | "mark"
-                    | "statistic" => {}
+                    | "statistic" | "nfacct" => {}
                     "recent" => {
                         recent = Some(RecentBuilder::default());
                         recent_pos = rule.matches.len();
@@ -421,6 +421,7 @@ pub fn parse_rule(words: &[String]) -> Result<Rule, String> {
                 }
             }
             "--comment" => rule.matches.push(Match::Comment(next(&mut i)?.clone())),
+            "--nfacct-name" => rule.matches.push(Match::Nfacct(next(&mut i)?.clone())),
             "--dport" | "--destination-port" => {
                 let v = next(&mut i)?;
                 rule.matches.push(Match::DestPort(

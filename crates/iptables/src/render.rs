@@ -107,6 +107,9 @@ pub fn write_match(out: &mut String, m: &Match) {
                 probability(*one_in)
             );
         }
+        Match::Nfacct(name) => {
+            let _ = write!(out, " -m nfacct --nfacct-name {}", quote(name));
+        }
         Match::Recent(Recent::Set { name }) => {
             let _ = write!(out, " -m recent --name {} --set", quote(name));
         }

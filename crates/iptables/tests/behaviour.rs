@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use data_encoding::BASE32;
-use kproxy_graph::{IpFamily, ProxyMode, ServiceGraph};
+use kproxy_graph::{IpFamily, ProxyMode, Render as _, ServiceGraph};
 use kproxy_iptables::{FamilyRuleset, GenOptions, TableName, generate};
 use kproxy_testkit::{fixtures, load_fixture};
 use sha2::{Digest, Sha256};
@@ -330,8 +330,65 @@ fn masquerade_all_and_mark_format() {
         "-A KUBE-POSTROUTING -m mark ! --mark 0x00000400/0x00000400 -j RETURN",
     );
     has(&t, "-A KUBE-POSTROUTING -j MARK --xor-mark 0x00000400");
-    has(&t, "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP");
-    lacks(&t, "nfacct");
+}
+
+/// kube-proxy's nfacct matches (`syncProxyRules`: the KUBE-FORWARD
+/// INVALID drop, and a localhost rule per NodePort before the NodePort
+/// rule, IPv4 with localhost NodePorts only), and none without nfacct.
+#[test]
+fn nfacct_matches_as_kube_proxy() {
+    let g = load_fixture("nodeports", ProxyMode::Iptables);
+    let t4 = text(&family(&g, IpFamily::V4));
+    let t6 = text(&family(&g, IpFamily::V6));
+    for t in [&t4, &t6] {
+        has(
+            t,
+            "-A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct --nfacct-name ct_state_invalid_dropped_pkts -j DROP",
+        );
+    }
+    let h = expected_hash("ns1/svc1:p80tcp");
+    let lines: Vec<&str> = t4.lines().collect();
+    let localhost = format!(
+        "-A KUBE-NODEPORTS -m comment --comment ns1/svc1:p80 -m tcp -p tcp -d 127.0.0.0/8 --dport 3001 -m nfacct --nfacct-name localhost_nps_accepted_pkts -j KUBE-EXT-{h}"
+    );
+    let at = lines
+        .iter()
+        .position(|l| *l == localhost)
+        .unwrap_or_else(|| panic!("missing line:\n{localhost}\nin:\n{t4}"));
+    assert_eq!(
+        lines[at + 1],
+        format!(
+            "-A KUBE-NODEPORTS -m comment --comment ns1/svc1:p80 -m tcp -p tcp --dport 3001 -j KUBE-EXT-{h}"
+        ),
+        "the NodePort rule follows the localhost one"
+    );
+    lacks(&t6, "localhost_nps_accepted_pkts");
+    // localhostNodePorts off (127.0.0.1 not among the NodePort addresses).
+    let t = text(&v4("nodeport-addresses"));
+    lacks(&t, "localhost_nps_accepted_pkts");
+    has(
+        &t,
+        "-A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct --nfacct-name ct_state_invalid_dropped_pkts -j DROP",
+    );
+    // No nfnetlink_acct: no match anywhere, the rules otherwise the same.
+    let opts = GenOptions {
+        nfacct: false,
+        ..GenOptions::default()
+    };
+    let plain = generate(&g, &opts).render();
+    lacks(&plain, "nfacct");
+    assert!(
+        plain
+            .lines()
+            .any(|l| l == "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP")
+    );
+    let with: Vec<String> = generate(&g, &GenOptions::default())
+        .render()
+        .lines()
+        .filter(|l| !l.contains("localhost_nps_accepted_pkts"))
+        .map(|l| l.replace(" -m nfacct --nfacct-name ct_state_invalid_dropped_pkts", ""))
+        .collect();
+    assert_eq!(with, plain.lines().map(str::to_string).collect::<Vec<_>>());
 }
 
 #[test]

@@ -21,7 +21,14 @@
 //!   [`ChainRules`], one chain's rule count and jump targets (what
 //!   iptables-nft keeps in its `nat`/`filter`/`mangle` tables).
 //!
-//! Everything here only reads. The netlink framing (headers, attribute
+//! - [`conntrack`]: ctnetlink (`NFNL_SUBSYS_CTNETLINK`): a filtered dump
+//!   of one protocol's flows, deletes and creates, batched;
+//! - [`acct`]: nfnetlink_acct (`NFNL_SUBSYS_ACCT`): create and read the
+//!   named counters `-m nfacct` counts into;
+//! - [`nfnl`]: [`nfnl::Writer`], nfnetlink messages of any subsystem
+//!   written one after another into one buffer.
+//!
+//! The nf_tables part only reads. The netlink framing (headers, attribute
 //! buffers) comes from `netlink-packet-core`, the socket from
 //! `netlink-sys`; the nf_tables layer on top is this crate's. The drift
 //! checks of both the nftables backend (kproxy-nftables) and iptables-nft
@@ -29,7 +36,10 @@
 
 #![deny(missing_docs)]
 
+pub mod acct;
+pub mod conntrack;
 pub mod msg;
+pub mod nfnl;
 pub mod socket;
 pub mod summary;
 
@@ -73,7 +83,7 @@ pub enum Error {
         reason: String,
     },
     /// The kernel answered the request with an error.
-    #[error("nf_tables {request}: {source}")]
+    #[error("{request}: {source}")]
     Kernel {
         /// The request, for messages.
         request: &'static str,
@@ -82,7 +92,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A reply that does not parse.
-    #[error("nf_tables {request}: malformed reply: {reason}")]
+    #[error("{request}: malformed reply: {reason}")]
     Decode {
         /// The request, for messages.
         request: &'static str,
@@ -91,7 +101,7 @@ pub enum Error {
     },
     /// The ruleset changed while it was being dumped (`NLM_F_DUMP_INTR`):
     /// what was read may mix two generations.
-    #[error("nf_tables {request}: the ruleset changed during the dump")]
+    #[error("{request}: the dump was interrupted by a concurrent change")]
     Interrupted {
         /// The request, for messages.
         request: &'static str,
@@ -101,7 +111,15 @@ pub enum Error {
 impl Error {
     /// The kernel said the object does not exist (`ENOENT`).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::Kernel { source, .. } if source.raw_os_error() == Some(ENOENT))
+        self.errno() == Some(ENOENT)
+    }
+
+    /// The kernel's errno, when the kernel refused the request.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Kernel { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
     }
 }
 

@@ -37,11 +37,11 @@ impl MsgType {
     /// The name, for messages.
     pub fn name(self) -> &'static str {
         match self {
-            MsgType::GetTable => "GETTABLE",
-            MsgType::GetChain => "GETCHAIN",
-            MsgType::GetRule => "GETRULE",
-            MsgType::GetSet => "GETSET",
-            MsgType::GetSetElem => "GETSETELEM",
+            MsgType::GetTable => "nf_tables GETTABLE",
+            MsgType::GetChain => "nf_tables GETCHAIN",
+            MsgType::GetRule => "nf_tables GETRULE",
+            MsgType::GetSet => "nf_tables GETSET",
+            MsgType::GetSetElem => "nf_tables GETSETELEM",
         }
     }
 }

@@ -175,6 +175,102 @@ impl NfSocket {
     }
 }
 
+/// One reply message of a [`NfSocket::exchange_raw`] exchange.
+#[derive(Debug, Clone, Copy)]
+pub enum RawReply<'a> {
+    /// A data message: the full netlink type (`subsystem << 8 | message`),
+    /// its sequence number and the payload after `nlmsghdr` (`nfgenmsg`
+    /// included).
+    Data {
+        /// `nlmsg_type`.
+        kind: u16,
+        /// `nlmsg_seq`.
+        seq: u32,
+        /// The payload.
+        payload: &'a [u8],
+    },
+    /// An error (`errno` > 0) or an acknowledgement (`errno` 0) of the
+    /// request with sequence number `seq`.
+    Ack {
+        /// `nlmsg_seq` of the request.
+        seq: u32,
+        /// The positive errno, 0 for an acknowledgement.
+        errno: i32,
+    },
+}
+
+impl NfSocket {
+    /// The next sequence number (for building requests by hand).
+    pub fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// Send `bytes`, one or more complete netlink messages of any
+    /// nfnetlink subsystem, and hand every reply with a sequence number in
+    /// `first..=last` to `each`, until the message `last` ends (its
+    /// `NLMSG_DONE` or its error/acknowledgement). `last` must ask for an
+    /// acknowledgement or be a dump; earlier messages need not (the kernel
+    /// handles the messages of one send in order, and reports an error
+    /// whatever the flags). A dump interrupted by a concurrent change is
+    /// read to its end and then reported as [`Error::Interrupted`].
+    pub fn exchange_raw(
+        &mut self,
+        request: &'static str,
+        bytes: &[u8],
+        (first, last): (u32, u32),
+        mut each: impl FnMut(RawReply<'_>),
+    ) -> Result<(), Error> {
+        self.socket.send(bytes, 0)?;
+        let mut interrupted = false;
+        let in_range = |s: u32| s.wrapping_sub(first) <= last.wrapping_sub(first);
+        loop {
+            let n = self.socket.recv(&mut &mut self.buf[..], MSG_TRUNC)?;
+            if n > self.buf.len() {
+                return Err(Error::Decode {
+                    request,
+                    reason: format!("a {n}-byte datagram exceeds the {RECV_BUF}-byte buffer"),
+                });
+            }
+            let mut data = &self.buf[..n];
+            while !data.is_empty() {
+                let nl = NetlinkBuffer::new_checked(data).map_err(|e| Error::Decode {
+                    request,
+                    reason: e.to_string(),
+                })?;
+                let len = (nl.length() as usize).min(data.len());
+                let aligned = len.next_multiple_of(4).min(data.len());
+                let (kind, flags, seq) = (nl.message_type(), nl.flags(), nl.sequence_number());
+                let payload = nl.payload();
+                data = &data[aligned..];
+                if !in_range(seq) {
+                    continue;
+                }
+                interrupted |= flags & NLM_F_DUMP_INTR != 0;
+                match kind {
+                    NLMSG_DONE if seq == last => return finish(request, interrupted),
+                    NLMSG_DONE => {}
+                    NLMSG_ERROR => {
+                        let code = payload
+                            .get(..4)
+                            .and_then(|b| b.try_into().ok())
+                            .map(i32::from_ne_bytes)
+                            .ok_or_else(|| Error::Decode {
+                                request,
+                                reason: "short error message".into(),
+                            })?;
+                        each(RawReply::Ack { seq, errno: -code });
+                        if seq == last {
+                            return finish(request, interrupted);
+                        }
+                    }
+                    _ => each(RawReply::Data { kind, seq, payload }),
+                }
+            }
+        }
+    }
+}
+
 fn finish(request: &'static str, interrupted: bool) -> Result<(), Error> {
     if interrupted {
         Err(Error::Interrupted { request })

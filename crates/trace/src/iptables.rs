@@ -89,6 +89,8 @@ pub enum IptMatch {
     RecentSet(String),
     /// `-m comment --comment TEXT`.
     Comment(String),
+    /// `-m nfacct --nfacct-name NAME`: counts; always matches.
+    Nfacct(String),
 }
 
 /// What a rule does.
@@ -278,6 +280,7 @@ fn parse_rule(words: &[String], text: &str, line: usize) -> Result<IptRule, Trac
                 }
                 IptMatch::Probability(1.0 / f64::from(one_in))
             }
+            Match::Nfacct(name) => IptMatch::Nfacct(name),
             Match::Recent(Recent::Set { name }) => IptMatch::RecentSet(name),
             Match::Recent(Recent::Check { name, .. }) => IptMatch::RecentCheck(name),
         });
@@ -620,7 +623,7 @@ impl Ctx<'_> {
         };
         for m in &rule.matches {
             let ok = match m {
-                IptMatch::Comment(_) | IptMatch::RecentSet(_) => true,
+                IptMatch::Comment(_) | IptMatch::Nfacct(_) | IptMatch::RecentSet(_) => true,
                 IptMatch::Protocol { negated, proto } => {
                     let is = match proto {
                         None => true,

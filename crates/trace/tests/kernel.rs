@@ -69,6 +69,9 @@ fn load_and_dump(ns: &NetNs, kind: BackendKind, text: &str) -> String {
             dump
         }
         _ => {
+            // The render counts into kube-proxy's nfacct counters: they
+            // must exist before `-m nfacct` loads.
+            assert!(kproxy_iptables::nfacct::ensure_counters(Some(ns.name())));
             let mut dump = String::new();
             for (fam, part) in sections(text) {
                 let restore = tool(kind, fam, "restore");
