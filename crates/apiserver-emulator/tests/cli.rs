@@ -3,10 +3,10 @@
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kproxy_testkit::TempDir;
 use serde_json::Value;
 
 struct Killed(Child);
@@ -18,18 +18,8 @@ impl Drop for Killed {
     }
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn temp_dir(name: &str) -> TempDir {
-    let d = std::env::temp_dir().join(format!("kproxy-emu-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    TempDir(d)
+    TempDir::new(&format!("emu-cli-{name}"))
 }
 
 fn get(addr: SocketAddr, path: &str) -> Value {
@@ -71,8 +61,8 @@ fn service(name: &str, port: u16) -> String {
 #[test]
 fn serves_files_and_follows_their_changes() {
     let dir = temp_dir("serve");
-    let file = dir.0.join("objects.yaml");
-    let kubeconfig = dir.0.join("kubeconfig");
+    let file = dir.join("objects.yaml");
+    let kubeconfig = dir.join("kubeconfig");
     let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n";
     std::fs::write(
         &file,
@@ -83,7 +73,7 @@ fn serves_files_and_follows_their_changes() {
         Command::new(env!("CARGO_BIN_EXE_kproxy-apiserver-emulator"))
             .args(["--reload-ms", "100", "--kubeconfig"])
             .arg(&kubeconfig)
-            .arg(&dir.0)
+            .arg(dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -144,7 +134,7 @@ fn serves_files_and_follows_their_changes() {
 #[test]
 fn a_bad_file_at_start_is_a_clear_error() {
     let dir = temp_dir("bad");
-    let file = dir.0.join("bad.yaml");
+    let file = dir.join("bad.yaml");
     std::fs::write(&file, "kind: [").expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_kproxy-apiserver-emulator"))
         .arg(&file)

@@ -60,8 +60,27 @@ fn ep_base(sp: &ServicePort, ep: &Endpoint) -> String {
     )
 }
 
-/// Render kube-proxy's nftables ruleset for the IPv4 family of `graph`.
+/// Which of kube-proxy's nftables layouts to render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// v1.33-v1.35: a Service chain load-balances with an anonymous
+    /// `numgen` verdict map to one chain per endpoint, which DNATs.
+    EndpointChains,
+    /// v1.36: a Service chain without affinity DNATs through an anonymous
+    /// `numgen` data map (`dnat to numgen random mod N map { i : ip . port }`);
+    /// endpoint chains remain only for affinity.
+    DnatMap,
+}
+
+/// Render kube-proxy's nftables ruleset (the v1.33-v1.35 layout) for the
+/// IPv4 family of `graph`.
 pub fn render(graph: &ServiceGraph) -> String {
+    render_layout(graph, Layout::EndpointChains)
+}
+
+/// Render kube-proxy's nftables ruleset in `layout` for the IPv4 family
+/// of `graph`.
+pub fn render_layout(graph: &ServiceGraph, layout: Layout) -> String {
     let mut out = String::with_capacity(1 << 20);
     let Some(fam) = graph.family(IpFamily::V4) else {
         return out;
@@ -69,7 +88,7 @@ pub fn render(graph: &ServiceGraph) -> String {
     let mark = graph.masquerade_mark();
     header(&mut out, fam, mark);
     for sp in fam.services.values() {
-        service(&mut out, fam, sp);
+        service(&mut out, fam, sp, layout);
     }
     out
 }
@@ -240,7 +259,8 @@ fn verdict_text(v: NoEndpointVerdict) -> &'static str {
     }
 }
 
-fn service(o: &mut String, fam: &FamilyGraph, sp: &ServicePort) {
+fn service(o: &mut String, fam: &FamilyGraph, sp: &ServicePort, layout: Layout) {
+    let dnat_map = layout == Layout::DnatMap && sp.session_affinity.is_none();
     let d = &sp.decisions;
     let b = base(sp);
     let proto = sp.name.protocol.as_str();
@@ -250,7 +270,12 @@ fn service(o: &mut String, fam: &FamilyGraph, sp: &ServicePort) {
     let _ = writeln!(o, "add element {T} cluster-ips {{ {} }}", sp.cluster_ip);
 
     // Endpoint chains and affinity sets.
-    for ep in &sp.reachable_endpoints {
+    let endpoint_chains: &[std::sync::Arc<Endpoint>] = if dnat_map {
+        &[]
+    } else {
+        &sp.reachable_endpoints
+    };
+    for ep in endpoint_chains {
         let eb = ep_base(sp, ep);
         let ec = chain("endpoint", &eb);
         let _ = writeln!(o, "add chain {T} {ec}");
@@ -281,39 +306,55 @@ fn service(o: &mut String, fam: &FamilyGraph, sp: &ServicePort) {
         );
     }
 
-    let lb_chain =
-        |o: &mut String, name: &str, eps: &[std::sync::Arc<Endpoint>], masq_cluster_ip: bool| {
-            let _ = writeln!(o, "add chain {T} {name}");
-            if masq_cluster_ip && let LocalTraffic::Cidr(c) = &fam.local_traffic {
+    let lb_chain = |o: &mut String,
+                    name: &str,
+                    eps: &[std::sync::Arc<Endpoint>],
+                    masq_cluster_ip: bool| {
+        let _ = writeln!(o, "add chain {T} {name}");
+        if masq_cluster_ip && let LocalTraffic::Cidr(c) = &fam.local_traffic {
+            let _ = writeln!(
+                o,
+                "add rule {T} {name} ip daddr {} ip saddr != {c} jump mark-for-masquerade",
+                sp.cluster_ip
+            );
+        }
+        if sp.session_affinity.is_some() {
+            for ep in eps {
+                let eb = ep_base(sp, ep);
                 let _ = writeln!(
                     o,
-                    "add rule {T} {name} ip daddr {} ip saddr != {c} jump mark-for-masquerade",
-                    sp.cluster_ip
+                    "add rule {T} {name} ip saddr @{} goto {}",
+                    chain("affinity", &eb),
+                    chain("endpoint", &eb)
                 );
             }
-            if sp.session_affinity.is_some() {
-                for ep in eps {
-                    let eb = ep_base(sp, ep);
-                    let _ = writeln!(
-                        o,
-                        "add rule {T} {name} ip saddr @{} goto {}",
-                        chain("affinity", &eb),
-                        chain("endpoint", &eb)
-                    );
-                }
-            }
+        }
+        if dnat_map {
             let elems: Vec<String> = eps
                 .iter()
                 .enumerate()
-                .map(|(i, ep)| format!("{i} : goto {}", chain("endpoint", &ep_base(sp, ep))))
+                .map(|(i, ep)| format!("{i} : {} . {}", ep.ip, ep.port))
                 .collect();
             let _ = writeln!(
                 o,
-                "add rule {T} {name} numgen random mod {} vmap {{ {} }}",
+                "add rule {T} {name} meta l4proto {proto} dnat ip to numgen random mod {} map {{ {} }}",
                 eps.len(),
                 elems.join(" , ")
             );
-        };
+            return;
+        }
+        let elems: Vec<String> = eps
+            .iter()
+            .enumerate()
+            .map(|(i, ep)| format!("{i} : goto {}", chain("endpoint", &ep_base(sp, ep))))
+            .collect();
+        let _ = writeln!(
+            o,
+            "add rule {T} {name} numgen random mod {} vmap {{ {} }}",
+            eps.len(),
+            elems.join(" , ")
+        );
+    };
     if d.uses_cluster_chain && !sp.cluster_endpoints.is_empty() {
         lb_chain(o, &svc_chain, &sp.cluster_endpoints, true);
     }
@@ -427,5 +468,28 @@ mod tests {
         );
         assert!(text.contains("dnat to 10.1.0.0:8080"));
         assert_eq!(hash8("ns1/svc1/tcp/p80").len(), 8);
+    }
+
+    #[test]
+    fn the_dnat_map_layout_has_no_endpoint_chains() {
+        let c = Cluster::generate(Params {
+            services: 20,
+            endpoints: 3,
+            only: Some("ClusterIP"),
+            ..Params::default()
+        })
+        .expect("generate");
+        let g = c.graph(kproxy_graph::ProxyMode::Nftables).expect("graph");
+        let text = render_layout(&g, Layout::DnatMap);
+        assert_eq!(text.matches("add chain ip kube-proxy endpoint-").count(), 0);
+        assert_eq!(
+            text.matches("dnat ip to numgen random mod 3 map {").count(),
+            20,
+            "{text}"
+        );
+        let chains = render(&g)
+            .matches("add chain ip kube-proxy endpoint-")
+            .count();
+        assert_eq!(chains, 60);
     }
 }

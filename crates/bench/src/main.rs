@@ -22,14 +22,12 @@
 mod ctclean;
 mod dataplane;
 mod driftcheck;
-mod kpnft;
 mod report;
 mod results;
 mod run;
 mod subjects;
-mod synth;
-mod sys;
 
+use kproxy_bench::{kpnft, synth, sys};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::LazyLock;
@@ -261,6 +259,7 @@ fn real_main() -> anyhow::Result<()> {
                 zones,
                 seed,
                 affinity_pct: affinity_percent,
+                only: None,
             })?;
             let yaml = c.to_yaml()?;
             match output {

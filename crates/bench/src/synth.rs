@@ -17,7 +17,8 @@ use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_graph::{IpFamily, Objects, ProxyConfig, ProxyMode, ServiceGraph};
-use kproxy_rng::SplitMix64;
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt as _, SeedableRng as _};
 use serde_json::{Value, json};
 
 /// The node the bench programs (endpoints on it are local).
@@ -60,6 +61,10 @@ pub struct Params {
     /// Percentage of Services with ClientIP affinity (each such endpoint
     /// is a named affinity set in nftables).
     pub affinity_pct: u64,
+    /// Every Service of this kind (`ClusterIP`, `NodePort`), one TCP port,
+    /// no affinity, Cluster traffic policy: a uniform cluster, for
+    /// measuring one shape at scale. `None`: the mix above.
+    pub only: Option<&'static str>,
 }
 
 impl Default for Params {
@@ -71,6 +76,7 @@ impl Default for Params {
             zones: 3,
             seed: 1,
             affinity_pct: 5,
+            only: None,
         }
     }
 }
@@ -107,9 +113,9 @@ pub struct Cluster {
     pub objects: Objects,
     /// What was generated.
     pub mix: Mix,
-    /// splitmix64 (from `kproxy-rng`, shared with the tests): same seed,
-    /// same cluster, byte for byte, on every platform.
-    rng: SplitMix64,
+    /// xoshiro256++ (`rand`, a named algorithm): same seed, same cluster,
+    /// byte for byte, on every platform.
+    rng: Xoshiro256PlusPlus,
     next_service: usize,
     next_pod_ip: u32,
     next_node_port: u16,
@@ -135,14 +141,14 @@ impl Cluster {
             params,
             objects: Objects::default(),
             mix: Mix::default(),
-            rng: SplitMix64(params.seed),
+            rng: Xoshiro256PlusPlus::seed_from_u64(params.seed),
             next_service: 0,
             next_pod_ip: 0,
             next_node_port: 30000,
         };
         c.objects.nodes.push(node_object()?);
         for _ in 0..params.services {
-            c.add_service(None)?;
+            c.add_service(params.only)?;
         }
         Ok(c)
     }
@@ -196,16 +202,27 @@ impl Cluster {
         // ClusterIPs from 172.16.0.10 on, by index (unique, never the target's).
         let cluster_ip = ip_from(Ipv4Addr::new(172, 16, 0, 10), i as u32);
         let r = &mut self.rng;
-        let drawn = match r.below(100) {
+        let drawn = match r.random_range(0..100u32) {
             0..=74 => "ClusterIP",
             75..=89 => "NodePort",
             _ => "LoadBalancer",
         };
         let mut kind = kind.unwrap_or(drawn).to_string();
-        let udp = kind == "ClusterIP" && self.rng.chance(3);
-        let multi = !udp && self.rng.chance(10);
-        let affinity = self.rng.chance(self.params.affinity_pct);
-        let local = self.rng.chance(5);
+        let udp = kind == "ClusterIP" && self.rng.random_ratio(3, 100);
+        let multi = !udp && self.rng.random_ratio(10, 100);
+        let affinity = self
+            .rng
+            .random_ratio(self.params.affinity_pct.min(100) as u32, 100);
+        let local = self.rng.random_ratio(5, 100);
+        // A uniform cluster draws as the mix does (the same seed gives the
+        // same endpoints) but keeps one shape.
+        let uniform = self.params.only.is_some();
+        let (udp, multi, affinity, local) = (
+            udp && !uniform,
+            multi && !uniform,
+            affinity && !uniform,
+            local && !uniform,
+        );
         let mut ports: Vec<(String, &str, u16, u16)> = if udp {
             vec![
                 ("dns".into(), "UDP", 53, 5353),
@@ -324,7 +341,7 @@ impl Cluster {
 
     fn endpoint_value(&mut self) -> Value {
         let ip = self.pod_ip();
-        let node = self.rng.below(self.params.nodes as u64) as usize;
+        let node = self.rng.random_range(0..self.params.nodes);
         let node_name = if node == 0 {
             NODE_NAME.to_string()
         } else {

@@ -45,8 +45,6 @@ use kproxy_testkit::rand::{RngExt, SeedableRng};
 use kproxy_testkit::{NetNs, line_diff};
 use serde_json::{Value, json};
 
-use common::exec_in;
-
 /// Service slots: few enough that keys collide often.
 const SLOTS: usize = 6;
 
@@ -533,7 +531,7 @@ fn counters_zeroed(text: &str) -> String {
 fn iptables_listing(ns: &NetNs, flavour: &str) -> String {
     let mut out = String::new();
     for tool in ["iptables", "ip6tables"] {
-        let text = exec_in(ns, &[&format!("{tool}-{flavour}-save")]);
+        let text = ns.exec_locked(&[&format!("{tool}-{flavour}-save")]);
         let mut table = String::new();
         let mut chains: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let flush = |out: &mut String, table: &str, chains: &mut BTreeMap<String, Vec<String>>| {

@@ -25,7 +25,7 @@ fn plant_hostile_rules(ns: &NetNs, ipt: &str) {
         let run = |args: &[&str]| {
             let mut argv = vec![ipt, "-t", table];
             argv.extend_from_slice(args);
-            exec_in(ns, &argv);
+            ns.exec_locked(&argv);
         };
         run(&["-N", "FOO\"BAR"]);
         run(&["-N", "\"LEAD"]);
@@ -115,7 +115,7 @@ fn hostile_foreign_rules_never_break_kproxy() {
     for backend in ["iptables-legacy", "iptables-nft"] {
         let data = TempDir::new("hostile");
         let file = data.write("cluster.yaml", &fixture("nodeports"));
-        let ns = Ns::new();
+        let ns = test_ns();
         plant_hostile_rules(&ns, backend);
         let foreign = rule_lines(&kernel_rules(&ns, backend));
         assert!(

@@ -101,7 +101,7 @@ fn livez_answers_while_rules_clients_never_read_during_a_sync() {
     data.write("cluster.yaml", &fixture("nodeports"));
     let hold = dir.path().join("hold");
     let path = holding_nft(&dir, &hold);
-    let ns = Ns::new();
+    let ns = test_ns();
     let config = default_config().display().to_string();
     let src = data.path().to_str().unwrap().to_string();
     let d = Daemon::start(&ns, &nft_args(&src, &config), &[("PATH", &path)]);
@@ -173,7 +173,7 @@ fn nofile(pid: u32) -> (String, String) {
 fn connections_beyond_the_cap_cost_no_descriptors_and_syncs_go_on() {
     let data = TempDir::new("fdcap");
     data.write("cluster.yaml", &fixture("nodeports"));
-    let ns = Ns::new();
+    let ns = test_ns();
     let config = default_config().display().to_string();
     let src = data.path().to_str().unwrap().to_string();
     // Started with a low soft limit, as a container runtime may leave it.
@@ -241,7 +241,7 @@ fn control_characters_in_names_are_escaped_in_the_log() {
             fixture("nodeports")
         ),
     );
-    let ns = Ns::new();
+    let ns = test_ns();
     let config = default_config().display().to_string();
     let (ok, _, err) = kproxy_in(
         &ns,

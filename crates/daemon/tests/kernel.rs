@@ -36,21 +36,8 @@ fn run_once_programs_every_backend() {
     let dir = TempDir::new("once");
     let f = dir.write("cluster.yaml", &fixture("nodeports"));
     for backend in BACKENDS {
-        let ns = Ns::new();
-        let (ok, _out, err) = kproxy_in(
-            &ns,
-            &[
-                "run",
-                "--backend",
-                backend,
-                "--source",
-                f.to_str().unwrap(),
-                "--config",
-                &config_arg(),
-                "--once",
-            ],
-            &[],
-        );
+        let ns = test_ns();
+        let (ok, _out, err) = run_once(&ns, backend, f.to_str().unwrap());
         assert!(ok, "{backend}: run --once failed: {err}");
         assert!(err.contains("synced"), "{backend}: no sync log line: {err}");
         let rules = kernel_rules(&ns, backend);
@@ -69,7 +56,7 @@ fn run_once_programs_every_backend() {
 fn dry_run_leaves_the_kernel_alone() {
     let dir = TempDir::new("dry");
     let f = dir.write("cluster.yaml", &fixture("nodeports"));
-    let ns = Ns::new();
+    let ns = test_ns();
     let (ok, out, err) = kproxy_in(
         &ns,
         &[
@@ -96,7 +83,7 @@ fn dry_run_leaves_the_kernel_alone() {
 
 #[test]
 fn run_once_fails_with_the_error_on_bad_input() {
-    let ns = Ns::new();
+    let ns = test_ns();
     let (ok, _, err) = kproxy_in(
         &ns,
         &[
@@ -137,7 +124,7 @@ fn run_once_fails_with_the_error_on_bad_input() {
 fn daemon_follows_file_changes_and_serves_http() {
     let dir = TempDir::new("follow");
     dir.write("cluster.yaml", &fixture("nodeports"));
-    let ns = Ns::new();
+    let ns = test_ns();
     let config = config_arg();
     let src = dir.path().to_str().unwrap().to_string();
     let mut d = Daemon::start(&ns, &daemon_args("nftables", &src, &config), &[]);
@@ -279,7 +266,7 @@ fn failed_transaction_keeps_rules_and_next_sync_is_full() {
         data.write("cluster.yaml", &fixture("nodeports"));
         let flag = dir.path().join("fail");
         let path = failing_loaders(&dir, &flag);
-        let ns = Ns::new();
+        let ns = test_ns();
         let config = config_arg();
         let src = data.path().to_str().unwrap().to_string();
         let d = Daemon::start(
@@ -362,7 +349,7 @@ fn deleted_rules_are_repaired_within_a_sync_period() {
     for backend in BACKENDS {
         let data = TempDir::new("drift");
         data.write("cluster.yaml", &fixture("nodeports"));
-        let ns = Ns::new();
+        let ns = test_ns();
         let config = config_arg();
         let src = data.path().to_str().unwrap().to_string();
         let d = Daemon::start(&ns, &daemon_args(backend, &src, &config), &[]);
@@ -378,8 +365,8 @@ fn deleted_rules_are_repaired_within_a_sync_period() {
             flavour => {
                 let ipt = format!("iptables-{}", flavour.trim_start_matches("iptables-"));
                 for table in ["nat", "filter", "mangle"] {
-                    exec_in(&ns, &[&ipt, "-t", table, "-F"]);
-                    exec_in(&ns, &[&ipt, "-t", table, "-X"]);
+                    ns.exec_locked(&[&ipt, "-t", table, "-F"]);
+                    ns.exec_locked(&[&ipt, "-t", table, "-X"]);
                 }
             }
         }
@@ -428,14 +415,14 @@ fn deleted_rules_are_repaired_within_a_sync_period() {
                         "KUBE-SERVICES".into(),
                     ],
                     Box::new(move || {
-                        exec_in(ns, &[&ipt, "-t", "nat", "-S", "PREROUTING"])
+                        ns.exec_locked(&[&ipt, "-t", "nat", "-S", "PREROUTING"])
                             .contains("KUBE-SERVICES")
                     }),
                 )
             }
         };
         let argv: Vec<&str> = damage.iter().map(String::as_str).collect();
-        exec_in(&ns, &argv);
+        ns.exec_locked(&argv);
         assert!(!repaired(), "{backend}: damaged");
         assert!(
             wait_for(Duration::from_secs(4), &*repaired),
@@ -458,7 +445,7 @@ fn invalid_objects_are_skipped_logged_and_counted() {
         "bad.yaml",
         "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: ns1}\nspec:\n  clusterIP: 172.30.0.999\n  ports: [{port: 80, protocol: TCP}]\n",
     );
-    let ns = Ns::new();
+    let ns = test_ns();
     let config = config_arg();
     let src = data.path().to_str().unwrap().to_string();
     let d = Daemon::start(&ns, &daemon_args("nftables", &src, &config), &[]);
@@ -491,7 +478,7 @@ fn health_check_node_port_reports_local_endpoints() {
     ] {
         let data = TempDir::new("hcnp");
         data.write("cluster.yaml", &fixture("etp-local"));
-        let ns = Ns::new();
+        let ns = test_ns();
         ns.exec(&["ip", "addr", "add", "192.168.0.2/32", "dev", "lo"]);
         let config = config_arg();
         let src = data.path().to_str().unwrap().to_string();
@@ -608,7 +595,7 @@ fn conntrack_insert(ns: &NetNs, sport: &str, dst: &str, reply_src: &str, reply_s
 fn stale_udp_conntrack_entries_are_deleted() {
     let data = TempDir::new("ct");
     let f = data.write("cluster.yaml", UDP_CLUSTER);
-    let ns = Ns::new();
+    let ns = test_ns();
     // To a gone endpoint, to the serving one, to a service with no
     // endpoints (scale to zero), never DNATed, and unrelated.
     conntrack_insert(&ns, "40000", "172.30.0.50", "10.180.0.9", "5353");
@@ -617,20 +604,7 @@ fn stale_udp_conntrack_entries_are_deleted() {
     conntrack_insert(&ns, "40002", "172.30.0.51", "10.180.0.7", "53");
     conntrack_insert(&ns, "40003", "172.30.0.50", "172.30.0.50", "53");
     conntrack_insert(&ns, "40004", "8.8.8.8", "8.8.8.8", "53");
-    let (ok, _, err) = kproxy_in(
-        &ns,
-        &[
-            "run",
-            "--backend",
-            "nftables",
-            "--source",
-            f.to_str().unwrap(),
-            "--config",
-            &config_arg(),
-            "--once",
-        ],
-        &[],
-    );
+    let (ok, _, err) = run_once(&ns, "nftables", f.to_str().unwrap());
     assert!(ok, "{err}");
     let flows = ns.exec(&["conntrack", "-L", "-p", "udp"]);
     let has = |sport: &str| flows.contains(&format!("sport={sport} "));
@@ -664,7 +638,7 @@ fn iptables_backends_create_and_match_the_nfacct_counters() {
     let dir = TempDir::new("nfacct");
     let f = dir.write("cluster.yaml", &fixture("nodeports"));
     for backend in ["iptables-legacy", "iptables-nft"] {
-        let ns = Ns::new();
+        let ns = test_ns();
         let (ok, _out, err) = kproxy_in(
             &ns,
             &[
@@ -721,7 +695,7 @@ fn thousands_of_stale_udp_flows_are_deleted() {
 
     let data = TempDir::new("ctk");
     let f = data.write("cluster.yaml", UDP_CLUSTER);
-    let ns = Ns::new();
+    let ns = test_ns();
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     let flow = |proto: u8, i: u32, dst: &str, reply_src: &str, reply_sport: u16| {
         let client = IpAddr::V4(Ipv4Addr::from(0x0a01_0000 + i));
@@ -800,31 +774,25 @@ fn plant_leftovers(ns: &NetNs) {
         // Already there when a kproxy iptables backend ran first.
         let _ = ns
             .command("env")
-            .arg(format!("XTABLES_LOCKFILE={}", xtables_lock(ns)))
+            .arg(format!("XTABLES_LOCKFILE={}", ns.xtables_lock()))
             .args([ipt, "-t", "nat", "-N", "KUBE-SERVICES"])
             .output();
-        exec_in(
-            ns,
-            &[
-                ipt,
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-m",
-                "comment",
-                "--comment",
-                "kubernetes service portals",
-                "-j",
-                "KUBE-SERVICES",
-            ],
-        );
-        exec_in(
-            ns,
-            &[
-                ipt, "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT",
-            ],
-        );
+        ns.exec_locked(&[
+            ipt,
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-m",
+            "comment",
+            "--comment",
+            "kubernetes service portals",
+            "-j",
+            "KUBE-SERVICES",
+        ]);
+        ns.exec_locked(&[
+            ipt, "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT",
+        ]);
     }
 }
 
@@ -843,22 +811,9 @@ fn assert_foreign_rules_intact(ns: &NetNs) {
 fn other_modes_leftovers_are_removed_after_the_first_sync() {
     let data = TempDir::new("leftovers");
     let f = data.write("cluster.yaml", &fixture("nodeports"));
-    let ns = Ns::new();
+    let ns = test_ns();
     plant_leftovers(&ns);
-    let (ok, _, err) = kproxy_in(
-        &ns,
-        &[
-            "run",
-            "--backend",
-            "nftables",
-            "--source",
-            f.to_str().unwrap(),
-            "--config",
-            &config_arg(),
-            "--once",
-        ],
-        &[],
-    );
+    let (ok, _, err) = run_once(&ns, "nftables", f.to_str().unwrap());
     assert!(ok, "{err}");
     let nft = kernel_rules(&ns, "nftables");
     assert!(
@@ -881,21 +836,8 @@ fn cleanup_removes_kproxy_and_kube_proxy_rules_only() {
     for backend in BACKENDS {
         let data = TempDir::new("cleanup");
         let f = data.write("cluster.yaml", &fixture("nodeports"));
-        let ns = Ns::new();
-        let (ok, _, err) = kproxy_in(
-            &ns,
-            &[
-                "run",
-                "--backend",
-                backend,
-                "--source",
-                f.to_str().unwrap(),
-                "--config",
-                &config_arg(),
-                "--once",
-            ],
-            &[],
-        );
+        let ns = test_ns();
+        let (ok, _, err) = run_once(&ns, backend, f.to_str().unwrap());
         assert!(ok, "{backend}: {err}");
         plant_leftovers(&ns);
         let (ok, _, err) = kproxy_in(&ns, &["cleanup", "--backend", "all"], &[]);
@@ -924,7 +866,7 @@ fn restart_never_leaves_the_kernel_without_rules() {
     for backend in ["nftables", "iptables-nft"] {
         let data = TempDir::new("restart");
         data.write("cluster.yaml", &fixture("nodeports"));
-        let ns = Ns::new();
+        let ns = test_ns();
         let config = config_arg();
         let src = data.path().to_str().unwrap().to_string();
         let mut d = Daemon::start(&ns, &daemon_args(backend, &src, &config), &[]);
@@ -987,7 +929,7 @@ fn conntrack_settings_from_the_configuration_are_applied() {
         "config.yaml",
         "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nhostnameOverride: test-node\nclusterCIDR: 10.0.0.0/8\nconntrack:\n  tcpEstablishedTimeout: 2h\n  tcpCloseWaitTimeout: 90s\n",
     );
-    let ns = Ns::new();
+    let ns = test_ns();
     let (ok, _, err) = kproxy_in(
         &ns,
         &[
@@ -1025,7 +967,7 @@ fn restart_under_traffic_fails_no_connection() {
     for backend in BACKENDS {
         let data = TempDir::new("traffic");
         data.write("cluster.yaml", &fixture("nodeports"));
-        let ns = Ns::new();
+        let ns = test_ns();
         // Both endpoints live on this namespace's loopback, and the service
         // range routes there, so the namespace is client, node and pods:
         // a connection to the ClusterIP only works through kproxy's DNAT.
@@ -1106,7 +1048,7 @@ fn auto_picks_nftables_and_falls_back_to_iptables() {
         &config_arg(),
         "--once",
     ];
-    let ns = Ns::new();
+    let ns = test_ns();
     let (ok, _, err) = kproxy_in(&ns, &args, &[]);
     assert!(ok, "{err}");
     assert!(err.contains("backend=nftables"), "{err}");
@@ -1124,7 +1066,7 @@ fn auto_picks_nftables_and_falls_back_to_iptables() {
         bin.path().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let ns = Ns::new();
+    let ns = test_ns();
     let (ok, _, err) = kproxy_in(&ns, &args, &[("PATH", &path)]);
     assert!(ok, "{err}");
     assert!(err.contains("backend=iptables-nft"), "{err}");
@@ -1135,7 +1077,7 @@ fn auto_picks_nftables_and_falls_back_to_iptables() {
 fn a_busy_listener_port_is_not_fatal_unless_asked() {
     let data = TempDir::new("busy");
     data.write("cluster.yaml", &fixture("nodeports"));
-    let ns = Ns::new();
+    let ns = test_ns();
     let _busy = in_netns(&ns, || {
         std::net::TcpListener::bind("127.0.0.1:10256").unwrap()
     })
@@ -1166,7 +1108,7 @@ fn a_changed_configuration_file_restarts_the_daemon() {
     let cfgdir = TempDir::new("cfg");
     let base = std::fs::read_to_string(default_config()).unwrap();
     let config = cfgdir.write("config.yaml", &base);
-    let ns = Ns::new();
+    let ns = test_ns();
     let src = data.path().to_str().unwrap().to_string();
     let mut d = Daemon::start(
         &ns,
@@ -1204,7 +1146,7 @@ fn nodeport_address_cidrs_match_the_hosts_interface_addresses() {
         "config.yaml",
         "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nhostnameOverride: test-node\nclusterCIDR: 10.0.0.0/8\nnodePortAddresses: [192.168.7.0/24]\n",
     );
-    let ns = Ns::new();
+    let ns = test_ns();
     ns.exec(&["ip", "addr", "add", "192.168.7.7/32", "dev", "lo"]);
     let (ok, _, err) = kproxy_in(
         &ns,

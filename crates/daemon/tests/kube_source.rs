@@ -7,17 +7,16 @@
 
 mod common;
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kproxy_apiserver_emulator::Emulator;
-use kproxy_testkit::NetNs;
-use nix::sched::{CloneFlags, setns};
+use kproxy_testkit::{NetNs, TempDir, echo_server, in_netns};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
@@ -164,23 +163,12 @@ impl Daemon {
     }
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The whole story on one backend.
 async fn follows_the_api_and_survives_its_absence(backend: &str) {
     let ns = NetNs::new("kub");
-    let dir = TempDir(
-        std::env::temp_dir().join(format!("kproxy-kube-run-{backend}-{}", std::process::id())),
-    );
-    std::fs::create_dir_all(&dir.0).expect("temp dir");
-    let kubeconfig = dir.0.join("kubeconfig");
-    let log = dir.0.join("kproxy.log");
+    let dir = TempDir::new(&format!("kube-run-{backend}"));
+    let kubeconfig = dir.join("kubeconfig");
+    let log = dir.join("kproxy.log");
 
     let (mut emu, _) = Emulator::start_with(
         SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -293,19 +281,6 @@ async fn iptables_legacy_follows_the_api_and_survives_its_absence() {
 // Traffic: a client on the node loops on the ClusterIP while the
 // endpoints change in the API and while the API server is away.
 
-/// Run `f` on a new thread inside namespace `ns`.
-fn in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
-        f()
-    })
-}
-
 /// Set on drop: tells a helper thread to finish.
 struct StopFlag(Arc<AtomicBool>);
 
@@ -313,35 +288,6 @@ impl Drop for StopFlag {
     fn drop(&mut self) {
         self.0.store(true, Ordering::SeqCst);
     }
-}
-
-/// A TCP server on port 8080 in `ns` that answers each connection with
-/// the address it was reached on (which identifies the pod) and closes.
-fn echo_server(ns: &str) -> StopFlag {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    in_netns(ns, move || {
-        let l = std::net::TcpListener::bind("0.0.0.0:8080").expect("bind echo server");
-        l.set_nonblocking(true).expect("nonblocking");
-        tx.send(()).expect("signal");
-        while !flag.load(Ordering::SeqCst) {
-            match l.accept() {
-                Ok((mut s, _)) => {
-                    let local = s
-                        .local_addr()
-                        .map(|a| a.ip().to_string())
-                        .unwrap_or_default();
-                    let _ = s.set_nonblocking(false);
-                    let _ = s.write_all(local.as_bytes());
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(5))
-        .expect("echo server started");
-    StopFlag(stop)
 }
 
 /// One connection attempt's outcome: the endpoint that answered, or the error.
@@ -477,15 +423,11 @@ fn topology() -> (NetNs, NetNs, NetNs) {
 /// The whole traffic story on one backend.
 async fn traffic_follows_the_api(backend: &str) {
     let (node_ns, pod1, pod2) = topology();
-    let _echo1 = echo_server(pod1.name());
-    let _echo2 = echo_server(pod2.name());
-    let dir = TempDir(std::env::temp_dir().join(format!(
-        "kproxy-kube-traffic-{backend}-{}",
-        std::process::id()
-    )));
-    std::fs::create_dir_all(&dir.0).expect("temp dir");
-    let kubeconfig = dir.0.join("kubeconfig");
-    let log = dir.0.join("kproxy.log");
+    let _echo1 = echo_server(&pod1, "0.0.0.0:8080");
+    let _echo2 = echo_server(&pod2, "0.0.0.0:8080");
+    let dir = TempDir::new(&format!("kube-traffic-{backend}"));
+    let kubeconfig = dir.join("kubeconfig");
+    let log = dir.join("kproxy.log");
     let (mut emu, _) = Emulator::start_with(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         common::bind_in(node_ns.name()),
@@ -717,7 +659,7 @@ async fn a_node_without_rules_bootstraps_through_the_control_plane_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn before_the_first_list_status_shows_the_errors_and_sigterm_exits_0() {
-    let ns = common::Ns::new();
+    let ns = common::test_ns();
     let (emu, _) = Emulator::start_with(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         common::bind_in(ns.name()),
@@ -795,7 +737,7 @@ async fn after_a_long_outage_changes_reach_the_kernel_within_the_backoff_cap() {
     // one sync on a loaded machine: a hang bound, not a performance
     // assertion; the figure is printed.
     const CAP: Duration = Duration::from_secs(30);
-    let ns = common::Ns::new();
+    let ns = common::test_ns();
     let dir = common::TempDir::new("outage");
     let kubeconfig = dir.path().join("kubeconfig");
     let log = dir.path().join("kproxy.log");
@@ -852,7 +794,7 @@ async fn after_a_long_outage_changes_reach_the_kernel_within_the_backoff_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_starting_api_servers_403s_are_not_warnings() {
     const FORBIDDEN: Duration = Duration::from_secs(5);
-    let ns = common::Ns::new();
+    let ns = common::test_ns();
     let (emu, _) = Emulator::start_with(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         common::bind_in(ns.name()),

@@ -266,7 +266,7 @@ fn scrape(backend: &str) -> String {
         .display()
         .to_string();
     let src = data.path().to_str().unwrap().to_string();
-    let ns = Ns::new();
+    let ns = test_ns();
     let d = Daemon::start(&ns, &daemon_args(backend, &src, &config), &[]);
     assert!(
         wait_for(Duration::from_secs(20), || http_get(&ns, 10249, "/rules")

@@ -75,34 +75,12 @@ fn seed_scaled_down() -> Vec<Value> {
     objects
 }
 
-/// The test's namespace: `kpt-<pid>-<n>`, with an xtables lock file of its
-/// own (other tests' long restores must not time this one out); both are
-/// removed on drop.
-struct Ns {
-    ns: NetNs,
-    lock: PathBuf,
-}
-
-impl Ns {
-    fn new() -> Ns {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "kpt-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        let ns = NetNs::named(&name);
-        ns.exec(&["ip", "addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"]);
-        let lock = std::env::temp_dir().join(format!("kproxy-xtables-{name}.lock"));
-        Ns { ns, lock }
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.lock);
-    }
+/// The test's namespace (`kp-kpt-<pid>-<n>`, with an xtables lock file of
+/// its own) with the node's address on its loopback.
+fn test_ns() -> NetNs {
+    let ns = NetNs::new("kpt");
+    ns.exec(&["ip", "addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"]);
+    ns
 }
 
 /// What a `kproxy` run printed, and its exit code.
@@ -124,10 +102,10 @@ impl std::fmt::Display for Out {
 
 /// `kproxy ARGS` inside the namespace, to completion (async: the emulator
 /// serves from this test's runtime meanwhile).
-async fn kproxy(ns: &Ns, args: &[&str]) -> Out {
+async fn kproxy(ns: &NetNs, args: &[&str]) -> Out {
     let mut c = tokio::process::Command::new("ip");
-    c.args(["netns", "exec", ns.ns.name(), "env"])
-        .arg(format!("XTABLES_LOCKFILE={}", ns.lock.display()))
+    c.args(["netns", "exec", ns.name(), "env"])
+        .arg(format!("XTABLES_LOCKFILE={}", ns.xtables_lock()))
         .arg(KPROXY)
         .args(args)
         .env_remove("KUBECONFIG")
@@ -147,7 +125,7 @@ async fn kproxy(ns: &Ns, args: &[&str]) -> Out {
 }
 
 /// `kproxy trace --live` of one connection: its `Path:` and `Outcome:` lines.
-async fn trace(ns: &Ns, backend: &str, from: &str, to: &str) -> (String, String) {
+async fn trace(ns: &NetNs, backend: &str, from: &str, to: &str) -> (String, String) {
     let out = kproxy(
         ns,
         &[
@@ -175,7 +153,7 @@ async fn trace(ns: &Ns, backend: &str, from: &str, to: &str) -> (String, String)
 
 /// The outcome of `trace --live --format json` as (endpoint, probability,
 /// masqueraded), sorted by endpoint.
-async fn trace_json(ns: &Ns, backend: &str, from: &str, to: &str) -> Vec<(String, f64, bool)> {
+async fn trace_json(ns: &NetNs, backend: &str, from: &str, to: &str) -> Vec<(String, f64, bool)> {
     let out = kproxy(
         ns,
         &[
@@ -258,7 +236,7 @@ const fn iptables(backend: &'static str) -> Expect {
 async fn trace_and_diff(x: Expect) {
     let started = Instant::now();
     let b = x.backend;
-    let ns = Ns::new();
+    let ns = test_ns();
     let nodeport = format!("{NODE_IP}:30007/tcp");
     let clusterip = "10.107.33.105:80/tcp";
 
@@ -317,11 +295,11 @@ async fn trace_and_diff(x: Expect) {
     // The API server holds the same objects: nothing to change.
     let (emu, _) = Emulator::start_with(
         SocketAddr::from(([127, 0, 0, 1], 0)),
-        common::bind_in(ns.ns.name()),
+        common::bind_in(ns.name()),
     )
     .await
     .expect("emulator starts inside the namespace");
-    let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", ns.ns.name()));
+    let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", ns.name()));
     let _kubeconfig_guard = RemoveOnDrop(kubeconfig.clone());
     emu.write_kubeconfig(&kubeconfig).expect("kubeconfig");
     emu.replace_all(&seed_objects()).expect("seed objects");

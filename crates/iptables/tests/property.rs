@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use kproxy_graph::{IpFamily, Objects, ProxyConfig, ServiceGraph};
 use kproxy_iptables::exec::IptablesTransport;
 use kproxy_iptables::{Flavour, GenOptions, Runner, generate, parse_save};
-use kproxy_testkit::{NetNs, Rng};
+use kproxy_testkit::{Draw, NetNs, TestRng, seeded};
 use serde_json::{Value, json};
 
 const HOSTILE: &[&str] = &[
@@ -34,7 +34,7 @@ const HOSTILE: &[&str] = &[
     "\r\n:KUBE-EVIL - [0:0]",
 ];
 
-fn name(r: &mut Rng) -> String {
+fn name(r: &mut TestRng) -> String {
     match r.below(4) {
         0 => format!("svc{}", r.below(1000)),
         1 => r.pick(HOSTILE).to_string(),
@@ -43,15 +43,15 @@ fn name(r: &mut Rng) -> String {
     }
 }
 
-fn ip4(r: &mut Rng, a: u8) -> String {
+fn ip4(r: &mut TestRng, a: u8) -> String {
     format!("{a}.{}.{}.{}", r.below(256), r.below(256), 1 + r.below(254))
 }
 
-fn ip6(r: &mut Rng) -> String {
+fn ip6(r: &mut TestRng) -> String {
     format!("fd00:{:x}::{:x}", r.below(0xffff), 1 + r.below(0xffff))
 }
 
-fn service(r: &mut Rng, ns: &str, svc: &str, i: usize) -> (Value, Vec<(String, String)>) {
+fn service(r: &mut TestRng, ns: &str, svc: &str, i: usize) -> (Value, Vec<(String, String)>) {
     let dual = r.chance(40);
     let v6_only = !dual && r.chance(15);
     let mut cluster_ips = Vec::new();
@@ -122,7 +122,7 @@ fn service(r: &mut Rng, ns: &str, svc: &str, i: usize) -> (Value, Vec<(String, S
     )
 }
 
-fn slice(r: &mut Rng, ns: &str, svc: &str, ports: &[(String, String)], v6: bool) -> Value {
+fn slice(r: &mut TestRng, ns: &str, svc: &str, ports: &[(String, String)], v6: bool) -> Value {
     let n = r.below(6);
     let mut eps = Vec::new();
     for _ in 0..n {
@@ -148,7 +148,7 @@ fn slice(r: &mut Rng, ns: &str, svc: &str, ports: &[(String, String)], v6: bool)
         "ports": ports, "endpoints": eps})
 }
 
-fn random_graph(r: &mut Rng) -> ServiceGraph {
+fn random_graph(r: &mut TestRng) -> ServiceGraph {
     let mut items = vec![json!({"apiVersion": "v1", "kind": "Node",
         "metadata": {"name": "test-node", "labels": {"topology.kubernetes.io/zone": "zone-a"}},
         "status": {"addresses": [
@@ -208,7 +208,7 @@ fn random_graphs_always_give_valid_restore_input() {
         .unwrap_or(0x6b70_726f_7879);
     let cases = 300;
     let batch = 50;
-    let mut rng = Rng(seed | 1);
+    let mut rng = seeded(seed);
     let ns = NetNs::new("ipt");
     let transports: Vec<IptablesTransport> = [Flavour::Legacy, Flavour::Nft]
         .into_iter()

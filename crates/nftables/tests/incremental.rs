@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::cluster::{Svc, changes, graph};
+use common::cluster::{Svc, bulk, changes, graph};
 use common::normalised_listing;
 use kproxy_graph::{Backend, Generator, ServiceGraph};
 use kproxy_nftables::NftablesBackend;
@@ -121,18 +121,7 @@ fn incremental_syncs_match_full_loads() {
 fn one_endpoint_change_is_a_small_transaction() {
     let ns = NetNs::new("nft");
     let mut be = NftablesBackend::in_netns(ns.name());
-    let mut svcs: Vec<Svc> = (0..200)
-        .map(|i| {
-            Svc::new(
-                "bulk",
-                &format!("s{i}"),
-                &format!("172.30.{}.{}", i / 250, i % 250 + 1),
-                80,
-            )
-            .ep(&format!("10.1.{}.{}", i / 250, i % 250 + 1), "node-2")
-            .ep(&format!("10.2.{}.{}", i / 250, i % 250 + 1), "node-3")
-        })
-        .collect();
+    let mut svcs = bulk(200, "bulk", "172.30", ["10.1", "10.2"]);
     let g1 = graph(&svcs);
     be.sync(&g1, None).expect("full");
     svcs[7].endpoints[1].0 = "10.3.0.8".into();
@@ -244,18 +233,7 @@ fn large_full_loads_split_into_bounded_transactions_load_the_same_table() {
 /// when the skeleton changes; after drift it reloads.
 #[test]
 fn large_full_resync_is_a_diff_and_drift_reloads() {
-    let mut svcs: Vec<Svc> = (0..300)
-        .map(|i| {
-            Svc::new(
-                "bulk",
-                &format!("s{i}"),
-                &format!("172.30.{}.{}", i / 250, i % 250 + 1),
-                80,
-            )
-            .ep(&format!("10.1.{}.{}", i / 250, i % 250 + 1), "node-2")
-            .ep(&format!("10.2.{}.{}", i / 250, i % 250 + 1), "node-3")
-        })
-        .collect();
+    let mut svcs = bulk(300, "bulk", "172.30", ["10.1", "10.2"]);
     let ns = NetNs::new("nft");
     let mut be = NftablesBackend::in_netns(ns.name()).max_elements_per_transaction(1000);
     let g1 = graph(&svcs);

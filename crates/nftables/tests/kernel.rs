@@ -3,15 +3,15 @@
 
 mod common;
 
-use common::{Topology, echo_server, probe, probe_many};
 use kproxy_graph::{Backend, ProxyMode};
 use kproxy_nftables::NftablesBackend;
 use kproxy_testkit::load_fixture;
+use kproxy_testkit::{Topology, echo_server, probe, probe_many};
 
 #[test]
 fn seed_clusterip_and_nodeport_reach_both_pods() {
-    let topo = Topology::seed(&["10.244.1.5", "10.244.2.4"]);
-    echo_server(topo.pod.name(), "0.0.0.0:80");
+    let topo = Topology::seed("nft", &["10.244.1.5", "10.244.2.4"]);
+    let _echo = echo_server(&topo.pod, "0.0.0.0:80");
     // Before kproxy: the ClusterIP goes nowhere.
     assert!(probe(topo.client.name(), "10.107.33.105:80").is_err());
 
@@ -56,10 +56,10 @@ fn seed_clusterip_and_nodeport_reach_both_pods() {
 #[test]
 fn udp_service_reaches_both_pods() {
     use common::cluster::{Svc, graph};
-    use common::{udp_echo_server, udp_probe};
-    let topo = Topology::seed(&["10.244.1.5", "10.244.2.4"]);
-    udp_echo_server(topo.pod.name(), "10.244.1.5:5353");
-    udp_echo_server(topo.pod.name(), "10.244.2.4:5353");
+    use kproxy_testkit::{udp_echo_server, udp_probe};
+    let topo = Topology::seed("nft", &["10.244.1.5", "10.244.2.4"]);
+    let _a = udp_echo_server(&topo.pod, "10.244.1.5:5353");
+    let _b = udp_echo_server(&topo.pod, "10.244.2.4:5353");
     let mut dns = Svc::new("kube-system", "dns", "10.96.0.10", 53)
         .ep("10.244.1.5", "node-2")
         .ep("10.244.2.4", "node-3");
@@ -124,7 +124,7 @@ fn supported_here() {
 #[test]
 fn ipv6_service_reaches_both_pods() {
     use common::cluster::{Svc, graph};
-    let topo = Topology::seed(&["10.244.1.5"]);
+    let topo = Topology::seed("nft", &["10.244.1.5"]);
     for (ns, args) in [
         (
             &topo.node,
@@ -218,7 +218,7 @@ fn ipv6_service_reaches_both_pods() {
     ] {
         ns.exec(&args);
     }
-    echo_server(topo.pod.name(), "[::]:80");
+    let _echo = echo_server(&topo.pod, "[::]:80");
     let mut web = Svc::new("web", "web6", "fd00:30::10", 80)
         .ep("fd00:10::5", "node-2")
         .ep("fd00:10::6", "node-3");
@@ -373,21 +373,10 @@ fn partial_damage_is_detected_and_repaired() {
 /// full sync.
 #[test]
 fn large_sets_are_probed_for_emptiness() {
-    use common::cluster::{Svc, graph};
+    use common::cluster::{bulk, graph};
     let ns = kproxy_testkit::NetNs::new("nftprobe");
     // 1,000 endpoints: more than one ~32 KiB reply of the endpoint map.
-    let svcs: Vec<Svc> = (0..500)
-        .map(|i| {
-            Svc::new(
-                "ns",
-                &format!("s{i}"),
-                &format!("10.96.{}.{}", i / 250, i % 250 + 1),
-                80,
-            )
-            .ep(&format!("10.244.{}.{}", i / 250, i % 250 + 1), "node-2")
-            .ep(&format!("10.245.{}.{}", i / 250, i % 250 + 1), "node-3")
-        })
-        .collect();
+    let svcs = bulk(500, "ns", "10.96", ["10.244", "10.245"]);
     let g = graph(&svcs);
     let mut backend = NftablesBackend::in_netns(ns.name()).drift_exact_limit(100);
     backend.sync(&g, None).expect("full sync");

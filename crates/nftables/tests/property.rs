@@ -9,7 +9,7 @@ mod common;
 use common::cluster::{Svc, graph};
 use kproxy_graph::{Generator, Render};
 use kproxy_nftables::NftGenerator;
-use kproxy_testkit::{NetNs, Rng};
+use kproxy_testkit::{Draw, NetNs, TestRng, seeded};
 
 const HOSTILE: &[&str] = &[
     "web",
@@ -37,7 +37,7 @@ const HOSTILE: &[&str] = &[
     "\u{0}nul",
 ];
 
-fn name(r: &mut Rng) -> String {
+fn name(r: &mut TestRng) -> String {
     let mut s = (*r.pick(HOSTILE)).to_string();
     if r.chance(10) {
         s = s.repeat(1 + r.below(40) as usize);
@@ -48,20 +48,21 @@ fn name(r: &mut Rng) -> String {
     s
 }
 
-fn v4(r: &mut Rng, net: &str) -> String {
+fn v4(r: &mut TestRng, net: &str) -> String {
     format!("{net}.{}.{}", r.below(4), 1 + r.below(5))
 }
 
-fn v6(r: &mut Rng, net: &str) -> String {
+fn v6(r: &mut TestRng, net: &str) -> String {
     format!("{net}::{:x}:{:x}", r.below(4), 1 + r.below(5))
 }
 
-fn random_cluster(r: &mut Rng) -> Vec<Svc> {
+fn random_cluster(r: &mut TestRng) -> Vec<Svc> {
     let n = 1 + r.below(12);
     let mut out = Vec::new();
     for _ in 0..n {
         let six = r.chance(30);
-        let ip = |r: &mut Rng, four: &str, sixn: &str| if six { v6(r, sixn) } else { v4(r, four) };
+        let ip =
+            |r: &mut TestRng, four: &str, sixn: &str| if six { v6(r, sixn) } else { v4(r, four) };
         let cluster_ip = ip(r, "172.30", "fd00:30");
         let port = [80u16, 443, 53, 1, 65535][r.below(5) as usize];
         let mut s = Svc::new(&name(r), &name(r), &cluster_ip, port);
@@ -120,7 +121,7 @@ fn random_graphs_render_to_text_nft_accepts() {
     let mut failures = Vec::new();
     let mut elements = 0usize;
     for seed in first..first + count {
-        let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut r = seeded(seed);
         let svcs = random_cluster(&mut r);
         let g = graph(&svcs);
         let ruleset = NftGenerator

@@ -3,11 +3,33 @@
 //!   `testdata/fixtures/` with their configurations in `testdata/configs/`;
 //! - [`assert_golden`]: compare output with a checked-in golden file, or
 //!   rewrite it when `UPDATE_GOLDEN=1` (`make golden`);
-//! - [`NetNs`]: a network namespace that is deleted on drop;
-//! - [`Rng`]: the seeded generator of the property tests (from `kproxy-rng`).
+//! - [`NetNs`]: a network namespace that is deleted on drop, and
+//!   [`in_netns`] to run code inside one;
+//! - [`TempDir`]: a scratch directory removed on drop;
+//! - [`echo_server`], [`udp_echo_server`], [`probe`], [`udp_probe`]: echo
+//!   servers that answer with the address they were reached on, and the
+//!   probes that read it;
+//! - [`Topology`]: client, node and pod namespaces wired with veth pairs;
+//! - [`seeded`], [`TestRng`] and [`Draw`]: the seeded randomness of the
+//!   property and equivalence tests (`rand`), and [`proptest`].
+
+mod echo;
+mod netns;
+mod random;
+mod tempdir;
+mod topo;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+pub use echo::{EchoServer, echo_server, probe, probe_many, udp_echo_server, udp_probe};
+pub use netns::{NetNs, in_netns};
+/// Property tests with shrinking.
+pub use proptest;
+/// Seeded randomness (`rand::SeedableRng`, `rand::RngExt`).
+pub use rand;
+pub use random::{Draw, TestRng, seeded};
+pub use tempdir::TempDir;
+pub use topo::Topology;
 
 use kproxy_graph::{KubeProxyConfiguration, Objects, ProxyConfig, ProxyMode, ServiceGraph};
 
@@ -139,114 +161,3 @@ pub fn line_diff(expected: &str, actual: &str) -> String {
     }
     out
 }
-
-/// A network namespace, deleted on drop. Names are made unique per
-/// process and call so parallel tests do not collide.
-#[derive(Debug)]
-pub struct NetNs {
-    name: String,
-}
-
-impl NetNs {
-    /// Create `kp-<prefix>-<pid>-<n>`. Panics (failing the test, never
-    /// skipping it) when namespaces cannot be made (not root, no `ip`).
-    pub fn new(prefix: &str) -> NetNs {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        NetNs::named(&format!(
-            "kp-{prefix}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ))
-    }
-
-    /// Create the namespace `name` exactly, for callers with their own
-    /// naming scheme; they keep names unique. Panics like [`NetNs::new`].
-    pub fn named(name: &str) -> NetNs {
-        let name = name.to_string();
-        let out = Command::new("ip").args(["netns", "add", &name]).output().unwrap_or_else(|e| {
-            panic!("cannot run `ip netns add` ({e}): kernel tests need iproute2 and root; run `make test` as root")
-        });
-        assert!(
-            out.status.success(),
-            "`ip netns add {name}` failed: {} (kernel tests need root)",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ns = NetNs { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// The namespace's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// A command that runs inside the namespace (`ip netns exec NAME ...`).
-    pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
-        c
-    }
-
-    /// Run a command inside the namespace; panic with its output if it fails.
-    pub fn exec(&self, argv: &[&str]) -> String {
-        let out = self
-            .command(argv[0])
-            .args(&argv[1..])
-            .output()
-            .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
-        assert!(
-            out.status.success(),
-            "{argv:?} in {} failed: {}{}",
-            self.name,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Run a command inside the namespace with `stdin`; return (success, stdout, stderr).
-    pub fn run_with_input(&self, argv: &[&str], stdin: &str) -> (bool, String, String) {
-        use std::io::Write as _;
-        use std::process::Stdio;
-        let mut child = self
-            .command(argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
-        let mut sin = child.stdin.take().expect("stdin");
-        let input = stdin.to_string();
-        let writer = std::thread::spawn(move || {
-            let _ = sin.write_all(input.as_bytes());
-        });
-        let out = child.wait_with_output().expect("wait");
-        let _ = writer.join();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
-    }
-}
-
-/// The seeded random generator of the property tests (xorshift64*): the
-/// same seed gives the same cases on every machine. It lives in
-/// `kproxy-rng` so the benchmark can share it without depending on this
-/// test kit; the path `kproxy_testkit::Rng` stays.
-pub use kproxy_rng::Rng;
-/// Property tests with shrinking.
-pub use proptest;
-/// Seeded randomness for new tests (`rand::rngs::StdRng::seed_from_u64`).
-pub use rand;

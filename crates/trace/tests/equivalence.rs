@@ -6,23 +6,24 @@
 //! the nftables section; pkg/proxy/nftables/README.md upstream), which
 //! [`expected`] encodes.
 //!
-//! Deterministic: the tests' seeded generator (`kproxy_testkit::Rng`), so
+//! Deterministic: the tests' seeded generator (`kproxy_testkit::seeded`), so
 //! a failure names the graph seed that reproduces it.
 //! `planted_divergences_are_caught` shows
 //! the comparison fails when a rendered ruleset is mutated (a DNAT branch
 //! removed, masquerading flipped).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use common::render;
 use ipnet::IpNet;
 use kproxy_graph::{
-    Backend, BackendKind, DetectLocalMode, FamilyGraph, IpFamily, NodePortAddress, NodePortIps,
-    Objects, Protocol, ProxyConfig, ProxyMode, ServiceGraph,
+    BackendKind, DetectLocalMode, FamilyGraph, IpFamily, NodePortAddress, NodePortIps, Objects,
+    Protocol, ProxyConfig, ProxyMode, ServiceGraph,
 };
-use kproxy_iptables::{Flavour, IptablesBackend};
-use kproxy_nftables::NftablesBackend;
-use kproxy_testkit::Rng;
+use kproxy_testkit::{Draw, TestRng, seeded};
 use kproxy_trace::{Node, Outcome, Packet, Verdict, report, tracer_for};
 use serde_json::{Value, json};
 
@@ -40,7 +41,7 @@ fn ep_addr(family: IpFamily, node: usize, k: usize) -> String {
 }
 
 /// A random cluster: Services, EndpointSlices and this node.
-fn random_objects(rng: &mut Rng, dual: bool) -> Vec<Value> {
+fn random_objects(rng: &mut TestRng, dual: bool) -> Vec<Value> {
     let mut items = Vec::new();
     let mut addresses = vec![
         json!({"type": "InternalIP", "address": NODE_IP}),
@@ -180,7 +181,7 @@ fn random_objects(rng: &mut Rng, dual: bool) -> Vec<Value> {
     items
 }
 
-fn config(rng: &mut Rng, dual: bool) -> ProxyConfig {
+fn config(rng: &mut TestRng, dual: bool) -> ProxyConfig {
     let mut c = ProxyConfig {
         node_name: NODE.into(),
         families: if dual {
@@ -353,7 +354,7 @@ fn check(expect: Expect, ipt: &Outcome, nft: &Outcome, src: IpAddr) -> bool {
     }
 }
 
-fn random_packets(rng: &mut Rng, g: &FamilyGraph, n: usize) -> Vec<Packet> {
+fn random_packets(rng: &mut TestRng, g: &FamilyGraph, n: usize) -> Vec<Packet> {
     let fam = g.family;
     let v4 = fam == IpFamily::V4;
     let ip = |s: &str| -> IpAddr { s.parse().expect("ip") };
@@ -436,15 +437,6 @@ fn random_packets(rng: &mut Rng, g: &FamilyGraph, n: usize) -> Vec<Packet> {
     out
 }
 
-fn render(kind: BackendKind, graph: &ServiceGraph) -> String {
-    let backend: Box<dyn Backend> = match kind {
-        BackendKind::IptablesLegacy => Box::new(IptablesBackend::new(Flavour::Legacy)),
-        BackendKind::IptablesNft => Box::new(IptablesBackend::new(Flavour::Nft)),
-        BackendKind::Nftables => Box::new(NftablesBackend::new()),
-    };
-    backend.render_full(graph).expect("renders")
-}
-
 /// A change applied to the iptables-legacy and nftables texts before
 /// tracing (to show the comparison catches generator bugs).
 type Mutation = fn(BackendKind, String) -> String;
@@ -462,7 +454,7 @@ fn run(graphs: u64, packets_per_family: usize, mutate: Option<Mutation>) -> Run 
         failures: Vec::new(),
     };
     for seed in 1..=graphs {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut rng = seeded(seed);
         let dual = rng.with_probability(0.3);
         let items = random_objects(&mut rng, dual);
         let mut objects = Objects::default();

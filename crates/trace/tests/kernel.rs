@@ -9,22 +9,14 @@
 //! Needs root, iptables (both flavours) and nft; fails (never skips)
 //! without them.
 
+mod common;
+
 use std::net::IpAddr;
 
-use kproxy_graph::{Backend, BackendKind, IpFamily, Protocol, ProxyMode, ServiceGraph};
-use kproxy_iptables::{Flavour, IptablesBackend};
-use kproxy_nftables::NftablesBackend;
+use common::render;
+use kproxy_graph::{BackendKind, IpFamily, Protocol, ProxyMode, ServiceGraph};
 use kproxy_testkit::NetNs;
 use kproxy_trace::{Node, Packet, Verdict, diff, tracer_for};
-
-fn render(kind: BackendKind, graph: &ServiceGraph) -> String {
-    let backend: Box<dyn Backend> = match kind {
-        BackendKind::IptablesLegacy => Box::new(IptablesBackend::new(Flavour::Legacy)),
-        BackendKind::IptablesNft => Box::new(IptablesBackend::new(Flavour::Nft)),
-        BackendKind::Nftables => Box::new(NftablesBackend::new()),
-    };
-    backend.render_full(graph).expect("renders")
-}
 
 /// kproxy's combined iptables text, split at its `# IPv4` / `# IPv6`
 /// headers.

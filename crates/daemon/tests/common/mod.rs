@@ -9,51 +9,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use kproxy_testkit::NetNs;
+#[allow(unused_imports, reason = "each test binary uses part of the helpers")]
+pub use kproxy_testkit::{NetNs, TempDir, in_netns};
+
+/// A test namespace of the daemon's tests (`kp-dmn-*`).
+pub fn test_ns() -> NetNs {
+    NetNs::new("dmn")
+}
 
 /// The binary under test.
 pub const KPROXY: &str = env!("CARGO_BIN_EXE_kproxy");
 
 /// The backends, as `--backend` spells them.
 pub const BACKENDS: [&str; 3] = ["iptables-legacy", "iptables-nft", "nftables"];
-
-/// A scratch directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "kproxy-dmn-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        // Write then rename, as editors and ConfigMap updates do, so the
-        // daemon never reads half a file.
-        let tmp = self.0.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &p).unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The repository's testdata/ (from this crate's own location, so the
 /// path is right whichever checkout built the test).
@@ -72,52 +40,30 @@ pub fn default_config() -> PathBuf {
     testdata().join("configs/default.yaml")
 }
 
-/// A test namespace (`kp-dmn-*`) that also removes its xtables lock file
-/// when dropped.
-pub struct Ns(NetNs);
-
-impl Ns {
-    pub fn new() -> Self {
-        Ns(NetNs::new("dmn"))
-    }
-}
-
-impl std::ops::Deref for Ns {
-    type Target = NetNs;
-    fn deref(&self) -> &NetNs {
-        &self.0
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(xtables_lock(&self.0));
-    }
-}
-
-/// The xtables lock file for `ns`. iptables-legacy serialises every user
-/// on the host-wide /run/xtables.lock although a namespace's tables are
-/// its own; a lock per namespace keeps other tests' long restores from
-/// timing these out.
-pub fn xtables_lock(ns: &NetNs) -> String {
-    std::env::temp_dir()
-        .join(format!("kproxy-xtables-{}.lock", ns.name()))
-        .display()
-        .to_string()
-}
-
-/// `ns.exec`, with the namespace's xtables lock.
-pub fn exec_in(ns: &NetNs, argv: &[&str]) -> String {
-    let lock = format!("XTABLES_LOCKFILE={}", xtables_lock(ns));
-    let mut full = vec!["env", lock.as_str()];
-    full.extend_from_slice(argv);
-    ns.exec(&full)
+/// `kproxy run --once` of `backend` on the file `source` with
+/// testdata/configs/default.yaml, inside `ns`: (success, stdout, stderr).
+pub fn run_once(ns: &NetNs, backend: &str, source: &str) -> (bool, String, String) {
+    let config = default_config().display().to_string();
+    kproxy_in(
+        ns,
+        &[
+            "run",
+            "--backend",
+            backend,
+            "--source",
+            source,
+            "--config",
+            &config,
+            "--once",
+        ],
+        &[],
+    )
 }
 
 /// Run `kproxy ARGS` inside `ns` to completion: (success, stdout, stderr).
 pub fn kproxy_in(ns: &NetNs, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut c = ns.command("env");
-    c.arg(format!("XTABLES_LOCKFILE={}", xtables_lock(ns)));
+    c.arg(format!("XTABLES_LOCKFILE={}", ns.xtables_lock()));
     for (k, v) in env {
         c.arg(format!("{k}={v}"));
     }
@@ -181,7 +127,7 @@ impl Daemon {
         let file = std::fs::File::create(&log).unwrap();
         let mut c = ns.command("env");
         c.arg("KPROXY_LOG=debug");
-        c.arg(format!("XTABLES_LOCKFILE={}", xtables_lock(ns)));
+        c.arg(format!("XTABLES_LOCKFILE={}", ns.xtables_lock()));
         for (k, v) in env {
             c.arg(format!("{k}={v}"));
         }
@@ -273,19 +219,6 @@ pub fn metric(text: &str, sample: &str) -> Option<f64> {
             .trim()
             .parse()
             .ok()
-    })
-}
-
-/// Run `f` on a thread that joined `ns`'s network namespace.
-pub fn in_netns<T: Send + 'static>(
-    ns: &NetNs,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let nspath = format!("/run/netns/{}", ns.name());
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&nspath).unwrap();
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
     })
 }
 

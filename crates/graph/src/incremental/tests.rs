@@ -10,7 +10,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
-use kproxy_testkit::Rng;
+use kproxy_testkit::{Draw, TestRng, seeded};
 
 use super::*;
 use crate::config::ProxyMode;
@@ -39,7 +39,7 @@ impl Truth {
 
 /// A ServiceCIDR named `name` with a random choice of ranges, some of
 /// them overlapping, not truncated or not CIDRs at all.
-fn random_service_cidr(rng: &mut Rng, name: &str) -> ServiceCIDR {
+fn random_service_cidr(rng: &mut TestRng, name: &str) -> ServiceCIDR {
     let mut cidrs = Vec::new();
     for _ in 0..rng.below(3) {
         cidrs.push(
@@ -109,7 +109,7 @@ fn pool() -> Vec<(String, Objects)> {
         .collect()
 }
 
-fn pick_ip(rng: &mut Rng) -> String {
+fn pick_ip(rng: &mut TestRng) -> String {
     rng.pick(&[
         "10.0.0.10",
         "10.0.0.11",
@@ -123,7 +123,7 @@ fn pick_ip(rng: &mut Rng) -> String {
     .to_string()
 }
 
-fn mutate_service(rng: &mut Rng, mut s: Service, names: &[(String, String)]) -> Service {
+fn mutate_service(rng: &mut TestRng, mut s: Service, names: &[(String, String)]) -> Service {
     let spec = s.spec.get_or_insert_with(Default::default);
     match rng.below(9) {
         0 => {
@@ -184,7 +184,7 @@ fn mutate_service(rng: &mut Rng, mut s: Service, names: &[(String, String)]) -> 
 }
 
 fn mutate_slice(
-    rng: &mut Rng,
+    rng: &mut TestRng,
     mut s: EndpointSlice,
     services: &[(String, String)],
     node: &str,
@@ -243,7 +243,7 @@ fn mutate_slice(
     s
 }
 
-fn mutate_node(rng: &mut Rng, mut n: Node, name: &str) -> Node {
+fn mutate_node(rng: &mut TestRng, mut n: Node, name: &str) -> Node {
     n.metadata.name = Some(name.to_string());
     match rng.below(3) {
         0 => {
@@ -310,7 +310,7 @@ fn run_sequence(
     pool: &[(String, Objects)],
     steps: usize,
 ) {
-    let mut rng = Rng(seed | 1);
+    let mut rng = seeded(seed);
     let mut config = fixture_config(
         fixture,
         *rng.pick(&[ProxyMode::Iptables, ProxyMode::Nftables]),
@@ -595,7 +595,7 @@ fn a_service_cidr_change_updates_only_the_service_cidrs() {
     };
 
     // Added: the union with the flag, per family.
-    let mut rng = Rng(7);
+    let mut rng = seeded(7);
     let mut c = random_service_cidr(&mut rng, "kubernetes");
     c.spec = Some(k8s_openapi::api::networking::v1::ServiceCIDRSpec {
         cidrs: Some(vec![

@@ -176,3 +176,17 @@ pub fn graph(services: &[Svc]) -> ServiceGraph {
 pub fn changes(prev: &ServiceGraph, next: &ServiceGraph) -> ChangeSet {
     ChangeSet::between(prev, next)
 }
+
+/// `n` Services `ns/s<i>` on port 80, ClusterIPs `<svc_net>.x.y`, each with
+/// two endpoints, `<ep_nets[0]>.x.y` on node-2 and `<ep_nets[1]>.x.y` on
+/// node-3 (x.y: i/250 and i%250+1).
+pub fn bulk(n: usize, ns: &str, svc_net: &str, ep_nets: [&str; 2]) -> Vec<Svc> {
+    (0..n)
+        .map(|i| {
+            let host = format!("{}.{}", i / 250, i % 250 + 1);
+            Svc::new(ns, &format!("s{i}"), &format!("{svc_net}.{host}"), 80)
+                .ep(&format!("{}.{host}", ep_nets[0]), "node-2")
+                .ep(&format!("{}.{host}", ep_nets[1]), "node-3")
+        })
+        .collect()
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use kproxy_apiserver_emulator::{Emulator, Kind};
 use kproxy_graph::Objects;
+use kproxy_testkit::TempDir;
 use serde_json::{Value, json};
 
 use super::{KubeSource, KubeSourceOptions};
@@ -113,25 +114,15 @@ struct Harness {
     kubeconfig: PathBuf,
 }
 
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 async fn harness(test: &str) -> Harness {
     let (emu, _) = Emulator::start().await.expect("emulator starts");
-    let dir = std::env::temp_dir().join(format!("kproxy-kube-{test}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = TempDir::new(&format!("kube-{test}"));
     let kubeconfig = dir.join("kubeconfig");
     emu.write_kubeconfig(&kubeconfig)
         .expect("kubeconfig written");
     Harness {
         emu,
-        _dir: TempDir(dir),
+        _dir: dir,
         kubeconfig,
     }
 }

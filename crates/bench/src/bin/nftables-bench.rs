@@ -2,7 +2,7 @@
 //! on this machine, in the same run, in empty network namespaces.
 //!
 //! ```text
-//! cargo run --release -p kproxy-nftables --example nftables-bench -- \
+//! cargo run --release -p kproxy-bench --bin nftables-bench -- \
 //!     [--sizes 1000,10000,50000] [--kube-proxy-sizes 1000,10000] \
 //!     [--kube-proxy-135-sizes 1000] \
 //!     [--endpoints 10] [--reps 3] [--changes 7]
@@ -18,44 +18,24 @@
 //!   `nft` it ran;
 //! - `kube`: kube-proxy v1.36's layout for the same cluster (a chain per
 //!   service whose rule DNATs through an anonymous `numgen` map, one
-//!   `service-ips` element per service) in one `nft -f` transaction.
+//!   `service-ips` element per service) in one `nft -f` transaction;
+//!   `kube135` the v1.33-v1.35 layout (endpoint chains), both from
+//!   [`kproxy_bench::kpnft`].
+//!
+//! The cluster is `kproxy-bench`'s seeded generator in its uniform
+//! ClusterIP form ([`Params::only`]).
 
 #![allow(clippy::unwrap_used, reason = "a benchmark program, failures abort it")]
 
-#[path = "common/synthetic.rs"]
-mod synthetic;
-
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use kproxy_graph::{Backend, ChangeSet, Generator, IpFamily, Render};
+use kproxy_bench::kpnft::{Layout, render_layout};
+use kproxy_bench::synth::{Cluster, Params};
+use kproxy_bench::sys::Ns;
+use kproxy_graph::{Backend, ChangeSet, Generator, ProxyMode, Render};
 use kproxy_nftables::{NftGenerator, NftablesBackend};
-
-/// A network namespace deleted on drop.
-struct Ns(String);
-
-impl Ns {
-    fn new(tag: &str) -> Ns {
-        let name = format!("nft-bench-{tag}-{}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "ip netns add {name} failed (run as root)");
-        Ns(name)
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.0])
-            .status();
-    }
-}
 
 /// CPU seconds (user + system) used so far by this process and by its
 /// waited-for children: the work done, which a busy machine inflates far
@@ -136,82 +116,16 @@ impl NftPeak {
     }
 }
 
-/// kube-proxy's shape for the same cluster: v1.36 (as a real v1.36 writes: the
-/// service chain DNATs through an anonymous `numgen` data map) or, with
-/// `endpoint_chains`, v1.33-v1.35 (upstream TestOverallNFTablesRules of those releases: an anonymous `numgen` verdict map
-/// to per-endpoint chains that DNAT).
-fn kube_proxy_layout(g: &kproxy_graph::ServiceGraph, endpoint_chains: bool) -> String {
-    let mut out = String::new();
-    out.push_str("add table ip kube-proxy\n");
-    out.push_str(
-        "add chain ip kube-proxy nat-prerouting { type nat hook prerouting priority -100 ; }\n",
-    );
-    out.push_str("add chain ip kube-proxy services\n");
-    out.push_str("add set ip kube-proxy cluster-ips { type ipv4_addr ; }\n");
-    out.push_str(
-        "add map ip kube-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }\n",
-    );
-    out.push_str("add rule ip kube-proxy nat-prerouting jump services\n");
-    out.push_str("add rule ip kube-proxy services ip daddr @cluster-ips ip saddr != 10.0.0.0/8 meta mark set meta mark | 0x4000\n");
-    out.push_str(
-        "add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips\n",
-    );
-    let fg = g.family(IpFamily::V4).unwrap();
-    for sp in fg.services.values() {
-        let chain = format!("service-{}", kproxy_nftables::names::service_base(&sp.name));
-        let _ = writeln!(out, "add chain ip kube-proxy {chain}");
-        if endpoint_chains {
-            let mut vmap = Vec::new();
-            for (i, e) in sp.cluster_endpoints.iter().enumerate() {
-                let ep = format!(
-                    "endpoint-{}",
-                    kproxy_nftables::names::endpoint_base(&sp.name, e)
-                );
-                let _ = writeln!(out, "add chain ip kube-proxy {ep}");
-                let _ = writeln!(
-                    out,
-                    "add rule ip kube-proxy {ep} ip saddr {} meta mark set meta mark | 0x4000",
-                    e.ip
-                );
-                let _ = writeln!(
-                    out,
-                    "add rule ip kube-proxy {ep} meta l4proto tcp dnat ip to {}:{}",
-                    e.ip, e.port
-                );
-                vmap.push(format!("{i} : goto {ep}"));
-            }
-            let _ = writeln!(
-                out,
-                "add rule ip kube-proxy {chain} numgen random mod {} vmap {{ {} }}",
-                vmap.len(),
-                vmap.join(", ")
-            );
-        } else {
-            let map: Vec<String> = sp
-                .cluster_endpoints
-                .iter()
-                .enumerate()
-                .map(|(i, e)| format!("{i} : {} . {}", e.ip, e.port))
-                .collect();
-            let _ = writeln!(
-                out,
-                "add rule ip kube-proxy {chain} meta l4proto tcp dnat ip to numgen random mod {} map {{ {} }}",
-                map.len(),
-                map.join(", ")
-            );
-        }
-        let _ = writeln!(
-            out,
-            "add element ip kube-proxy cluster-ips {{ {} }}",
-            sp.cluster_ip
-        );
-        let _ = writeln!(
-            out,
-            "add element ip kube-proxy service-ips {{ {} . tcp . {} : goto {chain} }}",
-            sp.cluster_ip, sp.port
-        );
-    }
-    out
+/// The uniform cluster: `n` ClusterIP Services x `e` endpoints (the
+/// bench's seeded generator, seed 1).
+fn cluster(n: usize, e: usize) -> Cluster {
+    Cluster::generate(Params {
+        services: n,
+        endpoints: e,
+        only: Some("ClusterIP"),
+        ..Params::default()
+    })
+    .unwrap()
 }
 
 fn nft_apply(ns: &str, text: &str) {
@@ -231,7 +145,8 @@ fn nft_apply(ns: &str, text: &str) {
 
 /// One measurement, in this (child) process. Prints `key=value` pairs.
 fn run_case(kind: &str, n: usize, e: usize, changes: usize) {
-    let g = synthetic::graph(n, e);
+    let mut c = cluster(n, e);
+    let g = c.graph(ProxyMode::Nftables).unwrap();
     match kind {
         "text" => {
             // The full ruleset, for experiments by hand.
@@ -258,11 +173,11 @@ fn run_case(kind: &str, n: usize, e: usize, changes: usize) {
             );
         }
         "full" => {
-            let ns = Ns::new("full");
+            let ns = Ns::new().unwrap();
             // Enter the namespace (this thread; `nft` children inherit it)
             // and run `nft` directly, as the daemon does on a node, rather
             // than through `ip netns exec`.
-            let f = std::fs::File::open(format!("/var/run/netns/{}", ns.0)).unwrap();
+            let f = std::fs::File::open(format!("/var/run/netns/{}", ns.name())).unwrap();
             nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
             let mut be = NftablesBackend::new();
             let graph_kib = self_peak_kib();
@@ -276,7 +191,8 @@ fn run_case(kind: &str, n: usize, e: usize, changes: usize) {
             let mut prev = g;
             let mut change_secs = Vec::new();
             for k in 0..changes {
-                let next = synthetic::change_one_endpoint(&prev, (k * 7919) % n, e, k as u32);
+                c.change_endpoint((k * 7919) % n).unwrap();
+                let next = c.graph(ProxyMode::Nftables).unwrap();
                 let cs = ChangeSet::between(&prev, &next);
                 let t = Instant::now();
                 let st = be.sync(&next, Some(&cs)).unwrap();
@@ -298,12 +214,17 @@ fn run_case(kind: &str, n: usize, e: usize, changes: usize) {
             );
         }
         "kube" | "kube135" => {
-            let text = kube_proxy_layout(&g, kind == "kube135");
-            let ns = Ns::new("kube");
+            let layout = if kind == "kube135" {
+                Layout::EndpointChains
+            } else {
+                Layout::DnatMap
+            };
+            let text = render_layout(&g, layout);
+            let ns = Ns::new().unwrap();
             let mon = NftPeak::start();
             let cpu0 = cpu_secs();
             let t = Instant::now();
-            nft_apply(&ns.0, &text);
+            nft_apply(ns.name(), &text);
             let secs = t.elapsed().as_secs_f64();
             let cpu = cpu_secs() - cpu0;
             println!(

@@ -7,58 +7,35 @@
 //! removed, one service added).
 //!
 //! ```text
-//! cargo run --release -p kproxy-iptables --example bench -- [SERVICES] [ENDPOINTS] [--apply [--nft-only|--legacy-only] [--reps N] [--no-full]] [--write DIR]
+//! cargo run --release -p kproxy-bench --bin iptables-bench -- [SERVICES] [ENDPOINTS] [--apply [--nft-only|--legacy-only] [--reps N] [--no-full]] [--write DIR]
 //! ```
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use kproxy_bench::synth::{Cluster, Params};
 use kproxy_graph::Backend;
-use kproxy_graph::{ChangeSet, IpFamily, Objects, ProxyConfig, Render, ServiceGraph};
+use kproxy_graph::{ChangeSet, IpFamily, ProxyMode, Render, ServiceGraph};
 use kproxy_iptables::exec::plan_partial;
 use kproxy_iptables::{
     Flavour, GenOptions, IptablesBackend, RestorePlan, generate, generate_reusing, render_restore,
 };
 
+/// `services` NodePort Services x `endpoints` endpoints (the bench's
+/// seeded generator in its uniform form, seed 1); with `changed`, the
+/// first endpoint of that Service replaced by a new pod.
 fn cluster(services: usize, endpoints: usize, changed: Option<usize>) -> ServiceGraph {
-    let mut items = Vec::with_capacity(services * 2);
-    for s in 0..services {
-        let ip = format!("172.{}.{}.{}", 16 + s / 65536, (s / 256) % 256, s % 256);
-        items.push(format!(
-            r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"svc{s}","namespace":"ns{}"}},"spec":{{"type":"NodePort","clusterIP":"{ip}","ports":[{{"name":"http","port":80,"protocol":"TCP","targetPort":8080,"nodePort":{}}}]}}}}"#,
-            s % 100,
-            30000 + (s % 2768)
-        ));
-        let eps: Vec<String> = (0..endpoints)
-            .map(|e| {
-                let last = if changed == Some(s) && e == 0 { 254 } else { e + 1 };
-                format!(
-                    r#"{{"addresses":["10.{}.{}.{}"],"conditions":{{"ready":true}},"nodeName":"node{}"}}"#,
-                    s / 256 % 256,
-                    s % 256,
-                    last,
-                    e % 7
-                )
-            })
-            .collect();
-        items.push(format!(
-            r#"{{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{{"name":"svc{s}-x","namespace":"ns{}","labels":{{"kubernetes.io/service-name":"svc{s}"}}}},"addressType":"IPv4","ports":[{{"name":"http","port":8080,"protocol":"TCP"}}],"endpoints":[{}]}}"#,
-            s % 100,
-            eps.join(",")
-        ));
+    let mut c = Cluster::generate(Params {
+        services,
+        endpoints,
+        only: Some("NodePort"),
+        ..Params::default()
+    })
+    .expect("synthetic cluster");
+    if let Some(i) = changed {
+        c.change_endpoint(i).expect("change an endpoint");
     }
-    let text = format!(
-        r#"{{"apiVersion":"v1","kind":"List","items":[{}]}}"#,
-        items.join(",")
-    );
-    let (objs, _) = Objects::from_yaml("bench", &text).expect("bench objects");
-    let cfg = ProxyConfig {
-        node_name: "node0".into(),
-        families: vec![IpFamily::V4],
-        cluster_cidrs: vec!["10.0.0.0/8".parse().expect("cidr")],
-        ..ProxyConfig::default()
-    };
-    ServiceGraph::build(&objs, &cfg)
+    c.graph(ProxyMode::Iptables).expect("graph")
 }
 
 /// CPU time this thread has run (from /proc/thread-self/schedstat, in
