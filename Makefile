@@ -67,7 +67,7 @@ deny: deny-tool ## cargo-deny: licences (Apache-2.0 compatible), bans, sources; 
 	fi
 
 lib-features: ## fail if a library crate enables a k8s-openapi version feature (only binaries may)
-	@bad=; for p in kproxy-graph kproxy-iptables kproxy-iptables-legacy kproxy-iptables-nft kproxy-nftables kproxy-netlink kproxy-trace kproxy-testkit; do \
+	@bad=; for p in kproxy-graph kproxy-iptables kproxy-exec kproxy-nftables kproxy-netlink kproxy-trace kproxy-testkit; do \
 		if $(CARGO) tree -q -p $$p -e normal,features -i k8s-openapi 2>/dev/null | grep -q 'feature "v1_'; then \
 			echo "$$p enables a k8s-openapi version feature"; bad=1; fi; \
 	done; test -z "$$bad"

@@ -5,11 +5,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// The library crates whose public API others may depend on.
-const LIBRARIES: [&str; 7] = [
+const LIBRARIES: [&str; 6] = [
+    "kproxy-exec",
     "kproxy-graph",
     "kproxy-iptables",
-    "kproxy-iptables-legacy",
-    "kproxy-iptables-nft",
     "kproxy-netlink",
     "kproxy-nftables",
     "kproxy-trace",

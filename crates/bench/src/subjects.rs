@@ -165,17 +165,17 @@ pub fn backend(kind: BackendKind, ns: Option<&str>) -> anyhow::Result<Box<dyn Ba
             Box::new(kproxy_nftables::NftablesBackend::in_netns(ns))
         }
         (BackendKind::Nftables, None) => Box::new(kproxy_nftables::NftablesBackend::new()),
-        (BackendKind::IptablesNft, Some(ns)) => {
-            Box::new(kproxy_iptables_nft::IptablesNftBackend::in_netns(ns))
-        }
-        (BackendKind::IptablesNft, None) => {
-            Box::new(kproxy_iptables_nft::IptablesNftBackend::new())
-        }
-        (BackendKind::IptablesLegacy, Some(ns)) => {
-            Box::new(kproxy_iptables_legacy::IptablesLegacyBackend::in_netns(ns))
-        }
-        (BackendKind::IptablesLegacy, None) => {
-            Box::new(kproxy_iptables_legacy::IptablesLegacyBackend::new())
-        }
+        (BackendKind::IptablesNft, Some(ns)) => Box::new(
+            kproxy_iptables::IptablesBackend::in_netns(kproxy_iptables::Flavour::Nft, ns),
+        ),
+        (BackendKind::IptablesNft, None) => Box::new(kproxy_iptables::IptablesBackend::new(
+            kproxy_iptables::Flavour::Nft,
+        )),
+        (BackendKind::IptablesLegacy, Some(ns)) => Box::new(
+            kproxy_iptables::IptablesBackend::in_netns(kproxy_iptables::Flavour::Legacy, ns),
+        ),
+        (BackendKind::IptablesLegacy, None) => Box::new(kproxy_iptables::IptablesBackend::new(
+            kproxy_iptables::Flavour::Legacy,
+        )),
     })
 }

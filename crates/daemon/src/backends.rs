@@ -45,10 +45,7 @@ impl BackendArg {
 /// The graph mode a backend needs: its defaults (nodePortAddresses,
 /// localhost NodePorts) differ between kube-proxy's two modes.
 pub fn mode_for(kind: BackendKind) -> ProxyMode {
-    match kind {
-        BackendKind::Nftables => ProxyMode::Nftables,
-        BackendKind::IptablesLegacy | BackendKind::IptablesNft => ProxyMode::Iptables,
-    }
+    kind.mode()
 }
 
 /// Resolve `--backend` to a concrete backend. `auto` probes the host
@@ -94,14 +91,38 @@ fn detect_iptables_flavour() -> anyhow::Result<BackendKind> {
     })
 }
 
-/// Construct a backend. Construction does not touch the kernel; the first
-/// `sync` does.
+/// What the node tells the generators beyond the service graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BackendOptions {
+    /// `nf_conntrack_tcp_be_liberal` is set on the node (kube-proxy's
+    /// `conntrack.tcpBeLiberal` sets it): like kube-proxy, the iptables
+    /// backends then leave out KUBE-FORWARD's `ctstate INVALID` drop, since
+    /// the kernel no longer marks out-of-window TCP packets invalid.
+    pub tcp_be_liberal: bool,
+}
+
+/// Construct a backend with the default options (offline rendering,
+/// cleanup). Construction does not touch the kernel; the first `sync`
+/// does.
 pub fn make_backend(kind: BackendKind) -> anyhow::Result<Box<dyn Backend>> {
+    make_backend_with(kind, BackendOptions::default())
+}
+
+/// [`make_backend`] with the node's options.
+pub fn make_backend_with(
+    kind: BackendKind,
+    options: BackendOptions,
+) -> anyhow::Result<Box<dyn Backend>> {
+    let iptables = |flavour| {
+        let gen_options = kproxy_iptables::GenOptions {
+            drop_invalid: !options.tcp_be_liberal,
+            ..kproxy_iptables::GenOptions::default()
+        };
+        Box::new(kproxy_iptables::IptablesBackend::new(flavour).with_options(gen_options))
+    };
     Ok(match kind {
-        BackendKind::IptablesLegacy => {
-            Box::new(kproxy_iptables_legacy::IptablesLegacyBackend::new())
-        }
-        BackendKind::IptablesNft => Box::new(kproxy_iptables_nft::IptablesNftBackend::new()),
+        BackendKind::IptablesLegacy => iptables(kproxy_iptables::Flavour::Legacy),
+        BackendKind::IptablesNft => iptables(kproxy_iptables::Flavour::Nft),
         BackendKind::Nftables => Box::new(kproxy_nftables::NftablesBackend::new()),
     })
 }

@@ -22,6 +22,7 @@ pub enum Command {
     /// Print this node's service graph: service ports, VIPs, NodePorts,
     /// chosen cluster and local endpoints, the decisions, and warnings.
     Graph {
+        #[allow(missing_docs, reason = "a flattened group: its fields are documented")]
         #[command(flatten)]
         input: InputArgs,
         /// Kubernetes YAML/JSON files or directories.
@@ -34,6 +35,7 @@ pub enum Command {
         /// The backend whose rules to print.
         #[arg(long, value_enum)]
         backend: RenderBackend,
+        #[allow(missing_docs, reason = "a flattened group: its fields are documented")]
         #[command(flatten)]
         input: InputArgs,
         /// Kubernetes YAML/JSON files or directories.
@@ -90,6 +92,19 @@ pub enum CleanupBackend {
     IptablesNft,
     /// nftables tables only.
     Nftables,
+}
+
+impl CleanupBackend {
+    /// The backends whose cleanup runs.
+    pub fn kinds(self) -> Vec<kproxy_graph::BackendKind> {
+        use kproxy_graph::BackendKind;
+        match self {
+            CleanupBackend::All => BackendKind::ALL.to_vec(),
+            CleanupBackend::IptablesLegacy => vec![BackendKind::IptablesLegacy],
+            CleanupBackend::IptablesNft => vec![BackendKind::IptablesNft],
+            CleanupBackend::Nftables => vec![BackendKind::Nftables],
+        }
+    }
 }
 
 /// Log output format.
@@ -166,6 +181,7 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    #[allow(missing_docs, reason = "a flattened group: its fields are documented")]
     #[command(flatten)]
     pub input: InputArgs,
 }

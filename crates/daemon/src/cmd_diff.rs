@@ -7,11 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use kproxy_graph::{BackendKind, IpFamily, Objects, ProxyConfig, ServiceGraph};
+use kproxy_graph::{BackendKind, Objects, ProxyConfig, ServiceGraph};
 
 use crate::backends;
 use crate::cli::RenderBackend;
-use crate::cmd_trace::live_rules;
 use crate::input::{self, InputArgs};
 
 /// `kproxy diff`.
@@ -36,6 +35,7 @@ pub struct DiffArgs {
     /// Exit with status 1 when there are changes (for scripts).
     #[arg(long)]
     pub exit_code: bool,
+    #[allow(missing_docs, reason = "a flattened group: its fields are documented")]
     #[command(flatten)]
     pub input: InputArgs,
 }
@@ -98,28 +98,20 @@ pub fn run(args: &DiffArgs) -> anyhow::Result<ExitCode> {
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
         }
         None => {
+            let mut backend = backends::make_backend(kind)?;
             let mut text = String::new();
             for fam in &config.families {
-                match live_rules(kind, *fam) {
-                    Ok(t) => text.push_str(&t),
-                    // No table yet: everything is an addition.
-                    Err(e) if kind == BackendKind::Nftables => {
-                        eprintln!("note: {e:#}");
-                    }
-                    Err(e) => return Err(e),
-                }
-                if kind == BackendKind::Nftables && *fam == IpFamily::V6 {
-                    text.push('\n');
+                // Nothing loaded yet: everything is an addition.
+                match backend.dump_live(*fam)? {
+                    Some(t) => text.push_str(&t),
+                    None => eprintln!("note: no {fam} rules of kproxy are loaded ({kind})"),
                 }
             }
             text
         }
     };
-    let diff = match kind {
-        BackendKind::Nftables => kproxy_trace::diff::nftables(&current, &desired),
-        _ => kproxy_trace::diff::iptables(&current, &desired),
-    }
-    .context("comparing rulesets")?;
+    let diff =
+        kproxy_trace::diff::between(kind, &current, &desired).context("comparing rulesets")?;
     print!("{}", diff.render());
     Ok(if args.exit_code && !diff.is_empty() {
         ExitCode::from(1)

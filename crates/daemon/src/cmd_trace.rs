@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use kproxy_graph::{BackendKind, IpFamily};
@@ -71,6 +71,7 @@ pub struct TraceArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: TraceFormat,
+    #[allow(missing_docs, reason = "a flattened group: its fields are documented")]
     #[command(flatten)]
     pub input: InputArgs,
     /// Kubernetes YAML/JSON files or directories (offline tracing).
@@ -196,49 +197,17 @@ fn run_service(args: &TraceArgs, svc: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Run a program and return its standard output.
-pub fn capture(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// The kernel's current rules of `kind` for `family`, in the backend's own
-/// syntax.
+/// syntax ([`kproxy_graph::Backend::dump_live`]).
 pub fn live_rules(kind: BackendKind, family: IpFamily) -> anyhow::Result<String> {
-    let v4 = family == IpFamily::V4;
-    Ok(match kind {
-        BackendKind::IptablesLegacy | BackendKind::IptablesNft => {
-            let program = match (kind, v4) {
-                (BackendKind::IptablesLegacy, true) => "iptables-legacy-save",
-                (BackendKind::IptablesLegacy, false) => "ip6tables-legacy-save",
-                (_, true) => "iptables-nft-save",
-                (_, false) => "ip6tables-nft-save",
-            };
-            let header = if v4 { "# IPv4" } else { "# IPv6" };
-            format!("{header}: {program}\n{}", capture(program, &[])?)
-        }
-        BackendKind::Nftables => {
-            let fam = if v4 { "ip" } else { "ip6" };
-            capture("nft", &["list", "table", fam, "kproxy"])
-                .with_context(|| format!("table {fam} kproxy is not loaded"))?
-        }
-    })
+    backends::make_backend(kind)?
+        .dump_live(family)?
+        .ok_or_else(|| anyhow::anyhow!("{kind}: no {family} rules of kproxy are loaded"))
 }
 
 /// This host's addresses (`ip -o addr show`).
 pub fn host_addresses() -> anyhow::Result<Vec<IpAddr>> {
-    let text = capture("ip", &["-o", "addr", "show"])?;
+    let text = kproxy_exec::Runner::host().run("ip", &["-o", "addr", "show"], None)?;
     Ok(parse_ip_addr(&text))
 }
 

@@ -26,12 +26,29 @@ pub fn main(args: &RunArgs) -> anyhow::Result<ExitCode> {
         "kproxy starting"
     );
     raise_open_file_limit();
-    let backend = backends::make_backend(settings.backend)?;
     if !args.dry_run {
         crate::sysctl::apply(&settings.sysctls);
         if let Some(adj) = settings.oom_score_adj {
             crate::sysctl::oom_score_adj(adj);
         }
+    }
+    // As kube-proxy, read after the configured sysctls are set: the
+    // node's value decides, whoever set it.
+    let options = backends::BackendOptions {
+        tcp_be_liberal: crate::sysctl::tcp_be_liberal(),
+    };
+    if options.tcp_be_liberal {
+        tracing::info!(
+            "nf_conntrack_tcp_be_liberal is set: no DROP rule for INVALID packets (iptables)"
+        );
+    }
+    let mut backend = backends::make_backend_with(settings.backend, options)?;
+    if args.dry_run {
+        // Nothing touches the kernel: each distinct ruleset is printed.
+        backend = Box::new(kproxy_graph::DryRun::new(
+            backend,
+            Box::new(|text: &str| print!("{text}")),
+        ));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -134,9 +151,9 @@ async fn run(
     )
     .await?;
     let opts = LoopOptions {
-        dry_run: args.dry_run,
-        cleanup_other_modes: !args.no_cleanup_other_modes,
-        conntrack_cleanup: !args.no_conntrack_cleanup,
+        // A dry run removes nothing: neither other modes' rules nor flows.
+        cleanup_other_modes: !args.no_cleanup_other_modes && !args.dry_run,
+        conntrack_cleanup: !args.no_conntrack_cleanup && !args.dry_run,
         health_check_node_ports: !args.no_health_check_node_ports && !args.once,
         host_addresses: true,
     };

@@ -1,36 +1,10 @@
-//! `kproxy`: the node daemon and the offline tools.
-//!
-//! Modules: [`cli`] (arguments), [`input`] (YAML input and configuration),
-//! [`settings`] (flags over the KubeProxyConfiguration file),
-//! [`backends`] (construction and `auto` selection), [`render`] (offline
-//! `graph` and `render`), [`daemon`] (`run`), [`source`] (API and file
-//! sources), [`reconcile`] (the sync loop), [`hostaddrs`], [`health`], [`hcports`],
-//! [`metrics`], [`http`], [`state`], [`conntrack`], [`sysctl`], [`cleanup`], [`trace`].
+//! `kproxy`: the node daemon and the offline tools (the command line over
+//! the `kproxy_daemon` library).
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
-
-mod backends;
-mod cleanup;
-mod cli;
-mod cmd_diff;
-mod cmd_trace;
-mod conntrack;
-mod daemon;
-mod hcports;
-mod health;
-mod hostaddrs;
-mod http;
-mod input;
-mod metrics;
-mod reconcile;
-mod render;
-mod settings;
-mod source;
-mod state;
-mod sysctl;
-mod trace;
+use kproxy_daemon::{cleanup, cli, cmd_diff, cmd_trace, daemon, render, trace};
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

@@ -298,8 +298,8 @@ impl Metrics {
             "Conntrack flows deleted by the stale-flow cleanup",
             m.conntrack_deleted
         );
-        match backend {
-            BackendKind::Nftables => {
+        match backend.mode() {
+            kproxy_graph::ProxyMode::Nftables => {
                 reg!(
                     format!("{k}sync_proxy_rules_nftables_sync_failures"),
                     "Failed nftables transactions",
@@ -311,7 +311,7 @@ impl Metrics {
                     m.nftables_cleanup_failures
                 );
             }
-            BackendKind::IptablesLegacy | BackendKind::IptablesNft => {
+            kproxy_graph::ProxyMode::Iptables => {
                 reg!(
                     format!("{k}sync_proxy_rules_iptables_total"),
                     "iptables rules kproxy owns, by table",

@@ -130,9 +130,9 @@ impl Settings {
         }
         let empty = KubeProxyConfiguration::default();
         let f = file.as_ref().unwrap_or(&empty);
-        let (mode_sync, mode_min) = match backend {
-            BackendKind::Nftables => (f.nftables.sync_period, f.nftables.min_sync_period),
-            _ => (f.iptables.sync_period, f.iptables.min_sync_period),
+        let (mode_sync, mode_min) = match backend.mode() {
+            ProxyMode::Nftables => (f.nftables.sync_period, f.nftables.min_sync_period),
+            ProxyMode::Iptables => (f.iptables.sync_period, f.iptables.min_sync_period),
         };
         let sync_period = duration_setting(
             "--sync-period",

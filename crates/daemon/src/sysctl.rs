@@ -94,7 +94,7 @@ pub fn wanted(
     // destinations after DNAT (iptables backends only; nftables mode has no
     // localhost NodePorts), and only when nodePortAddresses admits
     // loopback, as kube-proxy.
-    if backend != BackendKind::Nftables && proxy.ipv4_localhost_nodeports() {
+    if backend.mode() == kproxy_graph::ProxyMode::Iptables && proxy.ipv4_localhost_nodeports() {
         out.push(Sysctl {
             name: "net.ipv4.conf.all.route_localnet",
             value: "1".into(),
@@ -125,6 +125,16 @@ pub fn apply(sysctls: &[Sysctl]) {
                 "cannot set sysctl; continuing without it"),
         }
     }
+}
+
+/// Whether `net.netfilter.nf_conntrack_tcp_be_liberal` is set (non-zero)
+/// on this node; `false` when it cannot be read (no nf_conntrack), as
+/// kube-proxy.
+pub fn tcp_be_liberal() -> bool {
+    std::fs::read_to_string(proc_path("net.netfilter.nf_conntrack_tcp_be_liberal"))
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .is_some_and(|v| v != 0)
 }
 
 /// Set this process's OOM score adjustment; failures are logged.

@@ -3,6 +3,10 @@
 //! valid KubeProxyConfiguration, and the DaemonSet and RBAC say what the
 //! design requires.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test code: starts the binary under test, `ip netns` and shells itself"
+)]
 // Test helpers panic on unexpected I/O errors: that is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

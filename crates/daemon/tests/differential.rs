@@ -415,12 +415,14 @@ impl Which {
     fn backend(self, ns: &NetNs) -> Box<dyn Backend> {
         match self {
             Which::Nftables => Box::new(kproxy_nftables::NftablesBackend::in_netns(ns.name())),
-            Which::IptablesNft => {
-                Box::new(kproxy_iptables_nft::IptablesNftBackend::in_netns(ns.name()))
-            }
-            Which::IptablesLegacy => Box::new(
-                kproxy_iptables_legacy::IptablesLegacyBackend::in_netns(ns.name()),
-            ),
+            Which::IptablesNft => Box::new(kproxy_iptables::IptablesBackend::in_netns(
+                kproxy_iptables::Flavour::Nft,
+                ns.name(),
+            )),
+            Which::IptablesLegacy => Box::new(kproxy_iptables::IptablesBackend::in_netns(
+                kproxy_iptables::Flavour::Legacy,
+                ns.name(),
+            )),
         }
     }
 

@@ -8,6 +8,10 @@
 //! (fails, never skips, without them). The timeouts here only detect a
 //! hang; they are not performance checks.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test code: starts the binary under test, `ip netns` and shells itself"
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

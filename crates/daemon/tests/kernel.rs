@@ -6,6 +6,10 @@
 //! These need root, nft, iptables and iproute2 (`make test` installs them);
 //! without them they fail, never skip.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test code: starts the binary under test, `ip netns` and shells itself"
+)]
 // Test helpers panic on unexpected I/O errors: that is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -49,6 +53,44 @@ fn run_once_programs_every_backend() {
             holds(&rules, backend, "10.180.0.1"),
             "{backend}: endpoint missing:\n{rules}"
         );
+    }
+}
+
+/// kube-proxy installs no DROP for INVALID packets when the node sets
+/// nf_conntrack_tcp_be_liberal (conntrack.tcpBeLiberal sets it); the
+/// iptables backends read the namespace's value as kube-proxy does.
+#[test]
+fn tcp_be_liberal_leaves_out_the_invalid_drop() {
+    const DROP: &str = "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP";
+    const SYSCTL: &str = "net.netfilter.nf_conntrack_tcp_be_liberal";
+    let dir = TempDir::new("liberal");
+    let f = dir.write("cluster.yaml", &fixture("nodeports"));
+    for backend in ["iptables-legacy", "iptables-nft"] {
+        let ns = test_ns();
+        let once = || {
+            let args = [
+                "run",
+                "--backend",
+                backend,
+                "--source",
+                f.to_str().unwrap(),
+                "--config",
+                &config_arg(),
+                "--once",
+            ];
+            let (ok, _out, err) = kproxy_in(&ns, &args, &[]);
+            assert!(ok, "{backend}: run --once failed: {err}");
+            kernel_rules(&ns, backend)
+        };
+        let rules = once();
+        assert!(
+            rules.contains(DROP),
+            "{backend}: default has the drop:\n{rules}"
+        );
+        ns.exec(&["sysctl", "-q", "-w", &format!("{SYSCTL}=1")]);
+        let rules = once();
+        assert!(rules.contains("-A KUBE-FORWARD"), "{backend}:\n{rules}");
+        assert!(!rules.contains(DROP), "{backend}: liberal, yet:\n{rules}");
     }
 }
 

@@ -5,6 +5,11 @@
 //!
 //! Needs root (network namespaces, nft); fails, never skips, without it.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test code: starts the binary under test, `ip netns` and shells itself"
+)]
+
 mod common;
 
 use std::io::Read as _;

@@ -20,6 +20,11 @@
 //! `--node-ip`. Needs root, nft and iptables: fails, never skips, without
 //! them.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test code: starts the binary under test, `ip netns` and shells itself"
+)]
+
 mod common;
 
 use std::net::SocketAddr;

@@ -37,7 +37,8 @@ pub(crate) mod select;
 pub mod warning;
 
 pub use backend::{
-    ApplyError, Backend, BackendKind, GenError, Generator, Render, SyncStats, Transport,
+    ApplyError, Backend, BackendKind, DryRun, DryRunSink, GenError, Generator, Recording, Render,
+    SyncStats, TableRules, Transport,
 };
 pub use builder::{BuildError, ServiceGraphBuilder, ServicePortBuilder};
 pub use changes::{ChangeSet, FamilyChanges};

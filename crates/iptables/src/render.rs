@@ -18,7 +18,7 @@ use crate::ir::{
     AddrTypeDir, BuiltinRule, Chain, FamilyRuleset, Match, Recent, Rule, Ruleset, Table, TableName,
     Target,
 };
-use crate::naming::probability;
+use crate::names::probability;
 
 /// Characters a comment may contain without quotes (kube-proxy writes a
 /// bare `ns/svc:port` unquoted).
@@ -193,8 +193,8 @@ pub struct RestorePlan {
     /// Chains to flush and delete (`-X`) in the same transaction, per table.
     pub delete: BTreeMap<TableName, Vec<String>>,
     /// Chains not to write although selected above, per table: the kernel
-    /// already holds them exactly (see [`crate::exec::plan_full`] and
-    /// [`crate::exec::plan_partial`]).
+    /// already holds them exactly (see [`crate::plan::plan_full`] and
+    /// [`crate::plan::plan_partial`]).
     pub skip: BTreeMap<TableName, BTreeSet<String>>,
     /// Chains changed in place instead of rewritten, per table: the
     /// `-D`/`-I` script from what the kernel holds to the IR's rules

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use kproxy_graph::{IpFamily, Objects, ProxyConfig, ServiceGraph};
-use kproxy_iptables::exec::IptablesTransport;
+use kproxy_iptables::IptablesTransport;
 use kproxy_iptables::{Flavour, GenOptions, Runner, generate, parse_save};
 use kproxy_testkit::{Draw, NetNs, TestRng, seeded};
 use serde_json::{Value, json};

@@ -25,8 +25,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use kproxy_graph::{
-    ApplyError, Backend, BackendKind, ChangeSet, GenError, Generator, Render, ServiceGraph,
-    ServicePortName, SyncStats,
+    ApplyError, Backend, BackendKind, ChangeSet, GenError, Generator, IpFamily, Render,
+    ServiceGraph, ServicePortName, SyncStats,
 };
 
 use std::fmt::Write as _;
@@ -980,7 +980,7 @@ impl Backend for NftablesBackend {
         self.state = None;
         self.stale.clear();
         let mut errors = Vec::new();
-        for table in [TABLE, "kube-proxy"] {
+        for table in [TABLE, KUBE_PROXY_TABLE] {
             for f in [Family::Ip, Family::Ip6] {
                 // `add` first so that `delete` cannot fail on a missing table.
                 let script = format!(
@@ -998,7 +998,54 @@ impl Backend for NftablesBackend {
             Err(errors)
         }
     }
+
+    fn cleanup_foreign(&mut self) -> Result<(), Vec<ApplyError>> {
+        let mut errors = Vec::new();
+        for f in [Family::Ip, Family::Ip6] {
+            let family = f.as_str();
+            // `list` first: deleting a missing table is an error not worth
+            // reporting.
+            if self
+                .nft
+                .run(&["list", "table", family, KUBE_PROXY_TABLE], None)
+                .is_err()
+            {
+                continue;
+            }
+            match self
+                .nft
+                .run(&["delete", "table", family, KUBE_PROXY_TABLE], None)
+            {
+                Ok(_) => {
+                    tracing::info!(table = %format!("{family} {KUBE_PROXY_TABLE}"),
+                        "removed kube-proxy's nftables table");
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn dump_live(&mut self, family: IpFamily) -> Result<Option<String>, ApplyError> {
+        let f = Family::from(family);
+        match self.nft.list_table(f.as_str(), TABLE) {
+            Ok(text) => Ok(Some(text)),
+            Err(ApplyError::Rejected { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
+
+/// kube-proxy's nftables mode's table (in both families).
+const KUBE_PROXY_TABLE: &str = "kube-proxy";
 
 /// Why nftables mode cannot run here (upstream's checks:
 /// `getNFTablesInterface` in pkg/proxy/nftables/supported.go).

@@ -37,6 +37,16 @@ impl Family {
     }
 }
 
+/// The nftables family of an IP family.
+impl From<kproxy_graph::IpFamily> for Family {
+    fn from(f: kproxy_graph::IpFamily) -> Self {
+        match f {
+            kproxy_graph::IpFamily::V4 => Family::Ip,
+            kproxy_graph::IpFamily::V6 => Family::Ip6,
+        }
+    }
+}
+
 /// The same family for the netlink reader (the drift check).
 impl From<Family> for kproxy_netlink::Family {
     fn from(f: Family) -> Self {

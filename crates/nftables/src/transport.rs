@@ -1,4 +1,4 @@
-//! The transport: the `nft` program, run by a small wrapper of our own.
+//! The transport: the `nft` program, run through kproxy-exec's runner.
 //!
 //! [`Nft::apply`] pipes a script to `nft -f -` (one atomic kernel
 //! transaction), [`Nft::check`] to `nft -c -f -` (parse and evaluate, touch
@@ -8,113 +8,76 @@
 //! the offending statement. Optionally every command is prefixed (`ip netns
 //! exec NAME`) so tests and benchmarks run inside a network namespace.
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use kproxy_exec::Runner;
+use kproxy_graph::{ApplyError, Transport};
 
-use kproxy_graph::ApplyError;
+use crate::ir::Transaction;
 
 const BACKEND: &str = "nftables";
 
-/// How to run `nft`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How to run `nft`: through a [`Runner`], on the host or inside a
+/// network namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Nft {
-    /// The program and leading arguments (`["nft"]`, or
-    /// `["ip", "netns", "exec", NAME, "nft"]`).
-    argv: Vec<String>,
-    /// The network namespace `argv` enters, if any (netlink reads open
-    /// their socket there).
-    netns: Option<String>,
-}
-
-impl Default for Nft {
-    fn default() -> Self {
-        Nft::host()
-    }
+    runner: Runner,
 }
 
 impl Nft {
     /// `nft` in the current network namespace.
     pub fn host() -> Self {
-        Nft {
-            argv: vec!["nft".to_string()],
-            netns: None,
-        }
+        Nft::with_runner(Runner::host())
     }
 
     /// `nft` inside the named network namespace (`ip netns exec NAME nft`).
     pub fn in_netns(name: &str) -> Self {
-        Nft {
-            argv: ["ip", "netns", "exec", name, "nft"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            netns: Some(name.to_string()),
-        }
+        Nft::with_runner(Runner::in_netns(name))
+    }
+
+    /// `nft` through a given runner.
+    pub fn with_runner(runner: Runner) -> Self {
+        Nft { runner }
+    }
+
+    /// The runner.
+    pub fn runner(&self) -> &Runner {
+        &self.runner
     }
 
     /// The network namespace commands run in (`None`: this process's).
     pub fn netns(&self) -> Option<&str> {
-        self.netns.as_deref()
+        self.runner.netns()
     }
 
     /// The command line, for messages.
     pub fn program(&self) -> String {
-        self.argv.join(" ")
-    }
-
-    fn command(&self) -> Command {
-        let mut c = Command::new(&self.argv[0]);
-        c.args(&self.argv[1..]);
-        c
+        self.runner.command_line("nft", &[])
     }
 
     /// Run `nft ARGS`, with `stdin` piped when given; return stdout.
     pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String, ApplyError> {
-        let program = format!("{} {}", self.program(), args.join(" "));
-        let mut cmd = self.command();
-        cmd.args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|source| ApplyError::Spawn {
-            backend: BACKEND,
-            program: program.clone(),
-            source,
-        })?;
-        // Write stdin from this thread while the child runs; nft reads the
-        // whole script before it writes anything, so no deadlock is possible
-        // with stdout/stderr pipes (collected by wait_with_output below).
-        let write_err = match (stdin, child.stdin.take()) {
-            (Some(text), Some(mut pipe)) => pipe.write_all(text.as_bytes()).err(),
-            _ => None,
-        };
-        let out = child
-            .wait_with_output()
-            .map_err(|source| ApplyError::Spawn {
-                backend: BACKEND,
-                program: program.clone(),
-                source,
+        let out = self
+            .runner
+            .output("nft", args, stdin.map(str::as_bytes))
+            .map_err(|e| match e {
+                kproxy_exec::Error::Spawn { program, source } => ApplyError::Spawn {
+                    backend: BACKEND,
+                    program,
+                    source,
+                },
+                other => ApplyError::Other {
+                    backend: BACKEND,
+                    message: other.to_string(),
+                },
             })?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
+        if !out.success() {
             return Err(ApplyError::Rejected {
                 backend: BACKEND,
-                program,
+                program: out.program,
                 status: out.status.to_string(),
-                stderr: explain(&stderr, stdin.unwrap_or("")),
+                stderr: explain(&out.stderr, stdin.unwrap_or("")),
             });
         }
-        if let Some(e) = write_err {
-            return Err(ApplyError::Other {
-                backend: BACKEND,
-                message: format!("writing the script to {program}: {e}"),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(out.stdout)
     }
 
     /// Apply a script as one transaction (`nft -f -`).
@@ -139,6 +102,17 @@ impl Nft {
             backend: BACKEND,
             message: format!("cannot parse nft version from {:?}", out.trim()),
         })
+    }
+}
+
+/// The exec transport: each transaction rendered and piped to `nft -f -`.
+/// A netlink transport implements the same trait on the same payload,
+/// the typed [`Transaction`], and encodes it without text.
+impl Transport for Nft {
+    type Payload = Transaction;
+
+    fn apply(&mut self, tx: &Transaction) -> Result<(), ApplyError> {
+        Nft::apply(self, &tx.render())
     }
 }
 

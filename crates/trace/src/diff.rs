@@ -180,6 +180,21 @@ fn canon_nft_rule(r: &crate::nftables::NftRule) -> String {
     s
 }
 
+/// Compare two rulesets in `kind`'s syntax (what
+/// [`kproxy_graph::Backend::dump_live`] and `render_full` print).
+pub fn between(
+    kind: kproxy_graph::BackendKind,
+    current: &str,
+    desired: &str,
+) -> Result<Diff, TraceError> {
+    match kind {
+        kproxy_graph::BackendKind::Nftables => nftables(current, desired),
+        kproxy_graph::BackendKind::IptablesLegacy | kproxy_graph::BackendKind::IptablesNft => {
+            iptables(current, desired)
+        }
+    }
+}
+
 /// Compare two nftables rulesets (`nft list table` output or `nft -f`
 /// scripts).
 pub fn nftables(current: &str, desired: &str) -> Result<Diff, TraceError> {

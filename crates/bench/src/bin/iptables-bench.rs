@@ -10,13 +10,18 @@
 //! cargo run --release -p kproxy-bench --bin iptables-bench -- [SERVICES] [ENDPOINTS] [--apply [--nft-only|--legacy-only] [--reps N] [--no-full]] [--write DIR]
 //! ```
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test code: starts the binary under test, `ip netns` and shells itself"
+)]
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kproxy_bench::synth::{Cluster, Params};
 use kproxy_graph::Backend;
 use kproxy_graph::{ChangeSet, IpFamily, ProxyMode, Render, ServiceGraph};
-use kproxy_iptables::exec::plan_partial;
+use kproxy_iptables::plan_partial;
 use kproxy_iptables::{
     Flavour, GenOptions, IptablesBackend, RestorePlan, generate, generate_reusing, render_restore,
 };

@@ -25,6 +25,10 @@
 //! The cluster is `kproxy-bench`'s seeded generator in its uniform
 //! ClusterIP form ([`Params::only`]).
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test code: starts the binary under test, `ip netns` and shells itself"
+)]
 #![allow(clippy::unwrap_used, reason = "a benchmark program, failures abort it")]
 
 use std::io::Write as _;
