@@ -26,6 +26,7 @@ mod report;
 mod results;
 mod run;
 mod subjects;
+mod transports;
 
 use kproxy_bench::{kpnft, synth, sys};
 use std::net::SocketAddr;
@@ -128,6 +129,22 @@ enum Cmd {
         /// Also time the same cleanup done with the `conntrack` tool.
         #[arg(long)]
         compare_tool: bool,
+    },
+    /// The nftables backend's netlink and exec transports side by side:
+    /// full syncs at each size, endpoint changes at the last.
+    NftTransports {
+        /// Numbers of Services.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![10_000, 50_000])]
+        sizes: Vec<usize>,
+        /// Endpoints per Service.
+        #[arg(long, default_value_t = 10)]
+        endpoints: usize,
+        /// Full syncs per size and transport.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Endpoint changes at the last size.
+        #[arg(long, default_value_t = 5)]
+        changes: usize,
     },
     /// (internal) Accept TCP connections and reset them, until killed.
     #[command(hide = true)]
@@ -309,6 +326,12 @@ fn real_main() -> anyhow::Result<()> {
             repeats,
             compare_tool,
         } => ctclean::run(stale, kept, repeats, compare_tool),
+        Cmd::NftTransports {
+            sizes,
+            endpoints,
+            reps,
+            changes,
+        } => transports::run(&sizes, endpoints, reps, changes),
         Cmd::Serve { addr } => dataplane::serve(addr),
         Cmd::Connect { to, seconds, count } => dataplane::connect(to, seconds, count),
     }

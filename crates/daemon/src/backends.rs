@@ -49,23 +49,25 @@ pub fn mode_for(kind: BackendKind) -> ProxyMode {
 }
 
 /// Resolve `--backend` to a concrete backend. `auto` probes the host
-/// (as upstream's `getNFTablesInterface` in pkg/proxy/nftables/supported.go):
-/// nftables when supported, otherwise the iptables
-/// flavour already in use. `config_mode` is the configuration file's
-/// `mode` (used only when the flag was not given).
-pub fn resolve(
+/// (as upstream's `getNFTablesInterface` in pkg/proxy/nftables/supported.go:
+/// kernel 5.13 or later): nftables when supported, otherwise the iptables
+/// flavour already in use; a working `nft` is needed only with the exec
+/// nftables transport. `config_mode` is the configuration file's `mode`
+/// (used only when the flag was not given).
+pub fn resolve_with(
     arg: Option<BackendArg>,
     config_mode: Option<ProxyMode>,
+    nft_transport: kproxy_nftables::TransportKind,
 ) -> anyhow::Result<BackendKind> {
     match arg {
         Some(a) => match a.concrete() {
             Some(k) => Ok(k),
-            None => detect_auto(),
+            None => detect_auto_with(nft_transport),
         },
         None => match config_mode {
             Some(ProxyMode::Nftables) => Ok(BackendKind::Nftables),
             Some(ProxyMode::Iptables) => detect_iptables_flavour(),
-            None => detect_auto(),
+            None => detect_auto_with(nft_transport),
         },
     }
 }
@@ -74,8 +76,10 @@ pub fn resolve(
 /// `getNFTablesInterface`), else the host's
 /// iptables flavour. The reason is logged, since the choice decides which
 /// tools an operator uses to look at the rules.
-pub fn detect_auto() -> anyhow::Result<BackendKind> {
-    match kproxy_nftables::supported() {
+pub fn detect_auto_with(
+    nft_transport: kproxy_nftables::TransportKind,
+) -> anyhow::Result<BackendKind> {
+    match kproxy_nftables::supported_for(nft_transport) {
         Ok(()) => Ok(BackendKind::Nftables),
         Err(why) => {
             tracing::info!(reason = %why, "nftables backend not supported here; using iptables");
@@ -99,6 +103,9 @@ pub struct BackendOptions {
     /// backends then leave out KUBE-FORWARD's `ctstate INVALID` drop, since
     /// the kernel no longer marks out-of-window TCP packets invalid.
     pub tcp_be_liberal: bool,
+    /// How the nftables backend's transactions reach the kernel
+    /// (`--nftables-transport`).
+    pub nft_transport: kproxy_nftables::TransportKind,
 }
 
 /// Construct a backend with the default options (offline rendering,
@@ -123,6 +130,8 @@ pub fn make_backend_with(
     Ok(match kind {
         BackendKind::IptablesLegacy => iptables(kproxy_iptables::Flavour::Legacy),
         BackendKind::IptablesNft => iptables(kproxy_iptables::Flavour::Nft),
-        BackendKind::Nftables => Box::new(kproxy_nftables::NftablesBackend::new()),
+        BackendKind::Nftables => {
+            Box::new(kproxy_nftables::NftablesBackend::new().transport(options.nft_transport))
+        }
     })
 }

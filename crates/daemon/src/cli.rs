@@ -117,6 +117,24 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--nftables-transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NftTransportArg {
+    /// One nf_tables netlink batch per transaction (no `nft` process).
+    Netlink,
+    /// `nft -f -`.
+    Exec,
+}
+
+impl From<NftTransportArg> for kproxy_nftables::TransportKind {
+    fn from(a: NftTransportArg) -> Self {
+        match a {
+            NftTransportArg::Netlink => kproxy_nftables::TransportKind::Netlink,
+            NftTransportArg::Exec => kproxy_nftables::TransportKind::Exec,
+        }
+    }
+}
+
 /// `kproxy run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -144,6 +162,12 @@ pub struct RunArgs {
     /// Do not touch the kernel: print what each sync would apply.
     #[arg(long)]
     pub dry_run: bool,
+    /// How the nftables backend reaches the kernel: `netlink` (one
+    /// nf_tables netlink batch per sync, no `nft` needed) or `exec`
+    /// (`nft -f -`). Default: the config file's `nftables.transport`,
+    /// else netlink.
+    #[arg(long, value_enum, env = "KPROXY_NFTABLES_TRANSPORT")]
+    pub nftables_transport: Option<NftTransportArg>,
     /// Sync at least this often (Go duration: 30s, 1m). Also the drift check
     /// and failure retry interval; /healthz fails after 2x this without a
     /// sync while changes are pending.

@@ -18,6 +18,7 @@ pub fn main(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(args)?;
     tracing::info!(
         backend = %settings.backend,
+        nftables_transport = settings.nftables_transport.as_str(),
         requested = args.backend.map_or("default", backends::BackendArg::as_str),
         node = %settings.proxy.node_name,
         source = %args.source,
@@ -36,6 +37,7 @@ pub fn main(args: &RunArgs) -> anyhow::Result<ExitCode> {
     // node's value decides, whoever set it.
     let options = backends::BackendOptions {
         tcp_be_liberal: crate::sysctl::tcp_be_liberal(),
+        nft_transport: settings.nftables_transport,
     };
     if options.tcp_be_liberal {
         tracing::info!(

@@ -31,6 +31,8 @@ pub const DEFAULT_METRICS: &str = "127.0.0.1:10249";
 pub struct Settings {
     /// The backend in use.
     pub backend: BackendKind,
+    /// How the nftables backend reaches the kernel.
+    pub nftables_transport: kproxy_nftables::TransportKind,
     /// The graph configuration (mode matches the backend).
     pub proxy: ProxyConfig,
     /// Retry, drift-check and health-timeout base.
@@ -112,7 +114,19 @@ impl Settings {
                 "KubeProxyConfiguration field mode: {other:?} is not supported by kproxy (iptables or nftables)"
             ),
         };
-        let backend = backends::resolve(args.backend, config_mode)?;
+        let nftables_transport = match (
+            args.nftables_transport,
+            file.as_ref().and_then(|f| f.nftables.transport.as_deref()),
+        ) {
+            (Some(a), _) => a.into(),
+            (None, None | Some("")) => kproxy_nftables::TransportKind::default(),
+            (None, Some("netlink")) => kproxy_nftables::TransportKind::Netlink,
+            (None, Some("exec")) => kproxy_nftables::TransportKind::Exec,
+            (None, Some(other)) => bail!(
+                "KubeProxyConfiguration field nftables.transport: {other:?} is not netlink or exec"
+            ),
+        };
+        let backend = backends::resolve_with(args.backend, config_mode, nftables_transport)?;
         // Like kube-proxy, the node name defaults to the host name.
         let mut input = args.input.clone();
         let named_in_file = file
@@ -193,6 +207,7 @@ impl Settings {
             oom_score_adj,
             sysctls,
             backend,
+            nftables_transport,
             proxy,
             sync_period,
             min_sync_period,

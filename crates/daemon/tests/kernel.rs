@@ -306,6 +306,64 @@ fn which(prog: &str) -> String {
     p
 }
 
+/// With the netlink transport (the default) the nftables backend needs no
+/// `nft` at all: a daemon whose PATH holds no programs programs the node,
+/// follows a change, and logs no failure.
+#[test]
+fn nftables_runs_without_nft_installed() {
+    let empty = TempDir::new("nopath");
+    let data = TempDir::new("nonft");
+    data.write("cluster.yaml", &fixture("nodeports"));
+    let ns = test_ns();
+    let config = config_arg();
+    let src = data.path().to_str().unwrap().to_string();
+    let path = empty.path().to_str().unwrap().to_string();
+    let (ok, _, err) = kproxy_in(
+        &ns,
+        &[
+            "run",
+            "--backend",
+            "nftables",
+            "--source",
+            &src,
+            "--config",
+            &config,
+            "--once",
+        ],
+        &[("PATH", &path)],
+    );
+    assert!(ok, "run --once without nft failed: {err}");
+    assert!(kernel_rules(&ns, "nftables").contains(SVC_IP), "{err}");
+
+    let d = Daemon::start(
+        &ns,
+        &daemon_args("nftables", &src, &config),
+        &[("PATH", &path)],
+    );
+    wait_synced(&ns, &d);
+    data.write(
+        "cluster.yaml",
+        &fixture("nodeports").replace("10.180.0.1", "10.180.0.9"),
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || kernel_rules(&ns, "nftables")
+            .contains("10.180.0.9")),
+        "the change never reached the kernel:\n{}",
+        d.log()
+    );
+    let (_, _, m) = http_get(&ns, 10249, "/metrics").unwrap();
+    assert_eq!(
+        metric(
+            &m,
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"}"
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "{m}"
+    );
+    assert!(!d.log().contains("cannot run nft"), "{}", d.log());
+}
+
 #[test]
 fn failed_transaction_keeps_rules_and_next_sync_is_full() {
     for backend in ["nftables", "iptables-nft"] {
@@ -317,10 +375,11 @@ fn failed_transaction_keeps_rules_and_next_sync_is_full() {
         let ns = test_ns();
         let config = config_arg();
         let src = data.path().to_str().unwrap().to_string();
+        // The injected failure is a loader's: nftables through `nft -f`.
         let d = Daemon::start(
             &ns,
             &daemon_args(backend, &src, &config),
-            &[("PATH", &path)],
+            &[("PATH", &path), ("KPROXY_NFTABLES_TRANSPORT", "exec")],
         );
         wait_synced(&ns, &d);
 
@@ -1102,8 +1161,9 @@ fn auto_picks_nftables_and_falls_back_to_iptables() {
     assert!(err.contains("backend=nftables"), "{err}");
     assert!(kernel_rules(&ns, "nftables").contains(SVC_IP));
 
-    // A host whose nft does not work: the iptables flavour in use (none
-    // here, so nft's, as iptables-wrappers decides on a tie).
+    // A host whose nft does not work and the exec transport: the
+    // iptables flavour in use (none here, so nft's, as iptables-wrappers
+    // decides on a tie).
     let bin = TempDir::new("nonft");
     let nft = bin.path().join("nft");
     std::fs::write(&nft, "#!/bin/sh\necho 'nft: broken' >&2\nexit 1\n").unwrap();
@@ -1114,8 +1174,18 @@ fn auto_picks_nftables_and_falls_back_to_iptables() {
         bin.path().display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    // Over netlink (the default) nftables needs no working nft.
     let ns = test_ns();
     let (ok, _, err) = kproxy_in(&ns, &args, &[("PATH", &path)]);
+    assert!(ok, "{err}");
+    assert!(err.contains("backend=nftables"), "{err}");
+    // Through `nft -f` it does: auto falls back.
+    let ns = test_ns();
+    let (ok, _, err) = kproxy_in(
+        &ns,
+        &args,
+        &[("PATH", &path), ("KPROXY_NFTABLES_TRANSPORT", "exec")],
+    );
     assert!(ok, "{err}");
     assert!(err.contains("backend=iptables-nft"), "{err}");
     assert!(kernel_rules(&ns, "iptables-nft").contains(SVC_IP));

@@ -384,6 +384,9 @@ pub struct NftablesConfiguration {
     pub masquerade_bit: Option<i64>,
     pub sync_period: Option<GoDuration>,
     pub min_sync_period: Option<GoDuration>,
+    /// kproxy's extension: how the nftables backend reaches the kernel
+    /// (`netlink` or `exec`; `--nftables-transport` wins).
+    pub transport: Option<String>,
 }
 
 /// `conntrack`.

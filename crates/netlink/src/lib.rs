@@ -1,5 +1,5 @@
-//! kproxy-netlink: nf_tables over netlink, the messages kproxy reads
-//! straight from the kernel, without `nft`.
+//! kproxy-netlink: nf_tables over netlink, the messages kproxy writes and
+//! reads straight to and from the kernel, without `nft`.
 //!
 //! `nft list` builds its cache of the whole table (every set element)
 //! before it prints even one chain, which at 50,000 Services costs a
@@ -19,16 +19,19 @@
 //!   the sets with their element counts of one table, read with
 //!   `NFT_MSG_GETTABLE`, `GETCHAIN`, `GETRULE`, `GETSET` and `GETSETELEM`;
 //!   [`ChainRules`], one chain's rule count and jump targets (what
-//!   iptables-nft keeps in its `nat`/`filter`/`mangle` tables).
-//!
+//!   iptables-nft keeps in its `nat`/`filter`/`mangle` tables);
 //! - [`conntrack`]: ctnetlink (`NFNL_SUBSYS_CTNETLINK`): a filtered dump
 //!   of one protocol's flows, deletes and creates, batched;
 //! - [`acct`]: nfnetlink_acct (`NFNL_SUBSYS_ACCT`): create and read the
 //!   named counters `-m nfacct` counts into;
 //! - [`nfnl`]: [`nfnl::Writer`], nfnetlink messages of any subsystem
-//!   written one after another into one buffer.
+//!   written one after another into one buffer;
+//! - [`batch`], [`expr`], [`obj`]: the write side, an nf_tables
+//!   transaction as one atomic nfnetlink batch (tables, chains, rules with
+//!   their expressions, sets and elements), sent in chunks by
+//!   [`NfSocket::send_batch`] with errors mapped to sequence numbers.
 //!
-//! The nf_tables part only reads. The netlink framing (headers, attribute
+//! The readers only read. The netlink framing (headers, attribute
 //! buffers) comes from `netlink-packet-core`, the socket from
 //! `netlink-sys`; the nf_tables layer on top is this crate's. The drift
 //! checks of both the nftables backend (kproxy-nftables) and iptables-nft
@@ -37,15 +40,19 @@
 #![deny(missing_docs)]
 
 pub mod acct;
+pub mod batch;
 pub mod conntrack;
+pub mod expr;
 pub mod msg;
 pub mod nfnl;
+pub mod obj;
 pub mod socket;
 pub mod summary;
 
 pub use socket::NfSocket;
 pub use summary::{
-    ChainRules, ChainSummary, SetSummary, TableSummary, read_chain, read_table, set_keys,
+    ChainRules, ChainSummary, SetSummary, TableSummary, read_chain, read_table,
+    set_elements_expiring, set_keys,
 };
 
 /// The family of an nf_tables table kproxy reads (the `nfgen_family` of

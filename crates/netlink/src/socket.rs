@@ -31,9 +31,9 @@ pub struct Reply<'a> {
 /// A netfilter netlink socket.
 #[derive(Debug)]
 pub struct NfSocket {
-    socket: Socket,
-    seq: u32,
-    buf: Vec<u8>,
+    pub(crate) socket: Socket,
+    pub(crate) seq: u32,
+    pub(crate) buf: Vec<u8>,
     /// The namespace it was opened in (`None`: this process's).
     netns: Option<String>,
 }
@@ -44,6 +44,10 @@ impl NfSocket {
         let mut socket = Socket::new(NETLINK_NETFILTER)?;
         socket.bind_auto()?;
         socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+        // Errors name their cause (extended ACK) and echo only the
+        // failing message's header, not a whole element list.
+        socket.set_ext_ack(true)?;
+        socket.set_cap_ack(true)?;
         Ok(NfSocket {
             socket,
             seq: 0,

@@ -206,6 +206,39 @@ pub fn set_keys(
     Ok(keys)
 }
 
+/// A set element's key bytes and its remaining time in milliseconds.
+pub type ExpiringKey = (Vec<u8>, Option<u64>);
+
+/// The elements of a set with their remaining time: each key's bytes and
+/// `NFTA_SET_ELEM_EXPIRATION` in milliseconds, when the element expires.
+pub fn set_elements_expiring(
+    sock: &mut NfSocket,
+    family: Family,
+    table: &str,
+    set: &str,
+) -> Result<Vec<ExpiringKey>, Error> {
+    let mut out = Vec::new();
+    let req = elements_request(family.nfproto(), table, set);
+    sock.request(&req, |r| {
+        if let Some(list) = msg::find(r.attrs, attr::SET_ELEM_LIST_ELEMENTS) {
+            for e in msg::each(list, attr::LIST_ELEM) {
+                if let Some(v) =
+                    msg::find(e, attr::SET_ELEM_KEY).and_then(|k| msg::find(k, attr::DATA_VALUE))
+                {
+                    let exp = msg::find(e, SET_ELEM_EXPIRATION)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map(u64::from_be_bytes);
+                    out.push((v.to_vec(), exp));
+                }
+            }
+        }
+    })?;
+    Ok(out)
+}
+
+/// `NFTA_SET_ELEM_EXPIRATION`.
+const SET_ELEM_EXPIRATION: u16 = 5;
+
 /// One chain's rules: how many, and the chains they jump or go to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChainRules {

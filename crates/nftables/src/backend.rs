@@ -38,8 +38,10 @@ use crate::generate::{
     self, Ctx, FamilyRules, FastHash, LbChain, NftGenerator, ServiceRules, TABLE, lb_closure, sets,
 };
 use crate::ir::{ChunkWriter, Element, Family, Op, Table, Transaction};
+use crate::nl_transport::NetlinkTransport;
 use crate::transport::{self, Nft};
 use kproxy_netlink::{self as netlink, NfSocket, TableSummary};
+use std::cell::RefCell;
 
 /// The default bound on elements per transaction for large full syncs.
 pub const DEFAULT_MAX_ELEMENTS: usize = 50_000;
@@ -94,10 +96,35 @@ type PendingFamily = (
     Option<Table>,
 );
 
+/// How the nftables backend's transactions reach the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportKind {
+    /// One nf_tables netlink batch per transaction ([`NetlinkTransport`]):
+    /// no `nft` process. The default.
+    #[default]
+    Netlink,
+    /// `nft -f -` ([`Nft`]).
+    Exec,
+}
+
+impl TransportKind {
+    /// The spelling of `--nftables-transport`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Netlink => "netlink",
+            TransportKind::Exec => "exec",
+        }
+    }
+}
+
 /// The nftables backend.
 #[derive(Debug)]
 pub struct NftablesBackend {
     nft: Nft,
+    /// Set when transactions go over netlink rather than through `nft`.
+    netlink: Option<RefCell<NetlinkTransport>>,
+    /// The largest netlink batch sent so far, in bytes.
+    peak_batch: std::cell::Cell<usize>,
     generator: NftGenerator,
     state: Option<Vec<FamilyState>>,
     generation: u32,
@@ -122,20 +149,25 @@ impl Default for NftablesBackend {
 }
 
 impl NftablesBackend {
-    /// The backend for this host's network namespace.
+    /// The backend for this host's network namespace, with the default
+    /// transport ([`TransportKind::default`]).
     pub fn new() -> Self {
-        NftablesBackend::with_nft(Nft::host())
+        NftablesBackend::with_nft(Nft::host()).transport(TransportKind::default())
     }
 
-    /// The backend for the named network namespace (`ip netns exec NAME nft`).
+    /// The backend for the named network namespace, with the default
+    /// transport (`nft` runs as `ip netns exec NAME nft`).
     pub fn in_netns(name: &str) -> Self {
-        NftablesBackend::with_nft(Nft::in_netns(name))
+        NftablesBackend::with_nft(Nft::in_netns(name)).transport(TransportKind::default())
     }
 
-    /// The backend with a given transport.
+    /// The backend sending through `nft` as given (the exec transport;
+    /// [`NftablesBackend::transport`] switches).
     pub fn with_nft(nft: Nft) -> Self {
         NftablesBackend {
             nft,
+            netlink: None,
+            peak_batch: std::cell::Cell::new(0),
             generator: NftGenerator,
             state: None,
             generation: 0,
@@ -168,18 +200,64 @@ impl NftablesBackend {
         self
     }
 
-    /// The transport.
+    /// Send transactions through `kind`: over netlink (in the same network
+    /// namespace as [`NftablesBackend::nft`]) or through `nft -f`.
+    pub fn transport(mut self, kind: TransportKind) -> Self {
+        self.netlink = match kind {
+            TransportKind::Exec => None,
+            TransportKind::Netlink => Some(RefCell::new(match self.nft.netns() {
+                Some(ns) => NetlinkTransport::in_netns(ns),
+                None => NetlinkTransport::host(),
+            })),
+        };
+        self
+    }
+
+    /// The transport in use.
+    pub fn transport_kind(&self) -> TransportKind {
+        if self.netlink.is_some() {
+            TransportKind::Netlink
+        } else {
+            TransportKind::Exec
+        }
+    }
+
+    /// The largest netlink batch this backend sent, in bytes (0 with the
+    /// exec transport).
+    pub fn peak_batch_bytes(&self) -> usize {
+        self.peak_batch.get()
+    }
+
+    /// The `nft` program (reads, and the exec transport).
     pub fn nft(&self) -> &Nft {
         &self.nft
     }
 
     fn send(&self, tx: &Transaction) -> Result<(), ApplyError> {
+        self.send_counted(tx).map(|_| ())
+    }
+
+    /// Apply (or, in a dry run, check) one transaction; the bytes sent.
+    /// Over netlink a dry run compiles the batch and sends nothing.
+    fn send_counted(&self, tx: &Transaction) -> Result<usize, ApplyError> {
+        if let Some(nl) = &self.netlink {
+            let mut nl = nl.borrow_mut();
+            if self.dry_run {
+                let c = nl.compile(tx)?;
+                return Ok(c.chunks.iter().map(Vec::len).sum());
+            }
+            nl.apply(tx)?;
+            let n = nl.last_batch_bytes();
+            self.peak_batch.set(self.peak_batch.get().max(n));
+            return Ok(n);
+        }
         let text = tx.render();
         if self.dry_run {
-            self.nft.check(&text)
+            self.nft.check(&text)?;
         } else {
-            self.nft.apply(&text)
+            self.nft.apply(&text)?;
         }
+        Ok(text.len())
     }
 
     fn generation_ops(&self, tx: &mut Transaction, families: &[Family]) {
@@ -308,6 +386,30 @@ impl NftablesBackend {
         } else {
             self.max_elements
         };
+        if self.netlink.is_some() {
+            let mut failure: Option<ApplyError> = None;
+            let mut bytes = 0usize;
+            let this = &*self;
+            let mut sink = |tx: Transaction| {
+                if failure.is_some() {
+                    return;
+                }
+                match this.send_counted(&tx) {
+                    Ok(n) => bytes += n,
+                    Err(e) => failure = Some(e),
+                }
+            };
+            let mut w = ChunkWriter::streaming_ops(max, &mut sink);
+            for (_, fr) in &fams {
+                fr.render_full(&mut w);
+                stats.rules_total += fr.assemble_rule_count();
+            }
+            for (f, t, op) in &gen_tx.ops {
+                w.op(*f, t, op);
+            }
+            w.finish();
+            return self.replaced(graph, fams, stats, bytes, failure);
+        }
         let (nft, dry_run) = (&self.nft, self.dry_run);
         let mut failure: Option<ApplyError> = None;
         let mut bytes = 0usize;
@@ -334,6 +436,19 @@ impl NftablesBackend {
             w.op(*f, t, op);
         }
         w.finish();
+        self.replaced(graph, fams, stats, bytes, failure)
+    }
+
+    /// The end of [`NftablesBackend::replace`]: the new state, or none
+    /// after a failure.
+    fn replaced(
+        &mut self,
+        graph: &ServiceGraph,
+        fams: Vec<(Family, FamilyRules)>,
+        mut stats: SyncStats,
+        bytes: usize,
+        failure: Option<ApplyError>,
+    ) -> Result<SyncStats, ApplyError> {
         stats.rules_written = stats.rules_total;
         stats.bytes_written = bytes;
         if let Some(e) = failure {
@@ -495,16 +610,12 @@ impl NftablesBackend {
             .count();
         self.generation = self.generation.wrapping_add(1);
         self.generation_ops(&mut tx, &families);
-        let text = tx.render();
-        stats.bytes_written = text.len();
-        let res = if self.dry_run {
-            self.nft.check(&text)
-        } else {
-            self.nft.apply(&text)
-        };
-        if let Err(e) = res {
-            self.state = None;
-            return Err(e);
+        match self.send_counted(&tx) {
+            Ok(n) => stats.bytes_written = n,
+            Err(e) => {
+                self.state = None;
+                return Err(e);
+            }
         }
         if self.dry_run {
             return Ok(stats);
@@ -666,13 +777,10 @@ impl NftablesBackend {
             if ids.is_empty() {
                 continue;
             }
-            let Ok(json) = self.nft.run(
-                &["-j", "list", "set", f.as_str(), TABLE, sets::AFFINITY],
-                None,
-            ) else {
+            let Ok(listing) = self.affinity_read(*f) else {
                 continue;
             };
-            let keys: Vec<String> = affinity_listing(&json)
+            let keys: Vec<String> = listing
                 .into_iter()
                 .filter(|e| ids.contains(&e.id))
                 .filter_map(|e| match e.expires {
@@ -699,13 +807,25 @@ impl NftablesBackend {
     ) -> Result<usize, ApplyError> {
         let mut last = None;
         for _ in 0..2 {
-            let out = self.nft.run(
-                &["-j", "list", "set", family.as_str(), TABLE, sets::AFFINITY],
-                None,
-            )?;
-            let keys = affinity_entries(&out, ids);
+            let keys: Vec<String> = self
+                .affinity_read(family)?
+                .into_iter()
+                .filter(|e| ids.contains(&e.id))
+                .map(|e| e.key())
+                .collect();
             if keys.is_empty() {
                 return Ok(0);
+            }
+            if let Some(nl) = &self.netlink {
+                let mut tx = Transaction::new();
+                tx.delete_elements(family, TABLE, sets::AFFINITY, keys.iter().cloned());
+                match nl.borrow_mut().apply(&tx) {
+                    Ok(()) => return Ok(keys.len()),
+                    Err(e) => {
+                        last = Some(e);
+                        continue;
+                    }
+                }
             }
             let mut text = String::new();
             for chunk in keys.chunks(1000) {
@@ -726,6 +846,57 @@ impl NftablesBackend {
             backend: "nftables",
             message: "affinity purge failed".into(),
         }))
+    }
+}
+
+impl NftablesBackend {
+    /// The `affinity` set's entries: over netlink with the netlink
+    /// transport (no `nft` needed), else from `nft -j list set`.
+    fn affinity_read(&self, family: Family) -> Result<Vec<AffinityEntry>, ApplyError> {
+        if self.netlink.is_none() {
+            let json = self.nft.run(
+                &["-j", "list", "set", family.as_str(), TABLE, sets::AFFINITY],
+                None,
+            )?;
+            return Ok(affinity_listing(&json));
+        }
+        let mut sock = match self.nft.netns() {
+            Some(ns) => NfSocket::open_in_netns(ns),
+            None => NfSocket::open(),
+        }
+        .map_err(netlink_err)?;
+        let elems = netlink::set_elements_expiring(&mut sock, family.into(), TABLE, sets::AFFINITY)
+            .map_err(netlink_err)?;
+        let addr_len = match family {
+            Family::Ip => 4,
+            Family::Ip6 => 16,
+        };
+        Ok(elems
+            .into_iter()
+            .filter_map(|(k, exp)| {
+                if k.len() != addr_len + 8 {
+                    return None;
+                }
+                let client = match family {
+                    Family::Ip => {
+                        std::net::IpAddr::from(<[u8; 4]>::try_from(&k[..4]).ok()?).to_string()
+                    }
+                    Family::Ip6 => {
+                        std::net::IpAddr::from(<[u8; 16]>::try_from(&k[..16]).ok()?).to_string()
+                    }
+                };
+                let word = |at: usize| {
+                    <[u8; 4]>::try_from(&k[at..at + 4])
+                        .ok()
+                        .map(u32::from_ne_bytes)
+                };
+                Some(AffinityEntry {
+                    client,
+                    id: (word(addr_len)?, word(addr_len + 4)?),
+                    expires: exp.map(|ms| ms / 1000),
+                })
+            })
+            .collect())
     }
 }
 
@@ -784,6 +955,7 @@ fn affinity_listing(json: &str) -> Vec<AffinityEntry> {
 }
 
 /// The keys (`client . hi . lo`) of the listed entries whose id is in `ids`.
+#[cfg(test)]
 fn affinity_entries(json: &str, ids: &BTreeSet<(u32, u32)>) -> Vec<String> {
     affinity_listing(json)
         .into_iter()
@@ -983,11 +1155,14 @@ impl Backend for NftablesBackend {
         for table in [TABLE, KUBE_PROXY_TABLE] {
             for f in [Family::Ip, Family::Ip6] {
                 // `add` first so that `delete` cannot fail on a missing table.
-                let script = format!(
-                    "add table {fam} {table}\ndelete table {fam} {table}\n",
-                    fam = f.as_str()
-                );
-                if let Err(e) = self.nft.apply(&script) {
+                let mut tx = Transaction::new();
+                tx.push(f, table, Op::AddTable { comment: None });
+                tx.push(f, table, Op::DeleteTable);
+                let res = match &self.netlink {
+                    Some(nl) => nl.borrow_mut().apply(&tx),
+                    None => self.nft.apply(&tx.render()),
+                };
+                if let Err(e) = res {
                     errors.push(e);
                 }
             }
@@ -1064,13 +1239,33 @@ pub enum Unsupported {
 
 /// Whether this host can run the nftables backend: kernel ≥ 5.13 (skipped
 /// when `KUBE_PROXY_NFTABLES_SKIP_KERNEL_VERSION_CHECK` is set, as
-/// upstream) and `nft` ≥ 1.0.1.
+/// upstream) and, with the exec transport, `nft` ≥ 1.0.1.
 pub fn supported() -> Result<(), Unsupported> {
-    supported_with(&Nft::host())
+    supported_for(TransportKind::default())
+}
+
+/// [`supported`] for a given transport.
+pub fn supported_for(kind: TransportKind) -> Result<(), Unsupported> {
+    match kind {
+        TransportKind::Netlink => kernel_supported(),
+        TransportKind::Exec => supported_with(&Nft::host()),
+    }
 }
 
 /// [`supported`] with a given `nft`.
 pub fn supported_with(nft: &Nft) -> Result<(), Unsupported> {
+    kernel_supported()?;
+    let v = nft
+        .version()
+        .map_err(|e| Unsupported::Probe(e.to_string()))?;
+    if v < (1, 0, 1) {
+        return Err(Unsupported::Nft(v.0, v.1, v.2));
+    }
+    Ok(())
+}
+
+/// The kernel part of [`supported`] (all the netlink transport needs).
+pub fn kernel_supported() -> Result<(), Unsupported> {
     let skip = std::env::var_os("KUBE_PROXY_NFTABLES_SKIP_KERNEL_VERSION_CHECK")
         .is_some_and(|v| !v.is_empty());
     if !skip {
@@ -1083,12 +1278,6 @@ pub fn supported_with(nft: &Nft) -> Result<(), Unsupported> {
         if v < (5, 13, 0) {
             return Err(Unsupported::Kernel(release));
         }
-    }
-    let v = nft
-        .version()
-        .map_err(|e| Unsupported::Probe(e.to_string()))?;
-    if v < (1, 0, 1) {
-        return Err(Unsupported::Nft(v.0, v.1, v.2));
     }
     Ok(())
 }

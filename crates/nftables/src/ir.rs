@@ -619,6 +619,11 @@ pub struct ChunkWriter<'s> {
     max: usize,
     /// Where finished texts go when streaming (else they are kept).
     sink: Option<&'s mut dyn FnMut(String)>,
+    /// Operations mode: statements are collected as [`Transaction`]s of
+    /// the same bounds and handed here instead of being rendered (the
+    /// netlink transport's full load).
+    ops_sink: Option<&'s mut dyn FnMut(Transaction)>,
+    cur_tx: Transaction,
 }
 
 impl std::fmt::Debug for ChunkWriter<'_> {
@@ -641,6 +646,17 @@ impl<'s> ChunkWriter<'s> {
             weight: 0,
             max: max_elements.max(1),
             sink: None,
+            ops_sink: None,
+            cur_tx: Transaction::new(),
+        }
+    }
+
+    /// A writer that collects operations instead of text and hands each
+    /// bounded [`Transaction`] to `sink` as soon as it is complete.
+    pub fn streaming_ops(max_elements: usize, sink: &'s mut dyn FnMut(Transaction)) -> Self {
+        ChunkWriter {
+            ops_sink: Some(sink),
+            ..ChunkWriter::new(max_elements)
         }
     }
 
@@ -661,17 +677,32 @@ impl<'s> ChunkWriter<'s> {
     }
 
     fn begin(&mut self, weight: usize) {
-        if self.weight.saturating_add(weight) > self.max && !self.cur.is_empty() {
-            let text = std::mem::take(&mut self.cur);
-            self.emit(text);
+        let pending = !self.cur.is_empty() || !self.cur_tx.is_empty();
+        if self.weight.saturating_add(weight) > self.max && pending {
+            self.flush_current();
             self.weight = 0;
         }
         self.weight = self.weight.saturating_add(weight);
     }
 
+    fn flush_current(&mut self) {
+        if let Some(sink) = self.ops_sink.as_mut() {
+            if !self.cur_tx.is_empty() {
+                sink(std::mem::take(&mut self.cur_tx));
+            }
+        } else if !self.cur.is_empty() {
+            let text = std::mem::take(&mut self.cur);
+            self.emit(text);
+        }
+    }
+
     /// One operation.
     pub fn op(&mut self, f: Family, table: &str, op: &Op) {
         self.begin(1);
+        if self.ops_sink.is_some() {
+            self.cur_tx.push(f, table, op.clone());
+            return;
+        }
         render_op(&mut self.cur, f, table, op);
         self.cur.push('\n');
     }
@@ -690,6 +721,21 @@ impl<'s> ChunkWriter<'s> {
                 return;
             }
             w.begin(batch.len());
+            if w.ops_sink.is_some() {
+                let elements = batch
+                    .drain(..)
+                    .map(|(k, e)| (k.to_string(), e.clone()))
+                    .collect();
+                w.cur_tx.push(
+                    f,
+                    table,
+                    Op::AddElements {
+                        set: set.to_string(),
+                        elements,
+                    },
+                );
+                return;
+            }
             let _ = write!(w.cur, "add element {} {table} {set} {{ ", f.as_str());
             for (i, (k, e)) in batch.iter().enumerate() {
                 if i > 0 {
@@ -725,6 +771,31 @@ impl<'s> ChunkWriter<'s> {
         set: &str,
         elements: impl IntoIterator<Item = &'a str>,
     ) {
+        if self.ops_sink.is_some() {
+            let mut batch = Vec::with_capacity(ELEMENTS_PER_STATEMENT);
+            let flush = |w: &mut ChunkWriter, batch: &mut Vec<(String, Element)>| {
+                if batch.is_empty() {
+                    return;
+                }
+                w.begin(batch.len());
+                w.cur_tx.push(
+                    f,
+                    table,
+                    Op::AddElements {
+                        set: set.to_string(),
+                        elements: std::mem::take(batch),
+                    },
+                );
+            };
+            for e in elements {
+                batch.push(parse_rendered_element(e));
+                if batch.len() == ELEMENTS_PER_STATEMENT {
+                    flush(self, &mut batch);
+                }
+            }
+            flush(self, &mut batch);
+            return;
+        }
         let mut n = 0usize;
         let mut line = String::new();
         let flush = |w: &mut ChunkWriter, line: &mut String, n: &mut usize| {
@@ -754,12 +825,30 @@ impl<'s> ChunkWriter<'s> {
     /// The texts written (none when streaming: the last one goes to the
     /// sink).
     pub fn finish(mut self) -> Vec<String> {
-        if !self.cur.is_empty() {
-            let text = std::mem::take(&mut self.cur);
-            self.emit(text);
-        }
+        self.flush_current();
         self.chunks
     }
+}
+
+/// An element as written inside `add element ... { }` (`key [comment "c"]
+/// [: value]`) split back into key and [`Element`]. Keys never contain
+/// ` comment "` or ` : `, and sanitised comments never contain a quote.
+pub fn parse_rendered_element(e: &str) -> (String, Element) {
+    let key_end = [e.find(" comment \""), e.find(" : ")]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(e.len());
+    let key = e[..key_end].to_string();
+    let mut rest = &e[key_end..];
+    let mut comment = None;
+    if let Some(r) = rest.strip_prefix(" comment \"") {
+        let end = r.find('"').unwrap_or(r.len());
+        comment = Some(r[..end].to_string());
+        rest = r.get(end + 1..).unwrap_or("");
+    }
+    let value = rest.strip_prefix(" : ").map(str::to_string);
+    (key, Element { value, comment })
 }
 
 fn set_kw(map: bool) -> &'static str {
@@ -882,6 +971,38 @@ mod tests {
         let parts = tx.split(300);
         assert!(parts.iter().all(|p| p.weight() <= 300));
         assert_eq!(parts.iter().map(Transaction::weight).sum::<usize>(), 1000);
+    }
+
+    #[test]
+    fn rendered_elements_parse_back() {
+        for (k, e) in [
+            ("10.0.0.1 . tcp . 80", Element::default()),
+            (
+                "10.0.0.1 . tcp . 80",
+                Element {
+                    value: Some("goto x".into()),
+                    comment: Some("ns : a/b: c".into()),
+                },
+            ),
+            (
+                "tcp . 3001 . 0",
+                Element {
+                    value: Some("10.1.0.1 . 80".into()),
+                    comment: None,
+                },
+            ),
+        ] {
+            let mut text = String::new();
+            let mut w = ChunkWriter::new(usize::MAX);
+            w.elements(Family::Ip, "t", "s", [(k, &e)]);
+            text.push_str(&w.finish().concat());
+            let inner = text
+                .trim_end()
+                .strip_prefix("add element ip t s { ")
+                .and_then(|t| t.strip_suffix(" }"))
+                .expect("one element");
+            assert_eq!(parse_rendered_element(inner), (k.to_string(), e));
+        }
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //!   would (first claim in service-port order wins);
 //! - [`transport`]: [`Nft`], the wrapper around `nft -f -` that maps nft's
 //!   `line:col` errors back to the offending statement;
+//! - [`compile`] and [`nl_transport`]: [`NetlinkTransport`], the same
+//!   transactions sent as one atomic nf_tables netlink batch without
+//!   `nft` (rules, sets and elements compiled to expressions and bytes);
 //! - [`drift`]: the drift check's expected counts and comparison, against
 //!   what [`kproxy_netlink`] reads from the kernel (chains, rule and
 //!   element counts);
@@ -27,16 +30,19 @@
 
 pub mod backend;
 pub mod claims;
+pub mod compile;
 pub mod diff;
 pub mod drift;
 pub mod generate;
 pub mod ir;
 pub mod names;
+pub mod nl_transport;
 pub mod transport;
 
-pub use backend::{NftablesBackend, supported};
+pub use backend::{NftablesBackend, TransportKind, supported, supported_for};
 pub use generate::{FamilyRules, NftGenerator, NftRuleset, ServiceRules};
 pub use ir::{Chain, Element, Family, Op, Rule, Set, SetType, Table, Transaction};
+pub use nl_transport::NetlinkTransport;
 pub use transport::Nft;
 
 /// docs/library.md, whose Rust examples run as this crate's doctests.

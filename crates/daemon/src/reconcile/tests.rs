@@ -92,6 +92,7 @@ fn objects(ip: &str) -> Objects {
 fn reconciler(log: Arc<Mutex<Log>>) -> Reconciler {
     let settings = Settings {
         backend: BackendKind::Nftables,
+        nftables_transport: kproxy_nftables::TransportKind::default(),
         proxy: ProxyConfig {
             node_name: "n".into(),
             ..ProxyConfig::default()
