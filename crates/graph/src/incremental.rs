@@ -3,7 +3,10 @@
 //!
 //! [`IncrementalGraph`] keeps the objects indexed by Service (the Service
 //! and the EndpointSlices whose `kubernetes.io/service-name` label names
-//! it) together with the graph built from them. Upserts and deletes mark
+//! it) together with the graph built from them. It keeps them in compact
+//! form ([`CompactService`], [`CompactSlice`]: only what the graph reads,
+//! about a seventh of a k8s-openapi object's size per endpoint); objects
+//! given as k8s-openapi types are converted on the way in. Upserts and deletes mark
 //! the Services they affect; [`IncrementalGraph::update`] rebuilds only
 //! those Services' ports (with the same per-Service code as
 //! [`ServiceGraph::build`]), keeps every other port and its fingerprint,
@@ -33,9 +36,10 @@ use k8s_openapi::api::networking::v1::ServiceCIDR;
 
 use crate::changes::{ChangeSet, FamilyChanges};
 use crate::config::ProxyConfig;
+use crate::intake::compact::{CompactService, CompactSlice};
 use crate::intake::{
-    Base, Objects, SliceClass, SvcKey, build_base, build_unit, classify_slice, namespace_of,
-    service_key, unnamed_service_warning,
+    Base, Objects, SliceClass, SvcKey, build_base, build_unit, classify_slice, service_key,
+    unnamed_service_warning,
 };
 use crate::model::{FamilyGraph, IpFamily, Protocol, ServiceGraph, ServicePort, ServicePortName};
 use crate::warning::Warning;
@@ -46,21 +50,21 @@ type SliceKey = (String, String);
 /// One Service's objects and what they last contributed to the graph.
 #[derive(Debug, Default)]
 struct Group {
-    service: Option<Arc<Service>>,
+    service: Option<Arc<CompactService>>,
     /// The slices that name this Service, sorted by name (the order
     /// [`ServiceGraph::build`] merges them in). A vector: most Services
     /// have one slice, and a map node would cost more than the slice.
-    slices: Vec<Arc<EndpointSlice>>,
+    slices: Vec<Arc<CompactSlice>>,
     /// The warnings it raised.
     warnings: Vec<Warning>,
 }
 
-fn slice_name(s: &EndpointSlice) -> &str {
-    s.metadata.name.as_deref().unwrap_or("")
+fn slice_name(s: &CompactSlice) -> &str {
+    s.name.as_deref().unwrap_or("")
 }
 
 impl Group {
-    fn insert_slice(&mut self, slice: Arc<EndpointSlice>) {
+    fn insert_slice(&mut self, slice: Arc<CompactSlice>) {
         match self
             .slices
             .binary_search_by(|s| slice_name(s).cmp(slice_name(&slice)))
@@ -104,7 +108,9 @@ pub struct Applied {
     pub nodes: u64,
     /// ServiceCIDRs added, changed or removed.
     pub service_cidrs: u64,
-    /// The slices added or changed (for their trigger-time annotations).
+    /// The slices added or changed, for their trigger-time annotations:
+    /// each with its namespace, name, `addressType` and that annotation
+    /// only.
     pub changed_slices: Vec<Arc<EndpointSlice>>,
     /// The slices removed, as `(namespace, name)`.
     pub deleted_slices: Vec<(String, String)>,
@@ -132,7 +138,7 @@ pub struct IncrementalGraph {
     /// Every slice by identity. Its class (which group it is in) is not
     /// kept: it is computed again from the slice and the configuration,
     /// which only change together with a rebuild of everything.
-    slices: HashMap<SliceKey, Arc<EndpointSlice>>,
+    slices: HashMap<SliceKey, Arc<CompactSlice>>,
     nodes: BTreeMap<String, Arc<Node>>,
     /// ServiceCIDRs by name (cluster-scoped).
     service_cidrs: BTreeMap<String, Arc<ServiceCIDR>>,
@@ -160,10 +166,10 @@ fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
     Arc::ptr_eq(a, b) || **a == **b
 }
 
-fn slice_key(slice: &EndpointSlice) -> SliceKey {
+fn slice_key(slice: &CompactSlice) -> SliceKey {
     (
-        namespace_of(&slice.metadata),
-        slice.metadata.name.clone().unwrap_or_default(),
+        slice.namespace_or_default().to_string(),
+        slice.name.as_deref().unwrap_or_default().to_string(),
     )
 }
 
@@ -270,6 +276,11 @@ impl IncrementalGraph {
 
     /// Add or replace a Service. Returns whether anything changed.
     pub fn upsert_service(&mut self, svc: Arc<Service>) -> bool {
+        self.upsert_compact_service(Arc::new(CompactService::from(&*svc)))
+    }
+
+    /// [`upsert_service`](Self::upsert_service) of a compact Service.
+    pub fn upsert_compact_service(&mut self, svc: Arc<CompactService>) -> bool {
         let Some(key) = service_key(&svc) else {
             self.unnamed_services += 1;
             self.warnings_dirty = true;
@@ -299,6 +310,11 @@ impl IncrementalGraph {
 
     /// Add or replace an EndpointSlice. Returns whether anything changed.
     pub fn upsert_slice(&mut self, slice: Arc<EndpointSlice>) -> bool {
+        self.upsert_compact_slice(Arc::new(CompactSlice::from(&*slice)))
+    }
+
+    /// [`upsert_slice`](Self::upsert_slice) of a compact slice.
+    pub fn upsert_compact_slice(&mut self, slice: Arc<CompactSlice>) -> bool {
         let key = slice_key(&slice);
         if let Some(old) = self.slices.get(&key)
             && same(old, &slice)
@@ -434,6 +450,18 @@ impl IncrementalGraph {
     /// Make the Services the whole set: upsert each, delete the rest (for a
     /// relist). Returns how many changed.
     pub fn replace_services(&mut self, services: Vec<Arc<Service>>) -> u64 {
+        self.replace_compact_services(
+            services
+                .into_iter()
+                .map(|s| Arc::new(CompactService::from(&*s))),
+        )
+    }
+
+    /// [`replace_services`](Self::replace_services) with compact Services.
+    pub fn replace_compact_services(
+        &mut self,
+        services: impl IntoIterator<Item = Arc<CompactService>>,
+    ) -> u64 {
         let mut n = 0;
         let mut keep: std::collections::BTreeSet<SvcKey> = Default::default();
         let unnamed_before = self.unnamed_services;
@@ -442,7 +470,7 @@ impl IncrementalGraph {
             if let Some(k) = service_key(&svc) {
                 keep.insert(k);
             }
-            n += u64::from(self.upsert_service(svc));
+            n += u64::from(self.upsert_compact_service(svc));
         }
         if self.unnamed_services != unnamed_before {
             self.warnings_dirty = true;
@@ -463,13 +491,25 @@ impl IncrementalGraph {
     /// Returns the slices counted in [`Applied::slices`],
     /// [`Applied::changed_slices`] and [`Applied::deleted_slices`].
     pub fn replace_slices(&mut self, slices: Vec<Arc<EndpointSlice>>) -> Applied {
+        self.replace_compact_slices(
+            slices
+                .into_iter()
+                .map(|s| Arc::new(CompactSlice::from(&*s))),
+        )
+    }
+
+    /// [`replace_slices`](Self::replace_slices) with compact slices.
+    pub fn replace_compact_slices(
+        &mut self,
+        slices: impl IntoIterator<Item = Arc<CompactSlice>>,
+    ) -> Applied {
         let mut out = Applied::default();
         let mut keep: std::collections::HashSet<SliceKey> = Default::default();
         for s in slices {
             keep.insert(slice_key(&s));
-            if self.upsert_slice(s.clone()) {
+            if self.upsert_compact_slice(s.clone()) {
                 out.slices += 1;
-                out.changed_slices.push(s);
+                out.changed_slices.push(Arc::new(s.trigger_only()));
             }
         }
         let gone: Vec<SliceKey> = self
@@ -510,9 +550,20 @@ impl IncrementalGraph {
     /// Make `objects` the whole state (a file source's new reading).
     /// Objects repeating an identity: the last one counts.
     pub fn replace_all(&mut self, objects: Objects) -> Applied {
-        let mut out =
-            self.replace_slices(objects.endpoint_slices.into_iter().map(Arc::new).collect());
-        out.services = self.replace_services(objects.services.into_iter().map(Arc::new).collect());
+        // Each object is converted and dropped in turn: the k8s-openapi
+        // objects and their compact copies are never all held at once.
+        let mut out = self.replace_compact_slices(
+            objects
+                .endpoint_slices
+                .into_iter()
+                .map(|s| Arc::new(CompactSlice::from(s))),
+        );
+        out.services = self.replace_compact_services(
+            objects
+                .services
+                .into_iter()
+                .map(|s| Arc::new(CompactService::from(s))),
+        );
         out.nodes = self.replace_nodes(objects.nodes.into_iter().map(Arc::new).collect());
         out.service_cidrs =
             self.replace_service_cidrs(objects.service_cidrs.into_iter().map(Arc::new).collect());
@@ -522,15 +573,15 @@ impl IncrementalGraph {
     /// The current objects, Services and slices in namespace and name
     /// order (what [`ServiceGraph::build`] would be given).
     pub fn objects(&self) -> Objects {
-        let mut slices: Vec<(&SliceKey, &Arc<EndpointSlice>)> = self.slices.iter().collect();
+        let mut slices: Vec<(&SliceKey, &Arc<CompactSlice>)> = self.slices.iter().collect();
         slices.sort_by(|a, b| a.0.cmp(b.0));
         Objects {
             services: self
                 .groups
                 .values()
-                .filter_map(|g| g.service.as_deref().cloned())
+                .filter_map(|g| g.service.as_deref().map(CompactService::to_service))
                 .collect(),
-            endpoint_slices: slices.into_iter().map(|(_, s)| (**s).clone()).collect(),
+            endpoint_slices: slices.into_iter().map(|(_, s)| s.to_slice()).collect(),
             nodes: self.nodes.values().map(|n| (**n).clone()).collect(),
             service_cidrs: self.service_cidrs.values().map(|c| (**c).clone()).collect(),
         }
@@ -673,8 +724,8 @@ impl IncrementalGraph {
         }
         self.warnings_dirty = true;
 
-        let services: Vec<&Service> = group.service.as_deref().into_iter().collect();
-        let slices: Vec<&EndpointSlice> = group.slices.iter().map(|s| &**s).collect();
+        let services: Vec<&CompactService> = group.service.as_deref().into_iter().collect();
+        let slices: Vec<&CompactSlice> = group.slices.iter().map(|s| &**s).collect();
         let unit = build_unit(
             &self.config,
             &graph.node,

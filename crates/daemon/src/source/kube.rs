@@ -1,9 +1,16 @@
 //! `--source kube`: the cluster state from the Kubernetes API server.
 //!
 //! [`KubeSource`] runs one kube-runtime watcher per kind, each feeding a
-//! reflector store: Services and EndpointSlices with the label selectors
+//! store of its own: Services and EndpointSlices with the label selectors
 //! kube-proxy uses, this node's Node by the field selector
-//! `metadata.name=NODE`, and every `networking.k8s.io/v1` ServiceCIDR. The watchers list, then watch from the list's
+//! `metadata.name=NODE`, and every `networking.k8s.io/v1` ServiceCIDR.
+//! Services and EndpointSlices are kept in compact form
+//! ([`CompactService`], [`CompactSlice`]: what the graph reads), converted
+//! as each object arrives, so the full objects of a large cluster are
+//! never all in memory: the lists ask for pages of [`PAGE_SIZE`] objects
+//! (`limit`/`continue`; an API server answering from its watch cache may
+//! send one page), and the graph shares the store's compact objects.
+//! The watchers list, then watch from the list's
 //! resourceVersion; on 410 Gone they list again at once (the store keeps
 //! the old state until the new list is complete, so a relist never shows
 //! a half-empty cluster), and on other errors they wait as [`backoff`]
@@ -31,7 +38,7 @@
 //! [`KubeSource::new`] and its part of [`KubeSource::drain_into`]; the
 //! pacing, error reporting and readiness are shared.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -42,9 +49,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kproxy_graph::incremental::Applied;
+use kproxy_graph::intake::compact::{CompactService, CompactSlice, Labels};
 use kproxy_graph::intake::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
 use kproxy_graph::{IncrementalGraph, Objects};
-use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource};
 use tokio::sync::watch;
@@ -95,6 +102,11 @@ pub struct RateLimit {
     /// Requests allowed at once (>= 1).
     pub burst: u32,
 }
+
+/// Objects per page of a list: the first list of a large cluster arrives
+/// a page at a time (client-go's informers use the same size), and each
+/// page's objects are converted and dropped before the next is read.
+pub const PAGE_SIZE: u32 = 500;
 
 /// Which watcher a status entry belongs to.
 const SERVICES: usize = 0;
@@ -209,8 +221,8 @@ fn errors_of(s: &Status) -> Vec<String> {
 /// The API server as a source of Services, EndpointSlices, this Node and
 /// ServiceCIDRs.
 pub struct KubeSource {
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
+    services: Store<CompactService>,
+    slices: Store<CompactSlice>,
     nodes: Store<Node>,
     service_cidrs: Store<ServiceCIDR>,
     status: watch::Receiver<Status>,
@@ -263,42 +275,94 @@ fn classify(e: &watcher::Error) -> Failure {
     }
 }
 
-/// Start watcher `index` on `api`: its store and its task.
-fn spawn_watcher<K>(
+/// An object's identity: `(namespace, name)`, the namespace empty for
+/// cluster-scoped kinds.
+type Key = (String, String);
+
+fn key_of(meta: &ObjectMeta) -> Key {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// One watcher's objects, as the source keeps them.
+struct Kept<T> {
+    objects: HashMap<Key, Arc<T>>,
+    /// A list in progress: it replaces `objects` once complete, so a
+    /// relist never shows a half-empty cluster.
+    listing: Option<HashMap<Key, Arc<T>>>,
+}
+
+impl<T> Default for Kept<T> {
+    fn default() -> Self {
+        Kept {
+            objects: HashMap::new(),
+            listing: None,
+        }
+    }
+}
+
+/// A watcher's store, shared by its task and the source.
+type Store<T> = Arc<Mutex<Kept<T>>>;
+
+/// Start watcher `index` on `api`: its store and its task. `keep` turns
+/// each object into what the store holds, as it arrives.
+fn spawn_watcher<K, T>(
     api: Api<K>,
     config: watcher::Config,
     index: usize,
     shared: Arc<Watchers>,
-) -> (Store<K>, JoinHandle<()>)
+    keep: fn(K) -> T,
+) -> (Store<T>, JoinHandle<()>)
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    T: Send + Sync + 'static,
 {
     lock(&shared.paths).push((api.resource_url().to_string(), index));
-    let (store, writer) = reflector::store();
+    let store: Store<T> = Arc::default();
+    let kept = store.clone();
     // No `StreamBackoff`: it resets on every `Ok` item, and the watcher
     // emits one before each list. The task below paces instead: the
     // stream makes no request while it is not polled.
-    let stream = reflector::reflector(writer, watcher(api, config).modify(strip_unused_metadata));
+    let stream = watcher(api, config.page_size(PAGE_SIZE)).modify(strip_unused_metadata);
     let kind = KINDS[index];
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
-            // The reflector has already applied the event to the store;
-            // the key is recorded after that, so a drain that reads the
-            // store before the key is recorded sees it again next time.
+            // The store is changed first and the key recorded after, so a
+            // drain that reads the store before the key is recorded sees
+            // it again next time.
             match event {
-                Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj)) => {
-                    let meta = obj.meta();
-                    lock(&shared.pending).keys[index].insert((
-                        meta.namespace.clone().unwrap_or_default(),
-                        meta.name.clone().unwrap_or_default(),
-                    ));
-                    shared.status.send_modify(|s| s.generation += 1);
-                    shared.set_error(index, None);
+                Ok(watcher::Event::Apply(obj)) => {
+                    let key = key_of(obj.meta());
+                    let value = Arc::new(keep(obj));
+                    lock(&kept).objects.insert(key.clone(), value);
+                    changed(&shared, index, key);
+                }
+                Ok(watcher::Event::Delete(obj)) => {
+                    let key = key_of(obj.meta());
+                    lock(&kept).objects.remove(&key);
+                    changed(&shared, index, key);
+                }
+                Ok(watcher::Event::Init) => {
+                    lock(&kept).listing = Some(HashMap::new());
+                }
+                Ok(watcher::Event::InitApply(obj)) => {
+                    let key = key_of(obj.meta());
+                    let value = Arc::new(keep(obj));
+                    lock(&kept)
+                        .listing
+                        .get_or_insert_default()
+                        .insert(key, value);
                 }
                 Ok(watcher::Event::InitDone) => {
                     tracing::debug!(kind, "list complete");
+                    {
+                        let mut k = lock(&kept);
+                        k.objects = k.listing.take().unwrap_or_default();
+                    }
                     {
                         let mut p = lock(&shared.pending);
                         p.all[index] = true;
@@ -310,8 +374,6 @@ where
                     });
                     shared.set_error(index, None);
                 }
-                // The store swaps in a relist's objects only at InitDone.
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
                 Err(e) => {
                     let failure = classify(&e);
                     let retry = lock(&shared.backoff[index]).on_error(failure, Instant::now());
@@ -339,12 +401,19 @@ where
     (store, task)
 }
 
+/// Record that watcher `index` changed the object `key`.
+fn changed(shared: &Watchers, index: usize, key: Key) {
+    lock(&shared.pending).keys[index].insert(key);
+    shared.status.send_modify(|s| s.generation += 1);
+    shared.set_error(index, None);
+}
+
 /// The annotation `kubectl apply` keeps a whole copy of the object in.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Drops what the graph never reads and can be most of an object's size
-/// (managedFields, kubectl's last-applied copy), so the stores of a large
-/// cluster cost less memory.
+/// (managedFields, kubectl's last-applied copy), for the kinds kept whole
+/// (this Node, the ServiceCIDRs).
 fn strip_unused_metadata<K: Resource>(object: &mut K) {
     let meta = object.meta_mut();
     meta.managed_fields = None;
@@ -366,13 +435,6 @@ async fn client_config(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Con
             .await
             .context("no kubeconfig given and none found (KUBECONFIG, ~/.kube/config, in-cluster)"),
     }
-}
-
-fn sort_key(meta: &ObjectMeta) -> (String, String) {
-    (
-        meta.namespace.clone().unwrap_or_default(),
-        meta.name.clone().unwrap_or_default(),
-    )
 }
 
 impl KubeSource {
@@ -401,24 +463,28 @@ impl KubeSource {
             watcher::Config::default().labels(&labels),
             SERVICES,
             shared.clone(),
+            CompactService::from,
         );
         let (slices, t2) = spawn_watcher(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default().labels(&labels),
             SLICES,
             shared.clone(),
+            CompactSlice::from,
         );
         let (nodes, t3) = spawn_watcher(
             Api::<Node>::all(client.clone()),
             watcher::Config::default().fields(&format!("metadata.name={}", opts.node_name)),
             NODES,
             shared.clone(),
+            std::convert::identity,
         );
         let (service_cidrs, t4) = spawn_watcher(
             Api::<ServiceCIDR>::all(client),
             watcher::Config::default(),
             SERVICE_CIDRS,
             shared.clone(),
+            std::convert::identity,
         );
         Ok(KubeSource {
             services,
@@ -455,14 +521,11 @@ impl KubeSource {
         Ok(())
     }
 
-    /// Whether kproxy proxies an object with this metadata: not headless,
+    /// Whether kproxy proxies an object with these labels: not headless,
     /// and not labelled for another proxy (the label selector cannot say
     /// "no label or this value").
-    fn wanted(&self, meta: &ObjectMeta) -> bool {
-        let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k));
-        label(HEADLESS_LABEL).is_none()
-            && label(SERVICE_PROXY_NAME_LABEL)
-                .is_none_or(|v| self.proxy_name.as_deref() == Some(v.as_str()))
+    fn wanted(&self, labels: &Labels) -> bool {
+        labels.wanted(self.proxy_name.as_deref())
     }
 
     /// Hand `graph` what changed since the last drain: the objects the
@@ -473,108 +536,124 @@ impl KubeSource {
         let pending = std::mem::take(&mut *lock(&self.shared.pending));
         let mut out = Applied::default();
 
-        if pending.all[SERVICES] {
-            let all = self
-                .services
-                .state()
-                .into_iter()
-                .filter(|s| self.wanted(&s.metadata))
-                .collect();
-            out.services += graph.replace_services(all);
-        } else {
-            for (ns, name) in &pending.keys[SERVICES] {
-                out.services += u64::from(match self.services.get(&objref(ns, name)) {
-                    Some(s) if self.wanted(&s.metadata) => graph.upsert_service(s),
-                    _ => graph.delete_service(ns_or_default(ns), name),
-                });
+        {
+            let kept = lock(&self.services);
+            if pending.all[SERVICES] {
+                let all = kept
+                    .objects
+                    .values()
+                    .filter(|s| self.wanted(&s.labels))
+                    .cloned();
+                out.services += graph.replace_compact_services(all);
+            } else {
+                for key in &pending.keys[SERVICES] {
+                    out.services += u64::from(match kept.objects.get(key) {
+                        Some(s) if self.wanted(&s.labels) => {
+                            graph.upsert_compact_service(s.clone())
+                        }
+                        _ => graph.delete_service(ns_or_default(&key.0), &key.1),
+                    });
+                }
             }
         }
-        if pending.all[SLICES] {
-            let all = self
-                .slices
-                .state()
-                .into_iter()
-                .filter(|s| self.wanted(&s.metadata))
-                .collect();
-            out.merge(graph.replace_slices(all));
-        } else {
-            for (ns, name) in &pending.keys[SLICES] {
-                match self.slices.get(&objref(ns, name)) {
-                    Some(s) if self.wanted(&s.metadata) => {
-                        if graph.upsert_slice(s.clone()) {
-                            out.slices += 1;
-                            out.changed_slices.push(s);
+        {
+            let kept = lock(&self.slices);
+            if pending.all[SLICES] {
+                let all = kept
+                    .objects
+                    .values()
+                    .filter(|s| self.wanted(&s.labels))
+                    .cloned();
+                out.merge(graph.replace_compact_slices(all));
+            } else {
+                for key in &pending.keys[SLICES] {
+                    let (ns, name) = key;
+                    match kept.objects.get(key) {
+                        Some(s) if self.wanted(&s.labels) => {
+                            if graph.upsert_compact_slice(s.clone()) {
+                                out.slices += 1;
+                                out.changed_slices.push(Arc::new(s.trigger_only()));
+                            }
                         }
-                    }
-                    _ => {
-                        let ns = ns_or_default(ns);
-                        if graph.delete_slice(ns, name) {
-                            out.slices += 1;
-                            out.deleted_slices.push((ns.to_string(), name.clone()));
+                        _ => {
+                            let ns = ns_or_default(ns);
+                            if graph.delete_slice(ns, name) {
+                                out.slices += 1;
+                                out.deleted_slices.push((ns.to_string(), name.clone()));
+                            }
                         }
                     }
                 }
             }
         }
-        let ours = |n: &Arc<Node>| n.metadata.name.as_deref() == Some(self.node_name.as_str());
-        if pending.all[NODES] {
-            let all = self.nodes.state().into_iter().filter(ours).collect();
-            out.nodes += graph.replace_nodes(all);
-        } else {
-            for (_, name) in &pending.keys[NODES] {
-                out.nodes += u64::from(match self.nodes.get(&objref("", name)) {
-                    Some(n) if ours(&n) => graph.upsert_node(n),
-                    _ => graph.delete_node(name),
-                });
+        {
+            let kept = lock(&self.nodes);
+            let ours = |n: &Arc<Node>| n.metadata.name.as_deref() == Some(self.node_name.as_str());
+            if pending.all[NODES] {
+                let all = kept.objects.values().filter(|n| ours(n)).cloned().collect();
+                out.nodes += graph.replace_nodes(all);
+            } else {
+                for key in &pending.keys[NODES] {
+                    out.nodes += u64::from(match kept.objects.get(key) {
+                        Some(n) if ours(n) => graph.upsert_node(n.clone()),
+                        _ => graph.delete_node(&key.1),
+                    });
+                }
             }
         }
-        if pending.all[SERVICE_CIDRS] {
-            out.service_cidrs += graph.replace_service_cidrs(self.service_cidrs.state());
-        } else {
-            for (_, name) in &pending.keys[SERVICE_CIDRS] {
-                out.service_cidrs += u64::from(match self.service_cidrs.get(&objref("", name)) {
-                    Some(c) => graph.upsert_service_cidr(c),
-                    None => graph.delete_service_cidr(name),
-                });
+        {
+            let kept = lock(&self.service_cidrs);
+            if pending.all[SERVICE_CIDRS] {
+                out.service_cidrs +=
+                    graph.replace_service_cidrs(kept.objects.values().cloned().collect());
+            } else {
+                for key in &pending.keys[SERVICE_CIDRS] {
+                    out.service_cidrs += u64::from(match kept.objects.get(key) {
+                        Some(c) => graph.upsert_service_cidr(c.clone()),
+                        None => graph.delete_service_cidr(&key.1),
+                    });
+                }
             }
         }
         out
     }
 
     /// The current objects, sorted by namespace and name (`kproxy diff`
-    /// and the tests; the daemon uses [`KubeSource::drain_into`]).
+    /// and the tests; the daemon uses [`KubeSource::drain_into`]). Services
+    /// and EndpointSlices have the fields the graph reads only.
     pub fn snapshot(&self) -> Objects {
-        let wanted = |meta: &ObjectMeta| self.wanted(meta);
-        let mut services: Vec<Service> = self
-            .services
-            .state()
-            .iter()
-            .filter(|s| wanted(&s.metadata))
-            .map(|s| (**s).clone())
-            .collect();
-        services.sort_by_key(|s| sort_key(&s.metadata));
-        let mut endpoint_slices: Vec<EndpointSlice> = self
-            .slices
-            .state()
-            .iter()
-            .filter(|s| wanted(&s.metadata))
-            .map(|s| (**s).clone())
-            .collect();
-        endpoint_slices.sort_by_key(|s| sort_key(&s.metadata));
-        let nodes = self
-            .nodes
-            .state()
-            .iter()
+        let services = {
+            let kept = lock(&self.services);
+            sorted(&kept.objects)
+                .iter()
+                .filter_map(|k| kept.objects.get(k))
+                .filter(|s| self.wanted(&s.labels))
+                .map(|s| s.to_service())
+                .collect()
+        };
+        let endpoint_slices = {
+            let kept = lock(&self.slices);
+            sorted(&kept.objects)
+                .iter()
+                .filter_map(|k| kept.objects.get(k))
+                .filter(|s| self.wanted(&s.labels))
+                .map(|s| s.to_slice())
+                .collect()
+        };
+        let nodes = lock(&self.nodes)
+            .objects
+            .values()
             .filter(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()))
             .map(|n| (**n).clone())
             .collect();
-        let mut service_cidrs: Vec<ServiceCIDR> = self
-            .service_cidrs
-            .state()
-            .iter()
-            .map(|c| (**c).clone())
-            .collect();
-        service_cidrs.sort_by_key(|c| sort_key(&c.metadata));
+        let service_cidrs = {
+            let kept = lock(&self.service_cidrs);
+            sorted(&kept.objects)
+                .iter()
+                .filter_map(|k| kept.objects.get(k))
+                .map(|c| (**c).clone())
+                .collect()
+        };
         Objects {
             services,
             endpoint_slices,
@@ -613,14 +692,11 @@ fn sync_ready(s: &Status) -> bool {
         && (s.ready[SERVICE_CIDRS] || s.errors[SERVICE_CIDRS].is_some())
 }
 
-/// The store's key of an object.
-fn objref<K>(ns: &str, name: &str) -> ObjectRef<K>
-where
-    K: kube::runtime::reflector::Lookup,
-    K::DynamicType: Default,
-{
-    let r = ObjectRef::new(name);
-    if ns.is_empty() { r } else { r.within(ns) }
+/// The keys of `m`, sorted.
+fn sorted<T>(m: &HashMap<Key, T>) -> Vec<Key> {
+    let mut keys: Vec<&Key> = m.keys().collect();
+    keys.sort();
+    keys.into_iter().cloned().collect()
 }
 
 /// The namespace the graph files an object under (`default` when unset).

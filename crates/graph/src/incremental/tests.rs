@@ -289,6 +289,17 @@ fn check(
             full.warnings
         );
     }
+    // The compact objects give back objects that build the same graph.
+    let again = ServiceGraph::build(&inc.objects(), config);
+    if again != full {
+        panic!(
+            "{ctx}: the kept objects build another graph\n{}",
+            kproxy_testkit::line_diff(
+                &crate::display::graph(&full),
+                &crate::display::graph(&again)
+            ),
+        );
+    }
     let want = ChangeSet::between(prev_full, &full);
     assert_eq!(up.changes, want, "{ctx}: change set");
     for (f, ports) in &up.removed {
