@@ -22,6 +22,7 @@
 mod ctclean;
 mod dataplane;
 mod driftcheck;
+mod filesrc;
 mod report;
 mod results;
 mod run;
@@ -89,6 +90,27 @@ enum Cmd {
     },
     /// Run the measurements and write the report.
     Run(Box<RunArgs>),
+    /// The file source's change-to-kernel time: `kproxy run --source DIR`
+    /// (nftables, in a fresh namespace) with a large cluster in one file;
+    /// a small file beside it changes, timed until the sync that carried
+    /// it ends. Prints the median, min and max.
+    FileSource {
+        /// Services in the large file.
+        #[arg(long, default_value_t = 10_000)]
+        services: usize,
+        /// Endpoints per Service.
+        #[arg(long, default_value_t = 10)]
+        endpoints: usize,
+        /// Changes measured.
+        #[arg(long, default_value_t = 20)]
+        changes: usize,
+        /// How the daemon finds changes (`KPROXY_FILE_WATCH`): auto, inotify, poll.
+        #[arg(long, default_value = "auto")]
+        watch: String,
+        /// The `kproxy` binary (default: next to kproxy-bench).
+        #[arg(long)]
+        kproxy: Option<PathBuf>,
+    },
     /// (internal) Run a command; print its wall time and peak RSS.
     #[command(hide = true)]
     ExecRss {
@@ -305,6 +327,25 @@ fn real_main() -> anyhow::Result<()> {
                 kpnft::render(&c.graph(kproxy_graph::ProxyMode::Nftables)?)
             );
             Ok(())
+        }
+        Cmd::FileSource {
+            services,
+            endpoints,
+            changes,
+            watch,
+            kproxy,
+        } => {
+            let kproxy = match kproxy {
+                Some(k) => k,
+                None => std::env::current_exe()?.with_file_name("kproxy"),
+            };
+            filesrc::run(&filesrc::Opts {
+                kproxy: &kproxy,
+                services,
+                endpoints,
+                changes,
+                watch: &watch,
+            })
         }
         Cmd::Run(args) => run_cmd(*args),
         Cmd::ExecRss { argv } => sys::exec_rss(&argv),

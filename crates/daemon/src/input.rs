@@ -125,12 +125,7 @@ pub fn input_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
                 .with_context(|| format!("reading directory {}", p.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| {
-                    matches!(
-                        f.extension().and_then(|e| e.to_str()),
-                        Some("yaml" | "yml" | "json")
-                    )
-                })
+                .filter(|f| is_input_name(f))
                 .collect();
             entries.sort();
             out.extend(entries);
@@ -139,6 +134,14 @@ pub fn input_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
+}
+
+/// Whether [`input_files`] reads `f` when it is in a directory given.
+pub fn is_input_name(f: &Path) -> bool {
+    matches!(
+        f.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
 }
 
 /// Read objects from files.
