@@ -32,10 +32,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kproxy_graph::incremental::Applied;
+use kproxy_graph::intake::compact::{CompactService, CompactSlice};
 use kproxy_graph::{IncrementalGraph, Objects, Warning};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
 use tokio::io::unix::AsyncFd;
@@ -91,11 +91,13 @@ impl WatchMode {
     }
 }
 
-/// One file's objects, shared with the graph (no second copy).
+/// One file's objects, shared with the graph (no second copy). Services
+/// and slices are kept in the graph's compact form, converted once when
+/// the file is parsed.
 #[derive(Debug, Default, Clone)]
 struct FileObjects {
-    services: Vec<Arc<Service>>,
-    slices: Vec<Arc<EndpointSlice>>,
+    services: Vec<Arc<CompactService>>,
+    slices: Vec<Arc<CompactSlice>>,
     nodes: Vec<Arc<Node>>,
     cidrs: Vec<Arc<ServiceCIDR>>,
 }
@@ -103,8 +105,16 @@ struct FileObjects {
 impl From<Objects> for FileObjects {
     fn from(o: Objects) -> Self {
         FileObjects {
-            services: o.services.into_iter().map(Arc::new).collect(),
-            slices: o.endpoint_slices.into_iter().map(Arc::new).collect(),
+            services: o
+                .services
+                .iter()
+                .map(|s| Arc::new(CompactService::from(s)))
+                .collect(),
+            slices: o
+                .endpoint_slices
+                .iter()
+                .map(|s| Arc::new(CompactSlice::from(s)))
+                .collect(),
             nodes: o.nodes.into_iter().map(Arc::new).collect(),
             cidrs: o.service_cidrs.into_iter().map(Arc::new).collect(),
         }
@@ -346,9 +356,10 @@ impl FileSource {
         let mut o = Objects::default();
         for f in self.order.iter().filter_map(|p| self.files.get(p)) {
             let fo = &f.objects;
-            o.services.extend(fo.services.iter().map(|s| (**s).clone()));
+            o.services
+                .extend(fo.services.iter().map(|s| s.to_service()));
             o.endpoint_slices
-                .extend(fo.slices.iter().map(|s| (**s).clone()));
+                .extend(fo.slices.iter().map(|s| s.to_slice()));
             o.nodes.extend(fo.nodes.iter().map(|n| (**n).clone()));
             o.service_cidrs
                 .extend(fo.cidrs.iter().map(|c| (**c).clone()));
@@ -375,8 +386,8 @@ impl FileSource {
             files.iter().flat_map(|f| get(f).iter().cloned()).collect()
         }
         // The order of `IncrementalGraph::replace_all`.
-        let mut out = graph.replace_slices(all(&files, |f| &f.slices));
-        out.services = graph.replace_services(all(&files, |f| &f.services));
+        let mut out = graph.replace_compact_slices(all(&files, |f| &f.slices));
+        out.services = graph.replace_compact_services(all(&files, |f| &f.services));
         out.nodes = graph.replace_nodes(all(&files, |f| &f.nodes));
         out.service_cidrs = graph.replace_service_cidrs(all(&files, |f| &f.cidrs));
         out
@@ -1000,8 +1011,14 @@ mod tests {
                 }
                 let (fresh, fresh_warnings) = input::load_objects(std::slice::from_ref(&dir)).unwrap();
                 let mine = src.snapshot();
-                prop_assert_eq!(&mine.services, &fresh.services);
-                prop_assert_eq!(&mine.endpoint_slices, &fresh.endpoint_slices);
+                // Services and slices are kept in compact form: compare
+                // with the fresh reading's objects in the same form.
+                let services: Vec<_> =
+                    fresh.services.iter().map(|s| CompactService::from(s).to_service()).collect();
+                let slices: Vec<_> =
+                    fresh.endpoint_slices.iter().map(|s| CompactSlice::from(s).to_slice()).collect();
+                prop_assert_eq!(&mine.services, &services);
+                prop_assert_eq!(&mine.endpoint_slices, &slices);
                 prop_assert_eq!(&mine.nodes, &fresh.nodes);
                 prop_assert_eq!(&mine.service_cidrs, &fresh.service_cidrs);
                 prop_assert_eq!(&src.warnings(), &fresh_warnings);

@@ -388,6 +388,8 @@ impl CompactService {
     pub fn to_service(&self) -> Service {
         let spec = self.spec.as_ref().map(|s| ServiceSpec {
             type_: Some(s.type_.text().into()),
+            // As the API server writes it: clusterIP is clusterIPs[0].
+            cluster_ip: s.cluster_ips.first().map(Addr::text),
             cluster_ips: texts(&s.cluster_ips),
             external_ips: texts(&s.external_ips),
             load_balancer_source_ranges: (!s.source_ranges.is_empty())
