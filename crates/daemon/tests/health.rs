@@ -108,7 +108,12 @@ fn livez_answers_while_rules_clients_never_read_during_a_sync() {
     let ns = test_ns();
     let config = default_config().display().to_string();
     let src = data.path().to_str().unwrap().to_string();
-    let d = Daemon::start(&ns, &nft_args(&src, &config), &[("PATH", &path)]);
+    // The held load is `nft -f`'s: the exec transport.
+    let d = Daemon::start(
+        &ns,
+        &nft_args(&src, &config),
+        &[("PATH", &path), ("KPROXY_NFTABLES_TRANSPORT", "exec")],
+    );
     wait_synced(&ns, &d);
 
     // A sync that stays in progress (its load waits), ...
