@@ -39,7 +39,7 @@ pub mod names;
 pub mod nl_transport;
 pub mod transport;
 
-pub use backend::{NftablesBackend, TransportKind, supported, supported_for};
+pub use backend::{NftTransport, NftablesBackend, TransportKind, supported, supported_for};
 pub use generate::{FamilyRules, NftGenerator, NftRuleset, ServiceRules};
 pub use ir::{Chain, Element, Family, Op, Rule, Set, SetType, Table, Transaction};
 pub use nl_transport::NetlinkTransport;

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use kproxy_graph::ApplyError;
+use kproxy_graph::{ApplyError, Transport};
 use kproxy_netlink::NfSocket;
 use kproxy_netlink::batch::{Batch, SendError};
 use kproxy_netlink::obj::{ChainHook, ELEMS_MAX_BYTES, ElemSpec, SetRef};
@@ -168,6 +168,16 @@ impl NetlinkTransport {
                 })
             }
         }
+    }
+}
+
+/// The netlink transport: each transaction compiled and sent as one
+/// batch; the same payload as [`crate::Nft`]'s, without text.
+impl Transport for NetlinkTransport {
+    type Payload = Transaction;
+
+    fn apply(&mut self, tx: &Transaction) -> Result<(), ApplyError> {
+        NetlinkTransport::apply(self, tx)
     }
 }
 

@@ -4,7 +4,7 @@
 mod common;
 
 use kproxy_graph::{Backend, ProxyMode};
-use kproxy_nftables::NftablesBackend;
+use kproxy_nftables::{NftablesBackend, TransportKind};
 use kproxy_testkit::load_fixture;
 use kproxy_testkit::{Topology, echo_server, probe, probe_many};
 
@@ -108,6 +108,32 @@ fn cleanup_removes_kproxy_and_kube_proxy_tables() {
     assert_eq!(tables.trim(), "table inet someone-else", "{tables}");
     // Cleaning up twice is fine (nothing left to delete).
     backend.cleanup().expect("second cleanup");
+}
+
+/// With the netlink transport, `cleanup_foreign` and `cleanup` remove
+/// kube-proxy's tables without running any program: the backend's `nft`
+/// is given a PATH where nothing can be found.
+#[test]
+fn cleanup_foreign_over_netlink_needs_no_nft() {
+    let ns = kproxy_testkit::NetNs::new("nftnl");
+    ns.exec(&["nft", "add", "table", "ip", "kube-proxy"]);
+    ns.exec(&["nft", "add", "table", "ip6", "kube-proxy"]);
+    ns.exec(&["nft", "add", "chain", "ip", "kube-proxy", "services"]);
+    ns.exec(&["nft", "add", "table", "inet", "someone-else"]);
+    let no_nft = kproxy_nftables::Nft::with_runner(
+        kproxy_exec::Runner::in_netns(ns.name()).with_env("PATH", "/nonexistent"),
+    );
+    assert!(no_nft.version().is_err(), "nft must not be reachable");
+    let mut backend = NftablesBackend::with_nft(no_nft).transport(TransportKind::Netlink);
+    backend.cleanup_foreign().expect("cleanup_foreign");
+    let tables = ns.exec(&["nft", "list", "tables"]);
+    assert_eq!(tables.trim(), "table inet someone-else", "{tables}");
+    // Nothing left: still fine.
+    backend.cleanup_foreign().expect("second cleanup_foreign");
+    ns.exec(&["nft", "add", "table", "ip6", "kube-proxy"]);
+    backend.cleanup().expect("cleanup");
+    let tables = ns.exec(&["nft", "list", "tables"]);
+    assert_eq!(tables.trim(), "table inet someone-else", "{tables}");
 }
 
 /// This machine (kernel 6.x, nft 1.0.6) runs the nftables backend.

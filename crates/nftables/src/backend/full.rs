@@ -1,0 +1,188 @@
+//! Full syncs: the generation element, replacing both tables (in
+//! bounded transactions when large), and re-asserting a large ruleset as
+//! one diff.
+
+use kproxy_graph::{ApplyError, ChangeSet, ServiceGraph, SyncStats};
+
+use crate::generate::{self, FamilyRules, TABLE, sets};
+use crate::ir::{ChunkWriter, Element, Family, Op, Table, Transaction};
+
+use super::{FamilyState, NftablesBackend, fill_counts, gen_err, send_via};
+
+impl NftablesBackend {
+    pub(super) fn generation_ops(&self, tx: &mut Transaction, families: &[Family]) {
+        for f in families {
+            tx.push(
+                *f,
+                TABLE,
+                Op::FlushSet {
+                    name: sets::GENERATION.to_string(),
+                    map: false,
+                },
+            );
+            tx.add_elements(
+                *f,
+                TABLE,
+                sets::GENERATION,
+                [(format!("{:#x}", self.generation), Element::default())],
+            );
+        }
+    }
+
+    /// A full sync. When kproxy's tables are in place (state known, no
+    /// drift seen) and the ruleset is too large for one transaction, the
+    /// complete new ruleset is diffed against what was applied (skeleton
+    /// and every service port) and sent as one atomic transaction: a
+    /// periodic resync of a large cluster never empties the tables, not
+    /// even briefly. Otherwise the tables are replaced (`replace`).
+    pub(super) fn full_sync(&mut self, graph: &ServiceGraph) -> Result<SyncStats, ApplyError> {
+        let fams = generate::generate_families(graph).map_err(gen_err)?;
+        let elements: usize = fams
+            .iter()
+            .map(|(_, fr)| fr.services.values().map(|s| s.elems.len()).sum::<usize>())
+            .sum();
+        if elements > self.max_elements
+            && !self.dry_run
+            && let Some((changes, skeletons)) = self.reassert_plan(&fams)
+        {
+            match self.incremental_sync(graph, &changes, Some(&skeletons)) {
+                Ok(mut stats) => {
+                    stats.full = true;
+                    return Ok(stats);
+                }
+                // The transaction failed: the state is gone, report it
+                // (the next sync replaces the tables).
+                Err(e) if self.state.is_none() => return Err(e),
+                // The diff was refused before anything was sent (a base
+                // chain changed): replace instead.
+                Err(_) => {}
+            }
+        }
+        self.replace(graph, fams)
+    }
+
+    /// The changes between what was applied and `fams`, when they can be
+    /// applied as a diff (same families, same masquerade mark).
+    pub(super) fn reassert_plan(
+        &self,
+        fams: &[(Family, FamilyRules)],
+    ) -> Option<(ChangeSet, Vec<(Family, Table)>)> {
+        let state = self.state.as_ref()?;
+        if state.len() != fams.len() {
+            return None;
+        }
+        let mut changes = ChangeSet::default();
+        let mut skeletons = Vec::new();
+        for ((f, fr), fs) in fams.iter().zip(state) {
+            if *f != fs.family || fr.mark != fs.rules.mark {
+                return None;
+            }
+            let mut fc = kproxy_graph::FamilyChanges::default();
+            for (name, sr) in &fr.services {
+                match fs.rules.services.get(name) {
+                    None => {
+                        fc.added.insert(name.clone());
+                    }
+                    Some(old) if old != sr => {
+                        fc.changed.insert(name.clone());
+                    }
+                    Some(_) => {}
+                }
+            }
+            for name in fs.rules.services.keys() {
+                if !fr.services.contains_key(name) {
+                    fc.removed.insert(name.clone());
+                }
+            }
+            let ipf = match f {
+                Family::Ip => kproxy_graph::IpFamily::V4,
+                Family::Ip6 => kproxy_graph::IpFamily::V6,
+            };
+            changes.families.insert(ipf, fc);
+            skeletons.push((*f, fr.skeleton.clone()));
+        }
+        Some((changes, skeletons))
+    }
+
+    /// Replace both tables (`add table; delete table;` then everything),
+    /// in bounded transactions when large.
+    pub(super) fn replace(
+        &mut self,
+        graph: &ServiceGraph,
+        fams: Vec<(Family, FamilyRules)>,
+    ) -> Result<SyncStats, ApplyError> {
+        let mut stats = SyncStats {
+            full: true,
+            ..SyncStats::default()
+        };
+        self.generation = self.generation.wrapping_add(1);
+        let families: Vec<Family> = fams.iter().map(|(f, _)| *f).collect();
+        let mut gen_tx = Transaction::new();
+        if !self.dry_run {
+            for (f, keys) in self.carried_affinity(&fams) {
+                gen_tx.add_elements(
+                    f,
+                    TABLE,
+                    sets::AFFINITY,
+                    keys.into_iter().map(|k| (k, Element::default())),
+                );
+            }
+        }
+        self.generation_ops(&mut gen_tx, &families);
+        // `nft -c` of a later part would not see the earlier parts'
+        // objects, so a dry run checks one transaction.
+        let max = if self.dry_run {
+            usize::MAX
+        } else {
+            self.max_elements
+        };
+        let mut failure: Option<ApplyError> = None;
+        let mut bytes = 0usize;
+        let (transport, peak, dry_run) = (&mut self.transport, &mut self.peak_batch, self.dry_run);
+        let mut sink = |tx: Transaction| {
+            if failure.is_some() {
+                return;
+            }
+            match send_via(transport, peak, dry_run, &tx) {
+                Ok(n) => bytes += n,
+                Err(e) => failure = Some(e),
+            }
+        };
+        let mut w = ChunkWriter::streaming_ops(max, &mut sink);
+        for (_, fr) in &fams {
+            fr.render_full(&mut w);
+            stats.rules_total += fr.assemble_rule_count();
+        }
+        for (f, t, op) in &gen_tx.ops {
+            w.op(*f, t, op);
+        }
+        w.finish();
+        self.replaced(graph, fams, stats, bytes, failure)
+    }
+
+    /// The end of [`NftablesBackend::replace`]: the new state, or none
+    /// after a failure.
+    pub(super) fn replaced(
+        &mut self,
+        graph: &ServiceGraph,
+        fams: Vec<(Family, FamilyRules)>,
+        mut stats: SyncStats,
+        bytes: usize,
+        failure: Option<ApplyError>,
+    ) -> Result<SyncStats, ApplyError> {
+        stats.rules_written = stats.rules_total;
+        stats.bytes_written = bytes;
+        if let Some(e) = failure {
+            self.state = None;
+            return Err(e);
+        }
+        self.stale.clear();
+        self.state = Some(
+            fams.into_iter()
+                .map(|(f, fr)| FamilyState::new(f, fr))
+                .collect(),
+        );
+        fill_counts(&mut stats, graph);
+        Ok(stats)
+    }
+}

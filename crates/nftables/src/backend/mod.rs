@@ -1,0 +1,494 @@
+//! [`NftablesBackend`]: generator + transport + the state between syncs,
+//! behind the daemon's [`kproxy_graph::Backend`] trait; and [`supported`].
+//!
+//! - A **full sync** replaces both tables (`add table; delete table;
+//!   add ...`). Up to [`NftablesBackend::max_elements_per_transaction`]
+//!   elements that is one atomic transaction. A larger initial load is
+//!   split into bounded transactions (the first one recreates the tables
+//!   with every chain and rule; the following ones add elements, data maps
+//!   before the verdict maps that route to them): `nft -f` needs about
+//!   2.4 KB of memory per element, so one transaction of 50,000 services
+//!   with 10 endpoints would need over 1 GB (docs/backends/nftables.md).
+//! - An **incremental sync** regenerates only the service ports the
+//!   [`ChangeSet`] names and diffs their old and new contributions
+//!   ([`crate::diff`]): one transaction whose size depends on the change,
+//!   not on the cluster.
+//! - Every sync bumps a generation element in the `sync-generation` set;
+//!   [`check`](Backend::check) reads, through netlink, every chain's rule
+//!   count and every set's element count and compares them with what the
+//!   last sync applied ([`crate::drift`]), then the generation: no `nft`
+//!   process, no text, memory independent of the cluster's size.
+//! - A failed transaction leaves the kernel as it was (nft transactions
+//!   are atomic); the error carries nft's message and statement, and the
+//!   next sync is full.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kproxy_graph::{
+    ApplyError, Backend, BackendKind, ChangeSet, GenError, Generator, IpFamily, Render,
+    ServiceGraph, SyncStats, Transport,
+};
+
+use crate::claims::Claims;
+use crate::drift;
+use crate::generate::{self, FamilyRules, LbChain, NftGenerator, ServiceRules, TABLE, lb_closure};
+use crate::ir::{ChunkWriter, Family, Op, Table, Transaction};
+use crate::nl_transport::NetlinkTransport;
+use crate::transport::Nft;
+use kproxy_netlink::{self as netlink, NfSocket, TableSummary};
+
+mod affinity;
+mod check;
+mod full;
+mod incremental;
+mod supported;
+
+pub use supported::{Unsupported, kernel_supported, supported, supported_for, supported_with};
+
+/// The default bound on elements per transaction for large full syncs.
+pub const DEFAULT_MAX_ELEMENTS: usize = 50_000;
+
+/// What kproxy last applied for one family.
+#[derive(Debug, Clone)]
+struct FamilyState {
+    family: Family,
+    rules: FamilyRules,
+    /// How many service ports use each shared chain (closure included).
+    lb_refs: BTreeMap<LbChain, usize>,
+    /// Rules in the per-service chains (kept up to date so statistics
+    /// never walk every service).
+    chain_rules: usize,
+    /// Who claims each key of the shared sets and maps.
+    claims: Claims,
+}
+
+fn service_chain_rules(sr: &ServiceRules) -> usize {
+    sr.chains.iter().map(|c| c.rules.len()).sum()
+}
+
+impl FamilyState {
+    fn new(family: Family, rules: FamilyRules) -> Self {
+        // Shared chains are counted per user, so each survives while any
+        // service port needs it.
+        let mut lb_refs = BTreeMap::new();
+        for sr in rules.services.values() {
+            for lb in lb_closure(&sr.lb) {
+                *lb_refs.entry(lb).or_insert(0) += 1;
+            }
+        }
+        let chain_rules = rules.services.values().map(service_chain_rules).sum();
+        let claims = Claims::build(&rules.services);
+        FamilyState {
+            family,
+            rules,
+            lb_refs,
+            chain_rules,
+            claims,
+        }
+    }
+}
+
+/// An incremental sync's per-family outcome, committed to the state only
+/// once the transaction succeeded: (family index, updated contributions,
+/// new shared-chain reference counts).
+type PendingFamily = (
+    usize,
+    Vec<(kproxy_graph::ServicePortName, Option<ServiceRules>)>,
+    BTreeMap<LbChain, usize>,
+    Option<Table>,
+);
+
+/// How the nftables backend's transactions reach the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportKind {
+    /// One nf_tables netlink batch per transaction ([`NetlinkTransport`]):
+    /// no `nft` process. The default.
+    #[default]
+    Netlink,
+    /// `nft -f -` ([`Nft`]).
+    Exec,
+}
+
+impl TransportKind {
+    /// The spelling of `--nftables-transport`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Netlink => "netlink",
+            TransportKind::Exec => "exec",
+        }
+    }
+}
+
+/// The transport a backend sends every transaction through, chosen when
+/// it is built.
+#[derive(Debug, Clone)]
+pub enum NftTransport {
+    /// `nft -f -`.
+    Exec(Nft),
+    /// One nf_tables netlink batch per transaction.
+    Netlink(NetlinkTransport),
+}
+
+impl NftTransport {
+    /// The transport `kind` in the network namespace `nft` runs in.
+    pub fn new(kind: TransportKind, nft: &Nft) -> Self {
+        match kind {
+            TransportKind::Exec => NftTransport::Exec(nft.clone()),
+            TransportKind::Netlink => NftTransport::Netlink(match nft.netns() {
+                Some(ns) => NetlinkTransport::in_netns(ns),
+                None => NetlinkTransport::host(),
+            }),
+        }
+    }
+
+    /// Which transport this is.
+    pub fn kind(&self) -> TransportKind {
+        match self {
+            NftTransport::Exec(_) => TransportKind::Exec,
+            NftTransport::Netlink(_) => TransportKind::Netlink,
+        }
+    }
+
+    /// Apply `tx`; the bytes sent (script or batch).
+    pub fn send(&mut self, tx: &Transaction) -> Result<usize, ApplyError> {
+        match self {
+            NftTransport::Exec(nft) => {
+                let text = tx.render();
+                Nft::apply(nft, &text)?;
+                Ok(text.len())
+            }
+            NftTransport::Netlink(nl) => {
+                nl.apply(tx)?;
+                Ok(nl.last_batch_bytes())
+            }
+        }
+    }
+
+    /// Check `tx` without applying it (`nft -c`; over netlink the batch is
+    /// compiled and not sent); the bytes it would send.
+    pub fn check(&mut self, tx: &Transaction) -> Result<usize, ApplyError> {
+        match self {
+            NftTransport::Exec(nft) => {
+                let text = tx.render();
+                nft.check(&text)?;
+                Ok(text.len())
+            }
+            NftTransport::Netlink(nl) => {
+                let c = nl.compile(tx)?;
+                Ok(c.chunks.iter().map(Vec::len).sum())
+            }
+        }
+    }
+}
+
+impl Transport for NftTransport {
+    type Payload = Transaction;
+
+    fn apply(&mut self, tx: &Transaction) -> Result<(), ApplyError> {
+        self.send(tx).map(|_| ())
+    }
+}
+
+/// The nftables backend.
+#[derive(Debug)]
+pub struct NftablesBackend {
+    /// `nft`, for the reads only it does (`dump_live`, and the affinity
+    /// listing with the exec transport).
+    nft: Nft,
+    /// Where every transaction goes.
+    transport: NftTransport,
+    /// The largest netlink batch sent so far, in bytes.
+    peak_batch: usize,
+    generator: NftGenerator,
+    state: Option<Vec<FamilyState>>,
+    generation: u32,
+    /// Chains flushed by an earlier sync, to delete in a later one.
+    stale: BTreeSet<(Family, String)>,
+    /// What the kernel must hold after the sync of generation `.0`, as
+    /// counts (computed by the first drift check after a sync).
+    expected: Option<(u32, Vec<(Family, TableSummary)>)>,
+    /// The netlink socket the drift check reads through (opened on first
+    /// use, dropped after an error).
+    sock: Option<NfSocket>,
+    /// Sets up to this size are counted exactly by the drift check.
+    exact_limit: usize,
+    max_elements: usize,
+    dry_run: bool,
+}
+
+impl Default for NftablesBackend {
+    fn default() -> Self {
+        NftablesBackend::new()
+    }
+}
+
+impl NftablesBackend {
+    /// The backend for this host's network namespace, with the default
+    /// transport ([`TransportKind::default`]).
+    pub fn new() -> Self {
+        NftablesBackend::with_nft(Nft::host()).transport(TransportKind::default())
+    }
+
+    /// The backend for the named network namespace, with the default
+    /// transport (`nft` runs as `ip netns exec NAME nft`).
+    pub fn in_netns(name: &str) -> Self {
+        NftablesBackend::with_nft(Nft::in_netns(name)).transport(TransportKind::default())
+    }
+
+    /// The backend sending through `nft` as given (the exec transport;
+    /// [`NftablesBackend::transport`] switches).
+    pub fn with_nft(nft: Nft) -> Self {
+        NftablesBackend {
+            transport: NftTransport::Exec(nft.clone()),
+            nft,
+            peak_batch: 0,
+            generator: NftGenerator,
+            state: None,
+            generation: 0,
+            stale: BTreeSet::new(),
+            expected: None,
+            sock: None,
+            exact_limit: drift::EXACT_LIMIT,
+            max_elements: DEFAULT_MAX_ELEMENTS,
+            dry_run: false,
+        }
+    }
+
+    /// Bound the elements of one transaction in a full sync (≥ 1000).
+    pub fn max_elements_per_transaction(mut self, n: usize) -> Self {
+        self.max_elements = n.max(1000);
+        self
+    }
+
+    /// The drift check counts the elements of sets up to `n` elements and
+    /// only checks larger ones for being non-empty (default
+    /// [`drift::EXACT_LIMIT`]).
+    pub fn drift_exact_limit(mut self, n: usize) -> Self {
+        self.exact_limit = n;
+        self
+    }
+
+    /// `--dry-run`: check every transaction with `nft -c` and apply nothing.
+    pub fn dry_run(mut self, on: bool) -> Self {
+        self.dry_run = on;
+        self
+    }
+
+    /// Send transactions through `kind`: over netlink (in the same network
+    /// namespace as [`NftablesBackend::nft`]) or through `nft -f`.
+    pub fn transport(mut self, kind: TransportKind) -> Self {
+        self.transport = NftTransport::new(kind, &self.nft);
+        self
+    }
+
+    /// The transport in use.
+    pub fn transport_kind(&self) -> TransportKind {
+        self.transport.kind()
+    }
+
+    /// The largest netlink batch this backend sent, in bytes (0 with the
+    /// exec transport).
+    pub fn peak_batch_bytes(&self) -> usize {
+        self.peak_batch
+    }
+
+    /// The `nft` program (reads, and the exec transport).
+    pub fn nft(&self) -> &Nft {
+        &self.nft
+    }
+
+    fn send(&mut self, tx: &Transaction) -> Result<(), ApplyError> {
+        self.send_counted(tx).map(|_| ())
+    }
+
+    /// Apply (or, in a dry run, check) one transaction; the bytes sent.
+    fn send_counted(&mut self, tx: &Transaction) -> Result<usize, ApplyError> {
+        send_via(&mut self.transport, &mut self.peak_batch, self.dry_run, tx)
+    }
+}
+
+/// One transaction through `transport` (checked only in a dry run); the
+/// bytes sent, the largest batch kept in `peak`.
+fn send_via(
+    transport: &mut NftTransport,
+    peak: &mut usize,
+    dry_run: bool,
+    tx: &Transaction,
+) -> Result<usize, ApplyError> {
+    if dry_run {
+        return transport.check(tx);
+    }
+    let n = transport.send(tx)?;
+    if transport.kind() == TransportKind::Netlink {
+        *peak = (*peak).max(n);
+    }
+    Ok(n)
+}
+
+impl NftablesBackend {
+    /// Whether table `name` of family `f` exists, read over netlink
+    /// (`Some(())` when it does).
+    fn table_present(&self, f: Family, name: &str) -> Result<Option<()>, ApplyError> {
+        let mut sock = match self.nft.netns() {
+            Some(ns) => NfSocket::open_in_netns(ns),
+            None => NfSocket::open(),
+        }
+        .map_err(netlink_err)?;
+        let t = netlink::read_table(&mut sock, f.into(), name, &|_: &str| false)
+            .map_err(netlink_err)?;
+        Ok(t.map(|_| ()))
+    }
+}
+
+fn netlink_err(e: netlink::Error) -> ApplyError {
+    ApplyError::Other {
+        backend: "nftables",
+        message: format!("reading the kernel's tables: {e}"),
+    }
+}
+
+fn fill_counts(stats: &mut SyncStats, graph: &ServiceGraph) {
+    stats.services = graph.families.values().map(|f| f.services.len()).sum();
+    stats.endpoints = graph.families.values().map(|f| f.total_endpoints()).sum();
+}
+
+fn gen_err(e: GenError) -> ApplyError {
+    ApplyError::Other {
+        backend: "nftables",
+        message: e.to_string(),
+    }
+}
+
+impl Backend for NftablesBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Nftables
+    }
+
+    fn render_full(&self, graph: &ServiceGraph) -> Result<String, GenError> {
+        Ok(self.generator.generate(graph)?.render())
+    }
+
+    fn sync(
+        &mut self,
+        graph: &ServiceGraph,
+        changes: Option<&ChangeSet>,
+    ) -> Result<SyncStats, ApplyError> {
+        match changes {
+            // A dry run applies nothing, so there is no kernel state to
+            // diff against: every dry-run sync checks a full load.
+            Some(c) if self.state.is_some() && !c.needs_full_sync && !self.dry_run => {
+                // Changed service CIDRs: the new skeletons, whose diff is
+                // element updates of the `service-cidrs` set.
+                let skeletons = if c.service_cidrs_changed {
+                    Some(generate::skeletons(graph))
+                } else {
+                    None
+                };
+                self.incremental_sync(graph, c, skeletons.as_deref())
+            }
+            _ => self.full_sync(graph),
+        }
+    }
+
+    fn check(&mut self) -> Result<bool, ApplyError> {
+        match self.drift() {
+            Ok(None) => Ok(true),
+            Ok(Some(what)) => {
+                tracing::warn!(backend = "nftables", differences = %what,
+                    "the kernel's kproxy tables differ from the last sync");
+                // What kproxy applied is no longer what the kernel has: the
+                // next sync must reload, not diff against the stale state.
+                self.state = None;
+                Ok(false)
+            }
+            Err(e) => {
+                self.sock = None;
+                Err(e)
+            }
+        }
+    }
+
+    fn last_applied(&self) -> Option<String> {
+        let state = self.state.as_ref()?;
+        let mut w = ChunkWriter::new(usize::MAX);
+        for fs in state {
+            fs.rules.render_full(&mut w);
+        }
+        // Without an element bound there is one text: move it rather than
+        // copy it, trimmed to its length, since the daemon keeps it (about
+        // 50 MB at 50,000 Services).
+        let mut texts = w.finish();
+        let mut text = match texts.len() {
+            1 => texts.pop().unwrap_or_default(),
+            _ => texts.concat(),
+        };
+        text.shrink_to_fit();
+        Some(text)
+    }
+
+    fn cleanup(&mut self) -> Result<(), Vec<ApplyError>> {
+        self.state = None;
+        self.stale.clear();
+        let mut errors = Vec::new();
+        for table in [TABLE, KUBE_PROXY_TABLE] {
+            for f in [Family::Ip, Family::Ip6] {
+                // `add` first so that `delete` cannot fail on a missing table.
+                let mut tx = Transaction::new();
+                tx.push(f, table, Op::AddTable { comment: None });
+                tx.push(f, table, Op::DeleteTable);
+                if let Err(e) = self.transport.send(&tx) {
+                    errors.push(e);
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn cleanup_foreign(&mut self) -> Result<(), Vec<ApplyError>> {
+        let mut errors = Vec::new();
+        for f in [Family::Ip, Family::Ip6] {
+            // Only a table that is there is worth a log line; when the
+            // kernel cannot tell, delete anyway.
+            if let Ok(None) = self.table_present(f, KUBE_PROXY_TABLE) {
+                continue;
+            }
+            // `add` first so that `delete` cannot fail on a missing table
+            // (how `nft` makes deletion idempotent).
+            let mut tx = Transaction::new();
+            tx.push(f, KUBE_PROXY_TABLE, Op::AddTable { comment: None });
+            tx.push(f, KUBE_PROXY_TABLE, Op::DeleteTable);
+            match self.transport.send(&tx) {
+                Ok(_) => {
+                    tracing::info!(table = %format!("{} {KUBE_PROXY_TABLE}", f.as_str()),
+                        "removed kube-proxy's nftables table");
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn dump_live(&mut self, family: IpFamily) -> Result<Option<String>, ApplyError> {
+        let f = Family::from(family);
+        match self.nft.list_table(f.as_str(), TABLE) {
+            Ok(text) => Ok(Some(text)),
+            Err(ApplyError::Rejected { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// kube-proxy's nftables mode's table (in both families).
+const KUBE_PROXY_TABLE: &str = "kube-proxy";
