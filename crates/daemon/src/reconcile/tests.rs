@@ -351,7 +351,7 @@ async fn bursts_of_changes_are_coalesced() {
     let log = Arc::new(Mutex::new(Log::default()));
     let mut r = reconciler(log.clone());
     r.settings.min_sync_period = std::time::Duration::from_millis(1500);
-    let source = Source::File(crate::source::file::FileSource::new(dir.clone()));
+    let source = Source::File(Box::new(crate::source::file::FileSource::new(dir.clone())));
     let task = tokio::spawn(r.run(source, false, std::future::pending()));
     let syncs = || log.lock().unwrap().syncs.len();
     for _ in 0..50 {

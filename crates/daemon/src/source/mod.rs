@@ -18,7 +18,7 @@ pub mod kube;
 /// A source of Services, EndpointSlices and Nodes.
 pub enum Source {
     /// Kubernetes YAML files (`--source PATH`).
-    File(file::FileSource),
+    File(Box<file::FileSource>),
     /// The Kubernetes API server (`--source kube`).
     Kube(kube::KubeSource),
 }
@@ -43,7 +43,7 @@ impl Source {
                 "--source {spec}: no such file or directory (use `kube` for the API server)"
             );
         }
-        Ok(Source::File(file::FileSource::new(path)))
+        Ok(Source::File(Box::new(file::FileSource::new(path))))
     }
 
     /// Resolves when the state changed since the last snapshot.

@@ -112,8 +112,10 @@ fn service_cidrs_are_read_and_followed() {
         r#"{"apiVersion": "v1", "kind": "List", "items": [{"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR", "metadata": {"name": "extra"}, "spec": {"cidrs": ["10.100.0.0/16"]}}]}"#,
     )
     .unwrap();
-    let mut source =
-        super::super::Source::File(FileSource::with_mode(dir.clone(), WatchMode::Poll));
+    let mut source = super::super::Source::File(Box::new(FileSource::with_mode(
+        dir.clone(),
+        WatchMode::Poll,
+    )));
     let super::super::Source::File(src) = &mut source else {
         unreachable!()
     };
