@@ -436,6 +436,7 @@ fn loader_alone(
     }
     while i < reps {
         let ns = Ns::new()?;
+        subject.prepare(&ns)?;
         match ns.exec_rss(&argv, opts.timeout) {
             Ok(r) => {
                 wall.push(r.wall.as_secs_f64());
@@ -467,6 +468,7 @@ fn loader_alone(
         let mut wall = Vec::new();
         for _ in 0..reps {
             let ns = Ns::new()?;
+            subject.prepare(&ns)?;
             match ns.exec_rss(&argv, opts.timeout) {
                 Ok(r) => wall.push(r.wall.as_secs_f64()),
                 Err(e) => {
@@ -880,6 +882,7 @@ fn dataplane_from_file(
     out: &mut Outcome,
 ) -> anyhow::Result<Option<crate::sys::RssReport>> {
     let topo = Topology::new()?;
+    subject.prepare(&topo.node)?;
     let argv = subject.plain_loader_argv(file);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let load = match topo.node.exec_rss(&argv, opts.timeout) {

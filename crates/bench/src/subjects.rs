@@ -76,6 +76,20 @@ impl Subject {
         }
     }
 
+    /// Make a fresh namespace ready for this subject's loader: the
+    /// iptables renders match kube-proxy's nfacct counters, which must
+    /// exist before `-m nfacct` loads (the backend creates them at start).
+    pub fn prepare(self, ns: &Ns) -> anyhow::Result<()> {
+        if matches!(
+            self,
+            Subject::Ours(BackendKind::IptablesNft | BackendKind::IptablesLegacy)
+        ) && !kproxy_iptables::nfacct::ensure_counters(Some(ns.name()))
+        {
+            anyhow::bail!("{self}: cannot create the nfacct counters in {}", ns.name());
+        }
+        Ok(())
+    }
+
     /// The loader's command line for a file holding the full ruleset:
     /// what a full sync runs, without the daemon.
     pub fn loader_argv(self, file: &Path) -> Vec<String> {
