@@ -9,6 +9,7 @@
 mod common;
 
 use common::cluster::{Svc, changes, graph};
+use common::random::{v4, v6};
 use kproxy_graph::{Backend, Generator, ProxyMode, ServiceGraph};
 use kproxy_nftables::{
     NetlinkTransport, Nft, NftGenerator, NftablesBackend, Transaction, TransportKind,
@@ -123,14 +124,6 @@ fn seeds(default: u64) -> std::ops::Range<u64> {
     1..1 + n
 }
 
-fn v4(r: &mut TestRng, net: &str) -> String {
-    format!("{net}.{}.{}", r.below(4), 1 + r.below(5))
-}
-
-fn v6(r: &mut TestRng, net: &str) -> String {
-    format!("{net}::{:x}:{:x}", r.below(4), 1 + r.below(5))
-}
-
 const NAMES: &[&str] = &[
     "web",
     "a",
@@ -141,58 +134,12 @@ const NAMES: &[&str] = &[
     "a/b",
 ];
 
-/// One random service, as the property tests build them: both families,
-/// NodePorts, external and load-balancer IPs with source ranges,
-/// affinity, traffic policies, endpoints on this node and others.
+/// One random Service with a name from [`NAMES`] (made unique by `i`).
 fn random_svc(r: &mut TestRng, i: u64) -> Svc {
-    let six = r.chance(30);
-    let ip = |r: &mut TestRng, four: &str, sixn: &str| if six { v6(r, sixn) } else { v4(r, four) };
-    let cluster_ip = ip(r, "172.30", "fd00:30");
-    let port = [80u16, 443, 53, 1, 65535][r.below(5) as usize];
     let ns = r.pick(NAMES).to_string();
     let name = format!("{}{i}", r.pick(NAMES));
-    let mut s = Svc::new(&ns, &name, &cluster_ip, port);
-    s.port_name = (*r.pick(NAMES)).to_string();
-    s.protocol = ["TCP", "UDP", "SCTP"][r.below(3) as usize];
-    s.target_port = [80u16, 8080, 53][r.below(3) as usize];
-    if r.chance(50) {
-        s.node_port = Some(30000 + r.below(5) as u16);
-    }
-    for _ in 0..r.below(3) {
-        s.external_ips.push(ip(r, "192.168.99", "fd00:99"));
-    }
-    if r.chance(30) {
-        s.node_port.get_or_insert(30010);
-        for _ in 0..1 + r.below(2) {
-            s.lb_ips.push(ip(r, "5.6", "fd00:56"));
-        }
-        for _ in 0..r.below(4) {
-            let range = if six {
-                ["fd00::/8", "fd00:56::/64", "::/0", "fd00:56::1/128"][r.below(4) as usize]
-            } else {
-                [
-                    "203.0.113.0/25",
-                    "10.0.0.0/8",
-                    "10.1.0.0/16",
-                    "5.6.0.0/16",
-                    "192.168.0.2/32",
-                    "0.0.0.0/0",
-                ][r.below(6) as usize]
-            };
-            s.source_ranges.push(range.into());
-        }
-    }
-    if r.chance(25) {
-        s.affinity = Some([1u32, 10800, 86400][r.below(3) as usize]);
-    }
-    s.etp_local = r.chance(40);
-    s.itp_local = r.chance(20);
-    for _ in 0..r.below(6) {
-        let node = (*r.pick(&["test-node", "node-2", "node-3"])).to_string();
-        let ready = r.chance(80);
-        s.endpoints.push((ip(r, "10.180", "fd00:10"), node, ready));
-    }
-    s
+    let port_name = r.pick(NAMES).to_string();
+    common::random::random_svc(r, &ns, &name, &port_name)
 }
 
 fn random_cluster(r: &mut TestRng) -> Vec<Svc> {

@@ -5,6 +5,7 @@
 #![allow(dead_code, reason = "each test binary uses part of the helpers")]
 
 pub mod cluster;
+pub mod random;
 
 use kproxy_testkit::NetNs;
 
