@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::synth::{self, CLUSTER_CIDR, NODE_NAME, SERVICE_CIDR};
+use crate::synth;
 use crate::sys::Ns;
 
 /// What to measure.
@@ -90,28 +90,16 @@ fn measure(o: &Opts<'_>, dir: &Path) -> anyhow::Result<Vec<f64>> {
     let ns = Ns::new()?;
     let kp = o.kproxy.to_string_lossy().into_owned();
     let src = dir.to_string_lossy().into_owned();
-    let mut cmd = ns.command(&[
-        &kp,
+    let mut argv = vec![
+        kp.as_str(),
         "run",
         "--backend",
         "nftables",
         "--source",
         &src,
-        "--node-name",
-        NODE_NAME,
-        "--cluster-cidr",
-        CLUSTER_CIDR,
-        "--service-cidr",
-        SERVICE_CIDR,
-        "--ip-families",
-        "ipv4",
-        "--healthz-bind-address",
-        "",
-        "--metrics-bind-address",
-        "",
-        "--no-cleanup-other-modes",
-        "--no-conntrack-cleanup",
-        "--no-health-check-node-ports",
+    ];
+    argv.extend(synth::DAEMON_FLAGS);
+    argv.extend([
         "--log-format",
         "json",
         "--min-sync-period",
@@ -119,6 +107,7 @@ fn measure(o: &Opts<'_>, dir: &Path) -> anyhow::Result<Vec<f64>> {
         "--sync-period",
         "1h",
     ]);
+    let mut cmd = ns.command(&argv);
     cmd.env("KPROXY_FILE_WATCH", o.watch)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

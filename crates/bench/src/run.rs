@@ -13,7 +13,7 @@ use kproxy_graph::{Backend, BackendKind, IncrementalGraph, ServiceGraph};
 use crate::dataplane::Topology;
 use crate::results::{Metric, Record, quantile};
 use crate::subjects::{Subject, backend};
-use crate::synth::{CLUSTER_CIDR, Cluster, NODE_NAME, Params, SERVICE_CIDR};
+use crate::synth::{self, Cluster, Params};
 use crate::sys::Ns;
 
 /// Options of one run.
@@ -568,7 +568,7 @@ fn full_sync_daemon(
     let subject = Subject::Ours(kind);
     let kp = kproxy.to_string_lossy().into_owned();
     let src = yaml.to_string_lossy().into_owned();
-    let argv = [
+    let mut argv = vec![
         kp.as_str(),
         "run",
         "--once",
@@ -576,22 +576,8 @@ fn full_sync_daemon(
         kind.as_str(),
         "--source",
         &src,
-        "--node-name",
-        NODE_NAME,
-        "--cluster-cidr",
-        CLUSTER_CIDR,
-        "--service-cidr",
-        SERVICE_CIDR,
-        "--ip-families",
-        "ipv4",
-        "--healthz-bind-address",
-        "",
-        "--metrics-bind-address",
-        "",
-        "--no-cleanup-other-modes",
-        "--no-conntrack-cleanup",
-        "--no-health-check-node-ports",
     ];
+    argv.extend(synth::DAEMON_FLAGS);
     let (mut wall, mut rss) = (Vec::new(), Vec::new());
     let mut reps = reps;
     let mut i = 0;

@@ -30,6 +30,28 @@ pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 pub const CLUSTER_CIDR: &str = "10.0.0.0/8";
 /// The Service network ClusterIPs are allocated from.
 pub const SERVICE_CIDR: &str = "172.16.0.0/12";
+
+/// The `kproxy run` flags of every benchmarked daemon: the synthetic
+/// cluster's node and CIDRs, IPv4 only, no listeners, and none of the
+/// side work (cleanup of other modes, conntrack, health-check NodePorts)
+/// that would blur the measured sync.
+pub const DAEMON_FLAGS: [&str; 15] = [
+    "--node-name",
+    NODE_NAME,
+    "--cluster-cidr",
+    CLUSTER_CIDR,
+    "--service-cidr",
+    SERVICE_CIDR,
+    "--ip-families",
+    "ipv4",
+    "--healthz-bind-address",
+    "",
+    "--metrics-bind-address",
+    "",
+    "--no-cleanup-other-modes",
+    "--no-conntrack-cleanup",
+    "--no-health-check-node-ports",
+];
 /// The data-plane target's namespace: sorts after every synthetic
 /// namespace, so in iptables' linear `KUBE-SERVICES` walk its rule is the
 /// last one (the worst case, and the one that shows growth).

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use kproxy_graph::{BackendKind, IpFamily};
+use kproxy_graph::{BackendKind, IpFamily, ProxyConfig, ServiceGraph};
 use kproxy_trace::{Node, Packet, report};
 
 use crate::backends;
@@ -102,14 +102,7 @@ pub fn run(args: &TraceArgs) -> anyhow::Result<ExitCode> {
         if args.files.is_empty() {
             bail!("give Kubernetes YAML files to render, --rules FILE, or --live");
         }
-        let config = args
-            .input
-            .proxy_config(Some(backends::mode_for(kind)))
-            .context("configuration")?;
-        let graph = input::load_graph(&args.files, &config)?;
-        for w in &graph.warnings {
-            eprintln!("warning: {w}");
-        }
+        let (graph, config) = load(args, kind)?;
         node_ips.extend(graph.node.ips.iter().copied());
         node_ips.extend(config.extra_node_ips.iter().copied());
         let backend = backends::make_backend(kind)?;
@@ -136,6 +129,20 @@ pub fn run(args: &TraceArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The graph of the FILEs under the configuration for `kind`, with its
+/// warnings printed to stderr, and that configuration.
+fn load(args: &TraceArgs, kind: BackendKind) -> anyhow::Result<(ServiceGraph, ProxyConfig)> {
+    let config = args
+        .input
+        .proxy_config(Some(backends::mode_for(kind)))
+        .context("configuration")?;
+    let graph = input::load_graph(&args.files, &config)?;
+    for w in &graph.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok((graph, config))
+}
+
 /// `kproxy trace --service NAMESPACE/NAME`: every representative
 /// connection to the Service, through rules rendered from FILEs.
 fn run_service(args: &TraceArgs, svc: &str) -> anyhow::Result<ExitCode> {
@@ -146,14 +153,7 @@ fn run_service(args: &TraceArgs, svc: &str) -> anyhow::Result<ExitCode> {
     if args.files.is_empty() {
         bail!("--service needs Kubernetes YAML files to render");
     }
-    let config = args
-        .input
-        .proxy_config(Some(backends::mode_for(kind)))
-        .context("configuration")?;
-    let graph = input::load_graph(&args.files, &config)?;
-    for w in &graph.warnings {
-        eprintln!("warning: {w}");
-    }
+    let (graph, _) = load(args, kind)?;
     let packets = kproxy_trace::service_connections(&graph, ns, name);
     if packets.is_empty() {
         bail!("no service port of {svc} in the graph (see `kproxy graph`)");

@@ -158,31 +158,23 @@ mod tests {
         let pc = ProxyConfig::default();
         let s = wanted(Some(&cfg), &pc, BackendKind::Nftables, 2);
         let get = |n: &str| s.iter().find(|x| x.name == n).map(|x| x.value.clone());
-        assert_eq!(
-            get("net.netfilter.nf_conntrack_max").as_deref(),
-            Some("5000")
-        );
-        assert_eq!(
-            get("net.netfilter.nf_conntrack_tcp_timeout_established").as_deref(),
-            Some("7200")
-        );
-        assert_eq!(
-            get("net.netfilter.nf_conntrack_tcp_timeout_close_wait").as_deref(),
-            Some("3600")
-        );
-        assert_eq!(
-            get("net.netfilter.nf_conntrack_tcp_be_liberal").as_deref(),
-            Some("1")
-        );
-        assert_eq!(
-            get("net.netfilter.nf_conntrack_udp_timeout").as_deref(),
-            Some("30")
-        );
-        assert_eq!(
-            get("net.ipv4.conf.all.route_localnet"),
-            None,
-            "nftables mode"
-        );
+        for (name, want) in [
+            ("net.netfilter.nf_conntrack_max", Some("5000")),
+            (
+                "net.netfilter.nf_conntrack_tcp_timeout_established",
+                Some("7200"),
+            ),
+            (
+                "net.netfilter.nf_conntrack_tcp_timeout_close_wait",
+                Some("3600"),
+            ),
+            ("net.netfilter.nf_conntrack_tcp_be_liberal", Some("1")),
+            ("net.netfilter.nf_conntrack_udp_timeout", Some("30")),
+            // Not in nftables mode.
+            ("net.ipv4.conf.all.route_localnet", None),
+        ] {
+            assert_eq!(get(name).as_deref(), want, "{name}");
+        }
 
         let s = wanted(None, &pc, BackendKind::IptablesNft, 2);
         assert!(

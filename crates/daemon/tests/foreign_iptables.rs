@@ -29,26 +29,18 @@ fn plant_hostile_rules(ns: &NetNs, ipt: &str) {
         };
         run(&["-N", "FOO\"BAR"]);
         run(&["-N", "\"LEAD"]);
-        run(&[
-            "-A",
-            "OUTPUT",
-            "-m",
-            "comment",
-            "--comment",
-            comment,
-            "-j",
-            "ACCEPT",
-        ]);
-        run(&[
-            "-A",
-            "OUTPUT",
-            "-m",
-            "comment",
-            "--comment",
-            quotes,
-            "-j",
-            "FOO\"BAR",
-        ]);
+        for (text, target) in [(comment, "ACCEPT"), (quotes, "FOO\"BAR")] {
+            run(&[
+                "-A",
+                "OUTPUT",
+                "-m",
+                "comment",
+                "--comment",
+                text,
+                "-j",
+                target,
+            ]);
+        }
         run(&["-A", "OUTPUT", "-j", "\"LEAD"]);
         run(&[
             "-A",
@@ -113,8 +105,7 @@ fn assert_kept(before: &[String], now: &str, what: &str) {
 #[test]
 fn hostile_foreign_rules_never_break_kproxy() {
     for backend in ["iptables-legacy", "iptables-nft"] {
-        let data = TempDir::new("hostile");
-        let file = data.write("cluster.yaml", &fixture("nodeports"));
+        let (data, file) = nodeports_source("hostile");
         let ns = test_ns();
         plant_hostile_rules(&ns, backend);
         let foreign = rule_lines(&kernel_rules(&ns, backend));
@@ -134,15 +125,13 @@ fn hostile_foreign_rules_never_break_kproxy() {
             d.log()
         );
         assert!(kernel_rules(&ns, backend).contains(SVC_IP));
-        data.write(
-            "cluster.yaml",
-            &fixture("nodeports").replace("10.180.0.1", "10.180.0.9"),
-        );
-        assert!(
-            wait_for(Duration::from_secs(10), || kernel_rules(&ns, backend)
-                .contains("10.180.0.9")),
-            "{backend}: the change never reached the kernel:\n{}",
-            d.log()
+        move_endpoint(&data);
+        wait_for_rules(
+            &ns,
+            backend,
+            "10.180.0.9",
+            &d,
+            &format!("{backend}: the change never reached the kernel"),
         );
         let (_, _, m) = http_get(&ns, 10249, "/metrics").unwrap();
         assert!(

@@ -70,39 +70,24 @@ fn timed_get(ns: &NetNs, port: u16, path: &str, timeout: Duration) -> Option<(u1
 /// exists, after touching `hold.entered`: a sync that stays in progress
 /// for as long as the test wants.
 fn holding_nft(dir: &TempDir, hold: &Path) -> String {
-    let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let out = std::process::Command::new("sh")
-        .args(["-c", "command -v nft"])
-        .output()
-        .unwrap();
-    let real = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(!real.is_empty(), "nft is not installed");
-    let script = format!(
-        "#!/bin/sh\n\
-         case \" $* \" in *\" -f \"*)\n\
-           if [ -e {hold} ]; then touch {hold}.entered; fi\n\
-           while [ -e {hold} ]; do sleep 0.1; done;;\n\
-         esac\n\
-         exec {real} \"$@\"\n",
-        hold = hold.display(),
+    let hold = hold.display();
+    write_wrapper(
+        dir,
+        "nft",
+        &format!(
+            "case \" $* \" in *\" -f \"*)\n\
+               if [ -e {hold} ]; then touch {hold}.entered; fi\n\
+               while [ -e {hold} ]; do sleep 0.1; done;;\n\
+             esac\n"
+        ),
     );
-    let p = bin.join("nft");
-    std::fs::write(&p, script).unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
+    dir.path_first()
 }
 
 #[test]
 fn livez_answers_while_rules_clients_never_read_during_a_sync() {
     let dir = TempDir::new("starve");
-    let data = TempDir::new("starvedata");
-    data.write("cluster.yaml", &fixture("nodeports"));
+    let (data, _) = nodeports_source("starvedata");
     let hold = dir.path().join("hold");
     let path = holding_nft(&dir, &hold);
     let ns = test_ns();
@@ -118,10 +103,7 @@ fn livez_answers_while_rules_clients_never_read_during_a_sync() {
 
     // A sync that stays in progress (its load waits), ...
     std::fs::write(&hold, "").unwrap();
-    data.write(
-        "cluster.yaml",
-        &fixture("nodeports").replace("10.180.0.1", "10.180.0.9"),
-    );
+    move_endpoint(&data);
     let entered = hold.with_extension("entered");
     assert!(
         wait_for(Duration::from_secs(10), || entered.exists()),
@@ -180,8 +162,7 @@ fn nofile(pid: u32) -> (String, String) {
 
 #[test]
 fn connections_beyond_the_cap_cost_no_descriptors_and_syncs_go_on() {
-    let data = TempDir::new("fdcap");
-    data.write("cluster.yaml", &fixture("nodeports"));
+    let (data, _) = nodeports_source("fdcap");
     let ns = test_ns();
     let config = default_config().display().to_string();
     let src = data.path().to_str().unwrap().to_string();
@@ -208,15 +189,13 @@ fn connections_beyond_the_cap_cost_no_descriptors_and_syncs_go_on() {
         "{held} descriptors open with 400 idle clients (baseline {baseline})"
     );
     // Syncs go on, and the other listener serves.
-    data.write(
-        "cluster.yaml",
-        &fixture("nodeports").replace("10.180.0.1", "10.180.0.9"),
-    );
-    assert!(
-        wait_for(Duration::from_secs(10), || kernel_rules(&ns, "nftables")
-            .contains("10.180.0.9")),
-        "no sync with idle clients holding connections:\n{}",
-        d.log()
+    move_endpoint(&data);
+    wait_for_rules(
+        &ns,
+        "nftables",
+        "10.180.0.9",
+        &d,
+        "no sync with idle clients holding connections",
     );
     let (_, _, m) = http_get(&ns, 10249, "/metrics").unwrap();
     assert_eq!(

@@ -37,8 +37,7 @@ fn config_arg() -> String {
 
 #[test]
 fn run_once_programs_every_backend() {
-    let dir = TempDir::new("once");
-    let f = dir.write("cluster.yaml", &fixture("nodeports"));
+    let (_dir, f) = nodeports_source("once");
     for backend in BACKENDS {
         let ns = test_ns();
         let (ok, _out, err) = run_once(&ns, backend, f.to_str().unwrap());
@@ -69,22 +68,11 @@ fn tcp_be_liberal_leaves_out_the_invalid_drop() {
         })
     };
     const SYSCTL: &str = "net.netfilter.nf_conntrack_tcp_be_liberal";
-    let dir = TempDir::new("liberal");
-    let f = dir.write("cluster.yaml", &fixture("nodeports"));
+    let (_dir, f) = nodeports_source("liberal");
     for backend in ["iptables-legacy", "iptables-nft"] {
         let ns = test_ns();
         let once = || {
-            let args = [
-                "run",
-                "--backend",
-                backend,
-                "--source",
-                f.to_str().unwrap(),
-                "--config",
-                &config_arg(),
-                "--once",
-            ];
-            let (ok, _out, err) = kproxy_in(&ns, &args, &[]);
+            let (ok, _out, err) = run_once_with(&ns, backend, &f, default_config(), &[], &[]);
             assert!(ok, "{backend}: run --once failed: {err}");
             kernel_rules(&ns, backend)
         };
@@ -102,24 +90,9 @@ fn tcp_be_liberal_leaves_out_the_invalid_drop() {
 
 #[test]
 fn dry_run_leaves_the_kernel_alone() {
-    let dir = TempDir::new("dry");
-    let f = dir.write("cluster.yaml", &fixture("nodeports"));
+    let (_dir, f) = nodeports_source("dry");
     let ns = test_ns();
-    let (ok, out, err) = kproxy_in(
-        &ns,
-        &[
-            "run",
-            "--backend",
-            "nftables",
-            "--source",
-            f.to_str().unwrap(),
-            "--config",
-            &config_arg(),
-            "--once",
-            "--dry-run",
-        ],
-        &[],
-    );
+    let (ok, out, err) = run_once_with(&ns, "nftables", &f, default_config(), &["--dry-run"], &[]);
     assert!(ok, "{err}");
     assert!(
         out.contains("table ip kproxy") && out.contains(SVC_IP),
@@ -132,46 +105,23 @@ fn dry_run_leaves_the_kernel_alone() {
 #[test]
 fn run_once_fails_with_the_error_on_bad_input() {
     let ns = test_ns();
-    let (ok, _, err) = kproxy_in(
-        &ns,
-        &[
-            "run",
-            "--backend",
-            "nftables",
-            "--source",
-            "/nonexistent/kproxy",
-            "--node-name",
-            "n",
-            "--once",
-        ],
-        &[],
-    );
+    let once = |source: &str, extra: &[&str]| {
+        let mut args = vec!["run", "--backend", "nftables", "--source", source];
+        args.extend_from_slice(&["--node-name", "n", "--once"]);
+        args.extend_from_slice(extra);
+        kproxy_in(&ns, &args, &[])
+    };
+    let (ok, _, err) = once("/nonexistent/kproxy", &[]);
     assert!(!ok);
     assert!(err.contains("/nonexistent/kproxy"), "{err}");
-    let (ok, _, err) = kproxy_in(
-        &ns,
-        &[
-            "run",
-            "--backend",
-            "nftables",
-            "--source",
-            "/",
-            "--node-name",
-            "n",
-            "--once",
-            "--sync-period",
-            "soon",
-        ],
-        &[],
-    );
+    let (ok, _, err) = once("/", &["--sync-period", "soon"]);
     assert!(!ok);
     assert!(err.contains("--sync-period"), "{err}");
 }
 
 #[test]
 fn daemon_follows_file_changes_and_serves_http() {
-    let dir = TempDir::new("follow");
-    dir.write("cluster.yaml", &fixture("nodeports"));
+    let (dir, _) = nodeports_source("follow");
     let ns = test_ns();
     let config = config_arg();
     let src = dir.path().to_str().unwrap().to_string();
@@ -180,10 +130,7 @@ fn daemon_follows_file_changes_and_serves_http() {
     assert!(kernel_rules(&ns, "nftables").contains("10.180.0.1"));
 
     // An endpoint moves: the kernel follows, with an incremental sync.
-    dir.write(
-        "cluster.yaml",
-        &fixture("nodeports").replace("10.180.0.1", "10.180.0.9"),
-    );
+    move_endpoint(&dir);
     assert!(
         wait_for(Duration::from_secs(10), || {
             let r = kernel_rules(&ns, "nftables");
@@ -264,8 +211,6 @@ fn daemon_follows_file_changes_and_serves_http() {
 /// and otherwise run the real program: a real loader refusing a real
 /// transaction.
 fn failing_loaders(dir: &TempDir, flag: &std::path::Path) -> String {
-    let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
     for prog in [
         "nft",
         "iptables-legacy-restore",
@@ -273,37 +218,16 @@ fn failing_loaders(dir: &TempDir, flag: &std::path::Path) -> String {
         "iptables-nft-restore",
         "ip6tables-nft-restore",
     ] {
-        let real = which(prog);
-        let script = format!(
-            "#!/bin/sh\n\
-             if [ -e {flag} ]; then\n\
+        let first = format!(
+            "if [ -e {flag} ]; then\n\
                case \"$*\" in *-f*|*--noflush*|*--counters*) echo 'injected failure' >&2; exit 1;; esac\n\
                [ \"{prog}\" != nft ] && {{ echo 'injected failure' >&2; exit 1; }}\n\
-             fi\n\
-             exec {real} \"$@\"\n",
+             fi\n",
             flag = flag.display(),
-            real = real,
         );
-        let p = bin.join(prog);
-        std::fs::write(&p, script).unwrap();
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write_wrapper(dir, prog, &first);
     }
-    format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
-
-fn which(prog: &str) -> String {
-    let out = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {prog}")])
-        .output()
-        .unwrap();
-    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(!p.is_empty(), "{prog} is not installed (run `make deps`)");
-    p
+    dir.path_first()
 }
 
 /// With the netlink transport (the default) the nftables backend needs no
@@ -312,26 +236,12 @@ fn which(prog: &str) -> String {
 #[test]
 fn nftables_runs_without_nft_installed() {
     let empty = TempDir::new("nopath");
-    let data = TempDir::new("nonft");
-    data.write("cluster.yaml", &fixture("nodeports"));
+    let (data, _) = nodeports_source("nonft");
     let ns = test_ns();
     let config = config_arg();
     let src = data.path().to_str().unwrap().to_string();
     let path = empty.path().to_str().unwrap().to_string();
-    let (ok, _, err) = kproxy_in(
-        &ns,
-        &[
-            "run",
-            "--backend",
-            "nftables",
-            "--source",
-            &src,
-            "--config",
-            &config,
-            "--once",
-        ],
-        &[("PATH", &path)],
-    );
+    let (ok, _, err) = run_once_with(&ns, "nftables", &src, &config, &[], &[("PATH", &path)]);
     assert!(ok, "run --once without nft failed: {err}");
     assert!(kernel_rules(&ns, "nftables").contains(SVC_IP), "{err}");
 
@@ -341,15 +251,13 @@ fn nftables_runs_without_nft_installed() {
         &[("PATH", &path)],
     );
     wait_synced(&ns, &d);
-    data.write(
-        "cluster.yaml",
-        &fixture("nodeports").replace("10.180.0.1", "10.180.0.9"),
-    );
-    assert!(
-        wait_for(Duration::from_secs(10), || kernel_rules(&ns, "nftables")
-            .contains("10.180.0.9")),
-        "the change never reached the kernel:\n{}",
-        d.log()
+    move_endpoint(&data);
+    wait_for_rules(
+        &ns,
+        "nftables",
+        "10.180.0.9",
+        &d,
+        "the change never reached the kernel",
     );
     let (_, _, m) = http_get(&ns, 10249, "/metrics").unwrap();
     assert_eq!(
@@ -368,8 +276,7 @@ fn nftables_runs_without_nft_installed() {
 fn failed_transaction_keeps_rules_and_next_sync_is_full() {
     for backend in ["nftables", "iptables-nft"] {
         let dir = TempDir::new("fail");
-        let data = TempDir::new("faildata");
-        data.write("cluster.yaml", &fixture("nodeports"));
+        let (data, _) = nodeports_source("faildata");
         let flag = dir.path().join("fail");
         let path = failing_loaders(&dir, &flag);
         let ns = test_ns();
@@ -384,10 +291,7 @@ fn failed_transaction_keeps_rules_and_next_sync_is_full() {
         wait_synced(&ns, &d);
 
         std::fs::write(&flag, "").unwrap();
-        data.write(
-            "cluster.yaml",
-            &fixture("nodeports").replace("10.180.0.1", "10.180.0.9"),
-        );
+        move_endpoint(&data);
         let failure_metric = if backend == "nftables" {
             "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"}"
         } else {
@@ -434,11 +338,12 @@ fn failed_transaction_keeps_rules_and_next_sync_is_full() {
         }
 
         std::fs::remove_file(&flag).unwrap();
-        assert!(
-            wait_for(Duration::from_secs(10), || kernel_rules(&ns, backend)
-                .contains("10.180.0.9")),
-            "{backend}: never recovered:\n{}",
-            d.log()
+        wait_for_rules(
+            &ns,
+            backend,
+            "10.180.0.9",
+            &d,
+            &format!("{backend}: never recovered"),
         );
         assert!(
             wait_for(Duration::from_secs(5), || http_get(&ns, 10249, "/metrics")
@@ -454,8 +359,7 @@ fn failed_transaction_keeps_rules_and_next_sync_is_full() {
 #[test]
 fn deleted_rules_are_repaired_within_a_sync_period() {
     for backend in BACKENDS {
-        let data = TempDir::new("drift");
-        data.write("cluster.yaml", &fixture("nodeports"));
+        let (data, _) = nodeports_source("drift");
         let ns = test_ns();
         let config = config_arg();
         let src = data.path().to_str().unwrap().to_string();
@@ -546,8 +450,7 @@ fn deleted_rules_are_repaired_within_a_sync_period() {
 
 #[test]
 fn invalid_objects_are_skipped_logged_and_counted() {
-    let data = TempDir::new("invalid");
-    data.write("cluster.yaml", &fixture("nodeports"));
+    let (data, _) = nodeports_source("invalid");
     data.write(
         "bad.yaml",
         "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: ns1}\nspec:\n  clusterIP: 172.30.0.999\n  ports: [{port: 80, protocol: TCP}]\n",
@@ -742,24 +645,10 @@ fn stale_udp_conntrack_entries_are_deleted() {
 #[test]
 fn iptables_backends_create_and_match_the_nfacct_counters() {
     use kproxy_netlink::{NfSocket, acct};
-    let dir = TempDir::new("nfacct");
-    let f = dir.write("cluster.yaml", &fixture("nodeports"));
+    let (_dir, f) = nodeports_source("nfacct");
     for backend in ["iptables-legacy", "iptables-nft"] {
         let ns = test_ns();
-        let (ok, _out, err) = kproxy_in(
-            &ns,
-            &[
-                "run",
-                "--backend",
-                backend,
-                "--source",
-                f.to_str().unwrap(),
-                "--config",
-                &config_arg(),
-                "--once",
-            ],
-            &[],
-        );
+        let (ok, _out, err) = run_once_with(&ns, backend, &f, default_config(), &[], &[]);
         assert!(ok, "{backend}: run --once failed: {err}");
         // iptables-save prints two spaces after `--nfacct-name`.
         let rules = kernel_rules(&ns, backend).replace("--nfacct-name  ", "--nfacct-name ");
@@ -837,20 +726,7 @@ fn thousands_of_stale_udp_flows_are_deleted() {
         conntrack::create(&mut sock, kproxy_netlink::Family::Ip, &flows, 300).unwrap(),
         8000
     );
-    let (ok, _, err) = kproxy_in(
-        &ns,
-        &[
-            "run",
-            "--backend",
-            "nftables",
-            "--source",
-            f.to_str().unwrap(),
-            "--config",
-            &config_arg(),
-            "--once",
-        ],
-        &[],
-    );
+    let (ok, _, err) = run_once_with(&ns, "nftables", &f, default_config(), &[], &[]);
     assert!(ok, "{err}");
     let udp = ns.exec(&["conntrack", "-L", "-p", "udp"]);
     let count = |pat: &str| udp.lines().filter(|l| l.contains(pat)).count();
@@ -916,8 +792,7 @@ fn assert_foreign_rules_intact(ns: &NetNs) {
 
 #[test]
 fn other_modes_leftovers_are_removed_after_the_first_sync() {
-    let data = TempDir::new("leftovers");
-    let f = data.write("cluster.yaml", &fixture("nodeports"));
+    let (_data, f) = nodeports_source("leftovers");
     let ns = test_ns();
     plant_leftovers(&ns);
     let (ok, _, err) = run_once(&ns, "nftables", f.to_str().unwrap());
@@ -941,8 +816,7 @@ fn other_modes_leftovers_are_removed_after_the_first_sync() {
 #[test]
 fn cleanup_removes_kproxy_and_kube_proxy_rules_only() {
     for backend in BACKENDS {
-        let data = TempDir::new("cleanup");
-        let f = data.write("cluster.yaml", &fixture("nodeports"));
+        let (_data, f) = nodeports_source("cleanup");
         let ns = test_ns();
         let (ok, _, err) = run_once(&ns, backend, f.to_str().unwrap());
         assert!(ok, "{backend}: {err}");
@@ -971,8 +845,7 @@ fn cleanup_removes_kproxy_and_kube_proxy_rules_only() {
 #[test]
 fn restart_never_leaves_the_kernel_without_rules() {
     for backend in ["nftables", "iptables-nft"] {
-        let data = TempDir::new("restart");
-        data.write("cluster.yaml", &fixture("nodeports"));
+        let (data, _) = nodeports_source("restart");
         let ns = test_ns();
         let config = config_arg();
         let src = data.path().to_str().unwrap().to_string();
@@ -1030,27 +903,13 @@ fn restart_never_leaves_the_kernel_without_rules() {
 
 #[test]
 fn conntrack_settings_from_the_configuration_are_applied() {
-    let data = TempDir::new("sysctl");
-    let f = data.write("cluster.yaml", &fixture("nodeports"));
-    let config = data.write(
-        "config.yaml",
-        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nhostnameOverride: test-node\nclusterCIDR: 10.0.0.0/8\nconntrack:\n  tcpEstablishedTimeout: 2h\n  tcpCloseWaitTimeout: 90s\n",
+    let (data, f) = nodeports_source("sysctl");
+    let config = write_config(
+        &data,
+        "conntrack:\n  tcpEstablishedTimeout: 2h\n  tcpCloseWaitTimeout: 90s\n",
     );
     let ns = test_ns();
-    let (ok, _, err) = kproxy_in(
-        &ns,
-        &[
-            "run",
-            "--backend",
-            "nftables",
-            "--source",
-            f.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "--once",
-        ],
-        &[],
-    );
+    let (ok, _, err) = run_once_with(&ns, "nftables", &f, &config, &[], &[]);
     assert!(ok, "{err}");
     // Per network namespace: the host's values are untouched.
     let est = ns.exec(&[
@@ -1072,8 +931,7 @@ fn restart_under_traffic_fails_no_connection() {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     for backend in BACKENDS {
-        let data = TempDir::new("traffic");
-        data.write("cluster.yaml", &fixture("nodeports"));
+        let (data, _) = nodeports_source("traffic");
         let ns = test_ns();
         // Both endpoints live on this namespace's loopback, and the service
         // range routes there, so the namespace is client, node and pods:
@@ -1143,20 +1001,12 @@ fn restart_under_traffic_fails_no_connection() {
 
 #[test]
 fn auto_picks_nftables_and_falls_back_to_iptables() {
-    let data = TempDir::new("auto");
-    let f = data.write("cluster.yaml", &fixture("nodeports"));
-    let args = [
-        "run",
-        "--backend",
-        "auto",
-        "--source",
-        f.to_str().unwrap(),
-        "--config",
-        &config_arg(),
-        "--once",
-    ];
+    let (_data, f) = nodeports_source("auto");
+    let auto = |ns: &NetNs, env: &[(&str, &str)]| {
+        run_once_with(ns, "auto", &f, default_config(), &[], env)
+    };
     let ns = test_ns();
-    let (ok, _, err) = kproxy_in(&ns, &args, &[]);
+    let (ok, _, err) = auto(&ns, &[]);
     assert!(ok, "{err}");
     assert!(err.contains("backend=nftables"), "{err}");
     assert!(kernel_rules(&ns, "nftables").contains(SVC_IP));
@@ -1165,25 +1015,17 @@ fn auto_picks_nftables_and_falls_back_to_iptables() {
     // iptables flavour in use (none here, so nft's, as iptables-wrappers
     // decides on a tie).
     let bin = TempDir::new("nonft");
-    let nft = bin.path().join("nft");
-    std::fs::write(&nft, "#!/bin/sh\necho 'nft: broken' >&2\nexit 1\n").unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.path().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    bin.write_program("nft", "#!/bin/sh\necho 'nft: broken' >&2\nexit 1\n");
+    let path = bin.path_first();
     // Over netlink (the default) nftables needs no working nft.
     let ns = test_ns();
-    let (ok, _, err) = kproxy_in(&ns, &args, &[("PATH", &path)]);
+    let (ok, _, err) = auto(&ns, &[("PATH", &path)]);
     assert!(ok, "{err}");
     assert!(err.contains("backend=nftables"), "{err}");
     // Through `nft -f` it does: auto falls back.
     let ns = test_ns();
-    let (ok, _, err) = kproxy_in(
+    let (ok, _, err) = auto(
         &ns,
-        &args,
         &[("PATH", &path), ("KPROXY_NFTABLES_TRANSPORT", "exec")],
     );
     assert!(ok, "{err}");
@@ -1193,8 +1035,7 @@ fn auto_picks_nftables_and_falls_back_to_iptables() {
 
 #[test]
 fn a_busy_listener_port_is_not_fatal_unless_asked() {
-    let data = TempDir::new("busy");
-    data.write("cluster.yaml", &fixture("nodeports"));
+    let (data, _) = nodeports_source("busy");
     let ns = test_ns();
     let _busy = in_netns(&ns, || {
         std::net::TcpListener::bind("127.0.0.1:10256").unwrap()
@@ -1221,8 +1062,7 @@ fn a_busy_listener_port_is_not_fatal_unless_asked() {
 
 #[test]
 fn a_changed_configuration_file_restarts_the_daemon() {
-    let data = TempDir::new("cfgchange");
-    data.write("cluster.yaml", &fixture("nodeports"));
+    let (data, _) = nodeports_source("cfgchange");
     let cfgdir = TempDir::new("cfg");
     let base = std::fs::read_to_string(default_config()).unwrap();
     let config = cfgdir.write("config.yaml", &base);
@@ -1258,28 +1098,11 @@ fn a_changed_configuration_file_restarts_the_daemon() {
 fn nodeport_address_cidrs_match_the_hosts_interface_addresses() {
     // 192.168.7.7 is on an interface but not in the Node object: like
     // kube-proxy, a nodePortAddresses CIDR selects it.
-    let data = TempDir::new("hostaddr");
-    let f = data.write("cluster.yaml", &fixture("nodeports"));
-    let cfg = data.write(
-        "config.yaml",
-        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nhostnameOverride: test-node\nclusterCIDR: 10.0.0.0/8\nnodePortAddresses: [192.168.7.0/24]\n",
-    );
+    let (data, f) = nodeports_source("hostaddr");
+    let cfg = write_config(&data, "nodePortAddresses: [192.168.7.0/24]\n");
     let ns = test_ns();
     ns.exec(&["ip", "addr", "add", "192.168.7.7/32", "dev", "lo"]);
-    let (ok, _, err) = kproxy_in(
-        &ns,
-        &[
-            "run",
-            "--backend",
-            "nftables",
-            "--source",
-            f.to_str().unwrap(),
-            "--config",
-            cfg.to_str().unwrap(),
-            "--once",
-        ],
-        &[],
-    );
+    let (ok, _, err) = run_once_with(&ns, "nftables", &f, &cfg, &[], &[]);
     assert!(ok, "{err}");
     let rules = kernel_rules(&ns, "nftables");
     assert!(rules.contains("192.168.7.7"), "{rules}");

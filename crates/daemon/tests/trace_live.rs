@@ -129,22 +129,33 @@ async fn kproxy(ns: &NetNs, args: &[&str]) -> Out {
     }
 }
 
+/// `kproxy run --once --backend BACKEND SOURCE... --config CONFIG`.
+async fn run_once(ns: &NetNs, backend: &str, source: &[&str], config: &str) -> Out {
+    let mut args = vec!["run", "--once", "--backend", backend];
+    args.extend_from_slice(source);
+    args.extend_from_slice(&["--config", config]);
+    kproxy(ns, &args).await
+}
+
+/// `kproxy trace --live --backend BACKEND --from FROM --to TO EXTRA...`.
+async fn trace_live(ns: &NetNs, backend: &str, from: &str, to: &str, extra: &[&str]) -> Out {
+    let mut args = vec![
+        "trace",
+        "--live",
+        "--backend",
+        backend,
+        "--from",
+        from,
+        "--to",
+        to,
+    ];
+    args.extend_from_slice(extra);
+    kproxy(ns, &args).await
+}
+
 /// `kproxy trace --live` of one connection: its `Path:` and `Outcome:` lines.
 async fn trace(ns: &NetNs, backend: &str, from: &str, to: &str) -> (String, String) {
-    let out = kproxy(
-        ns,
-        &[
-            "trace",
-            "--live",
-            "--backend",
-            backend,
-            "--from",
-            from,
-            "--to",
-            to,
-        ],
-    )
-    .await;
+    let out = trace_live(ns, backend, from, to, &[]).await;
     assert_eq!(out.code, Some(0), "{backend}: trace {from} -> {to}: {out}");
     let line = |prefix: &str| {
         out.stdout
@@ -159,22 +170,7 @@ async fn trace(ns: &NetNs, backend: &str, from: &str, to: &str) -> (String, Stri
 /// The outcome of `trace --live --format json` as (endpoint, probability,
 /// masqueraded), sorted by endpoint.
 async fn trace_json(ns: &NetNs, backend: &str, from: &str, to: &str) -> Vec<(String, f64, bool)> {
-    let out = kproxy(
-        ns,
-        &[
-            "trace",
-            "--live",
-            "--backend",
-            backend,
-            "--from",
-            from,
-            "--to",
-            to,
-            "--format",
-            "json",
-        ],
-    )
-    .await;
+    let out = trace_live(ns, backend, from, to, &["--format", "json"]).await;
     assert_eq!(out.code, Some(0), "{backend}: trace --format json: {out}");
     let v: Value = serde_json::from_str(&out.stdout)
         .unwrap_or_else(|e| panic!("{backend}: trace JSON does not parse ({e}):\n{out}"));
@@ -247,20 +243,8 @@ async fn trace_and_diff(x: Expect) {
 
     // Load the seed's rules with the binary.
     let seed = repo().join("testdata/fixtures/seed.yaml");
-    let out = kproxy(
-        &ns,
-        &[
-            "run",
-            "--once",
-            "--backend",
-            b,
-            "--source",
-            &seed.display().to_string(),
-            "--config",
-            &seed_config(),
-        ],
-    )
-    .await;
+    let seed = seed.display().to_string();
+    let out = run_once(&ns, b, &["--source", &seed], &seed_config()).await;
     assert_eq!(out.code, Some(0), "{b}: run --once: {out}");
 
     // The article's walk: NodePort from outside, both pods, masqueraded.
@@ -352,22 +336,7 @@ async fn trace_and_diff(x: Expect) {
 
     // Apply it from the API server; the live trace follows the kernel, and
     // nothing is left to change.
-    let out = kproxy(
-        &ns,
-        &[
-            "run",
-            "--once",
-            "--backend",
-            b,
-            "--source",
-            "kube",
-            "--kubeconfig",
-            &kc,
-            "--config",
-            &config,
-        ],
-    )
-    .await;
+    let out = run_once(&ns, b, &["--source", "kube", "--kubeconfig", &kc], &config).await;
     assert_eq!(out.code, Some(0), "{b}: run --once --source kube: {out}");
     assert_eq!(
         trace_json(&ns, b, OUTSIDE, &nodeport).await,

@@ -88,6 +88,17 @@ impl ServicePortName {
     }
 }
 
+impl NodeInfo {
+    /// The node's primary address of `family` (the address kube-proxy
+    /// calls `nodeIP`), if known.
+    pub fn primary_ip(&self, family: IpFamily) -> Option<IpAddr> {
+        self.primary_ips
+            .iter()
+            .find(|ip| IpFamily::of(ip) == family)
+            .copied()
+    }
+}
+
 impl Endpoint {
     /// A ready, serving, not terminating endpoint with no node, zone or
     /// hints. Whether it is local is decided when the graph is built.

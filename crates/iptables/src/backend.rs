@@ -34,6 +34,9 @@ pub struct IptablesBackend {
     /// The nfacct counters were created (or found missing support) before
     /// the first sync ([`GenOptions::nfacct`]).
     nfacct_checked: bool,
+    /// The iptables version was asked whether it takes `--random-fully`
+    /// before the first sync ([`GenOptions::random_fully`]).
+    random_fully_checked: bool,
 }
 
 impl IptablesBackend {
@@ -57,6 +60,7 @@ impl IptablesBackend {
             need_full: true,
             sock: None,
             nfacct_checked: false,
+            random_fully_checked: false,
         }
     }
 
@@ -95,6 +99,30 @@ impl IptablesBackend {
         self.need_full || self.last.is_none()
     }
 
+    /// Whether the node's iptables takes `--random-fully`: like kube-proxy,
+    /// no when its version is older than 1.6.2 or cannot be read.
+    fn detect_random_fully(&self) -> bool {
+        let flavour = self.transport.flavour;
+        match flavour.has_random_fully(&self.transport.runner) {
+            Some(yes) => {
+                if !yes {
+                    tracing::info!(
+                        backend = %flavour.kind(),
+                        "iptables older than 1.6.2: MASQUERADE without --random-fully"
+                    );
+                }
+                yes
+            }
+            None => {
+                tracing::warn!(
+                    backend = %flavour.kind(),
+                    "could not read the iptables version: MASQUERADE without --random-fully"
+                );
+                false
+            }
+        }
+    }
+
     fn sync_inner(
         &mut self,
         graph: &ServiceGraph,
@@ -103,6 +131,10 @@ impl IptablesBackend {
         if self.options.nfacct && !self.nfacct_checked {
             self.nfacct_checked = true;
             self.options.nfacct = crate::nfacct::ensure_counters(self.transport.runner.netns());
+        }
+        if self.options.random_fully && !self.random_fully_checked {
+            self.random_fully_checked = true;
+            self.options.random_fully = self.detect_random_fully();
         }
         let full = self.needs_full_sync() || changes.is_none_or(|c| c.needs_full_sync);
         // A partial sync moves the unchanged services' chains out of the

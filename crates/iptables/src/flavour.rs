@@ -5,6 +5,35 @@
 use kproxy_exec::Runner;
 use kproxy_graph::{BackendKind, IpFamily};
 
+/// The oldest iptables whose MASQUERADE takes `--random-fully`
+/// (kube-proxy's `RandomFullyMinVersion` in pkg/util/iptables).
+pub const RANDOM_FULLY_MIN_VERSION: [u32; 3] = [1, 6, 2];
+
+/// The version in the output of `iptables --version`
+/// (`iptables v1.8.7 (nf_tables)`): the first `v` followed by two or
+/// three dotted numbers, as kube-proxy's `getIPTablesVersion` reads it,
+/// with a missing patch number as 0 (`v1.8` is 1.8.0).
+pub fn parse_iptables_version(out: &str) -> Option<[u32; 3]> {
+    out.split_whitespace().find_map(|word| {
+        let nums: Vec<&str> = word.strip_prefix('v')?.split('.').collect();
+        if !(2..=3).contains(&nums.len()) {
+            return None;
+        }
+        let mut v = [0; 3];
+        for (slot, n) in v.iter_mut().zip(&nums) {
+            *slot = n.parse().ok()?;
+        }
+        Some(v)
+    })
+}
+
+/// Whether the iptables that printed `version_output` (its `--version`)
+/// takes `--random-fully`: 1.6.2 or newer. `None` when no version is in
+/// it.
+pub fn random_fully_supported(version_output: &str) -> Option<bool> {
+    Some(parse_iptables_version(version_output)? >= RANDOM_FULLY_MIN_VERSION)
+}
+
 /// Which iptables implementation programs the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Flavour {
@@ -50,6 +79,17 @@ impl Flavour {
     /// `iptables-legacy`, ...
     pub fn iptables_binary(self, family: IpFamily) -> String {
         self.tool(family, "")
+    }
+
+    /// Whether this flavour's `iptables` takes `--random-fully` on
+    /// MASQUERADE, from its `iptables --version` run through `runner` (as
+    /// kube-proxy's iptables runner decides `HasRandomFully`): `None` when
+    /// the tool cannot be run or its version read.
+    pub fn has_random_fully(self, runner: &Runner) -> Option<bool> {
+        let out = runner
+            .run(&self.iptables_binary(IpFamily::V4), &["--version"], None)
+            .ok()?;
+        random_fully_supported(&out)
     }
 
     /// Lock arguments: the legacy flavour serialises on the xtables lock,
@@ -127,5 +167,50 @@ pub fn detect_flavour_with(runner: &Runner) -> Flavour {
         Flavour::Legacy
     } else {
         Flavour::Nft
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_iptables_version() {
+        for (out, want) in [
+            ("iptables v1.8.7 (nf_tables)\n", Some([1, 8, 7])),
+            ("iptables v1.8.9 (legacy)\n", Some([1, 8, 9])),
+            ("ip6tables v1.6.1\n", Some([1, 6, 1])),
+            ("iptables v1.8 (legacy)", Some([1, 8, 0])),
+            ("iptables version v2", None),
+            ("iptables-legacy: command not found", None),
+            ("iptables vX.Y.Z", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_iptables_version(out), want, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn random_fully_from_1_6_2() {
+        let has = random_fully_supported;
+        assert_eq!(has("iptables v1.6.1"), Some(false));
+        assert_eq!(has("iptables v1.6.2"), Some(true));
+        assert_eq!(has("iptables v1.4.21"), Some(false));
+        assert_eq!(has("iptables v1.8.7 (nf_tables)"), Some(true));
+        assert_eq!(has("iptables v1.10.0 (legacy)"), Some(true));
+        assert_eq!(has("iptables: unknown option"), None);
+    }
+
+    #[test]
+    fn asks_the_flavours_iptables() {
+        // Through the runner, as the backend asks before its first sync:
+        // the node's iptables is 1.8, so both flavours take the flag.
+        for flavour in [Flavour::Legacy, Flavour::Nft] {
+            assert_eq!(
+                flavour.has_random_fully(&Runner::host()),
+                Some(true),
+                "{flavour:?}"
+            );
+        }
     }
 }

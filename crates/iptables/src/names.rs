@@ -109,12 +109,7 @@ mod tests {
     use kproxy_graph::Protocol;
 
     fn spn(ns: &str, name: &str, port: &str) -> ServicePortName {
-        ServicePortName {
-            namespace: ns.into(),
-            name: name.into(),
-            port: port.into(),
-            protocol: Protocol::Tcp,
-        }
+        ServicePortName::new(ns, name, port, Protocol::Tcp)
     }
 
     #[test]

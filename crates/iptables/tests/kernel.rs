@@ -208,6 +208,33 @@ fn extra_service(name: &str, ip: &str, eps: &[&str]) -> String {
     s
 }
 
+/// Sync `g` (partially when `prev` is given, with the change set from it)
+/// and check that the kernel and the backend's IR equal a fresh
+/// generation of `g`: partial syncs reuse the previous IR's unchanged
+/// chains, and the result must still be exactly a fresh generation.
+fn sync_matches_fresh(
+    be: &mut IptablesBackend,
+    t: &IptablesTransport,
+    what: &str,
+    g: &ServiceGraph,
+    prev: Option<&ServiceGraph>,
+) -> (kproxy_graph::SyncStats, kproxy_iptables::Ruleset) {
+    let flavour = t.flavour;
+    let changes = prev.map(|p| ChangeSet::between(p, g));
+    let stats = be
+        .sync(g, changes.as_ref())
+        .unwrap_or_else(|e| panic!("{flavour:?} {what}: {e}"));
+    let rs = generate(g, &GenOptions::default());
+    for fr in &rs.families {
+        assert_kernel_matches(t, fr, &format!("{flavour:?} after {what}"));
+    }
+    assert!(
+        be.last_ruleset() == Some(&rs),
+        "{flavour:?} {what}: IR differs from a fresh one"
+    );
+    (stats, rs)
+}
+
 #[test]
 fn partial_syncs_match_a_fresh_full_render() {
     let seed = std::fs::read_to_string(fixture_path("seed")).expect("seed");
@@ -232,21 +259,8 @@ fn partial_syncs_match_a_fresh_full_render() {
         let mut be = IptablesBackend::in_netns(flavour, ns.name());
         let mut prev: Option<&ServiceGraph> = None;
         for (what, g) in &steps {
-            let changes = prev.map(|p| ChangeSet::between(p, g));
-            let stats = be
-                .sync(g, changes.as_ref())
-                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let (stats, rs) = sync_matches_fresh(&mut be, &t, what, g, prev);
             assert_eq!(stats.full, prev.is_none(), "{what}: full only at start");
-            let rs = generate(g, &GenOptions::default());
-            for fr in &rs.families {
-                assert_kernel_matches(&t, fr, &format!("{flavour:?} after {what}"));
-            }
-            // Partial syncs reuse the previous IR's unchanged chains: the
-            // result must still be exactly a fresh generation.
-            assert!(
-                be.last_ruleset() == Some(&rs),
-                "{flavour:?} {what}: IR differs from a fresh one"
-            );
             if prev.is_some() {
                 assert!(
                     stats.rules_written < rs.families.iter().map(|f| f.rule_count()).sum(),
@@ -382,6 +396,47 @@ fn lost_canary_is_detected() {
         // the periodic full resync is the caller's (no change set).
         assert!(!be.sync(&g, Some(&changes)).expect("partial").full);
         assert!(be.sync(&g, None).expect("periodic").full);
+    }
+}
+
+/// Like kube-proxy, MASQUERADE carries `--random-fully` only when the
+/// node's iptables (`iptables --version`) is 1.6.2 or newer.
+#[test]
+fn random_fully_follows_the_iptables_version() {
+    let g = load_fixture("seed", ProxyMode::Iptables);
+    let bin = kproxy_testkit::TempDir::new("oldipt");
+    for flavour in FLAVOURS {
+        // An iptables that says it is 1.6.1, in front of the real tools.
+        let tool = flavour.iptables_binary(IpFamily::V4);
+        bin.write_program(
+            &tool,
+            &format!(
+                "#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'iptables v1.6.1'; exit 0; }}\nexec /usr/sbin/{tool} \"$@\"\n"
+            ),
+        );
+        let old_path = bin.path_first();
+        for (path, random_fully) in [(None, true), (Some(&old_path), false)] {
+            let ns = NetNs::new("ipt");
+            let mut runner = Runner::in_netns(ns.name());
+            if let Some(p) = path {
+                runner = runner.with_env("PATH", p);
+            }
+            let mut be = IptablesBackend::with_runner(flavour, runner);
+            be.sync(&g, None).expect("sync");
+            let saved = transport(flavour, &ns).save(IpFamily::V4).expect("save");
+            let masq: Vec<&str> = saved
+                .lines()
+                .filter(|l| l.contains("-j MASQUERADE"))
+                .collect();
+            assert!(!masq.is_empty(), "{flavour:?}: no MASQUERADE:\n{saved}");
+            for l in masq {
+                assert_eq!(
+                    l.contains("--random-fully"),
+                    random_fully,
+                    "{flavour:?} with PATH {path:?}: {l}"
+                );
+            }
+        }
     }
 }
 
@@ -536,20 +591,7 @@ fn top_level_chains_are_edited_in_place_and_nft_loads_in_batches() {
         be.set_batch_limits(limits);
         let mut prev: Option<&ServiceGraph> = None;
         for (what, g) in &steps {
-            let changes = prev.map(|p| ChangeSet::between(p, g));
-            let stats = be
-                .sync(g, changes.as_ref())
-                .unwrap_or_else(|e| panic!("{flavour:?} {what}: {e}"));
-            let rs = generate(g, &GenOptions::default());
-            for fr in &rs.families {
-                assert_kernel_matches(&t, fr, &format!("{flavour:?} after {what}"));
-            }
-            // Partial syncs reuse the previous IR's unchanged chains: the
-            // result must still be exactly a fresh generation.
-            assert!(
-                be.last_ruleset() == Some(&rs),
-                "{flavour:?} {what}: IR differs from a fresh one"
-            );
+            let (stats, _) = sync_matches_fresh(&mut be, &t, what, g, prev);
             if prev.is_some() {
                 assert!(
                     stats.rules_written < 60,

@@ -3,14 +3,16 @@
 //! restore input that `iptables-restore --test` accepts (both flavours,
 //! both families), that parses back, and whose only lines are chain
 //! declarations, kproxy's rules and table markers: no input can inject a
-//! rule. Seeded and deterministic; set `KPROXY_PROPTEST_SEED` to explore.
+//! rule. proptest drives the generators (`kproxy_testkit::draws`) and
+//! shrinks a failing batch; `KPROXY_PROPTEST_CASES=N` runs N batches
+//! instead of 6, and failures are kept in `property.proptest-regressions`.
 
 use std::fmt::Write as _;
 
 use kproxy_graph::{IpFamily, Objects, ProxyConfig, ServiceGraph};
 use kproxy_iptables::IptablesTransport;
 use kproxy_iptables::{Flavour, GenOptions, Runner, generate, parse_save};
-use kproxy_testkit::{Draw, NetNs, TestRng, seeded};
+use kproxy_testkit::{Draw, NetNs, TestRng, check_property, draws, sample_draws};
 use serde_json::{Value, json};
 
 const HOSTILE: &[&str] = &[
@@ -200,16 +202,40 @@ fn assert_no_injection(text: &str) {
     }
 }
 
+/// The draws one random graph takes at the most (8 Services of up to 3
+/// ports and 2 slices of up to 5 endpoints).
+const DRAWS: usize = 512;
+
+/// Graphs per batch: `iptables-restore --test` runs once per batch, family
+/// and flavour.
+const BATCH: usize = 50;
+
+/// The generator is exercised: over many graphs hostile names reach the
+/// output and graphs are not trivially empty.
 #[test]
-fn random_graphs_always_give_valid_restore_input() {
-    let seed: u64 = std::env::var("KPROXY_PROPTEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x6b70_726f_7879);
-    let cases = 300;
-    let batch = 50;
-    let mut rng = seeded(seed);
-    let ns = NetNs::new("ipt");
+fn random_graphs_are_not_trivial() {
+    let (cases, mut services, mut hostile_seen) = (300, 0, 0);
+    for mut r in sample_draws(cases, DRAWS) {
+        let g = random_graph(&mut r);
+        services += g.families.values().map(|f| f.services.len()).sum::<usize>();
+        for fr in generate(&g, &GenOptions::default()).families {
+            let text = fr.render_full();
+            if text.contains("quo?te") || text.contains("new?line") {
+                hostile_seen += 1;
+            }
+        }
+    }
+    assert!(hostile_seen > 0, "hostile names reached the output");
+    assert!(
+        services > cases,
+        "graphs were not trivially empty ({services} service ports)"
+    );
+}
+
+/// Check one batch of graphs: each renders without injection and parses
+/// back, and each family's text of the whole batch passes
+/// `iptables-restore --test` on both flavours.
+fn check_batch(ns: &NetNs, batch: Vec<TestRng>) {
     let transports: Vec<IptablesTransport> = [Flavour::Legacy, Flavour::Nft]
         .into_iter()
         .map(|flavour| IptablesTransport {
@@ -218,49 +244,45 @@ fn random_graphs_always_give_valid_restore_input() {
         })
         .collect();
     let mut texts: Vec<(IpFamily, String)> = Vec::new();
-    let mut services = 0;
-    let mut hostile_seen = 0;
-    for case in 0..cases {
-        let g = random_graph(&mut rng);
-        services += g.families.values().map(|f| f.services.len()).sum::<usize>();
+    for (case, mut r) in batch.into_iter().enumerate() {
+        let g = random_graph(&mut r);
         for fr in generate(&g, &GenOptions::default()).families {
             let text = fr.render_full();
             assert_no_injection(&text);
-            if text.contains("quo?te") || text.contains("new?line") {
-                hostile_seen += 1;
-            }
-            parse_save(&text).unwrap_or_else(|e| panic!("case {case} seed {seed}: {e}"));
+            parse_save(&text).unwrap_or_else(|e| panic!("graph {case}: {e}"));
             texts.push((fr.family, text));
         }
-        if (case + 1) % batch == 0 || case + 1 == cases {
-            for family in IpFamily::ALL {
-                let mine: Vec<&String> = texts
+    }
+    for family in IpFamily::ALL {
+        let mine: Vec<&String> = texts
+            .iter()
+            .filter(|(f, _)| *f == family)
+            .map(|(_, t)| t)
+            .collect();
+        let mut all = String::new();
+        for t in &mine {
+            let _ = write!(all, "{t}");
+        }
+        for t in &transports {
+            if let Err(e) = t.test_restore(family, &all) {
+                // Narrow the batch down to the offending input.
+                let bad = mine
                     .iter()
-                    .filter(|(f, _)| *f == family)
-                    .map(|(_, t)| t)
-                    .collect();
-                let mut all = String::new();
-                for t in &mine {
-                    let _ = write!(all, "{t}");
-                }
-                for t in &transports {
-                    if let Err(e) = t.test_restore(family, &all) {
-                        // Narrow the batch down to the offending input.
-                        let bad = mine
-                            .iter()
-                            .find(|x| t.test_restore(family, x).is_err())
-                            .map(|x| x.as_str())
-                            .unwrap_or("");
-                        panic!("seed {seed} {:?} {family}: {e}\n{bad}", t.flavour);
-                    }
-                }
+                    .find(|x| t.test_restore(family, x).is_err())
+                    .map(|x| x.as_str())
+                    .unwrap_or("");
+                panic!("{:?} {family}: {e}\n{bad}", t.flavour);
             }
-            texts.clear();
         }
     }
-    assert!(hostile_seen > 0, "hostile names reached the output");
-    assert!(
-        services > cases,
-        "graphs were not trivially empty ({services} service ports)"
-    );
+}
+
+#[test]
+fn random_graphs_always_give_valid_restore_input() {
+    let ns = NetNs::new("ipt");
+    let batches = proptest::collection::vec(draws(DRAWS), 1..=BATCH);
+    check_property(file!(), 6, &batches, |batch| {
+        check_batch(&ns, batch);
+        Ok(())
+    });
 }

@@ -189,12 +189,7 @@ mod tests {
     use kproxy_graph::Protocol;
 
     fn spn(ns: &str, name: &str, port: &str) -> ServicePortName {
-        ServicePortName {
-            namespace: ns.into(),
-            name: name.into(),
-            port: port.into(),
-            protocol: Protocol::Tcp,
-        }
+        ServicePortName::new(ns, name, port, Protocol::Tcp)
     }
 
     #[test]
@@ -213,18 +208,7 @@ mod tests {
 
     #[test]
     fn endpoint_names_match_kube_proxy() {
-        let ep = Endpoint {
-            ip: "10.180.0.1".parse().unwrap(),
-            port: 80,
-            node_name: None,
-            zone: None,
-            ready: true,
-            serving: true,
-            terminating: false,
-            zone_hints: None,
-            node_hints: None,
-            is_local: false,
-        };
+        let ep = Endpoint::new("10.180.0.1".parse().unwrap(), 80);
         // Upstream's `servicePortEndpointChainNameBase` doc comment:
         // endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80
         assert_eq!(

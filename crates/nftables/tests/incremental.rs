@@ -150,15 +150,7 @@ fn failed_transaction_keeps_rules_and_reports_the_statement() {
     let g2 = graph(&next);
     // Someone deletes an element our next transaction deletes: nft
     // refuses the whole transaction.
-    ns.exec(&[
-        "nft",
-        "delete",
-        "element",
-        "ip",
-        "kproxy",
-        "service-ips",
-        "{ 172.30.0.43 . tcp . 443 }",
-    ]);
+    ns.exec_all(&["nft delete element ip kproxy service-ips { 172.30.0.43 . tcp . 443 }"]);
     let tampered = normalised_listing(&ns, false);
     assert_ne!(before, tampered);
     let err = be
@@ -263,7 +255,7 @@ fn large_full_resync_is_a_diff_and_drift_reloads() {
         normalised_listing(&fresh, true)
     );
     // Drift: check() notices, and the next full sync reloads everything.
-    ns.exec(&["nft", "delete", "table", "ip", "kproxy"]);
+    ns.exec_all(&["nft delete table ip kproxy"]);
     assert!(!be.check().expect("check"));
     let reload = be.sync(&g2, None).expect("reload");
     assert!(reload.bytes_written > resync.bytes_written * 10);

@@ -23,10 +23,7 @@ fn seed_clusterip_and_nodeport_reach_both_pods() {
         "no drift right after a sync"
     );
 
-    let both: std::collections::BTreeSet<String> = ["10.244.1.5", "10.244.2.4"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let both = answers(&["10.244.1.5", "10.244.2.4"]);
     // ClusterIP from outside (prerouting), from the node (output), and the
     // NodePort on the node's primary address from outside.
     for (ns, addr) in [
@@ -46,16 +43,34 @@ fn seed_clusterip_and_nodeport_reach_both_pods() {
     );
 
     // Drift: someone deletes our table; check() notices.
-    topo.node.exec(&["nft", "delete", "table", "ip", "kproxy"]);
+    topo.node.exec_all(&["nft delete table ip kproxy"]);
     assert!(!backend.check().expect("check"));
     backend.cleanup().expect("cleanup");
+}
+
+/// `addrs` as the set of answers the echo servers give.
+fn answers(addrs: &[&str]) -> std::collections::BTreeSet<String> {
+    addrs.iter().map(|s| s.to_string()).collect()
+}
+
+/// The graph of `svcs` with `node_ip` as the node's only NodePort
+/// address (the test topology's node), synced into the topology's node.
+fn program_node(topo: &Topology, svcs: &[common::cluster::Svc], node_ip: &str) -> NftablesBackend {
+    let mut g = common::cluster::graph(svcs);
+    let ip: std::net::IpAddr = node_ip.parse().expect("ip");
+    if let Some(fg) = g.families.get_mut(&kproxy_graph::IpFamily::of(&ip)) {
+        fg.nodeport_ips = kproxy_graph::NodePortIps::Only(vec![ip]);
+    }
+    let mut backend = NftablesBackend::in_netns(topo.node.name());
+    backend.sync(&g, None).expect("full sync");
+    backend
 }
 
 /// UDP services load-balance too, for ClusterIP and NodePort (the shared
 /// chains' data maps are per protocol: see `LbChain::chain`).
 #[test]
 fn udp_service_reaches_both_pods() {
-    use common::cluster::{Svc, graph};
+    use common::cluster::Svc;
     use kproxy_testkit::{udp_echo_server, udp_probe};
     let topo = Topology::seed("nft", &["10.244.1.5", "10.244.2.4"]);
     let _a = udp_echo_server(&topo.pod, "10.244.1.5:5353");
@@ -66,18 +81,9 @@ fn udp_service_reaches_both_pods() {
     dns.protocol = "UDP";
     dns.target_port = 5353;
     dns.node_port = Some(30053);
-    let mut g = graph(&[dns]);
     // The test topology's node address.
-    if let Some(fg) = g.families.get_mut(&kproxy_graph::IpFamily::V4) {
-        fg.nodeport_ips =
-            kproxy_graph::NodePortIps::Only(vec!["192.168.49.2".parse().expect("ip")]);
-    }
-    let mut backend = NftablesBackend::in_netns(topo.node.name());
-    backend.sync(&g, None).expect("full sync");
-    let both: std::collections::BTreeSet<String> = ["10.244.1.5", "10.244.2.4"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let _backend = program_node(&topo, &[dns], "192.168.49.2");
+    let both = answers(&["10.244.1.5", "10.244.2.4"]);
     for addr in ["10.96.0.10:53", "192.168.49.2:30053"] {
         let seen: std::collections::BTreeSet<String> = (0..40)
             .map(|_| udp_probe(topo.client.name(), addr).unwrap_or_else(|e| format!("error: {e}")))
@@ -91,14 +97,14 @@ fn udp_service_reaches_both_pods() {
 #[test]
 fn cleanup_removes_kproxy_and_kube_proxy_tables() {
     let ns = kproxy_testkit::NetNs::new("nft");
-    ns.exec(&["nft", "add", "table", "ip", "kube-proxy"]);
-    ns.exec(&["nft", "add", "table", "ip6", "kube-proxy"]);
-    ns.exec(&["nft", "add", "table", "inet", "someone-else"]);
+    ns.exec_all(&["nft add table ip kube-proxy"]);
+    ns.exec_all(&["nft add table ip6 kube-proxy"]);
+    ns.exec_all(&["nft add table inet someone-else"]);
     let graph = load_fixture("seed", ProxyMode::Nftables);
     let mut backend = NftablesBackend::in_netns(ns.name());
     backend.sync(&graph, None).expect("full sync");
     assert!(backend.check().expect("check"));
-    ns.exec(&["nft", "flush", "chain", "ip", "kproxy", "services"]);
+    ns.exec_all(&["nft flush chain ip kproxy services"]);
     assert!(
         !backend.check().expect("check"),
         "a flushed services chain is drift"
@@ -116,10 +122,10 @@ fn cleanup_removes_kproxy_and_kube_proxy_tables() {
 #[test]
 fn cleanup_foreign_over_netlink_needs_no_nft() {
     let ns = kproxy_testkit::NetNs::new("nftnl");
-    ns.exec(&["nft", "add", "table", "ip", "kube-proxy"]);
-    ns.exec(&["nft", "add", "table", "ip6", "kube-proxy"]);
-    ns.exec(&["nft", "add", "chain", "ip", "kube-proxy", "services"]);
-    ns.exec(&["nft", "add", "table", "inet", "someone-else"]);
+    ns.exec_all(&["nft add table ip kube-proxy"]);
+    ns.exec_all(&["nft add table ip6 kube-proxy"]);
+    ns.exec_all(&["nft add chain ip kube-proxy services"]);
+    ns.exec_all(&["nft add table inet someone-else"]);
     let no_nft = kproxy_nftables::Nft::with_runner(
         kproxy_exec::Runner::in_netns(ns.name()).with_env("PATH", "/nonexistent"),
     );
@@ -130,7 +136,7 @@ fn cleanup_foreign_over_netlink_needs_no_nft() {
     assert_eq!(tables.trim(), "table inet someone-else", "{tables}");
     // Nothing left: still fine.
     backend.cleanup_foreign().expect("second cleanup_foreign");
-    ns.exec(&["nft", "add", "table", "ip6", "kube-proxy"]);
+    ns.exec_all(&["nft add table ip6 kube-proxy"]);
     backend.cleanup().expect("cleanup");
     let tables = ns.exec(&["nft", "list", "tables"]);
     assert_eq!(tables.trim(), "table inet someone-else", "{tables}");
@@ -149,7 +155,7 @@ fn supported_here() {
 /// IPv6: a ClusterIP and a NodePort of the ip6 table reach both pods.
 #[test]
 fn ipv6_service_reaches_both_pods() {
-    use common::cluster::{Svc, graph};
+    use common::cluster::Svc;
     let topo = Topology::seed("nft", &["10.244.1.5"]);
     for (ns, args) in [
         (
@@ -249,16 +255,8 @@ fn ipv6_service_reaches_both_pods() {
         .ep("fd00:10::5", "node-2")
         .ep("fd00:10::6", "node-3");
     web.node_port = Some(30080);
-    let mut g = graph(&[web]);
-    if let Some(fg) = g.families.get_mut(&kproxy_graph::IpFamily::V6) {
-        fg.nodeport_ips = kproxy_graph::NodePortIps::Only(vec!["fd00:49::2".parse().expect("ip")]);
-    }
-    let mut backend = NftablesBackend::in_netns(topo.node.name());
-    backend.sync(&g, None).expect("full sync");
-    let both: std::collections::BTreeSet<String> = ["fd00:10::5", "fd00:10::6"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let _backend = program_node(&topo, &[web], "fd00:49::2");
+    let both = answers(&["fd00:10::5", "fd00:10::6"]);
     for addr in ["[fd00:30::10]:80", "[fd00:49::2]:30080"] {
         assert_eq!(probe_many(topo.client.name(), addr, 40), both, "{addr}");
     }
@@ -294,26 +292,12 @@ fn partial_damage_is_detected_and_repaired() {
             .to_string()
     };
     type Damage<'a> = Box<dyn Fn() + 'a>;
+    let ns = &ns;
+    let nft = |cmd: &'static str| -> Damage { Box::new(move || ns.exec_all(&[cmd])) };
     let cases: Vec<(&str, Damage)> = vec![
         (
             "one element of service-ips deleted",
-            Box::new(|| {
-                ns.exec(&[
-                    "nft",
-                    "delete",
-                    "element",
-                    "ip",
-                    "kproxy",
-                    "service-ips",
-                    "{",
-                    "10.107.33.105",
-                    ".",
-                    "tcp",
-                    ".",
-                    "80",
-                    "}",
-                ]);
-            }),
+            nft("nft delete element ip kproxy service-ips { 10.107.33.105 . tcp . 80 }"),
         ),
         (
             "jump services deleted from nat-prerouting",
@@ -333,35 +317,17 @@ fn partial_damage_is_detected_and_repaired() {
         ),
         (
             "an endpoint map flushed",
-            Box::new(|| {
-                ns.exec(&[
-                    "nft",
-                    "flush",
-                    "map",
-                    "ip",
-                    "kproxy",
-                    "cluster-endpoints-tcp",
-                ]);
-            }),
+            nft("nft flush map ip kproxy cluster-endpoints-tcp"),
         ),
         (
             "the services chain flushed",
-            Box::new(|| {
-                ns.exec(&["nft", "flush", "chain", "ip", "kproxy", "services"]);
-            }),
+            nft("nft flush chain ip kproxy services"),
         ),
         (
             "a rule added to a chain",
-            Box::new(|| {
-                ns.exec(&["nft", "add", "rule", "ip", "kproxy", "services", "counter"]);
-            }),
+            nft("nft add rule ip kproxy services counter"),
         ),
-        (
-            "the table deleted",
-            Box::new(|| {
-                ns.exec(&["nft", "delete", "table", "ip", "kproxy"]);
-            }),
-        ),
+        ("the table deleted", nft("nft delete table ip kproxy")),
     ];
     let mut missed = Vec::new();
     for (what, damage) in &cases {
@@ -383,10 +349,7 @@ fn partial_damage_is_detected_and_repaired() {
     }
     assert!(missed.is_empty(), "drift not seen: {missed:?}");
     // Entries the kernel adds to the dynamic affinity set are not drift.
-    ns.exec(&[
-        "nft", "add", "element", "ip", "kproxy", "affinity", "{", "10.0.0.9", ".", "1", ".", "2",
-        "timeout", "1h", "}",
-    ]);
+    ns.exec_all(&["nft add element ip kproxy affinity { 10.0.0.9 . 1 . 2 timeout 1h }"]);
     assert!(
         backend.check().expect("check"),
         "affinity entries are not drift"
@@ -407,35 +370,18 @@ fn large_sets_are_probed_for_emptiness() {
     let mut backend = NftablesBackend::in_netns(ns.name()).drift_exact_limit(100);
     backend.sync(&g, None).expect("full sync");
     assert!(backend.check().expect("check"), "in sync");
-    ns.exec(&[
-        "nft",
-        "delete",
-        "element",
-        "ip",
-        "kproxy",
-        "cluster-endpoints-tcp",
-        "{",
-        "10.96.0.1",
-        ".",
-        "tcp",
-        ".",
-        "80",
-        ".",
-        "0",
-        "}",
-    ]);
+    // One element of the endpoint map gone.
+    let delete_one = || {
+        ns.exec_all(&[
+            "nft delete element ip kproxy cluster-endpoints-tcp { 10.96.0.1 . tcp . 80 . 0 }",
+        ])
+    };
+    delete_one();
     assert!(
         backend.check().expect("check"),
         "one element of a probed map is not seen"
     );
-    ns.exec(&[
-        "nft",
-        "flush",
-        "map",
-        "ip",
-        "kproxy",
-        "cluster-endpoints-tcp",
-    ]);
+    ns.exec_all(&["nft flush map ip kproxy cluster-endpoints-tcp"]);
     assert!(
         !backend.check().expect("check"),
         "a flushed probed map is drift"
@@ -445,23 +391,7 @@ fn large_sets_are_probed_for_emptiness() {
     // Exact counts (the default limit) see the single element.
     let mut backend = backend.drift_exact_limit(kproxy_nftables::drift::EXACT_LIMIT);
     assert!(backend.check().expect("check"));
-    ns.exec(&[
-        "nft",
-        "delete",
-        "element",
-        "ip",
-        "kproxy",
-        "cluster-endpoints-tcp",
-        "{",
-        "10.96.0.1",
-        ".",
-        "tcp",
-        ".",
-        "80",
-        ".",
-        "0",
-        "}",
-    ]);
+    delete_one();
     assert!(
         !backend.check().expect("check"),
         "counted: one element seen"

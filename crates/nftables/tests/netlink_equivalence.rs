@@ -14,7 +14,9 @@ use kproxy_graph::{Backend, Generator, ProxyMode, ServiceGraph};
 use kproxy_nftables::{
     NetlinkTransport, Nft, NftGenerator, NftablesBackend, Transaction, TransportKind,
 };
-use kproxy_testkit::{Draw, NetNs, TestRng, fixtures, load_fixture, seeded};
+use std::cell::RefCell;
+
+use kproxy_testkit::{Draw, NetNs, TestRng, check_property, draws, fixtures, load_fixture};
 
 /// Two namespaces, one per transport.
 struct Pair {
@@ -115,14 +117,9 @@ fn golden_fixtures_list_the_same() {
     }
 }
 
-/// Seeds of random clusters (`KPROXY_NLEQ_SEEDS=N` for more).
-fn seeds(default: u64) -> std::ops::Range<u64> {
-    let n = std::env::var("KPROXY_NLEQ_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default);
-    1..1 + n
-}
+/// The draws one random cluster, or one cluster and its 7 changes, takes
+/// at the most. Cases are set by `KPROXY_PROPTEST_CASES=N`.
+const DRAWS: usize = 2048;
 
 const NAMES: &[&str] = &[
     "web",
@@ -210,24 +207,26 @@ fn backends() -> (NetNs, NftablesBackend, NetNs, NftablesBackend) {
 
 #[test]
 fn random_graphs_list_the_same() {
-    let (exec_ns, mut exec, nl_ns, mut nl) = backends();
-    for seed in seeds(40) {
-        let mut r = seeded(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let (exec_ns, exec, nl_ns, nl) = backends();
+    let (exec, nl) = (RefCell::new(exec), RefCell::new(nl));
+    check_property(file!(), 40, &draws(DRAWS), |mut r| {
         let g = graph(&random_cluster(&mut r));
-        let what = format!("seed {seed}");
-        exec.sync(&g, None)
+        let what = "the cluster";
+        exec.borrow_mut()
+            .sync(&g, None)
             .unwrap_or_else(|e| panic!("{what}: exec: {e}"));
-        nl.sync(&g, None)
+        nl.borrow_mut()
+            .sync(&g, None)
             .unwrap_or_else(|e| panic!("{what}: netlink: {e}"));
-        assert_same_listing(&what, &exec_ns, &nl_ns);
-    }
+        assert_same_listing(what, &exec_ns, &nl_ns);
+        Ok(())
+    });
 }
 
 #[test]
 fn incremental_sequences_list_the_same_after_every_step() {
-    for seed in seeds(6) {
+    check_property(file!(), 6, &draws(DRAWS), |mut r| {
         let (exec_ns, mut exec, nl_ns, mut nl) = backends();
-        let mut r = seeded(seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
         let mut svcs = random_cluster(&mut r);
         let mut prev: Option<ServiceGraph> = None;
         for step in 0..8 {
@@ -235,7 +234,7 @@ fn incremental_sequences_list_the_same_after_every_step() {
                 mutate(&mut r, &mut svcs, step);
             }
             let g = graph(&svcs);
-            let what = format!("seed {seed} step {step}");
+            let what = format!("step {step}");
             let ch = prev.as_ref().map(|p| changes(p, &g));
             let a = exec
                 .sync(&g, ch.as_ref())
@@ -252,7 +251,8 @@ fn incremental_sequences_list_the_same_after_every_step() {
             );
             prev = Some(g);
         }
-    }
+        Ok(())
+    });
 }
 
 /// A batch the kernel refuses changes nothing (the chain and rule added

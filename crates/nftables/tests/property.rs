@@ -1,8 +1,10 @@
 //! Property test: random clusters (built from generated Services and
 //! EndpointSlices through `kproxy_graph::Objects`, with hostile names,
 //! colliding addresses and ports, both families) always render to text
-//! that `nft -c -f` accepts. Seeded, so a failure is reproducible: the
-//! message names the seed (`KPROXY_PROPTEST_SEED=N` reruns one case).
+//! that `nft -c -f` accepts. proptest drives the generators
+//! (`kproxy_testkit::draws`) and shrinks a failing cluster;
+//! `KPROXY_PROPTEST_CASES=N` runs N clusters instead of 300, and failures
+//! are kept in `property.proptest-regressions`.
 
 mod common;
 
@@ -10,7 +12,8 @@ use common::cluster::{Svc, graph};
 use common::random::random_svc;
 use kproxy_graph::{Generator, Render};
 use kproxy_nftables::NftGenerator;
-use kproxy_testkit::{Draw, NetNs, TestRng, seeded};
+use kproxy_testkit::{Draw, NetNs, TestRng, check_property, draws, sample_draws};
+use proptest::prelude::*;
 
 const HOSTILE: &[&str] = &[
     "web",
@@ -58,44 +61,37 @@ fn random_cluster(r: &mut TestRng) -> Vec<Svc> {
         .collect()
 }
 
+/// The draws one random cluster takes at the most (12 Services).
+const DRAWS: usize = 1024;
+
+/// The generator is exercised, not handed empty graphs.
 #[test]
-fn random_graphs_render_to_text_nft_accepts() {
-    let ns = NetNs::new("nft");
-    let (first, count) = match std::env::var("KPROXY_PROPTEST_SEED") {
-        Ok(s) => (s.parse().expect("seed"), 1),
-        Err(_) => (1u64, 300u64),
-    };
-    let mut failures = Vec::new();
-    let mut elements = 0usize;
-    for seed in first..first + count {
-        let mut r = seeded(seed);
-        let svcs = random_cluster(&mut r);
-        let g = graph(&svcs);
-        let ruleset = NftGenerator
+fn random_clusters_are_not_trivial() {
+    let (count, mut elements) = (300, 0);
+    for mut r in sample_draws(count, DRAWS) {
+        let g = graph(&random_cluster(&mut r));
+        elements += NftGenerator
             .generate(&g)
-            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        elements += ruleset
+            .expect("generates")
             .tables()
             .iter()
             .map(|t| t.element_count())
             .sum::<usize>();
-        let text = ruleset.render();
-        let (ok, _, stderr) = ns.run_with_input(&["nft", "-c", "-f", "-"], &text);
-        if !ok {
-            failures.push(format!("seed {seed}: {stderr}"));
-            if failures.len() >= 5 {
-                break;
-            }
-        }
     }
     assert!(
-        failures.is_empty(),
-        "nft -c rejected:\n{}",
-        failures.join("\n")
-    );
-    // The generator was exercised, not handed empty graphs.
-    assert!(
-        elements > (count as usize) * 3,
+        elements > count * 3,
         "only {elements} elements over {count} cases"
     );
+}
+
+#[test]
+fn random_graphs_render_to_text_nft_accepts() {
+    let ns = NetNs::new("nft");
+    check_property(file!(), 300, &draws(DRAWS), |mut r| {
+        let g = graph(&random_cluster(&mut r));
+        let text = NftGenerator.generate(&g).expect("generates").render();
+        let (ok, _, stderr) = ns.run_with_input(&["nft", "-c", "-f", "-"], &text);
+        prop_assert!(ok, "nft -c rejected: {stderr}\n{text}");
+        Ok(())
+    });
 }

@@ -10,8 +10,9 @@
 //!   servers that answer with the address they were reached on, and the
 //!   probes that read it;
 //! - [`Topology`]: client, node and pod namespaces wired with veth pairs;
-//! - [`seeded`], [`TestRng`] and [`Draw`]: the seeded randomness of the
-//!   property and equivalence tests (`rand`), and [`proptest`].
+//! - [`seeded`], [`TestRng`] and [`Draw`]: the randomness of the property
+//!   and equivalence tests (`rand`), and [`draws`] and [`proptest_config`]
+//!   to drive the same generators from [`proptest`], with shrinking.
 
 mod echo;
 mod netns;
@@ -27,7 +28,9 @@ pub use netns::{NetNs, in_netns};
 pub use proptest;
 /// Seeded randomness (`rand::SeedableRng`, `rand::RngExt`).
 pub use rand;
-pub use random::{Draw, TestRng, seeded};
+pub use random::{
+    Draw, Draws, TestRng, check_property, draws, proptest_config, sample_draws, seeded,
+};
 pub use tempdir::TempDir;
 pub use topo::Topology;
 

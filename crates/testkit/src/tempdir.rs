@@ -37,6 +37,25 @@ impl TempDir {
         std::fs::rename(&tmp, &p).expect("rename temporary file");
         p
     }
+
+    /// Write the executable program `name` (a script); its path.
+    pub fn write_program(&self, name: &str, script: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let p = self.write(name, script);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+            .expect("make the program executable");
+        p
+    }
+
+    /// A `PATH` that finds the programs in this directory before those of
+    /// the test's own `PATH`.
+    pub fn path_first(&self) -> String {
+        format!(
+            "{}:{}",
+            self.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
 }
 
 #[cfg(test)]

@@ -500,17 +500,57 @@ impl State {
     }
 }
 
+impl State {
+    /// Enter the base chain `chain` of `hook`: a new visit, shown as
+    /// `base`, whose call stack starts at `chain`.
+    pub(crate) fn enter_base(&mut self, hook: Hook, base: String, chain: &str) {
+        self.visits.push(HookVisit {
+            hook,
+            base,
+            events: Vec::new(),
+            stack: vec![chain.to_string()],
+            result: String::new(),
+        });
+        self.stack = vec![chain.to_string()];
+    }
+}
+
+/// The base chains of one hook, in order: `run` takes each state through
+/// one chain; the states it accepts go on to the next chain, the others
+/// end there with their verdict. The states that pass every chain are
+/// accepted.
+pub(crate) fn through_chains<C>(
+    state: State,
+    chains: impl IntoIterator<Item = C>,
+    mut run: impl FnMut(&C, State) -> Hooked,
+) -> Hooked {
+    let mut finals = Vec::new();
+    let mut states = vec![state];
+    for chain in chains {
+        let mut next = Vec::new();
+        for st in states {
+            for (s, v) in run(&chain, st)? {
+                if v == Verdict::Accept {
+                    next.push(s);
+                } else {
+                    finals.push((s, v));
+                }
+            }
+        }
+        states = next;
+    }
+    finals.extend(states.into_iter().map(|s| (s, Verdict::Accept)));
+    Ok(finals)
+}
+
+/// The states a hook lets through or stops, with their verdict there.
+pub(crate) type Hooked = Result<Vec<(State, Verdict)>, TraceError>;
+
 /// A backend's hook implementation: run every base chain of `hook` on
 /// `state` and return the resulting states with their verdict for that
 /// hook (Accept lets the packet continue).
 pub(crate) trait HookRunner {
-    fn run_hook(
-        &self,
-        hook: Hook,
-        packet: &Packet,
-        node: &Node,
-        state: State,
-    ) -> Result<Vec<(State, Verdict)>, TraceError>;
+    fn run_hook(&self, hook: Hook, packet: &Packet, node: &Node, state: State) -> Hooked;
 }
 
 /// Walk a new connection through the hooks in kernel order.
@@ -625,12 +665,7 @@ pub fn service_connections(
             .iter()
             .find(|n| IpFamily::of_net(n) == *fam)
             .and_then(|n| n.hosts().nth(6));
-        let node = graph
-            .node
-            .primary_ips
-            .iter()
-            .find(|ip| IpFamily::of(ip) == *fam)
-            .copied();
+        let node = graph.node.primary_ip(*fam);
         for sp in fg.services.values() {
             if sp.name.namespace != namespace || sp.name.name != name {
                 continue;

@@ -6,8 +6,10 @@
 //! the nftables section; pkg/proxy/nftables/README.md upstream), which
 //! [`expected`] encodes.
 //!
-//! Deterministic: the tests' seeded generator (`kproxy_testkit::seeded`), so
-//! a failure names the graph seed that reproduces it.
+//! proptest drives the generators (`kproxy_testkit::draws`) and shrinks a
+//! disagreeing graph and its packets; `KPROXY_PROPTEST_CASES=N` runs N
+//! graphs instead of 600, and failures are kept in
+//! `equivalence.proptest-regressions`.
 //! `planted_divergences_are_caught` shows
 //! the comparison fails when a rendered ruleset is mutated (a DNAT branch
 //! removed, masquerading flipped).
@@ -23,9 +25,11 @@ use kproxy_graph::{
     BackendKind, DetectLocalMode, FamilyGraph, IpFamily, NodePortAddress, NodePortIps, Objects,
     Protocol, ProxyConfig, ProxyMode, ServiceGraph,
 };
-use kproxy_testkit::{Draw, TestRng, seeded};
+use kproxy_testkit::{Draw, TestRng, check_property, draws, proptest_config, sample_draws};
 use kproxy_trace::{Node, Outcome, Packet, Verdict, report, tracer_for};
+use proptest::prelude::*;
 use serde_json::{Value, json};
+use std::cell::RefCell;
 
 const NODE: &str = "node-a";
 const NODE_IP: &str = "192.168.0.10";
@@ -447,23 +451,53 @@ struct Run {
     failures: Vec<String>,
 }
 
-fn run(graphs: u64, packets_per_family: usize, mutate: Option<Mutation>) -> Run {
-    let mut r = Run {
-        cases: 0,
-        by_expect: BTreeMap::new(),
-        failures: Vec::new(),
-    };
-    for seed in 1..=graphs {
-        let mut rng = seeded(seed);
+impl Run {
+    fn new() -> Run {
+        Run {
+            cases: 0,
+            by_expect: BTreeMap::new(),
+            failures: Vec::new(),
+        }
+    }
+}
+
+/// The draws one random graph and its packets take at the most.
+const DRAWS: usize = 4096;
+
+/// `graphs` graphs of a fixed sample, the same on every run.
+fn run(graphs: usize, packets_per_family: usize, mutate: Option<Mutation>) -> Run {
+    let mut r = Run::new();
+    for (i, mut rng) in sample_draws(graphs, DRAWS).into_iter().enumerate() {
+        run_graph(
+            &mut rng,
+            &format!("graph {i}"),
+            packets_per_family,
+            mutate,
+            &mut r,
+        );
+    }
+    r
+}
+
+/// One random graph from `rng` and `packets_per_family` random packets
+/// per family, traced through every backend's rules, into `r`.
+fn run_graph(
+    rng: &mut TestRng,
+    seed: &str,
+    packets_per_family: usize,
+    mutate: Option<Mutation>,
+    r: &mut Run,
+) {
+    {
         let dual = rng.with_probability(0.3);
-        let items = random_objects(&mut rng, dual);
+        let items = random_objects(rng, dual);
         let mut objects = Objects::default();
         let mut warnings = Vec::new();
         objects.add_value(
             json!({"apiVersion": "v1", "kind": "List", "items": items}),
             &mut warnings,
         );
-        let base = config(&mut rng, dual);
+        let base = config(rng, dual);
         let g_ipt = ServiceGraph::build(
             &objects,
             &ProxyConfig {
@@ -513,7 +547,7 @@ fn run(graphs: u64, packets_per_family: usize, mutate: Option<Mutation>) -> Run 
             let Some(fn_) = g_nft.family(*fam) else {
                 continue;
             };
-            for p in random_packets(&mut rng, fg, packets_per_family) {
+            for p in random_packets(rng, fg, packets_per_family) {
                 r.cases += 1;
                 let mut outcomes = Vec::new();
                 for (kind, tracer, _) in &texts {
@@ -551,14 +585,33 @@ fn run(graphs: u64, packets_per_family: usize, mutate: Option<Mutation>) -> Run 
             }
         }
     }
-    r
 }
 
 #[test]
 fn backends_agree_on_random_graphs_and_packets() {
-    let r = run(600, 8, None);
+    let all = RefCell::new(Run::new());
+    let graphs = proptest_config(600).cases as usize;
+    check_property(file!(), 600, &draws(DRAWS), |mut rng| {
+        let mut one = Run::new();
+        run_graph(&mut rng, "the case", 8, None, &mut one);
+        let mut all = all.borrow_mut();
+        all.cases += one.cases;
+        for (k, n) in one.by_expect {
+            *all.by_expect.entry(k).or_default() += n;
+        }
+        prop_assert!(
+            one.failures.is_empty(),
+            "{} of {} cases disagree:\n{}",
+            one.failures.len(),
+            one.cases,
+            one.failures.join("\n")
+        );
+        Ok(())
+    });
+    let r = all.into_inner();
     eprintln!("{} cases, by expectation: {:?}", r.cases, r.by_expect);
-    assert!(r.cases >= 5000, "only {} cases", r.cases);
+    // 5,000 over the default 600 graphs.
+    assert!(r.cases >= graphs * 25 / 3, "only {} cases", r.cases);
     // Every documented difference was exercised, not only Same.
     for k in [
         "Same",
@@ -574,18 +627,6 @@ fn backends_agree_on_random_graphs_and_packets() {
             r.by_expect
         );
     }
-    assert!(
-        r.failures.is_empty(),
-        "{} of {} cases disagree; first ones:\n{}",
-        r.failures.len(),
-        r.cases,
-        r.failures
-            .iter()
-            .take(5)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
 }
 
 fn drop_first_dnat(kind: BackendKind, text: String) -> String {

@@ -44,15 +44,19 @@ fn iptables_save_probabilities_and_reports() {
     );
 }
 
+/// A tracer of the iptables rules [`IPT`] with `from` replaced by `to`.
+fn iptables_with(from: &str, to: &str) -> Box<dyn kproxy_trace::Tracer> {
+    tracer_for(BackendKind::IptablesLegacy, &IPT.replace(from, to)).expect("parses")
+}
+
 #[test]
 fn unknown_iptables_rule_is_an_error_when_reached() {
     // Another program's rule: not understood, kept, and an error naming it
     // as soon as a traced packet reaches it.
-    let text = IPT.replace(
+    let t = iptables_with(
         "-A PREROUTING -j KUBE-SERVICES\n",
         "-A PREROUTING -j KUBE-SERVICES\n-A PREROUTING -m limit --limit 5/s -j ACCEPT\n",
     );
-    let t = tracer_for(BackendKind::IptablesLegacy, &text).expect("parses");
     // The service's connection is decided before the unknown rule.
     assert!(t.trace(&packet(), &Node::default()).is_ok());
     let mut other = packet();
@@ -73,8 +77,7 @@ fn unknown_iptables_rule_is_an_error_when_reached() {
 
 #[test]
 fn jump_to_a_missing_chain_is_an_error() {
-    let text = IPT.replace("-j KUBE-SEP-B\n", "-j KUBE-SEP-C\n");
-    let t = tracer_for(BackendKind::IptablesLegacy, &text).expect("parses");
+    let t = iptables_with("-j KUBE-SEP-B\n", "-j KUBE-SEP-C\n");
     let e = t.trace(&packet(), &Node::default()).expect_err("fails");
     assert!(e.to_string().contains("KUBE-SEP-C"), "{e}");
 }
@@ -140,11 +143,10 @@ fn unknown_nft_statement_names_it() {
 fn foreign_rules_that_cannot_match_are_passed_by() {
     // Docker's masquerade rule: `! -o` is not understood, but its source
     // match rules out every connection not from 172.17.0.0/16.
-    let text = IPT.replace(
+    let t = iptables_with(
         "COMMIT\n",
         "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\nCOMMIT\n",
     );
-    let t = tracer_for(BackendKind::IptablesLegacy, &text).expect("parses");
     assert_eq!(t.unknown_rules().len(), 1, "{:?}", t.unknown_rules());
     let trace = t
         .trace(&packet(), &Node::default())

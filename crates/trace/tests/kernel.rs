@@ -91,12 +91,7 @@ fn packets(graph: &ServiceGraph) -> Vec<Packet> {
                 "fd00:10::3".parse().expect("ip"),
             ),
         };
-        let node_ip = graph
-            .node
-            .primary_ips
-            .iter()
-            .find(|ip| IpFamily::of(ip) == *fam)
-            .copied();
+        let node_ip = graph.node.primary_ip(*fam);
         for sp in fg.services.values() {
             let proto: Protocol = sp.name.protocol;
             let mut dsts = vec![(sp.cluster_ip, sp.port), (sp.cluster_ip, 1)];
@@ -212,7 +207,7 @@ fn topology() -> Topology {
         "netns",
         pods.name(),
     ]);
-    for cmd in [
+    node.exec_all(&[
         "ip addr add 203.0.113.1/24 dev c0",
         "ip addr add 192.168.49.2/32 dev c0",
         "ip addr add 10.244.255.1/16 dev p0",
@@ -223,26 +218,20 @@ fn topology() -> Topology {
         "ip route add default via 10.244.1.5",
         "sysctl -q -w net.ipv4.ip_forward=1",
         "sysctl -q -w net.ipv4.icmp_ratelimit=0",
-    ] {
-        node.exec(&cmd.split(' ').collect::<Vec<_>>());
-    }
-    for cmd in [
+    ]);
+    client.exec_all(&[
         "ip addr add 203.0.113.2/24 dev c1",
         "ip link set c1 up",
         "ip route add 192.168.49.2/32 via 203.0.113.1",
         "ip route add 10.96.0.0/12 via 203.0.113.1",
-    ] {
-        client.exec(&cmd.split(' ').collect::<Vec<_>>());
-    }
-    for cmd in [
+    ]);
+    pods.exec_all(&[
         "ip addr add 10.244.1.5/16 dev p1",
         "ip addr add 10.244.2.4/16 dev p1",
         "ip link set p1 up",
         "ip route add default via 10.244.255.1",
         "sysctl -q -w net.ipv4.icmp_ratelimit=0",
-    ] {
-        pods.exec(&cmd.split(' ').collect::<Vec<_>>());
-    }
+    ]);
     let (ok, _, err) = pods.run_with_input(
         &["nft", "-f", "-"],
         "add table ip blackhole\nadd chain ip blackhole in { type filter hook input priority 0 ; policy drop ; }\n",

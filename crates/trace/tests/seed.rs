@@ -29,13 +29,18 @@ fn seed_packet() -> Packet {
     )
 }
 
+/// The seed's NodePort connection through `kind`'s rendered rules.
+fn trace_seed(kind: BackendKind) -> kproxy_trace::Trace {
+    let (text, graph) = render(kind);
+    let tracer = tracer_for(kind, &text).expect("parses");
+    tracer
+        .trace(&seed_packet(), &Node::new(graph.node.ips.clone()))
+        .expect("traces")
+}
+
 #[test]
 fn seed_nodeport_through_iptables() {
-    let (text, graph) = render(BackendKind::IptablesLegacy);
-    let tracer = tracer_for(BackendKind::IptablesLegacy, &text).expect("parses");
-    let trace = tracer
-        .trace(&seed_packet(), &Node::new(graph.node.ips.clone()))
-        .expect("traces");
+    let trace = trace_seed(BackendKind::IptablesLegacy);
     let out = report::text(&trace);
     println!("{out}");
     let path = report::path_summary(&trace);
@@ -52,11 +57,7 @@ fn seed_nodeport_through_iptables() {
 
 #[test]
 fn seed_nodeport_through_nftables() {
-    let (text, graph) = render(BackendKind::Nftables);
-    let tracer = tracer_for(BackendKind::Nftables, &text).expect("parses");
-    let trace = tracer
-        .trace(&seed_packet(), &Node::new(graph.node.ips.clone()))
-        .expect("traces");
+    let trace = trace_seed(BackendKind::Nftables);
     println!("{}", report::text(&trace));
     assert_eq!(
         trace.outcome().to_string(),

@@ -43,21 +43,33 @@ pub fn default_config() -> PathBuf {
 /// `kproxy run --once` of `backend` on the file `source` with
 /// testdata/configs/default.yaml, inside `ns`: (success, stdout, stderr).
 pub fn run_once(ns: &NetNs, backend: &str, source: &str) -> (bool, String, String) {
-    let config = default_config().display().to_string();
-    kproxy_in(
-        ns,
-        &[
-            "run",
-            "--backend",
-            backend,
-            "--source",
-            source,
-            "--config",
-            &config,
-            "--once",
-        ],
-        &[],
-    )
+    run_once_with(ns, backend, source, default_config(), &[], &[])
+}
+
+/// `kproxy run --backend BACKEND --source SOURCE --config CONFIG --once
+/// EXTRA...` inside `ns` with `env`: (success, stdout, stderr).
+pub fn run_once_with(
+    ns: &NetNs,
+    backend: &str,
+    source: impl AsRef<Path>,
+    config: impl AsRef<Path>,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
+    let source = source.as_ref().display().to_string();
+    let config = config.as_ref().display().to_string();
+    let mut args = vec![
+        "run",
+        "--backend",
+        backend,
+        "--source",
+        &source,
+        "--config",
+        &config,
+        "--once",
+    ];
+    args.extend_from_slice(extra);
+    kproxy_in(ns, &args, env)
 }
 
 /// Run `kproxy ARGS` inside `ns` to completion: (success, stdout, stderr).
@@ -73,6 +85,28 @@ pub fn kproxy_in(ns: &NetNs, args: &[&str], env: &[(&str, &str)]) -> (bool, Stri
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The path of the installed program `prog` (which must be installed).
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a test looks up a program on the host"
+)]
+pub fn which(prog: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {prog}")])
+        .output()
+        .unwrap();
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!p.is_empty(), "{prog} is not installed (run `make deps`)");
+    p
+}
+
+/// Write into `dir` a wrapper `prog` that runs the shell lines `first`,
+/// then the installed `prog` with its arguments.
+pub fn write_wrapper(dir: &TempDir, prog: &str, first: &str) {
+    let real = which(prog);
+    dir.write_program(prog, &format!("#!/bin/sh\n{first}exec {real} \"$@\"\n"));
 }
 
 /// What the kernel holds of a backend's rules inside `ns`.
@@ -265,6 +299,45 @@ pub fn daemon_args<'a>(backend: &'a str, source: &'a str, config: &'a str) -> Ve
         "--metrics-bind-address",
         "127.0.0.1:10249",
     ]
+}
+
+/// A new scratch directory (named after `tag`) holding the nodeports
+/// fixture as `cluster.yaml`: the directory and the file.
+pub fn nodeports_source(tag: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new(tag);
+    let file = dir.write("cluster.yaml", &fixture("nodeports"));
+    (dir, file)
+}
+
+/// Write `config.yaml` in `dir`: a configuration for node `test-node` with
+/// cluster CIDR 10.0.0.0/8 and the YAML lines `extra`.
+pub fn write_config(dir: &TempDir, extra: &str) -> PathBuf {
+    dir.write(
+        "config.yaml",
+        &format!(
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nhostnameOverride: test-node\nclusterCIDR: 10.0.0.0/8\n{extra}"
+        ),
+    )
+}
+
+/// Rewrite `cluster.yaml` in `dir` as the nodeports fixture with its
+/// endpoint 10.180.0.1 moved to 10.180.0.9: the change the tests follow.
+pub fn move_endpoint(dir: &TempDir) {
+    dir.write(
+        "cluster.yaml",
+        &fixture("nodeports").replace("10.180.0.1", "10.180.0.9"),
+    );
+}
+
+/// Wait up to 10 s until `backend`'s rules in `ns` hold `what`; else fail
+/// with `why` and the daemon's log.
+pub fn wait_for_rules(ns: &NetNs, backend: &str, what: &str, d: &Daemon, why: &str) {
+    assert!(
+        wait_for(Duration::from_secs(10), || kernel_rules(ns, backend)
+            .contains(what)),
+        "{why}:\n{}",
+        d.log()
+    );
 }
 
 /// Wait until the daemon has applied its first sync (`/rules` answers).

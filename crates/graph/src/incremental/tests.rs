@@ -2,7 +2,8 @@
 //! upserts, deletes, node and configuration changes, seeded with the
 //! fixtures' objects; after every step the incremental graph must equal
 //! `ServiceGraph::build` on the same objects, and its change set must
-//! equal `ChangeSet::between` the two full builds.
+//! equal `ChangeSet::between` the two full builds. proptest drives the
+//! sequences (`kproxy_testkit::draws`) and shrinks a failing one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
-use kproxy_testkit::{Draw, TestRng, seeded};
+use kproxy_testkit::{Draw, TestRng, check_property, draws, seeded};
 
 use super::*;
 use crate::config::ProxyMode;
@@ -314,14 +315,16 @@ fn check(
     full
 }
 
+/// The draws one sequence of 60 steps takes at the most.
+const DRAWS: usize = 4096;
+
 fn run_sequence(
-    seed: u64,
+    mut rng: TestRng,
     fixture: &str,
     objects: &Objects,
     pool: &[(String, Objects)],
     steps: usize,
 ) {
-    let mut rng = seeded(seed);
     let mut config = fixture_config(
         fixture,
         *rng.pick(&[ProxyMode::Iptables, ProxyMode::Nftables]),
@@ -331,7 +334,7 @@ fn run_sequence(
     let mut truth = Truth::default();
     let up = inc.update();
     let mut prev = check(
-        &format!("seed {seed} {fixture} start"),
+        &format!("{fixture} start"),
         &inc,
         &up,
         &truth,
@@ -362,7 +365,7 @@ fn run_sequence(
     }
     let total = order.len() + steps;
     for step in 0..total {
-        let ctx = format!("seed {seed} fixture {fixture} step {step}");
+        let ctx = format!("fixture {fixture} step {step}");
         let mut batch = 1 + if rng.chance(20) {
             rng.below(4) as usize
         } else {
@@ -536,22 +539,20 @@ fn run_sequence(
     }
     // The builder's own view of its objects builds the same graph.
     let own = ServiceGraph::build(&inc.objects(), &config);
-    assert_eq!(own, prev, "seed {seed} {fixture}: objects()");
+    assert_eq!(own, prev, "{fixture}: objects()");
 }
 
 #[test]
 fn incremental_equals_full_build_over_random_changes() {
     let pool = pool();
-    let seeds: u64 = std::env::var("KPROXY_INCREMENTAL_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(6);
-    for (i, (name, objects)) in pool.iter().enumerate() {
-        for s in 0..seeds {
-            let seed = (i as u64) * 1000 + s + 1;
-            run_sequence(seed, name, objects, &pool, 60);
-        }
-    }
+    // Six sequences per fixture by default (KPROXY_PROPTEST_CASES for more).
+    let cases = 6 * pool.len() as u32;
+    let strategy = (0..pool.len(), draws(DRAWS));
+    check_property(file!(), cases, &strategy, |(i, rng)| {
+        let (name, objects) = &pool[i];
+        run_sequence(rng, name, objects, &pool, 60);
+        Ok(())
+    });
 }
 
 #[test]

@@ -81,8 +81,11 @@ pub fn top_level_chains(table: TableName) -> &'static [&'static str] {
 /// Options of the generator that are not part of the graph.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenOptions {
-    /// Add `--random-fully` to MASQUERADE (iptables ≥ 1.6.2, as kube-proxy
-    /// decides from the version).
+    /// Add `--random-fully` to MASQUERADE. kube-proxy does when the node's
+    /// iptables is 1.6.2 or newer: the iptables backend turns this off
+    /// before its first sync when `iptables --version` says otherwise
+    /// ([`Flavour::has_random_fully`](crate::Flavour::has_random_fully)).
+    /// On by default, as `kproxy render` writes it.
     pub random_fully: bool,
     /// Write the KUBE-FORWARD `ctstate INVALID` drop (kube-proxy skips it
     /// when `nf_conntrack_tcp_be_liberal` is set).

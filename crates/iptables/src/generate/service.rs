@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use kproxy_graph::{IpFamily, NoEndpointVerdict, Protocol, ServicePort, TrafficPolicy};
+use kproxy_graph::{NoEndpointVerdict, Protocol, ServicePort, TrafficPolicy};
 
 use crate::ir::{Addr, AddrTypeDir, Chain, Match, Recent, Rule, Target};
 use crate::naming::{comment_safe, ext_chain, fw_chain, sep_chain, svc_chain, svl_chain};
@@ -349,9 +349,6 @@ pub(super) fn service_rules(cx: &mut Ctx<'_>, sp: &ServicePort) {
 fn primary_node_ip(cx: &Ctx<'_>) -> Option<IpAddr> {
     cx.graph
         .node
-        .primary_ips
-        .iter()
-        .find(|ip| IpFamily::of(ip) == cx.fg.family)
-        .or_else(|| cx.fg.node_ips.first())
-        .copied()
+        .primary_ip(cx.fg.family)
+        .or_else(|| cx.fg.node_ips.first().copied())
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use kproxy_graph::IpFamily;
 
-use crate::{Hook, HookRunner, Node, Packet, State, Trace, TraceError, Tracer, Verdict};
+use crate::{Hook, HookRunner, Hooked, Node, Packet, State, Trace, TraceError, Tracer, Verdict};
 
 use super::eval::{Ctx, Flow, MAX_DEPTH};
 use super::{IptChain, IptRule, IptTarget, IptablesRuleset, builtin};
@@ -210,30 +210,21 @@ impl Ctx<'_> {
 }
 
 impl HookRunner for IptablesRuleset {
-    fn run_hook(
-        &self,
-        hook: Hook,
-        packet: &Packet,
-        node: &Node,
-        state: State,
-    ) -> Result<Vec<(State, Verdict)>, TraceError> {
+    fn run_hook(&self, hook: Hook, packet: &Packet, node: &Node, state: State) -> Hooked {
         let tables = self.tables(packet.family()).ok_or_else(|| {
             TraceError::Invalid(format!(
                 "the ruleset has no {} section",
                 packet.family().as_k8s_str()
             ))
         })?;
-        let mut finals = Vec::new();
-        let mut states = vec![state];
-        for (table, chain) in hook_chains(hook) {
-            let Some(c) = tables.chain(table, chain) else {
-                continue;
-            };
-            // An empty chain with policy ACCEPT changes nothing: leave it
-            // out of the walk.
-            if c.rules.is_empty() && c.policy.as_deref().unwrap_or("ACCEPT") == "ACCEPT" {
-                continue;
-            }
+        // An empty chain with policy ACCEPT changes nothing: leave it
+        // out of the walk.
+        let chains = hook_chains(hook).iter().filter_map(|&(table, chain)| {
+            let c = tables.chain(table, chain)?;
+            let idle = c.rules.is_empty() && c.policy.as_deref().unwrap_or("ACCEPT") == "ACCEPT";
+            (!idle).then_some((table, chain, c))
+        });
+        crate::through_chains(state, chains, |&(table, chain, c), mut st| {
             let ctx = Ctx {
                 tables,
                 table,
@@ -241,35 +232,21 @@ impl HookRunner for IptablesRuleset {
                 node,
                 hook,
             };
-            let mut next = Vec::new();
-            for mut st in states {
-                st.visits.push(crate::HookVisit {
-                    hook,
-                    base: format!("{table} {chain}"),
-                    events: Vec::new(),
-                    stack: vec![chain.to_string()],
-                    result: String::new(),
-                });
-                st.stack = vec![chain.to_string()];
-                for (s, flow) in ctx.run_rules(chain, c, 0, st, 0)? {
-                    let results = match flow {
-                        Flow::Verdict(v) => vec![(s, Flow::Verdict(v))],
-                        Flow::Return => ctx.policy(chain, c, s)?,
-                    };
-                    for (s, f) in results {
-                        match f {
-                            // Only accepted packets reach the next table.
-                            Flow::Verdict(Verdict::Accept) => next.push(s),
-                            Flow::Verdict(v) => finals.push((s, v)),
-                            Flow::Return => {}
-                        }
-                    }
-                }
+            st.enter_base(hook, format!("{table} {chain}"), chain);
+            let mut out = Vec::new();
+            for (s, flow) in ctx.run_rules(chain, c, 0, st, 0)? {
+                let results = match flow {
+                    Flow::Verdict(v) => vec![(s, Flow::Verdict(v))],
+                    Flow::Return => ctx.policy(chain, c, s)?,
+                };
+                // Only accepted packets reach the next table.
+                out.extend(results.into_iter().filter_map(|(s, f)| match f {
+                    Flow::Verdict(v) => Some((s, v)),
+                    Flow::Return => None,
+                }));
             }
-            states = next;
-        }
-        finals.extend(states.into_iter().map(|s| (s, Verdict::Accept)));
-        Ok(finals)
+            Ok(out)
+        })
     }
 }
 

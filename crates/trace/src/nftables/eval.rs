@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::ast::*;
 use crate::iptables::protocol_number;
-use crate::{Hook, HookRunner, HookVisit, Node, Packet, State, Trace, TraceError, Tracer, Verdict};
+use crate::{Hook, HookRunner, Hooked, Node, Packet, State, Trace, TraceError, Tracer, Verdict};
 
 /// A runtime value.
 #[derive(Debug, Clone, PartialEq)]
@@ -560,13 +560,7 @@ impl NftRuleset {
 }
 
 impl HookRunner for NftRuleset {
-    fn run_hook(
-        &self,
-        hook: Hook,
-        packet: &Packet,
-        node: &Node,
-        state: State,
-    ) -> Result<Vec<(State, Verdict)>, TraceError> {
+    fn run_hook(&self, hook: Hook, packet: &Packet, node: &Node, state: State) -> Hooked {
         // Every base chain on this hook, by priority (stable across tables).
         let mut bases: Vec<(&NftTable, &String, &NftChain, &BaseChain)> = Vec::new();
         for t in self.tables_for(packet) {
@@ -579,9 +573,7 @@ impl HookRunner for NftRuleset {
             }
         }
         bases.sort_by_key(|(_, _, _, b)| b.priority);
-        let mut finals = Vec::new();
-        let mut states = vec![state];
-        for (table, name, chain, base) in bases {
+        crate::through_chains(state, bases, |&(table, name, chain, base), mut st| {
             let ctx = Ctx {
                 table,
                 packet,
@@ -589,45 +581,31 @@ impl HookRunner for NftRuleset {
                 hook,
                 base_kind: &base.kind,
             };
-            let mut next = Vec::new();
-            for mut st in states {
-                st.visits.push(HookVisit {
-                    hook,
-                    base: format!(
-                        "{name} ({} {}, priority {})",
-                        base.kind,
-                        hook.as_str(),
-                        base.priority
-                    ),
-                    events: Vec::new(),
-                    stack: vec![name.clone()],
-                    result: String::new(),
-                });
-                st.stack = vec![name.clone()];
-                for (mut s, flow) in ctx.run_rules(name, chain, 0, st, 0)? {
-                    let v = match flow {
-                        Flow::Verdict(v) => v,
-                        Flow::Return => {
-                            let (v, what) = if base.policy_drop {
-                                (Verdict::Drop, "policy drop")
-                            } else {
-                                (Verdict::Accept, "policy accept")
-                            };
-                            s.decide(what.into());
-                            v
-                        }
-                    };
-                    if v == Verdict::Accept {
-                        next.push(s);
-                    } else {
-                        finals.push((s, v));
+            let shown = format!(
+                "{name} ({} {}, priority {})",
+                base.kind,
+                hook.as_str(),
+                base.priority
+            );
+            st.enter_base(hook, shown, name);
+            let mut out = Vec::new();
+            for (mut s, flow) in ctx.run_rules(name, chain, 0, st, 0)? {
+                let v = match flow {
+                    Flow::Verdict(v) => v,
+                    Flow::Return => {
+                        let (v, what) = if base.policy_drop {
+                            (Verdict::Drop, "policy drop")
+                        } else {
+                            (Verdict::Accept, "policy accept")
+                        };
+                        s.decide(what.into());
+                        v
                     }
-                }
+                };
+                out.push((s, v));
             }
-            states = next;
-        }
-        finals.extend(states.into_iter().map(|s| (s, Verdict::Accept)));
-        Ok(finals)
+            Ok(out)
+        })
     }
 }
 
