@@ -12,6 +12,8 @@
 //!   plane's listener and client, [`dataplane`]);
 //! - `kproxy-bench drift-check` (hidden): the CPU time and memory of one
 //!   drift check at a given size ([`driftcheck`]);
+//! - `kproxy-bench intake`: `kproxy render` and `kproxy graph` of one
+//!   cluster from YAML and from JSON, end to end ([`intake`]);
 //! - `kproxy-bench conntrack-cleanup` (hidden): the time to find and delete
 //!   stale UDP conntrack entries over ctnetlink ([`ctclean`]).
 //!
@@ -23,6 +25,7 @@ mod ctclean;
 mod dataplane;
 mod driftcheck;
 mod filesrc;
+mod intake;
 mod report;
 mod results;
 mod run;
@@ -107,6 +110,26 @@ enum Cmd {
         /// How the daemon finds changes (`KPROXY_FILE_WATCH`): auto, inotify, poll.
         #[arg(long, default_value = "auto")]
         watch: String,
+        /// The `kproxy` binary (default: next to kproxy-bench).
+        #[arg(long)]
+        kproxy: Option<PathBuf>,
+    },
+    /// Intake speed: `kproxy render` and `kproxy graph` of one synthetic
+    /// cluster from YAML and from JSON, each a process, runs alternating.
+    /// Prints the median, min and max.
+    Intake {
+        /// Number of Services.
+        #[arg(long, default_value_t = 10_000)]
+        services: usize,
+        /// Endpoints per Service.
+        #[arg(long, default_value_t = 10)]
+        endpoints: usize,
+        /// Runs per command and input.
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// The backend `kproxy render` renders for.
+        #[arg(long, default_value = "nftables")]
+        backend: String,
         /// The `kproxy` binary (default: next to kproxy-bench).
         #[arg(long)]
         kproxy: Option<PathBuf>,
@@ -345,6 +368,25 @@ fn real_main() -> anyhow::Result<()> {
                 endpoints,
                 changes,
                 watch: &watch,
+            })
+        }
+        Cmd::Intake {
+            services,
+            endpoints,
+            repeats,
+            backend,
+            kproxy,
+        } => {
+            let kproxy = match kproxy {
+                Some(k) => k,
+                None => std::env::current_exe()?.with_file_name("kproxy"),
+            };
+            intake::run(&intake::Opts {
+                kproxy: &kproxy,
+                services,
+                endpoints,
+                repeats,
+                backend: &backend,
             })
         }
         Cmd::Run(args) => run_cmd(*args),

@@ -32,6 +32,9 @@ pub const MAX_AFFINITY_TIMEOUT: u32 = 86400;
 // Streaming intake of large lists (a file beside this one).
 #[path = "stream.rs"]
 mod stream;
+// The fast reader of plain block YAML that streaming tries first.
+#[path = "block_yaml.rs"]
+mod block_yaml;
 
 /// The Kubernetes objects a graph is built from.
 #[derive(Debug, Clone, Default)]
@@ -339,7 +342,9 @@ fn block_indent(line: &str) -> usize {
 fn check_depth(source_name: &str, text: &str) -> Result<(), IntakeError> {
     let mut document = 1;
     let mut flow = 0usize;
-    let mut quote: Option<char> = None;
+    // Bytes, not chars: every character that matters is ASCII, and no
+    // byte of a longer UTF-8 character is.
+    let mut quote: Option<u8> = None;
     for (n, line) in text.lines().enumerate() {
         if quote.is_none() && flow == 0 && line.starts_with("---") {
             document += 1;
@@ -347,20 +352,22 @@ fn check_depth(source_name: &str, text: &str) -> Result<(), IntakeError> {
         let indent = block_indent(line);
         // A quoted scalar starts only where a scalar can start, so the
         // apostrophe of `don't` opens nothing.
-        let mut prev = ' ';
+        let mut prev = b' ';
         let mut escaped = false;
-        for c in line.chars() {
+        for c in line.bytes() {
             match quote {
-                Some('"') if escaped => escaped = false,
-                Some('"') if c == '\\' => escaped = true,
+                Some(b'"') if escaped => escaped = false,
+                Some(b'"') if c == b'\\' => escaped = true,
                 Some(q) if c == q => quote = None,
                 Some(_) => {}
                 None => match c {
-                    '"' | '\'' if matches!(prev, ' ' | '\t' | '[' | '{' | ',' | ':' | '-') => {
+                    b'"' | b'\''
+                        if matches!(prev, b' ' | b'\t' | b'[' | b'{' | b',' | b':' | b'-') =>
+                    {
                         quote = Some(c)
                     }
-                    '#' if matches!(prev, ' ' | '\t') => break,
-                    '[' | '{' => {
+                    b'#' if matches!(prev, b' ' | b'\t') => break,
+                    b'[' | b'{' => {
                         flow += 1;
                         if indent / 2 + flow > MAX_DEPTH {
                             return Err(IntakeError::TooDeep {
@@ -371,7 +378,7 @@ fn check_depth(source_name: &str, text: &str) -> Result<(), IntakeError> {
                             });
                         }
                     }
-                    ']' | '}' => flow = flow.saturating_sub(1),
+                    b']' | b'}' => flow = flow.saturating_sub(1),
                     _ => {}
                 },
             }

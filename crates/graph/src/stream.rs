@@ -11,9 +11,11 @@
 //! [`DeserializeSeed`]), converts each to its typed object and drops the
 //! text's tree as it goes.
 //!
-//! It is a fast path, never a second parser with its own rules:
-//! - every piece of YAML is still parsed by `serde_yaml_ng`, and every item
-//!   is converted by [`Objects::add_value`] exactly as before;
+//! It is a fast path, never a parser with rules of its own:
+//! - every piece of YAML is parsed by `serde_yaml_ng`, or, when it is plain
+//!   block YAML, by `block_yaml`, which gives the same values and leaves
+//!   everything else to `serde_yaml_ng`; every item is converted by
+//!   [`Objects::add_value`] exactly as before;
 //! - only a plainly shaped input is taken (documents separated by bare `---`
 //!   lines; a list's `items:` key at column 0 followed by a block sequence
 //!   whose entries start at one indentation); anything else (directives,
@@ -130,8 +132,13 @@ fn split_documents(text: &str) -> Option<Vec<&str>> {
     Some(docs)
 }
 
-/// Parse `text` with `serde_yaml_ng` into the values of its documents.
+/// Parse `text` into the values of its documents: as one block
+/// collection by [`super::block_yaml`] when it is plain enough, else with
+/// `serde_yaml_ng` (both give the same values).
 fn parse_documents(text: &str) -> Option<Vec<Value>> {
+    if let Some(value) = super::block_yaml::parse(text) {
+        return Some(vec![value]);
+    }
     serde_yaml_ng::Deserializer::from_str(text)
         .map(|doc| Value::deserialize(doc).ok())
         .collect()
@@ -281,9 +288,21 @@ fn read_yaml_document(
             j += 1;
         }
         let end = block.entries.get(j).copied().unwrap_or(block.end);
-        let batch = match parse_documents(&doc[start..end])?.as_mut_slice() {
-            [Value::Array(items)] => std::mem::take(items),
-            _ => return None,
+        let batch = match super::block_yaml::parse(&doc[start..end]) {
+            Some(Value::Array(items)) => items,
+            // Not all plain: each item alone, so that one item outside
+            // plain block YAML costs the full parser's time for itself only.
+            _ => {
+                let mut items = Vec::with_capacity(j - i);
+                for k in i..j {
+                    let item_end = block.entries.get(k + 1).copied().unwrap_or(block.end);
+                    match parse_documents(&doc[block.entries[k]..item_end])?.as_mut_slice() {
+                        [Value::Array(one)] if one.len() == 1 => items.append(one),
+                        _ => return None,
+                    }
+                }
+                items
+            }
         };
         // Each entry line must have started exactly one item: otherwise
         // the split was wrong and the whole-text reading decides.
@@ -546,6 +565,35 @@ mod tests {
         streams_as_whole(&kubectl_list(300, "  "));
         let crlf = kubectl_list(50, "").replace('\n', "\r\n");
         assert_eq!(streams_as_whole(&crlf).0.services.len(), 50);
+    }
+
+    #[test]
+    fn one_item_outside_plain_block_yaml_leaves_the_others_plain() {
+        // A block scalar and a flow mapping, as `kubectl apply` leaves in
+        // annotations: those items take the full parser, the rest not.
+        let mut text = kubectl_list(40, "");
+        text = text.replacen(
+            "    name: svc-7\n",
+            "    name: svc-7\n    annotations:\n      note: |\n        {\"a\": 1}\n\n        # kept\n",
+            1,
+        );
+        text = text.replacen(
+            "    name: svc-9\n",
+            "    name: svc-9\n    labels: {app: x}\n",
+            1,
+        );
+        assert!(super::super::block_yaml::parse(&text).is_none());
+        let (o, w) = streams_as_whole(&text);
+        assert_eq!(o.services.len(), 40);
+        assert!(w.is_empty(), "{w:?}");
+        let svc7 = &o.services[7];
+        assert_eq!(
+            svc7.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("note")),
+            Some(&"{\"a\": 1}\n\n# kept\n".to_string())
+        );
     }
 
     #[test]

@@ -88,6 +88,9 @@ impl Addr {
     /// form.
     pub fn new(s: &str) -> Addr {
         match s.parse::<IpAddr>() {
+            // The IPv4 parser takes only the canonical form (four decimal
+            // octets without leading zeros), so no text to compare.
+            Ok(ip @ IpAddr::V4(_)) => Addr::Ip(ip),
             Ok(ip) if ip.to_string() == s => Addr::Ip(ip),
             _ => Addr::Text(s.into()),
         }

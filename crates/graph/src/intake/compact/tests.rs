@@ -13,6 +13,21 @@ fn addresses_keep_their_text_unless_canonical() {
         assert_eq!(a, Addr::Text(text.into()), "{text:?}");
         assert_eq!(a.text(), text);
     }
+    // IPv4 text that parses is canonical: leading zeros, short forms and
+    // spaces do not parse.
+    for text in [
+        "010.0.0.1",
+        "10.0.0.01",
+        "10.1",
+        "10.0.0.1 ",
+        "0x0a.0.0.1",
+        "1.2.3.4.5",
+    ] {
+        assert_eq!(Addr::new(text), Addr::Text(text.into()), "{text:?}");
+    }
+    for text in ["0.0.0.0", "255.255.255.255", "10.0.0.1", "192.168.100.200"] {
+        assert_eq!(Addr::new(text).text(), text);
+    }
     assert_eq!(Addr::new(" 10.0.0.1").ip(), "10.0.0.1".parse().ok());
     assert_eq!(Addr::new("None").ip(), None);
 }
