@@ -264,6 +264,8 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     /// What `serde_yaml_ng` reads from `text`.
@@ -354,5 +356,81 @@ mod tests {
         same("a:\nb:\n  c:\n  - 1\n  - x: y\n    z:\n  d: 2\ne: 3\n");
         same("- a\n- b: 1\n  c:\n    - 2\n- \"\"\n");
         same("  - a: 1\n    b: 2\n  - a: 3\n");
+    }
+
+    /// Scalars chosen to sit on the edges of YAML's plain-scalar typing.
+    const TRICKY: &[&str] = &[
+        "0", "00", "0123", "7", "18446744073709551615", "18446744073709551616", "1.5", "1.", ".5",
+        "1e3", "1e+5", "0x1f", "0o17", "0b1", "-3", "+4", "1_000", "1+2", "12:30", "2001-12-14",
+        "10.1.0.5", "fd00::1", "inf", "nan", ".inf", "-.inf", ".nan", "null", "Null", "NULL", "~",
+        "true", "True", "TRUE", "false", "yes", "no", "on", "off", "y", "n", "", " ", "a b",
+        "a: b", "a:b", "a #b", "#a", "-", "- a", "?", "x'y", "it's", "\"q\"", "back\\slash",
+        "tab\tx", "é", "line\nbreak", "{}", "[]", "{a: 1}", "*x", "&x", "!x", "%x", "@x", "`x",
+        "kubernetes.io/service-name", "http", "TCP", "node-0",
+    ];
+
+    fn scalar_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            proptest::sample::select(TRICKY).prop_map(|s| Value::String(s.to_string())),
+            any::<u64>().prop_map(|n| Value::Number(n.into())),
+            any::<i64>().prop_map(|n| Value::Number(n.into())),
+            (-1e6f64..1e6).prop_map(|f| serde_json::json!(f)),
+            any::<bool>().prop_map(Value::Bool),
+            Just(Value::Null),
+            "[a-z0-9.:/ -]{0,12}".prop_map(Value::String),
+        ]
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::sample::select(TRICKY).prop_map(str::to_string),
+            "[a-zA-Z_][a-zA-Z0-9._/-]{0,10}",
+        ]
+    }
+
+    fn tree() -> impl Strategy<Value = Value> {
+        scalar_value().prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                proptest::collection::btree_map(key(), inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever this reader takes, it reads as `serde_yaml_ng` does:
+        /// random documents as the emitter writes them (block style, as
+        /// `kubectl get -o yaml` does), with the emitter's quoting.
+        #[test]
+        fn it_reads_what_it_takes_as_serde_yaml_ng_does(value in tree()) {
+            let text = serde_yaml_ng::to_string(&value).expect("emits");
+            if let Some(fast) = parse(&text) {
+                prop_assert_eq!(fast, full(&text), "{}", text);
+            }
+        }
+
+        /// The same with scalars written bare, unquoted, where the emitter
+        /// would have quoted them: the typing of plain scalars decides.
+        #[test]
+        fn bare_scalars_are_typed_as_serde_yaml_ng_types_them(
+            pairs in proptest::collection::vec(
+                ("[a-z][a-z0-9]{0,6}", proptest::sample::select(TRICKY)), 1..6)
+        ) {
+            let mut text = String::new();
+            for (k, v) in &pairs {
+                text.push_str(&format!("{k}: {v}\n"));
+            }
+            let reference: Result<Value, _> = serde_yaml_ng::from_str(&text);
+            match (parse(&text), reference) {
+                (Some(fast), Ok(full)) => prop_assert_eq!(fast, full, "{}", text),
+                (Some(fast), Err(e)) => {
+                    prop_assert!(false, "took {} as {:?}; serde_yaml_ng: {}", text, fast, e)
+                }
+                (None, _) => {}
+            }
+        }
     }
 }
