@@ -190,6 +190,9 @@ enum Cmd {
         /// Endpoint changes at the last size.
         #[arg(long, default_value_t = 5)]
         changes: usize,
+        /// Transports to measure (`exec`, `netlink`); the ratio needs both.
+        #[arg(long, value_delimiter = ',', default_values_t = vec!["exec".to_string(), "netlink".to_string()])]
+        transports: Vec<String>,
     },
     /// (internal) Accept TCP connections and reset them, until killed.
     #[command(hide = true)]
@@ -414,7 +417,8 @@ fn real_main() -> anyhow::Result<()> {
             endpoints,
             reps,
             changes,
-        } => transports::run(&sizes, endpoints, reps, changes),
+            transports,
+        } => transports::run(&sizes, endpoints, reps, changes, &transports),
         Cmd::Serve { addr } => dataplane::serve(addr),
         Cmd::Connect { to, seconds, count } => dataplane::connect(to, seconds, count),
     }

@@ -191,14 +191,31 @@ impl Request {
 /// The value of the first attribute `kind` among `attrs` (a sequence of
 /// netlink attributes), `None` when absent or when `attrs` is malformed.
 pub fn find(attrs: &[u8], kind: u16) -> Option<&[u8]> {
-    for nla in NlasIterator::new(attrs) {
-        let nla: NlaBuffer<&[u8]> = nla.ok()?;
-        if nla.kind() == kind {
-            return Some(value(nla));
+    // By hand rather than with `NlasIterator`: a conntrack dump looks up a
+    // dozen attributes of every flow, tens of thousands of flows per dump.
+    let mut a = attrs;
+    while !a.is_empty() {
+        let (len, k) = match a {
+            [l0, l1, k0, k1, ..] => (
+                usize::from(u16::from_ne_bytes([*l0, *l1])),
+                u16::from_ne_bytes([*k0, *k1]) & NLA_TYPE_MASK,
+            ),
+            _ => return None,
+        };
+        if len < NLA_HEADER_LEN || len > a.len() {
+            return None;
         }
+        if k == kind {
+            return Some(&a[NLA_HEADER_LEN..len]);
+        }
+        a = &a[len.next_multiple_of(4).min(a.len())..];
     }
     None
 }
+
+/// `NLA_TYPE_MASK`: the type without `NLA_F_NESTED` and
+/// `NLA_F_NET_BYTEORDER`.
+const NLA_TYPE_MASK: u16 = !(0x8000 | 0x4000);
 
 /// An attribute's value, borrowed from the buffer it was read from
 /// (`NlasIterator` has checked the length against that buffer).
@@ -269,5 +286,14 @@ mod tests {
         assert_eq!(find(attrs, attr::SET_FLAGS), None);
         assert_eq!(each(attrs, attr::SET_NAME).count(), 1);
         assert_eq!(find(&attrs[..3], attr::SET_TABLE), None, "truncated");
+        // A nested attribute is found by its type without NLA_F_NESTED;
+        // a length past the end is malformed.
+        let mut v: Vec<u8> = Vec::new();
+        v.extend_from_slice(&8u16.to_ne_bytes());
+        v.extend_from_slice(&(3u16 | 0x8000).to_ne_bytes());
+        v.extend_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(find(&v, 3), Some(&[1u8, 2, 3, 4][..]));
+        v[0] = 12;
+        assert_eq!(find(&v, 3), None, "longer than the buffer");
     }
 }

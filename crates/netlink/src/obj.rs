@@ -274,7 +274,9 @@ pub fn udata_put(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
 
 /// A NUL-terminated string as user data (comments), cut to fit.
 pub fn udata_str(out: &mut Vec<u8>, kind: u8, s: &str) {
-    let mut v: Vec<u8> = s.as_bytes().iter().take(254).copied().collect();
-    v.push(0);
-    udata_put(out, kind, &v);
+    let b = &s.as_bytes()[..s.len().min(254)];
+    out.push(kind);
+    out.push((b.len() + 1) as u8);
+    out.extend_from_slice(b);
+    out.push(0);
 }

@@ -33,6 +33,36 @@ pub struct NetlinkTransport {
     seq: u32,
     /// Bytes of the last batch sent.
     last_bytes: usize,
+    /// The socket of the last batch, kept for the next one.
+    sock: KeptSocket,
+    /// A batch being sent on a thread of its own ([`NetlinkTransport::send_pipelined`]).
+    in_flight: InFlight,
+}
+
+/// The result of a pipelined batch: the socket back, and the outcome.
+type Sent = (Option<NfSocket>, Result<(), ApplyError>);
+
+/// A pipelined batch on its way to the kernel, and the sets the
+/// registry holds once it is in.
+#[derive(Debug, Default)]
+struct InFlight(Option<(std::thread::JoinHandle<Sent>, SetRegistry)>);
+
+impl Clone for InFlight {
+    fn clone(&self) -> Self {
+        InFlight(None)
+    }
+}
+
+/// A socket kept between batches: opening one in a named namespace costs
+/// a thread and a `setns`, more than a small incremental batch. A clone
+/// of the transport opens its own.
+#[derive(Debug, Default)]
+struct KeptSocket(Option<NfSocket>);
+
+impl Clone for KeptSocket {
+    fn clone(&self) -> Self {
+        KeptSocket(None)
+    }
 }
 
 /// A transaction compiled into a batch: its chunks and, per message, the
@@ -75,7 +105,9 @@ impl NetlinkTransport {
     /// Forget what was declared (after the tables were removed by other
     /// means).
     pub fn forget(&mut self) {
+        let _ = self.wait();
         self.sets.clear();
+        self.sock.0 = None;
     }
 
     fn socket(&self) -> Result<NfSocket, ApplyError> {
@@ -89,11 +121,24 @@ impl NetlinkTransport {
         })
     }
 
+    /// The kept socket, or a new one.
+    fn take_socket(&mut self) -> Result<NfSocket, ApplyError> {
+        match self.sock.0.take() {
+            Some(s) => Ok(s),
+            None => self.socket(),
+        }
+    }
+
     /// Compile `tx` into a batch (nothing is sent).
     pub fn compile(&mut self, tx: &Transaction) -> Result<Compiled, ApplyError> {
         self.seq = self.seq.wrapping_add(1 << 20);
         let seq0 = self.seq;
-        let mut sets = self.sets.clone();
+        // A batch still on its way counts as applied: this one builds on
+        // its sets, and is sent only if it succeeds.
+        let mut sets = match &self.in_flight.0 {
+            Some((_, after)) => after.clone(),
+            None => self.sets.clone(),
+        };
         let mut b = Batch::new(seq0);
         let mut op_of_msg = Vec::with_capacity(tx.ops.len());
         let mut ctx = BatchCtx {
@@ -136,39 +181,96 @@ impl NetlinkTransport {
 
     /// Send a compiled batch; on success remember its sets.
     pub fn send(&mut self, tx: &Transaction, c: Compiled) -> Result<(), ApplyError> {
-        let mut sock = self.socket()?;
+        self.wait()?;
+        let sock = self.take_socket()?;
         self.last_bytes = c.chunks.iter().map(Vec::len).sum();
-        match sock.send_batch(&c.chunks) {
-            Ok(()) => {
-                self.sets = c.sets;
-                Ok(())
-            }
-            Err(SendError::Io(e)) => Err(ApplyError::Other {
-                backend: BACKEND,
-                message: format!("sending the nf_tables batch: {e}"),
-            }),
-            Err(SendError::Rejected(e)) => {
-                let idx = e.seq.wrapping_sub(c.first_seq) as usize;
-                let stderr = match c.op_of_msg.get(idx).map(|i| *i as usize) {
-                    Some(i) => match tx.ops.get(i) {
-                        Some((f, t, op)) => format!(
-                            "operation {}: Error: {e}; statement: {}",
-                            i + 1,
-                            excerpt(*f, t, op)
-                        ),
-                        None => format!("message {}: Error: {e}", e.seq),
-                    },
-                    None => format!("the batch as a whole: Error: {e}"),
-                };
-                Err(ApplyError::Rejected {
-                    backend: BACKEND,
-                    program: PROGRAM.into(),
-                    status: format!("errno {}", e.errno),
-                    stderr,
-                })
-            }
-        }
+        let (sock, r) = send_compiled(sock, tx, &c);
+        self.sock.0 = sock;
+        r.map(|()| self.sets = c.sets)
     }
+
+    /// Compile `tx` here and send it on a thread of its own, so that the
+    /// caller builds the next transaction while the kernel applies this
+    /// one. The previous pipelined batch is waited for first: its failure
+    /// is returned (and `tx` is not sent), as is a failure to compile
+    /// `tx`. Call [`NetlinkTransport::wait`] after the last one. Returns
+    /// the batch's bytes. At most two batches are held at once: the one
+    /// being sent and the one just compiled.
+    pub fn send_pipelined(&mut self, tx: Transaction) -> Result<usize, ApplyError> {
+        if tx.is_empty() {
+            return Ok(0);
+        }
+        let compiled = self.compile(&tx);
+        self.wait()?;
+        let c = compiled?;
+        let sock = self.take_socket()?;
+        let bytes = c.chunks.iter().map(Vec::len).sum();
+        self.last_bytes = bytes;
+        let after = c.sets.clone();
+        let h = std::thread::Builder::new()
+            .name("nft-batch".into())
+            .spawn(move || send_compiled(sock, &tx, &c))
+            .map_err(|e| ApplyError::Other {
+                backend: BACKEND,
+                message: format!("starting the batch sender thread: {e}"),
+            })?;
+        self.in_flight.0 = Some((h, after));
+        Ok(bytes)
+    }
+
+    /// Wait for the pipelined batch in flight, if any; on success its
+    /// sets are remembered.
+    pub fn wait(&mut self) -> Result<(), ApplyError> {
+        let Some((h, after)) = self.in_flight.0.take() else {
+            return Ok(());
+        };
+        let (sock, r) = h.join().unwrap_or_else(|_| {
+            (
+                None,
+                Err(ApplyError::Other {
+                    backend: BACKEND,
+                    message: "the batch sender thread panicked".into(),
+                }),
+            )
+        });
+        self.sock.0 = sock;
+        r.map(|()| self.sets = after)
+    }
+}
+
+/// Send a compiled batch on `sock`; the socket comes back unless an I/O
+/// error may have left unread replies in it.
+fn send_compiled(mut sock: NfSocket, tx: &Transaction, c: &Compiled) -> Sent {
+    let r = sock.send_batch(&c.chunks);
+    let keep = !matches!(r, Err(SendError::Io(_)));
+    let r = match r {
+        Ok(()) => Ok(()),
+        Err(SendError::Io(e)) => Err(ApplyError::Other {
+            backend: BACKEND,
+            message: format!("sending the nf_tables batch: {e}"),
+        }),
+        Err(SendError::Rejected(e)) => {
+            let idx = e.seq.wrapping_sub(c.first_seq) as usize;
+            let stderr = match c.op_of_msg.get(idx).map(|i| *i as usize) {
+                Some(i) => match tx.ops.get(i) {
+                    Some((f, t, op)) => format!(
+                        "operation {}: Error: {e}; statement: {}",
+                        i + 1,
+                        excerpt(*f, t, op)
+                    ),
+                    None => format!("message {}: Error: {e}", e.seq),
+                },
+                None => format!("the batch as a whole: Error: {e}"),
+            };
+            Err(ApplyError::Rejected {
+                backend: BACKEND,
+                program: PROGRAM.into(),
+                status: format!("errno {}", e.errno),
+                stderr,
+            })
+        }
+    };
+    (keep.then_some(sock), r)
 }
 
 /// The netlink transport: each transaction compiled and sent as one

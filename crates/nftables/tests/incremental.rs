@@ -264,3 +264,76 @@ fn large_full_resync_is_a_diff_and_drift_reloads() {
         normalised_listing(&fresh, false)
     );
 }
+
+/// Pipelined batches: each is applied while the next is compiled. When
+/// one is refused, the next is not sent, its caller gets the refusal
+/// (naming the statement), and what the kernel holds is what the batches
+/// before the refused one made.
+#[test]
+fn pipelined_batches_stop_at_the_first_refusal() {
+    use kproxy_nftables::{Element, Family, NetlinkTransport, Op, Transaction};
+    let ns = NetNs::new("nftpipe");
+    let mut nl = NetlinkTransport::in_netns(ns.name());
+    let chain = |name: &str| {
+        let mut tx = Transaction::new();
+        tx.push(
+            Family::Ip,
+            "kptest",
+            Op::AddChain {
+                name: name.into(),
+                hook: None,
+            },
+        );
+        tx
+    };
+    let mut first = Transaction::new();
+    first.push(Family::Ip, "kptest", Op::AddTable { comment: None });
+    first.push(
+        Family::Ip,
+        "kptest",
+        Op::AddSet(kproxy_nftables::Set {
+            name: "m".into(),
+            map: true,
+            set_type: kproxy_nftables::SetType::Type("ipv4_addr : verdict".into()),
+            flags: vec![],
+            timeout: None,
+            size: None,
+            comment: None,
+            elements: Default::default(),
+        }),
+    );
+    first.extend(chain("one"));
+    nl.send_pipelined(first).expect("first batch compiles");
+    // Refused by the kernel: a verdict to a chain that does not exist.
+    let mut bad = chain("two");
+    bad.add_elements(
+        Family::Ip,
+        "kptest",
+        "m",
+        [(
+            "10.9.9.9".to_string(),
+            Element {
+                value: Some("goto no-such-chain".into()),
+                comment: None,
+            },
+        )],
+    );
+    nl.send_pipelined(bad)
+        .expect("the first batch was applied; the refused one is in flight");
+    let err = nl
+        .send_pipelined(chain("three"))
+        .expect_err("the refusal of the batch before comes back here");
+    let msg = err.to_string();
+    assert!(msg.contains("operation 2: Error: "), "{msg}");
+    assert!(msg.contains("no-such-chain"), "names the statement: {msg}");
+    nl.wait().expect("nothing in flight after a refusal");
+    let listing = ns.exec(&["nft", "list", "table", "ip", "kptest"]);
+    assert!(listing.contains("chain one"), "{listing}");
+    assert!(!listing.contains("chain two"), "refused batch: {listing}");
+    assert!(!listing.contains("chain three"), "never sent: {listing}");
+    // The transport goes on: the next batch builds on what was applied.
+    nl.send_pipelined(chain("four")).expect("sent");
+    nl.wait().expect("applied");
+    let listing = ns.exec(&["nft", "list", "table", "ip", "kptest"]);
+    assert!(listing.contains("chain four"), "{listing}");
+}

@@ -7,7 +7,7 @@ use kproxy_graph::{ApplyError, ChangeSet, ServiceGraph, SyncStats};
 use crate::generate::{self, FamilyRules, TABLE, sets};
 use crate::ir::{ChunkWriter, Element, Family, Op, Table, Transaction};
 
-use super::{FamilyState, NftablesBackend, fill_counts, gen_err, send_via};
+use super::{FamilyState, NftablesBackend, fill_counts, gen_err, send_via_pipelined};
 
 impl NftablesBackend {
     pub(super) fn generation_ops(&self, tx: &mut Transaction, families: &[Family]) {
@@ -143,7 +143,8 @@ impl NftablesBackend {
             if failure.is_some() {
                 return;
             }
-            match send_via(transport, peak, dry_run, &tx) {
+            // Over netlink each part is applied while the next is built.
+            match send_via_pipelined(transport, peak, dry_run, tx) {
                 Ok(n) => bytes += n,
                 Err(e) => failure = Some(e),
             }
@@ -157,6 +158,10 @@ impl NftablesBackend {
             w.op(*f, t, op);
         }
         w.finish();
+        let last = self.transport.wait();
+        if failure.is_none() {
+            failure = last.err();
+        }
         self.replaced(graph, fams, stats, bytes, failure)
     }
 

@@ -164,6 +164,24 @@ impl NftTransport {
         }
     }
 
+    /// Apply `tx`, over netlink on a thread of its own while the caller
+    /// goes on ([`NetlinkTransport::send_pipelined`]): the error returned
+    /// may be the previous transaction's. [`NftTransport::wait`] ends it.
+    pub fn send_pipelined(&mut self, tx: Transaction) -> Result<usize, ApplyError> {
+        match self {
+            NftTransport::Exec(_) => self.send(&tx),
+            NftTransport::Netlink(nl) => nl.send_pipelined(tx),
+        }
+    }
+
+    /// Wait for a pipelined transaction still being applied.
+    pub fn wait(&mut self) -> Result<(), ApplyError> {
+        match self {
+            NftTransport::Exec(_) => Ok(()),
+            NftTransport::Netlink(nl) => nl.wait(),
+        }
+    }
+
     /// Check `tx` without applying it (`nft -c`; over netlink the batch is
     /// compiled and not sent); the bytes it would send.
     pub fn check(&mut self, tx: &Transaction) -> Result<usize, ApplyError> {
@@ -319,6 +337,24 @@ fn send_via(
         return transport.check(tx);
     }
     let n = transport.send(tx)?;
+    if transport.kind() == TransportKind::Netlink {
+        *peak = (*peak).max(n);
+    }
+    Ok(n)
+}
+
+/// [`send_via`] pipelined: the transaction is applied while the caller
+/// builds the next; an error may be the previous transaction's.
+fn send_via_pipelined(
+    transport: &mut NftTransport,
+    peak: &mut usize,
+    dry_run: bool,
+    tx: Transaction,
+) -> Result<usize, ApplyError> {
+    if dry_run {
+        return transport.check(&tx);
+    }
+    let n = transport.send_pipelined(tx)?;
     if transport.kind() == TransportKind::Netlink {
         *peak = (*peak).max(n);
     }

@@ -5,7 +5,7 @@ use kproxy_netlink::obj::{ElemSpec, udata_put, udata_str};
 
 use crate::ir::Element;
 
-use super::values::{Range, cidr_range, concat_bytes, num, succ, verdict_data};
+use super::values::{Range, cidr_range, concat_into, num, succ, verdict_data};
 use super::{CompileError, SetInfo, err};
 
 /// Interval elements for ranges (sorted, adjacent ones merged when
@@ -60,6 +60,7 @@ pub(super) fn interval_elems(mut ranges: Vec<(Range, Vec<u8>)>, merge: bool) -> 
 pub(super) fn elem_udata(comment: Option<&str>) -> Vec<u8> {
     let mut u = Vec::new();
     if let Some(c) = comment {
+        u.reserve(c.len().min(254) + 3);
         udata_str(&mut u, 0, c);
     }
     u
@@ -72,9 +73,11 @@ pub fn elements<'a>(
     info: &SetInfo,
     items: impl IntoIterator<Item = (&'a str, Option<&'a Element>)>,
 ) -> Result<Vec<ElemSpec>, CompileError> {
+    // The element's name for errors, built only when there is one.
     let what = |k: &str| format!("element {k} of {set}");
+    let items = items.into_iter();
     if info.interval {
-        let mut ranges = Vec::new();
+        let mut ranges = Vec::with_capacity(items.size_hint().0);
         for (k, e) in items {
             if info.key.dts.len() != 1 {
                 return err(&what(k), "interval concatenations are not supported");
@@ -84,34 +87,60 @@ pub fn elements<'a>(
         }
         return Ok(interval_elems(ranges, false));
     }
-    let mut out = Vec::new();
+    let key_len = info.key.len() as usize;
+    let data_len = match &info.data {
+        Some(Some(d)) => d.len() as usize,
+        _ => 0,
+    };
+    let mut out = Vec::with_capacity(items.size_hint().0);
     for (k, e) in items {
-        let w = what(k);
-        // `key timeout Ns` (elements of sets with timeouts).
-        let (k, timeout_ms) = match k.rsplit_once(" timeout ") {
-            Some((k, t)) => {
-                let secs: u64 = num(&w, t.strip_suffix('s').unwrap_or(t))?;
-                (k, Some(secs * 1000))
-            }
-            None => (k, None),
-        };
-        let key = concat_bytes(&w, &info.key.dts, k)?;
-        let data = match (e.and_then(|e| e.value.as_deref()), &info.data) {
-            (None, _) => None,
-            (Some(v), Some(None)) => Some(verdict_data(&w, v)?),
-            (Some(v), Some(Some(d))) => Some(Data::Value(concat_bytes(&w, &d.dts, v)?)),
-            (Some(_), None) => return err(&w, "a value for a set"),
-        };
-        if e.is_some() && data.is_none() && info.data.is_some() {
-            return err(&w, "a map element without value");
-        }
-        out.push(ElemSpec {
-            key,
-            data,
-            flags: 0,
-            udata: elem_udata(e.and_then(|e| e.comment.as_deref())),
-            timeout_ms,
-        });
+        out.push(element(&what, info, key_len, data_len, k, e)?);
     }
     Ok(out)
+}
+
+/// One element of a set that is not an interval set.
+fn element(
+    what: &impl Fn(&str) -> String,
+    info: &SetInfo,
+    key_len: usize,
+    data_len: usize,
+    k: &str,
+    e: Option<&Element>,
+) -> Result<ElemSpec, CompileError> {
+    // `key timeout Ns` (elements of sets with timeouts): such a key ends
+    // in `s`, no other key does.
+    let (key_text, timeout_ms) = match k.ends_with('s').then(|| k.rsplit_once(" timeout ")) {
+        Some(Some((key, t))) => {
+            let secs: u64 = num(&what(k), t.strip_suffix('s').unwrap_or(t))?;
+            (key, Some(secs * 1000))
+        }
+        _ => (k, None),
+    };
+    let mut key = Vec::with_capacity(key_len);
+    concat_into(&mut key, &info.key.dts, key_text).map_err(|r| bad(what(k), r))?;
+    let data = match (e.and_then(|e| e.value.as_deref()), &info.data) {
+        (None, _) => None,
+        (Some(v), Some(None)) => Some(verdict_data(&what(k), v)?),
+        (Some(v), Some(Some(d))) => {
+            let mut b = Vec::with_capacity(data_len);
+            concat_into(&mut b, &d.dts, v).map_err(|r| bad(what(k), r))?;
+            Some(Data::Value(b))
+        }
+        (Some(_), None) => return err(&what(k), "a value for a set"),
+    };
+    if e.is_some() && data.is_none() && info.data.is_some() {
+        return err(&what(k), "a map element without value");
+    }
+    Ok(ElemSpec {
+        key,
+        data,
+        flags: 0,
+        udata: elem_udata(e.and_then(|e| e.comment.as_deref())),
+        timeout_ms,
+    })
+}
+
+fn bad(what: String, reason: String) -> CompileError {
+    CompileError { what, reason }
 }

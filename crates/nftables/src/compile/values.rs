@@ -49,25 +49,60 @@ pub(super) fn value_bytes(what: &str, dt: Dt, s: &str) -> Result<Vec<u8>, Compil
     })
 }
 
-/// A key or value of components `dts`, padded as a concatenation.
-pub(super) fn concat_bytes(what: &str, dts: &[Dt], s: &str) -> Result<Vec<u8>, CompileError> {
-    let parts: Vec<&str> = s.split(" . ").map(str::trim).collect();
-    if parts.len() != dts.len() {
-        return err(
-            what,
-            format!("{} components, the set has {}", parts.len(), dts.len()),
-        );
+/// A key or value of components `dts`, padded as a concatenation,
+/// appended to `out`; the error is the reason only (the caller names the
+/// element, so nothing is formatted on success).
+pub(super) fn concat_into(out: &mut Vec<u8>, dts: &[Dt], s: &str) -> Result<(), String> {
+    let n = s.split(" . ").count();
+    if n != dts.len() {
+        return Err(format!("{n} components, the set has {}", dts.len()));
     }
-    let mut out = Vec::new();
-    for (dt, p) in dts.iter().zip(parts) {
-        out.extend(value_bytes(what, *dt, p)?);
+    for (dt, p) in dts.iter().zip(s.split(" . ")) {
+        value_into(out, *dt, p.trim())?;
         if dts.len() > 1 {
-            while out.len() % 4 != 0 {
+            while !out.len().is_multiple_of(4) {
                 out.push(0);
             }
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// One component value's bytes appended to `out`.
+fn value_into(out: &mut Vec<u8>, dt: Dt, s: &str) -> Result<(), String> {
+    match dt {
+        Dt::Ipv4 => out.extend_from_slice(
+            &s.parse::<Ipv4Addr>()
+                .map_err(|_| format!("{s:?} is not an IPv4 address"))?
+                .octets(),
+        ),
+        Dt::Ipv6 => out.extend_from_slice(
+            &s.parse::<Ipv6Addr>()
+                .map_err(|_| format!("{s:?} is not an IPv6 address"))?
+                .octets(),
+        ),
+        Dt::Proto => out.push(match s {
+            "tcp" => 6,
+            "udp" => 17,
+            "sctp" => 132,
+            "icmp" => 1,
+            "icmpv6" => 58,
+            n => n.parse().map_err(|_| format!("{s:?} is not a number"))?,
+        }),
+        Dt::Service => out.extend_from_slice(
+            &s.parse::<u16>()
+                .map_err(|_| format!("{s:?} is not a number"))?
+                .to_be_bytes(),
+        ),
+        Dt::Mark | Dt::Integer => {
+            let v = match s.strip_prefix("0x") {
+                Some(h) => u32::from_str_radix(h, 16).map_err(|_| format!("bad number {s:?}"))?,
+                None => s.parse().map_err(|_| format!("{s:?} is not a number"))?,
+            };
+            out.extend_from_slice(&v.to_ne_bytes());
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn verdict_data(what: &str, s: &str) -> Result<Data, CompileError> {

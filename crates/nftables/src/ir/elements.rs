@@ -6,10 +6,15 @@ use super::Element;
 /// [: value]`) split back into key and [`Element`]. Keys never contain
 /// ` comment "` or ` : `, and sanitised comments never contain a quote.
 pub fn parse_rendered_element(e: &str) -> (String, Element) {
-    let key_end = [e.find(" comment \""), e.find(" : ")]
-        .into_iter()
-        .flatten()
-        .min()
+    // The first ` comment "` or ` : `, in one pass over the spaces.
+    let b = e.as_bytes();
+    let key_end = (0..b.len())
+        .find(|&i| {
+            b[i] == b' ' && {
+                let r = &b[i + 1..];
+                r.starts_with(b": ") || r.starts_with(b"comment \"")
+            }
+        })
         .unwrap_or(e.len());
     let key = e[..key_end].to_string();
     let mut rest = &e[key_end..];

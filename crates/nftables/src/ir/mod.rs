@@ -283,9 +283,17 @@ impl Set {
 
     /// This set's declaration with no elements.
     pub fn decl_only(&self) -> Set {
+        // Field by field: cloning the whole set would copy its elements
+        // (tens of thousands in a large cluster) only to drop them.
         Set {
+            name: self.name.clone(),
+            map: self.map,
+            set_type: self.set_type.clone(),
+            flags: self.flags.clone(),
+            timeout: self.timeout,
+            size: self.size,
+            comment: self.comment.clone(),
             elements: BTreeMap::new(),
-            ..self.clone()
         }
     }
 }
