@@ -119,13 +119,13 @@ impl Endpoint {
 
     /// The endpoint runs on `node`.
     pub fn on_node(mut self, node: impl Into<String>) -> Self {
-        self.node_name = Some(node.into());
+        self.node_name = Some(Arc::from(node.into()));
         self
     }
 
     /// The endpoint is in `zone`.
     pub fn in_zone(mut self, zone: impl Into<String>) -> Self {
-        self.zone = Some(zone.into());
+        self.zone = Some(Arc::from(zone.into()));
         self
     }
 
@@ -140,8 +140,9 @@ impl Endpoint {
     /// Topology hints: the zones (`hints.forZones`) and nodes
     /// (`hints.forNodes`) the endpoint is meant for.
     pub fn hints(mut self, zones: Option<Vec<String>>, nodes: Option<Vec<String>>) -> Self {
-        self.zone_hints = zones;
-        self.node_hints = nodes;
+        let names = |v: Vec<String>| v.into_iter().map(Arc::from).collect();
+        self.zone_hints = zones.map(names);
+        self.node_hints = nodes.map(names);
         self
     }
 }

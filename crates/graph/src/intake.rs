@@ -94,6 +94,44 @@ fn object_name(v: &serde_json::Value) -> String {
     }
 }
 
+/// Where intake puts each object it reads: [`Objects`] keeps them as
+/// typed objects, [`compact::CompactObjects`] converts each one to its
+/// compact form as it is read (a large input's typed objects never exist
+/// all at once).
+pub trait ObjectSink: Default {
+    /// A Service read.
+    fn service(&mut self, s: Service);
+    /// An EndpointSlice read.
+    fn endpoint_slice(&mut self, s: EndpointSlice);
+    /// A Node read.
+    fn node(&mut self, n: Node);
+    /// A ServiceCIDR read.
+    fn service_cidr(&mut self, c: ServiceCIDR);
+    /// Move `from`'s objects to the end of this one's.
+    fn append(&mut self, from: &mut Self);
+}
+
+impl ObjectSink for Objects {
+    fn service(&mut self, s: Service) {
+        self.services.push(s);
+    }
+    fn endpoint_slice(&mut self, s: EndpointSlice) {
+        self.endpoint_slices.push(s);
+    }
+    fn node(&mut self, n: Node) {
+        self.nodes.push(n);
+    }
+    fn service_cidr(&mut self, c: ServiceCIDR) {
+        self.service_cidrs.push(c);
+    }
+    fn append(&mut self, from: &mut Self) {
+        stream::move_to(&mut self.services, &mut from.services);
+        stream::move_to(&mut self.endpoint_slices, &mut from.endpoint_slices);
+        stream::move_to(&mut self.nodes, &mut from.nodes);
+        stream::move_to(&mut self.service_cidrs, &mut from.service_cidrs);
+    }
+}
+
 impl Objects {
     /// Read multi-document YAML or JSON: single objects, `kind: List`, and
     /// the exact output of `kubectl get
@@ -101,39 +139,7 @@ impl Objects {
     /// other kinds are ignored; objects that do not match their schema are
     /// skipped with a warning. `source_name` appears in errors.
     pub fn add_yaml(&mut self, source_name: &str, text: &str) -> Result<Vec<Warning>, IntakeError> {
-        // A UTF-8 byte order mark (editors on Windows write one) is not
-        // content.
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        check_depth(source_name, text)?;
-        // Large lists item by item (see `stream`); whatever that path does
-        // not take, and every error, is read here as a whole.
-        if let Some((mut objects, warnings)) = stream::read(source_name, text) {
-            stream::append(self, &mut objects);
-            return Ok(warnings);
-        }
-        self.add_yaml_whole(source_name, text)
-    }
-
-    /// [`Objects::add_yaml`] through one `serde_json::Value` tree per
-    /// document.
-    pub(crate) fn add_yaml_whole(
-        &mut self,
-        source_name: &str,
-        text: &str,
-    ) -> Result<Vec<Warning>, IntakeError> {
-        let mut warnings = Vec::new();
-        for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-            let value: serde_json::Value =
-                serde::Deserialize::deserialize(doc).map_err(|e| IntakeError::Yaml {
-                    source_name: source_name.to_string(),
-                    document: i + 1,
-                    message: e.to_string(),
-                })?;
-            let before = warnings.len();
-            self.add_value(value, &mut warnings);
-            place(&mut warnings[before..], source_name, i + 1);
-        }
-        Ok(warnings)
+        add_yaml(self, source_name, text)
     }
 
     /// Add one decoded object (or `List`). Takes the value by ownership:
@@ -141,78 +147,18 @@ impl Objects {
     /// What is not an object of a kind kproxy reads (an empty document, a
     /// scalar or sequence, another kind) is ignored with a warning.
     pub fn add_value(&mut self, value: serde_json::Value, warnings: &mut Vec<Warning>) {
-        self.add_item(value, None, warnings);
+        add_item(self, value, None, warnings);
     }
 
-    /// [`Objects::add_value`] of a whole document (`item` `None`) or of a
-    /// list's item `item`.
-    pub(crate) fn add_item(
+    /// [`Objects::add_yaml`] through one `serde_json::Value` tree per
+    /// document.
+    #[cfg(test)]
+    pub(crate) fn add_yaml_whole(
         &mut self,
-        mut value: serde_json::Value,
-        item: Option<usize>,
-        warnings: &mut Vec<Warning>,
-    ) {
-        if let Some(w) = not_an_object(&value, item) {
-            warnings.push(w);
-            return;
-        }
-        let kind = value
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .unwrap_or("")
-            .to_string();
-        match kind.as_str() {
-            "List" | "ServiceList" | "EndpointSliceList" | "NodeList" | "ServiceCIDRList" => {
-                let items = value
-                    .as_object_mut()
-                    .and_then(|o| o.remove("items"))
-                    .unwrap_or(serde_json::Value::Null);
-                if let serde_json::Value::Array(items) = items {
-                    let item_kind = kind.strip_suffix("List").unwrap_or("");
-                    for (i, mut item) in items.into_iter().enumerate() {
-                        if item.get("kind").is_none()
-                            && !item_kind.is_empty()
-                            && let Some(obj) = item.as_object_mut()
-                        {
-                            obj.insert("kind".into(), item_kind.into());
-                        }
-                        self.add_item(item, Some(i), warnings);
-                    }
-                }
-            }
-            "Service" | "EndpointSlice" | "Node" | "ServiceCIDR" => {
-                let name = object_name(&value);
-                let (object_kind, result) = match kind.as_str() {
-                    "Service" => (
-                        ObjectKind::Service,
-                        serde_json::from_value::<Service>(value).map(|s| self.services.push(s)),
-                    ),
-                    "EndpointSlice" => (
-                        ObjectKind::EndpointSlice,
-                        serde_json::from_value::<EndpointSlice>(value)
-                            .map(|s| self.endpoint_slices.push(s)),
-                    ),
-                    "ServiceCIDR" => (
-                        ObjectKind::ServiceCidr,
-                        serde_json::from_value::<ServiceCIDR>(value)
-                            .map(|c| self.service_cidrs.push(c)),
-                    ),
-                    _ => (
-                        ObjectKind::Node,
-                        serde_json::from_value::<Node>(value).map(|n| self.nodes.push(n)),
-                    ),
-                };
-                if let Err(e) = result {
-                    warnings.push(Warning::new(
-                        object_kind,
-                        name,
-                        "<object>",
-                        format!("does not match the {object_kind} schema, skipped: {e}"),
-                    ));
-                }
-            }
-            _ => warnings.extend(unread_kind(&value, &kind, item)),
-        }
+        source_name: &str,
+        text: &str,
+    ) -> Result<Vec<Warning>, IntakeError> {
+        add_yaml_whole(self, source_name, text)
     }
 
     /// Parse text into a fresh set of objects.
@@ -220,6 +166,115 @@ impl Objects {
         let mut o = Objects::default();
         let w = o.add_yaml(source_name, text)?;
         Ok((o, w))
+    }
+}
+
+/// [`Objects::add_yaml`] into any [`ObjectSink`].
+pub fn add_yaml<S: ObjectSink>(
+    sink: &mut S,
+    source_name: &str,
+    text: &str,
+) -> Result<Vec<Warning>, IntakeError> {
+    // A UTF-8 byte order mark (editors on Windows write one) is not
+    // content.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    check_depth(source_name, text)?;
+    // Large lists item by item (see `stream`); whatever that path does
+    // not take, and every error, is read here as a whole.
+    if let Some((mut objects, warnings)) = stream::read::<S>(source_name, text) {
+        sink.append(&mut objects);
+        return Ok(warnings);
+    }
+    add_yaml_whole(sink, source_name, text)
+}
+
+/// [`add_yaml`] through one `serde_json::Value` tree per document.
+pub(crate) fn add_yaml_whole<S: ObjectSink>(
+    sink: &mut S,
+    source_name: &str,
+    text: &str,
+) -> Result<Vec<Warning>, IntakeError> {
+    let mut warnings = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value: serde_json::Value =
+            serde::Deserialize::deserialize(doc).map_err(|e| IntakeError::Yaml {
+                source_name: source_name.to_string(),
+                document: i + 1,
+                message: e.to_string(),
+            })?;
+        let before = warnings.len();
+        add_item(sink, value, None, &mut warnings);
+        place(&mut warnings[before..], source_name, i + 1);
+    }
+    Ok(warnings)
+}
+
+/// [`Objects::add_value`] of a whole document (`item` `None`) or of a
+/// list's item `item`, into `sink`.
+pub(crate) fn add_item<S: ObjectSink>(
+    sink: &mut S,
+    mut value: serde_json::Value,
+    item: Option<usize>,
+    warnings: &mut Vec<Warning>,
+) {
+    if let Some(w) = not_an_object(&value, item) {
+        warnings.push(w);
+        return;
+    }
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("")
+        .to_string();
+    match kind.as_str() {
+        "List" | "ServiceList" | "EndpointSliceList" | "NodeList" | "ServiceCIDRList" => {
+            let items = value
+                .as_object_mut()
+                .and_then(|o| o.remove("items"))
+                .unwrap_or(serde_json::Value::Null);
+            if let serde_json::Value::Array(items) = items {
+                let item_kind = kind.strip_suffix("List").unwrap_or("");
+                for (i, mut item) in items.into_iter().enumerate() {
+                    if item.get("kind").is_none()
+                        && !item_kind.is_empty()
+                        && let Some(obj) = item.as_object_mut()
+                    {
+                        obj.insert("kind".into(), item_kind.into());
+                    }
+                    add_item(sink, item, Some(i), warnings);
+                }
+            }
+        }
+        "Service" | "EndpointSlice" | "Node" | "ServiceCIDR" => {
+            let name = object_name(&value);
+            let (object_kind, result) = match kind.as_str() {
+                "Service" => (
+                    ObjectKind::Service,
+                    serde_json::from_value::<Service>(value).map(|s| sink.service(s)),
+                ),
+                "EndpointSlice" => (
+                    ObjectKind::EndpointSlice,
+                    serde_json::from_value::<EndpointSlice>(value).map(|s| sink.endpoint_slice(s)),
+                ),
+                "ServiceCIDR" => (
+                    ObjectKind::ServiceCidr,
+                    serde_json::from_value::<ServiceCIDR>(value).map(|c| sink.service_cidr(c)),
+                ),
+                _ => (
+                    ObjectKind::Node,
+                    serde_json::from_value::<Node>(value).map(|n| sink.node(n)),
+                ),
+            };
+            if let Err(e) = result {
+                warnings.push(Warning::new(
+                    object_kind,
+                    name,
+                    "<object>",
+                    format!("does not match the {object_kind} schema, skipped: {e}"),
+                ));
+            }
+        }
+        _ => warnings.extend(unread_kind(&value, &kind, item)),
     }
 }
 

@@ -210,10 +210,11 @@ pub struct Endpoint {
     pub ip: IpAddr,
     /// The target port on the endpoint.
     pub port: u16,
-    /// `nodeName`, when the slice says.
-    pub node_name: Option<String>,
-    /// `zone`, when the slice says.
-    pub zone: Option<String>,
+    /// `nodeName`, when the slice says (shared with every other
+    /// endpoint on that node).
+    pub node_name: Option<Arc<str>>,
+    /// `zone`, when the slice says (shared like `node_name`).
+    pub zone: Option<Arc<str>>,
     /// `conditions.ready` (nil reads as true).
     pub ready: bool,
     /// `conditions.serving` (nil reads as `ready`).
@@ -221,9 +222,9 @@ pub struct Endpoint {
     /// `conditions.terminating` (nil reads as false).
     pub terminating: bool,
     /// `hints.forZones`; `None` when the endpoint has no zone hints.
-    pub zone_hints: Option<Vec<String>>,
+    pub zone_hints: Option<Box<[Arc<str>]>>,
     /// `hints.forNodes`; `None` when the endpoint has no node hints.
-    pub node_hints: Option<Vec<String>>,
+    pub node_hints: Option<Box<[Arc<str>]>>,
     /// Whether the endpoint runs on this node (`nodeName` equals ours).
     pub is_local: bool,
 }

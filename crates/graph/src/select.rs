@@ -25,11 +25,13 @@ pub(crate) fn topology_mode(
     let mut zone_hit = false;
     for ep in endpoints.iter().filter(|e| e.ready) {
         match &ep.node_hints {
-            Some(h) if !h.is_empty() => node_hit |= h.iter().any(|n| n == node_name),
+            Some(h) if !h.is_empty() => node_hit |= h.iter().any(|n| &**n == node_name),
             _ => all_node_hints = false,
         }
         match &ep.zone_hints {
-            Some(h) if !h.is_empty() => zone_hit |= zone.is_some_and(|z| h.iter().any(|x| x == z)),
+            Some(h) if !h.is_empty() => {
+                zone_hit |= zone.is_some_and(|z| h.iter().any(|x| &**x == z))
+            }
             _ => all_zone_hints = false,
         }
     }
@@ -53,11 +55,11 @@ fn available_for_topology(
         Some(TopologyMode::PreferSameNode) => ep
             .node_hints
             .as_ref()
-            .is_some_and(|h| h.iter().any(|n| n == node)),
+            .is_some_and(|h| h.iter().any(|n| &**n == node)),
         Some(TopologyMode::PreferSameZone) => ep
             .zone_hints
             .as_ref()
-            .is_some_and(|h| zone.is_some_and(|z| h.iter().any(|x| x == z))),
+            .is_some_and(|h| zone.is_some_and(|z| h.iter().any(|x| &**x == z))),
     }
 }
 

@@ -28,7 +28,7 @@ use serde::Deserialize as _;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::intake::{Objects, place};
+use crate::intake::{ObjectSink, add_item, place};
 use crate::warning::Warning;
 
 /// About this much YAML text (whole items) is parsed at a time: large
@@ -49,8 +49,8 @@ fn list_item_kind(kind: &str) -> Option<&str> {
 
 /// Add list item `index` the way [`Objects::add_value`] adds a list's
 /// items: an item without `kind` takes the list's item kind.
-fn add_list_item(
-    objects: &mut Objects,
+fn add_list_item<S: ObjectSink>(
+    objects: &mut S,
     mut item: Value,
     item_kind: &str,
     index: usize,
@@ -62,7 +62,7 @@ fn add_list_item(
     {
         obj.insert("kind".into(), item_kind.into());
     }
-    objects.add_item(item, Some(index), warnings);
+    add_item(objects, item, Some(index), warnings);
 }
 
 /// Read `text` (YAML or JSON) item by item. `None` when the input is not of
@@ -70,8 +70,8 @@ fn add_list_item(
 /// a whole (and reports any error).
 /// Warnings about documents name `source_name` and the document's number
 /// as the whole-text reading counts them.
-pub(crate) fn read(source_name: &str, text: &str) -> Option<(Objects, Vec<Warning>)> {
-    let mut objects = Objects::default();
+pub(crate) fn read<S: ObjectSink>(source_name: &str, text: &str) -> Option<(S, Vec<Warning>)> {
+    let mut objects = S::default();
     let mut warnings = Vec::new();
     if text.trim_start().starts_with('{') {
         read_json(text, &mut objects, &mut warnings)?;
@@ -212,10 +212,10 @@ fn find_items(doc: &str) -> Result<Option<ItemsBlock>, ()> {
     }
 }
 
-fn read_yaml(
+fn read_yaml<S: ObjectSink>(
     source_name: &str,
     text: &str,
-    objects: &mut Objects,
+    objects: &mut S,
     warnings: &mut Vec<Warning>,
 ) -> Option<()> {
     // The parser's documents: every text after a `---` line is one (an
@@ -236,26 +236,26 @@ fn read_yaml(
 
 /// Read a document whole, as [`Objects::add_yaml`] does. `explicit`: the
 /// text followed a `---` line, so it is one document even when empty.
-fn read_whole(
+fn read_whole<S: ObjectSink>(
     doc: &str,
     explicit: bool,
-    objects: &mut Objects,
+    objects: &mut S,
     warnings: &mut Vec<Warning>,
 ) -> Option<()> {
     let values = parse_documents(doc)?;
     if values.is_empty() && explicit {
-        objects.add_value(Value::Null, warnings);
+        add_item(objects, Value::Null, None, warnings);
     }
     for value in values {
-        objects.add_value(value, warnings);
+        add_item(objects, value, None, warnings);
     }
     Some(())
 }
 
-fn read_yaml_document(
+fn read_yaml_document<S: ObjectSink>(
     doc: &str,
     explicit: bool,
-    objects: &mut Objects,
+    objects: &mut S,
     warnings: &mut Vec<Warning>,
 ) -> Option<()> {
     let Some(block) = find_items(doc).ok()? else {
@@ -323,13 +323,17 @@ fn read_yaml_document(
 /// `items` before `kind`). Items with their own kind are converted at once;
 /// kind-less ones wait for the list's kind. Kept in input order so objects
 /// and warnings come out in the same order as from the whole-tree reading.
-enum Segment {
-    Converted(Objects, Vec<Warning>),
+enum Segment<S> {
+    Converted(S, Vec<Warning>),
     /// An item without `kind`, and its index.
     KindLess(usize, Value),
 }
 
-fn read_json(text: &str, objects: &mut Objects, warnings: &mut Vec<Warning>) -> Option<()> {
+fn read_json<S: ObjectSink>(
+    text: &str,
+    objects: &mut S,
+    warnings: &mut Vec<Warning>,
+) -> Option<()> {
     let mut de = serde_json::Deserializer::from_str(text);
     let seed = DocumentSeed { objects, warnings };
     seed.deserialize(&mut de).ok()?;
@@ -337,19 +341,19 @@ fn read_json(text: &str, objects: &mut Objects, warnings: &mut Vec<Warning>) -> 
 }
 
 /// One JSON document: an object whose `items` are streamed.
-struct DocumentSeed<'a> {
-    objects: &'a mut Objects,
+struct DocumentSeed<'a, S> {
+    objects: &'a mut S,
     warnings: &'a mut Vec<Warning>,
 }
 
-impl<'de> DeserializeSeed<'de> for DocumentSeed<'_> {
+impl<'de, S: ObjectSink> DeserializeSeed<'de> for DocumentSeed<'_, S> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for DocumentSeed<'_> {
+impl<'de, S: ObjectSink> Visitor<'de> for DocumentSeed<'_, S> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -358,7 +362,7 @@ impl<'de> Visitor<'de> for DocumentSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut header = Map::new();
-        let mut segments: Option<Vec<Segment>> = None;
+        let mut segments: Option<Vec<Segment<S>>> = None;
         // The item kind the items were converted under, when `kind` came
         // first.
         let mut streamed_as: Option<String> = None;
@@ -389,7 +393,7 @@ impl<'de> Visitor<'de> for DocumentSeed<'_> {
         }
         let kind = header.get("kind").and_then(Value::as_str);
         let Some(segments) = segments else {
-            self.objects.add_value(Value::Object(header), self.warnings);
+            add_item(self.objects, Value::Object(header), None, self.warnings);
             return Ok(());
         };
         let Some(item_kind) = kind.and_then(list_item_kind) else {
@@ -401,7 +405,7 @@ impl<'de> Visitor<'de> for DocumentSeed<'_> {
         for segment in segments {
             match segment {
                 Segment::Converted(mut o, w) => {
-                    append(self.objects, &mut o);
+                    self.objects.append(&mut o);
                     self.warnings.extend(w);
                 }
                 Segment::KindLess(i, v) => {
@@ -413,48 +417,42 @@ impl<'de> Visitor<'de> for DocumentSeed<'_> {
     }
 }
 
-/// Move `from`'s objects to the end of `to`'s. Into an empty `to` (one
-/// file, or the first) the vectors are moved, not copied, and trimmed:
-/// grown by doubling they hold up to twice their length (an EndpointSlice
-/// is 432 bytes before its endpoints, a Service 824).
-pub(crate) fn append(to: &mut Objects, from: &mut Objects) {
-    fn move_to<T>(to: &mut Vec<T>, from: &mut Vec<T>) {
-        if to.is_empty() {
-            std::mem::swap(to, from);
-            to.shrink_to_fit();
-        } else {
-            to.append(from);
-        }
+/// Move `from`'s items to the end of `to`. Into an empty `to` (one file,
+/// or the first) the vector is moved, not copied, and trimmed: grown by
+/// doubling it holds up to twice its length (an EndpointSlice is 432
+/// bytes before its endpoints, a Service 824).
+pub(crate) fn move_to<T>(to: &mut Vec<T>, from: &mut Vec<T>) {
+    if to.is_empty() {
+        std::mem::swap(to, from);
+        to.shrink_to_fit();
+    } else {
+        to.append(from);
     }
-    move_to(&mut to.services, &mut from.services);
-    move_to(&mut to.endpoint_slices, &mut from.endpoint_slices);
-    move_to(&mut to.nodes, &mut from.nodes);
-    move_to(&mut to.service_cidrs, &mut from.service_cidrs);
 }
 
 /// A list's `items`, converted one by one as they are read.
-struct ItemsSeed<'a> {
+struct ItemsSeed<'a, S> {
     /// The item kind, when the list's kind came before its items.
     item_kind: Option<String>,
-    objects: &'a mut Objects,
+    objects: &'a mut S,
     warnings: &'a mut Vec<Warning>,
 }
 
-impl<'de> DeserializeSeed<'de> for ItemsSeed<'_> {
-    type Value = Vec<Segment>;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Vec<Segment>, D::Error> {
+impl<'de, S: ObjectSink> DeserializeSeed<'de> for ItemsSeed<'_, S> {
+    type Value = Vec<Segment<S>>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Vec<Segment<S>>, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de> Visitor<'de> for ItemsSeed<'_> {
-    type Value = Vec<Segment>;
+impl<'de, S: ObjectSink> Visitor<'de> for ItemsSeed<'_, S> {
+    type Value = Vec<Segment<S>>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a list of Kubernetes objects")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Segment>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Segment<S>>, A::Error> {
         let mut segments = Vec::new();
         let mut index = 0;
         while let Some(item) = seq.next_element::<Value>()? {
@@ -462,10 +460,10 @@ impl<'de> Visitor<'de> for ItemsSeed<'_> {
                 add_list_item(self.objects, item, ik, index, self.warnings);
             } else if item.get("kind").is_some() {
                 if !matches!(segments.last(), Some(Segment::Converted(..))) {
-                    segments.push(Segment::Converted(Objects::default(), Vec::new()));
+                    segments.push(Segment::Converted(S::default(), Vec::new()));
                 }
                 if let Some(Segment::Converted(o, w)) = segments.last_mut() {
-                    o.add_item(item, Some(index), w);
+                    add_item(o, item, Some(index), w);
                 }
             } else {
                 segments.push(Segment::KindLess(index, item));
@@ -479,7 +477,7 @@ impl<'de> Visitor<'de> for ItemsSeed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::intake::IntakeError;
+    use crate::intake::{IntakeError, Objects};
 
     /// The objects and warnings of `text` through the whole-tree reading.
     fn whole(text: &str) -> (Objects, Vec<Warning>) {
@@ -497,7 +495,7 @@ mod tests {
 
     /// `text` takes the streaming path and reads exactly as a whole.
     fn streams_as_whole(text: &str) -> (Objects, Vec<Warning>) {
-        let streamed = read("t", text).expect("takes the streaming path");
+        let streamed = read::<Objects>("t", text).expect("takes the streaming path");
         same(&streamed, &whole(text));
         streamed
     }
@@ -681,7 +679,7 @@ mod tests {
             3,
         );
         assert!(
-            read("t", &text).is_none(),
+            read::<Objects>("t", &text).is_none(),
             "the streaming path gives up on errors"
         );
         let mut o = Objects::default();
@@ -717,7 +715,7 @@ mod tests {
             list.replace("items:\n", "items: # the objects\n"),
             format!("{list}items:\n- kind: Service\n"),
         ] {
-            assert!(read("t", &text).is_none(), "{text}");
+            assert!(read::<Objects>("t", &text).is_none(), "{text}");
         }
         // An anchor in one batch used in another: the batch fails to
         // parse alone, the whole reading resolves it.
@@ -727,7 +725,7 @@ mod tests {
         text += &"- {kind: ConfigMap, data: {pad: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx}}\n"
             .repeat(BATCH_BYTES / 40);
         text += "- *first\n";
-        assert!(read("t", &text).is_none());
+        assert!(read::<Objects>("t", &text).is_none());
         let mut o = Objects::default();
         o.add_yaml("t", &text).expect("reads whole");
         assert_eq!(names(&o.services), ["a", "a"]);

@@ -35,7 +35,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kproxy_graph::incremental::Applied;
-use kproxy_graph::intake::compact::{CompactService, CompactSlice};
+use kproxy_graph::intake::compact::{CompactObjects, CompactService, CompactSlice};
 use kproxy_graph::{IncrementalGraph, Objects, Warning};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
 use tokio::io::unix::AsyncFd;
@@ -102,19 +102,11 @@ struct FileObjects {
     cidrs: Vec<Arc<ServiceCIDR>>,
 }
 
-impl From<Objects> for FileObjects {
-    fn from(o: Objects) -> Self {
+impl From<CompactObjects> for FileObjects {
+    fn from(o: CompactObjects) -> Self {
         FileObjects {
-            services: o
-                .services
-                .iter()
-                .map(|s| Arc::new(CompactService::from(s)))
-                .collect(),
-            slices: o
-                .endpoint_slices
-                .iter()
-                .map(|s| Arc::new(CompactSlice::from(s)))
-                .collect(),
+            services: o.services,
+            slices: o.endpoint_slices,
             nodes: o.nodes.into_iter().map(Arc::new).collect(),
             cidrs: o.service_cidrs.into_iter().map(Arc::new).collect(),
         }
@@ -236,7 +228,9 @@ impl FileSource {
             if self.files.get(f).is_some_and(|s| s.hash == hash) {
                 continue;
             }
-            let (objects, warnings) = Objects::from_yaml(&f.display().to_string(), &text)?;
+            let (objects, warnings) = CompactObjects::from_yaml(&f.display().to_string(), &text)?;
+            // The text is no longer needed: free it before the graph is built.
+            drop(text);
             self.parsed += 1;
             updates.push((
                 f.clone(),

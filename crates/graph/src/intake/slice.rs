@@ -184,17 +184,13 @@ pub(super) fn intake_slice(
                 let endpoint = Endpoint {
                     ip,
                     port,
-                    node_name: ep.node_name.as_deref().map(String::from),
-                    zone: ep.zone.as_deref().map(String::from),
+                    node_name: ep.node_name.clone(),
+                    zone: ep.zone.clone(),
                     ready,
                     serving,
                     terminating,
-                    zone_hints: hints
-                        .and_then(|h| h.zones.as_ref())
-                        .map(|z| z.iter().map(|z| z.to_string()).collect()),
-                    node_hints: hints
-                        .and_then(|h| h.nodes.as_ref())
-                        .map(|n| n.iter().map(|n| n.to_string()).collect()),
+                    zone_hints: hints.and_then(|h| h.zones.clone()),
+                    node_hints: hints.and_then(|h| h.nodes.clone()),
                     is_local: !node.name.is_empty()
                         && ep.node_name.as_deref() == Some(node.name.as_str()),
                 };

@@ -2,6 +2,8 @@
 //! skeleton merged into one family's [`Table`] ([`FamilyRules`]), and the
 //! hasher the render path uses.
 
+use std::collections::HashMap;
+
 use super::*;
 
 /// What one service port contributes to its family's table: chains and
@@ -74,7 +76,27 @@ impl FamilyRules {
     /// [`crate::ir::Transaction::replace_table`] of [`FamilyRules::assemble`], with
     /// elements in service-port order, without building either.
     pub fn render_full(&self, w: &mut ChunkWriter) {
-        let st = self.structure();
+        // The chains of [`FamilyRules::structure`], borrowed rather than
+        // cloned (all per-service chains and rules: 14 MB at 50,000
+        // services, alive while the first transaction is compiled).
+        let st = &self.skeleton;
+        let mut lbs = BTreeSet::new();
+        let mut chains: BTreeMap<&str, &Chain> =
+            st.chains.iter().map(|(n, c)| (n.as_str(), c)).collect();
+        for sr in self.services.values() {
+            for c in &sr.chains {
+                chains.entry(c.name.as_str()).or_insert(c);
+            }
+            lbs.extend(sr.lb.iter().copied());
+        }
+        let fam = Fam { f: st.fam() };
+        let lb_chains: Vec<Chain> = lb_closure(&lbs)
+            .into_iter()
+            .map(|lb| lb.chain(&fam, self.mark))
+            .collect();
+        for c in &lb_chains {
+            chains.insert(c.name.as_str(), c);
+        }
         let (f, t) = (st.fam(), st.name.as_str());
         w.op(
             f,
@@ -91,7 +113,7 @@ impl FamilyRules {
                 comment: st.comment.clone(),
             },
         );
-        for c in st.chains.values() {
+        for c in chains.values() {
             w.op(
                 f,
                 t,
@@ -104,7 +126,7 @@ impl FamilyRules {
         for s in st.sets.values() {
             w.op(f, t, &Op::AddSet(s.decl_only()));
         }
-        for c in st.chains.values() {
+        for c in chains.values() {
             for r in &c.rules {
                 w.op(
                     f,
@@ -137,30 +159,55 @@ impl FamilyRules {
                 }
             }
         }
-        let mut buckets: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        let total = own.len()
-            + self
-                .services
-                .values()
-                .map(|sr| sr.elems.len())
-                .sum::<usize>();
-        let mut seen: HashSet<(&str, &str), FastHash> =
-            HashSet::with_capacity_and_hasher(total, FastHash);
-        for e in own
+        let all: Vec<&Elem> = own
             .iter()
             .chain(self.services.values().flat_map(|sr| sr.elems.iter()))
-        {
-            if st.sets.contains_key(e.set) && seen.insert((e.set, e.key())) {
-                buckets.entry(e.set).or_default().push(e.rendered());
-            }
+            .filter(|e| st.sets.contains_key(e.set))
+            .collect();
+        let keep = first_claims(&all);
+        let mut buckets: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        for i in keep {
+            buckets.entry(all[i as usize].set).or_default().push(i);
         }
-        drop(seen);
         for s in ordered {
             if let Some(b) = buckets.remove(s.name.as_str()) {
-                w.rendered_elements(f, t, &s.name, b);
+                let elems = b.into_iter().map(|i| all[i as usize].rendered());
+                w.rendered_elements(f, t, &s.name, elems);
             }
         }
     }
+}
+
+/// The indexes of the elements of `all` that are the first with their
+/// (set, key), in order. Keys are told apart by a 32-bit fingerprint (an
+/// 8-byte table entry a key, where two string slices took 32 bytes and
+/// dominated a large full sync's memory); a fingerprint seen before is
+/// checked against that element's text, and the rare different key with
+/// the same fingerprint is looked up in an exact set, so two keys are never
+/// confused.
+fn first_claims(all: &[&Elem]) -> Vec<u32> {
+    use std::collections::hash_map::Entry;
+    let mut first: HashMap<u32, u32, FastHash> =
+        HashMap::with_capacity_and_hasher(all.len(), FastHash);
+    let mut others: HashSet<(&str, &str), FastHash> = HashSet::default();
+    let mut keep = Vec::with_capacity(all.len());
+    for (i, e) in all.iter().enumerate() {
+        let fp = crate::claims::fingerprint(e.set, e.key()) as u32;
+        let new = match first.entry(fp) {
+            Entry::Vacant(v) => {
+                v.insert(i as u32);
+                true
+            }
+            Entry::Occupied(o) => {
+                let f = all[*o.get() as usize];
+                !(f.set == e.set && f.key() == e.key()) && others.insert((e.set, e.key()))
+            }
+        };
+        if new {
+            keep.push(i as u32);
+        }
+    }
+    keep
 }
 
 /// The static name of a skeleton set.
@@ -258,5 +305,77 @@ impl std::hash::Hasher for Fx {
     #[inline]
     fn write_usize(&mut self, i: usize) {
         self.add(i as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two different keys whose 32-bit fingerprints are equal, found by
+    /// counting up (about 80,000 keys by the birthday bound).
+    fn colliding_keys() -> (String, String) {
+        let mut seen: HashMap<u32, String> = HashMap::new();
+        for i in 0u32.. {
+            let key = format!("10.{}.{}.{} . tcp . 80", i >> 16, (i >> 8) & 255, i & 255);
+            let fp = crate::claims::fingerprint(sets::SERVICE_IPS, &key) as u32;
+            if let Some(other) = seen.insert(fp, key.clone()) {
+                return (other, key);
+            }
+        }
+        unreachable!()
+    }
+
+    #[test]
+    fn first_claims_keeps_the_first_of_each_key_even_when_fingerprints_collide() {
+        let (a, b) = colliding_keys();
+        assert_ne!(a, b);
+        let el = |set, k: &str| Elem::new(set, k, &Element::default());
+        let elems = [
+            el(sets::SERVICE_IPS, &a),
+            el(sets::SERVICE_IPS, &b),
+            el(sets::SERVICE_IPS, &a),
+            el(sets::SERVICE_IPS, &b),
+            el(sets::CLUSTER_IPS, &a),
+            el(sets::SERVICE_IPS, "10.0.0.1 . tcp . 80"),
+            el(sets::CLUSTER_IPS, &a),
+        ];
+        let all: Vec<&Elem> = elems.iter().collect();
+        assert_eq!(first_claims(&all), [0, 1, 4, 5]);
+    }
+
+    #[test]
+    fn elements_keep_key_comment_and_value() {
+        assert!(std::mem::size_of::<Elem>() <= 40);
+        let long = "c".repeat(crate::names::COMMENT_MAX);
+        for (key, value, comment) in [
+            ("10.0.0.1 . tcp . 80", None, None),
+            ("10.0.0.1 . tcp . 80", Some("goto cluster-2"), None),
+            ("10.0.0.1 . tcp . 80", None, Some("ns/web:http")),
+            (
+                "fd00::1 . udp . 53 . 0",
+                Some("fd00::2 . 53"),
+                Some(long.as_str()),
+            ),
+            ("", Some(""), Some("")),
+        ] {
+            let el = Element {
+                value: value.map(String::from),
+                comment: comment.map(String::from),
+            };
+            let e = Elem::new(sets::SERVICE_IPS, key, &el);
+            assert_eq!(e.key(), key);
+            assert_eq!(e.value(), value);
+            assert_eq!(e.comment(), comment);
+            assert_eq!(e.element(), el);
+            let mut text = key.to_string();
+            if let Some(c) = comment {
+                text.push_str(&format!(" comment \"{c}\""));
+            }
+            if let Some(v) = value {
+                text.push_str(&format!(" : {v}"));
+            }
+            assert_eq!(e.rendered(), text);
+        }
     }
 }

@@ -201,15 +201,29 @@ impl Fam {
 /// rendered form (`key [comment "c"] [: value]`) in one allocation: the
 /// state kept between syncs holds ~12 of these per service port, 600,000
 /// at 50,000 services, so their size is most of the backend's memory.
+///
+/// Where the comment and the value start follows from the key's length
+/// and the comment's (`key comment "c" : value`), so two 16-bit lengths and
+/// a flag locate them: 40 bytes an element beside its text. Keys are
+/// concatenations of addresses, protocols, ports and small integers (under
+/// 100 bytes) and comments are bounded by [`names::COMMENT_MAX`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Elem {
     /// The shared set's name (one of [`sets`]).
     pub set: &'static str,
     text: Box<str>,
-    key_len: u32,
-    comment: Option<(u32, u32)>,
-    value_at: Option<u32>,
+    key_len: u16,
+    /// The comment's length, [`NO_COMMENT`] without one.
+    comment_len: u16,
+    value: bool,
 }
+
+/// [`Elem::comment_len`] of an element without a comment.
+const NO_COMMENT: u16 = u16::MAX;
+/// ` comment "`, between an element's key and its comment.
+const COMMENT_OPEN: &str = " comment \"";
+/// ` : `, before a map element's value.
+const VALUE_SEP: &str = " : ";
 
 impl Elem {
     /// An element of `set`.
@@ -220,43 +234,58 @@ impl Elem {
                 + elem.value.as_ref().map_or(0, |v| v.len() + 3),
         );
         text.push_str(key);
-        let comment = elem.comment.as_ref().map(|c| {
-            text.push_str(" comment \"");
-            let start = text.len() as u32;
-            text.push_str(c);
-            let end = text.len() as u32;
-            text.push('"');
-            (start, end)
-        });
-        let value_at = elem.value.as_ref().map(|v| {
-            text.push_str(" : ");
-            let at = text.len() as u32;
+        let comment_len = match &elem.comment {
+            Some(c) => {
+                text.push_str(COMMENT_OPEN);
+                text.push_str(c);
+                text.push('"');
+                u16::try_from(c.len()).unwrap_or(NO_COMMENT - 1)
+            }
+            None => NO_COMMENT,
+        };
+        if let Some(v) = &elem.value {
+            text.push_str(VALUE_SEP);
             text.push_str(v);
-            at
-        });
+        }
         Elem {
             set,
             text: text.into_boxed_str(),
-            key_len: key.len() as u32,
-            comment,
-            value_at,
+            key_len: u16::try_from(key.len()).unwrap_or(u16::MAX),
+            comment_len,
+            value: elem.value.is_some(),
+        }
+    }
+
+    /// Where the comment ends (its closing quote included), or the key
+    /// when there is none.
+    fn comment_end(&self) -> usize {
+        match self.comment_len {
+            NO_COMMENT => self.key_len as usize,
+            n => self.key_len as usize + COMMENT_OPEN.len() + n as usize + 1,
         }
     }
 
     /// The key text.
     pub fn key(&self) -> &str {
-        &self.text[..self.key_len as usize]
+        self.text.get(..self.key_len as usize).unwrap_or(&self.text)
     }
 
     /// The value (maps).
     pub fn value(&self) -> Option<&str> {
-        self.value_at.map(|at| &self.text[at as usize..])
+        self.value
+            .then(|| self.text.get(self.comment_end() + VALUE_SEP.len()..))
+            .flatten()
     }
 
     /// The comment.
     pub fn comment(&self) -> Option<&str> {
-        self.comment
-            .map(|(a, b)| &self.text[a as usize..b as usize])
+        match self.comment_len {
+            NO_COMMENT => None,
+            n => {
+                let at = self.key_len as usize + COMMENT_OPEN.len();
+                self.text.get(at..at + n as usize)
+            }
+        }
     }
 
     /// As it appears inside `add element ... { }`.

@@ -76,3 +76,68 @@ fn interned_names_are_shared() {
     let b = intern(&String::from("zone-a"));
     assert!(Arc::ptr_eq(&a, &b));
 }
+
+/// Reading into [`CompactObjects`] gives what reading into [`Objects`] and
+/// converting each object gives: every fixture, as written, as one
+/// `kind: List` (the streaming path) and as JSON.
+#[test]
+fn compact_intake_matches_typed_intake() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/fixtures");
+    let mut inputs = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        inputs.push((
+            path.display().to_string(),
+            std::fs::read_to_string(&path).unwrap(),
+        ));
+    }
+    inputs.sort();
+    assert!(inputs.len() > 10, "fixtures found: {}", inputs.len());
+    // The streaming path, YAML and JSON, with kinds in one list.
+    let (all, _) = Objects::from_yaml("all", &inputs[1].1).unwrap();
+    let mut items: Vec<serde_json::Value> = Vec::new();
+    items.extend(
+        all.services
+            .iter()
+            .map(|s| serde_json::to_value(s).unwrap()),
+    );
+    items.extend(
+        all.endpoint_slices
+            .iter()
+            .map(|s| serde_json::to_value(s).unwrap()),
+    );
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let mut yaml = serde_yaml_ng::to_string(&list).unwrap();
+    yaml.push_str("---\n");
+    yaml.push_str("apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {ports: 7}\n");
+    inputs.push(("list.yaml".into(), yaml));
+    inputs.push(("list.json".into(), serde_json::to_string(&list).unwrap()));
+    for (name, text) in &inputs {
+        let typed = Objects::from_yaml(name, text).unwrap();
+        let compact = CompactObjects::from_yaml(name, text).unwrap();
+        assert_eq!(compact.1, typed.1, "{name}: warnings");
+        let services: Vec<CompactService> =
+            typed.0.services.iter().map(CompactService::from).collect();
+        let slices: Vec<CompactSlice> = typed
+            .0
+            .endpoint_slices
+            .iter()
+            .map(CompactSlice::from)
+            .collect();
+        let got: Vec<CompactService> = compact.0.services.iter().map(|s| (**s).clone()).collect();
+        let got_slices: Vec<CompactSlice> = compact
+            .0
+            .endpoint_slices
+            .iter()
+            .map(|s| (**s).clone())
+            .collect();
+        assert_eq!(got, services, "{name}: services");
+        assert_eq!(got_slices, slices, "{name}: slices");
+        assert_eq!(compact.0.nodes, typed.0.nodes, "{name}: nodes");
+        assert_eq!(compact.0.service_cidrs, typed.0.service_cidrs, "{name}");
+        assert!(
+            !typed.0.services.is_empty() || !typed.0.nodes.is_empty() || name.contains("bad"),
+            "{name}: nothing read"
+        );
+    }
+}
