@@ -5,6 +5,7 @@
     target/release/kproxy-bench gen --services 50000 -o /tmp/c50k.yaml
     sudo scripts/memory-startup.py once /tmp/c50k.yaml once50k
     sudo scripts/memory-startup.py kube /tmp/c50k.yaml kube50k
+    sudo scripts/memory-startup.py startup /tmp/c50k.yaml start50k 3
 
 `once`: `kproxy run --once --backend nftables` in a fresh network namespace
 under `/usr/bin/time` (peak RSS of the largest process), with every `nft`
@@ -12,7 +13,11 @@ child wrapped in `/usr/bin/time` too (each child's peak), the kproxy
 process's own VmHWM and the whole process tree's RSS sampled every 10 ms.
 `kube`: the API server emulator serving the file and `kproxy run --source
 kube` in one namespace; the time from starting the daemon to its first
-`synced` log line, then its RSS 20 s later.
+`synced` log line (and to the last list's completion), then its RSS 20 s
+later.
+`startup`: `kube` with streaming lists and with paged lists (the emulator's
+`--no-watch-list`, as an API server with its WatchList gate off) in turns,
+REPS times each (default 3), then the medians with min and max.
 """
 import os, subprocess, sys, time, signal, re, threading, tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,19 +80,21 @@ def once(yaml, tag):
     finally:
         subprocess.run(["ip", "netns", "del", ns])
 
-def kube(yaml, tag, settle=20):
+def kube(yaml, tag, settle=20, emu_args=()):
     ns = f"kpmem-{os.getpid()}-{tag}"
     netns(ns)
     kc = f"{WORK}/kc-{tag}"
     if os.path.exists(kc): os.remove(kc)
-    emu = subprocess.Popen(["ip", "netns", "exec", ns, EMU, "--listen", "127.0.0.1:0", "--kubeconfig", kc, "--reload-ms", "3600000", yaml],
+    emu = subprocess.Popen(["ip", "netns", "exec", ns, EMU, "--listen", "127.0.0.1:0", "--kubeconfig", kc, "--reload-ms", "3600000", *emu_args, yaml],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while not os.path.exists(kc): time.sleep(0.1)
         time.sleep(0.5)
         t0 = time.monotonic()
+        # The source's debug lines say when each kind's list completed.
+        env = dict(os.environ, KPROXY_LOG="info,kproxy_daemon::source::kube=debug")
         d = subprocess.Popen(["ip", "netns", "exec", ns, KP, "run", "--backend", "nftables", "--source", "kube", "--kubeconfig", kc] + COMMON,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         peak = 0
         synced = None
         stop = threading.Event()
@@ -96,7 +103,10 @@ def kube(yaml, tag, settle=20):
             while not stop.is_set():
                 peak = max(peak, tree_rss_kib(d.pid)); time.sleep(0.01)
         th = threading.Thread(target=sample); th.start()
+        listed = None
         for line in d.stderr:
+            if "list complete" in line:
+                listed = time.monotonic() - t0
             if "synced" in line and synced is None:
                 synced = time.monotonic() - t0
                 break
@@ -104,7 +114,8 @@ def kube(yaml, tag, settle=20):
         st = open(f"/proc/{d.pid}/status").read()
         rss = int(re.search(r"VmRSS:\s+(\d+)", st).group(1)); hwm = int(re.search(r"VmHWM:\s+(\d+)", st).group(1))
         stop.set(); th.join()
-        print(f"{tag}: start-to-first-sync={synced:.2f}s steady RSS (after {settle}s)={rss/1024:.0f}MiB daemon VmHWM={hwm/1024:.0f}MiB sampled tree peak={peak/1024:.0f}MiB", flush=True)
+        print(f"{tag}: start-to-first-sync={synced:.2f}s lists complete={listed or 0:.2f}s steady RSS (after {settle}s)={rss/1024:.0f}MiB daemon VmHWM={hwm/1024:.0f}MiB sampled tree peak={peak/1024:.0f}MiB", flush=True)
+        result = (synced, rss / 1024, hwm / 1024, listed or 0)
         d.send_signal(signal.SIGTERM); 
         try: d.wait(20)
         except subprocess.TimeoutExpired: d.kill(); d.wait()
@@ -113,7 +124,24 @@ def kube(yaml, tag, settle=20):
         try: emu.wait(10)
         except subprocess.TimeoutExpired: emu.kill(); emu.wait()
         subprocess.run(["ip", "netns", "del", ns])
+    return result
+
+def startup(yaml, tag, reps=3):
+    runs = {"streaming": [], "paged": []}
+    for i in range(reps):
+        runs["streaming"].append(kube(yaml, f"{tag}-streaming-{i}"))
+        runs["paged"].append(kube(yaml, f"{tag}-paged-{i}", emu_args=["--no-watch-list"]))
+    def med(xs):
+        xs = sorted(xs)
+        return f"{xs[len(xs) // 2]:.1f} ({xs[0]:.1f}, {xs[-1]:.1f})"
+    for mode, rs in runs.items():
+        print(f"{tag} {mode}, median (min, max) of {reps}: start-to-first-sync s {med([r[0] for r in rs])}, "
+              f"lists complete s {med([r[3] for r in rs])}, "
+              f"steady RSS MiB {med([r[1] for r in rs])}, VmHWM MiB {med([r[2] for r in rs])}", flush=True)
 
 if __name__ == "__main__":
     what, yaml, tag = sys.argv[1:4]
-    (once if what == "once" else kube)(yaml, tag)
+    if what == "startup":
+        startup(yaml, tag, int(sys.argv[4]) if len(sys.argv) > 4 else 3)
+    else:
+        (once if what == "once" else kube)(yaml, tag)

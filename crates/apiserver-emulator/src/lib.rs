@@ -16,7 +16,12 @@
 //! ADDED), BOOKMARK events when the watch allows them, and a 410 Gone
 //! (an `ERROR` event carrying a `Status` with code 410, as the real server
 //! sends it) when a watch asks to resume from a resourceVersion older than
-//! the retained history.
+//! the retained history. Streaming lists (a watch with
+//! `sendInitialEvents=true&resourceVersionMatch=NotOlderThan`, KEP-3157)
+//! send the current objects as ADDED events, then a BOOKMARK annotated
+//! `k8s.io/initial-events-end: "true"`, then live events; with the
+//! `WatchList` gate off ([`Emulator::set_watch_list`]) they are refused
+//! with the 422 kube-apiserver's list-option validation answers.
 //!
 //! Tests drive it with [`Emulator::apply`] and [`Emulator::delete`], and
 //! break it with [`Emulator::fail_for`] (HTTP 500 for every request),
@@ -473,6 +478,15 @@ impl Emulator {
     /// How often open watches that allow bookmarks get a BOOKMARK (1 s by default).
     pub fn set_bookmark_interval(&self, interval: Duration) {
         self.shared.lock().bookmark_interval = interval;
+    }
+
+    /// Turns the API server's `WatchList` feature gate on (the default) or
+    /// off. Off, a streaming list (a watch with `sendInitialEvents`) is
+    /// refused as kube-apiserver refuses it: HTTP 422 `Invalid`,
+    /// "sendInitialEvents is forbidden for watch unless the WatchList
+    /// feature gate is enabled"; paged lists are served either way.
+    pub fn set_watch_list(&self, enabled: bool) {
+        self.shared.lock().watch_list = enabled;
     }
 
     /// The number of watch streams open now.

@@ -26,6 +26,10 @@ struct Args {
     /// How often to check the files for changes, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     reload_ms: u64,
+    /// Refuse streaming lists (`sendInitialEvents`), as an API server
+    /// with the `WatchList` feature gate off does; clients list in pages.
+    #[arg(long)]
+    no_watch_list: bool,
     /// Kubernetes YAML/JSON files or directories (Services, EndpointSlices,
     /// Nodes and ServiceCIDRs are served; other kinds are skipped).
     #[arg(required = true)]
@@ -83,6 +87,7 @@ async fn run(args: Args) -> Result<(), EmulatorError> {
     reported.skipped(skipped);
     let (emu, addr) = Emulator::start_on(args.listen).await?;
     emu.replace_all(&objects)?;
+    emu.set_watch_list(!args.no_watch_list);
     if let Some(path) = &args.kubeconfig {
         emu.write_kubeconfig(path)?;
     }
@@ -91,7 +96,11 @@ async fn run(args: Args) -> Result<(), EmulatorError> {
         objects.len()
     ));
     let mut last = objects;
-    let mut tick = tokio::time::interval(Duration::from_millis(args.reload_ms.max(50)));
+    // The first check one period from now: an interval's first tick is at
+    // once, and re-reading large files then would hold up the requests
+    // of a client that starts right away (the server shares this thread).
+    let period = Duration::from_millis(args.reload_ms.max(50));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tokio::select! {
             _ = tick.tick() => {}

@@ -82,7 +82,9 @@ struct Query {
     timeout: Option<u64>,
     limit: Option<usize>,
     continue_token: Option<String>,
-    send_initial_events: bool,
+    /// `sendInitialEvents`, when given (`false` is not the same as absent).
+    send_initial_events: Option<bool>,
+    resource_version_match: Option<String>,
 }
 
 fn parse_query(q: Option<&str>) -> Query {
@@ -98,12 +100,84 @@ fn parse_query(q: Option<&str>) -> Query {
             "allowWatchBookmarks" => out.bookmarks = v == "true",
             "timeoutSeconds" => out.timeout = v.parse().ok(),
             "limit" => out.limit = v.parse().ok().filter(|l| *l > 0),
-            "sendInitialEvents" => out.send_initial_events = v == "true",
+            "sendInitialEvents" => out.send_initial_events = Some(v == "true"),
+            "resourceVersionMatch" => {
+                out.resource_version_match = Some(v).filter(|m| !m.is_empty())
+            }
             "continue" => out.continue_token = Some(v).filter(|c| !c.is_empty()),
             _ => {}
         }
     }
     out
+}
+
+/// The checks of kube-apiserver's `ValidateListOptions`
+/// (k8s.io/apimachinery `pkg/apis/meta/internalversion/validation`) on the
+/// parameters the emulator reads: the field errors, as the server words
+/// them. `watch_list` is the API server's `WatchList` feature gate.
+fn validate(q: &Query, watch_list: bool) -> Vec<String> {
+    let mut errs = Vec::new();
+    let not_older = "NotOlderThan";
+    let matching = q.resource_version_match.as_deref();
+    if !q.watch {
+        if let Some(m) = matching {
+            if q.resource_version.as_deref().unwrap_or("").is_empty() {
+                errs.push("resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided".to_string());
+            }
+            if m != "Exact" && m != not_older {
+                errs.push(format!("resourceVersionMatch: Unsupported value: {m:?}: supported values: \"Exact\", \"NotOlderThan\", \"\""));
+            }
+        }
+        if q.send_initial_events.is_some() {
+            errs.push(
+                "sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list".to_string(),
+            );
+        }
+        return errs;
+    }
+    if q.send_initial_events.is_some() {
+        if matching != Some(not_older) {
+            errs.push(format!("resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to {not_older}"));
+        }
+        if !watch_list {
+            errs.push("sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled".to_string());
+        }
+    }
+    if let Some(m) = matching {
+        if q.send_initial_events.is_none() {
+            errs.push("resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided".to_string());
+        }
+        if m != not_older {
+            errs.push(format!(
+                "resourceVersionMatch: Unsupported value: {m:?}: supported values: \"NotOlderThan\""
+            ));
+        }
+    }
+    errs
+}
+
+/// The 422 the API server answers invalid list options with
+/// (`errors.NewInvalid` of a `ListOptions.meta.k8s.io`).
+fn invalid_options(errs: &[String]) -> Response<Body> {
+    let list = match errs {
+        [one] => one.clone(),
+        many => format!("[{}]", many.join(", ")),
+    };
+    let mut body = status(
+        422,
+        "Invalid",
+        &format!("ListOptions.meta.k8s.io \"\" is invalid: {list}"),
+    );
+    body["details"] = json!({
+        "group": "meta.k8s.io",
+        "kind": "ListOptions",
+        "causes": errs.iter().map(|e| {
+            let (field, message) = e.split_once(": ").unwrap_or(("", e));
+            json!({"reason": if message.starts_with("Unsupported") { "FieldValueNotSupported" } else { "FieldValueForbidden" },
+                   "message": message, "field": field})
+        }).collect::<Vec<_>>(),
+    });
+    full(StatusCode::UNPROCESSABLE_ENTITY, &body)
 }
 
 /// What a path names.
@@ -113,40 +187,17 @@ enum Target {
     Discovery(Value),
 }
 
-fn discovery_v1() -> Value {
-    json!({
-        "kind": "APIResourceList",
-        "groupVersion": "v1",
-        "resources": [
-            {"name": "services", "singularName": "service", "namespaced": true, "kind": "Service",
-             "verbs": ["get", "list", "watch"], "shortNames": ["svc"]},
-            {"name": "nodes", "singularName": "node", "namespaced": false, "kind": "Node",
-             "verbs": ["get", "list", "watch"], "shortNames": ["no"]},
-        ]
-    })
-}
-
-fn discovery_slices() -> Value {
+/// The `APIResourceList` of a group version serving one read-only
+/// resource, or several: `(plural, singular, kind, namespaced, short names)`.
+fn resource_list(group_version: &str, resources: &[(&str, &str, &str, bool, &[&str])]) -> Value {
     json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",
-        "groupVersion": "discovery.k8s.io/v1",
-        "resources": [
-            {"name": "endpointslices", "singularName": "endpointslice", "namespaced": true,
-             "kind": "EndpointSlice", "verbs": ["get", "list", "watch"]},
-        ]
-    })
-}
-
-fn discovery_networking() -> Value {
-    json!({
-        "kind": "APIResourceList",
-        "apiVersion": "v1",
-        "groupVersion": "networking.k8s.io/v1",
-        "resources": [
-            {"name": "servicecidrs", "singularName": "servicecidr", "namespaced": false,
-             "kind": "ServiceCIDR", "verbs": ["get", "list", "watch"]},
-        ]
+        "groupVersion": group_version,
+        "resources": resources.iter().map(|(name, singular, kind, namespaced, short)| json!({
+            "name": name, "singularName": singular, "namespaced": namespaced, "kind": kind,
+            "verbs": ["get", "list", "watch"], "shortNames": short,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -187,10 +238,32 @@ fn route(path: &str) -> Option<Target> {
                     "preferredVersion": {"groupVersion": "networking.k8s.io/v1", "version": "v1"}}]
             })));
         }
-        ["api", "v1"] => return Some(Target::Discovery(discovery_v1())),
-        ["apis", "discovery.k8s.io", "v1"] => return Some(Target::Discovery(discovery_slices())),
+        ["api", "v1"] => {
+            return Some(Target::Discovery(resource_list(
+                "v1",
+                &[
+                    ("services", "service", "Service", true, &["svc"]),
+                    ("nodes", "node", "Node", false, &["no"]),
+                ],
+            )));
+        }
+        ["apis", "discovery.k8s.io", "v1"] => {
+            return Some(Target::Discovery(resource_list(
+                "discovery.k8s.io/v1",
+                &[(
+                    "endpointslices",
+                    "endpointslice",
+                    "EndpointSlice",
+                    true,
+                    &[],
+                )],
+            )));
+        }
         ["apis", "networking.k8s.io", "v1"] => {
-            return Some(Target::Discovery(discovery_networking()));
+            return Some(Target::Discovery(resource_list(
+                "networking.k8s.io/v1",
+                &[("servicecidrs", "servicecidr", "ServiceCIDR", false, &[])],
+            )));
         }
         ["api", "v1", rest @ ..] => (&segs[..2], rest),
         ["apis", "discovery.k8s.io", "v1", rest @ ..] => (&segs[..3], rest),
@@ -293,6 +366,10 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         tokio::time::sleep(d).await;
     }
     let q = parse_query(query.as_deref());
+    let errs = validate(&q, shared.lock().watch_list);
+    if !errs.is_empty() {
+        return invalid_options(&errs);
+    }
     match target {
         Target::Discovery(v) => full(StatusCode::OK, &v),
         Target::Object(kind, ns, name) => {
@@ -400,10 +477,10 @@ fn list(
     )
 }
 
+/// One watch event, a line of JSON (written directly: building a `Value`
+/// around `object` would copy it).
 fn event_line(kind: &str, object: &Value) -> Bytes {
-    let mut s = json!({"type": kind, "object": object}).to_string();
-    s.push('\n');
-    Bytes::from(s)
+    Bytes::from(format!("{{\"object\":{object},\"type\":\"{kind}\"}}\n"))
 }
 
 /// A 410 Gone, delivered inside the watch stream as the real API server does.
@@ -422,6 +499,12 @@ struct WatchState {
     shared: Arc<Shared>,
     filter: Filter,
     pos: u64,
+    /// The initial events still to send: the objects selected when the
+    /// watch started, serialized as the client reads them (as the API
+    /// server streams from its watch cache), not all at once.
+    initial: std::vec::IntoIter<Value>,
+    /// Sent after the initial events: a streaming list's bookmark.
+    initial_end: Option<Bytes>,
     queue: VecDeque<Bytes>,
     done: bool,
     bookmarks: bool,
@@ -477,6 +560,20 @@ impl WatchState {
     }
 
     async fn next_chunk(&mut self) -> Option<Bytes> {
+        // Initial events go out in chunks of about 64 KiB.
+        let mut chunk = Vec::new();
+        for o in self.initial.by_ref() {
+            chunk.extend_from_slice(&event_line("ADDED", &o));
+            if chunk.len() >= 64 * 1024 {
+                break;
+            }
+        }
+        if !chunk.is_empty() {
+            return Some(Bytes::from(chunk));
+        }
+        if let Some(end) = self.initial_end.take() {
+            return Some(end);
+        }
         loop {
             if let Some(b) = self.queue.pop_front() {
                 return Some(b);
@@ -514,39 +611,47 @@ impl WatchState {
 }
 
 fn watch(shared: Arc<Shared>, filter: Filter, q: &Query) -> Response<Body> {
-    let mut queue = VecDeque::new();
+    let mut initial_objects = Vec::new();
+    let mut initial_end = None;
     let (pos, interval) = {
         let st = shared.lock();
         let requested = q
             .resource_version
             .as_deref()
             .filter(|v| !v.is_empty() && *v != "0");
-        let pos = match requested {
-            // "" and "0" mean "start from any version": the API server
-            // then sends the current state as synthetic ADDED events. A
-            // streaming list (sendInitialEvents) ends them with a bookmark
-            // marking the end of the initial events.
-            None => {
-                for ((k, _, _), o) in &st.objects {
-                    if *k == filter.kind && filter.matches(o) {
-                        queue.push_back(event_line("ADDED", o));
-                    }
-                }
-                if q.send_initial_events {
-                    queue.push_back(event_line(
-                        "BOOKMARK",
-                        &json!({
-                            "kind": filter.kind.kind(),
-                            "apiVersion": filter.kind.api_version(),
-                            "metadata": {
-                                "resourceVersion": st.rv.to_string(),
-                                "annotations": {"k8s.io/initial-events-end": "true"},
-                            },
-                        }),
-                    ));
-                }
-                st.rv
-            }
+        // "" and "0" mean "start from any version": the API server then
+        // sends the current state as synthetic ADDED events, unless
+        // `sendInitialEvents=false`. A streaming list
+        // (`sendInitialEvents=true`) sends them whatever the version (the
+        // state is at least as new as asked: NotOlderThan) and ends them
+        // with a bookmark marking the end of the initial events.
+        let initial = match q.send_initial_events {
+            Some(send) => send,
+            None => requested.is_none(),
+        };
+        if initial {
+            initial_objects = st
+                .objects
+                .iter()
+                .filter(|((k, _, _), o)| *k == filter.kind && filter.matches(o))
+                .map(|(_, o)| o.clone())
+                .collect();
+        }
+        if q.send_initial_events == Some(true) {
+            initial_end = Some(event_line(
+                "BOOKMARK",
+                &json!({
+                    "kind": filter.kind.kind(),
+                    "apiVersion": filter.kind.api_version(),
+                    "metadata": {
+                        "resourceVersion": st.rv.to_string(),
+                        "annotations": {"k8s.io/initial-events-end": "true"},
+                    },
+                }),
+            ));
+        }
+        let pos = match requested.filter(|_| q.send_initial_events != Some(true)) {
+            None => st.rv,
             Some(v) => match v.parse::<u64>() {
                 Ok(v) => v,
                 Err(_) => {
@@ -570,7 +675,9 @@ fn watch(shared: Arc<Shared>, filter: Filter, q: &Query) -> Response<Body> {
         shared,
         filter,
         pos,
-        queue,
+        initial: initial_objects.into_iter(),
+        initial_end,
+        queue: VecDeque::new(),
         done: false,
         bookmarks: q.bookmarks,
         deadline: now + Duration::from_secs(q.timeout.unwrap_or(1800).max(1)),

@@ -55,6 +55,9 @@ pub(crate) struct State {
     /// Requests whose path contains this text are answered this late.
     pub delay_matching: Option<(String, Duration)>,
     pub bookmark_interval: Duration,
+    /// The `WatchList` feature gate: whether streaming lists
+    /// (`sendInitialEvents`) are served or refused.
+    pub watch_list: bool,
     pub requests: Vec<String>,
     /// When each of `requests` arrived.
     pub request_times: Vec<Instant>,
@@ -78,6 +81,7 @@ impl State {
             fail_code: 500,
             delay_matching: None,
             bookmark_interval: Duration::from_secs(1),
+            watch_list: true,
             requests: Vec::new(),
             request_times: Vec::new(),
             pages: BTreeMap::new(),

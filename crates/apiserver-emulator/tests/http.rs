@@ -44,6 +44,18 @@ async fn read_until(s: &mut TcpStream, seen: &mut String, want: &str, timeout: D
     }
 }
 
+/// Reads a streaming response until an event of type `ty` (`ADDED`, ...)
+/// appears, within 5 s.
+async fn read_event(s: &mut TcpStream, seen: &mut String, ty: &str) {
+    read_until(
+        s,
+        seen,
+        &format!(r#""type":"{ty}""#),
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
 fn svc(name: &str, labels: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Service",
            "metadata": {"name": name, "namespace": "default", "labels": labels},
@@ -128,38 +140,14 @@ async fn watch_events_selection_changes_and_bookmarks() {
     .await;
     let mut seen = String::new();
     // "0" starts with the current state as synthetic ADDED events.
-    read_until(
-        &mut s,
-        &mut seen,
-        r#""type":"ADDED""#,
-        Duration::from_secs(5),
-    )
-    .await;
+    read_event(&mut s, &mut seen, "ADDED").await;
     assert!(emu.wait_for_watches(1, Duration::from_secs(5)).await);
     emu.apply(&svc("a", json!({"x": "1"}))).expect("apply");
-    read_until(
-        &mut s,
-        &mut seen,
-        r#""type":"MODIFIED""#,
-        Duration::from_secs(5),
-    )
-    .await;
+    read_event(&mut s, &mut seen, "MODIFIED").await;
     // Leaving the selection reads as DELETED.
     emu.apply(&svc("a", json!({"skip": "1"}))).expect("apply");
-    read_until(
-        &mut s,
-        &mut seen,
-        r#""type":"DELETED""#,
-        Duration::from_secs(5),
-    )
-    .await;
-    read_until(
-        &mut s,
-        &mut seen,
-        r#""type":"BOOKMARK""#,
-        Duration::from_secs(5),
-    )
-    .await;
+    read_event(&mut s, &mut seen, "DELETED").await;
+    read_event(&mut s, &mut seen, "BOOKMARK").await;
     emu.hang_up_watches();
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
@@ -199,20 +187,8 @@ async fn watch_from_a_compacted_version_is_gone() {
     )
     .await;
     let mut seen = String::new();
-    read_until(
-        &mut s,
-        &mut seen,
-        r#""type":"ADDED""#,
-        Duration::from_secs(5),
-    )
-    .await;
-    read_until(
-        &mut s,
-        &mut seen,
-        r#""type":"DELETED""#,
-        Duration::from_secs(5),
-    )
-    .await;
+    read_event(&mut s, &mut seen, "ADDED").await;
+    read_event(&mut s, &mut seen, "DELETED").await;
 
     // An open watch told to expire gets a 410 too.
     emu.expire_watches();
@@ -315,24 +291,102 @@ async fn replace_all_is_all_or_nothing() {
     assert_eq!(l["items"][0]["metadata"]["labels"]["x"], "1");
 }
 
+/// The request of a streaming list (client-go's and kube-runtime's).
+const STREAMING_LIST: &str = "/api/v1/services?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&resourceVersion=0";
+
 #[tokio::test]
 async fn streaming_list_ends_its_initial_events_with_a_bookmark() {
     let (emu, addr) = Emulator::start().await.expect("start");
     emu.apply(&svc("a", json!({}))).expect("apply");
-    let mut s = send(
-        addr,
-        "/api/v1/services?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true",
-    )
-    .await;
+    let rv = emu.apply(&svc("b", json!({}))).expect("apply");
+    let mut s = send(addr, STREAMING_LIST).await;
     let mut seen = String::new();
     read_until(
         &mut s,
         &mut seen,
-        "k8s.io/initial-events-end",
+        r#""type":"BOOKMARK"}"#,
         Duration::from_secs(5),
     )
     .await;
-    let added = seen.find(r#""type":"ADDED""#).expect("ADDED first");
     let end = seen.find("initial-events-end").expect("end marker");
-    assert!(added < end, "{seen}");
+    assert_eq!(
+        seen[..end].matches(r#""type":"ADDED""#).count(),
+        2,
+        "{seen}"
+    );
+    let line = seen.lines().find(|l| l.contains("initial-events-end"));
+    let bookmark: Value = serde_json::from_str(line.expect("the marker's line"))
+        .expect("the bookmark is one JSON line");
+    assert_eq!(bookmark["type"], "BOOKMARK");
+    assert_eq!(
+        bookmark["object"]["metadata"]["resourceVersion"],
+        rv.to_string()
+    );
+    // Then live events.
+    seen.clear();
+    emu.apply(&svc("c", json!({}))).expect("apply");
+    read_event(&mut s, &mut seen, "ADDED").await;
+    assert!(seen.contains(r#""name":"c""#), "{seen}");
+}
+
+#[tokio::test]
+async fn streaming_lists_are_refused_with_the_watch_list_gate_off() {
+    let (emu, addr) = Emulator::start().await.expect("start");
+    emu.apply(&svc("a", json!({}))).expect("apply");
+    emu.set_watch_list(false);
+    let (code, st) = get(addr, STREAMING_LIST).await;
+    assert_eq!(
+        (code, st["reason"].as_str()),
+        (422, Some("Invalid")),
+        "{st}"
+    );
+    assert_eq!(
+        st["message"],
+        "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled"
+    );
+    assert_eq!(st["details"]["causes"][0]["field"], "sendInitialEvents");
+    assert_eq!(emu.open_watches(), 0);
+    // Paged lists and plain watches are served.
+    let (code, l) = get(addr, "/api/v1/services?limit=500").await;
+    assert_eq!((code, names(&l)), (200, vec!["a".to_string()]));
+    let mut w = send(addr, "/api/v1/services?watch=true&resourceVersion=0").await;
+    let mut seen = String::new();
+    read_event(&mut w, &mut seen, "ADDED").await;
+    // The gate on again: served.
+    emu.set_watch_list(true);
+    let mut s = send(addr, STREAMING_LIST).await;
+    read_until(
+        &mut s,
+        &mut seen,
+        "initial-events-end",
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn list_options_are_validated_as_kube_apiserver_does() {
+    let (_emu, addr) = Emulator::start().await.expect("start");
+    for (query, message) in [
+        (
+            "watch=true&sendInitialEvents=true",
+            "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+        ),
+        (
+            "watch=true&resourceVersionMatch=NotOlderThan",
+            "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+        ),
+        (
+            "sendInitialEvents=true",
+            "sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list",
+        ),
+    ] {
+        let (code, st) = get(addr, &format!("/api/v1/services?{query}")).await;
+        assert_eq!(code, 422, "{query}: {st}");
+        assert_eq!(
+            st["message"].as_str(),
+            Some(format!("ListOptions.meta.k8s.io \"\" is invalid: {message}").as_str()),
+            "{query}"
+        );
+    }
 }

@@ -52,6 +52,37 @@ fn slice(ips: &[&str]) -> Value {
            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]})
 }
 
+/// An emulator serving inside namespace `ns` on loopback, its kubeconfig
+/// written to `kubeconfig`, with this node, the Service and its
+/// EndpointSlice of `ips`.
+async fn emulator_in(ns: &str, kubeconfig: &Path, ips: &[&str]) -> Emulator {
+    let (emu, _) = Emulator::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), common::bind_in(ns))
+        .await
+        .expect("emulator starts inside the namespace");
+    emu.write_kubeconfig(kubeconfig).expect("kubeconfig");
+    emu.apply(&node()).expect("node");
+    emu.apply(&service()).expect("service");
+    emu.apply(&slice(ips)).expect("slice");
+    emu
+}
+
+/// `kproxy run --source kube --backend nftables` in `ns` on this node,
+/// with the API server of `kubeconfig` and the `extra` arguments.
+fn nftables_daemon(ns: &NetNs, kubeconfig: &Path, extra: &[&str]) -> common::Daemon {
+    let kubeconfig = kubeconfig.to_str().expect("utf-8 path");
+    let args = [
+        "--source",
+        "kube",
+        "--backend",
+        "nftables",
+        "--node-name",
+        NODE,
+        "--kubeconfig",
+        kubeconfig,
+    ];
+    common::Daemon::start(ns, &[&args[..], extra].concat(), &[])
+}
+
 /// The backend's rules inside the namespace: `nft list table ip kproxy`,
 /// or the iptables flavour's `*-save` output ("" when there are none).
 async fn rules(ns: &NetNs, backend: &str) -> String {
@@ -168,23 +199,17 @@ impl Daemon {
     }
 }
 
-/// The whole story on one backend.
-async fn follows_the_api_and_survives_its_absence(backend: &str) {
+/// The whole story on one backend, against an API server that serves
+/// streaming lists or (`watch_list` false: its WatchList gate off)
+/// refuses them.
+async fn follows_the_api_and_survives_its_absence(backend: &str, watch_list: bool) {
     let ns = NetNs::new("kub");
     let dir = TempDir::new(&format!("kube-run-{backend}"));
     let kubeconfig = dir.join("kubeconfig");
     let log = dir.join("kproxy.log");
 
-    let (mut emu, _) = Emulator::start_with(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        common::bind_in(ns.name()),
-    )
-    .await
-    .expect("emulator starts inside the namespace");
-    emu.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    emu.apply(&node()).expect("node");
-    emu.apply(&service()).expect("service");
-    emu.apply(&slice(&["10.0.1.1"])).expect("slice");
+    let mut emu = emulator_in(ns.name(), &kubeconfig, &["10.0.1.1"]).await;
+    emu.set_watch_list(watch_list);
     let wait = |what: &'static str, secs: u64, ok: fn(&str) -> bool| {
         let (ns, log) = (&ns, &log);
         async move { wait_rules(ns, backend, what, Duration::from_secs(secs), log, ok).await }
@@ -196,6 +221,26 @@ async fn follows_the_api_and_survives_its_absence(backend: &str) {
     })
     .await;
     assert!(!first.contains("10.0.1.2"), "{first}");
+    // Streaming lists where served; paged lists (after one refused
+    // streaming list, said once in the log) where not.
+    let requests = emu.requests();
+    let listed = |r: &&String| r.contains("/endpointslices?") && !r.contains("watch=true");
+    let streamed =
+        |r: &&String| r.contains("/endpointslices?") && r.contains("sendInitialEvents=true");
+    assert_eq!(
+        (
+            requests.iter().any(|r| listed(&r)),
+            requests.iter().any(|r| streamed(&r))
+        ),
+        (!watch_list, true),
+        "{requests:#?}"
+    );
+    let told = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        told.matches("refuses streaming lists").count(),
+        usize::from(!watch_list),
+        "{told}"
+    );
 
     // Endpoints change in the API: the kernel follows.
     emu.apply(&slice(&["10.0.1.2", "10.0.1.3"])).expect("slice");
@@ -270,17 +315,18 @@ async fn follows_the_api_and_survives_its_absence(backend: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nftables_follows_the_api_and_survives_its_absence() {
-    follows_the_api_and_survives_its_absence("nftables").await;
+    follows_the_api_and_survives_its_absence("nftables", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iptables_nft_follows_the_api_and_survives_its_absence() {
-    follows_the_api_and_survives_its_absence("iptables-nft").await;
+    follows_the_api_and_survives_its_absence("iptables-nft", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iptables_legacy_follows_the_api_and_survives_its_absence() {
-    follows_the_api_and_survives_its_absence("iptables-legacy").await;
+    // With paged lists: an API server whose WatchList gate is off.
+    follows_the_api_and_survives_its_absence("iptables-legacy", false).await;
 }
 
 // Traffic: a client on the node loops on the ClusterIP while the
@@ -433,16 +479,7 @@ async fn traffic_follows_the_api(backend: &str) {
     let dir = TempDir::new(&format!("kube-traffic-{backend}"));
     let kubeconfig = dir.join("kubeconfig");
     let log = dir.join("kproxy.log");
-    let (mut emu, _) = Emulator::start_with(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        common::bind_in(node_ns.name()),
-    )
-    .await
-    .expect("emulator starts inside the node namespace");
-    emu.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    emu.apply(&node()).expect("node");
-    emu.apply(&service()).expect("service");
-    emu.apply(&slice(&["10.0.1.2"])).expect("slice");
+    let mut emu = emulator_in(node_ns.name(), &kubeconfig, &["10.0.1.2"]).await;
     let daemon = Daemon::start(&node_ns, backend, &kubeconfig, &log);
     wait_rules(
         &node_ns,
@@ -675,22 +712,10 @@ async fn before_the_first_list_status_shows_the_errors_and_sigterm_exits_0() {
     let dir = common::TempDir::new("prelist");
     let kubeconfig = dir.path().join("kubeconfig");
     emu.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    let kubeconfig = kubeconfig.to_str().expect("utf-8 path").to_string();
-    let mut daemon = common::Daemon::start(
+    let mut daemon = nftables_daemon(
         &ns,
-        &[
-            "--source",
-            "kube",
-            "--backend",
-            "nftables",
-            "--node-name",
-            NODE,
-            "--kubeconfig",
-            &kubeconfig,
-            "--metrics-bind-address",
-            "127.0.0.1:10249",
-        ],
-        &[],
+        &kubeconfig,
+        &["--metrics-bind-address", "127.0.0.1:10249"],
     );
     // The watchers' errors are in /status and the metrics as they happen,
     // although no list has completed and so no sync has run.
@@ -746,16 +771,7 @@ async fn after_a_long_outage_changes_reach_the_kernel_within_the_backoff_cap() {
     let dir = common::TempDir::new("outage");
     let kubeconfig = dir.path().join("kubeconfig");
     let log = dir.path().join("kproxy.log");
-    let (emu, _) = Emulator::start_with(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        common::bind_in(ns.name()),
-    )
-    .await
-    .expect("emulator starts inside the namespace");
-    emu.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    emu.apply(&node()).expect("node");
-    emu.apply(&service()).expect("service");
-    emu.apply(&slice(&["10.0.1.1"])).expect("slice");
+    let emu = emulator_in(ns.name(), &kubeconfig, &["10.0.1.1"]).await;
     let mut daemon = Daemon::start(&ns, "nftables", &kubeconfig, &log);
     wait_rules(
         &ns,
@@ -800,36 +816,13 @@ async fn after_a_long_outage_changes_reach_the_kernel_within_the_backoff_cap() {
 async fn a_starting_api_servers_403s_are_not_warnings() {
     const FORBIDDEN: Duration = Duration::from_secs(5);
     let ns = common::test_ns();
-    let (emu, _) = Emulator::start_with(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        common::bind_in(ns.name()),
-    )
-    .await
-    .expect("emulator starts inside the namespace");
-    emu.apply(&node()).expect("node");
-    emu.apply(&service()).expect("service");
-    emu.apply(&slice(&["10.0.1.1"])).expect("slice");
     let dir = common::TempDir::new("forbidden");
     let kubeconfig = dir.path().join("kubeconfig");
-    emu.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    let kubeconfig = kubeconfig.to_str().expect("utf-8 path").to_string();
+    let emu = emulator_in(ns.name(), &kubeconfig, &["10.0.1.1"]).await;
     // The authorizer of a just-started API server is not ready yet.
     emu.forbid_for(FORBIDDEN);
     let started = tokio::time::Instant::now();
-    let mut daemon = common::Daemon::start(
-        &ns,
-        &[
-            "--source",
-            "kube",
-            "--backend",
-            "nftables",
-            "--node-name",
-            NODE,
-            "--kubeconfig",
-            &kubeconfig,
-        ],
-        &[],
-    );
+    let mut daemon = nftables_daemon(&ns, &kubeconfig, &[]);
     while !rules(&ns, "nftables").await.contains("10.0.1.1") {
         assert!(
             started.elapsed() < FORBIDDEN + Duration::from_secs(15),

@@ -7,15 +7,23 @@
 //! Services and EndpointSlices are kept in compact form
 //! ([`CompactService`], [`CompactSlice`]: what the graph reads), converted
 //! as each object arrives, so the full objects of a large cluster are
-//! never all in memory: the lists ask for pages of [`PAGE_SIZE`] objects
-//! (`limit`/`continue`; an API server answering from its watch cache may
-//! send one page), and the graph shares the store's compact objects.
-//! The watchers list, then watch from the list's
-//! resourceVersion; on 410 Gone they list again at once (the store keeps
-//! the old state until the new list is complete, so a relist never shows
-//! a half-empty cluster), and on other errors they wait as [`backoff`]
-//! says: exponential with jitter up to 30 s, not reset by a relist, with a
-//! just-started API server's transient 403s retried quietly.
+//! never all in memory, and the graph shares the store's compact objects.
+//!
+//! Each watcher first lists, then watches from the list's resourceVersion.
+//! The list is a streaming list where the API server offers one (a watch
+//! with `sendInitialEvents=true&resourceVersionMatch=NotOlderThan`,
+//! KEP-3157: the objects arrive as ADDED events, one at a time, until a
+//! bookmark marks the end of the initial state): one request per kind,
+//! so the client rate limit is paid once rather than per page. An API
+//! server that refuses it (HTTP 422 with its `WatchList` feature gate off,
+//! or older than 1.27) is asked for paged lists instead ([`PAGE_SIZE`]
+//! objects a page, `limit`/`continue`), and for the rest of the source's
+//! life ([`ListMode`]). On 410 Gone the watchers list again at once (the
+//! store keeps the old state until the new list is complete, so neither
+//! the first list nor a relist ever shows a partial cluster), and on
+//! other errors they wait as [`backoff`] says: exponential with jitter up
+//! to 30 s, not reset by a relist, with a just-started API server's
+//! transient 403s retried quietly.
 //! [`KubeSource::changed`] first resolves once the Service, EndpointSlice
 //! and Node lists are complete, so the first sync never sees, say, Services
 //! without their EndpointSlices, and the ServiceCIDR list too unless it
@@ -148,9 +156,58 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// How the watchers list: streamed (a watch with `sendInitialEvents`,
+/// KEP-3157) until the API server refuses that once, then in pages of
+/// [`PAGE_SIZE`] for the rest of the source's life. client-go's reflector
+/// tries the streaming list at every (re)list and falls back on any error;
+/// here the answer is remembered, so a server without streaming lists
+/// costs one refused request per watcher at most, and a transient error
+/// (the server down) does not switch to pages.
+#[derive(Debug, Default)]
+struct ListMode {
+    /// 0: not known yet, 1: streaming lists served, 2: refused.
+    state: std::sync::atomic::AtomicU8,
+}
+
+impl ListMode {
+    const UNKNOWN: u8 = 0;
+    const SERVED: u8 = 1;
+    const REFUSED: u8 = 2;
+
+    /// Whether the next list should be a streaming one.
+    fn streaming(&self) -> bool {
+        self.state.load(std::sync::atomic::Ordering::Relaxed) != Self::REFUSED
+    }
+
+    /// A streaming list completed.
+    fn served(&self) {
+        let was = self.state.compare_exchange(
+            Self::UNKNOWN,
+            Self::SERVED,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if was.is_ok() {
+            tracing::info!("the API server serves streaming lists (sendInitialEvents)");
+        }
+    }
+
+    /// The API server refused a streaming list of `kind`.
+    fn refused(&self, kind: &str, e: &watcher::Error) {
+        let was = self
+            .state
+            .swap(Self::REFUSED, std::sync::atomic::Ordering::Relaxed);
+        if was != Self::REFUSED {
+            tracing::info!(kind, error = %e, "the API server refuses streaming lists (its WatchList feature gate is off?); listing in pages of {PAGE_SIZE}");
+        }
+    }
+}
+
 /// State shared by the watcher tasks, the client middleware and the
 /// source.
 struct Watchers {
+    /// Streaming or paged lists, shared by every watcher.
+    lists: ListMode,
     status: watch::Sender<Status>,
     pending: Mutex<Pending>,
     backoff: [Mutex<WatchBackoff>; WATCHERS],
@@ -163,6 +220,7 @@ struct Watchers {
 impl Watchers {
     fn new(sink: Option<ErrorSink>) -> Self {
         Watchers {
+            lists: ListMode::default(),
             status: watch::Sender::new(Status::default()),
             pending: Mutex::default(),
             backoff: std::array::from_fn(|_| Mutex::new(WatchBackoff::default())),
@@ -306,13 +364,14 @@ impl<T> Default for Kept<T> {
 /// A watcher's store, shared by its task and the source.
 type Store<T> = Arc<Mutex<Kept<T>>>;
 
-/// Start watcher `index` on `api`: its store and its task. `keep` turns
-/// each object into what the store holds, as it arrives.
+/// Start watcher `index` on every `K` (`config` selecting): its store and
+/// its task. `keep` turns each object into what the store holds, as it
+/// arrives.
 fn spawn_watcher<K, T>(
-    api: Api<K>,
+    client: &Client,
     config: watcher::Config,
     index: usize,
-    shared: Arc<Watchers>,
+    shared: &Arc<Watchers>,
     keep: fn(K) -> T,
 ) -> (Store<T>, JoinHandle<()>)
 where
@@ -320,78 +379,29 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
     T: Send + Sync + 'static,
 {
+    let api = Api::<K>::all(client.clone());
+    let shared = shared.clone();
     lock(&shared.paths).push((api.resource_url().to_string(), index));
     let store: Store<T> = Arc::default();
     let kept = store.clone();
-    // No `StreamBackoff`: it resets on every `Ok` item, and the watcher
-    // emits one before each list. The task below paces instead: the
-    // stream makes no request while it is not polled.
-    let stream = watcher(api, config.page_size(PAGE_SIZE)).modify(strip_unused_metadata);
     let kind = KINDS[index];
     let task = tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            // The store is changed first and the key recorded after, so a
-            // drain that reads the store before the key is recorded sees
-            // it again next time.
-            match event {
-                Ok(watcher::Event::Apply(obj)) => {
-                    let key = key_of(obj.meta());
-                    let value = Arc::new(keep(obj));
-                    lock(&kept).objects.insert(key.clone(), value);
-                    changed(&shared, index, key);
+        loop {
+            let streaming = shared.lists.streaming();
+            // No `StreamBackoff`: it resets on every `Ok` item, and the
+            // watcher emits one before each list. `follow` paces instead:
+            // the stream makes no request while it is not polled.
+            let config = if streaming {
+                config.clone().streaming_lists()
+            } else {
+                config.clone().page_size(PAGE_SIZE)
+            };
+            let stream = watcher(api.clone(), config).modify(strip_unused_metadata);
+            match follow(stream, index, &shared, &kept, keep, streaming).await {
+                Followed::Refused(e) => {
+                    shared.lists.refused(kind, &e);
                 }
-                Ok(watcher::Event::Delete(obj)) => {
-                    let key = key_of(obj.meta());
-                    lock(&kept).objects.remove(&key);
-                    changed(&shared, index, key);
-                }
-                Ok(watcher::Event::Init) => {
-                    lock(&kept).listing = Some(HashMap::new());
-                }
-                Ok(watcher::Event::InitApply(obj)) => {
-                    let key = key_of(obj.meta());
-                    let value = Arc::new(keep(obj));
-                    lock(&kept)
-                        .listing
-                        .get_or_insert_default()
-                        .insert(key, value);
-                }
-                Ok(watcher::Event::InitDone) => {
-                    tracing::debug!(kind, "list complete");
-                    {
-                        let mut k = lock(&kept);
-                        k.objects = k.listing.take().unwrap_or_default();
-                    }
-                    {
-                        let mut p = lock(&shared.pending);
-                        p.all[index] = true;
-                        p.keys[index].clear();
-                    }
-                    shared.status.send_modify(|s| {
-                        s.generation += 1;
-                        s.ready[index] = true;
-                    });
-                    shared.set_error(index, None);
-                }
-                Err(e) => {
-                    let failure = classify(&e);
-                    let retry = lock(&shared.backoff[index]).on_error(failure, Instant::now());
-                    let retry_in = retry.delay;
-                    if failure == Failure::Gone && retry.quiet {
-                        tracing::info!(kind, error = %e, "watch too far behind; listing again");
-                    } else {
-                        if retry.quiet {
-                            tracing::debug!(kind, error = %e, ?retry_in, "API watch failed (the API server may be starting); retrying");
-                        } else {
-                            tracing::warn!(kind, error = %e, ?retry_in, "API watch failed; retrying");
-                        }
-                        shared.set_error(index, Some(e.to_string()));
-                    }
-                    if !retry_in.is_zero() {
-                        tokio::time::sleep(retry_in).await;
-                    }
-                }
+                Followed::Ended => break,
             }
         }
         shared
@@ -399,6 +409,114 @@ where
             .send_modify(|s| s.ended = Some(format!("the {kind} watcher stopped")));
     });
     (store, task)
+}
+
+/// How [`follow`] ended.
+enum Followed {
+    /// The API server refused the streaming list: list in pages instead.
+    Refused(watcher::Error),
+    /// The stream ended (a bug: a watcher's stream does not end).
+    Ended,
+}
+
+/// Feed watcher `index`'s events into its store until the stream ends, or
+/// until the API server refuses a streaming list (`streaming`).
+async fn follow<K, T>(
+    stream: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>>,
+    index: usize,
+    shared: &Watchers,
+    kept: &Mutex<Kept<T>>,
+    keep: fn(K) -> T,
+    streaming: bool,
+) -> Followed
+where
+    K: Resource,
+{
+    let kind = KINDS[index];
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        // The store is changed first and the key recorded after, so a
+        // drain that reads the store before the key is recorded sees it
+        // again next time.
+        match event {
+            Ok(watcher::Event::Apply(obj)) => {
+                let key = key_of(obj.meta());
+                let value = Arc::new(keep(obj));
+                lock(kept).objects.insert(key.clone(), value);
+                changed(shared, index, key);
+            }
+            Ok(watcher::Event::Delete(obj)) => {
+                let key = key_of(obj.meta());
+                lock(kept).objects.remove(&key);
+                changed(shared, index, key);
+            }
+            Ok(watcher::Event::Init) => {
+                lock(kept).listing = Some(HashMap::new());
+            }
+            Ok(watcher::Event::InitApply(obj)) => {
+                let key = key_of(obj.meta());
+                let value = Arc::new(keep(obj));
+                lock(kept)
+                    .listing
+                    .get_or_insert_default()
+                    .insert(key, value);
+            }
+            Ok(watcher::Event::InitDone) => {
+                tracing::debug!(kind, streaming, "list complete");
+                if streaming {
+                    shared.lists.served();
+                }
+                {
+                    let mut k = lock(kept);
+                    k.objects = k.listing.take().unwrap_or_default();
+                }
+                {
+                    let mut p = lock(&shared.pending);
+                    p.all[index] = true;
+                    p.keys[index].clear();
+                }
+                shared.status.send_modify(|s| {
+                    s.generation += 1;
+                    s.ready[index] = true;
+                });
+                shared.set_error(index, None);
+            }
+            Err(e) if streaming && refuses_streaming(&e) => {
+                lock(kept).listing = None;
+                return Followed::Refused(e);
+            }
+            Err(e) => {
+                let failure = classify(&e);
+                let retry = lock(&shared.backoff[index]).on_error(failure, Instant::now());
+                let retry_in = retry.delay;
+                if failure == Failure::Gone && retry.quiet {
+                    tracing::info!(kind, error = %e, "watch too far behind; listing again");
+                } else {
+                    if retry.quiet {
+                        tracing::debug!(kind, error = %e, ?retry_in, "API watch failed (the API server may be starting); retrying");
+                    } else {
+                        tracing::warn!(kind, error = %e, ?retry_in, "API watch failed; retrying");
+                    }
+                    shared.set_error(index, Some(e.to_string()));
+                }
+                if !retry_in.is_zero() {
+                    tokio::time::sleep(retry_in).await;
+                }
+            }
+        }
+    }
+    Followed::Ended
+}
+
+/// Whether `e` is the API server refusing a streaming list: the request
+/// itself answered 422 Invalid (kube-apiserver with its `WatchList`
+/// feature gate off: "sendInitialEvents is forbidden for watch unless the
+/// WatchList feature gate is enabled"; servers older than 1.27: "
+/// resourceVersionMatch is forbidden for watch") or 400 Bad Request. Any
+/// other error (the server down, 403, 5xx) says nothing about streaming
+/// lists and is retried as it is.
+fn refuses_streaming(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 422 || s.code == 400)
 }
 
 /// Record that watcher `index` changed the object `key`.
@@ -458,32 +576,34 @@ impl KubeSource {
             .build();
         let status = shared.status.subscribe();
         let labels = label_selector(opts.proxy_name.as_deref());
-        let (services, t1) = spawn_watcher(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default().labels(&labels),
+        let labelled = watcher::Config::default().labels(&labels);
+        let (services, t1) = spawn_watcher::<Service, _>(
+            &client,
+            labelled.clone(),
             SERVICES,
-            shared.clone(),
+            &shared,
             CompactService::from,
         );
-        let (slices, t2) = spawn_watcher(
-            Api::<EndpointSlice>::all(client.clone()),
-            watcher::Config::default().labels(&labels),
+        let (slices, t2) = spawn_watcher::<EndpointSlice, _>(
+            &client,
+            labelled,
             SLICES,
-            shared.clone(),
+            &shared,
             CompactSlice::from,
         );
-        let (nodes, t3) = spawn_watcher(
-            Api::<Node>::all(client.clone()),
-            watcher::Config::default().fields(&format!("metadata.name={}", opts.node_name)),
+        let this_node = format!("metadata.name={}", opts.node_name);
+        let (nodes, t3) = spawn_watcher::<Node, _>(
+            &client,
+            watcher::Config::default().fields(&this_node),
             NODES,
-            shared.clone(),
+            &shared,
             std::convert::identity,
         );
-        let (service_cidrs, t4) = spawn_watcher(
-            Api::<ServiceCIDR>::all(client),
+        let (service_cidrs, t4) = spawn_watcher::<ServiceCIDR, _>(
+            &client,
             watcher::Config::default(),
             SERVICE_CIDRS,
-            shared.clone(),
+            &shared,
             std::convert::identity,
         );
         Ok(KubeSource {
@@ -625,8 +745,6 @@ impl KubeSource {
         let services = {
             let kept = lock(&self.services);
             sorted(&kept.objects)
-                .iter()
-                .filter_map(|k| kept.objects.get(k))
                 .filter(|s| self.wanted(&s.labels))
                 .map(|s| s.to_service())
                 .collect()
@@ -634,8 +752,6 @@ impl KubeSource {
         let endpoint_slices = {
             let kept = lock(&self.slices);
             sorted(&kept.objects)
-                .iter()
-                .filter_map(|k| kept.objects.get(k))
                 .filter(|s| self.wanted(&s.labels))
                 .map(|s| s.to_slice())
                 .collect()
@@ -648,11 +764,7 @@ impl KubeSource {
             .collect();
         let service_cidrs = {
             let kept = lock(&self.service_cidrs);
-            sorted(&kept.objects)
-                .iter()
-                .filter_map(|k| kept.objects.get(k))
-                .map(|c| (**c).clone())
-                .collect()
+            sorted(&kept.objects).map(|c| (**c).clone()).collect()
         };
         Objects {
             services,
@@ -692,11 +804,11 @@ fn sync_ready(s: &Status) -> bool {
         && (s.ready[SERVICE_CIDRS] || s.errors[SERVICE_CIDRS].is_some())
 }
 
-/// The keys of `m`, sorted.
-fn sorted<T>(m: &HashMap<Key, T>) -> Vec<Key> {
-    let mut keys: Vec<&Key> = m.keys().collect();
-    keys.sort();
-    keys.into_iter().cloned().collect()
+/// The values of `m`, sorted by key.
+fn sorted<T>(m: &HashMap<Key, T>) -> impl Iterator<Item = &T> {
+    let mut entries: Vec<(&Key, &T)> = m.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    entries.into_iter().map(|(_, v)| v)
 }
 
 /// The namespace the graph files an object under (`default` when unset).

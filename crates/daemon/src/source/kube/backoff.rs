@@ -180,6 +180,17 @@ mod tests {
         WatchBackoff::with_jitter(|| 1.0)
     }
 
+    /// A policy whose delay an outage (six errors) grew to the cap, and
+    /// the time after them.
+    fn after_an_outage() -> (WatchBackoff, Instant) {
+        let mut b = fixed();
+        let mut now = Instant::now();
+        for _ in 0..6 {
+            now += b.on_error(Failure::Unavailable, now).delay;
+        }
+        (b, now)
+    }
+
     #[test]
     fn grows_exponentially_to_the_cap_and_stays_there() {
         let mut b = fixed();
@@ -212,11 +223,7 @@ mod tests {
 
     #[test]
     fn resets_only_after_two_minutes_without_errors() {
-        let mut b = fixed();
-        let mut now = Instant::now();
-        for _ in 0..6 {
-            now += b.on_error(Failure::Unavailable, now).delay;
-        }
+        let (mut b, mut now) = after_an_outage();
         // Successes (events, answered requests) do not reset the delay.
         b.on_success();
         now += Duration::from_secs(60);
@@ -227,11 +234,7 @@ mod tests {
 
     #[test]
     fn a_410_relists_at_once_but_not_in_a_loop() {
-        let mut b = fixed();
-        let mut now = Instant::now();
-        for _ in 0..6 {
-            now += b.on_error(Failure::Unavailable, now).delay;
-        }
+        let (mut b, mut now) = after_an_outage();
         // The 410 after an outage: list again now, whatever was built up.
         let r = b.on_error(Failure::Gone, now);
         assert_eq!(r.delay, Duration::ZERO);
@@ -246,12 +249,8 @@ mod tests {
 
     #[test]
     fn a_transient_403_is_quiet_and_does_not_escalate() {
-        let mut b = fixed();
-        let mut now = Instant::now();
         // An outage built the delay up to the cap...
-        for _ in 0..6 {
-            now += b.on_error(Failure::Unavailable, now).delay;
-        }
+        let (mut b, mut now) = after_an_outage();
         // ...then the restarted server answers 403 for a few seconds.
         for _ in 0..10 {
             let r = b.on_error(Failure::Forbidden, now);

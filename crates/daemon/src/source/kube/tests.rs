@@ -133,11 +133,19 @@ impl Harness {
     }
 
     async fn source(&self, proxy_name: Option<&str>) -> KubeSource {
+        self.source_with(KubeSourceOptions {
+            proxy_name: proxy_name.map(str::to_string),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// A source on this emulator as `node`, with the other `options`.
+    async fn source_with(&self, options: KubeSourceOptions) -> KubeSource {
         KubeSource::new(KubeSourceOptions {
             kubeconfig: Some(self.kubeconfig.clone()),
             node_name: NODE.into(),
-            proxy_name: proxy_name.map(str::to_string),
-            ..Default::default()
+            ..options
         })
         .await
         .expect("kube source starts")
@@ -157,34 +165,95 @@ impl Harness {
         }
     }
 
-    /// Lists (not watches) of `resource` the emulator served so far.
+    /// Lists of `resource` (paged or streaming, not plain watches) the
+    /// emulator was asked for so far.
     fn lists(&self, resource: &str) -> usize {
         self.emu
             .requests()
             .iter()
-            .filter(|r| r.contains(&format!("/{resource}?")) && !r.contains("watch=true"))
+            .filter(|r| r.contains(&format!("/{resource}?")) && is_list(r))
             .count()
     }
 }
 
+/// Whether a request, as the emulator records it, is a streaming list: a
+/// watch with `sendInitialEvents=true`.
+fn is_streaming_list(r: &str) -> bool {
+    r.contains("watch=true") && r.contains("sendInitialEvents=true")
+}
+
+/// Whether a request is a list: a LIST (a page of one) or a streaming
+/// list.
+fn is_list(r: &str) -> bool {
+    !r.contains("watch=true") || is_streaming_list(r)
+}
+
+/// A harness with [`base`] applied and a source synced to it, with at
+/// least `watches` watches open.
+async fn synced(test: &str, watches: usize) -> (Harness, KubeSource) {
+    let h = harness(test).await;
+    base(&h);
+    let mut src = h.source(None).await;
+    wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
+    assert!(
+        h.emu
+            .wait_for_watches(watches, Duration::from_secs(10))
+            .await
+    );
+    (h, src)
+}
+
+/// `n` Services in namespace `bulk`, each with an EndpointSlice of one
+/// endpoint.
+fn bulk(h: &Harness, n: u16) {
+    for i in 0..n {
+        let name = format!("svc-{i:04}");
+        h.apply(service("bulk", &name, 1000 + i, json!({})));
+        let ip = format!("10.{}.{}.1", i / 250, i % 250);
+        h.apply(slice(
+            "bulk",
+            &format!("{name}-x"),
+            &name,
+            &[&ip],
+            json!({}),
+        ));
+    }
+}
+
+/// Waits for the source's first sync, at most `secs` seconds.
+async fn first_sync(src: &mut KubeSource, secs: u64) {
+    tokio::time::timeout(Duration::from_secs(secs), src.changed())
+        .await
+        .unwrap_or_else(|_| panic!("no first sync within {secs} s: {:?}", src.errors()))
+        .expect("changed() succeeds");
+}
+
 /// Waits, through `changed()`, until the snapshot's summary is `want`.
 async fn wait_for(src: &mut KubeSource, want: &Summary, timeout: Duration) {
+    wait_until(src, summary, want, timeout).await;
+}
+
+/// Waits, through `changed()`, until the source is synced and `see` of
+/// its snapshot is `want`; then checks the drained changes against it.
+async fn wait_until<S: PartialEq + std::fmt::Debug>(
+    src: &mut KubeSource,
+    see: impl Fn(&Objects) -> S,
+    want: &S,
+    timeout: Duration,
+) {
     let end = tokio::time::Instant::now() + timeout;
-    loop {
-        if src.synced() && &summary(&src.snapshot()) == want {
-            check_feed(src);
-            return;
-        }
+    while !(src.synced() && &see(&src.snapshot()) == want) {
         let left = end.saturating_duration_since(tokio::time::Instant::now());
         match tokio::time::timeout(left, src.changed()).await {
             Ok(r) => r.expect("changed() succeeds"),
             Err(_) => panic!(
                 "timed out after {timeout:?} waiting for {want:#?}; the source has {:#?} (errors {:?})",
-                summary(&src.snapshot()),
+                see(&src.snapshot()),
                 src.errors()
             ),
         }
     }
+    check_feed(src);
 }
 
 /// The changes `drain_into` handed over so far give the graph a full
@@ -250,10 +319,7 @@ async fn initial_sync_uses_kube_proxy_selectors() {
     ));
     h.apply(node("other-node", "z2"));
     let mut src = h.source(None).await;
-    tokio::time::timeout(Duration::from_secs(20), src.changed())
-        .await
-        .expect("initial sync within 20 s")
-        .expect("changed() succeeds");
+    first_sync(&mut src, 20).await;
     assert!(src.synced());
     assert_eq!(summary(&src.snapshot()), base_summary());
 
@@ -340,10 +406,7 @@ async fn first_sync_waits_for_every_list() {
 
 #[tokio::test]
 async fn add_modify_delete_of_each_kind() {
-    let h = harness("changes").await;
-    base(&h);
-    let mut src = h.source(None).await;
-    wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
+    let (h, mut src) = synced("changes", 0).await;
 
     // Services.
     h.apply(service("prod", "api", 443, json!({})));
@@ -406,11 +469,7 @@ async fn add_modify_delete_of_each_kind() {
 
 #[tokio::test]
 async fn catches_up_after_the_api_server_fails_for_a_while() {
-    let h = harness("fail").await;
-    base(&h);
-    let mut src = h.source(None).await;
-    wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
-    assert!(h.emu.wait_for_watches(3, Duration::from_secs(10)).await);
+    let (h, mut src) = synced("fail", 3).await;
 
     h.emu.fail_for(Duration::from_secs(600));
     h.emu.hang_up_watches();
@@ -441,11 +500,7 @@ async fn catches_up_after_the_api_server_fails_for_a_while() {
 
 #[tokio::test]
 async fn relists_when_a_watch_falls_behind_the_history() {
-    let h = harness("gone").await;
-    base(&h);
-    let mut src = h.source(None).await;
-    wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
-    assert!(h.emu.wait_for_watches(3, Duration::from_secs(10)).await);
+    let (h, mut src) = synced("gone", 3).await;
     let lists_before = h.lists("services");
 
     // While the watchers are disconnected, more changes happen than the
@@ -488,11 +543,7 @@ async fn relists_when_a_watch_falls_behind_the_history() {
 
 #[tokio::test]
 async fn relists_after_a_410_inside_an_open_watch() {
-    let h = harness("expire").await;
-    base(&h);
-    let mut src = h.source(None).await;
-    wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
-    assert!(h.emu.wait_for_watches(3, Duration::from_secs(10)).await);
+    let (h, mut src) = synced("expire", 3).await;
     let lists_before = (
         h.lists("services"),
         h.lists("endpointslices"),
@@ -529,11 +580,7 @@ async fn relists_after_a_410_inside_an_open_watch() {
 
 #[tokio::test]
 async fn resumes_watches_after_hang_ups_without_relisting() {
-    let h = harness("hangup").await;
-    base(&h);
-    let mut src = h.source(None).await;
-    wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
-    assert!(h.emu.wait_for_watches(3, Duration::from_secs(10)).await);
+    let (h, mut src) = synced("hangup", 3).await;
     let lists_before = h.lists("endpointslices");
     let mut want = base_summary();
     for i in 0..3 {
@@ -565,10 +612,7 @@ async fn resumes_watches_after_hang_ups_without_relisting() {
 
 #[tokio::test]
 async fn survives_an_api_server_restart() {
-    let mut h = harness("restart").await;
-    base(&h);
-    let mut src = h.source(None).await;
-    wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
+    let (mut h, mut src) = synced("restart", 0).await;
     h.emu.stop().await;
     assert_eq!(h.emu.open_watches(), 0, "stop closes every watch");
     h.apply(service("default", "web", 9090, json!({})));
@@ -604,24 +648,10 @@ async fn large_cluster_syncs_and_follows_changes() {
     const N: u16 = 2000;
     let h = harness("large").await;
     h.apply(node(NODE, "z1"));
-    for i in 0..N {
-        let name = format!("svc-{i:04}");
-        h.apply(service("bulk", &name, 1000 + i, json!({})));
-        let ip = format!("10.{}.{}.1", i / 250, i % 250);
-        h.apply(slice(
-            "bulk",
-            &format!("{name}-x"),
-            &name,
-            &[&ip],
-            json!({}),
-        ));
-    }
+    bulk(&h, N);
     let start = std::time::Instant::now();
     let mut src = h.source(None).await;
-    tokio::time::timeout(Duration::from_secs(60), src.changed())
-        .await
-        .expect("initial sync of a large cluster within 60 s")
-        .expect("changed() succeeds");
+    first_sync(&mut src, 60).await;
     let synced = start.elapsed();
     let t = std::time::Instant::now();
     let snap = src.snapshot();
@@ -636,14 +666,8 @@ async fn large_cluster_syncs_and_follows_changes() {
         snap.services[usize::from(N) - 1].metadata.name.as_deref(),
         Some("svc-1999")
     );
-    // The initial lists were paged (kube-runtime asks for 500 at a time).
-    assert!(
-        h.emu
-            .requests()
-            .iter()
-            .any(|r| r.contains("/services?") && r.contains("continue=")),
-        "the Service list was not paged"
-    );
+    // The initial lists were streamed, one request each.
+    assert_eq!(h.lists("services"), 1, "{:#?}", h.emu.requests());
     // One change among many arrives alone.
     h.apply(slice(
         "bulk",
@@ -682,6 +706,181 @@ async fn large_cluster_syncs_and_follows_changes() {
     );
 }
 
+/// Makes every watcher list again, and adds `bulk/late` (a Service and
+/// its EndpointSlice) that only the new lists carry: the watches are cut
+/// while the server fails, and their resourceVersions expire (410 on
+/// resume).
+async fn relist_with_one_more(h: &Harness) {
+    h.emu.fail_for(Duration::from_secs(600));
+    h.emu.hang_up_watches();
+    h.all_watches_closed().await;
+    h.apply(service("bulk", "late", 99, json!({})));
+    h.apply(slice("bulk", "late-x", "late", &["10.99.0.1"], json!({})));
+    h.emu.expire_watches();
+    h.emu.recover();
+}
+
+#[tokio::test]
+async fn streaming_lists_are_used_when_offered_one_request_per_kind() {
+    // Three pages of 500 for Services and for EndpointSlices if paged.
+    const N: u16 = 1100;
+    let h = harness("stream-offered").await;
+    h.apply(node(NODE, "z1"));
+    bulk(&h, N);
+    // A rate limit of one request a second after a burst of four: the
+    // first sync needs no more than the burst.
+    let mut src = h
+        .source_with(KubeSourceOptions {
+            rate_limit: Some(super::RateLimit { qps: 1.0, burst: 4 }),
+            ..Default::default()
+        })
+        .await;
+    first_sync(&mut src, 60).await;
+    let requests = h.emu.requests();
+    assert_eq!(src.snapshot().services.len(), usize::from(N));
+    check_feed(&mut src);
+    // One streaming list per kind and nothing else: no LIST, no page.
+    for resource in ["services", "endpointslices", "nodes", "servicecidrs"] {
+        let of: Vec<&String> = requests
+            .iter()
+            .filter(|r| r.contains(&format!("/{resource}?")))
+            .collect();
+        assert_eq!(of.len(), 1, "{resource}: {of:#?}");
+        assert!(is_streaming_list(of[0]), "{resource}: {of:#?}");
+        assert!(
+            of[0].contains("resourceVersionMatch=NotOlderThan")
+                && of[0].contains("allowWatchBookmarks=true"),
+            "{}",
+            of[0]
+        );
+    }
+    // The streams stay open as the watches: a change arrives without
+    // another request.
+    h.apply(service("bulk", "late", 99, json!({})));
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while src.snapshot().services.len() == usize::from(N) {
+        tokio::time::timeout_at(end, src.changed())
+            .await
+            .expect("the change arrives within 10 s")
+            .expect("changed() succeeds");
+    }
+    assert_eq!(h.emu.requests().len(), 4, "{:#?}", h.emu.requests());
+}
+
+#[tokio::test]
+async fn falls_back_to_paged_lists_when_streaming_lists_are_refused() {
+    const N: u16 = 1100;
+    let h = harness("stream-refused").await;
+    h.apply(node(NODE, "z1"));
+    bulk(&h, N);
+    h.emu.set_watch_list(false);
+    let mut src = h.source(None).await;
+    first_sync(&mut src, 60).await;
+    assert_eq!(src.snapshot().services.len(), usize::from(N));
+    assert_eq!(src.snapshot().endpoint_slices.len(), usize::from(N));
+    check_feed(&mut src);
+    assert!(src.errors().is_empty(), "{:?}", src.errors());
+    let requests = h.emu.requests();
+    // At most one refused streaming list per watcher (the first answer is
+    // remembered by all), then pages of 500.
+    let streamed = requests.iter().filter(|r| is_streaming_list(r)).count();
+    assert!((1..=4).contains(&streamed), "{requests:#?}");
+    let pages = |resource: &str| {
+        requests
+            .iter()
+            .filter(|r| r.contains(&format!("/{resource}?")) && !r.contains("watch=true"))
+            .filter(|r| r.contains("limit=500"))
+            .count()
+    };
+    assert_eq!(pages("services"), 3, "{requests:#?}");
+    assert_eq!(pages("endpointslices"), 3, "{requests:#?}");
+    // A relist after a 410 lists in pages again, without asking for a
+    // streaming list.
+    assert!(h.emu.wait_for_watches(4, Duration::from_secs(10)).await);
+    let before = h.emu.requests().len();
+    relist_with_one_more(&h).await;
+    let end = tokio::time::Instant::now() + CATCH_UP;
+    while src.snapshot().services.len() == usize::from(N) {
+        tokio::time::timeout_at(end, src.changed())
+            .await
+            .expect("the change arrives after the relist")
+            .expect("changed() succeeds");
+    }
+    check_feed(&mut src);
+    let after = &h.emu.requests()[before..];
+    assert!(
+        after.iter().any(|r| r.contains("/services?") && is_list(r)),
+        "no relist: {after:#?}"
+    );
+    assert!(
+        !after.iter().any(|r| is_streaming_list(r)),
+        "asked for a streaming list again: {after:#?}"
+    );
+}
+
+/// Samples the source's stores (what [`KubeSource::drain_into`] hands the
+/// graph) until `done` says so: every sample must hold as many Services
+/// and EndpointSlices as one of `counts`, and whenever the count changes
+/// the graph fed by the drained changes must equal a build of the
+/// snapshot. Returns the counts seen.
+async fn sample_until(
+    src: &mut KubeSource,
+    counts: &[usize],
+    mut done: impl FnMut(&KubeSource) -> bool,
+) -> Vec<usize> {
+    let end = tokio::time::Instant::now() + CATCH_UP;
+    let mut seen = Vec::new();
+    loop {
+        let n = super::lock(&src.services).objects.len();
+        let slices = super::lock(&src.slices).objects.len();
+        assert!(
+            counts.contains(&n) && counts.contains(&slices),
+            "a partial state: {n} Services, {slices} EndpointSlices (whole: {counts:?})"
+        );
+        if seen.last() != Some(&n) {
+            seen.push(n);
+            if src.synced() {
+                check_feed(src);
+            }
+        }
+        if done(src) {
+            check_feed(src);
+            return seen;
+        }
+        assert!(tokio::time::Instant::now() < end, "not done: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_graph_never_sees_a_partial_list() {
+    const N: usize = 1200;
+    for streaming in [true, false] {
+        let h = harness(&format!("partial-{streaming}")).await;
+        h.apply(node(NODE, "z1"));
+        bulk(&h, N as u16);
+        h.emu.set_watch_list(streaming);
+        let mut src = h.source(None).await;
+        // The first list: nothing, then everything.
+        let seen = sample_until(&mut src, &[0, N], KubeSource::synced).await;
+        assert_eq!(seen, [0, N], "streaming {streaming}");
+        // A relist after a 410: the old state until the new one is whole.
+        assert!(h.emu.wait_for_watches(4, Duration::from_secs(10)).await);
+        let lists = h.lists("services");
+        relist_with_one_more(&h).await;
+        let seen = sample_until(&mut src, &[N, N + 1], |src| {
+            super::lock(&src.services).objects.len() == N + 1
+                && super::lock(&src.slices).objects.len() == N + 1
+        })
+        .await;
+        assert_eq!(seen, [N, N + 1], "streaming {streaming}");
+        assert!(
+            h.lists("services") > lists,
+            "streaming {streaming}: no relist"
+        );
+    }
+}
+
 #[tokio::test]
 async fn unused_metadata_is_not_kept() {
     let h = harness("strip").await;
@@ -711,40 +910,6 @@ async fn unused_metadata_is_not_kept() {
     assert_eq!(spec.ports.as_ref().map(|p| p[0].port), Some(80));
 }
 
-/// kube-runtime's other initial-list strategy (a watch with
-/// sendInitialEvents) also works against the emulator.
-#[tokio::test]
-async fn emulator_serves_streaming_lists() {
-    use futures::StreamExt as _;
-    use kube::runtime::watcher;
-    let h = harness("streaming").await;
-    base(&h);
-    let kc = kube::config::Kubeconfig::read_from(&h.kubeconfig).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .expect("config");
-    let client = kube::Client::try_from(config).expect("client");
-    let api = kube::Api::<k8s_openapi::api::core::v1::Service>::all(client);
-    let mut stream = std::pin::pin!(watcher(api, watcher::Config::default().streaming_lists()));
-    let mut names = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(event) = stream.next().await {
-            match event.expect("no watch error") {
-                watcher::Event::InitApply(s) => names.push(s.metadata.name.unwrap_or_default()),
-                watcher::Event::InitDone => break,
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("the streaming list completes");
-    assert_eq!(names, ["web"]);
-    assert!(
-        h.emu.requests().iter().all(|r| r.contains("watch=true")),
-        "a streaming list makes no LIST request"
-    );
-}
-
 /// Requests of `resource` (lists and watches) the emulator saw since
 /// `from` requests.
 fn requests_of(h: &Harness, from: usize, resource: &str) -> usize {
@@ -760,17 +925,29 @@ type Told = std::sync::Arc<std::sync::Mutex<Option<Vec<String>>>>;
 async fn source_with_sink(h: &Harness) -> (KubeSource, Told) {
     let told = Told::default();
     let t = told.clone();
-    let src = KubeSource::new(KubeSourceOptions {
-        kubeconfig: Some(h.kubeconfig.clone()),
-        node_name: NODE.into(),
-        on_errors: Some(std::sync::Arc::new(move |u: &super::ErrorUpdate<'_>| {
-            *t.lock().unwrap() = Some(u.current.clone());
-        })),
-        ..Default::default()
-    })
-    .await
-    .expect("kube source starts");
+    let src = h
+        .source_with(KubeSourceOptions {
+            on_errors: Some(std::sync::Arc::new(move |u: &super::ErrorUpdate<'_>| {
+                *t.lock().unwrap() = Some(u.current.clone());
+            })),
+            ..Default::default()
+        })
+        .await;
     (src, told)
+}
+
+/// Waits until the source shows no error, at most `limit` after `back`
+/// (when the API server came back).
+async fn errors_end_within(src: &KubeSource, back: tokio::time::Instant, limit: Duration) {
+    while !src.errors().is_empty() {
+        assert!(
+            back.elapsed() < limit,
+            "errors still shown {:?} after the API server came back: {:?}",
+            back.elapsed(),
+            src.errors()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -823,15 +1000,7 @@ async fn backoff_grows_while_the_api_server_is_down_before_the_first_list() {
     );
     // The first sync does not wait for a failing ServiceCIDR list: that
     // watcher's error lasts until its own next try, within the cap.
-    while !src.errors().is_empty() {
-        assert!(
-            back.elapsed() < super::backoff::CAP + Duration::from_secs(10),
-            "errors still shown {:?} after the API server came back: {:?}",
-            back.elapsed(),
-            src.errors()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    errors_end_within(&src, back, super::backoff::CAP + Duration::from_secs(10)).await;
     assert_eq!(
         told.lock().unwrap().as_deref(),
         Some(&[][..]),
@@ -841,11 +1010,7 @@ async fn backoff_grows_while_the_api_server_is_down_before_the_first_list() {
 
 #[tokio::test]
 async fn catches_up_within_the_cap_after_an_outage_ending_in_403_and_410() {
-    let h = harness("outage").await;
-    base(&h);
-    let mut src = h.source(None).await;
-    wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
-    assert!(h.emu.wait_for_watches(4, Duration::from_secs(10)).await);
+    let (h, mut src) = synced("outage", 4).await;
 
     // A long outage: every watcher's delay grows to the cap.
     h.emu.unavailable_for(Duration::from_secs(600));
@@ -892,7 +1057,7 @@ async fn catches_up_within_the_cap_after_an_outage_ending_in_403_and_410() {
         };
         assert!(watch.contains("watch=true"), "{resource}: {watch}");
         let (t_list, _) = after
-            .find(|(_, r)| !r.contains("watch=true"))
+            .find(|(_, r)| is_list(r))
             .expect("a list after the 410");
         let gap = t_list.duration_since(*t_watch);
         eprintln!("{resource}: listed {gap:?} after the 410");
@@ -906,11 +1071,7 @@ async fn catches_up_within_the_cap_after_an_outage_ending_in_403_and_410() {
 #[tokio::test]
 async fn a_transient_403_does_not_escalate_the_backoff() {
     const FORBIDDEN: Duration = Duration::from_secs(20);
-    let h = harness("forbidden").await;
-    base(&h);
-    let mut src = h.source(None).await;
-    wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
-    assert!(h.emu.wait_for_watches(4, Duration::from_secs(10)).await);
+    let (h, mut src) = synced("forbidden", 4).await;
     // A restarted API server whose authorizer is still loading RBAC.
     let before = h.emu.requests().len();
     h.emu.forbid_for(FORBIDDEN);
@@ -960,15 +1121,7 @@ async fn an_error_lasts_until_the_api_server_answers_again() {
     // and the errors end when the resumed watches are answered.
     h.emu.recover();
     let back = tokio::time::Instant::now();
-    while !src.errors().is_empty() {
-        assert!(
-            back.elapsed() < super::backoff::CAP + Duration::from_secs(5),
-            "errors still shown {:?} after recovery: {:?}",
-            back.elapsed(),
-            src.errors()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    errors_end_within(&src, back, super::backoff::CAP + Duration::from_secs(5)).await;
     assert_eq!(told.lock().unwrap().as_deref(), Some(&[][..]));
     assert_eq!(h.lists("services"), lists, "resumed, not listed again");
 }
@@ -977,18 +1130,19 @@ async fn an_error_lasts_until_the_api_server_answers_again() {
 async fn client_connection_qps_and_burst_pace_requests() {
     let h = harness("qps").await;
     base(&h);
-    let mut src = KubeSource::new(KubeSourceOptions {
-        kubeconfig: Some(h.kubeconfig.clone()),
-        node_name: NODE.into(),
-        rate_limit: Some(super::RateLimit { qps: 4.0, burst: 1 }),
-        ..Default::default()
-    })
-    .await
-    .expect("kube source starts");
+    // Paged lists: more requests than kinds.
+    h.emu.set_watch_list(false);
+    let mut src = h
+        .source_with(KubeSourceOptions {
+            rate_limit: Some(super::RateLimit { qps: 4.0, burst: 1 }),
+            ..Default::default()
+        })
+        .await;
     wait_for(&mut src, &base_summary(), Duration::from_secs(20)).await;
     assert!(h.emu.wait_for_watches(4, Duration::from_secs(10)).await);
-    // Four lists and four watches, one token each: the sixth request
-    // cannot come before 5 / 4 s after the first.
+    // Four refused streaming lists, four lists and four watches, one
+    // token each: the sixth request cannot come before 5 / 4 s after the
+    // first.
     let times: Vec<std::time::Instant> = h
         .emu
         .timed_requests()
@@ -1037,19 +1191,8 @@ fn cidr_summary(o: &Objects) -> Vec<String> {
 /// Waits until the snapshot's ServiceCIDRs are `want`; then the drained
 /// changes must give the graph's service CIDRs `v4` and `v6`.
 async fn wait_for_cidrs(src: &mut KubeSource, want: &[&str], v4: &[&str], v6: &[&str]) {
-    let end = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !(src.synced() && cidr_summary(&src.snapshot()) == want) {
-        let left = end.saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(left, src.changed()).await {
-            Ok(r) => r.expect("changed() succeeds"),
-            Err(_) => panic!(
-                "timed out waiting for ServiceCIDRs {want:?}; the source has {:?} (errors {:?})",
-                cidr_summary(&src.snapshot()),
-                src.errors()
-            ),
-        }
-    }
-    check_feed(src);
+    let want: Vec<String> = want.iter().map(ToString::to_string).collect();
+    wait_until(src, cidr_summary, &want, Duration::from_secs(20)).await;
     let graph = src
         .mirror
         .as_ref()
@@ -1083,10 +1226,7 @@ async fn service_cidrs_are_watched() {
     h.emu
         .delay_matching("/servicecidrs", Duration::from_millis(1500));
     let mut src = h.source(None).await;
-    tokio::time::timeout(Duration::from_secs(20), src.changed())
-        .await
-        .expect("initial sync within 20 s")
-        .expect("changed() succeeds");
+    first_sync(&mut src, 20).await;
     assert_eq!(
         cidr_summary(&src.snapshot()),
         ["kubernetes=10.96.0.0/16,fd00:96::/112"]
