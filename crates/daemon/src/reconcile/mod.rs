@@ -15,6 +15,9 @@
 //!   `full_sync_period`, when the change set says so (node topology,
 //!   configuration) and when [`Backend::check`] finds drift (checked every
 //!   `sync_period`).
+//! - With `--once`, the source and the incremental graph's objects and
+//!   indexes are dropped once the graph is built: the one sync holds the
+//!   graph and the backend's work alone.
 //! - Nothing is flushed at start: the first full sync replaces the
 //!   previous rules in one transaction.
 //! - After the first successful sync, other modes' leftovers (kproxy's and
@@ -223,6 +226,20 @@ impl Reconciler {
     /// and do what follows a successful sync ([`after_sync`]).
     pub fn sync(&mut self) -> bool {
         let plan = self.plan();
+        self.apply_plan(plan)
+    }
+
+    /// The one sync of `run --once`: what only later syncs would need
+    /// (the objects the graph was built from and the incremental graph's
+    /// indexes) is dropped before the backend runs, so the process's peak
+    /// holds the graph and the backend's work alone.
+    fn sync_last(&mut self) -> bool {
+        let plan = self.plan();
+        self.graph = IncrementalGraph::new(self.settings.proxy.clone());
+        self.apply_plan(plan)
+    }
+
+    fn apply_plan(&mut self, plan: plan::SyncPlan) -> bool {
         let result = {
             let backend = self.backend.clone();
             let (graph, changes) = (&plan.graph, plan.changes.as_ref());
@@ -403,7 +420,9 @@ impl Reconciler {
         self.note_queued();
         self.ingest(&mut source);
         let Some(mut shutdown) = shutdown else {
-            return Ok(self.sync());
+            // The source's copy of the objects is not needed again.
+            drop(source);
+            return Ok(self.sync_last());
         };
         let mut dirty = true;
         loop {

@@ -152,6 +152,22 @@ fn first_full_then_partial_failure_forces_full() {
 }
 
 #[test]
+fn the_last_sync_applies_the_graph_and_keeps_no_objects() {
+    let log = Arc::new(Mutex::new(Log::default()));
+    let mut r = reconciler(log.clone());
+    let applied = r.graph.replace_all(objects("10.0.0.1"));
+    r.note_applied(applied);
+    assert!(r.sync_last());
+    assert_eq!(log.lock().unwrap().syncs, vec![true]);
+    // The backend and /status saw the Service ...
+    let applied = r.shared.status().graph.clone().unwrap();
+    assert_eq!(service_ports(&applied), 1);
+    // ... while the reconciler no longer holds its objects.
+    assert!(r.graph.objects().services.is_empty());
+    assert_eq!(service_ports(r.graph.graph()), 0);
+}
+
+#[test]
 fn a_slice_change_rebuilds_its_service_in_place() {
     let log = Arc::new(Mutex::new(Log::default()));
     let mut r = reconciler(log.clone());
