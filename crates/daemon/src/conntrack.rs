@@ -284,42 +284,46 @@ mod tests {
         t.vips.insert((ip("172.30.0.42"), 53), BTreeSet::new());
         t.node_ports.insert(30053, [(ip("10.180.0.1"), 53)].into());
         t.node_ips.insert(ip("192.168.0.2"));
-        let flow = |dst: &str, dport: u16, rsrc: &str, rsport: u16| Flow {
-            orig_src: ip("10.0.0.2"),
-            orig_dst: ip(dst),
-            orig_sport: 40000,
-            orig_dport: dport,
-            reply_src: ip(rsrc),
-            reply_sport: rsport,
+        let flow = |orig_dst: &str, reply_src: &str| {
+            let (o, r): (std::net::SocketAddr, std::net::SocketAddr) =
+                (orig_dst.parse().unwrap(), reply_src.parse().unwrap());
+            Flow {
+                orig_src: ip("10.0.0.2"),
+                orig_dst: o.ip(),
+                orig_sport: 40000,
+                orig_dport: o.port(),
+                reply_src: r.ip(),
+                reply_sport: r.port(),
+            }
         };
-        assert!(
-            !t.is_stale(&flow("172.30.0.41", 53, "10.180.0.1", 53)),
-            "serving endpoint"
-        );
-        assert!(
-            t.is_stale(&flow("172.30.0.41", 53, "10.180.0.9", 53)),
-            "gone endpoint"
-        );
-        assert!(
-            t.is_stale(&flow("172.30.0.41", 53, "172.30.0.41", 53)),
-            "never DNATed"
-        );
-        assert!(
-            t.is_stale(&flow("172.30.0.42", 53, "10.180.0.1", 53)),
-            "scaled to zero"
-        );
-        assert!(
-            !t.is_stale(&flow("172.30.0.43", 53, "10.1.1.1", 53)),
-            "not a service"
-        );
-        assert!(
-            t.is_stale(&flow("192.168.0.2", 30053, "192.168.0.2", 30053)),
-            "nodeport, no DNAT"
-        );
-        assert!(!t.is_stale(&flow("192.168.0.2", 30053, "10.180.0.1", 53)));
-        assert!(
-            !t.is_stale(&flow("8.8.8.8", 30053, "8.8.8.8", 30053)),
-            "not a node address"
-        );
+        // (original destination, reply source, stale, why)
+        let cases = [
+            ("172.30.0.41:53", "10.180.0.1:53", false, "serving endpoint"),
+            ("172.30.0.41:53", "10.180.0.9:53", true, "gone endpoint"),
+            ("172.30.0.41:53", "172.30.0.41:53", true, "never DNATed"),
+            ("172.30.0.42:53", "10.180.0.1:53", true, "scaled to zero"),
+            ("172.30.0.43:53", "10.1.1.1:53", false, "not a service"),
+            (
+                "192.168.0.2:30053",
+                "192.168.0.2:30053",
+                true,
+                "nodeport, no DNAT",
+            ),
+            (
+                "192.168.0.2:30053",
+                "10.180.0.1:53",
+                false,
+                "nodeport, serving",
+            ),
+            (
+                "8.8.8.8:30053",
+                "8.8.8.8:30053",
+                false,
+                "not a node address",
+            ),
+        ];
+        for (orig_dst, reply_src, stale, why) in cases {
+            assert_eq!(t.is_stale(&flow(orig_dst, reply_src)), stale, "{why}");
+        }
     }
 }

@@ -52,25 +52,26 @@ pub fn wanted(
             });
         }
     }
-    let est = ct
-        .tcp_established_timeout
-        .map(|d| d.0)
-        .unwrap_or(DEFAULT_TCP_ESTABLISHED);
-    if !est.is_zero() {
-        out.push(Sysctl {
-            name: "net.netfilter.nf_conntrack_tcp_timeout_established",
-            value: secs(est),
-        });
-    }
-    let cw = ct
-        .tcp_close_wait_timeout
-        .map(|d| d.0)
-        .unwrap_or(DEFAULT_TCP_CLOSE_WAIT);
-    if !cw.is_zero() {
-        out.push(Sysctl {
-            name: "net.netfilter.nf_conntrack_tcp_timeout_close_wait",
-            value: secs(cw),
-        });
+    let timeouts = [
+        (
+            "net.netfilter.nf_conntrack_tcp_timeout_established",
+            ct.tcp_established_timeout,
+            DEFAULT_TCP_ESTABLISHED,
+        ),
+        (
+            "net.netfilter.nf_conntrack_tcp_timeout_close_wait",
+            ct.tcp_close_wait_timeout,
+            DEFAULT_TCP_CLOSE_WAIT,
+        ),
+    ];
+    for (name, set, default) in timeouts {
+        let t = set.map(|d| d.0).unwrap_or(default);
+        if !t.is_zero() {
+            out.push(Sysctl {
+                name,
+                value: secs(t),
+            });
+        }
     }
     if ct.tcp_be_liberal == Some(true) {
         out.push(Sysctl {

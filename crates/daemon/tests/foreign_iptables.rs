@@ -125,11 +125,10 @@ fn hostile_foreign_rules_never_break_kproxy() {
             d.log()
         );
         assert!(kernel_rules(&ns, backend).contains(SVC_IP));
-        move_endpoint(&data);
-        wait_for_rules(
+        move_endpoint_and_wait(
             &ns,
+            &data,
             backend,
-            "10.180.0.9",
             &d,
             &format!("{backend}: the change never reached the kernel"),
         );

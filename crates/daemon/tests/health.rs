@@ -189,11 +189,10 @@ fn connections_beyond_the_cap_cost_no_descriptors_and_syncs_go_on() {
         "{held} descriptors open with 400 idle clients (baseline {baseline})"
     );
     // Syncs go on, and the other listener serves.
-    move_endpoint(&data);
-    wait_for_rules(
+    move_endpoint_and_wait(
         &ns,
+        &data,
         "nftables",
-        "10.180.0.9",
         &d,
         "no sync with idle clients holding connections",
     );

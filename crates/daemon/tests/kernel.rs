@@ -251,11 +251,10 @@ fn nftables_runs_without_nft_installed() {
         &[("PATH", &path)],
     );
     wait_synced(&ns, &d);
-    move_endpoint(&data);
-    wait_for_rules(
+    move_endpoint_and_wait(
         &ns,
+        &data,
         "nftables",
-        "10.180.0.9",
         &d,
         "the change never reached the kernel",
     );
@@ -298,9 +297,7 @@ fn failed_transaction_keeps_rules_and_next_sync_is_full() {
             "kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family=\"IPv4\"}"
         };
         assert!(
-            wait_for(Duration::from_secs(10), || http_get(&ns, 10249, "/metrics")
-                .and_then(|(_, _, m)| metric(&m, failure_metric))
-                .is_some_and(|v| v >= 1.0)),
+            metric_reaches(&ns, failure_metric, 1.0, Duration::from_secs(10)),
             "{backend}: no failure counted:\n{}",
             d.log()
         );
@@ -312,9 +309,7 @@ fn failed_transaction_keeps_rules_and_next_sync_is_full() {
         // While the loader keeps failing, each retry (one per syncPeriod)
         // is a failed sync; none is drift.
         assert!(
-            wait_for(Duration::from_secs(10), || http_get(&ns, 10249, "/metrics")
-                .and_then(|(_, _, m)| metric(&m, failure_metric))
-                .is_some_and(|v| v >= 3.0)),
+            metric_reaches(&ns, failure_metric, 3.0, Duration::from_secs(10)),
             "{backend}: failures not retried:\n{}",
             d.log()
         );

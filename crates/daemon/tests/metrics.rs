@@ -276,9 +276,12 @@ fn scrape(backend: &str) -> String {
     );
     data.write("cluster.yaml", &changed_cluster());
     assert!(
-        wait_for(Duration::from_secs(20), || http_get(&ns, 10249, "/metrics")
-            .and_then(|(_, _, m)| metric(&m, "kproxy_syncs_total{sync=\"partial\"}"))
-            .is_some_and(|v| v >= 1.0)),
+        metric_reaches(
+            &ns,
+            "kproxy_syncs_total{sync=\"partial\"}",
+            1.0,
+            Duration::from_secs(20)
+        ),
         "{backend}: no partial sync:\n{}",
         d.log()
     );

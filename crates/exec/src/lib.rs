@@ -174,20 +174,16 @@ impl Runner {
         args: &[&str],
         stdin: Option<&[u8]>,
     ) -> Result<Output, Error> {
-        let line = self.command_line(program, args);
+        let input = if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
+        let (line, mut child) = self.spawn(program, args, input)?;
         let spawn_err = |source| Error::Spawn {
             program: line.clone(),
             source,
         };
-        let mut cmd = self.command(program, args);
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(spawn_err)?;
         let pipe = child.stdin.take();
         let out = std::thread::scope(|s| {
             // Standard input from a scoped thread (borrowing, not copying,
@@ -210,6 +206,30 @@ impl Runner {
         })
     }
 
+    /// Start `program args...` with `stdin` and its standard output and
+    /// error piped: its command line and the child.
+    fn spawn(
+        &self,
+        program: &str,
+        args: &[&str],
+        stdin: Stdio,
+    ) -> Result<(String, std::process::Child), Error> {
+        let line = self.command_line(program, args);
+        let spawned = self
+            .command(program, args)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        match spawned {
+            Ok(child) => Ok((line, child)),
+            Err(source) => Err(Error::Spawn {
+                program: line,
+                source,
+            }),
+        }
+    }
+
     /// [`Runner::output`] of a run that must succeed: its standard output,
     /// or [`Error::Failed`] naming the command line, status and standard
     /// error.
@@ -227,16 +247,11 @@ impl Runner {
         args: &[&str],
         mut line: impl FnMut(&str),
     ) -> Result<Output, Error> {
-        let cmdline = self.command_line(program, args);
+        let (cmdline, mut child) = self.spawn(program, args, Stdio::null())?;
         let spawn_err = |source| Error::Spawn {
             program: cmdline.clone(),
             source,
         };
-        let mut cmd = self.command(program, args);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(spawn_err)?;
         let stderr_pipe = child.stderr.take();
         let stdout_pipe = child.stdout.take();
         let (read, stderr) = std::thread::scope(|s| {

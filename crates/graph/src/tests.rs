@@ -78,6 +78,21 @@ fn ready<'a>(ip: &'a str, node: Option<&'a str>) -> Ep<'a> {
     (ip, node, Some(true), Some(true), Some(false))
 }
 
+/// Not ready but serving: a terminating endpoint that can still take traffic.
+fn serving_terminating<'a>(ip: &'a str, node: Option<&'a str>) -> Ep<'a> {
+    (ip, node, Some(false), Some(true), Some(true))
+}
+
+/// Terminating and no longer serving.
+fn terminating<'a>(ip: &'a str, node: Option<&'a str>) -> Ep<'a> {
+    (ip, node, Some(false), Some(false), Some(true))
+}
+
+/// Neither ready, serving nor terminating.
+fn not_ready<'a>(ip: &'a str, node: Option<&'a str>) -> Ep<'a> {
+    (ip, node, Some(false), Some(false), Some(false))
+}
+
 fn graph_of(values: Vec<Value>, config: &ProxyConfig) -> ServiceGraph {
     let mut o = Objects::default();
     let mut w = Vec::new();
@@ -87,6 +102,13 @@ fn graph_of(values: Vec<Value>, config: &ProxyConfig) -> ServiceGraph {
     let mut g = ServiceGraph::build(&o, config);
     g.warnings.extend(w);
     g
+}
+
+/// The IPv4 port of Service `svc` (ns1/svc1) in a graph of it, its
+/// EndpointSlice of `eps`, and this node without a zone.
+fn one_port(svc: Value, eps: &[Ep<'_>]) -> ServicePort {
+    let g = graph_of(vec![svc, slice("ns1", "svc1", eps), node(None)], &cfg());
+    port(&g, "ns1", "svc1").clone()
 }
 
 fn port<'a>(g: &'a ServiceGraph, ns: &str, name: &str) -> &'a ServicePort {
@@ -170,19 +192,14 @@ fn internal_traffic_policy() {
     ];
     for c in cases {
         let eps: Vec<_> = c.eps.iter().map(|(ip, n)| ready(ip, Some(n))).collect();
-        let g = graph_of(
-            vec![
-                svc(
-                    "ns1",
-                    "svc1",
-                    unnamed_cluster_ip("172.30.1.1", json!({"internalTrafficPolicy": c.itp})),
-                ),
-                slice("ns1", "svc1", &eps),
-                node(None),
-            ],
-            &cfg(),
+        let sp = one_port(
+            svc(
+                "ns1",
+                "svc1",
+                unnamed_cluster_ip("172.30.1.1", json!({"internalTrafficPolicy": c.itp})),
+            ),
+            &eps,
         );
-        let sp = port(&g, "ns1", "svc1");
         let served = match sp.decisions.internal_policy_chain {
             TrafficPolicy::Cluster => &sp.cluster_endpoints,
             TrafficPolicy::Local => &sp.local_endpoints,
@@ -225,93 +242,42 @@ fn internal_traffic_policy() {
 #[test]
 fn terminating_endpoints_cluster_policy() {
     // ready + terminating mix: only ready endpoints serve.
-    let g = graph_of(
-        vec![
-            svc("ns1", "svc1", unnamed_cluster_ip("172.30.1.1", json!({}))),
-            slice(
-                "ns1",
-                "svc1",
-                &[
-                    ready("10.0.1.1", Some(NODE)),
-                    ready("10.0.1.2", Some("node2")),
-                    ("10.0.1.3", Some(NODE), Some(false), Some(true), Some(true)),
-                    ("10.0.1.4", Some(NODE), Some(false), Some(false), Some(true)),
-                    (
-                        "10.0.1.5",
-                        Some(NODE),
-                        Some(false),
-                        Some(false),
-                        Some(false),
-                    ),
-                ],
-            ),
-            node(None),
+    let sp = one_port(
+        svc("ns1", "svc1", unnamed_cluster_ip("172.30.1.1", json!({}))),
+        &[
+            ready("10.0.1.1", Some(NODE)),
+            ready("10.0.1.2", Some("node2")),
+            serving_terminating("10.0.1.3", Some(NODE)),
+            terminating("10.0.1.4", Some(NODE)),
+            not_ready("10.0.1.5", Some(NODE)),
         ],
-        &cfg(),
     );
-    let sp = port(&g, "ns1", "svc1");
     assert_eq!(ips(&sp.cluster_endpoints), ["10.0.1.1", "10.0.1.2"]);
     assert!(!sp.decisions.cluster_terminating_fallback);
 
     // only serving-terminating (and not-serving) endpoints: fall back.
-    let g = graph_of(
-        vec![
-            svc("ns1", "svc1", unnamed_cluster_ip("172.30.1.1", json!({}))),
-            slice(
-                "ns1",
-                "svc1",
-                &[
-                    ("10.0.1.2", Some(NODE), Some(false), Some(true), Some(true)),
-                    (
-                        "10.0.1.3",
-                        Some("node2"),
-                        Some(false),
-                        Some(true),
-                        Some(true),
-                    ),
-                    ("10.0.1.4", Some(NODE), Some(false), Some(false), Some(true)),
-                    (
-                        "10.0.1.5",
-                        Some(NODE),
-                        Some(false),
-                        Some(false),
-                        Some(false),
-                    ),
-                ],
-            ),
-            node(None),
+    let sp = one_port(
+        svc("ns1", "svc1", unnamed_cluster_ip("172.30.1.1", json!({}))),
+        &[
+            serving_terminating("10.0.1.2", Some(NODE)),
+            serving_terminating("10.0.1.3", Some("node2")),
+            terminating("10.0.1.4", Some(NODE)),
+            not_ready("10.0.1.5", Some(NODE)),
         ],
-        &cfg(),
     );
-    let sp = port(&g, "ns1", "svc1");
     assert_eq!(ips(&sp.cluster_endpoints), ["10.0.1.2", "10.0.1.3"]);
     assert!(sp.decisions.cluster_terminating_fallback);
     assert!(sp.decisions.has_endpoints);
     assert_eq!(sp.decisions.internal_verdict, None);
 
     // nothing serving at all: REJECT.
-    let g = graph_of(
-        vec![
-            svc("ns1", "svc1", unnamed_cluster_ip("172.30.1.1", json!({}))),
-            slice(
-                "ns1",
-                "svc1",
-                &[
-                    ("10.0.1.4", Some(NODE), Some(false), Some(false), Some(true)),
-                    (
-                        "10.0.1.5",
-                        Some(NODE),
-                        Some(false),
-                        Some(false),
-                        Some(false),
-                    ),
-                ],
-            ),
-            node(None),
+    let sp = one_port(
+        svc("ns1", "svc1", unnamed_cluster_ip("172.30.1.1", json!({}))),
+        &[
+            terminating("10.0.1.4", Some(NODE)),
+            not_ready("10.0.1.5", Some(NODE)),
         ],
-        &cfg(),
     );
-    let sp = port(&g, "ns1", "svc1");
     assert!(sp.cluster_endpoints.is_empty());
     assert_eq!(
         sp.decisions.internal_verdict,
@@ -338,47 +304,30 @@ fn with_lb_status(mut svc: Value, ip: &str) -> Value {
 
 #[test]
 fn terminating_endpoints_local_policy() {
+    let lb = || with_lb_status(svc("ns1", "svc1", lb_local(json!({}))), "1.2.3.4");
     // local ready endpoints exist: terminating ones are ignored.
-    let g = graph_of(
-        vec![
-            with_lb_status(svc("ns1", "svc1", lb_local(json!({}))), "1.2.3.4"),
-            slice(
-                "ns1",
-                "svc1",
-                &[
-                    ready("10.0.1.1", Some(NODE)),
-                    ("10.0.1.2", Some(NODE), Some(false), Some(true), Some(true)),
-                    ready("10.0.1.3", Some("node2")),
-                ],
-            ),
-            node(None),
+    let sp = one_port(
+        lb(),
+        &[
+            ready("10.0.1.1", Some(NODE)),
+            serving_terminating("10.0.1.2", Some(NODE)),
+            ready("10.0.1.3", Some("node2")),
         ],
-        &cfg(),
     );
-    let sp = port(&g, "ns1", "svc1");
     assert_eq!(sp.external_traffic_policy, TrafficPolicy::Local);
     assert_eq!(ips(&sp.local_endpoints), ["10.0.1.1"]);
     assert_eq!(sp.ready_local_endpoints, 1);
     assert!(!sp.decisions.local_terminating_fallback);
 
     // only serving-terminating local endpoints: they serve, health check reports 0.
-    let g = graph_of(
-        vec![
-            with_lb_status(svc("ns1", "svc1", lb_local(json!({}))), "1.2.3.4"),
-            slice(
-                "ns1",
-                "svc1",
-                &[
-                    ("10.0.1.1", Some(NODE), Some(false), Some(true), Some(true)),
-                    ("10.0.1.2", Some(NODE), Some(false), Some(false), Some(true)),
-                    ready("10.0.1.3", Some("node2")),
-                ],
-            ),
-            node(None),
+    let sp = one_port(
+        lb(),
+        &[
+            serving_terminating("10.0.1.1", Some(NODE)),
+            terminating("10.0.1.2", Some(NODE)),
+            ready("10.0.1.3", Some("node2")),
         ],
-        &cfg(),
     );
-    let sp = port(&g, "ns1", "svc1");
     assert_eq!(ips(&sp.local_endpoints), ["10.0.1.1"]);
     assert!(sp.decisions.local_terminating_fallback);
     assert_eq!(sp.ready_local_endpoints, 0);
@@ -389,15 +338,7 @@ fn terminating_endpoints_local_policy() {
     assert_eq!(ips(&sp.reachable_endpoints), ["10.0.1.1", "10.0.1.3"]);
 
     // no local endpoint of any kind: external DROP, internal still served.
-    let g = graph_of(
-        vec![
-            with_lb_status(svc("ns1", "svc1", lb_local(json!({}))), "1.2.3.4"),
-            slice("ns1", "svc1", &[ready("10.0.1.3", Some("node2"))]),
-            node(None),
-        ],
-        &cfg(),
-    );
-    let sp = port(&g, "ns1", "svc1");
+    let sp = one_port(lb(), &[ready("10.0.1.3", Some("node2"))]);
     assert!(sp.local_endpoints.is_empty());
     assert_eq!(sp.decisions.external_verdict, Some(NoEndpointVerdict::Drop));
     assert_eq!(sp.decisions.internal_verdict, None);
@@ -464,51 +405,39 @@ fn topology_hints() {
         )
     };
 
+    let topo_graph = |hints: &[Option<&str>], node: Value| {
+        graph_of(vec![svc1(), topo_slice(hints), node], &cfg())
+    };
+
     // every ready endpoint hinted, some for our zone: filter.
-    let g = graph_of(
-        vec![
-            svc1(),
-            topo_slice(&[Some("zone-a"), Some("zone-b"), Some("zone-a")]),
-            node(Some("zone-a")),
-        ],
-        &cfg(),
+    let g = topo_graph(
+        &[Some("zone-a"), Some("zone-b"), Some("zone-a")],
+        node(Some("zone-a")),
     );
     let sp = port(&g, "ns1", "svc1");
     assert_eq!(sp.decisions.topology, Some(TopologyMode::PreferSameZone));
     assert_eq!(ips(&sp.cluster_endpoints), ["10.1.2.3", "10.1.2.5"]);
 
     // one endpoint without hints: no filtering.
-    let g = graph_of(
-        vec![
-            svc1(),
-            topo_slice(&[Some("zone-a"), None, Some("zone-a")]),
-            node(Some("zone-a")),
-        ],
-        &cfg(),
+    let g = topo_graph(
+        &[Some("zone-a"), None, Some("zone-a")],
+        node(Some("zone-a")),
     );
     let sp = port(&g, "ns1", "svc1");
     assert_eq!(sp.decisions.topology, None);
     assert_eq!(sp.cluster_endpoints.len(), 3);
 
     // no hint for our zone: no filtering.
-    let g = graph_of(
-        vec![
-            svc1(),
-            topo_slice(&[Some("zone-b"), Some("zone-b"), Some("zone-c")]),
-            node(Some("zone-a")),
-        ],
-        &cfg(),
+    let g = topo_graph(
+        &[Some("zone-b"), Some("zone-b"), Some("zone-c")],
+        node(Some("zone-a")),
     );
     assert_eq!(port(&g, "ns1", "svc1").cluster_endpoints.len(), 3);
 
     // node without a zone label: no filtering.
-    let g = graph_of(
-        vec![
-            svc1(),
-            topo_slice(&[Some("zone-a"), Some("zone-b"), Some("zone-a")]),
-            node(None),
-        ],
-        &cfg(),
+    let g = topo_graph(
+        &[Some("zone-a"), Some("zone-b"), Some("zone-a")],
+        node(None),
     );
     assert_eq!(port(&g, "ns1", "svc1").cluster_endpoints.len(), 3);
 
@@ -594,42 +523,20 @@ fn bad_input_is_skipped_with_named_warnings() {
         .iter()
         .map(|w| (w.kind, w.object.clone(), w.field.clone()))
         .collect();
+    let svc1_field = |field| (ObjectKind::Service, "ns1/svc1", field);
+    let slice_field = |obj, field| (ObjectKind::EndpointSlice, obj, field);
     for (kind, obj, field) in [
-        (ObjectKind::Service, "ns1/svc1", "spec.clusterIPs[2]"),
-        (ObjectKind::Service, "ns1/svc1", "spec.externalIPs[1]"),
-        (
-            ObjectKind::Service,
-            "ns1/svc1",
-            "spec.loadBalancerSourceRanges[1]",
-        ),
-        (
-            ObjectKind::Service,
-            "ns1/svc1",
-            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
-        ),
-        (ObjectKind::Service, "ns1/svc1", "spec.ports[0].nodePort"),
-        (ObjectKind::Service, "ns1/svc1", "spec.ports[1].port"),
-        (ObjectKind::Service, "ns1/svc1", "spec.ports[2].protocol"),
-        (
-            ObjectKind::Service,
-            "ns1/svc1",
-            "status.loadBalancer.ingress[0].ip",
-        ),
-        (
-            ObjectKind::EndpointSlice,
-            "ns1/svc1-1",
-            "endpoints[1].addresses[0]",
-        ),
-        (
-            ObjectKind::EndpointSlice,
-            "ns1/svc1-1",
-            "endpoints[2].addresses[0]",
-        ),
-        (
-            ObjectKind::EndpointSlice,
-            "ns1/ghost-1",
-            "metadata.labels[kubernetes.io/service-name]",
-        ),
+        svc1_field("spec.clusterIPs[2]"),
+        svc1_field("spec.externalIPs[1]"),
+        svc1_field("spec.loadBalancerSourceRanges[1]"),
+        svc1_field("spec.sessionAffinityConfig.clientIP.timeoutSeconds"),
+        svc1_field("spec.ports[0].nodePort"),
+        svc1_field("spec.ports[1].port"),
+        svc1_field("spec.ports[2].protocol"),
+        svc1_field("status.loadBalancer.ingress[0].ip"),
+        slice_field("ns1/svc1-1", "endpoints[1].addresses[0]"),
+        slice_field("ns1/svc1-1", "endpoints[2].addresses[0]"),
+        slice_field("ns1/ghost-1", "metadata.labels[kubernetes.io/service-name]"),
     ] {
         assert!(
             fields.contains(&(kind, obj.to_string(), field.to_string())),

@@ -43,6 +43,38 @@ fn chain_plan<T: PartialEq>(have: &[T], want: &[T]) -> ChainPlan {
     }
 }
 
+/// A table's chains sorted by what a restore does with them.
+#[derive(Default)]
+struct Sorted {
+    /// Already equal: skipped.
+    same: BTreeSet<String>,
+    /// Edited in place.
+    edits: BTreeMap<String, Vec<ChainEdit>>,
+    /// Not in the kernel yet.
+    fresh: BTreeSet<String>,
+}
+
+impl Sorted {
+    /// Sort chain `name` by its plan (a rewrite is the default).
+    fn record(&mut self, name: &str, plan: ChainPlan) {
+        match plan {
+            ChainPlan::Same => {
+                self.same.insert(name.to_string());
+            }
+            ChainPlan::Edit(e) => {
+                self.edits.insert(name.to_string(), e);
+            }
+            ChainPlan::Rewrite => {}
+        }
+    }
+
+    fn store(self, plan: &mut RestorePlan, table: TableName) {
+        plan.skip.insert(table, self.same);
+        plan.edits.insert(table, self.edits);
+        plan.fresh.insert(table, self.fresh);
+    }
+}
+
 /// The restore plan of a full sync against what the kernel holds: every
 /// chain whose kernel copy differs rewritten or edited in place, missing
 /// jumps inserted, stale service chains deleted.
@@ -65,10 +97,10 @@ pub fn plan_full(fr: &FamilyRuleset, kernel: &Saved) -> RestorePlan {
             .map(|t| t.chains.iter().map(|c| (c.name.as_str(), c)).collect())
             .unwrap_or_default();
         let ours: HashSet<&str> = table.chains.iter().map(|c| c.name.as_str()).collect();
-        let (mut same, mut edits, mut fresh) = (BTreeSet::new(), BTreeMap::new(), BTreeSet::new());
+        let mut sorted = Sorted::default();
         for c in &table.chains {
             let Some(kc) = kernel_chains.get(c.name.as_str()) else {
-                fresh.insert(c.name.clone());
+                sorted.fresh.insert(c.name.clone());
                 continue;
             };
             let have: Vec<Option<Rule>> = kc
@@ -81,19 +113,9 @@ pub fn plan_full(fr: &FamilyRuleset, kernel: &Saved) -> RestorePlan {
             // as "parsed and equal".
             let have: Vec<Key> = have.into_iter().map(Key).collect();
             let want: Vec<Key> = want.into_iter().map(Key).collect();
-            match chain_plan(&have, &want) {
-                ChainPlan::Same => {
-                    same.insert(c.name.clone());
-                }
-                ChainPlan::Edit(e) => {
-                    edits.insert(c.name.clone(), e);
-                }
-                ChainPlan::Rewrite => {}
-            }
+            sorted.record(&c.name, chain_plan(&have, &want));
         }
-        plan.skip.insert(table.name, same);
-        plan.edits.insert(table.name, edits);
-        plan.fresh.insert(table.name, fresh);
+        sorted.store(&mut plan, table.name);
         let missing: Vec<BuiltinRule> = table
             .builtin_rules
             .iter()
@@ -160,7 +182,7 @@ pub fn plan_partial(
             .map(|t| t.chains.iter().map(|c| (c.name.as_str(), c)).collect())
             .unwrap_or_default();
         let dirty = plan.dirty.as_ref();
-        let (mut same, mut edits, mut fresh) = (BTreeSet::new(), BTreeMap::new(), BTreeSet::new());
+        let mut sorted = Sorted::default();
         for c in &nt.chains {
             let selected = match &c.owner {
                 None => true,
@@ -170,22 +192,12 @@ pub fn plan_partial(
                 continue;
             }
             let Some(pc) = prev_chains.get(c.name.as_str()) else {
-                fresh.insert(c.name.clone());
+                sorted.fresh.insert(c.name.clone());
                 continue;
             };
-            match chain_plan(&pc.rules, &c.rules) {
-                ChainPlan::Same => {
-                    same.insert(c.name.clone());
-                }
-                ChainPlan::Edit(e) => {
-                    edits.insert(c.name.clone(), e);
-                }
-                ChainPlan::Rewrite => {}
-            }
+            sorted.record(&c.name, chain_plan(&pc.rules, &c.rules));
         }
-        plan.skip.insert(nt.name, same);
-        plan.edits.insert(nt.name, edits);
-        plan.fresh.insert(nt.name, fresh);
+        sorted.store(&mut plan, nt.name);
     }
     for pt in &prev.tables {
         let next_chains: HashSet<&str> = next

@@ -99,6 +99,16 @@ impl Batch {
         seq
     }
 
+    /// A message of `kind` (no flags) that names only a table
+    /// (attribute 1) and one object of it (`name`: its attribute and name).
+    fn table_object(&mut self, kind: u8, family: u8, table: &str, name: (u16, &str)) -> u32 {
+        let seq = self.begin(kind, 0, family);
+        self.put_str(1, table);
+        self.put_str(name.0, name.1);
+        self.end();
+        seq
+    }
+
     /// `add chain`, with a hook (policy accept) for base chains.
     pub fn add_chain(
         &mut self,
@@ -124,20 +134,12 @@ impl Batch {
 
     /// `flush chain`: delete every rule of the chain.
     pub fn flush_chain(&mut self, family: u8, table: &str, name: &str) -> u32 {
-        let seq = self.begin(msg_type::DELRULE, 0, family);
-        self.put_str(1, table);
-        self.put_str(2, name);
-        self.end();
-        seq
+        self.table_object(msg_type::DELRULE, family, table, (2, name))
     }
 
     /// `delete chain`.
     pub fn delete_chain(&mut self, family: u8, table: &str, name: &str) -> u32 {
-        let seq = self.begin(msg_type::DELCHAIN, 0, family);
-        self.put_str(1, table);
-        self.put_str(3, name);
-        self.end();
-        seq
+        self.table_object(msg_type::DELCHAIN, family, table, (3, name))
     }
 
     /// `add rule` (appended).
@@ -194,20 +196,12 @@ impl Batch {
 
     /// `flush set`: delete every element.
     pub fn flush_set(&mut self, family: u8, table: &str, name: &str) -> u32 {
-        let seq = self.begin(msg_type::DELSETELEM, 0, family);
-        self.put_str(1, table);
-        self.put_str(2, name);
-        self.end();
-        seq
+        self.table_object(msg_type::DELSETELEM, family, table, (2, name))
     }
 
     /// `delete set`.
     pub fn delete_set(&mut self, family: u8, table: &str, name: &str) -> u32 {
-        let seq = self.begin(msg_type::DELSET, 0, family);
-        self.put_str(1, table);
-        self.put_str(2, name);
-        self.end();
-        seq
+        self.table_object(msg_type::DELSET, family, table, (2, name))
     }
 
     /// `add element` (`add`) or `delete element` for `elems`, as one

@@ -121,24 +121,13 @@ impl NfSocket {
         self.socket.send(&req.encode(seq), 0)?;
         let mut interrupted = false;
         loop {
-            let n = self.socket.recv(&mut &mut self.buf[..], MSG_TRUNC)?;
-            if n > self.buf.len() {
-                return Err(Error::Decode {
-                    request: name,
-                    reason: format!("a {n}-byte datagram exceeds the {RECV_BUF}-byte buffer"),
-                });
-            }
-            let mut data = &self.buf[..n];
-            while !data.is_empty() {
-                let nl = NetlinkBuffer::new_checked(data).map_err(|e| Error::Decode {
-                    request: name,
-                    reason: e.to_string(),
-                })?;
-                let len = (nl.length() as usize).min(data.len());
-                let aligned = len.next_multiple_of(4).min(data.len());
-                let (kind, flags, msg_seq) = (nl.message_type(), nl.flags(), nl.sequence_number());
-                let payload = nl.payload();
-                data = &data[aligned..];
+            for m in self.recv(name)? {
+                let Message {
+                    kind,
+                    flags,
+                    seq: msg_seq,
+                    payload,
+                } = m?;
                 if msg_seq != seq {
                     continue;
                 }
@@ -146,14 +135,7 @@ impl NfSocket {
                 match kind {
                     NLMSG_DONE => return finish(name, interrupted).map(|()| true),
                     NLMSG_ERROR => {
-                        let code = payload
-                            .get(..4)
-                            .and_then(|b| b.try_into().ok())
-                            .map(i32::from_ne_bytes)
-                            .ok_or_else(|| Error::Decode {
-                                request: name,
-                                reason: "short error message".into(),
-                            })?;
+                        let code = error_code(name, payload)?;
                         if code == 0 {
                             return finish(name, interrupted).map(|()| true);
                         }
@@ -229,24 +211,13 @@ impl NfSocket {
         let mut interrupted = false;
         let in_range = |s: u32| s.wrapping_sub(first) <= last.wrapping_sub(first);
         loop {
-            let n = self.socket.recv(&mut &mut self.buf[..], MSG_TRUNC)?;
-            if n > self.buf.len() {
-                return Err(Error::Decode {
-                    request,
-                    reason: format!("a {n}-byte datagram exceeds the {RECV_BUF}-byte buffer"),
-                });
-            }
-            let mut data = &self.buf[..n];
-            while !data.is_empty() {
-                let nl = NetlinkBuffer::new_checked(data).map_err(|e| Error::Decode {
-                    request,
-                    reason: e.to_string(),
-                })?;
-                let len = (nl.length() as usize).min(data.len());
-                let aligned = len.next_multiple_of(4).min(data.len());
-                let (kind, flags, seq) = (nl.message_type(), nl.flags(), nl.sequence_number());
-                let payload = nl.payload();
-                data = &data[aligned..];
+            for m in self.recv(request)? {
+                let Message {
+                    kind,
+                    flags,
+                    seq,
+                    payload,
+                } = m?;
                 if !in_range(seq) {
                     continue;
                 }
@@ -255,14 +226,7 @@ impl NfSocket {
                     NLMSG_DONE if seq == last => return finish(request, interrupted),
                     NLMSG_DONE => {}
                     NLMSG_ERROR => {
-                        let code = payload
-                            .get(..4)
-                            .and_then(|b| b.try_into().ok())
-                            .map(i32::from_ne_bytes)
-                            .ok_or_else(|| Error::Decode {
-                                request,
-                                reason: "short error message".into(),
-                            })?;
+                        let code = error_code(request, payload)?;
                         each(RawReply::Ack { seq, errno: -code });
                         if seq == last {
                             return finish(request, interrupted);
@@ -273,6 +237,80 @@ impl NfSocket {
             }
         }
     }
+}
+
+impl NfSocket {
+    /// Receive one datagram: its netlink messages, in order.
+    fn recv(&mut self, request: &'static str) -> Result<Messages<'_>, Error> {
+        let n = self.socket.recv(&mut &mut self.buf[..], MSG_TRUNC)?;
+        if n > self.buf.len() {
+            return Err(Error::Decode {
+                request,
+                reason: format!("a {n}-byte datagram exceeds the {RECV_BUF}-byte buffer"),
+            });
+        }
+        Ok(Messages {
+            data: &self.buf[..n],
+            request,
+        })
+    }
+}
+
+/// One netlink message of a received datagram.
+struct Message<'a> {
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    payload: &'a [u8],
+}
+
+/// The netlink messages of one datagram; a malformed header ends it with
+/// an error.
+struct Messages<'a> {
+    data: &'a [u8],
+    request: &'static str,
+}
+
+impl<'a> Iterator for Messages<'a> {
+    type Item = Result<Message<'a>, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let data = self.data;
+        if data.is_empty() {
+            return None;
+        }
+        let nl = match NetlinkBuffer::new_checked(data) {
+            Ok(nl) => nl,
+            Err(e) => {
+                self.data = &[];
+                return Some(Err(Error::Decode {
+                    request: self.request,
+                    reason: e.to_string(),
+                }));
+            }
+        };
+        let len = (nl.length() as usize).min(data.len());
+        let aligned = len.next_multiple_of(4).min(data.len());
+        self.data = &data[aligned..];
+        Some(Ok(Message {
+            kind: nl.message_type(),
+            flags: nl.flags(),
+            seq: nl.sequence_number(),
+            payload: nl.payload(),
+        }))
+    }
+}
+
+/// The (negative) errno of an `NLMSG_ERROR` message, 0 for an acknowledgement.
+fn error_code(request: &'static str, payload: &[u8]) -> Result<i32, Error> {
+    payload
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map(i32::from_ne_bytes)
+        .ok_or_else(|| Error::Decode {
+            request,
+            reason: "short error message".into(),
+        })
 }
 
 fn finish(request: &'static str, interrupted: bool) -> Result<(), Error> {

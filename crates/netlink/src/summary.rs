@@ -190,20 +190,8 @@ pub fn set_keys(
     table: &str,
     set: &str,
 ) -> Result<Vec<Vec<u8>>, Error> {
-    let mut keys = Vec::new();
-    let req = elements_request(family.nfproto(), table, set);
-    sock.request(&req, |r| {
-        if let Some(list) = msg::find(r.attrs, attr::SET_ELEM_LIST_ELEMENTS) {
-            for e in msg::each(list, attr::LIST_ELEM) {
-                if let Some(v) =
-                    msg::find(e, attr::SET_ELEM_KEY).and_then(|k| msg::find(k, attr::DATA_VALUE))
-                {
-                    keys.push(v.to_vec());
-                }
-            }
-        }
-    })?;
-    Ok(keys)
+    let elements = set_elements_expiring(sock, family, table, set)?;
+    Ok(elements.into_iter().map(|(key, _)| key).collect())
 }
 
 /// A set element's key bytes and its remaining time in milliseconds.

@@ -37,6 +37,23 @@ fn base() -> Vec<Svc> {
     vec![a, b, c, d, v6]
 }
 
+/// `a` and `b` list the same tables (see `normalised_listing`).
+fn assert_same_tables(a: &NetNs, b: &NetNs, ignore_empty_chains: bool) {
+    assert_eq!(
+        normalised_listing(a, ignore_empty_chains),
+        normalised_listing(b, ignore_empty_chains)
+    );
+}
+
+/// A fresh namespace where a full sync loaded `g`.
+fn full_load(g: &ServiceGraph) -> NetNs {
+    let ns = NetNs::new("nft");
+    NftablesBackend::in_netns(ns.name())
+        .sync(g, None)
+        .unwrap_or_else(|e| panic!("full load: {e}"));
+    ns
+}
+
 fn find<'a>(svcs: &'a mut [Svc], name: &str) -> &'a mut Svc {
     svcs.iter_mut().find(|s| s.name == name).expect("service")
 }
@@ -88,10 +105,7 @@ fn incremental_syncs_match_full_loads() {
         .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(stats.full, prev.is_none(), "{what}: full sync only first");
 
-        let full_ns = NetNs::new("nft");
-        NftablesBackend::in_netns(full_ns.name())
-            .sync(&g, None)
-            .unwrap_or_else(|e| panic!("{what} (full): {e}"));
+        let full_ns = full_load(&g);
         let want = normalised_listing(&full_ns, true);
         let got = normalised_listing(&inc_ns, true);
         assert!(
@@ -106,10 +120,7 @@ fn incremental_syncs_match_full_loads() {
     // then the tables are identical, empty chains included.
     let g = prev.expect("graph");
     inc.sync(&g, Some(&changes(&g, &g))).expect("empty sync");
-    let full_ns = NetNs::new("nft");
-    NftablesBackend::in_netns(full_ns.name())
-        .sync(&g, None)
-        .expect("full");
+    let full_ns = full_load(&g);
     let (want, got) = (
         normalised_listing(&full_ns, false),
         normalised_listing(&inc_ns, false),
@@ -168,14 +179,8 @@ fn failed_transaction_keeps_rules_and_reports_the_statement() {
         .sync(&g2, Some(&changes(&g1, &g2)))
         .expect("full sync after failure");
     assert!(stats.full);
-    let full_ns = NetNs::new("nft");
-    NftablesBackend::in_netns(full_ns.name())
-        .sync(&g2, None)
-        .expect("full");
-    assert_eq!(
-        normalised_listing(&ns, false),
-        normalised_listing(&full_ns, false)
-    );
+    let full_ns = full_load(&g2);
+    assert_same_tables(&ns, &full_ns, false);
 }
 
 #[test]
@@ -201,14 +206,8 @@ fn large_full_loads_split_into_bounded_transactions_load_the_same_table() {
         .sync(&g, None)
         .expect("split load");
     assert!(stats.full);
-    let one_ns = NetNs::new("nft");
-    NftablesBackend::in_netns(one_ns.name())
-        .sync(&g, None)
-        .expect("single load");
-    assert_eq!(
-        normalised_listing(&split_ns, false),
-        normalised_listing(&one_ns, false)
-    );
+    let one_ns = full_load(&g);
+    assert_same_tables(&split_ns, &one_ns, false);
     // The split really happened: 300 services make far more than 1000 elements.
     let elements: usize = kproxy_nftables::NftGenerator
         .generate(&g)
@@ -246,23 +245,14 @@ fn large_full_resync_is_a_diff_and_drift_reloads() {
         resync.bytes_written,
         first.bytes_written
     );
-    let fresh = NetNs::new("nft");
-    NftablesBackend::in_netns(fresh.name())
-        .sync(&g2, None)
-        .expect("fresh");
-    assert_eq!(
-        normalised_listing(&ns, true),
-        normalised_listing(&fresh, true)
-    );
+    let fresh = full_load(&g2);
+    assert_same_tables(&ns, &fresh, true);
     // Drift: check() notices, and the next full sync reloads everything.
     ns.exec_all(&["nft delete table ip kproxy"]);
     assert!(!be.check().expect("check"));
     let reload = be.sync(&g2, None).expect("reload");
     assert!(reload.bytes_written > resync.bytes_written * 10);
-    assert_eq!(
-        normalised_listing(&ns, false),
-        normalised_listing(&fresh, false)
-    );
+    assert_same_tables(&ns, &fresh, false);
 }
 
 /// Pipelined batches: each is applied while the next is compiled. When

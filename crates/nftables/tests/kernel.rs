@@ -92,14 +92,30 @@ fn udp_service_reaches_both_pods() {
     }
 }
 
+/// A namespace with kube-proxy's tables (ip and ip6), then `more`, then a
+/// table of another program (`inet someone-else`).
+fn foreign_tables(prefix: &str, more: &[&str]) -> kproxy_testkit::NetNs {
+    let ns = kproxy_testkit::NetNs::new(prefix);
+    ns.exec_all(&[
+        "nft add table ip kube-proxy",
+        "nft add table ip6 kube-proxy",
+    ]);
+    ns.exec_all(more);
+    ns.exec_all(&["nft add table inet someone-else"]);
+    ns
+}
+
+/// Only the other program's table is left.
+fn assert_only_someone_else(ns: &kproxy_testkit::NetNs) {
+    let tables = ns.exec(&["nft", "list", "tables"]);
+    assert_eq!(tables.trim(), "table inet someone-else", "{tables}");
+}
+
 /// `cleanup` removes kproxy's tables and kube-proxy's, and nothing else;
 /// `check` reports drift when the `services` chain was tampered with.
 #[test]
 fn cleanup_removes_kproxy_and_kube_proxy_tables() {
-    let ns = kproxy_testkit::NetNs::new("nft");
-    ns.exec_all(&["nft add table ip kube-proxy"]);
-    ns.exec_all(&["nft add table ip6 kube-proxy"]);
-    ns.exec_all(&["nft add table inet someone-else"]);
+    let ns = foreign_tables("nft", &[]);
     let graph = load_fixture("seed", ProxyMode::Nftables);
     let mut backend = NftablesBackend::in_netns(ns.name());
     backend.sync(&graph, None).expect("full sync");
@@ -110,8 +126,7 @@ fn cleanup_removes_kproxy_and_kube_proxy_tables() {
         "a flushed services chain is drift"
     );
     backend.cleanup().expect("cleanup");
-    let tables = ns.exec(&["nft", "list", "tables"]);
-    assert_eq!(tables.trim(), "table inet someone-else", "{tables}");
+    assert_only_someone_else(&ns);
     // Cleaning up twice is fine (nothing left to delete).
     backend.cleanup().expect("second cleanup");
 }
@@ -121,25 +136,19 @@ fn cleanup_removes_kproxy_and_kube_proxy_tables() {
 /// is given a PATH where nothing can be found.
 #[test]
 fn cleanup_foreign_over_netlink_needs_no_nft() {
-    let ns = kproxy_testkit::NetNs::new("nftnl");
-    ns.exec_all(&["nft add table ip kube-proxy"]);
-    ns.exec_all(&["nft add table ip6 kube-proxy"]);
-    ns.exec_all(&["nft add chain ip kube-proxy services"]);
-    ns.exec_all(&["nft add table inet someone-else"]);
+    let ns = foreign_tables("nftnl", &["nft add chain ip kube-proxy services"]);
     let no_nft = kproxy_nftables::Nft::with_runner(
         kproxy_exec::Runner::in_netns(ns.name()).with_env("PATH", "/nonexistent"),
     );
     assert!(no_nft.version().is_err(), "nft must not be reachable");
     let mut backend = NftablesBackend::with_nft(no_nft).transport(TransportKind::Netlink);
     backend.cleanup_foreign().expect("cleanup_foreign");
-    let tables = ns.exec(&["nft", "list", "tables"]);
-    assert_eq!(tables.trim(), "table inet someone-else", "{tables}");
+    assert_only_someone_else(&ns);
     // Nothing left: still fine.
     backend.cleanup_foreign().expect("second cleanup_foreign");
     ns.exec_all(&["nft add table ip6 kube-proxy"]);
     backend.cleanup().expect("cleanup");
-    let tables = ns.exec(&["nft", "list", "tables"]);
-    assert_eq!(tables.trim(), "table inet someone-else", "{tables}");
+    assert_only_someone_else(&ns);
 }
 
 /// This machine (kernel 6.x, nft 1.0.6) runs the nftables backend.
@@ -157,99 +166,21 @@ fn supported_here() {
 fn ipv6_service_reaches_both_pods() {
     use common::cluster::Svc;
     let topo = Topology::seed("nft", &["10.244.1.5"]);
-    for (ns, args) in [
-        (
-            &topo.node,
-            vec!["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
-        ),
-        (
-            &topo.node,
-            vec![
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                "fd00:49::2/64",
-                "dev",
-                "vc",
-                "nodad",
-            ],
-        ),
-        (
-            &topo.node,
-            vec![
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                "fd00:10::1/64",
-                "dev",
-                "vp",
-                "nodad",
-            ],
-        ),
-        (
-            &topo.node,
-            vec!["ip", "-6", "route", "add", "default", "via", "fd00:49::10"],
-        ),
-        (
-            &topo.client,
-            vec![
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                "fd00:49::10/64",
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        ),
-        (
-            &topo.client,
-            vec![
-                "ip",
-                "-6",
-                "route",
-                "add",
-                "fd00:30::/108",
-                "via",
-                "fd00:49::2",
-            ],
-        ),
-        (
-            &topo.pod,
-            vec![
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                "fd00:10::5/64",
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        ),
-        (
-            &topo.pod,
-            vec![
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                "fd00:10::6/64",
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        ),
-        (
-            &topo.pod,
-            vec!["ip", "-6", "route", "add", "default", "via", "fd00:10::1"],
-        ),
-    ] {
-        ns.exec(&args);
-    }
+    topo.node.exec_all(&[
+        "sysctl -qw net.ipv6.conf.all.forwarding=1",
+        "ip -6 addr add fd00:49::2/64 dev vc nodad",
+        "ip -6 addr add fd00:10::1/64 dev vp nodad",
+        "ip -6 route add default via fd00:49::10",
+    ]);
+    topo.client.exec_all(&[
+        "ip -6 addr add fd00:49::10/64 dev eth0 nodad",
+        "ip -6 route add fd00:30::/108 via fd00:49::2",
+    ]);
+    topo.pod.exec_all(&[
+        "ip -6 addr add fd00:10::5/64 dev eth0 nodad",
+        "ip -6 addr add fd00:10::6/64 dev eth0 nodad",
+        "ip -6 route add default via fd00:10::1",
+    ]);
     let _echo = echo_server(&topo.pod, "[::]:80");
     let mut web = Svc::new("web", "web6", "fd00:30::10", 80)
         .ep("fd00:10::5", "node-2")

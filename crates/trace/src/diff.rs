@@ -297,25 +297,21 @@ pub fn nftables(current: &str, desired: &str) -> Result<Diff, TraceError> {
             };
             let (ea, eb) = (elems(a), elems(b));
             let mut header = false;
-            for (k, text) in &ea {
-                if eb.contains_key(k) {
-                    continue;
+            let sides = [
+                (&ea, &eb, "elements removed", '-'),
+                (&eb, &ea, "elements added", '+'),
+            ];
+            for (from, other, what, sign) in sides {
+                for (k, text) in from {
+                    if other.contains_key(k) {
+                        continue;
+                    }
+                    if !header {
+                        d.lines.push(format!("  set {label} {s}:"));
+                        header = true;
+                    }
+                    d.add(what, format!("{sign}   {text}"));
                 }
-                if !header {
-                    d.lines.push(format!("  set {label} {s}:"));
-                    header = true;
-                }
-                d.add("elements removed", format!("-   {text}"));
-            }
-            for (k, text) in &eb {
-                if ea.contains_key(k) {
-                    continue;
-                }
-                if !header {
-                    d.lines.push(format!("  set {label} {s}:"));
-                    header = true;
-                }
-                d.add("elements added", format!("+   {text}"));
             }
         }
     }

@@ -28,6 +28,28 @@
 
 #![deny(missing_docs)]
 
+/// Implements [`Tracer`] for a ruleset that is a [`HookRunner`]: check the
+/// ruleset with `$check`, then walk the hooks; `unknown_rules` is the
+/// ruleset's own `unknown`.
+macro_rules! hook_tracer {
+    ($ruleset:ty, $backend:literal, $check:ident) => {
+        impl $crate::Tracer for $ruleset {
+            fn trace(
+                &self,
+                packet: &$crate::Packet,
+                node: &$crate::Node,
+            ) -> Result<$crate::Trace, $crate::TraceError> {
+                self.$check()?;
+                $crate::walk($backend, self, packet, node)
+            }
+
+            fn unknown_rules(&self) -> Vec<String> {
+                self.unknown()
+            }
+        }
+    };
+}
+
 pub mod diff;
 pub mod iptables;
 pub mod nftables;
@@ -551,6 +573,30 @@ pub(crate) type Hooked = Result<Vec<(State, Verdict)>, TraceError>;
 /// hook (Accept lets the packet continue).
 pub(crate) trait HookRunner {
     fn run_hook(&self, hook: Hook, packet: &Packet, node: &Node, state: State) -> Hooked;
+}
+
+/// How a chain ended.
+pub(crate) enum Flow {
+    /// Fell off the end or returned: back to the caller.
+    Return,
+    /// A verdict for this base chain (DNAT and MASQUERADE accept).
+    Verdict(Verdict),
+}
+
+/// The states a chain lets out, with how it ended for each.
+pub(crate) type Flows = Result<Vec<(State, Flow)>, TraceError>;
+
+/// How deep jumps may nest before a trace calls the ruleset a loop.
+const MAX_DEPTH: usize = 64;
+
+/// Fail when `chain` is entered more than [`MAX_DEPTH`] jumps deep.
+pub(crate) fn check_depth(chain: &str, depth: usize) -> Result<(), TraceError> {
+    if depth > MAX_DEPTH {
+        return Err(TraceError::Invalid(format!(
+            "chain {chain}: more than {MAX_DEPTH} nested jumps (a loop?)"
+        )));
+    }
+    Ok(())
 }
 
 /// Walk a new connection through the hooks in kernel order.

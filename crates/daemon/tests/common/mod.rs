@@ -245,6 +245,15 @@ pub fn http_get_at(ns: &NetNs, ip: &str, port: u16, path: &str) -> Option<(u16, 
     .unwrap()
 }
 
+/// Whether the daemon's metric `sample` reaches `at_least` within `within`.
+pub fn metric_reaches(ns: &NetNs, sample: &str, at_least: f64, within: Duration) -> bool {
+    wait_for(within, || {
+        http_get(ns, 10249, "/metrics")
+            .and_then(|(_, _, m)| metric(&m, sample))
+            .is_some_and(|v| v >= at_least)
+    })
+}
+
 /// The value of a metric sample line (`name{labels} value`).
 pub fn metric(text: &str, sample: &str) -> Option<f64> {
     text.lines().find_map(|l| {
@@ -327,6 +336,13 @@ pub fn move_endpoint(dir: &TempDir) {
         "cluster.yaml",
         &fixture("nodeports").replace("10.180.0.1", "10.180.0.9"),
     );
+}
+
+/// [`move_endpoint`], then wait until `backend`'s rules in `ns` hold the
+/// new address; else fail with `why` and the daemon's log.
+pub fn move_endpoint_and_wait(ns: &NetNs, dir: &TempDir, backend: &str, d: &Daemon, why: &str) {
+    move_endpoint(dir);
+    wait_for_rules(ns, backend, "10.180.0.9", d, why);
 }
 
 /// Wait up to 10 s until `backend`'s rules in `ns` hold `what`; else fail

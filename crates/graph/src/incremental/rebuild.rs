@@ -30,15 +30,7 @@ impl IncrementalGraph {
             return families_unchanged();
         }
         let before = header(&self.graph);
-        let mut g = std::mem::replace(
-            &mut self.graph,
-            Arc::new(ServiceGraph {
-                node: Default::default(),
-                config: self.config.clone(),
-                families: BTreeMap::new(),
-                warnings: Vec::new(),
-            }),
-        );
+        let mut g = self.take_graph();
         let graph = Arc::make_mut(&mut g);
         if self.base_dirty {
             let base = build_base(
@@ -201,18 +193,22 @@ impl IncrementalGraph {
         self.warnings_dirty = false;
     }
 
+    /// The current graph, leaving an empty one of this configuration in
+    /// its place.
+    fn take_graph(&mut self) -> Arc<ServiceGraph> {
+        let empty = ServiceGraph {
+            node: Default::default(),
+            config: self.config.clone(),
+            families: BTreeMap::new(),
+            warnings: Vec::new(),
+        };
+        std::mem::replace(&mut self.graph, Arc::new(empty))
+    }
+
     /// Rebuild from the objects alone: the first update, and after a
     /// configuration change (slices are classified with the proxy name).
     pub(super) fn rebuild_all(&mut self) -> Update {
-        let prev = std::mem::replace(
-            &mut self.graph,
-            Arc::new(ServiceGraph {
-                node: Default::default(),
-                config: self.config.clone(),
-                families: BTreeMap::new(),
-                warnings: Vec::new(),
-            }),
-        );
+        let prev = self.take_graph();
         let base = build_base(
             &self.config,
             self.nodes.get(&self.config.node_name).map(|n| &**n),

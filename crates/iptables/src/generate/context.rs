@@ -82,23 +82,20 @@ pub(super) struct Ctx<'a> {
     pub(super) localhost_nfacct: bool,
 }
 
+/// The rules of `chain` among `chains` (the first chain's when it is not
+/// there).
+fn rules_of<'a>(chains: &'a mut [(&'static str, Vec<Rule>)], chain: &str) -> &'a mut Vec<Rule> {
+    let i = chains.iter().position(|(c, _)| *c == chain).unwrap_or(0);
+    &mut chains[i].1
+}
+
 impl Ctx<'_> {
     pub(super) fn filter_rules(&mut self, chain: &str) -> &mut Vec<Rule> {
-        let i = self
-            .filter
-            .iter()
-            .position(|(c, _)| *c == chain)
-            .unwrap_or(0);
-        &mut self.filter[i].1
+        rules_of(&mut self.filter, chain)
     }
 
     pub(super) fn nat_rules(&mut self, chain: &str) -> &mut Vec<Rule> {
-        let i = self
-            .nat_top
-            .iter()
-            .position(|(c, _)| *c == chain)
-            .unwrap_or(0);
-        &mut self.nat_top[i].1
+        rules_of(&mut self.nat_top, chain)
     }
 
     /// kube-proxy's `appendServiceCommentLocked`: no per-endpoint comments

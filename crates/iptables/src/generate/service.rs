@@ -252,20 +252,19 @@ pub(super) fn service_rules(cx: &mut Ctx<'_>, sp: &ServicePort) {
 
     if uses_fw {
         let fw_comment = || comment(format!("{name} loadbalancer IP"));
+        // Sources allowed through the firewall go on to the external chain.
+        let allow_from = |addr: Addr| {
+            let source = Match::Source {
+                negated: false,
+                addr,
+            };
+            Rule::new(vec![fw_comment(), source], jump(&ext))
+        };
         let mut rules = Vec::new();
         let node_ip = primary_node_ip(cx);
         let mut allow_from_node = false;
         for cidr in &sp.source_ranges {
-            rules.push(Rule::new(
-                vec![
-                    fw_comment(),
-                    Match::Source {
-                        negated: false,
-                        addr: Addr::Net(*cidr),
-                    },
-                ],
-                jump(&ext),
-            ));
+            rules.push(allow_from(Addr::Net(*cidr)));
             if node_ip.is_some_and(|ip| cidr.contains(&ip)) {
                 allow_from_node = true;
             }
@@ -274,16 +273,7 @@ pub(super) fn service_rules(cx: &mut Ctx<'_>, sp: &ServicePort) {
         // the VIP loop back with the VIP as source.
         if allow_from_node {
             for ip in &lb_ips {
-                rules.push(Rule::new(
-                    vec![
-                        fw_comment(),
-                        Match::Source {
-                            negated: false,
-                            addr: Addr::Ip(*ip),
-                        },
-                    ],
-                    jump(&ext),
-                ));
+                rules.push(allow_from(Addr::Ip(*ip)));
             }
         }
         rules.push(Rule {
@@ -295,25 +285,24 @@ pub(super) fn service_rules(cx: &mut Ctx<'_>, sp: &ServicePort) {
         chains.push(own(&fw, rules));
     }
 
-    if d.uses_cluster_chain {
+    // The cluster chain (SVC) and the local one (SVL), each with the
+    // internal masquerade rule when internal traffic goes through it.
+    let policy_chains = [
+        (d.uses_cluster_chain, &svc, &sp.cluster_endpoints),
+        (d.uses_local_chain, &svl, &sp.local_endpoints),
+    ];
+    for (used, chain, eps) in policy_chains {
+        if !used {
+            continue;
+        }
         let mut rules = Vec::new();
-        if internal_chain == &svc
+        if internal_chain == chain
             && let Some(r) = internal_masq.take()
         {
             rules.push(r);
         }
-        endpoint_rules(cx, sp, &name, &sp.cluster_endpoints, &seps, &mut rules);
-        chains.push(own(&svc, rules));
-    }
-    if d.uses_local_chain {
-        let mut rules = Vec::new();
-        if internal_chain == &svl
-            && let Some(r) = internal_masq.take()
-        {
-            rules.push(r);
-        }
-        endpoint_rules(cx, sp, &name, &sp.local_endpoints, &seps, &mut rules);
-        chains.push(own(&svl, rules));
+        endpoint_rules(cx, sp, &name, eps, &seps, &mut rules);
+        chains.push(own(chain, rules));
     }
 
     for ep in &sp.reachable_endpoints {

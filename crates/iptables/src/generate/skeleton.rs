@@ -136,24 +136,14 @@ pub(super) fn generate_family(
     ]);
 
     let mut filter = Table::new(TableName::Filter);
-    for (name, rules) in std::mem::take(&mut cx.filter) {
-        filter.chains.push(Chain {
-            name: name.into(),
-            owner: None,
-            rules,
-        });
-    }
+    filter
+        .chains
+        .extend(unowned(std::mem::take(&mut cx.filter)));
     filter.chains.push(canary());
     filter.builtin_rules = filter_jumps(kube_firewall);
 
     let mut nat = Table::new(TableName::Nat);
-    for (name, rules) in std::mem::take(&mut cx.nat_top) {
-        nat.chains.push(Chain {
-            name: name.into(),
-            owner: None,
-            rules,
-        });
-    }
+    nat.chains.extend(unowned(std::mem::take(&mut cx.nat_top)));
     nat.chains.push(canary());
     nat.chains.append(&mut cx.nat_services);
     nat.builtin_rules = nat_jumps();
@@ -314,4 +304,13 @@ fn nodeport_catch_all(cx: &mut Ctx<'_>, is_v6: bool) {
             }
         }
     }
+}
+
+/// Chains of kproxy's own (no Service owns them) from their names and rules.
+fn unowned(chains: Vec<(&'static str, Vec<Rule>)>) -> impl Iterator<Item = Chain> {
+    chains.into_iter().map(|(name, rules)| Chain {
+        name: name.into(),
+        owner: None,
+        rules,
+    })
 }

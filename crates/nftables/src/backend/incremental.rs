@@ -64,11 +64,7 @@ impl NftablesBackend {
             // Skeleton changes (node addresses, service CIDRs, detector)
             // first: the service diff below builds on the skeleton's sets.
             if let Some(skel) = new_skeleton {
-                let plan =
-                    diff_tables(&fs.rules.skeleton, skel).map_err(|e| ApplyError::Other {
-                        backend: "nftables",
-                        message: e.to_string(),
-                    })?;
+                let plan = diff_parts(&fs.rules.skeleton, skel)?;
                 tx.extend(plan.tx);
                 stale.extend(plan.stale_chains.into_iter().map(|c| (fs.family, c)));
                 added.extend(plan.added_chains.into_iter().map(|c| (fs.family, c)));
@@ -117,10 +113,7 @@ impl NftablesBackend {
                 }
             }
             refs.retain(|_, n| *n > 0);
-            let plan = diff_tables(&old_part, &new_part).map_err(|e| ApplyError::Other {
-                backend: "nftables",
-                message: e.to_string(),
-            })?;
+            let plan = diff_parts(&old_part, &new_part)?;
             tx.extend(plan.tx);
             stale.extend(plan.stale_chains.into_iter().map(|c| (fs.family, c)));
             added.extend(plan.added_chains.into_iter().map(|c| (fs.family, c)));
@@ -326,4 +319,12 @@ impl FamilyRules {
         }
         n + lbs.len()
     }
+}
+
+/// [`diff_tables`], with its error as the backend's.
+fn diff_parts(old: &Table, new: &Table) -> Result<diff::Plan, ApplyError> {
+    diff_tables(old, new).map_err(|e| ApplyError::Other {
+        backend: "nftables",
+        message: e.to_string(),
+    })
 }

@@ -108,19 +108,23 @@ pub(crate) fn nft_family(f: IpFamily) -> Family {
 pub(crate) fn generate_families(
     graph: &ServiceGraph,
 ) -> Result<Vec<(Family, FamilyRules)>, GenError> {
-    let mut out = Vec::new();
-    for fam in IpFamily::ALL {
-        let empty;
-        let fg = match graph.family(fam) {
-            Some(fg) => fg,
-            None => {
-                empty = FamilyGraph::empty(fam);
-                &empty
-            }
-        };
-        out.push((nft_family(fam), generate_family(graph, fg)?));
+    IpFamily::ALL
+        .into_iter()
+        .map(|fam| {
+            Ok((
+                nft_family(fam),
+                with_family(graph, fam, |fg| generate_family(graph, fg))?,
+            ))
+        })
+        .collect()
+}
+
+/// `f` of the graph of `fam`, or of an empty one when the graph has none.
+fn with_family<R>(graph: &ServiceGraph, fam: IpFamily, f: impl FnOnce(&FamilyGraph) -> R) -> R {
+    match graph.family(fam) {
+        Some(fg) => f(fg),
+        None => f(&FamilyGraph::empty(fam)),
     }
-    Ok(out)
 }
 
 /// Every family's skeleton alone (the node-wide part: no service port),
@@ -129,15 +133,8 @@ pub(crate) fn skeletons(graph: &ServiceGraph) -> Vec<(Family, Table)> {
     IpFamily::ALL
         .into_iter()
         .map(|fam| {
-            let empty;
-            let fg = match graph.family(fam) {
-                Some(fg) => fg,
-                None => {
-                    empty = FamilyGraph::empty(fam);
-                    &empty
-                }
-            };
-            (nft_family(fam), skeleton::skeleton(&Ctx::new(graph, fg)))
+            let table = with_family(graph, fam, |fg| skeleton::skeleton(&Ctx::new(graph, fg)));
+            (nft_family(fam), table)
         })
         .collect()
 }

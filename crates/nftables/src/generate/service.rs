@@ -292,47 +292,15 @@ pub(crate) fn service_rules(ctx: &Ctx, sp: &ServicePort) -> Result<ServiceRules,
     vips.dedup();
     for ip in &vips {
         let key = s.vip_key(*ip);
-        if d.uses_external_chain
-            && let Some(target) = s.external_target(Via::Vip(*ip))
-        {
-            s.elem(
-                sets::SERVICE_IPS,
-                key.clone(),
-                Some(format!("goto {target}")),
-                true,
-            );
-        }
-        if !d.has_external_endpoints {
-            s.elem(
-                sets::NO_ENDPOINT_SERVICES,
-                key,
-                Some(verdict(d.external_verdict)),
-                true,
-            );
-        }
+        let sets = (sets::SERVICE_IPS, sets::NO_ENDPOINT_SERVICES);
+        external_elems(&mut s, &d, Via::Vip(*ip), key, sets);
     }
 
     // NodePort.
     if let Some(np) = sp.node_port {
         let key = format!("{} . {np}", s.proto);
-        if d.uses_external_chain
-            && let Some(target) = s.external_target(Via::NodePort(np))
-        {
-            s.elem(
-                sets::SERVICE_NODEPORTS,
-                key.clone(),
-                Some(format!("goto {target}")),
-                true,
-            );
-        }
-        if !d.has_external_endpoints {
-            s.elem(
-                sets::NO_ENDPOINT_NODEPORTS,
-                key,
-                Some(verdict(d.external_verdict)),
-                true,
-            );
-        }
+        let sets = (sets::SERVICE_NODEPORTS, sets::NO_ENDPOINT_NODEPORTS);
+        external_elems(&mut s, &d, Via::NodePort(np), key, sets);
     }
 
     // LoadBalancerSourceRanges: a firewall chain, entered pre-DNAT.
@@ -403,4 +371,26 @@ pub(crate) fn lb_closure(lbs: &BTreeSet<LbChain>) -> BTreeSet<LbChain> {
         }
     }
     all
+}
+
+/// The elements of an external destination `key` (reached `via`): a goto
+/// to its external target in `services` when the external chain is used,
+/// and the no-endpoint verdict in `no_endpoints` when there are no
+/// external endpoints.
+fn external_elems(
+    s: &mut SvcCtx<'_, '_>,
+    d: &kproxy_graph::Decisions,
+    via: Via,
+    key: String,
+    (services, no_endpoints): (&'static str, &'static str),
+) {
+    if d.uses_external_chain
+        && let Some(target) = s.external_target(via)
+    {
+        s.elem(services, key.clone(), Some(format!("goto {target}")), true);
+    }
+    if !d.has_external_endpoints {
+        let verdict = Some(verdict(d.external_verdict));
+        s.elem(no_endpoints, key, verdict, true);
+    }
 }

@@ -85,55 +85,55 @@ pub(super) fn skeleton(ctx: &Ctx) -> Table {
     let mut add = |c: Chain| {
         t.chains.insert(c.name.clone(), c);
     };
-    add(base_chain(
-        "filter-prerouting-pre-dnat",
-        hook(Filter, Prerouting, "dstnat", -10),
-        &["ct state new jump firewall-check"],
-    ));
-    add(base_chain(
-        "filter-output-pre-dnat",
-        hook(Filter, Output, "dstnat", -10),
-        &["ct state new jump firewall-check"],
-    ));
-    add(base_chain(
-        "filter-forward",
-        hook(Filter, Forward, "filter", 0),
-        &[
-            "ct state new jump service-endpoints-check",
-            "ct state new jump cluster-ips-check",
-        ],
-    ));
-    add(base_chain(
-        "filter-input",
-        hook(Filter, Input, "filter", 0),
-        &[
-            "ct state new jump nodeport-endpoints-check",
-            "ct state new jump service-endpoints-check",
-        ],
-    ));
-    add(base_chain(
-        "filter-output",
-        hook(Filter, Output, "filter", 0),
-        &[
-            "ct state new jump service-endpoints-check",
-            "ct state new jump cluster-ips-check",
-        ],
-    ));
-    add(base_chain(
-        "nat-prerouting",
-        hook(Nat, Prerouting, "dstnat", 0),
-        &["jump services"],
-    ));
-    add(base_chain(
-        "nat-output",
-        hook(Nat, Output, "dstnat", 0),
-        &["jump services"],
-    ));
-    add(base_chain(
-        "nat-postrouting",
-        hook(Nat, Postrouting, "srcnat", 0),
-        &["jump masquerading"],
-    ));
+    let firewall = "ct state new jump firewall-check";
+    let endpoints = "ct state new jump service-endpoints-check";
+    let cluster_ips = "ct state new jump cluster-ips-check";
+    let nodeports = "ct state new jump nodeport-endpoints-check";
+    let base: [(&str, Option<Hook>, &[&str]); 8] = [
+        (
+            "filter-prerouting-pre-dnat",
+            hook(Filter, Prerouting, "dstnat", -10),
+            &[firewall],
+        ),
+        (
+            "filter-output-pre-dnat",
+            hook(Filter, Output, "dstnat", -10),
+            &[firewall],
+        ),
+        (
+            "filter-forward",
+            hook(Filter, Forward, "filter", 0),
+            &[endpoints, cluster_ips],
+        ),
+        (
+            "filter-input",
+            hook(Filter, Input, "filter", 0),
+            &[nodeports, endpoints],
+        ),
+        (
+            "filter-output",
+            hook(Filter, Output, "filter", 0),
+            &[endpoints, cluster_ips],
+        ),
+        (
+            "nat-prerouting",
+            hook(Nat, Prerouting, "dstnat", 0),
+            &["jump services"],
+        ),
+        (
+            "nat-output",
+            hook(Nat, Output, "dstnat", 0),
+            &["jump services"],
+        ),
+        (
+            "nat-postrouting",
+            hook(Nat, Postrouting, "srcnat", 0),
+            &["jump masquerading"],
+        ),
+    ];
+    for (name, h, rules) in base {
+        add(base_chain(name, h, rules));
+    }
 
     // NodePort destination match, shared by `services` and
     // `nodeport-endpoints-check`; None when no address accepts NodePorts.

@@ -24,20 +24,21 @@ impl Transaction {
         self.ops.extend(other.ops);
     }
 
+    /// `add table` for `table` (with its comment).
+    fn add_table(&mut self, table: &Table) {
+        let op = Op::AddTable {
+            comment: table.comment.clone(),
+        };
+        self.push(table.fam(), &table.name, op);
+    }
+
     /// The operations that replace whatever table of this name exists with
     /// `table` (atomically, as one transaction): add (so the delete cannot
     /// fail), delete, then recreate chains, sets, rules and elements.
     pub fn replace_table(table: &Table) -> Transaction {
         let mut tx = Transaction::new();
-        let (f, n) = (table.fam(), table.name.as_str());
-        tx.push(
-            f,
-            n,
-            Op::AddTable {
-                comment: table.comment.clone(),
-            },
-        );
-        tx.push(f, n, Op::DeleteTable);
+        tx.add_table(table);
+        tx.push(table.fam(), &table.name, Op::DeleteTable);
         tx.extend(Transaction::create_table(table));
         tx
     }
@@ -50,13 +51,7 @@ impl Transaction {
     pub fn create_table(table: &Table) -> Transaction {
         let mut tx = Transaction::new();
         let (f, n) = (table.fam(), table.name.as_str());
-        tx.push(
-            f,
-            n,
-            Op::AddTable {
-                comment: table.comment.clone(),
-            },
-        );
+        tx.add_table(table);
         for c in table.chains.values() {
             tx.push(
                 f,
@@ -105,30 +100,10 @@ impl Transaction {
         set: &str,
         elements: impl IntoIterator<Item = (String, Element)>,
     ) {
-        let mut batch = Vec::new();
-        for e in elements {
-            batch.push(e);
-            if batch.len() == ELEMENTS_PER_STATEMENT {
-                self.push(
-                    family,
-                    table,
-                    Op::AddElements {
-                        set: set.to_string(),
-                        elements: std::mem::take(&mut batch),
-                    },
-                );
-            }
-        }
-        if !batch.is_empty() {
-            self.push(
-                family,
-                table,
-                Op::AddElements {
-                    set: set.to_string(),
-                    elements: batch,
-                },
-            );
-        }
+        self.push_batches(family, table, elements, |elements| Op::AddElements {
+            set: set.to_string(),
+            elements,
+        });
     }
 
     /// `delete element` statements for `keys`.
@@ -139,29 +114,30 @@ impl Transaction {
         set: &str,
         keys: impl IntoIterator<Item = String>,
     ) {
+        self.push_batches(family, table, keys, |keys| Op::DeleteElements {
+            set: set.to_string(),
+            keys,
+        });
+    }
+
+    /// `items` in statements of at most [`ELEMENTS_PER_STATEMENT`], each
+    /// made by `op`.
+    fn push_batches<T>(
+        &mut self,
+        family: Family,
+        table: &str,
+        items: impl IntoIterator<Item = T>,
+        op: impl Fn(Vec<T>) -> Op,
+    ) {
         let mut batch = Vec::new();
-        for k in keys {
-            batch.push(k);
+        for item in items {
+            batch.push(item);
             if batch.len() == ELEMENTS_PER_STATEMENT {
-                self.push(
-                    family,
-                    table,
-                    Op::DeleteElements {
-                        set: set.to_string(),
-                        keys: std::mem::take(&mut batch),
-                    },
-                );
+                self.push(family, table, op(std::mem::take(&mut batch)));
             }
         }
         if !batch.is_empty() {
-            self.push(
-                family,
-                table,
-                Op::DeleteElements {
-                    set: set.to_string(),
-                    keys: batch,
-                },
-            );
+            self.push(family, table, op(batch));
         }
     }
 

@@ -1,17 +1,9 @@
 //! The state of a walk through one table (`Ctx`) and match evaluation:
 //! the probability that a rule's matches hold for a packet.
 
-use crate::{Hook, Node, Packet, State, TraceError, Verdict};
+use crate::{Hook, Node, Packet, State, TraceError};
 
 use super::{IptMatch, IptRule, Tables, protocol_number};
-
-/// How a chain ended.
-pub(super) enum Flow {
-    /// Fell off the end or RETURN: back to the caller.
-    Return,
-    /// A verdict for this base chain (DNAT and MASQUERADE accept).
-    Verdict(Verdict),
-}
 
 pub(super) struct Ctx<'a> {
     pub(super) tables: &'a Tables,
@@ -20,8 +12,6 @@ pub(super) struct Ctx<'a> {
     pub(super) node: &'a Node,
     pub(super) hook: Hook,
 }
-
-pub(super) const MAX_DEPTH: usize = 64;
 
 impl Ctx<'_> {
     pub(super) fn in_iface(&self) -> Option<String> {

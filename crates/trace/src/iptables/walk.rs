@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 
 use kproxy_graph::IpFamily;
 
-use crate::{Hook, HookRunner, Hooked, Node, Packet, State, Trace, TraceError, Tracer, Verdict};
+use crate::{Hook, HookRunner, Hooked, Node, Packet, State, TraceError, Verdict};
 
-use super::eval::{Ctx, Flow, MAX_DEPTH};
+use super::eval::Ctx;
 use super::{IptChain, IptRule, IptTarget, IptablesRuleset, builtin};
+use crate::{Flow, Flows};
 
 /// Built-in chains per hook, in priority order (raw, mangle, nat
 /// destination NAT, filter, security, nat source NAT).
@@ -43,17 +44,8 @@ fn hook_chains(hook: Hook) -> &'static [(&'static str, &'static str)] {
 }
 
 impl Ctx<'_> {
-    fn run_chain(
-        &self,
-        chain: &str,
-        st: State,
-        depth: usize,
-    ) -> Result<Vec<(State, Flow)>, TraceError> {
-        if depth > MAX_DEPTH {
-            return Err(TraceError::Invalid(format!(
-                "chain {chain}: more than {MAX_DEPTH} nested jumps (a loop?)"
-            )));
-        }
+    fn run_chain(&self, chain: &str, st: State, depth: usize) -> Flows {
+        crate::check_depth(chain, depth)?;
         let c = self.tables.chain(self.table, chain).ok_or_else(|| {
             TraceError::Invalid(format!("table {}: no chain {chain}", self.table))
         })?;
@@ -67,7 +59,7 @@ impl Ctx<'_> {
         start: usize,
         mut st: State,
         depth: usize,
-    ) -> Result<Vec<(State, Flow)>, TraceError> {
+    ) -> Flows {
         let mut out = Vec::new();
         for (idx, rule) in c.rules.iter().enumerate().skip(start) {
             let p = self.match_prob(chain, rule, &st)?;
@@ -103,7 +95,7 @@ impl Ctx<'_> {
         rule: &IptRule,
         mut st: State,
         depth: usize,
-    ) -> Result<Vec<(State, Flow)>, TraceError> {
+    ) -> Flows {
         let unsupported = |reason: String| TraceError::Unsupported {
             chain: chain.to_string(),
             rule: rule.text.clone(),
@@ -187,12 +179,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn policy(
-        &self,
-        chain: &str,
-        c: &IptChain,
-        mut st: State,
-    ) -> Result<Vec<(State, Flow)>, TraceError> {
+    fn policy(&self, chain: &str, c: &IptChain, mut st: State) -> Flows {
         let policy = c.policy.as_deref().unwrap_or("ACCEPT");
         let v = match policy {
             "ACCEPT" => Verdict::Accept,
@@ -250,13 +237,11 @@ impl HookRunner for IptablesRuleset {
     }
 }
 
-impl Tracer for IptablesRuleset {
-    fn trace(&self, packet: &Packet, node: &Node) -> Result<Trace, TraceError> {
-        self.check_targets()?;
-        crate::walk("iptables", self, packet, node)
-    }
+hook_tracer!(IptablesRuleset, "iptables", check_targets);
 
-    fn unknown_rules(&self) -> Vec<String> {
+impl IptablesRuleset {
+    /// Rules the tracer did not understand, as [`crate::Tracer::unknown_rules`] lists them.
+    fn unknown(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (_, t) in &self.sections {
             for (table, chains) in &t.tables {

@@ -5,7 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::ast::*;
 use crate::iptables::protocol_number;
-use crate::{Hook, HookRunner, Hooked, Node, Packet, State, Trace, TraceError, Tracer, Verdict};
+use crate::{Flow, Flows};
+use crate::{Hook, HookRunner, Hooked, Node, Packet, State, TraceError, Verdict};
 
 /// A runtime value.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,14 +72,6 @@ pub(super) struct Ctx<'a> {
     hook: Hook,
     base_kind: &'a str,
 }
-
-pub(super) enum Flow {
-    /// Back to the caller (end of chain or `return`).
-    Return,
-    Verdict(Verdict),
-}
-
-pub(super) const MAX_DEPTH: usize = 64;
 
 impl Ctx<'_> {
     /// Evaluate a concatenation: every combination with its probability
@@ -164,17 +157,8 @@ impl Ctx<'_> {
         Ok(None)
     }
 
-    fn run_chain(
-        &self,
-        chain: &str,
-        st: State,
-        depth: usize,
-    ) -> Result<Vec<(State, Flow)>, TraceError> {
-        if depth > MAX_DEPTH {
-            return Err(TraceError::Invalid(format!(
-                "chain {chain}: more than {MAX_DEPTH} nested jumps (a loop?)"
-            )));
-        }
+    fn run_chain(&self, chain: &str, st: State, depth: usize) -> Flows {
+        crate::check_depth(chain, depth)?;
         let c = self.table.chains.get(chain).ok_or_else(|| {
             TraceError::Invalid(format!(
                 "table {} {}: no chain {chain}",
@@ -184,14 +168,7 @@ impl Ctx<'_> {
         self.run_rules(chain, c, 0, st, depth)
     }
 
-    fn run_rules(
-        &self,
-        chain: &str,
-        c: &NftChain,
-        start: usize,
-        st: State,
-        depth: usize,
-    ) -> Result<Vec<(State, Flow)>, TraceError> {
+    fn run_rules(&self, chain: &str, c: &NftChain, start: usize, st: State, depth: usize) -> Flows {
         let Some(rule) = c.rules.get(start) else {
             return Ok(vec![(st, Flow::Return)]);
         };
@@ -609,13 +586,11 @@ impl HookRunner for NftRuleset {
     }
 }
 
-impl Tracer for NftRuleset {
-    fn trace(&self, packet: &Packet, node: &Node) -> Result<Trace, TraceError> {
-        self.check()?;
-        crate::walk("nftables", self, packet, node)
-    }
+hook_tracer!(NftRuleset, "nftables", check);
 
-    fn unknown_rules(&self) -> Vec<String> {
+impl NftRuleset {
+    /// Rules the tracer did not understand, as [`crate::Tracer::unknown_rules`] lists them.
+    fn unknown(&self) -> Vec<String> {
         let mut out = Vec::new();
         for t in &self.tables {
             for (name, c) in &t.chains {
@@ -636,6 +611,7 @@ impl Tracer for NftRuleset {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Trace, Tracer};
     use kproxy_graph::Protocol;
 
     const RULES: &str = "\

@@ -222,23 +222,14 @@ async fn configmap_symlink_swap_is_seen_by_inotify() {
         Some("10.0.0.1")
     );
 
-    write_version("02", "10.0.0.2");
-    std::fs::remove_dir_all(dir.join("..2026_12_07_01")).unwrap();
-    // Well inside the full re-read's interval: inotify saw it.
-    changed_within(&mut src, 5).await;
-    assert_eq!(
-        cluster_ip(&src.snapshot(), "cm").as_deref(),
-        Some("10.0.0.2")
-    );
-
-    // And again: the watches follow the new targets.
-    write_version("03", "10.0.0.3");
-    std::fs::remove_dir_all(dir.join("..2026_12_07_02")).unwrap();
-    changed_within(&mut src, 5).await;
-    assert_eq!(
-        cluster_ip(&src.snapshot(), "cm").as_deref(),
-        Some("10.0.0.3")
-    );
+    // Twice: the second time, the watches follow the new targets.
+    for (old, new, ip) in [("01", "02", "10.0.0.2"), ("02", "03", "10.0.0.3")] {
+        write_version(new, ip);
+        std::fs::remove_dir_all(dir.join(format!("..2026_12_07_{old}"))).unwrap();
+        // Well inside the full re-read's interval: inotify saw it.
+        changed_within(&mut src, 5).await;
+        assert_eq!(cluster_ip(&src.snapshot(), "cm").as_deref(), Some(ip));
+    }
 
     // An in-place edit of the target behind the symlink.
     std::fs::write(
