@@ -42,7 +42,8 @@ pub(crate) fn parse(text: &str) -> Option<Value> {
         return None;
     }
     let mut lines = Vec::with_capacity(text.len() / 16);
-    for line in text.split('\n') {
+    for (_, line) in super::stream::lines(text) {
+        let line = line.strip_suffix('\n').unwrap_or(line);
         let content = line.trim_start_matches(' ');
         if content.is_empty() || content.starts_with('#') {
             continue;

@@ -21,49 +21,94 @@ fn policy(p: TrafficPolicy) -> &'static str {
     }
 }
 
-fn endpoint_line(ep: &Endpoint) -> String {
-    let mut flags = Vec::new();
-    if ep.ready {
-        flags.push("ready");
-    }
-    if ep.serving && !ep.ready {
-        flags.push("serving");
-    }
-    if ep.terminating {
-        flags.push("terminating");
-    }
-    if !ep.ready && !ep.serving {
-        flags.push("not-serving");
-    }
-    if ep.is_local {
-        flags.push("local");
-    }
-    let mut s = format!(
-        "{} node={} [{}]",
-        ep.addr_string(),
-        safe(ep.node_name.as_deref().unwrap_or("-")),
-        flags.join(",")
-    );
-    if let Some(z) = &ep.zone {
-        let _ = write!(s, " zone={z}");
-    }
-    if let Some(h) = &ep.zone_hints {
-        let _ = write!(s, " hints.zones={}", h.join(","));
-    }
-    if let Some(h) = &ep.node_hints {
-        let _ = write!(s, " hints.nodes={}", h.join(","));
-    }
-    s
+/// An endpoint's address as [`Endpoint::addr_string`] gives it, written
+/// into `out`.
+fn put_addr(out: &mut String, ep: &Endpoint) {
+    let _ = match ep.ip {
+        std::net::IpAddr::V4(ip) => {
+            put_ipv4(out, ip);
+            write!(out, ":{}", ep.port)
+        }
+        std::net::IpAddr::V6(ip) => write!(out, "[{ip}]:{}", ep.port),
+    };
 }
 
-fn list(eps: &[std::sync::Arc<Endpoint>]) -> String {
+/// `ip` in dotted decimal, as its `Display` writes it (which costs many
+/// times more: a graph prints hundreds of thousands of addresses).
+fn put_ipv4(out: &mut String, ip: std::net::Ipv4Addr) {
+    for (i, b) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if b >= 100 {
+            out.push(char::from(b'0' + b / 100));
+        }
+        if b >= 10 {
+            out.push(char::from(b'0' + b / 10 % 10));
+        }
+        out.push(char::from(b'0' + b % 10));
+    }
+}
+
+/// `items` joined by `sep`, written into `out`.
+fn put_joined<T: AsRef<str>>(out: &mut String, items: &[T], sep: &str) {
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(sep);
+        }
+        out.push_str(item.as_ref());
+    }
+}
+
+/// One endpoint's line (without indentation and newline).
+fn endpoint_line(out: &mut String, ep: &Endpoint) {
+    put_addr(out, ep);
+    let _ = write!(
+        out,
+        " node={} [",
+        ep.node_name.as_deref().unwrap_or("-").escape_debug()
+    );
+    let flags = [
+        (ep.ready, "ready"),
+        (ep.serving && !ep.ready, "serving"),
+        (ep.terminating, "terminating"),
+        (!ep.ready && !ep.serving, "not-serving"),
+        (ep.is_local, "local"),
+    ];
+    let mut first = true;
+    for (on, flag) in flags {
+        if on {
+            if !first {
+                out.push(',');
+            }
+            out.push_str(flag);
+            first = false;
+        }
+    }
+    out.push(']');
+    if let Some(z) = &ep.zone {
+        let _ = write!(out, " zone={z}");
+    }
+    if let Some(h) = &ep.zone_hints {
+        out.push_str(" hints.zones=");
+        put_joined(out, h, ",");
+    }
+    if let Some(h) = &ep.node_hints {
+        out.push_str(" hints.nodes=");
+        put_joined(out, h, ",");
+    }
+}
+
+/// A set of endpoints' addresses, or `(none)`.
+fn list(out: &mut String, eps: &[std::sync::Arc<Endpoint>]) {
     if eps.is_empty() {
-        "(none)".into()
-    } else {
-        eps.iter()
-            .map(|e| e.addr_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+        out.push_str("(none)");
+    }
+    for (i, e) in eps.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        put_addr(out, e);
     }
 }
 
@@ -73,7 +118,7 @@ pub fn service_port(out: &mut String, sp: &ServicePort) {
     let _ = writeln!(
         out,
         "  {} {}/{}",
-        safe(&sp.name.to_string()),
+        sp.name.to_string().escape_debug(),
         sp.port,
         sp.name.protocol
     );
@@ -125,51 +170,58 @@ pub fn service_port(out: &mut String, sp: &ServicePort) {
         let _ = writeln!(out, "      (none)");
     }
     for ep in &sp.endpoints {
-        let _ = writeln!(out, "      {}", endpoint_line(ep));
+        out.push_str("      ");
+        endpoint_line(out, ep);
+        out.push('\n');
     }
-    let _ = writeln!(out, "    cluster set:    {}", list(&sp.cluster_endpoints));
-    let _ = writeln!(out, "    local set:      {}", list(&sp.local_endpoints));
-    let mut decisions = Vec::new();
-    decisions.push(format!("has-endpoints={}", d.has_endpoints));
+    out.push_str("    cluster set:    ");
+    list(out, &sp.cluster_endpoints);
+    out.push_str("\n    local set:      ");
+    list(out, &sp.local_endpoints);
+    out.push('\n');
+    let _ = write!(out, "    decisions:      has-endpoints={}", d.has_endpoints);
     if let Some(v) = d.internal_verdict {
-        decisions.push(format!(
-            "cluster-ip-traffic={}",
+        let _ = write!(
+            out,
+            " cluster-ip-traffic={}",
             format!("{v:?}").to_uppercase()
-        ));
+        );
     }
     if let Some(v) = d.external_verdict {
-        decisions.push(format!(
-            "external-traffic={}",
-            format!("{v:?}").to_uppercase()
-        ));
+        let _ = write!(out, " external-traffic={}", format!("{v:?}").to_uppercase());
     }
-    if d.uses_external_chain {
-        decisions.push("external-chain".into());
-    }
-    if d.uses_cluster_chain {
-        decisions.push("cluster-chain".into());
-    }
-    if d.uses_local_chain {
-        decisions.push("local-chain".into());
-    }
-    if d.source_ranges_apply {
-        decisions.push("source-range-firewall".into());
+    for (on, decision) in [
+        (d.uses_external_chain, " external-chain"),
+        (d.uses_cluster_chain, " cluster-chain"),
+        (d.uses_local_chain, " local-chain"),
+        (d.source_ranges_apply, " source-range-firewall"),
+    ] {
+        if on {
+            out.push_str(decision);
+        }
     }
     if let Some(t) = d.topology {
-        decisions.push(format!("topology={t:?}"));
+        let _ = write!(out, " topology={t:?}");
     }
     if d.cluster_terminating_fallback {
-        decisions.push("cluster-terminating-fallback".into());
+        out.push_str(" cluster-terminating-fallback");
     }
     if d.local_terminating_fallback {
-        decisions.push("local-terminating-fallback".into());
+        out.push_str(" local-terminating-fallback");
     }
-    let _ = writeln!(out, "    decisions:      {}", decisions.join(" "));
+    out.push('\n');
 }
 
 /// Format the whole graph.
 pub fn graph(g: &ServiceGraph) -> String {
-    let mut out = String::new();
+    // About this much text a service port and an endpoint take: one
+    // allocation for all but the largest graphs.
+    let size: usize = g
+        .families
+        .values()
+        .map(|fg| fg.services.len() * 512 + fg.total_endpoints() * 128)
+        .sum();
+    let mut out = String::with_capacity(size + 4096);
     let n = &g.node;
     let ips: Vec<String> = n.ips.iter().map(ToString::to_string).collect();
     let _ = writeln!(
@@ -245,4 +297,23 @@ pub fn graph(g: &ServiceGraph) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn ipv4_addresses_print_as_their_display() {
+        let octets = [0u8, 1, 9, 10, 42, 99, 100, 199, 200, 255];
+        for a in octets {
+            for b in octets {
+                let ip = std::net::Ipv4Addr::new(a, b, b, a);
+                let mut out = String::new();
+                put_ipv4(&mut out, ip);
+                assert_eq!(out, ip.to_string());
+            }
+        }
+    }
 }

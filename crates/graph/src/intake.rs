@@ -389,6 +389,17 @@ fn block_indent(line: &str) -> usize {
     }
 }
 
+/// The bytes [`check_depth`] acts on outside a quoted scalar.
+const DEPTH_SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 7 {
+        t[b"\"'#[{]}"[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
 /// Reject text whose sequences or mappings nest deeper than [`MAX_DEPTH`]
 /// before the parser sees it. A cheap linear scan that may overestimate,
 /// never underestimate: a line's block indentation (two columns a level,
@@ -400,11 +411,29 @@ fn check_depth(source_name: &str, text: &str) -> Result<(), IntakeError> {
     // Bytes, not chars: every character that matters is ASCII, and no
     // byte of a longer UTF-8 character is.
     let mut quote: Option<u8> = None;
-    for (n, line) in text.lines().enumerate() {
+    for (n, (_, line)) in stream::lines(text).enumerate() {
+        // As `str::lines` gives them: without `\n` or `\r\n`.
+        let line = match line.strip_suffix('\n') {
+            Some(l) => l.strip_suffix('\r').unwrap_or(l),
+            None => line,
+        };
         if quote.is_none() && flow == 0 && line.starts_with("---") {
             document += 1;
         }
         let indent = block_indent(line);
+        // Most lines hold none of the characters that change the state
+        // below: skip their bytes (the loop would do nothing with them).
+        if quote.is_none() && !line.bytes().any(|b| DEPTH_SPECIAL[usize::from(b)]) {
+            if indent / 2 > MAX_DEPTH {
+                return Err(IntakeError::TooDeep {
+                    source_name: source_name.to_string(),
+                    document,
+                    line: n + 1,
+                    max: MAX_DEPTH,
+                });
+            }
+            continue;
+        }
         // A quoted scalar starts only where a scalar can start, so the
         // apostrophe of `don't` opens nothing.
         let mut prev = b' ';

@@ -85,12 +85,19 @@ pub(crate) fn read<S: ObjectSink>(source_name: &str, text: &str) -> Option<(S, V
 // --- YAML ---
 
 /// Lines of `s` with their byte offsets (each line keeps its `\n`).
-fn lines(s: &str) -> impl Iterator<Item = (usize, &str)> {
+pub(crate) fn lines(s: &str) -> impl Iterator<Item = (usize, &str)> {
+    // A byte loop: lines are short, and `split_inclusive`'s search costs
+    // more than the line's bytes.
+    let bytes = s.as_bytes();
     let mut at = 0;
-    s.split_inclusive('\n').map(move |l| {
+    std::iter::from_fn(move || {
         let start = at;
-        at += l.len();
-        (start, l)
+        let rest = bytes.get(start..).filter(|r| !r.is_empty())?;
+        at = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes.len(), |i| start + i + 1);
+        s.get(start..at).map(|l| (start, l))
     })
 }
 
@@ -163,6 +170,15 @@ fn find_items(doc: &str) -> Result<Option<ItemsBlock>, ()> {
     let mut inside: Option<Option<usize>> = None;
     for (at, line) in lines(doc) {
         if let Some(indent) = inside {
+            // Most lines of a large list are inside an entry: deeper than
+            // the entries (or blank), so they continue the block. Decided
+            // from their first bytes alone.
+            if let Some(k) = indent {
+                let n = line.bytes().take_while(|&b| b == b' ').count();
+                if n > k && line.as_bytes().get(n) != Some(&b'\t') {
+                    continue;
+                }
+            }
             if is_blank_or_comment(line) {
                 continue;
             }
@@ -535,6 +551,21 @@ mod tests {
             s += &slice(i, indent);
         }
         s + "kind: List\nmetadata:\n  resourceVersion: \"\"\n"
+    }
+
+    #[test]
+    fn lines_split_as_split_inclusive_does() {
+        for text in ["", "a", "a\n", "\n\n", "a\nb", "é\n\nü x\r\n- y", "\n"] {
+            let mut at = 0;
+            let expected: Vec<(usize, &str)> = text
+                .split_inclusive('\n')
+                .map(|l| {
+                    at += l.len();
+                    (at - l.len(), l)
+                })
+                .collect();
+            assert_eq!(lines(text).collect::<Vec<_>>(), expected, "{text:?}");
+        }
     }
 
     #[test]
