@@ -11,16 +11,8 @@ pub(super) fn restarts(ctx: &Ctx<'_>, b: BackendName) -> EventReport {
         backend: b.to_string(),
         ..EventReport::default()
     };
-    if let Err(e) = ctx.clean() {
-        rep.error = Some(e);
+    let Some(mut daemon) = fresh_daemon(ctx, b, &mut rep) else {
         return rep;
-    }
-    let mut daemon = match ctx.start_daemon(b, &Source::File) {
-        Ok(d) => d,
-        Err(e) => {
-            rep.error = Some(e);
-            return rep;
-        }
     };
     let mut last_log = String::new();
     with_traffic(ctx, &mut rep, "running", |t, _| {
@@ -72,16 +64,8 @@ pub(super) fn switch(ctx: &Ctx<'_>) -> EventReport {
         .map(|b| b.as_str())
         .collect::<Vec<_>>()
         .join(" -> ");
-    if let Err(e) = ctx.clean() {
-        rep.error = Some(e);
+    let Some(mut daemon) = fresh_daemon(ctx, seq[0], &mut rep) else {
         return rep;
-    }
-    let mut daemon = match ctx.start_daemon(seq[0], &Source::File) {
-        Ok(d) => d,
-        Err(e) => {
-            rep.error = Some(e);
-            return rep;
-        }
     };
     with_traffic(ctx, &mut rep, &format!("{} running", seq[0]), |t, rep| {
         sleep_ms(600);
@@ -201,16 +185,8 @@ pub(super) fn control(ctx: &Ctx<'_>, b: BackendName) -> EventReport {
         expect_failures: true,
         ..EventReport::default()
     };
-    if let Err(e) = ctx.clean() {
-        rep.error = Some(e);
+    let Some(mut daemon) = fresh_daemon(ctx, b, &mut rep) else {
         return rep;
-    }
-    let mut daemon = match ctx.start_daemon(b, &Source::File) {
-        Ok(d) => d,
-        Err(e) => {
-            rep.error = Some(e);
-            return rep;
-        }
     };
     with_traffic(ctx, &mut rep, "running", |t, _| {
         sleep_ms(600);
@@ -417,4 +393,19 @@ pub(super) fn outage(ctx: &Ctx<'_>, b: BackendName) -> EventReport {
     terminate(&mut daemon);
     rt.block_on(emu.stop());
     rep
+}
+
+/// A clean node and a daemon on the file source; `None`, with the reason
+/// in `rep`, when either fails.
+fn fresh_daemon(ctx: &Ctx<'_>, b: BackendName, rep: &mut EventReport) -> Option<Daemon> {
+    match ctx
+        .clean()
+        .and_then(|()| ctx.start_daemon(b, &Source::File))
+    {
+        Ok(d) => Some(d),
+        Err(e) => {
+            rep.error = Some(e);
+            None
+        }
+    }
 }
