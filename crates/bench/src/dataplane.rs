@@ -20,7 +20,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::results::quantile;
 use crate::synth::{NODE_IP, TARGET_ENDPOINT, TARGET_PORT, TARGET_VIP};
-use crate::sys::Ns;
+use crate::sys::{self, Ns};
 
 /// A node namespace with a client namespace attached and the listener
 /// running; dropping it stops the listener and deletes both namespaces.
@@ -147,22 +147,12 @@ pub struct ConnectStats {
 
 impl ConnectStats {
     fn parse(text: &str) -> anyhow::Result<ConnectStats> {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("connect "))
-            .with_context(|| format!("client printed no report: {text:?}"))?;
-        let get = |k: &str| -> anyhow::Result<f64> {
-            line.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
-                .with_context(|| format!("client report {line:?} lacks {k}"))?
-                .parse::<f64>()
-                .with_context(|| format!("client report {line:?}: {k}"))
-        };
+        let line = sys::report_line(text, "connect")?;
         Ok(ConnectStats {
-            connections: get("n")? as usize,
-            rate: get("rate")?,
-            p50: get("p50")?,
-            p99: get("p99")?,
+            connections: sys::report_value(line, "n")?,
+            rate: sys::report_value(line, "rate")?,
+            p50: sys::report_value(line, "p50")?,
+            p99: sys::report_value(line, "p99")?,
         })
     }
 }

@@ -65,11 +65,7 @@ pub fn run(
         }
         None => None,
     };
-    let cluster = synth::Cluster::generate(synth::Params {
-        services,
-        endpoints,
-        ..synth::Params::default()
-    })?;
+    let cluster = synth::Cluster::generate(synth::Params::sized(services, endpoints))?;
     let mode = match kind {
         BackendKind::Nftables => ProxyMode::Nftables,
         _ => ProxyMode::Iptables,

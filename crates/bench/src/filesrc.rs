@@ -21,10 +21,8 @@ use crate::sys::Ns;
 pub struct Opts<'a> {
     /// The `kproxy` binary.
     pub kproxy: &'a Path,
-    /// Services in the large file.
-    pub services: usize,
-    /// Endpoints per Service.
-    pub endpoints: usize,
+    /// The cluster in the large file.
+    pub cluster: synth::Params,
     /// Changes of the small file measured.
     pub changes: usize,
     /// `KPROXY_FILE_WATCH` for the daemon (`auto`, `inotify`, `poll`).
@@ -49,16 +47,12 @@ pub fn run(o: &Opts<'_>) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("kproxy-bench-filesrc-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let c = synth::Cluster::generate(synth::Params {
-        services: o.services,
-        endpoints: o.endpoints,
-        ..synth::Params::default()
-    })?;
+    let c = synth::Cluster::generate(o.cluster)?;
     let yaml = c.to_yaml()?;
     eprintln!(
         "file-source: {} Services x {} endpoints, {:.1} MB in cluster.yaml, watch={}",
-        o.services,
-        o.endpoints,
+        o.cluster.services,
+        o.cluster.endpoints,
         yaml.len() as f64 / 1e6,
         o.watch
     );
@@ -72,8 +66,8 @@ pub fn run(o: &Opts<'_>) -> anyhow::Result<()> {
     let median = sorted[sorted.len() / 2];
     println!(
         "file-source change-to-kernel at {} Services x {} (watch={}): median {:.1} ms, min {:.1} ms, max {:.1} ms over {} changes",
-        o.services,
-        o.endpoints,
+        o.cluster.services,
+        o.cluster.endpoints,
         o.watch,
         median * 1e3,
         sorted[0] * 1e3,
@@ -88,25 +82,19 @@ type Line = (Instant, String);
 
 fn measure(o: &Opts<'_>, dir: &Path) -> anyhow::Result<Vec<f64>> {
     let ns = Ns::new()?;
-    let kp = o.kproxy.to_string_lossy().into_owned();
-    let src = dir.to_string_lossy().into_owned();
-    let mut argv = vec![
-        kp.as_str(),
-        "run",
-        "--backend",
-        "nftables",
-        "--source",
-        &src,
-    ];
-    argv.extend(synth::DAEMON_FLAGS);
-    argv.extend([
-        "--log-format",
-        "json",
-        "--min-sync-period",
-        "0s",
-        "--sync-period",
-        "1h",
-    ]);
+    let mut argv = synth::daemon_argv(o.kproxy, "nftables", dir);
+    argv.extend(
+        [
+            "--log-format",
+            "json",
+            "--min-sync-period",
+            "0s",
+            "--sync-period",
+            "1h",
+        ]
+        .map(String::from),
+    );
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let mut cmd = ns.command(&argv);
     cmd.env("KPROXY_FILE_WATCH", o.watch)
         .stdout(Stdio::null())

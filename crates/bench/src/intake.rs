@@ -76,11 +76,7 @@ pub fn run(o: &Opts<'_>) -> anyhow::Result<()> {
 }
 
 fn measure(o: &Opts<'_>, dir: &Path) -> anyhow::Result<()> {
-    let c = synth::Cluster::generate(synth::Params {
-        services: o.services,
-        endpoints: o.endpoints,
-        ..synth::Params::default()
-    })?;
+    let c = synth::Cluster::generate(synth::Params::sized(o.services, o.endpoints))?;
     let yaml = c.to_yaml()?;
     let list: serde_json::Value = serde_yaml_ng::from_str(&yaml).context("reading back")?;
     let json = serde_json::to_string_pretty(&list)?;

@@ -452,12 +452,7 @@ mod tests {
 
     #[test]
     fn renders_per_service_chains_with_anonymous_vmaps() {
-        let c = Cluster::generate(Params {
-            services: 40,
-            endpoints: 3,
-            ..Params::default()
-        })
-        .expect("generate");
+        let c = Cluster::generate(Params::sized(40, 3)).expect("generate");
         let g = c.graph(kproxy_graph::ProxyMode::Nftables).expect("graph");
         let text = render(&g);
         assert!(text.starts_with("add table ip kube-proxy"));
@@ -473,10 +468,8 @@ mod tests {
     #[test]
     fn the_dnat_map_layout_has_no_endpoint_chains() {
         let c = Cluster::generate(Params {
-            services: 20,
-            endpoints: 3,
             only: Some("ClusterIP"),
-            ..Params::default()
+            ..Params::sized(20, 3)
         })
         .expect("generate");
         let g = c.graph(kproxy_graph::ProxyMode::Nftables).expect("graph");

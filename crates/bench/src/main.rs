@@ -305,6 +305,16 @@ fn main() {
     }
 }
 
+/// The `kproxy` binary: the one given, or the one next to kproxy-bench.
+fn kproxy_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(k) => Ok(k),
+        None => Ok(std::env::current_exe()
+            .context("locating kproxy-bench")?
+            .with_file_name("kproxy")),
+    }
+}
+
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -342,10 +352,8 @@ fn real_main() -> anyhow::Result<()> {
             seed,
         } => {
             let mut c = synth::Cluster::generate(synth::Params {
-                services,
-                endpoints,
                 seed,
-                ..synth::Params::default()
+                ..synth::Params::sized(services, endpoints)
             })?;
             c.add_target()?;
             print!(
@@ -360,38 +368,25 @@ fn real_main() -> anyhow::Result<()> {
             changes,
             watch,
             kproxy,
-        } => {
-            let kproxy = match kproxy {
-                Some(k) => k,
-                None => std::env::current_exe()?.with_file_name("kproxy"),
-            };
-            filesrc::run(&filesrc::Opts {
-                kproxy: &kproxy,
-                services,
-                endpoints,
-                changes,
-                watch: &watch,
-            })
-        }
+        } => filesrc::run(&filesrc::Opts {
+            kproxy: &kproxy_binary(kproxy)?,
+            cluster: synth::Params::sized(services, endpoints),
+            changes,
+            watch: &watch,
+        }),
         Cmd::Intake {
             services,
             endpoints,
             repeats,
             backend,
             kproxy,
-        } => {
-            let kproxy = match kproxy {
-                Some(k) => k,
-                None => std::env::current_exe()?.with_file_name("kproxy"),
-            };
-            intake::run(&intake::Opts {
-                kproxy: &kproxy,
-                services,
-                endpoints,
-                repeats,
-                backend: &backend,
-            })
-        }
+        } => intake::run(&intake::Opts {
+            kproxy: &kproxy_binary(kproxy)?,
+            services,
+            endpoints,
+            repeats,
+            backend: &backend,
+        }),
         Cmd::Run(args) => run_cmd(*args),
         Cmd::ExecRss { argv } => sys::exec_rss(&argv),
         Cmd::DriftCheck {

@@ -104,6 +104,18 @@ impl Outcome {
             note: Some(why),
         });
     }
+
+    /// The value of `r`, or `None` with the error recorded as a miss.
+    fn ok_or_miss<T, E: std::fmt::Display>(
+        &mut self,
+        r: Result<T, E>,
+        metric: Metric,
+        subject: impl ToString,
+        services: usize,
+    ) -> Option<T> {
+        r.map_err(|e| self.miss(metric, subject, services, format!("{e:#}")))
+            .ok()
+    }
 }
 
 impl RunOpts {
@@ -262,11 +274,9 @@ fn cluster_for(opts: &RunOpts, n: usize) -> anyhow::Result<Cluster> {
 
 fn cluster_with(opts: &RunOpts, n: usize, affinity_pct: u64) -> anyhow::Result<Cluster> {
     let mut c = Cluster::generate(Params {
-        services: n,
-        endpoints: opts.endpoints,
         seed: opts.seed,
         affinity_pct,
-        ..Params::default()
+        ..Params::sized(n, opts.endpoints)
     })?;
     c.add_target()?;
     Ok(c)
@@ -411,6 +421,20 @@ fn ensure_rules(opts: &RunOpts, subject: Subject, ns: &Ns) -> anyhow::Result<usi
     Ok(rules)
 }
 
+/// Wall times (seconds) and peak RSS (MiB) of `exec-rss` runs.
+#[derive(Debug, Default)]
+struct RssSamples {
+    wall: Vec<f64>,
+    rss: Vec<f64>,
+}
+
+impl RssSamples {
+    fn push(&mut self, r: &crate::sys::RssReport) {
+        self.wall.push(r.wall.as_secs_f64());
+        self.rss.push(r.max_rss_kib as f64 / 1024.0);
+    }
+}
+
 /// The largest size iptables-nft's one `--noflush` restore is timed at.
 const NOFLUSH_MAX: usize = 1000;
 
@@ -425,40 +449,34 @@ fn loader_alone(
 ) -> anyhow::Result<()> {
     let argv = subject.loader_argv(file);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let (mut wall, mut rss) = (Vec::new(), Vec::new());
+    let mut s = RssSamples::default();
     let mut reps = reps;
     let mut i = 0;
     if let Some(r) = first {
-        wall.push(r.wall.as_secs_f64());
-        rss.push(r.max_rss_kib as f64 / 1024.0);
-        reps = adapt(reps, wall[0]);
+        s.push(&r);
+        reps = adapt(reps, s.wall[0]);
         i = 1;
     }
     while i < reps {
         let ns = Ns::new()?;
         subject.prepare(&ns)?;
-        match ns.exec_rss(&argv, opts.timeout) {
-            Ok(r) => {
-                wall.push(r.wall.as_secs_f64());
-                rss.push(r.max_rss_kib as f64 / 1024.0);
-            }
-            Err(e) => {
-                out.miss(Metric::Loader, subject, n, format!("{e:#}"));
-                return Ok(());
-            }
-        }
+        let run = ns.exec_rss(&argv, opts.timeout);
+        let Some(r) = out.ok_or_miss(run, Metric::Loader, subject, n) else {
+            return Ok(());
+        };
+        s.push(&r);
         if i == 0 {
             let rules = ensure_rules(opts, subject, &ns)?;
             log(format!(
                 "size {n}: {subject}: loader alone {:.3}s, {rules} rules in the kernel",
-                wall[0]
+                s.wall[0]
             ));
-            reps = adapt(reps, wall[0]);
+            reps = adapt(reps, s.wall[0]);
         }
         i += 1;
     }
-    out.add(Metric::Loader, subject, n, wall);
-    out.add(Metric::LoaderRss, subject, n, rss);
+    out.add(Metric::Loader, subject, n, s.wall);
+    out.add(Metric::LoaderRss, subject, n, s.rss);
     // iptables-nft's one --noflush restore of the same text: quadratic in
     // the chains in iptables 1.8.9, so only at small sizes.
     if let Some(argv) = subject.noflush_loader_argv(file)
@@ -469,13 +487,11 @@ fn loader_alone(
         for _ in 0..reps {
             let ns = Ns::new()?;
             subject.prepare(&ns)?;
-            match ns.exec_rss(&argv, opts.timeout) {
-                Ok(r) => wall.push(r.wall.as_secs_f64()),
-                Err(e) => {
-                    out.miss(Metric::LoaderPlain, subject, n, format!("{e:#}"));
-                    return Ok(());
-                }
-            }
+            let run = ns.exec_rss(&argv, opts.timeout);
+            let Some(r) = out.ok_or_miss(run, Metric::LoaderPlain, subject, n) else {
+                return Ok(());
+            };
+            wall.push(r.wall.as_secs_f64());
         }
         out.add(Metric::LoaderPlain, subject, n, wall);
     }
@@ -535,13 +551,14 @@ fn full_sync_backend(
         let ns = Ns::new()?;
         let mut b = backend(kind, Some(ns.name()))?;
         let t = Instant::now();
-        match b.sync(graph, None) {
-            Ok(_) => wall.push(t.elapsed().as_secs_f64()),
-            Err(e) => {
-                out.miss(Metric::FullSyncBackend, subject, n, format!("{e:#}"));
-                return Ok(());
-            }
+        let synced = b.sync(graph, None);
+        if out
+            .ok_or_miss(synced, Metric::FullSyncBackend, subject, n)
+            .is_none()
+        {
+            return Ok(());
         }
+        wall.push(t.elapsed().as_secs_f64());
         if i == 0 {
             ensure_rules(opts, subject, &ns)?;
             reps = adapt(reps, wall[0]);
@@ -566,45 +583,31 @@ fn full_sync_daemon(
     out: &mut Outcome,
 ) -> anyhow::Result<()> {
     let subject = Subject::Ours(kind);
-    let kp = kproxy.to_string_lossy().into_owned();
-    let src = yaml.to_string_lossy().into_owned();
-    let mut argv = vec![
-        kp.as_str(),
-        "run",
-        "--once",
-        "--backend",
-        kind.as_str(),
-        "--source",
-        &src,
-    ];
-    argv.extend(synth::DAEMON_FLAGS);
-    let (mut wall, mut rss) = (Vec::new(), Vec::new());
+    let mut argv = synth::daemon_argv(kproxy, kind.as_str(), yaml);
+    argv.push("--once".into());
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let mut s = RssSamples::default();
     let mut reps = reps;
     let mut i = 0;
     while i < reps {
         let ns = Ns::new()?;
-        match ns.exec_rss(&argv, opts.timeout) {
-            Ok(r) => {
-                wall.push(r.wall.as_secs_f64());
-                rss.push(r.max_rss_kib as f64 / 1024.0);
-            }
-            Err(e) => {
-                out.miss(Metric::FullSyncDaemon, subject, n, format!("{e:#}"));
-                return Ok(());
-            }
-        }
+        let run = ns.exec_rss(&argv, opts.timeout);
+        let Some(r) = out.ok_or_miss(run, Metric::FullSyncDaemon, subject, n) else {
+            return Ok(());
+        };
+        s.push(&r);
         if i == 0 {
             ensure_rules(opts, subject, &ns)?;
             log(format!(
                 "size {n}: {subject}: kproxy run --once {:.3}s, {:.0} MiB",
-                wall[0], rss[0]
+                s.wall[0], s.rss[0]
             ));
-            reps = adapt(reps, wall[0]);
+            reps = adapt(reps, s.wall[0]);
         }
         i += 1;
     }
-    out.add(Metric::FullSyncDaemon, subject, n, wall);
-    out.add(Metric::DaemonRss, subject, n, rss);
+    out.add(Metric::FullSyncDaemon, subject, n, s.wall);
+    out.add(Metric::DaemonRss, subject, n, s.rss);
     Ok(())
 }
 
@@ -826,25 +829,24 @@ fn dataplane_measure(
     let (mut lat, mut rate) = (Vec::new(), Vec::new());
     let mut last_p99 = 0.0;
     // One warm-up run, not recorded (caches, the listener's first accepts).
-    if let Err(e) = topo.measure(opts.dp_seconds.min(0.5), opts.dp_max) {
-        out.miss(Metric::ConnectLatency, subject, n, format!("{e:#}"));
+    let warm_up = topo.measure(opts.dp_seconds.min(0.5), opts.dp_max);
+    if out
+        .ok_or_miss(warm_up, Metric::ConnectLatency, subject, n)
+        .is_none()
+    {
         return Ok(());
     }
     for _ in 0..reps {
-        match topo.measure(opts.dp_seconds, opts.dp_max) {
-            Ok(s) => {
-                if opts.strict && s.connections == 0 {
-                    bail!("{subject}: no connection through the ClusterIP");
-                }
-                lat.push(s.p50);
-                last_p99 = s.p99;
-                rate.push(s.rate);
-            }
-            Err(e) => {
-                out.miss(Metric::ConnectLatency, subject, n, format!("{e:#}"));
-                return Ok(());
-            }
+        let measured = topo.measure(opts.dp_seconds, opts.dp_max);
+        let Some(s) = out.ok_or_miss(measured, Metric::ConnectLatency, subject, n) else {
+            return Ok(());
+        };
+        if opts.strict && s.connections == 0 {
+            bail!("{subject}: no connection through the ClusterIP");
         }
+        lat.push(s.p50);
+        last_p99 = s.p99;
+        rate.push(s.rate);
     }
     log(format!(
         "size {n}: {subject}: connect p50 {:.1}µs (last repeat p99 {:.1}µs), {:.0} conn/s",
@@ -871,12 +873,9 @@ fn dataplane_from_file(
     subject.prepare(&topo.node)?;
     let argv = subject.plain_loader_argv(file);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let load = match topo.node.exec_rss(&argv, opts.timeout) {
-        Ok(r) => r,
-        Err(e) => {
-            out.miss(Metric::ConnectLatency, subject, n, format!("{e:#}"));
-            return Ok(None);
-        }
+    let run = topo.node.exec_rss(&argv, opts.timeout);
+    let Some(load) = out.ok_or_miss(run, Metric::ConnectLatency, subject, n) else {
+        return Ok(None);
     };
     ensure_rules(opts, subject, &topo.node)?;
     if subject != Subject::KubeProxyNft {
@@ -936,8 +935,11 @@ fn churn(opts: &RunOpts, kind: BackendKind, out: &mut Outcome) -> anyhow::Result
             batch.push(due(next_change));
             next_change += 1;
         }
-        if let Err(e) = one_change(b.as_mut(), &mut dg, &c, &touched) {
-            out.miss(Metric::ChurnP50, subject, n, format!("{e:#}"));
+        let changed = one_change(b.as_mut(), &mut dg, &c, &touched);
+        if out
+            .ok_or_miss(changed, Metric::ChurnP50, subject, n)
+            .is_none()
+        {
             return Ok(());
         }
         syncs += 1;

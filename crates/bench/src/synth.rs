@@ -12,6 +12,7 @@
 //! `kproxy run --source` reads.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -52,6 +53,21 @@ pub const DAEMON_FLAGS: [&str; 15] = [
     "--no-conntrack-cleanup",
     "--no-health-check-node-ports",
 ];
+
+/// `kproxy run --backend BACKEND --source SOURCE` with [`DAEMON_FLAGS`]:
+/// the argv of a benchmarked daemon.
+pub fn daemon_argv(kproxy: &Path, backend: &str, source: &Path) -> Vec<String> {
+    let mut argv = vec![
+        kproxy.to_string_lossy().into_owned(),
+        "run".into(),
+        "--backend".into(),
+        backend.into(),
+        "--source".into(),
+        source.to_string_lossy().into_owned(),
+    ];
+    argv.extend(DAEMON_FLAGS.map(String::from));
+    argv
+}
 /// The data-plane target's namespace: sorts after every synthetic
 /// namespace, so in iptables' linear `KUBE-SERVICES` walk its rule is the
 /// last one (the worst case, and the one that shows growth).
@@ -99,6 +115,17 @@ impl Default for Params {
             seed: 1,
             affinity_pct: 5,
             only: None,
+        }
+    }
+}
+
+impl Params {
+    /// The default mix with `services` Services of `endpoints` endpoints.
+    pub fn sized(services: usize, endpoints: usize) -> Params {
+        Params {
+            services,
+            endpoints,
+            ..Params::default()
         }
     }
 }
@@ -522,11 +549,7 @@ mod tests {
 
     #[test]
     fn generation_is_repeatable_and_builds_a_graph() {
-        let p = Params {
-            services: 300,
-            endpoints: 3,
-            ..Params::default()
-        };
+        let p = Params::sized(300, 3);
         let a = Cluster::generate(p).expect("generate");
         let b = Cluster::generate(p).expect("generate");
         assert_eq!(a.to_yaml().expect("yaml"), b.to_yaml().expect("yaml"));
@@ -544,12 +567,7 @@ mod tests {
 
     #[test]
     fn mutations_change_exactly_one_service_port_set() {
-        let mut c = Cluster::generate(Params {
-            services: 50,
-            endpoints: 2,
-            ..Params::default()
-        })
-        .expect("generate");
+        let mut c = Cluster::generate(Params::sized(50, 2)).expect("generate");
         let g0 = c.graph(ProxyMode::Nftables).expect("graph");
         c.change_endpoint(7).expect("change");
         let g1 = c.graph(ProxyMode::Nftables).expect("graph");
@@ -567,12 +585,7 @@ mod tests {
 
     #[test]
     fn nodeports_never_exceed_the_range() {
-        let c = Cluster::generate(Params {
-            services: 20_000,
-            endpoints: 1,
-            ..Params::default()
-        })
-        .expect("generate");
+        let c = Cluster::generate(Params::sized(20_000, 1)).expect("generate");
         assert!(c.next_node_port <= 32768);
         let g = c.graph(ProxyMode::Iptables).expect("graph");
         assert!(

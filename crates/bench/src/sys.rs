@@ -191,25 +191,38 @@ pub struct RssReport {
 
 impl RssReport {
     fn parse(text: &str) -> anyhow::Result<RssReport> {
-        let line = text
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("exec-rss "))
-            .with_context(|| format!("exec-rss printed no report: {text:?}"))?;
-        let mut wall = None;
-        let mut rss = None;
-        for kv in line.split_whitespace().skip(1) {
-            if let Some(v) = kv.strip_prefix("wall_ns=") {
-                wall = v.parse::<u64>().ok().map(Duration::from_nanos);
-            } else if let Some(v) = kv.strip_prefix("max_rss_kib=") {
-                rss = v.parse().ok();
-            }
-        }
-        match (wall, rss) {
-            (Some(wall), Some(max_rss_kib)) => Ok(RssReport { wall, max_rss_kib }),
-            _ => bail!("malformed exec-rss report {line:?}"),
-        }
+        let line = report_line(text, "exec-rss")?;
+        Ok(RssReport {
+            wall: Duration::from_nanos(report_value(line, "wall_ns")?),
+            max_rss_kib: report_value(line, "max_rss_kib")?,
+        })
     }
+}
+
+/// The last line of `text` that starts with `tag` and a space: the report
+/// a hidden `kproxy-bench` subcommand prints (`TAG KEY=VALUE ...`).
+pub fn report_line<'a>(text: &'a str, tag: &str) -> anyhow::Result<&'a str> {
+    text.lines()
+        .rev()
+        .find(|l| {
+            l.strip_prefix(tag)
+                .is_some_and(|rest| rest.starts_with(' '))
+        })
+        .with_context(|| format!("{tag} printed no report: {text:?}"))
+}
+
+/// The value of `KEY=` in a report line of [`report_line`].
+pub fn report_value<T>(line: &str, key: &str) -> anyhow::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    line.split_whitespace()
+        .skip(1)
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .with_context(|| format!("report {line:?} lacks {key}"))?
+        .parse()
+        .with_context(|| format!("report {line:?}: {key}"))
 }
 
 /// `kproxy-bench exec-rss -- ARGV`: run ARGV (stdout and stderr passed

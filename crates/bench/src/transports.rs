@@ -82,11 +82,7 @@ pub fn run(
     println!("|---:|---|---|---|---|---:|---:|");
     let mut change_lines = Vec::new();
     for (i, &n) in sizes.iter().enumerate() {
-        let mut cluster = Cluster::generate(Params {
-            services: n,
-            endpoints,
-            ..Params::default()
-        })?;
+        let mut cluster = Cluster::generate(Params::sized(n, endpoints))?;
         cluster.add_target()?;
         let g = cluster.graph(ProxyMode::Nftables)?;
         let mut med = Vec::new();

@@ -176,15 +176,11 @@ fn check_daemonset(ds: &DaemonSet) {
     // The command must be one kproxy accepts.
     let cmd = c.command.as_ref().unwrap();
     assert_eq!(cmd[1], "run");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kproxy"))
-        .args(&cmd[1..])
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    kproxy_testkit::run_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_kproxy"))
+            .args(&cmd[1..])
+            .arg("--help"),
+        format_args!("{cmd:?}"),
     );
 }
 

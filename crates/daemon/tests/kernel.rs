@@ -384,11 +384,8 @@ fn deleted_rules_are_repaired_within_a_sync_period() {
             "{backend}: not repaired:\n{}",
             d.log()
         );
-        let (_, _, m) = http_get(&ns, 10249, "/metrics").unwrap();
-        assert!(
-            metric(&m, "kproxy_drift_repairs_total").unwrap_or(0.0) >= 1.0,
-            "{backend}: {m}"
-        );
+        let (repairs, m) = scraped(&ns, "kproxy_drift_repairs_total");
+        assert!(repairs >= 1.0, "{backend}: {m}");
 
         // Partial damage: one element of service-ips (nftables), the
         // PREROUTING jump (iptables); repaired within a period as well.
@@ -435,11 +432,8 @@ fn deleted_rules_are_repaired_within_a_sync_period() {
             "{backend}: partial damage not repaired:\n{}",
             d.log()
         );
-        let (_, _, m) = http_get(&ns, 10249, "/metrics").unwrap();
-        assert!(
-            metric(&m, "kproxy_drift_repairs_total").unwrap_or(0.0) >= 2.0,
-            "{backend}: {m}"
-        );
+        let (repairs, m) = scraped(&ns, "kproxy_drift_repairs_total");
+        assert!(repairs >= 2.0, "{backend}: {m}");
     }
 }
 
@@ -837,6 +831,26 @@ fn cleanup_removes_kproxy_and_kube_proxy_rules_only() {
     }
 }
 
+/// What an observer saw while one daemon replaced another: more than `min`
+/// `what` (checks of the rules, connections) and not one failed.
+#[track_caller]
+fn assert_unbroken(
+    backend: &str,
+    what: &str,
+    min: usize,
+    seen: usize,
+    failed: &[String],
+    log: &str,
+) {
+    assert!(seen > min, "{backend}: too few {what} ({seen})");
+    assert!(
+        failed.is_empty(),
+        "{backend}: {} of {seen} {what} failed, the first {:?}:\n{log}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+}
+
 #[test]
 fn restart_never_leaves_the_kernel_without_rules() {
     for backend in ["nftables", "iptables-nft"] {
@@ -892,14 +906,7 @@ fn restart_never_leaves_the_kernel_without_rules() {
         std::thread::sleep(Duration::from_millis(300));
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let (checks, gaps) = watcher.join().unwrap();
-        assert!(checks > 10, "{backend}: too few checks ({checks})");
-        assert!(
-            gaps.is_empty(),
-            "{backend}: {} of {checks} checks saw no rules, first:\n{}\n{}",
-            gaps.len(),
-            gaps[0],
-            d2.log()
-        );
+        assert_unbroken(backend, "checks", 10, checks, &gaps, &d2.log());
     }
 }
 
@@ -989,15 +996,8 @@ fn restart_under_traffic_fails_no_connection() {
         std::thread::sleep(Duration::from_millis(300));
         stop.store(true, Ordering::SeqCst);
         let (ok, failed) = client.join().unwrap();
-        assert!(ok > 20, "{backend}: too few connections ({ok})");
-        assert!(
-            failed.is_empty(),
-            "{backend}: {} of {} connections failed: {:?}\n{}",
-            failed.len(),
-            ok + failed.len(),
-            &failed[..failed.len().min(3)],
-            d2.log()
-        );
+        let tries = ok + failed.len();
+        assert_unbroken(backend, "connections", 20, tries, &failed, &d2.log());
     }
 }
 

@@ -14,7 +14,7 @@ mod common;
 
 use std::io::Read as _;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,6 +64,28 @@ async fn emulator_in(ns: &str, kubeconfig: &Path, ips: &[&str]) -> Emulator {
     emu.apply(&service()).expect("service");
     emu.apply(&slice(ips)).expect("slice");
     emu
+}
+
+/// A test namespace, with [`emulator_in`] it serving the endpoint
+/// 10.0.1.1, and a scratch directory `dir_name` that holds its kubeconfig.
+struct Emulated {
+    ns: NetNs,
+    dir: TempDir,
+    kubeconfig: PathBuf,
+    emu: Emulator,
+}
+
+async fn emulated(dir_name: &str) -> Emulated {
+    let ns = common::test_ns();
+    let dir = TempDir::new(dir_name);
+    let kubeconfig = dir.path().join("kubeconfig");
+    let emu = emulator_in(ns.name(), &kubeconfig, &["10.0.1.1"]).await;
+    Emulated {
+        ns,
+        dir,
+        kubeconfig,
+        emu,
+    }
 }
 
 /// `kproxy run --source kube --backend nftables` in `ns` on this node,
@@ -440,19 +462,7 @@ fn topology() -> (NetNs, NetNs, NetNs) {
     let pod2 = NetNs::new("kub");
     for (i, pod) in [(1, &pod1), (2, &pod2)] {
         let (host, peer) = (format!("veth{i}"), format!("eth{i}"));
-        node.exec(&[
-            "ip",
-            "link",
-            "add",
-            &host,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-            "netns",
-            pod.name(),
-        ]);
+        node.veth(&host, pod, &peer);
         node.exec(&["ip", "addr", "add", &format!("10.0.{i}.1/24"), "dev", &host]);
         node.exec(&["ip", "link", "set", &host, "up"]);
         pod.exec(&["ip", "addr", "add", &format!("10.0.{i}.2/24"), "dev", &peer]);
@@ -606,19 +616,7 @@ async fn a_node_without_rules_bootstraps_through_the_control_plane_address() {
     // listens on the control-plane host's own address.
     let node_ns = NetNs::new("kbn");
     let api_ns = NetNs::new("kba");
-    node_ns.exec(&[
-        "ip",
-        "link",
-        "add",
-        "cp0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        api_ns.name(),
-    ]);
+    node_ns.veth("cp0", &api_ns, "eth0");
     node_ns.exec(&["ip", "addr", "add", "192.168.77.1/24", "dev", "cp0"]);
     node_ns.exec(&["ip", "link", "set", "cp0", "up"]);
     api_ns.exec(&["ip", "addr", "add", "192.168.77.2/24", "dev", "eth0"]);
@@ -767,11 +765,13 @@ async fn after_a_long_outage_changes_reach_the_kernel_within_the_backoff_cap() {
     // one sync on a loaded machine: a hang bound, not a performance
     // assertion; the figure is printed.
     const CAP: Duration = Duration::from_secs(30);
-    let ns = common::test_ns();
-    let dir = common::TempDir::new("outage");
-    let kubeconfig = dir.path().join("kubeconfig");
+    let Emulated {
+        ns,
+        dir,
+        kubeconfig,
+        emu,
+    } = emulated("outage").await;
     let log = dir.path().join("kproxy.log");
-    let emu = emulator_in(ns.name(), &kubeconfig, &["10.0.1.1"]).await;
     let mut daemon = Daemon::start(&ns, "nftables", &kubeconfig, &log);
     wait_rules(
         &ns,
@@ -815,10 +815,12 @@ async fn after_a_long_outage_changes_reach_the_kernel_within_the_backoff_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_starting_api_servers_403s_are_not_warnings() {
     const FORBIDDEN: Duration = Duration::from_secs(5);
-    let ns = common::test_ns();
-    let dir = common::TempDir::new("forbidden");
-    let kubeconfig = dir.path().join("kubeconfig");
-    let emu = emulator_in(ns.name(), &kubeconfig, &["10.0.1.1"]).await;
+    let Emulated {
+        ns,
+        dir: _dir,
+        kubeconfig,
+        emu,
+    } = emulated("forbidden").await;
     // The authorizer of a just-started API server is not ready yet.
     emu.forbid_for(FORBIDDEN);
     let started = tokio::time::Instant::now();

@@ -124,6 +124,16 @@ fn ips(eps: &[std::sync::Arc<Endpoint>]) -> Vec<String> {
     eps.iter().map(|e| e.ip.to_string()).collect()
 }
 
+/// The Service names of these service ports.
+fn names<'a>(ports: impl IntoIterator<Item = &'a ServicePortName>) -> Vec<&'a str> {
+    ports.into_iter().map(|n| n.name.as_str()).collect()
+}
+
+/// The first service port of family `f` in `g`.
+fn first_port(g: &ServiceGraph, f: IpFamily) -> &ServicePort {
+    g.family(f).unwrap().services.values().next().unwrap()
+}
+
 fn unnamed_cluster_ip(ip: &str, extra: Value) -> Value {
     let mut spec =
         json!({"clusterIP": ip, "clusterIPs": [ip], "ports": [{"port": 80, "protocol": "TCP"}]});
@@ -506,13 +516,7 @@ fn bad_input_is_skipped_with_named_warnings() {
         "bad and ICMP ports skipped"
     );
     // The IPv6 ClusterIP makes an IPv6 service port, with its own family's external IP.
-    let v6 = g
-        .family(IpFamily::V6)
-        .unwrap()
-        .services
-        .values()
-        .next()
-        .unwrap();
+    let v6 = first_port(&g, IpFamily::V6);
     assert_eq!(
         v6.external_ips,
         vec!["2001:db8::5".parse::<IpAddr>().unwrap()]
@@ -597,14 +601,10 @@ fn headless_external_name_and_other_proxies_are_not_proxied() {
     let mut c = cfg();
     c.proxy_name = Some("kproxy".into());
     let g = graph_of(values, &c);
-    let names: Vec<String> = g
-        .family(IpFamily::V4)
-        .unwrap()
-        .services
-        .keys()
-        .map(|k| k.name.clone())
-        .collect();
-    assert_eq!(names, ["ours"]);
+    assert_eq!(
+        names(g.family(IpFamily::V4).unwrap().services.keys()),
+        ["ours"]
+    );
 }
 
 // === dual-stack ===
@@ -626,20 +626,8 @@ fn dual_stack_service_has_a_port_per_family() {
     let mut c = cfg();
     c.cluster_cidrs.push("fd00:10::/32".parse().unwrap());
     let g = graph_of(vec![s, v4, v6, node(None)], &c);
-    let p4 = g
-        .family(IpFamily::V4)
-        .unwrap()
-        .services
-        .values()
-        .next()
-        .unwrap();
-    let p6 = g
-        .family(IpFamily::V6)
-        .unwrap()
-        .services
-        .values()
-        .next()
-        .unwrap();
+    let p4 = first_port(&g, IpFamily::V4);
+    let p6 = first_port(&g, IpFamily::V6);
     assert_eq!(p4.cluster_ip.to_string(), "172.30.0.51");
     assert_eq!(p6.cluster_ip.to_string(), "fd00:172:30::51");
     assert_eq!(ips(&p4.cluster_endpoints), ["10.180.0.1"]);
@@ -814,13 +802,7 @@ fn change_tracking_names_only_what_changed() {
     let v4 = c.family(IpFamily::V4);
     assert!(!c.needs_full_sync);
     assert!(v4.added.is_empty() && v4.removed.is_empty());
-    assert_eq!(
-        v4.changed
-            .iter()
-            .map(|n| n.name.as_str())
-            .collect::<Vec<_>>(),
-        ["b"]
-    );
+    assert_eq!(names(&v4.changed), ["b"]);
     assert!(ChangeSet::between(&g1, &g1.clone()).is_empty());
 
     // add and remove
@@ -830,17 +812,8 @@ fn change_tracking_names_only_what_changed() {
     vals.push(svc("ns1", "c", unnamed_cluster_ip("172.30.1.3", json!({}))));
     let g3 = graph_of(vals, &cfg());
     let v4 = ChangeSet::between(&g1, &g3).family(IpFamily::V4);
-    assert_eq!(
-        v4.added.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
-        ["c"]
-    );
-    assert_eq!(
-        v4.removed
-            .iter()
-            .map(|n| n.name.as_str())
-            .collect::<Vec<_>>(),
-        ["b"]
-    );
+    assert_eq!(names(&v4.added), ["c"]);
+    assert_eq!(names(&v4.removed), ["b"]);
 
     // a node topology label change forces a full sync
     let mut vals = base("10.0.0.2");

@@ -4,7 +4,8 @@
 //! - [`assert_golden`]: compare output with a checked-in golden file, or
 //!   rewrite it when `UPDATE_GOLDEN=1` (`make golden`);
 //! - [`NetNs`]: a network namespace that is deleted on drop, and
-//!   [`in_netns`] to run code inside one;
+//!   [`in_netns`] to run code inside one; [`run_ok`] runs a command that
+//!   must succeed;
 //! - [`TempDir`]: a scratch directory removed on drop;
 //! - [`echo_server`], [`udp_echo_server`], [`probe`], [`udp_probe`]: echo
 //!   servers that answer with the address they were reached on, and the
@@ -23,7 +24,7 @@ mod topo;
 use std::path::{Path, PathBuf};
 
 pub use echo::{EchoServer, echo_server, probe, probe_many, udp_echo_server, udp_probe};
-pub use netns::{NetNs, in_netns};
+pub use netns::{NetNs, in_netns, run_ok};
 /// Property tests with shrinking.
 pub use proptest;
 /// Seeded randomness (`rand::SeedableRng`, `rand::RngExt`).

@@ -5,6 +5,19 @@ use std::process::Command;
 
 use nix::sched::{CloneFlags, setns};
 
+/// Run `cmd` and return its standard output; panic, naming it `what`, if
+/// it cannot start or fails (with its standard output and error).
+pub fn run_ok(cmd: &mut Command, what: std::fmt::Arguments<'_>) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Run `f` on a new thread that has joined namespace `ns` (a name or a
 /// [`NetNs`]); sockets it makes stay in that namespace.
 pub fn in_netns<T: Send + 'static>(
@@ -122,19 +135,10 @@ impl NetNs {
 
     /// Run a command inside the namespace; panic with its output if it fails.
     pub fn exec(&self, argv: &[&str]) -> String {
-        let out = self
-            .command(argv[0])
-            .args(&argv[1..])
-            .output()
-            .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
-        assert!(
-            out.status.success(),
-            "{argv:?} in {} failed: {}{}",
-            self.name,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        run_ok(
+            self.command(argv[0]).args(&argv[1..]),
+            format_args!("{argv:?} in {}", self.name),
+        )
     }
 
     /// Run a command inside the namespace with `stdin`; return (success, stdout, stderr).

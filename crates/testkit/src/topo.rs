@@ -17,14 +17,22 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// The seed article's network with these pod IPs (namespaces
-    /// `kp-<prefix>-*`).
-    pub fn seed(prefix: &str, pod_ips: &[&str]) -> Topology {
+    /// Client, node and pod namespaces (`kp-<prefix>-*`) and their links:
+    /// the node's `vc` to the client's `eth0`, and its `vp` to the pod's
+    /// `eth0`; all down and without addresses.
+    pub fn linked(prefix: &str) -> Topology {
         let node = NetNs::new(prefix);
         let pod = NetNs::new(prefix);
         let client = NetNs::new(prefix);
         node.veth("vc", &client, "eth0");
         node.veth("vp", &pod, "eth0");
+        Topology { node, pod, client }
+    }
+
+    /// The seed article's network with these pod IPs (namespaces
+    /// `kp-<prefix>-*`).
+    pub fn seed(prefix: &str, pod_ips: &[&str]) -> Topology {
+        let Topology { node, pod, client } = Topology::linked(prefix);
         node.exec_all(&[
             "sysctl -qw net.ipv4.ip_forward=1",
             // Rejections are ICMP errors, rate-limited per peer by default.

@@ -2,7 +2,7 @@
 //! dot reports carry the trace.
 
 use kproxy_graph::{BackendKind, Protocol};
-use kproxy_trace::{Node, Packet, TraceError, report, tracer_for};
+use kproxy_trace::{Node, Packet, TraceError, Tracer, report, tracer_for};
 
 const IPT: &str = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-A - [0:0]\n:KUBE-SEP-A - [0:0]\n:KUBE-SEP-B - [0:0]\n\
 -A PREROUTING -j KUBE-SERVICES\n\
@@ -21,14 +21,41 @@ fn packet() -> Packet {
     )
 }
 
+/// What [`IPT`] and [`NFT`] both do with [`packet`].
+const ONE_IN_THREE: &str =
+    "DNAT to 10.0.1.1:8080 (33.3%) or 10.0.2.2:8080 (66.7%), source preserved (not masqueraded)";
+
+/// `t` refuses `p` at a rule of `want_chain` with an unknown `what` (match
+/// or statement): the error quotes the rule (`in_rule`) and names what it
+/// does not understand (`in_reason`).
+#[track_caller]
+fn assert_unsupported(
+    t: &dyn Tracer,
+    p: &Packet,
+    what: &str,
+    want_chain: &str,
+    in_rule: &str,
+    in_reason: &str,
+) {
+    match t.trace(p, &Node::default()) {
+        Err(TraceError::Unsupported {
+            chain,
+            rule,
+            reason,
+        }) => {
+            assert_eq!(chain, want_chain);
+            assert!(rule.contains(in_rule), "{rule}");
+            assert!(reason.contains(in_reason), "{reason}");
+        }
+        other => panic!("an unknown {what} was evaluated: {other:?}"),
+    }
+}
+
 #[test]
 fn iptables_save_probabilities_and_reports() {
     let t = tracer_for(BackendKind::IptablesLegacy, IPT).expect("parses");
     let trace = t.trace(&packet(), &Node::default()).expect("traces");
-    assert_eq!(
-        trace.outcome().to_string(),
-        "DNAT to 10.0.1.1:8080 (33.3%) or 10.0.2.2:8080 (66.7%), source preserved (not masqueraded)"
-    );
+    assert_eq!(trace.outcome().to_string(), ONE_IN_THREE);
     let json: serde_json::Value = serde_json::from_str(&report::json(&trace)).expect("valid JSON");
     assert_eq!(json["outcome"]["parts"][0]["dnat"], "10.0.1.1:8080");
     assert_eq!(json["trace"]["branches"].as_array().map(Vec::len), Some(2));
@@ -61,18 +88,7 @@ fn unknown_iptables_rule_is_an_error_when_reached() {
     assert!(t.trace(&packet(), &Node::default()).is_ok());
     let mut other = packet();
     other.dport = 81;
-    match t.trace(&other, &Node::default()) {
-        Err(TraceError::Unsupported {
-            chain,
-            rule,
-            reason,
-        }) => {
-            assert_eq!(chain, "PREROUTING");
-            assert!(rule.contains("-m limit"), "{rule}");
-            assert!(reason.contains("limit"), "{reason}");
-        }
-        other => panic!("an unknown match was evaluated: {other:?}"),
-    }
+    assert_unsupported(&*t, &other, "match", "PREROUTING", "-m limit", "limit");
 }
 
 #[test]
@@ -92,10 +108,7 @@ add rule ip kproxy svc meta l4proto tcp dnat to numgen random mod 3 map { 0 : 10
 fn nft_anonymous_maps_and_priorities() {
     let t = tracer_for(BackendKind::Nftables, NFT).expect("parses");
     let trace = t.trace(&packet(), &Node::default()).expect("traces");
-    assert_eq!(
-        trace.outcome().to_string(),
-        "DNAT to 10.0.1.1:8080 (33.3%) or 10.0.2.2:8080 (66.7%), source preserved (not masqueraded)"
-    );
+    assert_eq!(trace.outcome().to_string(), ONE_IN_THREE);
     // UDP does not match `tcp dport`.
     let mut udp = packet();
     udp.proto = Protocol::Udp;
@@ -111,18 +124,14 @@ fn nft_anonymous_maps_and_priorities() {
 fn unknown_nft_statement_names_it() {
     let text = NFT.replace("goto svc", "limit rate 5/second goto svc");
     let t = tracer_for(BackendKind::Nftables, &text).expect("parses");
-    match t.trace(&packet(), &Node::default()) {
-        Err(TraceError::Unsupported {
-            chain,
-            rule,
-            reason,
-        }) => {
-            assert_eq!(chain, "nat-prerouting");
-            assert!(rule.contains("limit rate"), "{rule}");
-            assert!(reason.contains("limit"), "{reason}");
-        }
-        other => panic!("an unknown statement was evaluated: {other:?}"),
-    }
+    assert_unsupported(
+        &*t,
+        &packet(),
+        "statement",
+        "nat-prerouting",
+        "limit rate",
+        "limit",
+    );
     // Its understood comparisons (ip daddr 10.96.0.1) rule other
     // destinations out: those connections pass it by.
     let mut other = packet();

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 
 use common::render;
 use kproxy_graph::{BackendKind, IpFamily, Protocol, ProxyMode, ServiceGraph};
-use kproxy_testkit::NetNs;
+use kproxy_testkit::{NetNs, Topology};
 use kproxy_trace::{Node, Packet, Verdict, diff, tracer_for};
 
 /// kproxy's combined iptables text, split at its `# IPv4` / `# IPv6`
@@ -166,53 +166,21 @@ fn tracing_the_kernels_dump_matches_the_rendered_rules() {
     assert!(checked > 100, "only {checked} connections checked");
 }
 
-/// Client, node and pods namespaces: client 203.0.113.2 reaches the node
-/// (203.0.113.1, node address 192.168.49.2) and, through it, ClusterIPs;
-/// the node routes the pod network to the pods namespace, which holds the
-/// seed's two pod addresses and drops every packet (connections time out,
-/// and the node's conntrack table records what its rules did to them).
-struct Topology {
-    client: NetNs,
-    node: NetNs,
-    _pods: NetNs,
-}
-
+/// Client, node and pod namespaces ([`Topology::linked`]): client
+/// 203.0.113.2 reaches the node (203.0.113.1, node address 192.168.49.2)
+/// and, through it, ClusterIPs; the node routes the pod network to the pod
+/// namespace, which holds the seed's two pod addresses and drops every
+/// packet (connections time out, and the node's conntrack table records
+/// what its rules did to them).
 fn topology() -> Topology {
-    let client = NetNs::new("trc");
-    let node = NetNs::new("trc");
-    let pods = NetNs::new("trc");
-    node.exec(&[
-        "ip",
-        "link",
-        "add",
-        "c0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "c1",
-        "netns",
-        client.name(),
-    ]);
-    node.exec(&[
-        "ip",
-        "link",
-        "add",
-        "p0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "p1",
-        "netns",
-        pods.name(),
-    ]);
+    let t = Topology::linked("trc");
+    let Topology { node, pod, client } = &t;
     node.exec_all(&[
-        "ip addr add 203.0.113.1/24 dev c0",
-        "ip addr add 192.168.49.2/32 dev c0",
-        "ip addr add 10.244.255.1/16 dev p0",
-        "ip link set c0 up",
-        "ip link set p0 up",
+        "ip addr add 203.0.113.1/24 dev vc",
+        "ip addr add 192.168.49.2/32 dev vc",
+        "ip addr add 10.244.255.1/16 dev vp",
+        "ip link set vc up",
+        "ip link set vp up",
         // A node has a default route; without one, traffic to a ClusterIP
         // nothing DNATs would die in routing before the forward hook.
         "ip route add default via 10.244.1.5",
@@ -220,28 +188,24 @@ fn topology() -> Topology {
         "sysctl -q -w net.ipv4.icmp_ratelimit=0",
     ]);
     client.exec_all(&[
-        "ip addr add 203.0.113.2/24 dev c1",
-        "ip link set c1 up",
+        "ip addr add 203.0.113.2/24 dev eth0",
+        "ip link set eth0 up",
         "ip route add 192.168.49.2/32 via 203.0.113.1",
         "ip route add 10.96.0.0/12 via 203.0.113.1",
     ]);
-    pods.exec_all(&[
-        "ip addr add 10.244.1.5/16 dev p1",
-        "ip addr add 10.244.2.4/16 dev p1",
-        "ip link set p1 up",
+    pod.exec_all(&[
+        "ip addr add 10.244.1.5/16 dev eth0",
+        "ip addr add 10.244.2.4/16 dev eth0",
+        "ip link set eth0 up",
         "ip route add default via 10.244.255.1",
         "sysctl -q -w net.ipv4.icmp_ratelimit=0",
     ]);
-    let (ok, _, err) = pods.run_with_input(
+    let (ok, _, err) = pod.run_with_input(
         &["nft", "-f", "-"],
         "add table ip blackhole\nadd chain ip blackhole in { type filter hook input priority 0 ; policy drop ; }\n",
     );
-    assert!(ok, "pods namespace: {err}");
-    Topology {
-        client,
-        node,
-        _pods: pods,
-    }
+    assert!(ok, "pod namespace: {err}");
+    t
 }
 
 /// What the kernel did to `tries` connections from the client: the DNAT
@@ -278,13 +242,34 @@ fn icmp_out_dest_unreachs(ns: &NetNs) -> u64 {
         .expect("counter value")
 }
 
+/// [`probe_once`] until every client got as far as connecting.
 fn probe(t: &Topology, dst: &str, port: u16, tries: usize) -> Observed {
+    const ROUNDS: usize = 5;
+    for round in 1..=ROUNDS {
+        match probe_once(t, dst, port, tries) {
+            Some(o) => return o,
+            None => eprintln!("{dst}:{port}: round {round}: a client did not start in time"),
+        }
+    }
+    panic!("{dst}:{port}: in {ROUNDS} rounds, some client never started within its timeout");
+}
+
+/// `None` when a client did not get to its connect() before its 1 s
+/// timeout (a loaded machine can take that long to start a shell): the
+/// kernel saw fewer than `tries` connections, and the round says nothing
+/// about the rules.
+fn probe_once(t: &Topology, dst: &str, port: u16, tries: usize) -> Option<Observed> {
     t.node.exec(&["conntrack", "-F"]);
     let icmp_before = icmp_out_dest_unreachs(&t.node);
     let script = format!(
-        "for i in $(seq {tries}); do (timeout 1 bash -c 'exec 3<>/dev/tcp/{dst}/{port}' 2>/dev/null; echo $?) & done; wait"
+        "for i in $(seq {tries}); do (timeout 1 bash -c 'echo started; exec 3<>/dev/tcp/{dst}/{port}' 2>/dev/null; echo $?) & done; wait"
     );
-    let codes = t.client.exec(&["bash", "-c", &script]);
+    let out = t.client.exec(&["bash", "-c", &script]);
+    let (started, codes): (Vec<&str>, Vec<&str>) =
+        out.lines().map(str::trim).partition(|l| *l == "started");
+    if started.len() < tries {
+        return None;
+    }
     let table = t
         .node
         .exec(&["conntrack", "-L", "-p", "tcp", "-s", "203.0.113.2"]);
@@ -320,12 +305,12 @@ fn probe(t: &Topology, dst: &str, port: u16, tries: usize) -> Observed {
         *o.dnat.entry(to).or_default() += 1;
         o.masqueraded.insert(rdst != osrc);
     }
-    let timeouts = codes.lines().filter(|c| c.trim() == "124").count();
+    let timeouts = codes.iter().filter(|c| **c == "124").count();
     // Tracked connections time out in the black hole; untracked ones were
     // dropped (timeout) or rejected (refused at once) by the node.
     o.timed_out = timeouts.saturating_sub(tracked);
-    o.refused_untracked = codes.lines().count() - timeouts;
-    o
+    o.refused_untracked = codes.len() - timeouts;
+    Some(o)
 }
 
 #[test]

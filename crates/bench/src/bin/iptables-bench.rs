@@ -31,10 +31,8 @@ use kproxy_iptables::{
 /// first endpoint of that Service replaced by a new pod.
 fn cluster(services: usize, endpoints: usize, changed: Option<usize>) -> ServiceGraph {
     let mut c = Cluster::generate(Params {
-        services,
-        endpoints,
         only: Some("NodePort"),
-        ..Params::default()
+        ..Params::sized(services, endpoints)
     })
     .expect("synthetic cluster");
     if let Some(i) = changed {

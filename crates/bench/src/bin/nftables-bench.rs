@@ -124,10 +124,8 @@ impl NftPeak {
 /// bench's seeded generator, seed 1).
 fn cluster(n: usize, e: usize) -> Cluster {
     Cluster::generate(Params {
-        services: n,
-        endpoints: e,
         only: Some("ClusterIP"),
-        ..Params::default()
+        ..Params::sized(n, e)
     })
     .unwrap()
 }

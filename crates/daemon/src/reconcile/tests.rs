@@ -122,6 +122,15 @@ fn reconciler(log: Arc<Mutex<Log>>) -> Reconciler {
     )
 }
 
+/// The metrics of `r`, as scraped, hold each of `lines`.
+#[track_caller]
+fn assert_metrics(r: &Reconciler, lines: &[&str]) {
+    let text = r.shared.metrics.encode();
+    for line in lines {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+}
+
 #[test]
 fn first_full_then_partial_failure_forces_full() {
     let log = Arc::new(Mutex::new(Log::default()));
@@ -138,16 +147,12 @@ fn first_full_then_partial_failure_forces_full() {
     );
     let st = r.shared.status();
     assert_eq!((st.syncs, st.failures), (4, 1));
-    let text = r.shared.metrics.encode();
-    assert!(
-        text.contains(
-            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"} 1"
-        ),
-        "{text}"
-    );
-    assert!(
-        text.contains("kproxy_syncs_total{sync=\"partial\"} 2"),
-        "{text}"
+    assert_metrics(
+        &r,
+        &[
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"} 1",
+            "kproxy_syncs_total{sync=\"partial\"} 2",
+        ],
     );
 }
 
@@ -198,11 +203,8 @@ fn a_slice_change_rebuilds_its_service_in_place() {
     let names: Vec<String> = v4.changed.iter().map(ToString::to_string).collect();
     assert_eq!(names, ["n/s"], "{v4:?}");
     assert!(v4.added.is_empty() && v4.removed.is_empty(), "{v4:?}");
-    let text = r.shared.metrics.encode();
-    assert!(
-        text.contains("kubeproxy_sync_proxy_rules_endpoint_changes_total 3"),
-        "two slices, then one: {text}"
-    );
+    // Two slices, then one.
+    assert_metrics(&r, &["kubeproxy_sync_proxy_rules_endpoint_changes_total 3"]);
 }
 
 #[test]
@@ -247,13 +249,12 @@ fn a_failing_loader_is_a_failed_sync_not_drift() {
     let st = r.shared.status();
     assert_eq!((st.syncs, st.failures, st.drift_repairs), (2, 5, 0));
     drop(st);
-    let text = r.shared.metrics.encode();
-    assert!(text.contains("kproxy_drift_repairs_total 0"), "{text}");
-    assert!(
-        text.contains(
-            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"} 5"
-        ),
-        "{text}"
+    assert_metrics(
+        &r,
+        &[
+            "kproxy_drift_repairs_total 0",
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"} 5",
+        ],
     );
 }
 
@@ -276,14 +277,13 @@ fn invalid_objects_are_counted_once() {
         "{:?}",
         g.warnings
     );
-    let text = r.shared.metrics.encode();
-    assert!(
-        text.contains(&format!("kproxy_invalid_objects_seen_total {n}\n")),
-        "each warning counted once: {text}"
-    );
-    assert!(
-        text.contains(&format!("kproxy_invalid_objects {n}\n")),
-        "{text}"
+    // Each warning counted once.
+    assert_metrics(
+        &r,
+        &[
+            &format!("kproxy_invalid_objects_seen_total {n}\n"),
+            &format!("kproxy_invalid_objects {n}\n"),
+        ],
     );
     assert_eq!(
         g.families[&IpFamily::V4].services.len(),
@@ -339,18 +339,12 @@ fn network_programming_latency_from_the_trigger_time() {
     );
     assert!(r.sync_objects(&with_trigger(&ago(3)), vec![]));
     assert_eq!(count(&r).as_deref(), Some("1"));
-    let text = r.shared.metrics.encode();
-    assert!(
-        text.contains(
-            "kubeproxy_network_programming_duration_seconds_bucket{le=\"3.0\",ip_family=\"IPv4\"} 0"
-        ),
-        "{text}"
-    );
-    assert!(
-        text.contains(
-            "kubeproxy_network_programming_duration_seconds_bucket{le=\"5.0\",ip_family=\"IPv4\"} 1"
-        ),
-        "{text}"
+    assert_metrics(
+        &r,
+        &[
+            "kubeproxy_network_programming_duration_seconds_bucket{le=\"3.0\",ip_family=\"IPv4\"} 0",
+            "kubeproxy_network_programming_duration_seconds_bucket{le=\"5.0\",ip_family=\"IPv4\"} 1",
+        ],
     );
 }
 

@@ -254,6 +254,13 @@ pub fn metric_reaches(ns: &NetNs, sample: &str, at_least: f64, within: Duration)
     })
 }
 
+/// The value of `sample` (0 when absent) in the metrics of the daemon in
+/// `ns`, and the whole scrape.
+pub fn scraped(ns: &NetNs, sample: &str) -> (f64, String) {
+    let (_, _, m) = http_get(ns, 10249, "/metrics").unwrap();
+    (metric(&m, sample).unwrap_or(0.0), m)
+}
+
 /// The value of a metric sample line (`name{labels} value`).
 pub fn metric(text: &str, sample: &str) -> Option<f64> {
     text.lines().find_map(|l| {

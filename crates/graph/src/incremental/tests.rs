@@ -36,6 +36,31 @@ impl Truth {
             service_cidrs: self.service_cidrs.values().cloned().collect(),
         }
     }
+
+    // Each object goes to both sides: here, the truth the full build
+    // sees, and `inc`, as a watch event.
+
+    fn upsert_service(&mut self, inc: &mut IncrementalGraph, s: Service) {
+        self.services.insert(key(&s.metadata), s.clone());
+        inc.upsert_service(Arc::new(s));
+    }
+
+    fn upsert_slice(&mut self, inc: &mut IncrementalGraph, s: EndpointSlice) {
+        self.slices.insert(key(&s.metadata), s.clone());
+        inc.upsert_slice(Arc::new(s));
+    }
+
+    fn upsert_node(&mut self, inc: &mut IncrementalGraph, n: Node) {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        self.nodes.insert(name, n.clone());
+        inc.upsert_node(Arc::new(n));
+    }
+
+    fn upsert_service_cidr(&mut self, inc: &mut IncrementalGraph, c: ServiceCIDR) {
+        let name = c.metadata.name.clone().unwrap_or_default();
+        self.service_cidrs.insert(name, c.clone());
+        inc.upsert_service_cidr(Arc::new(c));
+    }
 }
 
 /// A ServiceCIDR named `name` with a random choice of ranges, some of
@@ -377,32 +402,20 @@ fn run_sequence(
             if step < order.len() {
                 match order[step] {
                     0 => {
-                        let s = objects.services[si].clone();
+                        truth.upsert_service(&mut inc, objects.services[si].clone());
                         si += 1;
-                        truth.services.insert(key(&s.metadata), s.clone());
-                        inc.upsert_service(Arc::new(s));
                     }
                     1 => {
-                        let s = objects.endpoint_slices[ei].clone();
+                        truth.upsert_slice(&mut inc, objects.endpoint_slices[ei].clone());
                         ei += 1;
-                        truth.slices.insert(key(&s.metadata), s.clone());
-                        inc.upsert_slice(Arc::new(s));
                     }
                     2 => {
-                        let n = objects.nodes[ni].clone();
+                        truth.upsert_node(&mut inc, objects.nodes[ni].clone());
                         ni += 1;
-                        truth
-                            .nodes
-                            .insert(n.metadata.name.clone().unwrap_or_default(), n.clone());
-                        inc.upsert_node(Arc::new(n));
                     }
                     _ => {
-                        let c = objects.service_cidrs[ci].clone();
+                        truth.upsert_service_cidr(&mut inc, objects.service_cidrs[ci].clone());
                         ci += 1;
-                        truth
-                            .service_cidrs
-                            .insert(c.metadata.name.clone().unwrap_or_default(), c.clone());
-                        inc.upsert_service_cidr(Arc::new(c));
                     }
                 }
                 break;
@@ -421,10 +434,9 @@ fn run_sequence(
                     } else {
                         base
                     };
-                    truth.services.insert(key(&s.metadata), s.clone());
                     // The same content in a new allocation must not count
                     // as a change; a changed one must.
-                    inc.upsert_service(Arc::new(s));
+                    truth.upsert_service(&mut inc, s);
                 }
                 30..40 => {
                     if !svc_names.is_empty() {
@@ -445,8 +457,7 @@ fn run_sequence(
                     } else {
                         base
                     };
-                    truth.slices.insert(key(&s.metadata), s.clone());
-                    inc.upsert_slice(Arc::new(s));
+                    truth.upsert_slice(&mut inc, s);
                 }
                 75..85 => {
                     let slice_keys: Vec<_> = truth.slices.keys().cloned().collect();
@@ -467,9 +478,7 @@ fn run_sequence(
                             "{ctx}: delete {name}"
                         );
                     } else {
-                        let c = random_service_cidr(&mut rng, name);
-                        truth.service_cidrs.insert(name.to_string(), c.clone());
-                        inc.upsert_service_cidr(Arc::new(c));
+                        truth.upsert_service_cidr(&mut inc, random_service_cidr(&mut rng, name));
                     }
                 }
                 89..92 => {
@@ -482,9 +491,7 @@ fn run_sequence(
                             .get(&node_name)
                             .cloned()
                             .unwrap_or_else(|| rng.pick(&all_nodes).clone());
-                        let n = mutate_node(&mut rng, base, &node_name);
-                        truth.nodes.insert(node_name.clone(), n.clone());
-                        inc.upsert_node(Arc::new(n));
+                        truth.upsert_node(&mut inc, mutate_node(&mut rng, base, &node_name));
                     }
                 }
                 92..97 => {
@@ -513,9 +520,7 @@ fn run_sequence(
                         _ => {
                             // A Node of another name: ignored.
                             let other = rng.pick(&all_nodes).clone();
-                            let n = mutate_node(&mut rng, other, "elsewhere");
-                            truth.nodes.insert("elsewhere".into(), n.clone());
-                            inc.upsert_node(Arc::new(n));
+                            truth.upsert_node(&mut inc, mutate_node(&mut rng, other, "elsewhere"));
                         }
                     }
                     inc.set_config(config.clone());
@@ -555,13 +560,18 @@ fn incremental_equals_full_build_over_random_changes() {
     });
 }
 
+/// The objects of the pool's fixture `name` (see [`pool`]).
+fn pooled(name: &str) -> Objects {
+    pool()
+        .into_iter()
+        .find_map(|(n, o)| (n == name).then_some(o))
+        .unwrap_or_else(|| panic!("no fixture {name}"))
+}
+
 #[test]
 fn unchanged_objects_are_not_changes_and_ports_are_reused() {
-    let pool = pool();
-    let (name, objects) = pool
-        .iter()
-        .find(|(n, _)| n == "cluster-ip-general")
-        .unwrap();
+    let name = "cluster-ip-general";
+    let objects = &pooled(name);
     let config = fixture_config(name, ProxyMode::Nftables);
     let mut inc = IncrementalGraph::new(config.clone());
     let applied = inc.replace_all(objects.clone());
@@ -587,15 +597,11 @@ fn unchanged_objects_are_not_changes_and_ports_are_reused() {
 
 #[test]
 fn a_service_cidr_change_updates_only_the_service_cidrs() {
-    let pool = pool();
-    let (name, objects) = pool
-        .iter()
-        .find(|(n, _)| n == "cluster-ip-general")
-        .unwrap();
+    let name = "cluster-ip-general";
     let mut config = fixture_config(name, ProxyMode::Nftables);
     config.service_cidrs = vec!["10.96.0.0/16".parse().unwrap()];
     let mut inc = IncrementalGraph::new(config.clone());
-    let mut objects = objects.clone();
+    let mut objects = pooled(name);
     objects.service_cidrs.clear();
     inc.replace_all(objects.clone());
     inc.update();
