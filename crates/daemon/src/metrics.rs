@@ -14,7 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 /// `{ip_family, table}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -92,6 +92,33 @@ fn network_programming_histogram() -> Histogram {
         .chain((120..=300).step_by(30).map(f64::from))
         .collect();
     Histogram::new(buckets)
+}
+
+/// Builds metrics and registers them. Counters are registered without
+/// `_total`: the encoder appends it.
+struct Registrar(Registry);
+
+impl Registrar {
+    /// A new metric, registered as `name`.
+    fn add<M: Metric + Clone + Default>(&mut self, name: &str, help: &str) -> M {
+        self.add_if(true, name, help)
+    }
+
+    /// A new metric, registered as `name` when `on` (kube-proxy registers
+    /// it only in one mode).
+    fn add_if<M: Metric + Clone + Default>(&mut self, on: bool, name: &str, help: &str) -> M {
+        let metric = M::default();
+        if on {
+            self.0.register(name, help, metric.clone());
+        }
+        metric
+    }
+
+    /// `metric`, registered as `name`.
+    fn add_with<M: Metric + Clone>(&mut self, name: &str, help: &str, metric: M) -> M {
+        self.0.register(name, help, metric.clone());
+        metric
+    }
 }
 
 /// Every metric the daemon exports. All exist whatever the backend; the
@@ -176,232 +203,157 @@ impl Metrics {
     /// of `backend` (both iptables backends are kube-proxy's iptables
     /// mode).
     pub fn new(backend: BackendKind) -> Self {
-        let mut r = Registry::default();
-        let fam_hist = |f: fn() -> Histogram| FamilyHistogram::new_with_constructor(f);
-        let m = Metrics {
-            registry: Registry::default(),
-            sync_duration: fam_hist(sync_histogram),
-            sync_full_duration: fam_hist(sync_histogram),
-            sync_partial_duration: fam_hist(sync_histogram),
-            network_programming: fam_hist(network_programming_histogram),
-            last_sync_timestamp: Family::default(),
-            last_queued_timestamp: Family::default(),
-            endpoint_changes_pending: Gauge::default(),
-            endpoint_changes_total: Counter::default(),
-            service_changes_pending: Gauge::default(),
-            service_changes_total: Counter::default(),
-            iptables_total: Family::default(),
-            iptables_last: Family::default(),
-            iptables_restore_failures: Family::default(),
-            iptables_partial_restore_failures: Family::default(),
-            nftables_sync_failures: Family::default(),
-            nftables_cleanup_failures: Family::default(),
-            no_local_endpoints: Family::default(),
-            healthz_total: Family::default(),
-            livez_total: Family::default(),
-            conntrack_duration: fam_hist(sync_histogram),
-            conntrack_deleted: Family::default(),
-            bytes_written: Counter::default(),
-            bytes_last: Gauge::default(),
-            objects_written: Counter::default(),
-            objects_total: Gauge::default(),
-            syncs: Family::default(),
-            sync_failures: Family::default(),
-            drift_repairs: Counter::default(),
-            invalid_objects: Gauge::default(),
-            invalid_objects_total: Counter::default(),
-            service_ports: Gauge::default(),
-            endpoints: Gauge::default(),
-            source_errors: Family::default(),
-            source_errors_total: Family::default(),
-        };
-        // Counters are registered without `_total`: the encoder appends it.
-        let k = "kubeproxy_";
-        macro_rules! reg {
-            ($name:expr, $help:expr, $m:expr) => {
-                r.register($name, $help, $m.clone())
-            };
+        let nft = backend.mode() == kproxy_graph::ProxyMode::Nftables;
+        let hist = |f: fn() -> Histogram| FamilyHistogram::new_with_constructor(f);
+        let mut r = Registrar(Registry::default());
+        if !nft {
+            r.0.register_collector(Box::new(NfacctCollector::default()));
         }
-        // Every mode.
-        reg!(
-            format!("{k}sync_proxy_rules_duration_seconds"),
-            "Time each sync of the proxy rules took, in seconds",
-            m.sync_duration
-        );
-        reg!(
-            format!("{k}sync_full_proxy_rules_duration_seconds"),
-            "Time each full sync of the proxy rules took, in seconds",
-            m.sync_full_duration
-        );
-        reg!(
-            format!("{k}sync_partial_proxy_rules_duration_seconds"),
-            "Time each partial sync of the proxy rules took, in seconds",
-            m.sync_partial_duration
-        );
-        reg!(
-            format!("{k}network_programming_duration_seconds"),
-            "Time from an EndpointSlice change to its rules in the kernel, in seconds",
-            m.network_programming
-        );
-        reg!(
-            format!("{k}sync_proxy_rules_last_timestamp_seconds"),
-            "When the proxy rules were last synced successfully (Unix seconds)",
-            m.last_sync_timestamp
-        );
-        reg!(
-            format!("{k}sync_proxy_rules_last_queued_timestamp_seconds"),
-            "When a sync of the proxy rules was last requested (Unix seconds)",
-            m.last_queued_timestamp
-        );
-        reg!(
-            format!("{k}sync_proxy_rules_endpoint_changes_pending"),
-            "EndpointSlice changes not yet synced",
-            m.endpoint_changes_pending
-        );
-        reg!(
-            format!("{k}sync_proxy_rules_endpoint_changes"),
-            "EndpointSlice changes seen",
-            m.endpoint_changes_total
-        );
-        reg!(
-            format!("{k}sync_proxy_rules_service_changes_pending"),
-            "Service changes not yet synced",
-            m.service_changes_pending
-        );
-        reg!(
-            format!("{k}sync_proxy_rules_service_changes"),
-            "Service changes seen",
-            m.service_changes_total
-        );
-        reg!(
-            format!("{k}sync_proxy_rules_no_local_endpoints_total"),
-            "Service ports with a Local traffic policy and no local endpoints",
-            m.no_local_endpoints
-        );
-        reg!(
-            format!("{k}proxy_healthz"),
-            "Answers of the /healthz endpoint by HTTP status",
-            m.healthz_total
-        );
-        reg!(
-            format!("{k}proxy_livez"),
-            "Answers of the /livez endpoint by HTTP status",
-            m.livez_total
-        );
-        reg!(
-            format!("{k}conntrack_reconciler_sync_duration_seconds"),
-            "Time each cleanup of stale conntrack flows took, in seconds",
-            m.conntrack_duration
-        );
-        reg!(
-            format!("{k}conntrack_reconciler_deleted_entries"),
-            "Conntrack flows deleted by the stale-flow cleanup",
-            m.conntrack_deleted
-        );
-        match backend.mode() {
-            kproxy_graph::ProxyMode::Nftables => {
-                reg!(
-                    format!("{k}sync_proxy_rules_nftables_sync_failures"),
-                    "Failed nftables transactions",
-                    m.nftables_sync_failures
-                );
-                reg!(
-                    format!("{k}sync_proxy_rules_nftables_cleanup_failures"),
-                    "Failed removals of stale nftables objects (kproxy removes them in the sync's transaction)",
-                    m.nftables_cleanup_failures
-                );
-            }
-            kproxy_graph::ProxyMode::Iptables => {
-                reg!(
-                    format!("{k}sync_proxy_rules_iptables_total"),
-                    "iptables rules kproxy owns, by table",
-                    m.iptables_total
-                );
-                reg!(
-                    format!("{k}sync_proxy_rules_iptables_last"),
-                    "iptables rules kproxy wrote in the last sync, by table",
-                    m.iptables_last
-                );
-                reg!(
-                    format!("{k}sync_proxy_rules_iptables_restore_failures"),
-                    "Failed iptables-restore runs",
-                    m.iptables_restore_failures
-                );
-                reg!(
-                    format!("{k}sync_proxy_rules_iptables_partial_restore_failures"),
-                    "Failed iptables-restore runs of partial syncs (the next sync is full)",
-                    m.iptables_partial_restore_failures
-                );
-                r.register_collector(Box::new(NfacctCollector::default()));
-            }
+        // Built in registration order: kube-proxy's metrics of every
+        // mode, the mode's own, then kproxy's.
+        Metrics {
+            sync_duration: r.add_with(
+                "kubeproxy_sync_proxy_rules_duration_seconds",
+                "Time each sync of the proxy rules took, in seconds",
+                hist(sync_histogram),
+            ),
+            sync_full_duration: r.add_with(
+                "kubeproxy_sync_full_proxy_rules_duration_seconds",
+                "Time each full sync of the proxy rules took, in seconds",
+                hist(sync_histogram),
+            ),
+            sync_partial_duration: r.add_with(
+                "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+                "Time each partial sync of the proxy rules took, in seconds",
+                hist(sync_histogram),
+            ),
+            network_programming: r.add_with(
+                "kubeproxy_network_programming_duration_seconds",
+                "Time from an EndpointSlice change to its rules in the kernel, in seconds",
+                hist(network_programming_histogram),
+            ),
+            last_sync_timestamp: r.add(
+                "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                "When the proxy rules were last synced successfully (Unix seconds)",
+            ),
+            last_queued_timestamp: r.add(
+                "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+                "When a sync of the proxy rules was last requested (Unix seconds)",
+            ),
+            endpoint_changes_pending: r.add(
+                "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+                "EndpointSlice changes not yet synced",
+            ),
+            endpoint_changes_total: r.add(
+                "kubeproxy_sync_proxy_rules_endpoint_changes",
+                "EndpointSlice changes seen",
+            ),
+            service_changes_pending: r.add(
+                "kubeproxy_sync_proxy_rules_service_changes_pending",
+                "Service changes not yet synced",
+            ),
+            service_changes_total: r.add(
+                "kubeproxy_sync_proxy_rules_service_changes",
+                "Service changes seen",
+            ),
+            no_local_endpoints: r.add(
+                "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+                "Service ports with a Local traffic policy and no local endpoints",
+            ),
+            healthz_total: r.add(
+                "kubeproxy_proxy_healthz",
+                "Answers of the /healthz endpoint by HTTP status",
+            ),
+            livez_total: r.add(
+                "kubeproxy_proxy_livez",
+                "Answers of the /livez endpoint by HTTP status",
+            ),
+            conntrack_duration: r.add_with(
+                "kubeproxy_conntrack_reconciler_sync_duration_seconds",
+                "Time each cleanup of stale conntrack flows took, in seconds",
+                hist(sync_histogram),
+            ),
+            conntrack_deleted: r.add(
+                "kubeproxy_conntrack_reconciler_deleted_entries",
+                "Conntrack flows deleted by the stale-flow cleanup",
+            ),
+            nftables_sync_failures: r.add_if(
+                nft,
+                "kubeproxy_sync_proxy_rules_nftables_sync_failures",
+                "Failed nftables transactions",
+            ),
+            nftables_cleanup_failures: r.add_if(
+                nft,
+                "kubeproxy_sync_proxy_rules_nftables_cleanup_failures",
+                "Failed removals of stale nftables objects \
+                 (kproxy removes them in the sync's transaction)",
+            ),
+            iptables_total: r.add_if(
+                !nft,
+                "kubeproxy_sync_proxy_rules_iptables_total",
+                "iptables rules kproxy owns, by table",
+            ),
+            iptables_last: r.add_if(
+                !nft,
+                "kubeproxy_sync_proxy_rules_iptables_last",
+                "iptables rules kproxy wrote in the last sync, by table",
+            ),
+            iptables_restore_failures: r.add_if(
+                !nft,
+                "kubeproxy_sync_proxy_rules_iptables_restore_failures",
+                "Failed iptables-restore runs",
+            ),
+            iptables_partial_restore_failures: r.add_if(
+                !nft,
+                "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures",
+                "Failed iptables-restore runs of partial syncs (the next sync is full)",
+            ),
+            bytes_written: r.add(
+                "kproxy_sync_bytes_written",
+                "Bytes sent to the kernel by syncs",
+            ),
+            bytes_last: r.add(
+                "kproxy_sync_bytes_last",
+                "Bytes sent to the kernel by the last sync",
+            ),
+            objects_written: r.add(
+                "kproxy_sync_objects_written",
+                "Rules or statements sent to the kernel by syncs",
+            ),
+            objects_total: r.add(
+                "kproxy_rules",
+                "Rules or statements kproxy owns after the last sync",
+            ),
+            syncs: r.add("kproxy_syncs", "Successful syncs by kind (full, partial)"),
+            sync_failures: r.add(
+                "kproxy_sync_failures",
+                "Failed syncs by kind (full, partial)",
+            ),
+            drift_repairs: r.add(
+                "kproxy_drift_repairs",
+                "Syncs forced because the kernel no longer held kproxy's rules",
+            ),
+            invalid_objects: r.add(
+                "kproxy_invalid_objects",
+                "Objects or fields skipped as invalid in the current state",
+            ),
+            invalid_objects_total: r.add(
+                "kproxy_invalid_objects_seen",
+                "Distinct invalid objects or fields seen since start",
+            ),
+            service_ports: r.add("kproxy_service_ports", "Service ports in the service graph"),
+            endpoints: r.add("kproxy_endpoints", "Endpoints in the service graph"),
+            source_errors: r.add(
+                "kproxy_source_errors",
+                "1 while a source watcher (by kind) is failing: \
+                 from its error until the API server answers it again",
+            ),
+            source_errors_total: r.add(
+                "kproxy_source_watch_errors",
+                "Errors of the source watchers by kind (each failed list or watch request)",
+            ),
+            registry: r.0,
         }
-        let p = "kproxy_";
-        reg!(
-            format!("{p}sync_bytes_written"),
-            "Bytes sent to the kernel by syncs",
-            m.bytes_written
-        );
-        reg!(
-            format!("{p}sync_bytes_last"),
-            "Bytes sent to the kernel by the last sync",
-            m.bytes_last
-        );
-        reg!(
-            format!("{p}sync_objects_written"),
-            "Rules or statements sent to the kernel by syncs",
-            m.objects_written
-        );
-        reg!(
-            format!("{p}rules"),
-            "Rules or statements kproxy owns after the last sync",
-            m.objects_total
-        );
-        reg!(
-            format!("{p}syncs"),
-            "Successful syncs by kind (full, partial)",
-            m.syncs
-        );
-        reg!(
-            format!("{p}sync_failures"),
-            "Failed syncs by kind (full, partial)",
-            m.sync_failures
-        );
-        reg!(
-            format!("{p}drift_repairs"),
-            "Syncs forced because the kernel no longer held kproxy's rules",
-            m.drift_repairs
-        );
-        reg!(
-            format!("{p}invalid_objects"),
-            "Objects or fields skipped as invalid in the current state",
-            m.invalid_objects
-        );
-        reg!(
-            format!("{p}invalid_objects_seen"),
-            "Distinct invalid objects or fields seen since start",
-            m.invalid_objects_total
-        );
-        reg!(
-            format!("{p}service_ports"),
-            "Service ports in the service graph",
-            m.service_ports
-        );
-        reg!(
-            format!("{p}endpoints"),
-            "Endpoints in the service graph",
-            m.endpoints
-        );
-        reg!(
-            format!("{p}source_errors"),
-            "1 while a source watcher (by kind) is failing: from its error until the API server answers it again",
-            m.source_errors
-        );
-        reg!(
-            format!("{p}source_watch_errors"),
-            "Errors of the source watchers by kind (each failed list or watch request)",
-            m.source_errors_total
-        );
-        Metrics { registry: r, ..m }
     }
 
     /// The OpenMetrics text exposition.

@@ -1,12 +1,12 @@
 //! [`IptablesBackend`]: generator, transport and the state between syncs,
 //! behind the daemon's [`Backend`] trait, for both flavours.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use kproxy_exec::Runner;
 use kproxy_graph::{
     ApplyError, Backend, BackendKind, ChangeSet, GenError, IpFamily, Render, ServiceGraph,
-    ServicePortName, SyncStats, TableRules, Transport,
+    SyncStats, TableRules, Transport,
 };
 use kproxy_netlink::{self as netlink, NfSocket};
 
@@ -140,17 +140,7 @@ impl IptablesBackend {
         // A partial sync moves the unchanged services' chains out of the
         // previous ruleset instead of generating them again.
         let (rs, reused) = match (full, self.last.as_mut(), changes) {
-            (false, Some(prev), Some(c)) => {
-                let dirty: BTreeMap<IpFamily, BTreeSet<ServicePortName>> = prev
-                    .families
-                    .iter()
-                    .map(|f| {
-                        let fc = c.family(f.family);
-                        (f.family, fc.dirty().chain(&fc.removed).cloned().collect())
-                    })
-                    .collect();
-                (generate_reusing(graph, &self.options, prev, &dirty), true)
-            }
+            (false, Some(prev), Some(c)) => (generate_reusing(graph, &self.options, prev, c), true),
             _ => (generate(graph, &self.options), false),
         };
         // Pessimistic until every family is in: a failure half-way leaves

@@ -126,15 +126,9 @@ fn main() {
         for _ in 0..5 {
             let mut prev = r1.clone();
             let fc = changes.family(IpFamily::V4);
-            let dirty = [(
-                IpFamily::V4,
-                fc.dirty().chain(&fc.removed).cloned().collect(),
-            )]
-            .into_iter()
-            .collect();
             let (c0, t0) = (cpu_now(), Instant::now());
             let rs = if reuse {
-                generate_reusing(&g2, &opts, &mut prev, &dirty)
+                generate_reusing(&g2, &opts, &mut prev, &changes)
             } else {
                 generate(&g2, &opts)
             };

@@ -6,6 +6,18 @@ use super::*;
 
 /// Names of the shared sets and maps.
 pub mod sets {
+    /// `BASE-tcp`, `BASE-udp`, `BASE-sctp`: one map per protocol, in
+    /// [`PROTOCOLS`](super::PROTOCOLS) order.
+    macro_rules! per_protocol {
+        ($base:literal) => {
+            [
+                concat!($base, "-tcp"),
+                concat!($base, "-udp"),
+                concat!($base, "-sctp"),
+            ]
+        };
+    }
+
     /// Every ClusterIP (set).
     pub const CLUSTER_IPS: &str = "cluster-ips";
     /// Addresses that accept NodePorts (set).
@@ -27,29 +39,13 @@ pub mod sets {
     pub const HAIRPIN: &str = "hairpin-connections";
     /// VIP . proto . port . index → endpoint . port, cluster endpoints
     /// (TCP, UDP, SCTP).
-    pub const CLUSTER_EPS: [&str; 3] = [
-        "cluster-endpoints-tcp",
-        "cluster-endpoints-udp",
-        "cluster-endpoints-sctp",
-    ];
+    pub const CLUSTER_EPS: [&str; 3] = per_protocol!("cluster-endpoints");
     /// VIP . proto . port . index → endpoint . port, local endpoints.
-    pub const LOCAL_EPS: [&str; 3] = [
-        "local-endpoints-tcp",
-        "local-endpoints-udp",
-        "local-endpoints-sctp",
-    ];
+    pub const LOCAL_EPS: [&str; 3] = per_protocol!("local-endpoints");
     /// proto . port . index → endpoint . port, cluster endpoints (NodePorts).
-    pub const NP_CLUSTER_EPS: [&str; 3] = [
-        "nodeport-cluster-endpoints-tcp",
-        "nodeport-cluster-endpoints-udp",
-        "nodeport-cluster-endpoints-sctp",
-    ];
+    pub const NP_CLUSTER_EPS: [&str; 3] = per_protocol!("nodeport-cluster-endpoints");
     /// proto . port . index → endpoint . port, local endpoints (NodePorts).
-    pub const NP_LOCAL_EPS: [&str; 3] = [
-        "nodeport-local-endpoints-tcp",
-        "nodeport-local-endpoints-udp",
-        "nodeport-local-endpoints-sctp",
-    ];
+    pub const NP_LOCAL_EPS: [&str; 3] = per_protocol!("nodeport-local-endpoints");
     /// One element: the generation of the last sync (the drift canary).
     pub const GENERATION: &str = "sync-generation";
     /// ClientIP affinity, filled from the packet path: client . endpoint

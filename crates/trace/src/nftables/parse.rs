@@ -89,7 +89,35 @@ impl Parser {
             self.pos += 1;
         }
     }
+
+    /// Consumes `t` if it comes next.
+    fn eat(&mut self, t: &Tok) -> bool {
+        let next = self.peek() == Some(t);
+        if next {
+            self.pos += 1;
+        }
+        next
+    }
+
+    /// The next statement of a `{ ... }` block and its line; `None` once
+    /// the closing brace is consumed. `unterminated` is the error when the
+    /// input ends first.
+    fn block_statement(&mut self, unterminated: &str) -> Result<Option<Statement>, TraceError> {
+        self.skip_separators();
+        if self.eat(&Tok::RBrace) {
+            return Ok(None);
+        }
+        let line = self.line();
+        let stmt = self.statement();
+        if stmt.is_empty() {
+            return Err(self.err(unterminated));
+        }
+        Ok(Some((line, stmt)))
+    }
 }
+
+/// A statement's line and tokens.
+type Statement = (usize, Vec<(Tok, usize)>);
 
 pub(super) fn hook_of(s: &str) -> Option<Hook> {
     Some(match s {
@@ -256,8 +284,7 @@ impl NftRuleset {
         match kind {
             "table" => {
                 self.table_mut(&fam, &table);
-                if matches!(p.peek(), Some(Tok::LBrace)) {
-                    p.pos += 1;
+                if p.eat(&Tok::LBrace) {
                     let _ = p.statement();
                     p.skip_separators();
                     p.expect(Tok::RBrace)?;
@@ -266,18 +293,10 @@ impl NftRuleset {
             "chain" => {
                 let name = p.word()?;
                 let mut chain = NftChain::default();
-                if matches!(p.peek(), Some(Tok::LBrace)) {
-                    p.pos += 1;
-                    loop {
-                        p.skip_separators();
-                        if matches!(p.peek(), Some(Tok::RBrace)) {
-                            p.pos += 1;
-                            break;
-                        }
-                        let stmt = p.statement();
-                        if stmt.is_empty() {
-                            return Err(p.err("unterminated chain declaration"));
-                        }
+                if p.eat(&Tok::LBrace) {
+                    while let Some((_, stmt)) =
+                        p.block_statement("unterminated chain declaration")?
+                    {
                         apply_chain_decl(&mut chain, &stmt).map_err(|e| p.err(e))?;
                     }
                 }
@@ -310,13 +329,7 @@ impl NftRuleset {
                 }
             }
             "set" | "map" => {
-                let name = p.word()?;
-                p.expect(Tok::LBrace)?;
-                let mut set = NftSet {
-                    is_map: kind == "map",
-                    ..NftSet::default()
-                };
-                self.parse_set_body(p, &mut set)?;
+                let (name, set) = parse_set(p, kind == "map")?;
                 let t = self.table_mut(&fam, &table);
                 let e = t.sets.entry(name).or_default();
                 e.is_map = set.is_map;
@@ -346,44 +359,6 @@ impl NftRuleset {
         Ok(())
     }
 
-    /// The body of `set NAME { ... }` / `map NAME { ... }` after the brace.
-    fn parse_set_body(&mut self, p: &mut Parser, set: &mut NftSet) -> Result<(), TraceError> {
-        let mut decl = Vec::new();
-        loop {
-            p.skip_separators();
-            match p.peek() {
-                Some(Tok::RBrace) => {
-                    p.pos += 1;
-                    break;
-                }
-                None => return Err(p.err("unterminated set")),
-                _ => {}
-            }
-            let stmt = p.statement();
-            if stmt.is_empty() {
-                return Err(p.err("unexpected token in set"));
-            }
-            if stmt[0].0.is("elements") {
-                let mut s = Stream {
-                    toks: &stmt[1..],
-                    pos: 0,
-                };
-                if s.peek().is_some_and(|t| t.is("=")) {
-                    s.next();
-                }
-                if !matches!(s.next(), Some(Tok::LBrace)) {
-                    return Err(p.err("elements without { ... }"));
-                }
-                set.elements
-                    .extend(parse_elements(&mut s, set.is_map).map_err(|e| p.err(e))?);
-            } else {
-                decl.push(join_tokens(&stmt));
-            }
-        }
-        set.decl = decl.join("; ");
-        Ok(())
-    }
-
     fn parse_table_block(
         &mut self,
         p: &mut Parser,
@@ -399,17 +374,7 @@ impl NftRuleset {
                     let cname = p.word()?;
                     p.expect(Tok::LBrace)?;
                     let mut chain = NftChain::default();
-                    loop {
-                        p.skip_separators();
-                        if matches!(p.peek(), Some(Tok::RBrace)) {
-                            p.pos += 1;
-                            break;
-                        }
-                        let line = p.line();
-                        let stmt = p.statement();
-                        if stmt.is_empty() {
-                            return Err(p.err("unexpected token in chain"));
-                        }
+                    while let Some((line, stmt)) = p.block_statement("unexpected token in chain")? {
                         if stmt[0].0.is("type") || stmt[0].0.is("policy") || stmt[0].0.is("comment")
                         {
                             apply_chain_decl(&mut chain, &stmt).map_err(|e| p.err(e))?;
@@ -423,13 +388,7 @@ impl NftRuleset {
                     self.table_mut(fam, name).chains.insert(cname, chain);
                 }
                 Some(Tok::Word(w)) if w == "set" || w == "map" => {
-                    let sname = p.word()?;
-                    p.expect(Tok::LBrace)?;
-                    let mut set = NftSet {
-                        is_map: w == "map",
-                        ..NftSet::default()
-                    };
-                    self.parse_set_body(p, &mut set)?;
+                    let (sname, set) = parse_set(p, w == "map")?;
                     self.table_mut(fam, name).sets.insert(sname, set);
                 }
                 Some(Tok::Word(w)) if w == "comment" || w == "flags" => {
@@ -439,6 +398,37 @@ impl NftRuleset {
             }
         }
     }
+}
+
+/// `NAME { ... }` after `set` / `map`.
+fn parse_set(p: &mut Parser, is_map: bool) -> Result<(String, NftSet), TraceError> {
+    let name = p.word()?;
+    p.expect(Tok::LBrace)?;
+    let mut set = NftSet {
+        is_map,
+        ..NftSet::default()
+    };
+    let mut decl = Vec::new();
+    while let Some((_, stmt)) = p.block_statement("unterminated set")? {
+        if stmt[0].0.is("elements") {
+            let mut s = Stream {
+                toks: &stmt[1..],
+                pos: 0,
+            };
+            if s.peek().is_some_and(|t| t.is("=")) {
+                s.next();
+            }
+            if !matches!(s.next(), Some(Tok::LBrace)) {
+                return Err(p.err("elements without { ... }"));
+            }
+            set.elements
+                .extend(parse_elements(&mut s, set.is_map).map_err(|e| p.err(e))?);
+        } else {
+            decl.push(join_tokens(&stmt));
+        }
+    }
+    set.decl = decl.join("; ");
+    Ok((name, set))
 }
 
 pub(super) fn apply_chain_decl(chain: &mut NftChain, stmt: &[(Tok, usize)]) -> Result<(), String> {
