@@ -151,6 +151,20 @@ impl Harness {
         .expect("kube source starts")
     }
 
+    /// Every request fails with 500 from now on (until `recover`).
+    const FAIL: fn(&Emulator) = |emu| emu.fail_for(Duration::from_secs(600));
+    /// Every request fails with 503 from now on (until `recover`).
+    const UNAVAILABLE: fn(&Emulator) = |emu| emu.unavailable_for(Duration::from_secs(600));
+
+    /// Starts an outage (`outage`), hangs up every watch and waits until
+    /// none is open: what changes next reaches the source only once the
+    /// server recovers.
+    async fn cut_watches_while(&self, outage: fn(&Emulator)) {
+        outage(&self.emu);
+        self.emu.hang_up_watches();
+        self.all_watches_closed().await;
+    }
+
     /// Waits until no watch is open: changes made after this cannot
     /// travel through a stream that was open before.
     async fn all_watches_closed(&self) {
@@ -471,9 +485,7 @@ async fn add_modify_delete_of_each_kind() {
 async fn catches_up_after_the_api_server_fails_for_a_while() {
     let (h, mut src) = synced("fail", 3).await;
 
-    h.emu.fail_for(Duration::from_secs(600));
-    h.emu.hang_up_watches();
-    h.all_watches_closed().await;
+    h.cut_watches_while(Harness::FAIL).await;
     h.apply(service("default", "web", 8080, json!({})));
     h.apply(slice("default", "web-1", "web", &["10.0.1.9"], json!({})));
     h.apply(node(NODE, "z3"));
@@ -506,9 +518,7 @@ async fn relists_when_a_watch_falls_behind_the_history() {
     // While the watchers are disconnected, more changes happen than the
     // server keeps: resuming from the old resourceVersion is 410 Gone.
     h.emu.set_history_limit(2);
-    h.emu.fail_for(Duration::from_secs(600));
-    h.emu.hang_up_watches();
-    h.all_watches_closed().await;
+    h.cut_watches_while(Harness::FAIL).await;
     for i in 0..5u16 {
         h.apply(service("default", &format!("s{i}"), 1000 + i, json!({})));
     }
@@ -711,9 +721,7 @@ async fn large_cluster_syncs_and_follows_changes() {
 /// while the server fails, and their resourceVersions expire (410 on
 /// resume).
 async fn relist_with_one_more(h: &Harness) {
-    h.emu.fail_for(Duration::from_secs(600));
-    h.emu.hang_up_watches();
-    h.all_watches_closed().await;
+    h.cut_watches_while(Harness::FAIL).await;
     h.apply(service("bulk", "late", 99, json!({})));
     h.apply(slice("bulk", "late-x", "late", &["10.99.0.1"], json!({})));
     h.emu.expire_watches();
@@ -1013,9 +1021,7 @@ async fn catches_up_within_the_cap_after_an_outage_ending_in_403_and_410() {
     let (h, mut src) = synced("outage", 4).await;
 
     // A long outage: every watcher's delay grows to the cap.
-    h.emu.unavailable_for(Duration::from_secs(600));
-    h.emu.hang_up_watches();
-    h.all_watches_closed().await;
+    h.cut_watches_while(Harness::UNAVAILABLE).await;
     tokio::time::sleep(Duration::from_secs(35)).await;
     assert_eq!(src.errors().len(), 4, "{:?}", src.errors());
     // A new API server: its authorizer answers 403 for a few seconds,
