@@ -30,7 +30,7 @@ use std::hash::{BuildHasher, Hasher};
 
 use kproxy_graph::ServicePortName;
 
-use crate::generate::{Elem, FastHash, ServiceRules};
+use crate::generate::{ElemRef, FastHash, ServiceRules};
 use crate::ir::Table;
 
 /// The fingerprint of a key of a set.
@@ -158,8 +158,13 @@ impl Claims {
 }
 
 /// The first element of `sr` with `key` in `set`, looked up at `hint` first.
-pub fn element_of<'a>(sr: &'a ServiceRules, set: &str, key: &str, hint: usize) -> Option<&'a Elem> {
-    let matches = |e: &&Elem| e.set == set && e.key() == key;
+pub fn element_of<'a>(
+    sr: &'a ServiceRules,
+    set: &str,
+    key: &str,
+    hint: usize,
+) -> Option<ElemRef<'a>> {
+    let matches = |e: &ElemRef<'_>| e.set == set && e.key() == key;
     match sr.elems.get(hint) {
         // The hint is the first element with this fingerprint, so when it
         // matches it is also the first with this key.
@@ -174,7 +179,7 @@ pub enum Winner<'a> {
     /// The skeleton's own element (the skeleton's diff writes it).
     Skeleton,
     /// This service port's element.
-    Service(&'a Elem),
+    Service(ElemRef<'a>),
     /// Nothing.
     None,
 }
@@ -206,6 +211,7 @@ pub fn winner<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generate::Elem;
     use crate::ir::Element;
     use kproxy_graph::Protocol;
 

@@ -4,6 +4,19 @@
 
 use super::*;
 
+/// Rebuild each family's maps of service ports and fingerprints with
+/// full nodes. A full rebuild inserts the ports in key order, and a
+/// `BTreeMap` filled by appending keeps its nodes a little over half full
+/// (a full leaf splits six to the left, the rest to the right): at 50,000
+/// Services the service-port map took about 45 MB where its entries need
+/// about 25. Collecting a sorted map builds full nodes.
+fn pack_maps(graph: &mut ServiceGraph) {
+    for fg in graph.families.values_mut() {
+        fg.services = std::mem::take(&mut fg.services).into_iter().collect();
+        fg.fingerprints = std::mem::take(&mut fg.fingerprints).into_iter().collect();
+    }
+}
+
 impl IncrementalGraph {
     /// Apply the pending changes to the graph; see [`Update`].
     pub fn update(&mut self) -> Update {
@@ -248,6 +261,8 @@ impl IncrementalGraph {
         for key in keys {
             self.rebuild_group(&mut graph, &key, &mut scratch, &mut scratch_removed);
         }
+        pack_maps(&mut graph);
+        self.groups = std::mem::take(&mut self.groups).into_iter().collect();
         self.warnings_dirty = true;
         self.assemble_warnings(&mut graph);
         self.dirty.clear();

@@ -257,7 +257,7 @@ pub(super) fn shared_elements(
     let olds = updates.iter().filter_map(|(n, _)| fs.rules.services.get(n));
     let news = updates.iter().filter_map(|(_, sr)| sr.as_ref());
     for sr in olds.chain(news) {
-        for e in &sr.elems {
+        for e in sr.elems.iter() {
             keys.insert((e.set, e.key()));
         }
     }

@@ -12,13 +12,14 @@ use super::*;
 pub struct ServiceRules {
     /// Per-service chains (affinity, eTP=Local, firewall), sorted by name.
     pub chains: Vec<Chain>,
-    /// Elements in shared sets and maps.
-    pub elems: Vec<Elem>,
+    /// Elements in shared sets and maps, packed.
+    pub elems: Elems,
     /// The ids its endpoints have in the shared `affinity` set, sorted:
     /// when an endpoint goes away, the backend removes its entries.
     pub affinity_ids: Vec<(u32, u32)>,
-    /// The shared load-balancing chains it uses.
-    pub lb: BTreeSet<LbChain>,
+    /// The shared load-balancing chains it uses, sorted (a vector: a
+    /// service port uses one or two, where a set's node took 200 bytes).
+    pub lb: Vec<LbChain>,
 }
 
 /// One family's rules: the skeleton plus each service port's contribution.
@@ -40,7 +41,7 @@ impl FamilyRules {
     pub fn assemble(&self) -> Table {
         let mut t = self.structure();
         for sr in self.services.values() {
-            for e in &sr.elems {
+            for e in sr.elems.iter() {
                 if let Some(set) = t.sets.get_mut(e.set) {
                     set.elements
                         .entry(e.key().to_string())
@@ -159,8 +160,9 @@ impl FamilyRules {
                 }
             }
         }
-        let all: Vec<&Elem> = own
+        let all: Vec<ElemRef<'_>> = own
             .iter()
+            .map(Elem::as_ref)
             .chain(self.services.values().flat_map(|sr| sr.elems.iter()))
             .filter(|e| st.sets.contains_key(e.set))
             .collect();
@@ -185,7 +187,7 @@ impl FamilyRules {
 /// checked against that element's text, and the rare different key with
 /// the same fingerprint is looked up in an exact set, so two keys are never
 /// confused.
-fn first_claims(all: &[&Elem]) -> Vec<u32> {
+fn first_claims(all: &[ElemRef<'_>]) -> Vec<u32> {
     use std::collections::hash_map::Entry;
     let mut first: HashMap<u32, u32, FastHash> =
         HashMap::with_capacity_and_hasher(all.len(), FastHash);
@@ -340,7 +342,7 @@ mod tests {
             el(sets::SERVICE_IPS, "10.0.0.1 . tcp . 80"),
             el(sets::CLUSTER_IPS, &a),
         ];
-        let all: Vec<&Elem> = elems.iter().collect();
+        let all: Vec<ElemRef<'_>> = elems.iter().map(Elem::as_ref).collect();
         assert_eq!(first_claims(&all), [0, 1, 4, 5]);
     }
 
@@ -377,5 +379,62 @@ mod tests {
             }
             assert_eq!(e.rendered(), text);
         }
+    }
+
+    #[test]
+    fn packed_elements_read_back_as_pushed() {
+        let long = "c".repeat(crate::names::COMMENT_MAX);
+        let cases: Vec<(&'static str, &str, Element)> = vec![
+            (sets::SERVICE_IPS, "10.0.0.1 . tcp . 80", Element::default()),
+            (
+                sets::CLUSTER_EPS[1],
+                "10.0.0.1 . udp . 53 . 0",
+                Element {
+                    value: Some("10.1.0.1 . 53".into()),
+                    comment: None,
+                },
+            ),
+            // A set name that is none of the shared sets'.
+            (
+                "test-only-set",
+                "fd00::1 . udp . 53 . 0",
+                Element {
+                    value: Some("fd00::2 . 53".into()),
+                    comment: Some(long.clone()),
+                },
+            ),
+            (
+                sets::AFFINITY,
+                "",
+                Element {
+                    value: Some(String::new()),
+                    comment: Some(String::new()),
+                },
+            ),
+            (
+                sets::SERVICE_NODEPORTS,
+                "tcp . 3051",
+                Element {
+                    value: Some("goto x".into()),
+                    comment: Some("ns/web:http".into()),
+                },
+            ),
+        ];
+        let mut packed = Elems::new();
+        for (set, key, el) in &cases {
+            packed.push(set, key, el);
+        }
+        packed.shrink_to_fit();
+        assert_eq!(packed.len(), cases.len());
+        for (i, (set, key, el)) in cases.iter().enumerate() {
+            let one = Elem::new(set, key, el);
+            let e = packed.get(i).unwrap();
+            assert_eq!(e, one.as_ref());
+            assert_eq!((e.set, e.key(), e.element()), (*set, *key, el.clone()));
+            assert_eq!(e.rendered(), one.rendered());
+        }
+        assert!(packed.get(cases.len()).is_none());
+        let from: Elems = cases.iter().map(|(s, k, e)| Elem::new(s, k, e)).collect();
+        assert_eq!(from, packed);
     }
 }

@@ -42,7 +42,7 @@ impl SvcCtx<'_, '_> {
             value,
             comment: comment.then(|| self.comment.clone()),
         };
-        self.out.elems.push(Elem::new(set, &key, &e));
+        self.out.elems.push(set, &key, &e);
     }
 
     pub(super) fn eps(&self, policy: TrafficPolicy) -> &[std::sync::Arc<Endpoint>] {
@@ -92,7 +92,7 @@ impl SvcCtx<'_, '_> {
             proto: protocol,
             k: n,
         };
-        self.out.lb.insert(lb);
+        self.out.lb.push(lb);
         Some(lb.name())
     }
 
@@ -124,7 +124,7 @@ impl SvcCtx<'_, '_> {
                 proto: self.sp.name.protocol,
                 k: n,
             };
-            self.out.lb.insert(lb);
+            self.out.lb.push(lb);
             return Some(lb.name());
         }
         // externalTrafficPolicy: Local, kube-proxy's external chain.
@@ -359,13 +359,17 @@ pub(crate) fn service_rules(ctx: &Ctx, sp: &ServicePort) -> Result<ServiceRules,
 
     s.out.chains.sort_by(|a, b| a.name.cmp(&b.name));
     s.out.elems.shrink_to_fit();
+    s.out.lb.sort();
+    s.out.lb.dedup();
+    s.out.lb.shrink_to_fit();
     Ok(s.out)
 }
 
 /// Add the shared load-balancing chains `lbs` (and the chains they go to).
-pub(crate) fn lb_closure(lbs: &BTreeSet<LbChain>) -> BTreeSet<LbChain> {
-    let mut all = lbs.clone();
+pub(crate) fn lb_closure<'a>(lbs: impl IntoIterator<Item = &'a LbChain>) -> BTreeSet<LbChain> {
+    let mut all = BTreeSet::new();
     for lb in lbs {
+        all.insert(*lb);
         if let Some(i) = lb.inner() {
             all.insert(i);
         }
