@@ -5,12 +5,14 @@
 //! time in its scanner and event stream. Kubernetes YAML written by tools
 //! uses a small part of YAML: block mappings and sequences, one key or
 //! entry a line, plain scalars, one-line quoted scalars and the empty
-//! `{}` and `[]`. [`parse`] reads exactly that part into the
-//! `serde_json::Value` that `serde_yaml_ng` gives for the same text, and
-//! returns `None` for anything else (flow collections with content, block
-//! scalars, anchors, tags, escapes, multi-line scalars, tabs, carriage
-//! returns, comments after content, duplicate keys, and plain scalars
-//! whose type is not plain to see, such as `1.5`, `0x1f` or `-3`); the
+//! `{}` and `[]`. [`parse`] reads exactly that part into a [`Tree`]
+//! (its strings borrowed from the text) equal to the `serde_json::Value`
+//! that `serde_yaml_ng` gives for the same text, and returns `None` for
+//! anything else (flow collections with content, block scalars, anchors,
+//! tags, escapes, multi-line scalars, tabs, carriage returns, comments
+//! after content, duplicate keys, lines indented near the intake's depth
+//! limit, and plain scalars whose type is not plain to see, such as
+//! `1.5`, `0x1f` or `-3`); the
 //! caller then parses the text with `serde_yaml_ng`, so that every input
 //! reads as before and every error is reported by that parser.
 //!
@@ -21,7 +23,11 @@
 //! strings; digits with a leading zero (`0123`) and dotted digits that are
 //! not a number (`10.1.0.5`) are strings too.
 
-use serde_json::{Map, Number, Value};
+use std::borrow::Cow;
+
+use serde_json::Number;
+
+use super::tree::{self, Tree};
 
 /// One line with content: its indentation and the rest.
 #[derive(Clone, Copy)]
@@ -37,14 +43,21 @@ struct Reader<'a> {
 
 /// Parse `text`, one block mapping or sequence, into its value; `None`
 /// when the text is outside the part of YAML this reader takes.
-pub(crate) fn parse(text: &str) -> Option<Value> {
-    if text.bytes().any(|b| b == b'\t' || b == b'\r') {
+pub(crate) fn parse(text: &str) -> Option<Tree<'_>> {
+    // Two word-at-a-time searches (`<[u8]>::contains` of a byte), not a
+    // loop over every byte.
+    if text.as_bytes().contains(&b'\t') || text.as_bytes().contains(&b'\r') {
         return None;
     }
     let mut lines = Vec::with_capacity(text.len() / 16);
     for (_, line) in super::stream::lines(text) {
         let line = line.strip_suffix('\n').unwrap_or(line);
         let content = line.trim_start_matches(' ');
+        // Deep lines are left to the full parser, after the depth check
+        // (which this reader then never needs: see `DepthCheck`).
+        if line.len() - content.len() >= DEEP {
+            return None;
+        }
         if content.is_empty() || content.starts_with('#') {
             continue;
         }
@@ -62,6 +75,12 @@ pub(crate) fn parse(text: &str) -> Option<Value> {
     (r.at == r.lines.len()).then_some(value)
 }
 
+/// The column from which a line is left to the full parser: short of
+/// where the intake's depth check (which counts two columns a level, and
+/// one level more for a `{}` or `[]`) would reject it, so that no line
+/// this reader takes is one the check rejects.
+const DEEP: usize = 2 * super::MAX_DEPTH;
+
 /// `- ` or a lone `-`: a sequence entry.
 fn is_entry(text: &str) -> bool {
     text.starts_with("- ") || text == "-"
@@ -70,14 +89,28 @@ fn is_entry(text: &str) -> bool {
 /// A key this reader takes: a letter or `_` first, then letters, digits
 /// and `._/-` (label keys such as `kubernetes.io/service-name`).
 fn is_simple_key(key: &str) -> bool {
-    let mut bytes = key.bytes();
-    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
-        && !matches!(
-            key,
-            "null" | "Null" | "NULL" | "true" | "True" | "TRUE" | "false" | "False" | "FALSE"
-        )
+    let bytes = key.as_bytes();
+    matches!(bytes.first(), Some(b) if b.is_ascii_alphabetic() || *b == b'_')
+        && bytes.iter().all(|&b| KEY_BYTE[usize::from(b)])
+        // Only a 4- or 5-letter key can be a null or boolean word.
+        && !(matches!(bytes.len(), 4 | 5)
+            && matches!(
+                key,
+                "null" | "Null" | "NULL" | "true" | "True" | "TRUE" | "false" | "False" | "FALSE"
+            ))
 }
+
+/// The bytes of a simple key: letters, digits and `._/-`.
+const KEY_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'/' | b'-');
+        b += 1;
+    }
+    t
+};
 
 /// Split `key: value` (or `key:`) at its colon; `None` when the text is
 /// not a simple key followed by a colon.
@@ -95,7 +128,7 @@ fn split_key(text: &str) -> Option<(&str, &str)> {
 }
 
 /// A one-line scalar (or `{}`/`[]`) as `serde_yaml_ng` reads it.
-fn scalar(text: &str) -> Option<Value> {
+fn scalar(text: &str) -> Option<Tree<'_>> {
     let first = *text.as_bytes().first()?;
     match first {
         b'"' => {
@@ -103,10 +136,22 @@ fn scalar(text: &str) -> Option<Value> {
             if inner.contains(['"', '\\']) {
                 return None;
             }
-            Some(Value::String(inner.to_string()))
+            Some(Tree::String(Cow::Borrowed(inner)))
         }
         b'\'' => {
             let inner = text[1..].strip_suffix('\'')?;
+            if !inner.contains('\'') {
+                return Some(Tree::String(Cow::Borrowed(inner)));
+            }
+            // The depth check's scan of a line sees the text after the
+            // first `''` as outside quotes: take nothing it would count
+            // (a quote or bracket it opens there, or a quote opened at
+            // the closing `'`).
+            if inner.contains(['"', '[', '{'])
+                || inner.ends_with([' ', '\t', '[', '{', ',', ':', '-'])
+            {
+                return None;
+            }
             // A lone quote inside ends the scalar early; `''` is one quote.
             let mut out = String::with_capacity(inner.len());
             let mut chars = inner.chars();
@@ -116,18 +161,18 @@ fn scalar(text: &str) -> Option<Value> {
                 }
                 out.push(c);
             }
-            Some(Value::String(out))
+            Some(Tree::String(Cow::Owned(out)))
         }
-        b'{' => (text == "{}").then(|| Value::Object(Map::new())),
-        b'[' => (text == "[]").then(|| Value::Array(Vec::new())),
-        b'~' => (text == "~").then_some(Value::Null),
+        b'{' => (text == "{}").then(|| Tree::Object(Vec::new())),
+        b'[' => (text == "[]").then(|| Tree::Array(Vec::new())),
+        b'~' => (text == "~").then_some(Tree::Null),
         b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' => plain(text),
         _ => None,
     }
 }
 
 /// A plain scalar starting with a letter or a digit.
-fn plain(text: &str) -> Option<Value> {
+fn plain(text: &str) -> Option<Tree<'_>> {
     // Characters a plain scalar may hold here, and no `: ` (a key) or
     // trailing `:`.
     let mut prev_colon = false;
@@ -144,9 +189,9 @@ fn plain(text: &str) -> Option<Value> {
         return None;
     }
     match text {
-        "null" | "Null" | "NULL" => return Some(Value::Null),
-        "true" | "True" | "TRUE" => return Some(Value::Bool(true)),
-        "false" | "False" | "FALSE" => return Some(Value::Bool(false)),
+        "null" | "Null" | "NULL" => return Some(Tree::Null),
+        "true" | "True" | "TRUE" => return Some(Tree::Bool(true)),
+        "false" | "False" | "FALSE" => return Some(Tree::Bool(false)),
         _ => {}
     }
     let bytes = text.as_bytes();
@@ -154,19 +199,19 @@ fn plain(text: &str) -> Option<Value> {
         if bytes.iter().all(u8::is_ascii_digit) {
             // Leading zeros make a string (YAML 1.2); otherwise a u64.
             if bytes.len() > 1 && bytes[0] == b'0' {
-                return Some(Value::String(text.to_string()));
+                return Some(Tree::String(Cow::Borrowed(text)));
             }
             return text
                 .parse::<u64>()
                 .ok()
-                .map(|n| Value::Number(Number::from(n)));
+                .map(|n| Tree::Number(Number::from(n)));
         }
         // A float, or an integer in another base: left to the full parser.
         if text.parse::<f64>().is_ok() || text.len() > 1 && matches!(bytes[1], b'x' | b'o' | b'b') {
             return None;
         }
     }
-    Some(Value::String(text.to_string()))
+    Some(Tree::String(Cow::Borrowed(text)))
 }
 
 impl<'a> Reader<'a> {
@@ -175,7 +220,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The block collection whose first line is the next one, at `indent`.
-    fn block(&mut self, indent: usize) -> Option<Value> {
+    fn block(&mut self, indent: usize) -> Option<Tree<'a>> {
         let line = self.peek()?;
         if line.indent != indent {
             return None;
@@ -199,7 +244,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A block sequence whose entries are at `indent`.
-    fn sequence(&mut self, indent: usize) -> Option<Value> {
+    fn sequence(&mut self, indent: usize) -> Option<Tree<'a>> {
         let mut items = Vec::new();
         while let Some(line) = self.peek() {
             if line.indent < indent {
@@ -219,6 +264,9 @@ impl<'a> Reader<'a> {
                 return None;
             }
             let column = indent + (line.text.len() - rest.len());
+            if column >= DEEP {
+                return None;
+            }
             if split_key(rest).is_some() {
                 items.push(self.mapping(column, rest)?);
             } else {
@@ -226,13 +274,13 @@ impl<'a> Reader<'a> {
                 self.ends_at(indent)?;
             }
         }
-        Some(Value::Array(items))
+        Some(Tree::Array(items))
     }
 
     /// A block mapping at `indent` whose first key line (already taken)
     /// is `first`.
-    fn mapping(&mut self, indent: usize, first: &'a str) -> Option<Value> {
-        let mut map = Map::new();
+    fn mapping(&mut self, indent: usize, first: &'a str) -> Option<Tree<'a>> {
+        let mut pairs: Vec<(Cow<'a, str>, Tree<'a>)> = Vec::new();
         let mut text = first;
         loop {
             let (key, value) = split_key(text)?;
@@ -240,16 +288,14 @@ impl<'a> Reader<'a> {
                 match self.peek() {
                     Some(l) if l.indent > indent => self.block(l.indent)?,
                     Some(l) if l.indent == indent && is_entry(l.text) => self.sequence(indent)?,
-                    _ => Value::Null,
+                    _ => Tree::Null,
                 }
             } else {
                 let v = scalar(value)?;
                 self.ends_at(indent)?;
                 v
             };
-            if map.insert(key.to_string(), value).is_some() {
-                return None;
-            }
+            pairs.push((Cow::Borrowed(key), value));
             match self.peek() {
                 Some(l) if l.indent == indent && !is_entry(l.text) => {
                     self.at += 1;
@@ -259,15 +305,28 @@ impl<'a> Reader<'a> {
                 _ => break,
             }
         }
-        Some(Value::Object(map))
+        // A repeated key is left to the full parser.
+        if !pairs.is_sorted_by(|a, b| a.0 < b.0) {
+            pairs.sort_by(|a, b| a.0.cmp(&b.0));
+            if pairs.windows(2).any(|w| w[0].0 == w[1].0) {
+                return None;
+            }
+        }
+        Some(tree::object(pairs))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+    use serde_json::Value;
 
     use super::*;
+
+    /// [`parse`] as a `serde_json::Value`.
+    fn parse(text: &str) -> Option<Value> {
+        super::parse(text).map(Tree::into_value)
+    }
 
     /// What `serde_yaml_ng` reads from `text`.
     fn full(text: &str) -> Value {

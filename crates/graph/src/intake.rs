@@ -35,6 +35,8 @@ mod stream;
 // The fast reader of plain block YAML that streaming tries first.
 #[path = "block_yaml.rs"]
 mod block_yaml;
+// What the fast readers read an item into.
+mod tree;
 
 /// The Kubernetes objects a graph is built from.
 #[derive(Debug, Clone, Default)]
@@ -79,18 +81,108 @@ pub enum IntakeError {
     },
 }
 
-fn object_name(v: &serde_json::Value) -> String {
+fn object_name<I: Item>(v: &I) -> String {
     let meta = v.get("metadata");
     let name = meta
         .and_then(|m| m.get("name"))
-        .and_then(|n| n.as_str())
+        .and_then(Item::as_str)
         .unwrap_or("<unnamed>");
-    match meta
-        .and_then(|m| m.get("namespace"))
-        .and_then(|n| n.as_str())
-    {
+    match meta.and_then(|m| m.get("namespace")).and_then(Item::as_str) {
         Some(ns) => format!("{ns}/{name}"),
         None => name.to_string(),
+    }
+}
+
+/// What [`add_item`] reads an object from: a `serde_json::Value`, or a
+/// [`tree::Tree`] that borrows the text (the same value, read the same
+/// way).
+pub(crate) trait Item: Sized {
+    /// The value of `key`, when this is a mapping that has it.
+    fn get(&self, key: &str) -> Option<&Self>;
+    /// The string, when this is one.
+    fn as_str(&self) -> Option<&str>;
+    /// Remove `items` from a mapping; its entries when it is a sequence.
+    fn take_items(&mut self) -> Option<Vec<Self>>;
+    /// Set `kind` of a mapping.
+    fn set_kind(&mut self, kind: &'static str);
+    /// What this is when it is not a mapping (for the warning).
+    fn not_an_object(&self) -> Option<String>;
+    /// The typed object, as `serde_json::from_value` gives it.
+    fn into_typed<T: serde::de::DeserializeOwned>(self) -> Result<T, serde_json::Error>;
+}
+
+/// A sequence of `len` entries, as [`Item::not_an_object`] says it.
+fn sequence_of(len: usize) -> String {
+    format!(
+        "a sequence of {len} entries, not a Kubernetes object (a list of objects needs kind: List and items)"
+    )
+}
+
+impl Item for serde_json::Value {
+    fn get(&self, key: &str) -> Option<&Self> {
+        serde_json::Value::get(self, key)
+    }
+    fn as_str(&self) -> Option<&str> {
+        serde_json::Value::as_str(self)
+    }
+    fn take_items(&mut self) -> Option<Vec<Self>> {
+        match self.as_object_mut().and_then(|o| o.remove("items")) {
+            Some(serde_json::Value::Array(items)) => Some(items),
+            _ => None,
+        }
+    }
+    fn set_kind(&mut self, kind: &'static str) {
+        if let Some(obj) = self.as_object_mut() {
+            obj.insert("kind".into(), kind.into());
+        }
+    }
+    fn not_an_object(&self) -> Option<String> {
+        use serde_json::Value;
+        Some(match self {
+            Value::Object(_) => return None,
+            Value::Null => "empty".to_string(),
+            Value::Array(a) => sequence_of(a.len()),
+            Value::String(_) => "a string, not a Kubernetes object".to_string(),
+            Value::Bool(_) | Value::Number(_) => format!("{self}, not a Kubernetes object"),
+        })
+    }
+    fn into_typed<T: serde::de::DeserializeOwned>(self) -> Result<T, serde_json::Error> {
+        serde_json::from_value(self)
+    }
+}
+
+impl Item for tree::Tree<'_> {
+    fn get(&self, key: &str) -> Option<&Self> {
+        tree::Tree::get(self, key)
+    }
+    fn as_str(&self) -> Option<&str> {
+        tree::Tree::as_str(self)
+    }
+    fn take_items(&mut self) -> Option<Vec<Self>> {
+        match self.remove("items") {
+            Some(tree::Tree::Array(items)) => Some(items),
+            _ => None,
+        }
+    }
+    fn set_kind(&mut self, kind: &'static str) {
+        self.insert("kind", tree::Tree::String(kind.into()));
+    }
+    fn not_an_object(&self) -> Option<String> {
+        use tree::Tree;
+        Some(match self {
+            Tree::Object(_) => return None,
+            Tree::Null => "empty".to_string(),
+            Tree::Array(a) => sequence_of(a.len()),
+            Tree::String(_) => "a string, not a Kubernetes object".to_string(),
+            Tree::Bool(b) => format!("{}, not a Kubernetes object", serde_json::Value::Bool(*b)),
+            Tree::Number(n) => format!(
+                "{}, not a Kubernetes object",
+                serde_json::Value::Number(n.clone())
+            ),
+        })
+    }
+    fn into_typed<T: serde::de::DeserializeOwned>(self) -> Result<T, serde_json::Error> {
+        tree::from_tree(self)
     }
 }
 
@@ -178,14 +270,57 @@ pub fn add_yaml<S: ObjectSink>(
     // A UTF-8 byte order mark (editors on Windows write one) is not
     // content.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    check_depth(source_name, text)?;
     // Large lists item by item (see `stream`); whatever that path does
     // not take, and every error, is read here as a whole.
-    if let Some((mut objects, warnings)) = stream::read::<S>(source_name, text) {
+    let mut depth = DepthCheck::new(source_name, text);
+    if let Some((mut objects, warnings)) = stream::read::<S>(source_name, text, &mut depth) {
         sink.append(&mut objects);
         return Ok(warnings);
     }
+    depth.result()?;
     add_yaml_whole(sink, source_name, text)
+}
+
+/// Whether a second CPU is there to use (asked once).
+pub(crate) fn two_cpus() -> bool {
+    static TWO: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TWO.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
+}
+
+/// [`check_depth`] of one text, run at most once and only when needed:
+/// before any of the text is read by a parser other than `block_yaml`
+/// (which takes no line the check rejects, and is linear in any case).
+pub(crate) struct DepthCheck<'a> {
+    source_name: &'a str,
+    text: &'a str,
+    passed: Option<bool>,
+}
+
+impl<'a> DepthCheck<'a> {
+    pub(crate) fn new(source_name: &'a str, text: &'a str) -> Self {
+        DepthCheck {
+            source_name,
+            text,
+            passed: None,
+        }
+    }
+
+    /// Whether the text passes the check.
+    pub(crate) fn passes(&mut self) -> bool {
+        let (source_name, text) = (self.source_name, self.text);
+        *self
+            .passed
+            .get_or_insert_with(|| check_depth(source_name, text).is_ok())
+    }
+
+    /// The check's error, if any.
+    fn result(&mut self) -> Result<(), IntakeError> {
+        if self.passes() {
+            Ok(())
+        } else {
+            check_depth(self.source_name, self.text)
+        }
+    }
 }
 
 /// [`add_yaml`] through one `serde_json::Value` tree per document.
@@ -209,72 +344,89 @@ pub(crate) fn add_yaml_whole<S: ObjectSink>(
     Ok(warnings)
 }
 
+/// The item kind of a list kind (`ServiceList` -> `Service`, `List` ->
+/// ``), `None` for other kinds.
+pub(crate) fn list_item_kind(kind: &str) -> Option<&'static str> {
+    match kind {
+        "List" => Some(""),
+        "ServiceList" => Some("Service"),
+        "EndpointSliceList" => Some("EndpointSlice"),
+        "NodeList" => Some("Node"),
+        "ServiceCIDRList" => Some("ServiceCIDR"),
+        _ => None,
+    }
+}
+
+/// Add list item `index` the way [`add_item`] adds a list's items: an
+/// item without `kind` takes the list's item kind.
+pub(crate) fn add_list_item<S: ObjectSink, I: Item>(
+    sink: &mut S,
+    mut item: I,
+    item_kind: &'static str,
+    index: usize,
+    warnings: &mut Vec<Warning>,
+) {
+    if item.get("kind").is_none() && !item_kind.is_empty() {
+        item.set_kind(item_kind);
+    }
+    add_item(sink, item, Some(index), warnings);
+}
+
 /// [`Objects::add_value`] of a whole document (`item` `None`) or of a
 /// list's item `item`, into `sink`.
-pub(crate) fn add_item<S: ObjectSink>(
+pub(crate) fn add_item<S: ObjectSink, I: Item>(
     sink: &mut S,
-    mut value: serde_json::Value,
+    mut value: I,
     item: Option<usize>,
     warnings: &mut Vec<Warning>,
 ) {
-    if let Some(w) = not_an_object(&value, item) {
-        warnings.push(w);
+    if let Some(what) = value.not_an_object() {
+        warnings.push(Warning::new(
+            ObjectKind::Document,
+            UNPLACED,
+            item_field(item, ""),
+            format!("{what}; ignored"),
+        ));
         return;
     }
-    let kind = value
-        .get("kind")
-        .and_then(|k| k.as_str())
-        .unwrap_or("")
-        .to_string();
-    match kind.as_str() {
-        "List" | "ServiceList" | "EndpointSliceList" | "NodeList" | "ServiceCIDRList" => {
-            let items = value
-                .as_object_mut()
-                .and_then(|o| o.remove("items"))
-                .unwrap_or(serde_json::Value::Null);
-            if let serde_json::Value::Array(items) = items {
-                let item_kind = kind.strip_suffix("List").unwrap_or("");
-                for (i, mut item) in items.into_iter().enumerate() {
-                    if item.get("kind").is_none()
-                        && !item_kind.is_empty()
-                        && let Some(obj) = item.as_object_mut()
-                    {
-                        obj.insert("kind".into(), item_kind.into());
-                    }
-                    add_item(sink, item, Some(i), warnings);
-                }
+    let kind = value.get("kind").and_then(Item::as_str).unwrap_or("");
+    if let Some(item_kind) = list_item_kind(kind) {
+        if let Some(items) = value.take_items() {
+            for (i, entry) in items.into_iter().enumerate() {
+                add_list_item(sink, entry, item_kind, i, warnings);
             }
         }
-        "Service" | "EndpointSlice" | "Node" | "ServiceCIDR" => {
-            let name = object_name(&value);
-            let (object_kind, result) = match kind.as_str() {
-                "Service" => (
-                    ObjectKind::Service,
-                    serde_json::from_value::<Service>(value).map(|s| sink.service(s)),
-                ),
-                "EndpointSlice" => (
-                    ObjectKind::EndpointSlice,
-                    serde_json::from_value::<EndpointSlice>(value).map(|s| sink.endpoint_slice(s)),
-                ),
-                "ServiceCIDR" => (
-                    ObjectKind::ServiceCidr,
-                    serde_json::from_value::<ServiceCIDR>(value).map(|c| sink.service_cidr(c)),
-                ),
-                _ => (
-                    ObjectKind::Node,
-                    serde_json::from_value::<Node>(value).map(|n| sink.node(n)),
-                ),
-            };
-            if let Err(e) = result {
-                warnings.push(Warning::new(
-                    object_kind,
-                    name,
-                    "<object>",
-                    format!("does not match the {object_kind} schema, skipped: {e}"),
-                ));
-            }
+        return;
+    }
+    let object_kind = match kind {
+        "Service" => ObjectKind::Service,
+        "EndpointSlice" => ObjectKind::EndpointSlice,
+        "ServiceCIDR" => ObjectKind::ServiceCidr,
+        "Node" => ObjectKind::Node,
+        _ => {
+            let kind = kind.to_string();
+            warnings.extend(unread_kind(&value, &kind, item));
+            return;
         }
-        _ => warnings.extend(unread_kind(&value, &kind, item)),
+    };
+    let name = object_name(&value);
+    let result = match object_kind {
+        ObjectKind::Service => value.into_typed::<Service>().map(|s| sink.service(s)),
+        ObjectKind::EndpointSlice => value
+            .into_typed::<EndpointSlice>()
+            .map(|s| sink.endpoint_slice(s)),
+        ObjectKind::ServiceCidr => value
+            .into_typed::<ServiceCIDR>()
+            .map(|c| sink.service_cidr(c)),
+        _ => value.into_typed::<Node>().map(|n| sink.node(n)),
+    };
+    if let Err(e) = result {
+        warnings.push(Warning::new(
+            object_kind,
+            name,
+            "<object>",
+            format!("does not match the {object_kind} schema, skipped: {e}"),
+        ));
     }
 }
 
@@ -302,27 +454,6 @@ fn item_field(item: Option<usize>, what: &str) -> String {
     }
 }
 
-/// The warning for a document or list item that is not an object.
-fn not_an_object(value: &serde_json::Value, item: Option<usize>) -> Option<Warning> {
-    use serde_json::Value;
-    let what = match value {
-        Value::Object(_) => return None,
-        Value::Null => "empty".to_string(),
-        Value::Array(a) => format!(
-            "a sequence of {} entries, not a Kubernetes object (a list of objects needs kind: List and items)",
-            a.len()
-        ),
-        Value::String(_) => "a string, not a Kubernetes object".to_string(),
-        Value::Bool(_) | Value::Number(_) => format!("{value}, not a Kubernetes object"),
-    };
-    Some(Warning::new(
-        ObjectKind::Document,
-        UNPLACED,
-        item_field(item, ""),
-        format!("{what}; ignored"),
-    ))
-}
-
 /// The kinds kproxy reads from input, for the case-insensitive hint.
 const READ_KINDS: [&str; 7] = [
     "Service",
@@ -336,18 +467,15 @@ const READ_KINDS: [&str; 7] = [
 
 /// The warning for an object of a kind kproxy does not read, or `None` for
 /// kinds it knows (ServiceCIDR, which other paths read).
-fn unread_kind(value: &serde_json::Value, kind: &str, item: Option<usize>) -> Option<Warning> {
-    let api_version = value
-        .get("apiVersion")
-        .and_then(|v| v.as_str())
-        .unwrap_or("");
+fn unread_kind<I: Item>(value: &I, kind: &str, item: Option<usize>) -> Option<Warning> {
+    let api_version = value.get("apiVersion").and_then(Item::as_str).unwrap_or("");
     if kind == "ServiceCIDR" && api_version.starts_with("networking.k8s.io/") {
         return None;
     }
     let named = value
         .get("metadata")
         .and_then(|m| m.get("name"))
-        .is_some_and(|n| n.is_string());
+        .is_some_and(|n| n.as_str().is_some());
     let name = if named {
         format!(" {}", object_name(value))
     } else {
@@ -644,6 +772,67 @@ mod input_tests {
         assert_eq!(
             e.to_string(),
             "deep.yaml: document 1: line 1: nested more than 64 levels deep; not read"
+        );
+    }
+
+    /// The depth check runs only when a parser other than the block YAML
+    /// reader reads some of the text: the outcome must be as if it always
+    /// ran first, for texts near the limit that the block reader would
+    /// take.
+    #[test]
+    fn the_depth_check_decides_as_if_it_always_ran_first() {
+        let nested = |levels: usize, last: &str| -> String {
+            let mut s = String::from("kind: ConfigMap\n");
+            for i in 0..levels {
+                s += &format!("{}k{i}:\n", "  ".repeat(i));
+            }
+            s + &format!("{}{last}\n", "  ".repeat(levels))
+        };
+        let mut texts = Vec::new();
+        for levels in 60..68 {
+            for last in [
+                "v: 1",
+                "v: {}",
+                "v: []",
+                "- x",
+                "- a: {}",
+                "# deep comment",
+                "   ",
+            ] {
+                texts.push(nested(levels, last));
+            }
+            let pad = " ".repeat(2 * levels);
+            texts.push(format!("# header\n{pad}# deep\n---\nkind: ConfigMap\n"));
+            texts.push(format!("kind: ConfigMap\na:\n- -{pad}x\n"));
+        }
+        // Quotes the check sees opened or closed differently.
+        let brackets = "[".repeat(70);
+        for v in ["'it''s [[[['", "'a'' \"b'", "'a'' '", "'a''b'", "'[[{{'"] {
+            let mut text = format!("kind: ConfigMap\ndata:\n  v: {v}\n");
+            text += &(0..70)
+                .map(|i| format!("  k{i}: {{}}\n"))
+                .collect::<String>();
+            texts.push(text);
+            texts.push(format!(
+                "kind: ConfigMap\ndata:\n  v: {v}\n  w: \"{brackets}\"\n  x: '{brackets}'\n"
+            ));
+        }
+        texts.push(format!("kind: ConfigMap\ndata:\n  v: 'it''s {brackets}'\n"));
+        for text in &texts {
+            let expected = check_depth("f.yaml", text).err().map(|e| e.to_string());
+            let got = Objects::from_yaml("f.yaml", text)
+                .err()
+                .filter(|e| matches!(e, IntakeError::TooDeep { .. }))
+                .map(|e| e.to_string());
+            assert_eq!(got, expected, "{text}");
+        }
+        assert!(
+            texts.iter().any(|t| check_depth("f.yaml", t).is_err()),
+            "some text is too deep"
+        );
+        assert!(
+            texts.iter().any(|t| check_depth("f.yaml", t).is_ok()),
+            "some text is not"
         );
     }
 }

@@ -14,8 +14,9 @@
 //! It is a fast path, never a parser with rules of its own:
 //! - every piece of YAML is parsed by `serde_yaml_ng`, or, when it is plain
 //!   block YAML, by `block_yaml`, which gives the same values and leaves
-//!   everything else to `serde_yaml_ng`; every item is converted by
-//!   [`Objects::add_value`] exactly as before;
+//!   everything else to `serde_yaml_ng`; every item is converted as
+//!   [`Objects::add_value`] converts it (from a tree that borrows the text
+//!   and reads as the equal `serde_json::Value` does);
 //! - only a plainly shaped input is taken (documents separated by bare `---`
 //!   lines; a list's `items:` key at column 0 followed by a block sequence
 //!   whose entries start at one indentation); anything else (directives,
@@ -28,7 +29,10 @@ use serde::Deserialize as _;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::intake::{ObjectSink, add_item, place};
+use super::tree::Tree;
+use crate::intake::{
+    DepthCheck, MAX_DEPTH, ObjectSink, add_item, add_list_item, list_item_kind, place,
+};
 use crate::warning::Warning;
 
 /// About this much YAML text (whole items) is parsed at a time: large
@@ -36,48 +40,30 @@ use crate::warning::Warning;
 /// parser's event buffer (~20x the text) stays a few MiB.
 pub(crate) const BATCH_BYTES: usize = 256 * 1024;
 
-/// The item kind of a list kind (`ServiceList` -> `Service`, `List` -> ``),
-/// `None` for other kinds. Mirrors [`Objects::add_value`].
-fn list_item_kind(kind: &str) -> Option<&str> {
-    match kind {
-        "List" | "ServiceList" | "EndpointSliceList" | "NodeList" | "ServiceCIDRList" => {
-            Some(kind.strip_suffix("List").unwrap_or(""))
-        }
-        _ => None,
-    }
-}
-
-/// Add list item `index` the way [`Objects::add_value`] adds a list's
-/// items: an item without `kind` takes the list's item kind.
-fn add_list_item<S: ObjectSink>(
-    objects: &mut S,
-    mut item: Value,
-    item_kind: &str,
-    index: usize,
-    warnings: &mut Vec<Warning>,
-) {
-    if item.get("kind").is_none()
-        && !item_kind.is_empty()
-        && let Some(obj) = item.as_object_mut()
-    {
-        obj.insert("kind".into(), item_kind.into());
-    }
-    add_item(objects, item, Some(index), warnings);
-}
-
 /// Read `text` (YAML or JSON) item by item. `None` when the input is not of
 /// a shape this path takes or does not parse: the caller then reads it as
 /// a whole (and reports any error).
 /// Warnings about documents name `source_name` and the document's number
 /// as the whole-text reading counts them.
-pub(crate) fn read<S: ObjectSink>(source_name: &str, text: &str) -> Option<(S, Vec<Warning>)> {
+///
+/// The nesting-depth check (`depth`) runs, once, only when some of the
+/// text is about to be read by a parser other than `block_yaml`, which
+/// takes no line the check would reject; when it fails, `None`.
+pub(crate) fn read<S: ObjectSink>(
+    source_name: &str,
+    text: &str,
+    depth: &mut DepthCheck<'_>,
+) -> Option<(S, Vec<Warning>)> {
     let mut objects = S::default();
     let mut warnings = Vec::new();
     if text.trim_start().starts_with('{') {
+        if !depth.passes() {
+            return None;
+        }
         read_json(text, &mut objects, &mut warnings)?;
         place(&mut warnings, source_name, 1);
     } else {
-        read_yaml(source_name, text, &mut objects, &mut warnings)?;
+        read_yaml(source_name, text, depth, &mut objects, &mut warnings)?;
     }
     Some((objects, warnings))
 }
@@ -142,12 +128,15 @@ fn split_documents(text: &str) -> Option<Vec<&str>> {
 /// Parse `text` into the values of its documents: as one block
 /// collection by [`super::block_yaml`] when it is plain enough, else with
 /// `serde_yaml_ng` (both give the same values).
-fn parse_documents(text: &str) -> Option<Vec<Value>> {
+fn parse_documents<'a>(text: &'a str, depth: &mut DepthCheck<'_>) -> Option<Vec<Tree<'a>>> {
     if let Some(value) = super::block_yaml::parse(text) {
         return Some(vec![value]);
     }
+    if !depth.passes() {
+        return None;
+    }
     serde_yaml_ng::Deserializer::from_str(text)
-        .map(|doc| Value::deserialize(doc).ok())
+        .map(|doc| Value::deserialize(doc).ok().map(Tree::from_value))
         .collect()
 }
 
@@ -231,6 +220,7 @@ fn find_items(doc: &str) -> Result<Option<ItemsBlock>, ()> {
 fn read_yaml<S: ObjectSink>(
     source_name: &str,
     text: &str,
+    depth: &mut DepthCheck<'_>,
     objects: &mut S,
     warnings: &mut Vec<Warning>,
 ) -> Option<()> {
@@ -240,11 +230,16 @@ fn read_yaml<S: ObjectSink>(
     let mut number = 0;
     for (i, doc) in split_documents(text)?.into_iter().enumerate() {
         if i == 0 && doc.split_inclusive('\n').all(is_blank_or_comment) {
+            // Read by no parser, but checked all the same.
+            let deep = |l: &str| l.len() - l.trim_start_matches(' ').len() >= 2 * MAX_DEPTH;
+            if doc.split_inclusive('\n').any(deep) && !depth.passes() {
+                return None;
+            }
             continue;
         }
         number += 1;
         let before = warnings.len();
-        read_yaml_document(doc, i > 0, objects, warnings)?;
+        read_yaml_document(doc, i > 0, depth, objects, warnings)?;
         place(&mut warnings[before..], source_name, number);
     }
     Some(())
@@ -255,12 +250,13 @@ fn read_yaml<S: ObjectSink>(
 fn read_whole<S: ObjectSink>(
     doc: &str,
     explicit: bool,
+    depth: &mut DepthCheck<'_>,
     objects: &mut S,
     warnings: &mut Vec<Warning>,
 ) -> Option<()> {
-    let values = parse_documents(doc)?;
+    let values = parse_documents(doc, depth)?;
     if values.is_empty() && explicit {
-        add_item(objects, Value::Null, None, warnings);
+        add_item(objects, Tree::Null, None, warnings);
     }
     for value in values {
         add_item(objects, value, None, warnings);
@@ -271,31 +267,35 @@ fn read_whole<S: ObjectSink>(
 fn read_yaml_document<S: ObjectSink>(
     doc: &str,
     explicit: bool,
+    depth: &mut DepthCheck<'_>,
     objects: &mut S,
     warnings: &mut Vec<Warning>,
 ) -> Option<()> {
     let Some(block) = find_items(doc).ok()? else {
-        return read_whole(doc, explicit, objects, warnings);
+        return read_whole(doc, explicit, depth, objects, warnings);
     };
     // The document without its items: a small mapping that says the kind.
     let header_text = format!("{}{}", &doc[..block.key_line], &doc[block.end..]);
-    let header = match parse_documents(&header_text)?.as_slice() {
-        [] | [Value::Null] => Map::new(),
-        [Value::Object(m)] => m.clone(),
+    let header = parse_documents(&header_text, depth)?;
+    let item_kind = match header.as_slice() {
+        [] | [Tree::Null] => None,
+        [h @ Tree::Object(_)] => {
+            if h.get("items").is_some() {
+                return None;
+            }
+            h.get("kind")
+                .and_then(Tree::as_str)
+                .and_then(list_item_kind)
+        }
         _ => return None,
     };
-    if header.contains_key("items") {
-        return None;
-    }
-    let Some(item_kind) = header
-        .get("kind")
-        .and_then(Value::as_str)
-        .and_then(list_item_kind)
-    else {
+    let Some(item_kind) = item_kind else {
         // Not a list: its items mean nothing to kproxy, but the whole
         // object may (read whole, as before).
-        return read_whole(doc, explicit, objects, warnings);
+        return read_whole(doc, explicit, depth, objects, warnings);
     };
+    // Batches of whole items: (first entry, entry after the last).
+    let mut batches = Vec::new();
     let mut i = 0;
     while i < block.entries.len() {
         let start = block.entries[i];
@@ -303,17 +303,25 @@ fn read_yaml_document<S: ObjectSink>(
         while j < block.entries.len() && block.entries[j] - start < BATCH_BYTES {
             j += 1;
         }
+        batches.push((i, j));
+        i = j;
+    }
+    let text_of = |(i, j): (usize, usize)| {
         let end = block.entries.get(j).copied().unwrap_or(block.end);
-        let batch = match super::block_yaml::parse(&doc[start..end]) {
-            Some(Value::Array(items)) => items,
+        &doc[block.entries[i]..end]
+    };
+    // Each batch's block YAML reading, then its items added in order.
+    let mut add_batch = |(i, j): (usize, usize), parsed: Option<Tree<'_>>| -> Option<()> {
+        let batch = match parsed {
+            Some(Tree::Array(items)) => items,
             // Not all plain: each item alone, so that one item outside
             // plain block YAML costs the full parser's time for itself only.
             _ => {
                 let mut items = Vec::with_capacity(j - i);
                 for k in i..j {
                     let item_end = block.entries.get(k + 1).copied().unwrap_or(block.end);
-                    match parse_documents(&doc[block.entries[k]..item_end])?.as_mut_slice() {
-                        [Value::Array(one)] if one.len() == 1 => items.append(one),
+                    match parse_documents(&doc[block.entries[k]..item_end], depth)?.as_mut_slice() {
+                        [Tree::Array(one)] if one.len() == 1 => items.append(one),
                         _ => return None,
                     }
                 }
@@ -328,10 +336,39 @@ fn read_yaml_document<S: ObjectSink>(
         for (k, item) in batch.into_iter().enumerate() {
             add_list_item(objects, item, item_kind, i + k, warnings);
         }
-        i = j;
+        Some(())
+    };
+    if batches.len() < PIPELINE_MIN_BATCHES || !super::two_cpus() {
+        for &b in &batches {
+            add_batch(b, super::block_yaml::parse(text_of(b)))?;
+        }
+        return Some(());
     }
-    Some(())
+    // Two CPUs: one reads the batches' text into trees, a few batches
+    // ahead (the channel's bound), while this one makes the objects.
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(PIPELINE_DEPTH);
+        let batches = &batches;
+        scope.spawn(move || {
+            for &b in batches {
+                // The receiver hangs up when it gives up: so does this.
+                if tx.send(super::block_yaml::parse(text_of(b))).is_err() {
+                    break;
+                }
+            }
+        });
+        for &b in batches {
+            add_batch(b, rx.recv().ok()?)?;
+        }
+        Some(())
+    })
 }
+
+/// Lists of at least this many batches are read in two threads.
+const PIPELINE_MIN_BATCHES: usize = 4;
+
+/// Batches read ahead at most (their trees held, about 5x their text).
+const PIPELINE_DEPTH: usize = 2;
 
 // --- JSON ---
 
@@ -339,10 +376,10 @@ fn read_yaml_document<S: ObjectSink>(
 /// `items` before `kind`). Items with their own kind are converted at once;
 /// kind-less ones wait for the list's kind. Kept in input order so objects
 /// and warnings come out in the same order as from the whole-tree reading.
-enum Segment<S> {
+enum Segment<'de, S> {
     Converted(S, Vec<Warning>),
     /// An item without `kind`, and its index.
-    KindLess(usize, Value),
+    KindLess(usize, Tree<'de>),
 }
 
 fn read_json<S: ObjectSink>(
@@ -378,10 +415,10 @@ impl<'de, S: ObjectSink> Visitor<'de> for DocumentSeed<'_, S> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut header = Map::new();
-        let mut segments: Option<Vec<Segment<S>>> = None;
+        let mut segments: Option<Vec<Segment<'de, S>>> = None;
         // The item kind the items were converted under, when `kind` came
         // first.
-        let mut streamed_as: Option<String> = None;
+        let mut streamed_as: Option<&'static str> = None;
         while let Some(key) = map.next_key::<String>()? {
             if key != "items" {
                 let value: Value = map.next_value()?;
@@ -394,13 +431,13 @@ impl<'de, S: ObjectSink> Visitor<'de> for DocumentSeed<'_, S> {
             let known = header.get("kind").and_then(Value::as_str);
             let item_kind = match known {
                 Some(k) => match list_item_kind(k) {
-                    Some(ik) => Some(ik.to_string()),
+                    Some(ik) => Some(ik),
                     // Items of a non-list: the whole-tree reading decides.
                     None => return Err(de::Error::custom("items in a non-list")),
                 },
                 None => None,
             };
-            streamed_as = item_kind.clone();
+            streamed_as = item_kind;
             segments = Some(map.next_value_seed(ItemsSeed {
                 item_kind,
                 objects: &mut *self.objects,
@@ -415,7 +452,7 @@ impl<'de, S: ObjectSink> Visitor<'de> for DocumentSeed<'_, S> {
         let Some(item_kind) = kind.and_then(list_item_kind) else {
             return Err(de::Error::custom("items in a non-list"));
         };
-        if streamed_as.as_deref().is_some_and(|s| s != item_kind) {
+        if streamed_as.is_some_and(|s| s != item_kind) {
             return Err(de::Error::custom("kind given twice"));
         }
         for segment in segments {
@@ -449,30 +486,30 @@ pub(crate) fn move_to<T>(to: &mut Vec<T>, from: &mut Vec<T>) {
 /// A list's `items`, converted one by one as they are read.
 struct ItemsSeed<'a, S> {
     /// The item kind, when the list's kind came before its items.
-    item_kind: Option<String>,
+    item_kind: Option<&'static str>,
     objects: &'a mut S,
     warnings: &'a mut Vec<Warning>,
 }
 
 impl<'de, S: ObjectSink> DeserializeSeed<'de> for ItemsSeed<'_, S> {
-    type Value = Vec<Segment<S>>;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Vec<Segment<S>>, D::Error> {
+    type Value = Vec<Segment<'de, S>>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Vec<Segment<'de, S>>, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
 impl<'de, S: ObjectSink> Visitor<'de> for ItemsSeed<'_, S> {
-    type Value = Vec<Segment<S>>;
+    type Value = Vec<Segment<'de, S>>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a list of Kubernetes objects")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Segment<S>>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Segment<'de, S>>, A::Error> {
         let mut segments = Vec::new();
         let mut index = 0;
-        while let Some(item) = seq.next_element::<Value>()? {
-            if let Some(ik) = &self.item_kind {
+        while let Some(item) = seq.next_element::<Tree<'de>>()? {
+            if let Some(ik) = self.item_kind {
                 add_list_item(self.objects, item, ik, index, self.warnings);
             } else if item.get("kind").is_some() {
                 if !matches!(segments.last(), Some(Segment::Converted(..))) {
@@ -495,6 +532,11 @@ mod tests {
     use super::*;
     use crate::intake::{IntakeError, Objects};
 
+    /// [`read`] of `text` as file `t`.
+    fn read_t(text: &str) -> Option<(Objects, Vec<Warning>)> {
+        read::<Objects>("t", text, &mut DepthCheck::new("t", text))
+    }
+
     /// The objects and warnings of `text` through the whole-tree reading.
     fn whole(text: &str) -> (Objects, Vec<Warning>) {
         let mut o = Objects::default();
@@ -511,7 +553,7 @@ mod tests {
 
     /// `text` takes the streaming path and reads exactly as a whole.
     fn streams_as_whole(text: &str) -> (Objects, Vec<Warning>) {
-        let streamed = read::<Objects>("t", text).expect("takes the streaming path");
+        let streamed = read_t(text).expect("takes the streaming path");
         same(&streamed, &whole(text));
         streamed
     }
@@ -594,6 +636,24 @@ mod tests {
         streams_as_whole(&kubectl_list(300, "  "));
         let crlf = kubectl_list(50, "").replace('\n', "\r\n");
         assert_eq!(streams_as_whole(&crlf).0.services.len(), 50);
+    }
+
+    #[test]
+    fn a_large_list_that_fails_early_gives_up_without_waiting() {
+        // Read on two threads; the second item does not parse: the
+        // reader gives up, the thread reading ahead stops, and the whole
+        // reading reports the error.
+        let text = kubectl_list(4000, "").replacen(
+            "  - {name: http, port: 8080, protocol: TCP}\n",
+            "  - {name: http, port: 8080\n",
+            1,
+        );
+        assert!(text.len() > PIPELINE_MIN_BATCHES * BATCH_BYTES);
+        assert!(read_t(&text).is_none());
+        let err = Objects::default()
+            .add_yaml("t", &text)
+            .expect_err("does not parse");
+        assert!(err.to_string().starts_with("t: document 1: "), "{err}");
     }
 
     #[test]
@@ -710,7 +770,7 @@ mod tests {
             3,
         );
         assert!(
-            read::<Objects>("t", &text).is_none(),
+            read_t(&text).is_none(),
             "the streaming path gives up on errors"
         );
         let mut o = Objects::default();
@@ -746,7 +806,7 @@ mod tests {
             list.replace("items:\n", "items: # the objects\n"),
             format!("{list}items:\n- kind: Service\n"),
         ] {
-            assert!(read::<Objects>("t", &text).is_none(), "{text}");
+            assert!(read_t(&text).is_none(), "{text}");
         }
         // An anchor in one batch used in another: the batch fails to
         // parse alone, the whole reading resolves it.
@@ -756,7 +816,7 @@ mod tests {
         text += &"- {kind: ConfigMap, data: {pad: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx}}\n"
             .repeat(BATCH_BYTES / 40);
         text += "- *first\n";
-        assert!(read::<Objects>("t", &text).is_none());
+        assert!(read_t(&text).is_none());
         let mut o = Objects::default();
         o.add_yaml("t", &text).expect("reads whole");
         assert_eq!(names(&o.services), ["a", "a"]);

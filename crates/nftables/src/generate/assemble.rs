@@ -235,80 +235,11 @@ pub(super) fn skeleton_set_name(name: &str) -> Option<&'static str> {
     .find(|s| *s == name)
 }
 
-/// A word-at-a-time multiplicative hash (the rotate-xor-multiply step of
-/// rustc's FxHash, over 8 bytes at a time): the render path hashes
-/// ~600,000 short keys at 50,000 services, where SipHash's DoS resistance
-/// buys nothing (the keys are ours) and a byte-at-a-time hash (FNV) costs
-/// a multiplication per byte.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct FastHash;
-
-impl std::hash::BuildHasher for FastHash {
-    type Hasher = Fx;
-    fn build_hasher(&self) -> Fx {
-        Fx(0)
-    }
-}
-
-/// The hasher of [`FastHash`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Fx(u64);
-
-/// FxHash's multiplier (from rustc-hash).
-const FX_K: u64 = 0xf135_7aea_2e62_a9c5;
-
-impl Fx {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_K);
-    }
-}
-
-impl std::hash::Hasher for Fx {
-    #[inline]
-    fn finish(&self) -> u64 {
-        // The multiplication leaves the low bits weak; hashbrown takes
-        // its bucket from the low bits and its tag from the top 7.
-        self.0.rotate_left(26)
-    }
-
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            // The length keeps "a" and "a\0" apart.
-            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-}
+/// The hasher of the render path's tables and key fingerprints: rustc's
+/// FxHash. The render path hashes ~600,000 short keys at 50,000 services,
+/// where SipHash's DoS resistance buys nothing (the keys are ours) and a
+/// byte-at-a-time hash (FNV) costs a multiplication per byte.
+pub(crate) use rustc_hash::FxBuildHasher as FastHash;
 
 #[cfg(test)]
 mod tests {

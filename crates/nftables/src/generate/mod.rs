@@ -174,14 +174,51 @@ pub(crate) fn generate_family(
     let ctx = Ctx::new(graph, fg);
     let skeleton = skeleton::skeleton(&ctx);
     let mut services = BTreeMap::new();
-    for (name, sp) in &fg.services {
-        services.insert(name.clone(), service_rules(&ctx, sp)?);
-    }
+    let all: Vec<_> = fg.services.iter().collect();
+    // A large family's second half on another CPU, when there is one:
+    // each service port's rules depend on it and the context alone, so
+    // the rules (and the first error, in name order) are the same.
+    let (first, second) = if all.len() >= PARALLEL_MIN && two_cpus() {
+        all.split_at(all.len() / 2)
+    } else {
+        (&all[..], &[][..])
+    };
+    std::thread::scope(|s| -> Result<(), GenError> {
+        let other = (!second.is_empty()).then(|| {
+            s.spawn(|| {
+                second
+                    .iter()
+                    .map(|(name, sp)| Ok(((*name).clone(), service_rules(&ctx, sp)?)))
+                    .collect::<Result<Vec<_>, GenError>>()
+            })
+        });
+        for (name, sp) in first {
+            services.insert((*name).clone(), service_rules(&ctx, sp)?);
+        }
+        if let Some(other) = other {
+            let rest = match other.join() {
+                Ok(rest) => rest?,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            services.extend(rest);
+        }
+        Ok(())
+    })?;
     Ok(FamilyRules {
         skeleton,
         services,
         mark: ctx.mark,
     })
+}
+
+/// Families with fewer service ports than this are generated on one
+/// thread.
+const PARALLEL_MIN: usize = 512;
+
+/// Whether a second CPU is there to use (asked once).
+fn two_cpus() -> bool {
+    static TWO: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TWO.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
 }
 
 /// The local-traffic detector as a match, `negate` for "not from pods".
