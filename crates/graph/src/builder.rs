@@ -37,7 +37,7 @@ use crate::changes::fingerprint;
 use crate::config::ProxyConfig;
 use crate::model::{
     Endpoint, FamilyGraph, IpFamily, LbIpMode, LoadBalancerIp, NodeInfo, ServiceGraph, ServicePort,
-    ServicePortName, SessionAffinity, TrafficPolicy,
+    ServicePortName, ServicePortNameParts, SessionAffinity, TrafficPolicy,
 };
 use crate::select::{select, sort_endpoints};
 
@@ -79,12 +79,13 @@ impl ServicePortName {
         port: impl Into<String>,
         protocol: crate::model::Protocol,
     ) -> Self {
-        ServicePortName {
+        ServicePortNameParts {
             namespace: namespace.into(),
             name: name.into(),
             port: port.into(),
             protocol,
         }
+        .into()
     }
 }
 

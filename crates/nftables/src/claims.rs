@@ -216,12 +216,7 @@ mod tests {
     use kproxy_graph::Protocol;
 
     fn spn(name: &str) -> ServicePortName {
-        ServicePortName {
-            namespace: "ns".into(),
-            name: name.into(),
-            port: String::new(),
-            protocol: Protocol::Tcp,
-        }
+        ServicePortName::new("ns", name, "", Protocol::Tcp)
     }
 
     fn rules(elems: &[(&'static str, &str, &str)]) -> ServiceRules {

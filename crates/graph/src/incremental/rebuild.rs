@@ -118,12 +118,7 @@ impl IncrementalGraph {
         // the graph's entries named `namespace/name`, one run of keys.
         let mut old: BTreeMap<(IpFamily, ServicePortName), (Option<ServicePort>, Option<u64>)> =
             BTreeMap::new();
-        let first = ServicePortName {
-            namespace: key.0.clone(),
-            name: key.1.clone(),
-            port: String::new(),
-            protocol: Protocol::Tcp,
-        };
+        let first = ServicePortName::new(key.0.clone(), key.1.clone(), "", Protocol::Tcp);
         for (f, fg) in graph.families.iter_mut() {
             let names: Vec<ServicePortName> = fg
                 .services

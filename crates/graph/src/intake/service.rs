@@ -284,12 +284,12 @@ pub(super) fn intake_service(
             } else {
                 None
             };
-            let spn = ServicePortName {
-                namespace: ns.to_string(),
-                name: name.to_string(),
-                port: p.name.as_deref().map(String::from).unwrap_or_default(),
+            let spn = ServicePortName::new(
+                ns.to_string(),
+                name.to_string(),
+                p.name.as_deref().unwrap_or_default(),
                 protocol,
-            };
+            );
             if fg.contains_key(&spn) {
                 cx.warn(
                     ObjectKind::Service,

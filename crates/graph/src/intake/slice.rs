@@ -119,12 +119,12 @@ pub(super) fn intake_slice(
                     continue;
                 }
             };
-            let spn = ServicePortName {
-                namespace: ns.clone(),
-                name: svc_name.clone(),
-                port: p.name.as_deref().map(String::from).unwrap_or_default(),
+            let spn = ServicePortName::new(
+                ns.clone(),
+                svc_name.clone(),
+                p.name.as_deref().unwrap_or_default(),
                 protocol,
-            };
+            );
             let entry = merged.entry((family, spn)).or_default();
             for (ei, ep) in slice.endpoints.iter().enumerate() {
                 let Some(address) = &ep.address else {
