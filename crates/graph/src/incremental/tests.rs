@@ -568,6 +568,26 @@ fn pooled(name: &str) -> Objects {
         .unwrap_or_else(|| panic!("no fixture {name}"))
 }
 
+/// `ServiceGraph::build` splits a large input across two threads; the
+/// incremental graph builds one Service at a time on one. Both must give
+/// the same graph.
+#[test]
+fn a_large_build_on_two_threads_equals_the_incremental_one() {
+    let (objects, warnings) =
+        Objects::from_yaml("mixed", &kproxy_testkit::mixed_cluster_yaml(1200)).expect("reads");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let config = ProxyConfig {
+        node_name: kproxy_testkit::MIXED_NODE.into(),
+        ..ProxyConfig::default()
+    };
+    let full = ServiceGraph::build(&objects, &config);
+    assert!(full.warnings.is_empty(), "{:?}", full.warnings);
+    let mut inc = IncrementalGraph::new(config);
+    inc.replace_all(objects);
+    inc.update();
+    assert_eq!(**inc.graph(), full);
+}
+
 #[test]
 fn unchanged_objects_are_not_changes_and_ports_are_reused() {
     let name = "cluster-ip-general";

@@ -254,82 +254,24 @@ fn ifname(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use kproxy_graph::{Objects, ProxyConfig, ServiceGraph};
-    use serde_json::json;
+    use kproxy_testkit::{MIXED_NODE, mixed_cluster_yaml};
 
-    use super::{generate_family_split, two_cpus};
-
-    /// 600 Services of four kinds (ClusterIP with affinity, NodePort,
-    /// LoadBalancer with eTP=Local, plain ClusterIP), two endpoints each.
-    fn cluster() -> ServiceGraph {
-        let mut objects = Objects::default();
-        let mut warnings = Vec::new();
-        objects.add_value(
-            json!({"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": "test-node"},
-                "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.2"}]}}),
-            &mut warnings,
-        );
-        for i in 0..600u32 {
-            let (x, y) = (i / 250, i % 250 + 1);
-            let name = format!("s{i}");
-            let mut spec = json!({
-                "clusterIP": format!("10.96.{x}.{y}"),
-                "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}],
-            });
-            match i % 4 {
-                0 => {
-                    spec["sessionAffinity"] = json!("ClientIP");
-                }
-                1 => {
-                    spec["type"] = json!("NodePort");
-                    spec["ports"][0]["nodePort"] = json!(30000 + i);
-                }
-                2 => {
-                    spec["type"] = json!("LoadBalancer");
-                    spec["externalTrafficPolicy"] = json!("Local");
-                    spec["ports"][0]["nodePort"] = json!(30000 + i);
-                    spec["healthCheckNodePort"] = json!(31000 + i);
-                }
-                _ => {}
-            }
-            let mut svc = json!({"apiVersion": "v1", "kind": "Service",
-                "metadata": {"namespace": "default", "name": name},
-                "spec": spec});
-            if i % 4 == 2 {
-                svc["status"] =
-                    json!({"loadBalancer": {"ingress": [{"ip": format!("203.0.{x}.{y}")}]}});
-            }
-            objects.add_value(svc, &mut warnings);
-            objects.add_value(
-                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"namespace": "default", "name": format!("{name}-a"),
-                    "labels": {"kubernetes.io/service-name": name}},
-                "addressType": "IPv4",
-                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-                "endpoints": [
-                    {"addresses": [format!("10.1.{x}.{y}")], "nodeName": "test-node"},
-                    {"addresses": [format!("10.2.{x}.{y}")], "nodeName": "node-2"},
-                ]}),
-                &mut warnings,
-            );
-        }
-        assert!(warnings.is_empty(), "{warnings:?}");
-        ServiceGraph::build(&objects, &ProxyConfig::default())
-    }
+    use super::{PARALLEL_MIN, generate_family_split};
 
     #[test]
     fn a_family_generated_on_two_threads_equals_one_generated_on_one() {
-        let graph = cluster();
+        let (objects, warnings) =
+            Objects::from_yaml("mixed", &mixed_cluster_yaml(600)).expect("reads");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let config = ProxyConfig {
+            node_name: MIXED_NODE.into(),
+            ..ProxyConfig::default()
+        };
+        let graph = ServiceGraph::build(&objects, &config);
         let fg = graph.families.values().next().expect("a family");
-        assert_eq!(fg.services.len(), 600);
-        assert!(two_cpus() || fg.services.len() >= super::PARALLEL_MIN);
+        assert!(fg.services.len() >= PARALLEL_MIN, "{}", fg.services.len());
         let one = generate_family_split(&graph, fg, false).expect("generates");
         let two = generate_family_split(&graph, fg, true).expect("generates");
         assert_eq!(one, two);
-        let mut names = one.services.keys();
-        assert_eq!(
-            two.services.keys().collect::<Vec<_>>(),
-            names.by_ref().collect::<Vec<_>>()
-        );
     }
 }
