@@ -21,7 +21,8 @@ REPS times each (default 3), then the medians with min and max.
 """
 import os, subprocess, sys, time, signal, re, threading, tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KP = os.path.join(ROOT, "target/release/kproxy")
+# KPROXY_BIN: another kproxy binary (an allocator variant, for example).
+KP = os.environ.get("KPROXY_BIN") or os.path.join(ROOT, "target/release/kproxy")
 EMU = os.path.join(ROOT, "target/release/kproxy-apiserver-emulator")
 WORK = tempfile.mkdtemp(prefix="kproxy-mem-")
 os.makedirs(f"{WORK}/bin")
