@@ -297,6 +297,11 @@ struct RunArgs {
     note: Vec<String>,
 }
 
+/// The daemon's allocator (crates/daemon/src/main.rs), so that what this
+/// binary measures in process is what the `kproxy` binary does.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     LazyLock::force(&START);
     if let Err(e) = real_main() {
