@@ -214,25 +214,7 @@ fn first_claims(all: &[ElemRef<'_>]) -> Vec<u32> {
 
 /// The static name of a skeleton set.
 pub(super) fn skeleton_set_name(name: &str) -> Option<&'static str> {
-    [
-        sets::CLUSTER_IPS,
-        sets::NODEPORT_IPS,
-        sets::SERVICE_CIDRS,
-        sets::SERVICE_IPS,
-        sets::SERVICE_NODEPORTS,
-        sets::NO_ENDPOINT_SERVICES,
-        sets::NO_ENDPOINT_NODEPORTS,
-        sets::FIREWALL_IPS,
-        sets::HAIRPIN,
-        sets::GENERATION,
-        sets::AFFINITY,
-    ]
-    .into_iter()
-    .chain(sets::CLUSTER_EPS)
-    .chain(sets::LOCAL_EPS)
-    .chain(sets::NP_CLUSTER_EPS)
-    .chain(sets::NP_LOCAL_EPS)
-    .find(|s| *s == name)
+    super::layout::STATIC_SETS.into_iter().find(|s| *s == name)
 }
 
 /// The hasher of the render path's tables and key fingerprints: rustc's

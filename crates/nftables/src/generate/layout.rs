@@ -385,7 +385,8 @@ fn set_of(i: u8) -> &'static str {
 
 static OTHER_SETS: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
 
-const STATIC_SETS: [&str; 23] = [
+/// The skeleton's sets: every set whose name is fixed.
+pub(super) const STATIC_SETS: [&str; 23] = [
     sets::CLUSTER_IPS,
     sets::NODEPORT_IPS,
     sets::SERVICE_CIDRS,
