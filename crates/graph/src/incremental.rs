@@ -429,22 +429,12 @@ impl IncrementalGraph {
 
     /// Make the ServiceCIDRs the whole set. Returns how many changed.
     pub fn replace_service_cidrs(&mut self, cidrs: Vec<Arc<ServiceCIDR>>) -> u64 {
-        let mut n = 0;
-        let mut keep: std::collections::BTreeSet<String> = Default::default();
-        for c in cidrs {
-            keep.insert(c.metadata.name.clone().unwrap_or_default());
-            n += u64::from(self.upsert_service_cidr(c));
-        }
-        let gone: Vec<String> = self
-            .service_cidrs
-            .keys()
-            .filter(|k| !keep.contains(*k))
-            .cloned()
-            .collect();
-        for name in gone {
-            n += u64::from(self.delete_service_cidr(&name));
-        }
-        n
+        self.replace_named(
+            cidrs,
+            |g| &g.service_cidrs,
+            Self::upsert_service_cidr,
+            Self::delete_service_cidr,
+        )
     }
 
     /// Make the Services the whole set: upsert each, delete the rest (for a
@@ -529,20 +519,36 @@ impl IncrementalGraph {
 
     /// Make the Nodes the whole set. Returns how many changed.
     pub fn replace_nodes(&mut self, nodes: Vec<Arc<Node>>) -> u64 {
+        self.replace_named(nodes, |g| &g.nodes, Self::upsert_node, Self::delete_node)
+    }
+
+    /// Make `objects` the whole set of a cluster-scoped kind, kept by name
+    /// in `held`: upsert each, delete the rest. Returns how many changed.
+    fn replace_named<T>(
+        &mut self,
+        objects: Vec<Arc<T>>,
+        held: fn(&Self) -> &BTreeMap<String, Arc<T>>,
+        upsert: fn(&mut Self, Arc<T>) -> bool,
+        delete: fn(&mut Self, &str) -> bool,
+    ) -> u64
+    where
+        T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+    {
+        let keep: std::collections::BTreeSet<String> = objects
+            .iter()
+            .map(|o| o.metadata().name.clone().unwrap_or_default())
+            .collect();
         let mut n = 0;
-        let mut keep: std::collections::BTreeSet<String> = Default::default();
-        for node in nodes {
-            keep.insert(node.metadata.name.clone().unwrap_or_default());
-            n += u64::from(self.upsert_node(node));
+        for o in objects {
+            n += u64::from(upsert(self, o));
         }
-        let gone: Vec<String> = self
-            .nodes
+        let gone: Vec<String> = held(self)
             .keys()
             .filter(|k| !keep.contains(*k))
             .cloned()
             .collect();
         for name in gone {
-            n += u64::from(self.delete_node(&name));
+            n += u64::from(delete(self, &name));
         }
         n
     }

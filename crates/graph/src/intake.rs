@@ -168,18 +168,12 @@ impl Item for tree::Tree<'_> {
         self.insert("kind", tree::Tree::String(kind.into()));
     }
     fn not_an_object(&self) -> Option<String> {
-        use tree::Tree;
-        Some(match self {
-            Tree::Object(_) => return None,
-            Tree::Null => "empty".to_string(),
-            Tree::Array(a) => sequence_of(a.len()),
-            Tree::String(_) => "a string, not a Kubernetes object".to_string(),
-            Tree::Bool(b) => format!("{}, not a Kubernetes object", serde_json::Value::Bool(*b)),
-            Tree::Number(n) => format!(
-                "{}, not a Kubernetes object",
-                serde_json::Value::Number(n.clone())
-            ),
-        })
+        match self {
+            tree::Tree::Object(_) => None,
+            tree::Tree::Array(a) => Some(sequence_of(a.len())),
+            // A scalar: said as of the equal value.
+            scalar => scalar.clone().into_value().not_an_object(),
+        }
     }
     fn into_typed<T: serde::de::DeserializeOwned>(self) -> Result<T, serde_json::Error> {
         tree::from_tree(self)

@@ -106,11 +106,7 @@ pub fn comment_safe(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kproxy_graph::Protocol;
-
-    fn spn(ns: &str, name: &str, port: &str) -> ServicePortName {
-        ServicePortName::new(ns, name, port, Protocol::Tcp)
-    }
+    use kproxy_testkit::tcp_port_name as spn;
 
     #[test]
     fn reference_hash_vectors() {

@@ -186,24 +186,21 @@ mod base32_lite {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kproxy_graph::Protocol;
-
-    fn spn(ns: &str, name: &str, port: &str) -> ServicePortName {
-        ServicePortName::new(ns, name, port, Protocol::Tcp)
-    }
+    use kproxy_testkit::tcp_port_name as spn;
 
     #[test]
     fn matches_kube_proxy_hashes() {
         // From kube-proxy's tests (pkg/proxy/nftables/proxier_test.go,
         // Test_servicePortChainNameBase) and a real v1.36.
-        assert_eq!(
-            service_base(&spn("ns1", "svc1", "p80")),
-            "ULMVA6XW-ns1/svc1/tcp/p80"
-        );
-        assert_eq!(
-            service_base(&spn("web", "web-service", "")),
-            "3PDGMKCJ-web/web-service/tcp/"
-        );
+        for (port, want) in [
+            (spn("ns1", "svc1", "p80"), "ULMVA6XW-ns1/svc1/tcp/p80"),
+            (
+                spn("web", "web-service", ""),
+                "3PDGMKCJ-web/web-service/tcp/",
+            ),
+        ] {
+            assert_eq!(service_base(&port), want);
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //!   probes that read it;
 //! - [`Topology`]: client, node and pod namespaces wired with veth pairs;
 //! - [`mixed_cluster_yaml`]: a synthetic cluster of any size, for the
-//!   paths only large inputs take;
+//!   paths only large inputs take, and [`tcp_port_name`] for one port;
 //! - [`seeded`], [`TestRng`] and [`Draw`]: the randomness of the property
 //!   and equivalence tests (`rand`), and [`draws`] and [`proptest_config`]
 //!   to drive the same generators from [`proptest`], with shrinking.
@@ -39,7 +39,16 @@ pub use random::{
 pub use tempdir::TempDir;
 pub use topo::Topology;
 
-use kproxy_graph::{KubeProxyConfiguration, Objects, ProxyConfig, ProxyMode, ServiceGraph};
+use kproxy_graph::{
+    KubeProxyConfiguration, Objects, Protocol, ProxyConfig, ProxyMode, ServiceGraph,
+    ServicePortName,
+};
+
+/// The name of the TCP port `port` of the Service `namespace/name`, as
+/// the names in kube-proxy's tests are written.
+pub fn tcp_port_name(namespace: &str, name: &str, port: &str) -> ServicePortName {
+    ServicePortName::new(namespace, name, port, Protocol::Tcp)
+}
 
 /// The repository's root directory.
 pub fn repo_root() -> PathBuf {

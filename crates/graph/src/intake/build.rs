@@ -5,13 +5,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use super::Objects;
-use super::compact::{CompactService, CompactSlice};
+use super::compact::{CompactService, CompactSlice, ProtocolField};
 use super::node::{Base, build_base};
 use super::service::intake_service;
 use super::slice::{SliceClass, classify_slice, intake_slice};
 use crate::changes::fingerprint;
 use crate::config::ProxyConfig;
-use crate::model::{Endpoint, IpFamily, NodeInfo, ServiceGraph, ServicePort, ServicePortName};
+use crate::model::{
+    Endpoint, IpFamily, NodeInfo, Protocol, ServiceGraph, ServicePort, ServicePortName,
+};
 use crate::select::{select, sort_endpoints};
 use crate::warning::{ObjectKind, Warning};
 
@@ -30,6 +32,25 @@ impl Ctx<'_> {
     ) {
         self.warnings
             .push(Warning::new(kind, object, field, reason));
+    }
+
+    /// A port's protocol, or `None` when kproxy does not proxy it: the
+    /// port is then skipped, with a warning on `field` (made only then).
+    pub(super) fn port_protocol(
+        &mut self,
+        kind: ObjectKind,
+        object: &str,
+        field: impl FnOnce() -> String,
+        protocol: &ProtocolField,
+    ) -> Option<Protocol> {
+        match protocol {
+            ProtocolField::Known(p) => Some(*p),
+            ProtocolField::Other(text) => {
+                let reason = format!("{text:?} is not TCP, UDP or SCTP; port skipped");
+                self.warn(kind, object, field(), reason);
+                None
+            }
+        }
     }
 }
 

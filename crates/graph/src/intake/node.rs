@@ -164,21 +164,20 @@ fn node_info(cx: &mut Ctx<'_>, node: Option<&Node>) -> NodeInfo {
     info
 }
 
+/// The detector for traffic from the first of `cidrs` in `family` (none
+/// when it has none).
+fn cidr_detector(cidrs: &[IpNet], family: IpFamily) -> LocalTraffic {
+    cidrs
+        .iter()
+        .find(|n| IpFamily::of_net(n) == family)
+        .map_or(LocalTraffic::None, |n| LocalTraffic::Cidr(n.trunc()))
+}
+
 fn local_traffic(cx: &mut Ctx<'_>, node: &NodeInfo, family: IpFamily) -> LocalTraffic {
     let c = cx.config;
     match c.detect_local_mode {
-        DetectLocalMode::ClusterCidr => c
-            .cluster_cidrs
-            .iter()
-            .find(|n| IpFamily::of_net(n) == family)
-            .map(|n| LocalTraffic::Cidr(n.trunc()))
-            .unwrap_or(LocalTraffic::None),
-        DetectLocalMode::NodeCidr => node
-            .pod_cidrs
-            .iter()
-            .find(|n| IpFamily::of_net(n) == family)
-            .map(|n| LocalTraffic::Cidr(n.trunc()))
-            .unwrap_or(LocalTraffic::None),
+        DetectLocalMode::ClusterCidr => cidr_detector(&c.cluster_cidrs, family),
+        DetectLocalMode::NodeCidr => cidr_detector(&node.pod_cidrs, family),
         DetectLocalMode::BridgeInterface => match &c.bridge_interface {
             Some(b) if valid_ifname(b) => LocalTraffic::Interface(b.clone()),
             other => {

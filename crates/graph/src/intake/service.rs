@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::build::{Ctx, parse_ip, special_purpose};
-use super::compact::{Addr, CompactService, ProtocolField, ServiceType};
+use super::compact::{Addr, CompactService, ServiceType};
 use super::{DEFAULT_AFFINITY_TIMEOUT, MAX_AFFINITY_TIMEOUT};
 use crate::model::{
     IpFamily, LbIpMode, LoadBalancerIp, ServicePort, ServicePortName, SessionAffinity,
@@ -187,21 +187,13 @@ pub(super) fn intake_service(
     };
     let etp_local = spec.etp_local;
     let hcnp = if is_lb && etp_local {
-        match spec.health_check_node_port {
-            None | Some(0) => None,
-            Some(p) => match u16::try_from(p) {
-                Ok(p) if p > 0 => Some(p),
-                _ => {
-                    cx.warn(
-                        ObjectKind::Service,
-                        &obj,
-                        "spec.healthCheckNodePort",
-                        format!("{p} is not a port, ignored"),
-                    );
-                    None
-                }
-            },
-        }
+        optional_port(
+            cx,
+            &obj,
+            "spec.healthCheckNodePort",
+            spec.health_check_node_port,
+            "is not a port, ignored",
+        )
     } else {
         None
     };
@@ -212,7 +204,7 @@ pub(super) fn intake_service(
         };
         let common = SvcCommon {
             cluster_ip,
-            external_ips: sorted_family(&external_ips, family),
+            external_ips: sorted_family(&external_ips, family, IpFamily::of),
             lb_ips: {
                 let mut v: Vec<LoadBalancerIp> = lb_ips
                     .iter()
@@ -223,16 +215,7 @@ pub(super) fn intake_service(
                 v.dedup_by(|a, b| a.ip == b.ip);
                 v
             },
-            source_ranges: {
-                let mut v: Vec<IpNet> = source_ranges
-                    .iter()
-                    .filter(|n| IpFamily::of_net(n) == family)
-                    .copied()
-                    .collect();
-                v.sort();
-                v.dedup();
-                v
-            },
+            source_ranges: sorted_family(&source_ranges, family, IpFamily::of_net),
             affinity,
             itp,
             etp_local,
@@ -241,17 +224,10 @@ pub(super) fn intake_service(
             node_port_type,
         };
         for (i, p) in spec.ports.iter().enumerate() {
-            let protocol = match &p.protocol {
-                ProtocolField::Known(p) => *p,
-                ProtocolField::Other(proto_s) => {
-                    cx.warn(
-                        ObjectKind::Service,
-                        &obj,
-                        format!("spec.ports[{i}].protocol"),
-                        format!("{proto_s:?} is not TCP, UDP or SCTP; port skipped"),
-                    );
-                    continue;
-                }
+            let field = || format!("spec.ports[{i}].protocol");
+            let Some(protocol) = cx.port_protocol(ObjectKind::Service, &obj, field, &p.protocol)
+            else {
+                continue;
             };
             let port = match u16::try_from(p.port) {
                 Ok(v) if v > 0 => v,
@@ -266,21 +242,13 @@ pub(super) fn intake_service(
                 }
             };
             let node_port = if common.node_port_type {
-                match p.node_port {
-                    None | Some(0) => None,
-                    Some(np) => match u16::try_from(np) {
-                        Ok(v) if v > 0 => Some(v),
-                        _ => {
-                            cx.warn(
-                                ObjectKind::Service,
-                                &obj,
-                                format!("spec.ports[{i}].nodePort"),
-                                format!("{np} is outside 1..65535, ignored"),
-                            );
-                            None
-                        }
-                    },
-                }
+                optional_port(
+                    cx,
+                    &obj,
+                    format!("spec.ports[{i}].nodePort"),
+                    p.node_port,
+                    "is outside 1..65535, ignored",
+                )
             } else {
                 None
             };
@@ -328,12 +296,28 @@ pub(super) fn intake_service(
     true
 }
 
-fn sorted_family(ips: &[IpAddr], family: IpFamily) -> Vec<IpAddr> {
-    let mut v: Vec<IpAddr> = ips
-        .iter()
-        .filter(|ip| IpFamily::of(ip) == family)
-        .copied()
-        .collect();
+/// An optional port field of the Service `obj` (unset or 0: none); a value
+/// outside 1..65535 is warned about (`value` then `refusal`) and ignored.
+fn optional_port(
+    cx: &mut Ctx<'_>,
+    obj: &str,
+    field: impl Into<String>,
+    value: Option<i32>,
+    refusal: &str,
+) -> Option<u16> {
+    let v = value.filter(|&v| v != 0)?;
+    match u16::try_from(v) {
+        Ok(p) if p > 0 => Some(p),
+        _ => {
+            cx.warn(ObjectKind::Service, obj, field, format!("{v} {refusal}"));
+            None
+        }
+    }
+}
+
+/// The items of `family` (`of` tells an item's), sorted, each once.
+fn sorted_family<T: Copy + Ord>(items: &[T], family: IpFamily, of: fn(&T) -> IpFamily) -> Vec<T> {
+    let mut v: Vec<T> = items.iter().filter(|i| of(i) == family).copied().collect();
     v.sort();
     v.dedup();
     v

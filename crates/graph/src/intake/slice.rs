@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::SERVICE_NAME_LABEL;
 use super::build::{Ctx, SvcKey, special_purpose};
-use super::compact::{AddressType, CompactSlice, ProtocolField};
+use super::compact::{AddressType, CompactSlice};
 use crate::config::ProxyConfig;
 use crate::model::{Endpoint, IpFamily, NodeInfo, ServicePort, ServicePortName};
 use crate::warning::{ObjectKind, Warning};
@@ -107,17 +107,11 @@ pub(super) fn intake_slice(
                     continue;
                 }
             };
-            let protocol = match &p.protocol {
-                ProtocolField::Known(p) => *p,
-                ProtocolField::Other(proto_s) => {
-                    cx.warn(
-                        ObjectKind::EndpointSlice,
-                        &obj,
-                        format!("ports[{pi}].protocol"),
-                        format!("{proto_s:?} is not TCP, UDP or SCTP; port skipped"),
-                    );
-                    continue;
-                }
+            let field = || format!("ports[{pi}].protocol");
+            let Some(protocol) =
+                cx.port_protocol(ObjectKind::EndpointSlice, &obj, field, &p.protocol)
+            else {
+                continue;
             };
             let spn = ServicePortName::new(
                 ns.clone(),
@@ -138,39 +132,30 @@ pub(super) fn intake_slice(
                 };
                 let addr = || address.text();
                 let ip = match address.ip() {
-                    Some(ip) if let Some(why) = special_purpose(ip) => {
+                    Some(ip) if let Some(why) = special_purpose(ip) => Err(format!(
+                        "{:?} is a special-purpose address ({why}), which the API server refuses as an endpoint; endpoint skipped",
+                        addr()
+                    )),
+                    Some(ip) if IpFamily::of(&ip) == family => Ok(ip),
+                    Some(_) => Err(format!(
+                        "{:?} is not an {family} address, endpoint skipped",
+                        addr()
+                    )),
+                    None => Err(format!(
+                        "{:?} is not an IP address, endpoint skipped",
+                        addr()
+                    )),
+                };
+                let ip = match ip {
+                    Ok(ip) => ip,
+                    Err(reason) => {
+                        // Said once, with the first port.
                         if pi == 0 {
                             cx.warn(
                                 ObjectKind::EndpointSlice,
                                 &obj,
                                 format!("endpoints[{ei}].addresses[0]"),
-                                format!("{:?} is a special-purpose address ({why}), which the API server refuses as an endpoint; endpoint skipped", addr()),
-                            );
-                        }
-                        continue;
-                    }
-                    Some(ip) if IpFamily::of(&ip) == family => ip,
-                    Some(_) => {
-                        if pi == 0 {
-                            cx.warn(
-                                ObjectKind::EndpointSlice,
-                                &obj,
-                                format!("endpoints[{ei}].addresses[0]"),
-                                format!(
-                                    "{:?} is not an {family} address, endpoint skipped",
-                                    addr()
-                                ),
-                            );
-                        }
-                        continue;
-                    }
-                    None => {
-                        if pi == 0 {
-                            cx.warn(
-                                ObjectKind::EndpointSlice,
-                                &obj,
-                                format!("endpoints[{ei}].addresses[0]"),
-                                format!("{:?} is not an IP address, endpoint skipped", addr()),
+                                reason,
                             );
                         }
                         continue;

@@ -300,6 +300,28 @@ macro_rules! deserialize_number {
     )*};
 }
 
+/// Methods that take only the kinds of value listed, each visited as
+/// `serde_json::Value` visits it, and refuse any other with its error.
+macro_rules! deserialize_kinds {
+    ($visitor:ident; $($method:ident: $($kind:pat => $visit:expr),+;)*) => {$(
+        fn $method<V: Visitor<'de>>(self, $visitor: V) -> Result<V::Value, Error> {
+            match self {
+                $($kind => $visit,)+
+                _ => Err(self.invalid_type(&$visitor)),
+            }
+        }
+    )*};
+}
+
+/// Methods that do what another does, their extra arguments unused.
+macro_rules! deserialize_as {
+    ($($method:ident($($arg:ident: $ty:ty),*) => $target:ident;)*) => {$(
+        fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, Error> {
+            self.$target(visitor)
+        }
+    )*};
+}
+
 impl<'de> Deserializer<'de> for Tree<'de> {
     type Error = Error;
 
@@ -319,6 +341,40 @@ impl<'de> Deserializer<'de> for Tree<'de> {
         deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64 deserialize_u128
         deserialize_f32 deserialize_f64
     );
+
+    deserialize_kinds! { visitor;
+        deserialize_bool: Tree::Bool(b) => visitor.visit_bool(b);
+        deserialize_string: Tree::String(s) => visit_string(s, visitor);
+        deserialize_byte_buf:
+            Tree::String(s) => visit_string(s, visitor),
+            Tree::Array(a) => visit_array(a, visitor);
+        deserialize_unit: Tree::Null => visitor.visit_unit();
+        deserialize_seq: Tree::Array(a) => visit_array(a, visitor);
+        deserialize_map: Tree::Object(o) => visit_object(o, visitor);
+    }
+
+    deserialize_as! {
+        deserialize_char() => deserialize_string;
+        deserialize_str() => deserialize_string;
+        deserialize_identifier() => deserialize_string;
+        deserialize_bytes() => deserialize_byte_buf;
+        deserialize_unit_struct(_name: &'static str) => deserialize_unit;
+        deserialize_tuple(_len: usize) => deserialize_seq;
+        deserialize_tuple_struct(_name: &'static str, _len: usize) => deserialize_seq;
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        match self {
+            Tree::Array(a) => visit_array(a, visitor),
+            Tree::Object(o) => visit_object(o, visitor),
+            _ => Err(self.invalid_type(&visitor)),
+        }
+    }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         match self {
@@ -345,103 +401,6 @@ impl<'de> Deserializer<'de> for Tree<'de> {
         visitor.visit_newtype_struct(self)
     }
 
-    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        match self {
-            Tree::Bool(b) => visitor.visit_bool(b),
-            _ => Err(self.invalid_type(&visitor)),
-        }
-    }
-
-    fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.deserialize_string(visitor)
-    }
-
-    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.deserialize_string(visitor)
-    }
-
-    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        match self {
-            Tree::String(s) => visit_string(s, visitor),
-            _ => Err(self.invalid_type(&visitor)),
-        }
-    }
-
-    fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.deserialize_byte_buf(visitor)
-    }
-
-    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        match self {
-            Tree::String(s) => visit_string(s, visitor),
-            Tree::Array(a) => visit_array(a, visitor),
-            _ => Err(self.invalid_type(&visitor)),
-        }
-    }
-
-    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        match self {
-            Tree::Null => visitor.visit_unit(),
-            _ => Err(self.invalid_type(&visitor)),
-        }
-    }
-
-    fn deserialize_unit_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, Error> {
-        self.deserialize_unit(visitor)
-    }
-
-    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        match self {
-            Tree::Array(a) => visit_array(a, visitor),
-            _ => Err(self.invalid_type(&visitor)),
-        }
-    }
-
-    fn deserialize_tuple<V: Visitor<'de>>(
-        self,
-        _len: usize,
-        visitor: V,
-    ) -> Result<V::Value, Error> {
-        self.deserialize_seq(visitor)
-    }
-
-    fn deserialize_tuple_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        _len: usize,
-        visitor: V,
-    ) -> Result<V::Value, Error> {
-        self.deserialize_seq(visitor)
-    }
-
-    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        match self {
-            Tree::Object(o) => visit_object(o, visitor),
-            _ => Err(self.invalid_type(&visitor)),
-        }
-    }
-
-    fn deserialize_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        _fields: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, Error> {
-        match self {
-            Tree::Array(a) => visit_array(a, visitor),
-            Tree::Object(o) => visit_object(o, visitor),
-            _ => Err(self.invalid_type(&visitor)),
-        }
-    }
-
-    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.deserialize_string(visitor)
-    }
-
     fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         drop(self);
         visitor.visit_unit()
@@ -466,17 +425,14 @@ impl<'de> SeqAccess<'de> for SeqDeserializer<'de> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, Error> {
-        match self.iter.next() {
-            Some(value) => seed.deserialize(value).map(Some),
-            None => Ok(None),
-        }
+        self.iter
+            .next()
+            .map(|value| seed.deserialize(value))
+            .transpose()
     }
 
     fn size_hint(&self) -> Option<usize> {
-        match self.iter.size_hint() {
-            (lower, Some(upper)) if lower == upper => Some(upper),
-            _ => None,
-        }
+        Some(self.iter.len())
     }
 }
 
@@ -492,13 +448,11 @@ impl<'de> MapAccess<'de> for MapDeserializer<'de> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, Error> {
-        match self.iter.next() {
-            Some((key, value)) => {
-                self.value = Some(value);
-                seed.deserialize(KeyDeserializer { key }).map(Some)
-            }
-            None => Ok(None),
-        }
+        let Some((key, value)) = self.iter.next() else {
+            return Ok(None);
+        };
+        self.value = Some(value);
+        seed.deserialize(KeyDeserializer { key }).map(Some)
     }
 
     fn next_value_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<T::Value, Error> {
@@ -509,10 +463,7 @@ impl<'de> MapAccess<'de> for MapDeserializer<'de> {
     }
 
     fn size_hint(&self) -> Option<usize> {
-        match self.iter.size_hint() {
-            (lower, Some(upper)) if lower == upper => Some(upper),
-            _ => None,
-        }
+        Some(self.iter.len())
     }
 }
 

@@ -116,16 +116,21 @@ impl Priority {
     /// The numeric value for the `ip`/`ip6` families (`dstnat` = -100,
     /// `filter` = 0, `srcnat` = 100).
     pub fn value(self) -> i32 {
-        let base = match self.name {
+        Self::standard(self.name).unwrap_or(0) + self.offset
+    }
+
+    /// The value of a standard priority name for the `ip`/`ip6` families,
+    /// as nft defines them; `None` for any other name.
+    pub fn standard(name: &str) -> Option<i32> {
+        Some(match name {
             "raw" => -300,
             "mangle" => -150,
             "dstnat" => -100,
             "filter" => 0,
             "security" => 50,
             "srcnat" => 100,
-            _ => 0,
-        };
-        base + self.offset
+            _ => return None,
+        })
     }
 
     /// Rendered as a number: nft 1.0.6 refuses the names for some

@@ -132,17 +132,7 @@ pub(super) fn hook_of(s: &str) -> Option<Hook> {
 
 pub(super) fn priority_value(words: &[String]) -> Option<i32> {
     let joined: String = words.concat();
-    let named = |n: &str| -> Option<i32> {
-        Some(match n {
-            "raw" => -300,
-            "mangle" => -150,
-            "dstnat" => -100,
-            "filter" => 0,
-            "security" => 50,
-            "srcnat" => 100,
-            _ => return None,
-        })
-    };
+    let named = kproxy_nftables::ir::Priority::standard;
     if let Ok(v) = joined.parse::<i32>() {
         return Some(v);
     }
