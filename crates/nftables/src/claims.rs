@@ -19,11 +19,12 @@
 //! winner stays, whichever of them changes.
 //!
 //! Keys are indexed by a 64-bit fingerprint of (set, key), not by their
-//! text (the backend already keeps every element's text once): a 16-byte
-//! hash-table entry per key, 20-40 bytes with the table's slack, plus two
-//! copies of each service port's name. A fingerprint only locates candidates:
-//! every candidate is checked against the key's text, so two keys with
-//! one fingerprint can never be confused.
+//! text (the backend keeps no element texts between syncs: it generates
+//! a contribution again when it needs one): a 16-byte hash-table entry
+//! per key, 20-40 bytes with the table's slack, plus two copies of each
+//! service port's name (an `Arc` each). A fingerprint only locates
+//! candidates: every candidate is checked against the key's text in its
+//! contribution, so two keys with one fingerprint can never be confused.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};

@@ -16,10 +16,11 @@
 //! elements of the large sets; the periodic full sync (`fullSyncPeriod`)
 //! replaces those.
 
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 
-use crate::generate::{Fam, FamilyRules, LbChain, ServiceRules, sets};
-use crate::ir::Family;
+use crate::generate::{Fam, LbChain, ServiceRules, sets};
+use crate::ir::{Family, Table};
 use kproxy_netlink::msg::set_flags;
 use kproxy_netlink::{ChainSummary, SetSummary, TableSummary};
 
@@ -27,12 +28,19 @@ use kproxy_netlink::{ChainSummary, SetSummary, TableSummary};
 /// larger ones are only checked for being non-empty.
 pub const EXACT_LIMIT: usize = 65_536;
 
-/// The counts the kernel must hold after a sync that applied `rules`,
-/// with shared load-balancing chains `lbs`. Keys several service ports
+/// The counts the kernel must hold after a sync that applied `skeleton`
+/// with the service ports' contributions `services` (in one pass, so that
+/// they can be generated one at a time) and shared load-balancing chains
+/// `lbs` (made with masquerade mark `mark`). Keys several service ports
 /// claim count once, as they are loaded once. Memory is one `u64` per
-/// element of the largest set while it is counted.
-pub fn expected<'a>(rules: &FamilyRules, lbs: impl Iterator<Item = &'a LbChain>) -> TableSummary {
-    let skel = &rules.skeleton;
+/// element of the service ports while they are counted.
+pub fn expected<'a>(
+    skeleton: &Table,
+    mark: u32,
+    services: impl IntoIterator<Item = impl std::borrow::Borrow<ServiceRules>>,
+    lbs: impl Iterator<Item = &'a LbChain>,
+) -> TableSummary {
+    let skel = skeleton;
     let mut s = TableSummary::default();
     for c in skel.chains.values() {
         s.chains.insert(
@@ -43,7 +51,9 @@ pub fn expected<'a>(rules: &FamilyRules, lbs: impl Iterator<Item = &'a LbChain>)
             },
         );
     }
-    for sr in rules.services.values() {
+    let mut keys: HashMap<&'static str, Vec<u64>> = HashMap::new();
+    for sr in services {
+        let sr = sr.borrow();
         for c in &sr.chains {
             s.chains
                 .entry(c.name.clone())
@@ -52,10 +62,13 @@ pub fn expected<'a>(rules: &FamilyRules, lbs: impl Iterator<Item = &'a LbChain>)
                     base: false,
                 });
         }
+        for e in sr.elems.iter() {
+            keys.entry(e.set).or_default().push(key_hash(e.key()));
+        }
     }
     let fam = Fam { f: skel.fam() };
     for lb in lbs {
-        let c = lb.chain(&fam, rules.mark);
+        let c = lb.chain(&fam, mark);
         s.chains.insert(
             c.name,
             ChainSummary {
@@ -64,7 +77,6 @@ pub fn expected<'a>(rules: &FamilyRules, lbs: impl Iterator<Item = &'a LbChain>)
             },
         );
     }
-    let mut hashes: Vec<u64> = Vec::new();
     for (name, set) in &skel.sets {
         let mut flags = if set.map { set_flags::MAP } else { 0 };
         for f in &set.flags {
@@ -78,9 +90,8 @@ pub fn expected<'a>(rules: &FamilyRules, lbs: impl Iterator<Item = &'a LbChain>)
         if set.timeout.is_some() {
             flags |= set_flags::TIMEOUT;
         }
-        hashes.clear();
+        let mut hashes = keys.remove(name.as_str()).unwrap_or_default();
         hashes.extend(set.elements.keys().map(|k| key_hash(k)));
-        hashes.extend(service_keys(rules.services.values(), name));
         hashes.sort_unstable();
         hashes.dedup();
         s.sets.insert(
@@ -93,19 +104,6 @@ pub fn expected<'a>(rules: &FamilyRules, lbs: impl Iterator<Item = &'a LbChain>)
         );
     }
     s
-}
-
-/// The hashes of the keys the service ports put into set `set`.
-fn service_keys<'a>(
-    services: impl Iterator<Item = &'a ServiceRules> + 'a,
-    set: &'a str,
-) -> impl Iterator<Item = u64> + 'a {
-    services.flat_map(move |sr| {
-        sr.elems
-            .iter()
-            .filter(move |e| e.set == set)
-            .map(|e| key_hash(e.key()))
-    })
 }
 
 /// A 64-bit hash of a key: two distinct keys of one set collide with a

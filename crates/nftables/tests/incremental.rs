@@ -114,6 +114,12 @@ fn incremental_syncs_match_full_loads() {
             line_diff(&want, &got)
         );
         assert!(inc.check().expect("check"), "{what}: check after sync");
+        // What the backend says it applied, generated again from its
+        // state, is the full render of the graph.
+        assert!(
+            inc.last_applied() == Some(inc.render_full(&g).expect("render")),
+            "{what}: last_applied differs from the full render"
+        );
         prev = Some(g);
     }
     // One more (empty) sync deletes the chains flushed by the last one:
@@ -326,4 +332,41 @@ fn pipelined_batches_stop_at_the_first_refusal() {
     nl.wait().expect("applied");
     let listing = ns.exec(&["nft", "list", "table", "ip", "kptest"]);
     assert!(listing.contains("chain four"), "{listing}");
+}
+
+/// A full resync of a large ruleset in another generation context (the
+/// local-traffic detector, which the eTP=Local services' external chains
+/// read), with a changed and a removed service: the diff the backend
+/// builds from the ports it kept gives the table a full load gives.
+#[test]
+fn large_full_resync_in_another_context_equals_a_full_load() {
+    let mut svcs = base();
+    svcs.extend(bulk(300, "bulk", "172.30", ["10.1", "10.2"]));
+    let ns = NetNs::new("nft");
+    let mut be = NftablesBackend::in_netns(ns.name()).max_elements_per_transaction(1000);
+    let g1 = graph(&svcs);
+    assert!(be.sync(&g1, None).expect("first load").full);
+    find(&mut svcs, "b").endpoints.pop();
+    svcs.retain(|x| x.name != "s7");
+    let mut g2 = graph(&svcs);
+    let fg = g2
+        .families
+        .get_mut(&kproxy_graph::IpFamily::V4)
+        .expect("IPv4");
+    let before = fg.local_traffic.clone();
+    fg.local_traffic = kproxy_graph::LocalTraffic::Cidr("10.77.0.0/16".parse().expect("cidr"));
+    assert_ne!(before, fg.local_traffic);
+    let resync = be.sync(&g2, None).expect("resync");
+    assert!(resync.full);
+    let fresh = full_load(&g2);
+    let (want, got) = (
+        normalised_listing(&fresh, true),
+        normalised_listing(&ns, true),
+    );
+    assert!(
+        want == got,
+        "resync differs from a full load:\n{}",
+        line_diff(&want, &got)
+    );
+    assert!(be.check().expect("check"), "check after the resync");
 }

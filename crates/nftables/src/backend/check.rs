@@ -23,17 +23,27 @@ impl NftablesBackend {
             .as_ref()
             .is_none_or(|(g, _)| *g != self.generation)
         {
-            let summaries = state
-                .iter()
-                .map(|fs| {
-                    let mut s = drift::expected(&fs.rules, fs.lb_refs.keys());
-                    // The one element each sync writes.
-                    if let Some(g) = s.sets.get_mut(sets::GENERATION) {
-                        g.elements = 1;
+            let mut summaries = Vec::new();
+            for fs in state {
+                // The contributions are generated again one at a time.
+                let mut failed = None;
+                let services = fs.contributions().map_while(|r| match r {
+                    Ok(sr) => Some(sr),
+                    Err(e) => {
+                        failed = Some(e);
+                        None
                     }
-                    (fs.family, s)
-                })
-                .collect();
+                });
+                let mut s = drift::expected(&fs.skeleton, fs.mark, services, fs.lb_refs.keys());
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                // The one element each sync writes.
+                if let Some(g) = s.sets.get_mut(sets::GENERATION) {
+                    g.elements = 1;
+                }
+                summaries.push((fs.family, s));
+            }
             self.expected = Some((self.generation, summaries));
         }
         let sock = match self.sock.as_mut() {

@@ -2,12 +2,14 @@
 //! bounded transactions when large), and re-asserting a large ruleset as
 //! one diff.
 
-use kproxy_graph::{ApplyError, ChangeSet, ServiceGraph, SyncStats};
+use kproxy_graph::{ApplyError, ChangeSet, FamilyGraph, ServiceGraph, SyncStats};
 
 use crate::generate::{self, FamilyRules, TABLE, sets};
 use crate::ir::{ChunkWriter, Element, Family, Op, Table, Transaction};
 
-use super::{FamilyState, NftablesBackend, fill_counts, gen_err, send_via_pipelined};
+use super::{
+    FamilyState, NftablesBackend, applied_port, fill_counts, gen_err, ip_family, send_via_pipelined,
+};
 
 impl NftablesBackend {
     pub(super) fn generation_ops(&self, tx: &mut Transaction, families: &[Family]) {
@@ -43,7 +45,7 @@ impl NftablesBackend {
             .sum();
         if elements > self.max_elements
             && !self.dry_run
-            && let Some((changes, skeletons)) = self.reassert_plan(&fams)
+            && let Some((changes, skeletons)) = self.reassert_plan(graph, &fams)
         {
             match self.incremental_sync(graph, &changes, Some(&skeletons)) {
                 Ok(mut stats) => {
@@ -61,10 +63,14 @@ impl NftablesBackend {
         self.replace(graph, fams)
     }
 
-    /// The changes between what was applied and `fams`, when they can be
-    /// applied as a diff (same families, same masquerade mark).
+    /// The changes between what was applied and `fams` (generated from
+    /// `graph`), when they can be applied as a diff (same families, same
+    /// masquerade mark). A service port is unchanged when it is the one
+    /// applied and, in another context (node addresses, detector), its
+    /// applied contribution generated again is the new one.
     pub(super) fn reassert_plan(
         &self,
+        graph: &ServiceGraph,
         fams: &[(Family, FamilyRules)],
     ) -> Option<(ChangeSet, Vec<(Family, Table)>)> {
         let state = self.state.as_ref()?;
@@ -74,30 +80,43 @@ impl NftablesBackend {
         let mut changes = ChangeSet::default();
         let mut skeletons = Vec::new();
         for ((f, fr), fs) in fams.iter().zip(state) {
-            if *f != fs.family || fr.mark != fs.rules.mark {
+            if *f != fs.family || fr.mark != fs.mark {
                 return None;
             }
+            let ipf = ip_family(*f);
+            let empty;
+            let fg = match graph.family(ipf) {
+                Some(fg) => fg,
+                None => {
+                    empty = FamilyGraph::empty(ipf);
+                    &empty
+                }
+            };
+            let same_ctx = fs.same_ctx(graph, fg);
             let mut fc = kproxy_graph::FamilyChanges::default();
             for (name, sr) in &fr.services {
-                match fs.rules.services.get(name) {
-                    None => {
-                        fc.added.insert(name.clone());
-                    }
-                    Some(old) if old != sr => {
-                        fc.changed.insert(name.clone());
-                    }
-                    Some(_) => {}
+                let Some(old) = fs.ports.get(name) else {
+                    fc.added.insert(name.clone());
+                    continue;
+                };
+                // A port kept as it is must generate what was applied in
+                // the new context too: so a changed port is updated even
+                // when its contribution stays the same.
+                let changed = fg
+                    .services
+                    .get(name)
+                    .is_none_or(|sp| applied_port(sp, ipf) != *old)
+                    || (!same_ctx
+                        && generate::service_rules(&fs.ctx(), old).map_or(true, |o| o != *sr));
+                if changed {
+                    fc.changed.insert(name.clone());
                 }
             }
-            for name in fs.rules.services.keys() {
+            for name in fs.ports.keys() {
                 if !fr.services.contains_key(name) {
                     fc.removed.insert(name.clone());
                 }
             }
-            let ipf = match f {
-                Family::Ip => kproxy_graph::IpFamily::V4,
-                Family::Ip6 => kproxy_graph::IpFamily::V6,
-            };
             changes.families.insert(ipf, fc);
             skeletons.push((*f, fr.skeleton.clone()));
         }
@@ -184,7 +203,7 @@ impl NftablesBackend {
         self.stale.clear();
         self.state = Some(
             fams.into_iter()
-                .map(|(f, fr)| FamilyState::new(f, fr))
+                .map(|(f, fr)| FamilyState::new(f, fr, graph))
                 .collect(),
         );
         fill_counts(&mut stats, graph);

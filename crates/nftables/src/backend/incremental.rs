@@ -11,7 +11,8 @@ use crate::generate::{self, Ctx, FamilyRules, FastHash, LbChain, ServiceRules, T
 use crate::ir::{Family, Op, Table, Transaction};
 
 use super::{
-    FamilyState, NftablesBackend, PendingFamily, fill_counts, gen_err, service_chain_rules,
+    FamilyState, NftablesBackend, PendingFamily, applied_port, family_header, fill_counts, gen_err,
+    ip_family, service_chain_rules,
 };
 
 impl NftablesBackend {
@@ -48,7 +49,7 @@ impl NftablesBackend {
             let new_skeleton = skeletons
                 .and_then(|s| s.iter().find(|(f, _)| *f == fs.family))
                 .map(|(_, t)| t)
-                .filter(|t| **t != fs.rules.skeleton);
+                .filter(|t| **t != fs.skeleton);
             if fc.is_empty() && new_skeleton.is_none() {
                 continue;
             }
@@ -64,25 +65,35 @@ impl NftablesBackend {
             // Skeleton changes (node addresses, service CIDRs, detector)
             // first: the service diff below builds on the skeleton's sets.
             if let Some(skel) = new_skeleton {
-                let plan = diff_parts(&fs.rules.skeleton, skel)?;
+                let plan = diff_parts(&fs.skeleton, skel)?;
                 tx.extend(plan.tx);
                 stale.extend(plan.stale_chains.into_iter().map(|c| (fs.family, c)));
                 added.extend(plan.added_chains.into_iter().map(|c| (fs.family, c)));
             }
-            let mut old_part = partial_table(&fs.rules.skeleton);
-            let mut new_part = partial_table(&fs.rules.skeleton);
+            let mut old_part = partial_table(&fs.skeleton);
+            let mut new_part = partial_table(&fs.skeleton);
             let mut refs = fs.lb_refs.clone();
             let mut touched: BTreeSet<LbChain> = BTreeSet::new();
             let mut updates = Vec::new();
-            for name in fc.removed.iter().chain(fc.changed.iter()) {
-                if let Some(sr) = fs.rules.services.get(name) {
-                    add_chains(&mut old_part, sr);
+            // The applied contributions of the ports the change updates,
+            // generated again from the applied ports (an added port that
+            // was applied already is replaced as a changed one).
+            let mut olds: HashMap<ServicePortName, ServiceRules> = HashMap::new();
+            for name in fc
+                .removed
+                .iter()
+                .chain(fc.changed.iter())
+                .chain(fc.added.iter())
+            {
+                if let Some(sr) = fs.contribution(name)? {
+                    add_chains(&mut old_part, &sr);
                     for lb in lb_closure(&sr.lb) {
                         touched.insert(lb);
                         if let Some(n) = refs.get_mut(&lb) {
                             *n = n.saturating_sub(1);
                         }
                     }
+                    olds.insert(name.clone(), sr);
                 }
             }
             for name in fc.removed.iter() {
@@ -100,8 +111,8 @@ impl NftablesBackend {
                 }
                 updates.push((name.clone(), Some(sr)));
             }
-            let new_skel = new_skeleton.unwrap_or(&fs.rules.skeleton);
-            shared_elements(fs, &updates, new_skel, &mut old_part, &mut new_part);
+            let new_skel = new_skeleton.unwrap_or(&fs.skeleton);
+            shared_elements(fs, &olds, &updates, new_skel, &mut old_part, &mut new_part)?;
             let fam = generate::Fam { f: fs.family };
             for lb in &touched {
                 let c = lb.chain(&fam, ctx.mark());
@@ -117,18 +128,18 @@ impl NftablesBackend {
             tx.extend(plan.tx);
             stale.extend(plan.stale_chains.into_iter().map(|c| (fs.family, c)));
             added.extend(plan.added_chains.into_iter().map(|c| (fs.family, c)));
-            new_state.push((idx, updates, refs, new_skeleton.cloned()));
+            new_state.push((idx, updates, olds, refs, new_skeleton.cloned()));
         }
         // Affinity ids of endpoints that go away: their clients' entries
         // are removed after the transaction, as kube-proxy deletes an
         // endpoint's affinity set with its chain (a returning endpoint
         // starts with no clients).
         let mut purge: Vec<(Family, BTreeSet<(u32, u32)>)> = Vec::new();
-        for (idx, updates, _, _) in &new_state {
+        for (idx, updates, olds, _, _) in &new_state {
             let fs = &state[*idx];
             let mut gone = BTreeSet::new();
             for (name, sr) in updates {
-                if let Some(old) = fs.rules.services.get(name) {
+                if let Some(old) = olds.get(name) {
                     let keep = sr.as_ref().map_or(&[][..], |s| &s.affinity_ids[..]);
                     gone.extend(
                         old.affinity_ids
@@ -166,23 +177,31 @@ impl NftablesBackend {
         let Some(state) = self.state.as_mut() else {
             return Ok(stats);
         };
-        for (idx, updates, refs, skeleton) in new_state {
+        for (idx, updates, mut olds, refs, skeleton) in new_state {
             let fs = &mut state[idx];
             if let Some(skel) = skeleton {
-                fs.rules.skeleton = skel;
+                fs.skeleton = skel;
             }
+            let ipf = ip_family(fs.family);
+            let fg = graph.family(ipf);
             for (name, sr) in updates {
                 let new_rules = sr.as_ref().map_or(0, service_chain_rules);
-                if let Some(old) = fs.rules.services.get(&name) {
+                let old = olds.remove(&name);
+                if let Some(old) = &old {
                     fs.claims.remove(&name, old);
                 }
-                if let Some(sr) = &sr {
-                    fs.claims.add(&name, sr);
+                let port = fg
+                    .and_then(|fg| fg.services.get(&name))
+                    .map(|sp| applied_port(sp, ipf));
+                match (&sr, port) {
+                    (Some(sr), Some(port)) => {
+                        fs.claims.add(&name, sr);
+                        fs.ports.insert(name, port);
+                    }
+                    _ => {
+                        fs.ports.remove(&name);
+                    }
                 }
-                let old = match sr {
-                    Some(sr) => fs.rules.services.insert(name, sr),
-                    None => fs.rules.services.remove(&name),
-                };
                 fs.chain_rules = fs.chain_rules + new_rules
                     - old
                         .as_ref()
@@ -190,6 +209,14 @@ impl NftablesBackend {
                         .min(fs.chain_rules + new_rules);
             }
             fs.lb_refs = refs;
+            // The context the new contributions were generated in (the
+            // same but for the service CIDRs, which only the skeleton
+            // reads, unless a full sync re-asserted through a diff).
+            if let Some(fg) = fg {
+                fs.header = family_header(fg);
+            }
+            fs.mark = graph.masquerade_mark();
+            fs.masquerade_all = graph.config.masquerade_all;
         }
         for a in &added {
             self.stale.remove(a);
@@ -207,7 +234,7 @@ impl NftablesBackend {
             .as_ref()
             .map(|s| {
                 s.iter()
-                    .map(|fs| fs.rules.skeleton.rule_count() + fs.chain_rules + fs.lb_refs.len())
+                    .map(|fs| fs.skeleton.rule_count() + fs.chain_rules + fs.lb_refs.len())
                     .sum()
             })
             .unwrap_or(0);
@@ -232,13 +259,17 @@ pub(super) fn add_chains(t: &mut Table, sr: &ServiceRules) {
 /// in service-port order), over every claimant of the key, changed or not:
 /// so a second claimant never collides with the first, a loser that
 /// changes stays out, and a loser takes over when the winner goes.
+/// `olds` holds the applied contributions of the updated ports; those of
+/// unchanged claimants of a touched key (rare: a key two ports claim) are
+/// generated again from the state.
 pub(super) fn shared_elements(
     fs: &FamilyState,
+    olds: &HashMap<ServicePortName, ServiceRules>,
     updates: &[(ServicePortName, Option<ServiceRules>)],
     new_skeleton: &Table,
     old_part: &mut Table,
     new_part: &mut Table,
-) {
+) -> Result<(), ApplyError> {
     let changed: HashSet<&ServicePortName> = updates.iter().map(|(n, _)| n).collect();
     // The new contributions' claims, by fingerprint.
     let mut new_claims: HashMap<u64, Vec<(usize, usize)>, FastHash> = HashMap::default();
@@ -254,28 +285,39 @@ pub(super) fn shared_elements(
     }
     // Every key the change touches, once.
     let mut keys: HashSet<(&'static str, &str), FastHash> = HashSet::default();
-    let olds = updates.iter().filter_map(|(n, _)| fs.rules.services.get(n));
     let news = updates.iter().filter_map(|(_, sr)| sr.as_ref());
-    for sr in olds.chain(news) {
+    for sr in olds.values().chain(news) {
         for e in sr.elems.iter() {
             keys.insert((e.set, e.key()));
         }
     }
-    let services = &fs.rules.services;
+    // The applied contributions of the other claimants of those keys.
+    let mut others: HashMap<ServicePortName, ServiceRules> = HashMap::new();
+    for (set, key) in &keys {
+        for (n, _) in fs.claims.claimants(set, key) {
+            if !changed.contains(n)
+                && !others.contains_key(n)
+                && let Some(sr) = fs.contribution(n)?
+            {
+                others.insert(n.clone(), sr);
+            }
+        }
+    }
+    let applied = |n: &ServicePortName| olds.get(n).or_else(|| others.get(n));
     for (set, key) in keys {
         let recorded = fs.claims.claimants(set, key);
         let before = claims::winner(
-            &fs.rules.skeleton,
+            &fs.skeleton,
             set,
             key,
             recorded
                 .iter()
-                .filter_map(|(n, at)| services.get_key_value(*n).map(|(n, sr)| (n, sr, *at))),
+                .filter_map(|(n, at)| applied(n).map(|sr| (*n, sr, *at))),
         );
         let unchanged = recorded
             .iter()
             .filter(|(n, _)| !changed.contains(n))
-            .filter_map(|(n, at)| services.get_key_value(*n).map(|(n, sr)| (n, sr, *at)));
+            .filter_map(|(n, at)| others.get(*n).map(|sr| (*n, sr, *at)));
         let fresh = new_claims
             .get(&claims::fingerprint(set, key))
             .into_iter()
@@ -291,6 +333,7 @@ pub(super) fn shared_elements(
             }
         }
     }
+    Ok(())
 }
 
 /// A table with the skeleton's set declarations (no elements, no chains):

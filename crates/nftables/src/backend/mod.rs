@@ -12,7 +12,10 @@
 //! - An **incremental sync** regenerates only the service ports the
 //!   [`ChangeSet`] names and diffs their old and new contributions
 //!   ([`crate::diff`]): one transaction whose size depends on the change,
-//!   not on the cluster.
+//!   not on the cluster. The state between syncs keeps no contribution:
+//!   it keeps each applied service port (without what the generator does
+//!   not read) and its generation context, and generates an old
+//!   contribution again when a sync needs it.
 //! - Every sync bumps a generation element in the `sync-generation` set;
 //!   [`check`](Backend::check) reads, through netlink, every chain's rule
 //!   count and every set's element count and compares them with what the
@@ -25,13 +28,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kproxy_graph::{
-    ApplyError, Backend, BackendKind, ChangeSet, GenError, Generator, IpFamily, Render,
-    ServiceGraph, SyncStats, Transport,
+    ApplyError, Backend, BackendKind, ChangeSet, FamilyGraph, GenError, Generator, IpFamily,
+    Render, ServiceGraph, ServicePort, ServicePortName, SyncStats, Transport,
 };
 
 use crate::claims::Claims;
 use crate::drift;
-use crate::generate::{self, FamilyRules, LbChain, NftGenerator, ServiceRules, TABLE, lb_closure};
+use crate::generate::{
+    self, Ctx, FamilyRules, LbChain, NftGenerator, ServiceRules, TABLE, lb_closure,
+};
 use crate::ir::{ChunkWriter, Family, Op, Table, Transaction};
 use crate::nl_transport::NetlinkTransport;
 use crate::transport::Nft;
@@ -48,11 +53,29 @@ pub use supported::{Unsupported, kernel_supported, supported, supported_for, sup
 /// The default bound on elements per transaction for large full syncs.
 pub const DEFAULT_MAX_ELEMENTS: usize = 50_000;
 
-/// What kproxy last applied for one family.
+/// What kproxy last applied for one family: the skeleton, and for each
+/// service port what its contribution was generated from (not the
+/// contribution: its element texts, chains and rules took about 80 MB at
+/// 50,000 Services). The generator is a pure function of a service port
+/// and the family's node-wide context, so a contribution generated again
+/// from these is the one applied: an incremental sync generates the old
+/// contributions of the ports it changes, `last_applied` and the drift
+/// check generate them all.
 #[derive(Debug, Clone)]
 struct FamilyState {
     family: Family,
-    rules: FamilyRules,
+    /// Base and helper chains, shared sets and maps with their own
+    /// elements.
+    skeleton: Table,
+    /// The masquerade mark the contributions were generated with.
+    mark: u32,
+    /// `masqueradeAll`, likewise.
+    masquerade_all: bool,
+    /// The node-wide part of the family graph they were generated with
+    /// (no service ports).
+    header: FamilyGraph,
+    /// Each applied service port, as [`applied_port`] keeps it.
+    ports: BTreeMap<ServicePortName, ServicePort>,
     /// How many service ports use each shared chain (closure included).
     lb_refs: BTreeMap<LbChain, usize>,
     /// Rules in the per-service chains (kept up to date so statistics
@@ -66,8 +89,43 @@ fn service_chain_rules(sr: &ServiceRules) -> usize {
     sr.chains.iter().map(|c| c.rules.len()).sum()
 }
 
+/// The node-wide part of a family graph: what a service port's
+/// contribution reads besides the port.
+fn family_header(fg: &FamilyGraph) -> FamilyGraph {
+    let mut h = FamilyGraph::empty(fg.family);
+    h.node_ips = fg.node_ips.clone();
+    h.local_traffic = fg.local_traffic.clone();
+    h.nodeport_ips = fg.nodeport_ips.clone();
+    h.localhost_nodeports = fg.localhost_nodeports;
+    h.service_cidrs = fg.service_cidrs.clone();
+    h
+}
+
+/// A service port as the state keeps it: without what the generator
+/// never reads (the list of all endpoints, `trafficDistribution`, the
+/// reachable endpoints that are not local ones of its family, which only
+/// hairpin elements read). Its contribution is the full port's (a test
+/// checks it); two ports equal in this form have equal contributions.
+fn applied_port(sp: &ServicePort, family: IpFamily) -> ServicePort {
+    let mut p = sp.clone();
+    p.endpoints = Vec::new();
+    p.traffic_distribution = None;
+    p.reachable_endpoints
+        .retain(|e| e.is_local && IpFamily::of(&e.ip) == family);
+    p.reachable_endpoints.shrink_to_fit();
+    p
+}
+
+fn ip_family(f: Family) -> IpFamily {
+    match f {
+        Family::Ip => IpFamily::V4,
+        Family::Ip6 => IpFamily::V6,
+    }
+}
+
 impl FamilyState {
-    fn new(family: Family, rules: FamilyRules) -> Self {
+    /// The state after applying `rules`, generated from `graph`.
+    fn new(family: Family, rules: FamilyRules, graph: &ServiceGraph) -> Self {
         // Shared chains are counted per user, so each survives while any
         // service port needs it.
         let mut lb_refs = BTreeMap::new();
@@ -78,22 +136,98 @@ impl FamilyState {
         }
         let chain_rules = rules.services.values().map(service_chain_rules).sum();
         let claims = Claims::build(&rules.services);
+        let FamilyRules {
+            skeleton,
+            services,
+            mark,
+        } = rules;
+        // The contributions go before the ports are copied.
+        drop(services);
+        let ipf = ip_family(family);
+        let (header, ports) = match graph.family(ipf) {
+            Some(fg) => (
+                family_header(fg),
+                fg.services
+                    .iter()
+                    .map(|(n, sp)| (n.clone(), applied_port(sp, ipf)))
+                    .collect(),
+            ),
+            None => (FamilyGraph::empty(ipf), BTreeMap::new()),
+        };
         FamilyState {
             family,
-            rules,
+            skeleton,
+            mark,
+            masquerade_all: graph.config.masquerade_all,
+            header,
+            ports,
             lb_refs,
             chain_rules,
             claims,
         }
     }
+
+    /// The generation context the applied contributions were made in.
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx::from_parts(&self.header, self.mark, self.masquerade_all)
+    }
+
+    /// Whether `graph`'s family `fg` generates contributions in the same
+    /// context as the applied ones.
+    fn same_ctx(&self, graph: &ServiceGraph, fg: &FamilyGraph) -> bool {
+        self.mark == graph.masquerade_mark()
+            && self.masquerade_all == graph.config.masquerade_all
+            && self.header == family_header(fg)
+    }
+
+    /// The applied contribution of `name`, generated again (`None` when
+    /// it has none).
+    fn contribution(&self, name: &ServicePortName) -> Result<Option<ServiceRules>, ApplyError> {
+        match self.ports.get(name) {
+            Some(sp) => Ok(Some(
+                generate::service_rules(&self.ctx(), sp).map_err(gen_err)?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Every applied contribution, generated again, in service-port order.
+    fn contributions(&self) -> impl Iterator<Item = Result<ServiceRules, ApplyError>> + '_ {
+        let ctx = self.ctx();
+        self.ports
+            .values()
+            .map(move |sp| generate::service_rules(&ctx, sp).map_err(gen_err))
+    }
+
+    /// What was applied, generated again.
+    fn rules(&self) -> Result<FamilyRules, ApplyError> {
+        let ctx = self.ctx();
+        let services = self
+            .ports
+            .iter()
+            .map(|(n, sp)| {
+                Ok((
+                    n.clone(),
+                    generate::service_rules(&ctx, sp).map_err(gen_err)?,
+                ))
+            })
+            .collect::<Result<_, ApplyError>>()?;
+        Ok(FamilyRules {
+            skeleton: self.skeleton.clone(),
+            services,
+            mark: self.mark,
+        })
+    }
 }
 
 /// An incremental sync's per-family outcome, committed to the state only
 /// once the transaction succeeded: (family index, updated contributions,
-/// new shared-chain reference counts).
+/// the old contributions of the updated ports that had one, new
+/// shared-chain reference counts, new skeleton).
 type PendingFamily = (
     usize,
     Vec<(kproxy_graph::ServicePortName, Option<ServiceRules>)>,
+    std::collections::HashMap<ServicePortName, ServiceRules>,
     BTreeMap<LbChain, usize>,
     Option<Table>,
 );
@@ -448,7 +582,13 @@ impl Backend for NftablesBackend {
         let state = self.state.as_ref()?;
         let mut w = ChunkWriter::new(usize::MAX);
         for fs in state {
-            fs.rules.render_full(&mut w);
+            match fs.rules() {
+                Ok(rules) => rules.render_full(&mut w),
+                Err(e) => {
+                    tracing::warn!(%e, "could not render the applied ruleset");
+                    return None;
+                }
+            }
         }
         // Without an element bound there is one text: move it rather than
         // copy it, trimmed to its length, since the daemon keeps it (about
@@ -528,3 +668,41 @@ impl Backend for NftablesBackend {
 
 /// kube-proxy's nftables mode's table (in both families).
 const KUBE_PROXY_TABLE: &str = "kube-proxy";
+
+#[cfg(test)]
+mod tests {
+    use kproxy_graph::{Objects, ProxyConfig, ServiceGraph};
+    use kproxy_testkit::{MIXED_NODE, mixed_cluster_yaml};
+
+    use super::*;
+
+    #[test]
+    fn a_port_as_the_state_keeps_it_generates_the_same_contribution() {
+        let (objects, warnings) =
+            Objects::from_yaml("mixed", &mixed_cluster_yaml(300)).expect("reads");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let config = ProxyConfig {
+            node_name: MIXED_NODE.into(),
+            ..ProxyConfig::default()
+        };
+        let graph = ServiceGraph::build(&objects, &config);
+        let mut ports = 0;
+        for (f, fg) in &graph.families {
+            let header = family_header(fg);
+            let kept = Ctx::from_parts(
+                &header,
+                graph.masquerade_mark(),
+                graph.config.masquerade_all,
+            );
+            let ctx = Ctx::new(&graph, fg);
+            for sp in fg.services.values() {
+                let full = generate::service_rules(&ctx, sp).expect("generates");
+                let again =
+                    generate::service_rules(&kept, &applied_port(sp, *f)).expect("generates");
+                assert_eq!(again, full, "{}", sp.name);
+                ports += 1;
+            }
+        }
+        assert_eq!(ports, 300);
+    }
+}

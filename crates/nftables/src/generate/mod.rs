@@ -160,6 +160,21 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// A context from its parts: the family graph's node-wide fields (its
+    /// service ports are not read), the masquerade mark and
+    /// `masqueradeAll`. The backend keeps these to generate again what it
+    /// applied.
+    pub fn from_parts(fg: &'a FamilyGraph, mark: u32, masquerade_all: bool) -> Self {
+        Ctx {
+            fam: Fam {
+                f: nft_family(fg.family),
+            },
+            fg,
+            mark,
+            masquerade_all,
+        }
+    }
+
     /// The masquerade mark.
     pub fn mark(&self) -> u32 {
         self.mark
