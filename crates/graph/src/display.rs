@@ -24,13 +24,43 @@ fn policy(p: TrafficPolicy) -> &'static str {
 /// An endpoint's address as [`Endpoint::addr_string`] gives it, written
 /// into `out`.
 fn put_addr(out: &mut String, ep: &Endpoint) {
-    let _ = match ep.ip {
-        std::net::IpAddr::V4(ip) => {
-            put_ipv4(out, ip);
-            write!(out, ":{}", ep.port)
+    put_ip_port(out, ep.ip, ep.port);
+}
+
+/// `ip:port` as [`Endpoint::addr_string`] gives it, in a new string: the
+/// key endpoints are merged and sorted by (`Display` of an address costs
+/// many times more).
+pub(crate) fn addr_text(ip: std::net::IpAddr, port: u16) -> String {
+    let mut out = String::with_capacity(24);
+    put_ip_port(&mut out, ip, port);
+    out
+}
+
+fn put_ip_port(out: &mut String, ip: std::net::IpAddr, port: u16) {
+    match ip {
+        std::net::IpAddr::V4(ip) => put_ipv4(out, ip),
+        std::net::IpAddr::V6(ip) => {
+            let _ = write!(out, "[{ip}]");
         }
-        std::net::IpAddr::V6(ip) => write!(out, "[{ip}]:{}", ep.port),
-    };
+    }
+    out.push(':');
+    put_dec(out, port);
+}
+
+/// `n` in decimal, as its `Display` writes it.
+fn put_dec(out: &mut String, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
 /// `ip` in dotted decimal, as its `Display` writes it (which costs many
@@ -212,6 +242,40 @@ pub fn service_port(out: &mut String, sp: &ServicePort) {
     out.push('\n');
 }
 
+/// [`service_port`] of each of `ports`, in order; the second half into a
+/// text of its own on another thread when `split` and there are many (the
+/// texts are joined in order, so the output is the same either way).
+fn service_ports(out: &mut String, ports: &[&ServicePort], split: bool) {
+    if !split || ports.len() < PARALLEL_MIN {
+        for sp in ports {
+            service_port(out, sp);
+        }
+        return;
+    }
+    let (first, second) = ports.split_at(ports.len() / 2);
+    let room = out.capacity().saturating_sub(out.len()) / 2;
+    let rest = std::thread::scope(|s| {
+        let other = s.spawn(|| {
+            let mut rest = String::with_capacity(room);
+            for sp in second {
+                service_port(&mut rest, sp);
+            }
+            rest
+        });
+        for sp in first {
+            service_port(out, sp);
+        }
+        match other.join() {
+            Ok(rest) => rest,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    });
+    out.push_str(&rest);
+}
+
+/// Families with fewer service ports than this are printed on one thread.
+const PARALLEL_MIN: usize = 512;
+
 /// Format the whole graph.
 pub fn graph(g: &ServiceGraph) -> String {
     // About this much text a service port and an endpoint take: one
@@ -283,9 +347,8 @@ pub fn graph(g: &ServiceGraph) -> String {
                 format!("; service CIDRs: {}", cidrs.join(", "))
             }
         );
-        for sp in fg.services.values() {
-            service_port(&mut out, sp);
-        }
+        let ports: Vec<&ServicePort> = fg.services.values().collect();
+        service_ports(&mut out, &ports, crate::intake::two_cpus());
     }
     let _ = writeln!(out);
     if g.warnings.is_empty() {
@@ -315,5 +378,47 @@ mod tests {
                 assert_eq!(out, ip.to_string());
             }
         }
+    }
+
+    #[test]
+    fn addresses_with_ports_read_as_addr_string() {
+        let ports = [0u16, 1, 9, 10, 80, 99, 100, 8080, 9999, 10000, 65535];
+        let ips: [std::net::IpAddr; 4] = [
+            std::net::Ipv4Addr::new(10, 0, 100, 255).into(),
+            std::net::Ipv4Addr::new(0, 0, 0, 0).into(),
+            "fd00::1".parse().unwrap(),
+            "::ffff:10.1.2.3".parse().unwrap(),
+        ];
+        for ip in ips {
+            for port in ports {
+                // `Endpoint::addr_string`'s own formatting.
+                let expected = match ip {
+                    std::net::IpAddr::V4(ip) => format!("{ip}:{port}"),
+                    std::net::IpAddr::V6(ip) => format!("[{ip}]:{port}"),
+                };
+                assert_eq!(addr_text(ip, port), expected);
+            }
+        }
+    }
+
+    #[test]
+    fn service_ports_printed_on_two_threads_read_as_on_one() {
+        let (objects, warnings) =
+            crate::Objects::from_yaml("mixed", &kproxy_testkit::mixed_cluster_yaml(700))
+                .expect("reads");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let config = crate::ProxyConfig {
+            node_name: kproxy_testkit::MIXED_NODE.into(),
+            ..crate::ProxyConfig::default()
+        };
+        let g = ServiceGraph::build(&objects, &config);
+        let fg = g.families.values().next().expect("a family");
+        let ports: Vec<&ServicePort> = fg.services.values().collect();
+        assert!(ports.len() >= PARALLEL_MIN, "{}", ports.len());
+        let (mut one, mut two) = (String::from("head\n"), String::from("head\n"));
+        service_ports(&mut one, &ports, false);
+        service_ports(&mut two, &ports, true);
+        assert!(one.len() > 700 * 100, "{}", one.len());
+        assert!(one == two, "the two-thread text differs");
     }
 }

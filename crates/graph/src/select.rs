@@ -189,5 +189,5 @@ pub(crate) fn select(sp: &mut ServicePort, node_name: &str, zone: Option<&str>) 
 
 /// Sort endpoints the way kube-proxy does: by their `ip:port` text.
 pub(crate) fn sort_endpoints(eps: &mut [Arc<Endpoint>]) {
-    eps.sort_by_cached_key(|e| e.addr_string());
+    eps.sort_by_cached_key(|e| crate::display::addr_text(e.ip, e.port));
 }

@@ -57,10 +57,29 @@ pub(crate) fn read<S: ObjectSink>(
     let mut objects = S::default();
     let mut warnings = Vec::new();
     if text.trim_start().starts_with('{') {
-        if !depth.passes() {
-            return None;
+        if text.len() < PIPELINE_MIN_BATCHES * BATCH_BYTES || !super::two_cpus() {
+            if !depth.passes() {
+                return None;
+            }
+            read_json(text, &mut objects, &mut warnings)?;
+        } else {
+            // The check on a second CPU while this one reads. Its verdict
+            // decides as before: when it fails, what was read is dropped
+            // (serde_json's own nesting limit bounds the reading until
+            // then).
+            let (passes, read) = std::thread::scope(|scope| {
+                let check = scope.spawn(|| depth.passes());
+                let read = read_json(text, &mut objects, &mut warnings);
+                match check.join() {
+                    Ok(passes) => (passes, read),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            });
+            if !passes {
+                return None;
+            }
+            read?;
         }
-        read_json(text, &mut objects, &mut warnings)?;
         place(&mut warnings, source_name, 1);
     } else {
         read_yaml(source_name, text, depth, &mut objects, &mut warnings)?;
@@ -101,24 +120,45 @@ fn is_entry(rest: &str) -> bool {
 /// Split a YAML stream into its documents' texts at bare `---` lines.
 /// `None` for anything the split could get wrong: a byte order mark,
 /// directives (`%`), `...` and `---` followed by content.
+///
+/// Only lines that start with `%`, `---` or `...` matter, so they are
+/// found by vectorized substring searches for a line break followed by
+/// one of them (and the first line), not by a look at every line.
 fn split_documents(text: &str) -> Option<Vec<&str>> {
     if text.starts_with('\u{feff}') {
         return None;
     }
+    let bytes = text.as_bytes();
+    // The line starting at `at`, with its `\n`.
+    let line_at = |at: usize| {
+        let end = memchr::memchr(b'\n', &bytes[at..]).map_or(bytes.len(), |i| at + i + 1);
+        &text[at..end]
+    };
+    // Line starts of lines that begin with `prefix`, in order.
+    let starts = |prefix: &'static [u8]| {
+        let first = bytes.starts_with(&prefix[1..]).then_some(0);
+        first
+            .into_iter()
+            .chain(memchr::memmem::find_iter(bytes, prefix).map(|i| i + 1))
+    };
+    if starts(b"\n%").next().is_some() {
+        return None;
+    }
+    // `...` or `---` then the end of the line, a space or a tab: a marker.
+    let marker_ends =
+        |line: &str| line[3..].starts_with([' ', '\t', '\r', '\n']) || line.len() == 3;
+    if starts(b"\n...").any(|at| marker_ends(line_at(at))) {
+        return None;
+    }
     let mut docs = Vec::new();
     let mut start = 0;
-    for (at, line) in lines(text) {
-        if line.starts_with('%') {
+    for at in starts(b"\n---") {
+        let line = line_at(at);
+        if line.trim_end() == "---" {
+            docs.push(&text[start..at]);
+            start = at + line.len();
+        } else if marker_ends(line) {
             return None;
-        }
-        if line.starts_with("---") || line.starts_with("...") {
-            let marker_ends = line[3..].starts_with([' ', '\t', '\r', '\n']) || line.len() == 3;
-            if line.trim_end() == "---" {
-                docs.push(&text[start..at]);
-                start = at + line.len();
-            } else if marker_ends {
-                return None;
-            }
         }
     }
     docs.push(&text[start..]);
@@ -157,7 +197,22 @@ fn find_items(doc: &str) -> Result<Option<ItemsBlock>, ()> {
     let mut found: Option<ItemsBlock> = None;
     // Inside the block: the entries' indentation once known.
     let mut inside: Option<Option<usize>> = None;
-    for (at, line) in lines(doc) {
+    let bytes = doc.as_bytes();
+    // Without tabs, a line inside entries at column 0 that starts with a
+    // space continues the block (see below): such lines are skipped by
+    // [`next_unindented`] without a look at each.
+    let skip_indented = memchr::memchr(b'\t', bytes).is_none();
+    let mut next = 0;
+    while next < bytes.len() {
+        if skip_indented && inside == Some(Some(0)) {
+            next = next_unindented(bytes, next);
+            if next == bytes.len() {
+                break;
+            }
+        }
+        let at = next;
+        next = memchr::memchr(b'\n', &bytes[at..]).map_or(bytes.len(), |i| at + i + 1);
+        let line = &doc[at..next];
         if let Some(indent) = inside {
             // Most lines of a large list are inside an entry: deeper than
             // the entries (or blank), so they continue the block. Decided
@@ -215,6 +270,58 @@ fn find_items(doc: &str) -> Result<Option<ItemsBlock>, ()> {
         Some(b) if b.entries.is_empty() => Ok(None),
         other => Ok(other),
     }
+}
+
+/// The first line start at or after `from` (itself a line start) whose
+/// line does not begin with a space; `bytes.len()` when there is none.
+/// Eight bytes at a time: a mask of the line breaks in each word (exact,
+/// with no carry between bytes), then a look at the byte after each.
+fn next_unindented(bytes: &[u8], from: usize) -> usize {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const NEWLINES: u64 = 0x0101_0101_0101_0101 * b'\n' as u64;
+    let starts_line = |k: usize| bytes.get(k) != Some(&b' ');
+    if from >= bytes.len() || starts_line(from) {
+        return from.min(bytes.len());
+    }
+    let mut i = from;
+    while let Some(word) = bytes.get(i..i + 8) {
+        let mut buf = [0; 8];
+        buf.copy_from_slice(word);
+        let x = u64::from_le_bytes(buf) ^ NEWLINES;
+        // The high bit of each byte of `x` that is zero (a line break).
+        let mut breaks = !(((x & LOW7) + LOW7) | x | LOW7);
+        while breaks != 0 {
+            let k = i + breaks.trailing_zeros() as usize / 8 + 1;
+            if starts_line(k) {
+                return k.min(bytes.len());
+            }
+            breaks &= breaks - 1;
+        }
+        i += 8;
+    }
+    for (k, &b) in bytes.iter().enumerate().skip(i) {
+        if b == b'\n' && starts_line(k + 1) {
+            return k + 1;
+        }
+    }
+    bytes.len()
+}
+
+/// The block's items in batches of about [`BATCH_BYTES`] of text: (first
+/// entry, entry after the last).
+fn batches(block: &ItemsBlock) -> Vec<(usize, usize)> {
+    let mut batches = Vec::new();
+    let mut i = 0;
+    while i < block.entries.len() {
+        let start = block.entries[i];
+        let mut j = i + 1;
+        while j < block.entries.len() && block.entries[j] - start < BATCH_BYTES {
+            j += 1;
+        }
+        batches.push((i, j));
+        i = j;
+    }
+    batches
 }
 
 fn read_yaml<S: ObjectSink>(
@@ -294,18 +401,7 @@ fn read_yaml_document<S: ObjectSink>(
         // object may (read whole, as before).
         return read_whole(doc, explicit, depth, objects, warnings);
     };
-    // Batches of whole items: (first entry, entry after the last).
-    let mut batches = Vec::new();
-    let mut i = 0;
-    while i < block.entries.len() {
-        let start = block.entries[i];
-        let mut j = i + 1;
-        while j < block.entries.len() && block.entries[j] - start < BATCH_BYTES {
-            j += 1;
-        }
-        batches.push((i, j));
-        i = j;
-    }
+    let batches = batches(&block);
     let text_of = |(i, j): (usize, usize)| {
         let end = block.entries.get(j).copied().unwrap_or(block.end);
         &doc[block.entries[i]..end]
@@ -344,25 +440,49 @@ fn read_yaml_document<S: ObjectSink>(
         }
         return Some(());
     }
-    // Two CPUs: one reads the batches' text into trees, a few batches
-    // ahead (the channel's bound), while this one makes the objects.
+    read_batches_on_two_threads(&batches, text_of, MAIN_READS_EVERY, add_batch)
+}
+
+/// Two CPUs: a second thread reads the batches' text into trees, a few
+/// batches ahead (the channel's bound), while this one makes the objects;
+/// this one also reads every `main_reads_every`-th batch itself (its
+/// share of the reading, so that neither thread waits long for the
+/// other). `add` gets every batch's tree in order, so the result is the
+/// same as reading them all on one thread.
+fn read_batches_on_two_threads<'t>(
+    batches: &[(usize, usize)],
+    text_of: impl Fn((usize, usize)) -> &'t str + Sync,
+    main_reads_every: usize,
+    mut add: impl FnMut((usize, usize), Option<Tree<'t>>) -> Option<()>,
+) -> Option<()> {
+    let main_reads = |n: usize| n % main_reads_every == main_reads_every - 1;
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel(PIPELINE_DEPTH);
-        let batches = &batches;
+        let text_of = &text_of;
         scope.spawn(move || {
-            for &b in batches {
+            for (n, &b) in batches.iter().enumerate() {
                 // The receiver hangs up when it gives up: so does this.
-                if tx.send(super::block_yaml::parse(text_of(b))).is_err() {
+                if !main_reads(n) && tx.send(super::block_yaml::parse(text_of(b))).is_err() {
                     break;
                 }
             }
         });
-        for &b in batches {
-            add_batch(b, rx.recv().ok()?)?;
+        for (n, &b) in batches.iter().enumerate() {
+            let tree = if main_reads(n) {
+                super::block_yaml::parse(text_of(b))
+            } else {
+                rx.recv().ok()?
+            };
+            add(b, tree)?;
         }
         Some(())
     })
 }
+
+/// The first thread reads one batch in this many itself: reading a batch
+/// into trees takes about twice the time of making its objects, so one
+/// in four evens the two threads' work.
+const MAIN_READS_EVERY: usize = 4;
 
 /// Lists of at least this many batches are read in two threads.
 const PIPELINE_MIN_BATCHES: usize = 4;
@@ -608,6 +728,137 @@ mod tests {
                 .collect();
             assert_eq!(lines(text).collect::<Vec<_>>(), expected, "{text:?}");
         }
+    }
+
+    /// The line-by-line [`split_documents`] this file had before its
+    /// substring searches: the reference they must agree with.
+    fn split_documents_by_lines(text: &str) -> Option<Vec<&str>> {
+        if text.starts_with('\u{feff}') {
+            return None;
+        }
+        let mut docs = Vec::new();
+        let mut start = 0;
+        for (at, line) in lines(text) {
+            if line.starts_with('%') {
+                return None;
+            }
+            if line.starts_with("---") || line.starts_with("...") {
+                let marker_ends = line[3..].starts_with([' ', '\t', '\r', '\n']) || line.len() == 3;
+                if line.trim_end() == "---" {
+                    docs.push(&text[start..at]);
+                    start = at + line.len();
+                } else if marker_ends {
+                    return None;
+                }
+            }
+        }
+        docs.push(&text[start..]);
+        Some(docs)
+    }
+
+    #[test]
+    fn documents_split_as_a_look_at_every_line_splits_them() {
+        let list = kubectl_list(3, "");
+        let texts = [
+            String::new(),
+            "---".into(),
+            "---\n".into(),
+            "---\r\n---  \n".into(),
+            "a: 1\n---\nb: 2\n---\n".into(),
+            "a: 1\n----\nb: ---\n---x\n....\n".into(),
+            "a: 1\n--- b\n".into(),
+            "a: 1\n---\tb\n".into(),
+            "...".into(),
+            "a: 1\n...\n".into(),
+            "a: 1\n... x\n".into(),
+            "a: 1\n...x\n".into(),
+            "%YAML 1.2\n---\na: 1\n".into(),
+            "a: 1\n%x\n".into(),
+            "a: 1\n %x\n".into(),
+            "\u{feff}a: 1\n".into(),
+            format!("# c\n---\n{list}---\n{list}"),
+            format!("{list}---"),
+            format!("{list}\n---\n\n"),
+        ];
+        for text in &texts {
+            assert_eq!(
+                split_documents(text),
+                split_documents_by_lines(text),
+                "{text:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn documents_split_as_by_lines_on_any_text(
+            text in "((---|\\.\\.\\.|%|-|a|\\.| |\t|\r|#)*\n){0,12}(---|\\.\\.\\.)?"
+        ) {
+            proptest::prop_assert_eq!(split_documents(&text), split_documents_by_lines(&text));
+        }
+
+        #[test]
+        fn next_unindented_finds_the_next_line_without_a_leading_space(
+            text in "([ a\n]{0,6}\n){0,20}",
+            from in 0usize..100,
+        ) {
+            let starts: Vec<usize> = lines(&text).map(|(at, _)| at).collect();
+            let from = starts.get(from % starts.len().max(1)).copied().unwrap_or(0);
+            let expected = lines(&text)
+                .find(|&(at, l)| at >= from && !l.starts_with(' '))
+                .map_or(text.len(), |(at, _)| at);
+            proptest::prop_assert_eq!(next_unindented(text.as_bytes(), from), expected);
+        }
+    }
+
+    /// `mixed_cluster_yaml(n)`'s documents as one `kind: List`, entries
+    /// at column 0, in block style, as `kubectl get -o yaml` writes a list.
+    fn mixed_list(n: u32) -> String {
+        let mut s = String::from("apiVersion: v1\nitems:\n");
+        for doc in kproxy_testkit::mixed_cluster_yaml(n).split("---\n") {
+            let doc = doc
+                .replace("- addresses: [", "- addresses:\n  - ")
+                .replace("]\n", "\n");
+            for (i, line) in doc.lines().enumerate() {
+                s += if i == 0 { "- " } else { "  " };
+                s += line;
+                s += "\n";
+            }
+        }
+        s + "kind: List\nmetadata:\n  resourceVersion: \"\"\n"
+    }
+
+    #[test]
+    fn batches_read_on_two_threads_come_in_order_as_on_one() {
+        let text = mixed_list(5000);
+        let block = find_items(&text)
+            .expect("a plain list")
+            .expect("with items");
+        assert_eq!(block.entries.len(), 10001);
+        let batches = batches(&block);
+        assert!(batches.len() >= 3 * MAIN_READS_EVERY, "{}", batches.len());
+        let text_of = |(i, j): (usize, usize)| {
+            let end = block.entries.get(j).copied().unwrap_or(block.end);
+            &text[block.entries[i]..end]
+        };
+        let one: Vec<_> = batches
+            .iter()
+            .map(|&b| (b, super::super::block_yaml::parse(text_of(b))))
+            .collect();
+        assert!(one.iter().all(|(_, t)| t.is_some()), "plain block YAML");
+        for every in [1, 2, 3, MAIN_READS_EVERY, batches.len() + 1] {
+            let mut two = Vec::new();
+            read_batches_on_two_threads(&batches, text_of, every, |b, t| {
+                two.push((b, t));
+                Some(())
+            })
+            .expect("reads");
+            assert!(two == one, "one batch in {every} read by the first thread");
+        }
+        // And the whole path reads the list as the whole-tree reading does.
+        let (o, w) = streams_as_whole(&text);
+        assert_eq!((o.services.len(), o.endpoint_slices.len()), (5000, 5000));
+        assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]

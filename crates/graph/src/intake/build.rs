@@ -14,7 +14,7 @@ use crate::config::ProxyConfig;
 use crate::model::{
     Endpoint, IpFamily, NodeInfo, Protocol, ServiceGraph, ServicePort, ServicePortName,
 };
-use crate::select::{select, sort_endpoints};
+use crate::select::select;
 use crate::warning::{ObjectKind, Warning};
 
 pub(super) struct Ctx<'a> {
@@ -159,7 +159,9 @@ pub(crate) fn build_unit(
     let mut out = Vec::new();
     for (family, m) in ports {
         for (_, mut sp) in m {
-            sort_endpoints(&mut sp.endpoints);
+            // Already in `ip:port` text order: `merged` is keyed by that
+            // text, so sorting them again would only cost.
+            debug_assert!(sp.endpoints.is_sorted_by_key(|e| e.addr_string()));
             select(&mut sp, &node.name, node.zone.as_deref());
             let fp = fingerprint(&sp);
             out.push((family, sp, fp));

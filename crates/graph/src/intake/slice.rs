@@ -179,7 +179,7 @@ pub(super) fn intake_slice(
                     is_local: !node.name.is_empty()
                         && ep.node_name.as_deref() == Some(node.name.as_str()),
                 };
-                let text = endpoint.addr_string();
+                let text = crate::display::addr_text(endpoint.ip, endpoint.port);
                 match entry.get(&text) {
                     // A duplicate across slices: keep the first, unless a
                     // later copy is ready and the first is not.

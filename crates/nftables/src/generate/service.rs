@@ -11,7 +11,48 @@ pub(super) fn verdict(v: Option<NoEndpointVerdict>) -> String {
 }
 
 pub(super) fn ep_value(ep: &Endpoint) -> String {
-    format!("{} . {}", ep.ip, ep.port)
+    let mut out = String::with_capacity(24);
+    put_ip(&mut out, ep.ip);
+    out.push_str(" . ");
+    put_dec(&mut out, ep.port.into());
+    out
+}
+
+/// `ip` as its `Display` writes it; IPv4 digit by digit (`Display` costs
+/// many times more, and a large ruleset holds an address an endpoint).
+pub(super) fn put_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(ip) => {
+            for (i, b) in ip.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                put_dec(out, b.into());
+            }
+        }
+        IpAddr::V6(ip) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{ip}");
+        }
+    }
+}
+
+/// `n` in decimal, as its `Display` writes it.
+pub(super) fn put_dec(out: &mut String, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
 }
 
 /// Which key an endpoint lookup uses.
@@ -85,7 +126,11 @@ impl SvcCtx<'_, '_> {
         let map = ep_map_name(kind, protocol)?;
         let values: Vec<String> = self.eps(policy).iter().map(|e| ep_value(e)).collect();
         for (i, v) in values.into_iter().enumerate() {
-            self.elem(map, format!("{key_prefix} . {i}"), Some(v), false);
+            let mut key = String::with_capacity(key_prefix.len() + 6);
+            key.push_str(&key_prefix);
+            key.push_str(" . ");
+            put_dec(&mut key, i as u64);
+            self.elem(map, key, Some(v), false);
         }
         let lb = LbChain {
             kind,
@@ -201,10 +246,17 @@ impl SvcCtx<'_, '_> {
                 let id = names::affinity_id(&self.sp.name, ep);
                 ids.insert(id);
                 let key = names::affinity_key(id);
-                let dst = match ep.ip {
-                    IpAddr::V4(ip) => format!("{ip}:{}", ep.port),
-                    IpAddr::V6(ip) => format!("[{ip}]:{}", ep.port),
-                };
+                let mut dst = String::with_capacity(24);
+                match ep.ip {
+                    IpAddr::V4(_) => put_ip(&mut dst, ep.ip),
+                    IpAddr::V6(ip) => {
+                        dst.push('[');
+                        put_ip(&mut dst, ip.into());
+                        dst.push(']');
+                    }
+                }
+                dst.push(':');
+                put_dec(&mut dst, ep.port.into());
                 let then = format!(
                     "meta l4proto {} update @{} {{ {} . {key} timeout {}s }} dnat {} to {dst}",
                     self.proto,
@@ -396,5 +448,49 @@ fn external_elems(
     if !d.has_external_endpoints {
         let verdict = Some(verdict(d.external_verdict));
         s.elem(no_endpoints, key, verdict, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use proptest::prelude::*;
+
+    use super::{put_dec, put_ip};
+
+    proptest! {
+        #[test]
+        fn addresses_and_numbers_are_written_as_display_writes_them(
+            v4 in any::<u32>(),
+            v6 in any::<u128>(),
+            n in any::<u64>(),
+        ) {
+            for ip in [IpAddr::from(Ipv4Addr::from(v4)), IpAddr::from(Ipv6Addr::from(v6))] {
+                let mut out = String::from("x");
+                put_ip(&mut out, ip);
+                prop_assert_eq!(out, format!("x{ip}"));
+            }
+            let mut out = String::new();
+            put_dec(&mut out, n);
+            prop_assert_eq!(out, n.to_string());
+        }
+    }
+
+    #[test]
+    fn edge_values_are_written_as_display_writes_them() {
+        for (ip, text) in [
+            (Ipv4Addr::new(0, 0, 0, 0), "0.0.0.0"),
+            (Ipv4Addr::new(10, 100, 9, 255), "10.100.9.255"),
+        ] {
+            let mut out = String::new();
+            put_ip(&mut out, ip.into());
+            assert_eq!(out, text);
+        }
+        for n in [0, 9, 10, 99, 100, 65535, u64::MAX] {
+            let mut out = String::new();
+            put_dec(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
     }
 }
