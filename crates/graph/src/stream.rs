@@ -648,4 +648,5 @@ impl<'de, S: ObjectSink> Visitor<'de> for ItemsSeed<'_, S> {
 }
 
 #[cfg(test)]
+#[path = "stream/tests.rs"]
 mod tests;
