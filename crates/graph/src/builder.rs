@@ -36,8 +36,8 @@ use ipnet::IpNet;
 use crate::changes::fingerprint;
 use crate::config::ProxyConfig;
 use crate::model::{
-    Endpoint, FamilyGraph, IpFamily, LbIpMode, LoadBalancerIp, NodeInfo, ServiceGraph, ServicePort,
-    ServicePortName, ServicePortNameParts, SessionAffinity, TrafficPolicy,
+    Endpoint, FamilyGraph, Hints, IpFamily, LbIpMode, LoadBalancerIp, NodeInfo, ServiceGraph,
+    ServicePort, ServicePortName, ServicePortNameParts, SessionAffinity, TrafficPolicy,
 };
 use crate::select::{select, sort_endpoints};
 
@@ -112,8 +112,7 @@ impl Endpoint {
             ready: true,
             serving: true,
             terminating: false,
-            zone_hints: None,
-            node_hints: None,
+            hints: None,
             is_local: false,
         }
     }
@@ -142,8 +141,7 @@ impl Endpoint {
     /// (`hints.forNodes`) the endpoint is meant for.
     pub fn hints(mut self, zones: Option<Vec<String>>, nodes: Option<Vec<String>>) -> Self {
         let names = |v: Vec<String>| v.into_iter().map(Arc::from).collect();
-        self.zone_hints = zones.map(names);
-        self.node_hints = nodes.map(names);
+        self.hints = Hints::new(zones.map(names), nodes.map(names));
         self
     }
 }

@@ -119,11 +119,11 @@ fn endpoint_line(out: &mut String, ep: &Endpoint) {
     if let Some(z) = &ep.zone {
         let _ = write!(out, " zone={z}");
     }
-    if let Some(h) = &ep.zone_hints {
+    if let Some(h) = ep.zone_hints() {
         out.push_str(" hints.zones=");
         put_joined(out, h, ",");
     }
-    if let Some(h) = &ep.node_hints {
+    if let Some(h) = ep.node_hints() {
         out.push_str(" hints.nodes=");
         put_joined(out, h, ",");
     }

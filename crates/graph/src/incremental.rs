@@ -5,7 +5,8 @@
 //! and the EndpointSlices whose `kubernetes.io/service-name` label names
 //! it) together with the graph built from them. It keeps them in compact
 //! form ([`CompactService`], [`CompactSlice`]: only what the graph reads,
-//! about a seventh of a k8s-openapi object's size per endpoint); objects
+//! and an endpoint is the same allocation the graph's endpoint lists
+//! point to); objects
 //! given as k8s-openapi types are converted on the way in. Upserts and deletes mark
 //! the Services they affect; [`IncrementalGraph::update`] rebuilds only
 //! those Services' ports (with the same per-Service code as
@@ -27,13 +28,14 @@
 //! clone of it across an [`IncrementalGraph::update`], or the update copies
 //! the whole graph first (still correct, only slower).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 
+use crate::by_name::ByName;
 use crate::changes::{ChangeSet, FamilyChanges};
 use crate::config::ProxyConfig;
 use crate::intake::compact::{CompactService, CompactSlice};
@@ -138,7 +140,7 @@ pub struct IncrementalGraph {
     /// Every slice by identity. Its class (which group it is in) is not
     /// kept: it is computed again from the slice and the configuration,
     /// which only change together with a rebuild of everything.
-    slices: HashMap<SliceKey, Arc<CompactSlice>>,
+    slices: ByName<CompactSlice>,
     nodes: BTreeMap<String, Arc<Node>>,
     /// ServiceCIDRs by name (cluster-scoped).
     service_cidrs: BTreeMap<String, Arc<ServiceCIDR>>,
@@ -166,10 +168,11 @@ fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
     Arc::ptr_eq(a, b) || **a == **b
 }
 
-fn slice_key(slice: &CompactSlice) -> SliceKey {
+/// An EndpointSlice's identity, as [`ByName`] reads it.
+fn slice_key(slice: &CompactSlice) -> (&str, &str) {
     (
-        slice.namespace_or_default().to_string(),
-        slice.name.as_deref().unwrap_or_default().to_string(),
+        slice.namespace_or_default(),
+        slice.name.as_deref().unwrap_or_default(),
     )
 }
 
@@ -211,7 +214,7 @@ impl IncrementalGraph {
             config,
             families,
             groups: BTreeMap::new(),
-            slices: HashMap::new(),
+            slices: ByName::new(slice_key),
             nodes: BTreeMap::new(),
             service_cidrs: BTreeMap::new(),
             unnamed_services: 0,
@@ -315,13 +318,13 @@ impl IncrementalGraph {
 
     /// [`upsert_slice`](Self::upsert_slice) of a compact slice.
     pub fn upsert_compact_slice(&mut self, slice: Arc<CompactSlice>) -> bool {
-        let key = slice_key(&slice);
-        if let Some(old) = self.slices.get(&key)
+        let (ns, name) = slice_key(&slice);
+        if let Some(old) = self.slices.get(ns, name)
             && same(old, &slice)
         {
             return false;
         }
-        self.remove_slice_entry(&key);
+        self.remove_slice_entry(ns, name);
         match classify_slice(&self.config, &slice) {
             SliceClass::Ignored => {}
             SliceClass::NoService(w) => {
@@ -336,17 +339,17 @@ impl IncrementalGraph {
                 self.mark(svc);
             }
         }
-        self.slices.insert(key, slice);
+        self.slices.insert(slice);
         true
     }
 
     /// Remove an EndpointSlice. Returns whether it existed.
     pub fn delete_slice(&mut self, namespace: &str, name: &str) -> bool {
-        self.remove_slice_entry(&(namespace.to_string(), name.to_string()))
+        self.remove_slice_entry(namespace, name)
     }
 
-    fn remove_slice_entry(&mut self, key: &SliceKey) -> bool {
-        let Some(old) = self.slices.remove(key) else {
+    fn remove_slice_entry(&mut self, namespace: &str, name: &str) -> bool {
+        let Some(old) = self.slices.remove(namespace, name) else {
             return false;
         };
         // The class it was filed under: the configuration has not changed
@@ -494,19 +497,19 @@ impl IncrementalGraph {
         slices: impl IntoIterator<Item = Arc<CompactSlice>>,
     ) -> Applied {
         let mut out = Applied::default();
-        let mut keep: std::collections::HashSet<SliceKey> = Default::default();
+        let mut keep = ByName::new(slice_key);
         for s in slices {
-            keep.insert(slice_key(&s));
             if self.upsert_compact_slice(s.clone()) {
                 out.slices += 1;
                 out.changed_slices.push(Arc::new(s.trigger_only()));
             }
+            keep.insert(s);
         }
         let gone: Vec<SliceKey> = self
             .slices
-            .keys()
-            .filter(|k| !keep.contains(*k))
-            .cloned()
+            .iter()
+            .filter(|((ns, name), _)| keep.get(ns, name).is_none())
+            .map(|((ns, name), _)| (ns.to_string(), name.to_string()))
             .collect();
         for (ns, name) in gone {
             if self.delete_slice(&ns, &name) {
@@ -579,8 +582,8 @@ impl IncrementalGraph {
     /// The current objects, Services and slices in namespace and name
     /// order (what [`ServiceGraph::build`] would be given).
     pub fn objects(&self) -> Objects {
-        let mut slices: Vec<(&SliceKey, &Arc<CompactSlice>)> = self.slices.iter().collect();
-        slices.sort_by(|a, b| a.0.cmp(b.0));
+        let mut slices: Vec<((&str, &str), &Arc<CompactSlice>)> = self.slices.iter().collect();
+        slices.sort_by(|a, b| a.0.cmp(&b.0));
         Objects {
             services: self
                 .groups

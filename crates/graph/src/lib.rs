@@ -27,6 +27,7 @@
 
 pub mod backend;
 pub mod builder;
+pub mod by_name;
 pub mod changes;
 pub mod config;
 pub mod display;

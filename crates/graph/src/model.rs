@@ -264,15 +264,45 @@ pub struct Endpoint {
     pub serving: bool,
     /// `conditions.terminating` (nil reads as false).
     pub terminating: bool,
-    /// `hints.forZones`; `None` when the endpoint has no zone hints.
-    pub zone_hints: Option<Box<[Arc<str>]>>,
-    /// `hints.forNodes`; `None` when the endpoint has no node hints.
-    pub node_hints: Option<Box<[Arc<str>]>>,
+    /// `hints`; `None` when the endpoint has neither zone nor node hints
+    /// (one pointer: most endpoints have none, and a graph holds an
+    /// endpoint per service port and address).
+    pub hints: Option<Box<Hints>>,
     /// Whether the endpoint runs on this node (`nodeName` equals ours).
     pub is_local: bool,
 }
 
+/// An endpoint's topology hints.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Hints {
+    /// `forZones` names; `None` when the endpoint has no zone hints.
+    pub zones: Option<Box<[Arc<str>]>>,
+    /// `forNodes` names; `None` when the endpoint has no node hints.
+    pub nodes: Option<Box<[Arc<str>]>>,
+}
+
+impl Hints {
+    /// The hints, or `None` when there are neither zone nor node hints
+    /// (how an [`Endpoint`] holds them).
+    pub fn new(
+        zones: Option<Box<[Arc<str>]>>,
+        nodes: Option<Box<[Arc<str>]>>,
+    ) -> Option<Box<Hints>> {
+        (zones.is_some() || nodes.is_some()).then(|| Box::new(Hints { zones, nodes }))
+    }
+}
+
 impl Endpoint {
+    /// `hints.forZones`; `None` when the endpoint has no zone hints.
+    pub fn zone_hints(&self) -> Option<&[Arc<str>]> {
+        self.hints.as_ref().and_then(|h| h.zones.as_deref())
+    }
+
+    /// `hints.forNodes`; `None` when the endpoint has no node hints.
+    pub fn node_hints(&self) -> Option<&[Arc<str>]> {
+        self.hints.as_ref().and_then(|h| h.nodes.as_deref())
+    }
+
     /// `ip:port`, with IPv6 in brackets (`[fd00::1]:80`), as kube-proxy
     /// prints endpoints in comments and hashes them into chain names.
     pub fn addr_string(&self) -> String {

@@ -24,11 +24,11 @@ pub(crate) fn topology_mode(
     let mut all_zone_hints = true;
     let mut zone_hit = false;
     for ep in endpoints.iter().filter(|e| e.ready) {
-        match &ep.node_hints {
+        match ep.node_hints() {
             Some(h) if !h.is_empty() => node_hit |= h.iter().any(|n| &**n == node_name),
             _ => all_node_hints = false,
         }
-        match &ep.zone_hints {
+        match ep.zone_hints() {
             Some(h) if !h.is_empty() => {
                 zone_hit |= zone.is_some_and(|z| h.iter().any(|x| &**x == z))
             }
@@ -53,12 +53,10 @@ fn available_for_topology(
     match mode {
         None => true,
         Some(TopologyMode::PreferSameNode) => ep
-            .node_hints
-            .as_ref()
+            .node_hints()
             .is_some_and(|h| h.iter().any(|n| &**n == node)),
         Some(TopologyMode::PreferSameZone) => ep
-            .zone_hints
-            .as_ref()
+            .zone_hints()
             .is_some_and(|h| zone.is_some_and(|z| h.iter().any(|x| &**x == z))),
     }
 }

@@ -46,7 +46,7 @@
 //! [`KubeSource::new`] and its part of [`KubeSource::drain_into`]; the
 //! pacing, error reporting and readiness are shared.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -56,6 +56,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kproxy_graph::by_name::ByName;
 use kproxy_graph::incremental::Applied;
 use kproxy_graph::intake::compact::{CompactService, CompactSlice, Labels};
 use kproxy_graph::intake::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
@@ -344,18 +345,63 @@ fn key_of(meta: &ObjectMeta) -> Key {
     )
 }
 
-/// One watcher's objects, as the source keeps them.
-struct Kept<T> {
-    objects: HashMap<Key, Arc<T>>,
-    /// A list in progress: it replaces `objects` once complete, so a
-    /// relist never shows a half-empty cluster.
-    listing: Option<HashMap<Key, Arc<T>>>,
+/// What a kept object is found by: its `(namespace, name)` as
+/// [`key_of`] reads them from its metadata (the namespace empty for
+/// cluster-scoped kinds).
+trait Keyed {
+    fn key(&self) -> (&str, &str);
 }
 
-impl<T> Default for Kept<T> {
+impl Keyed for CompactService {
+    fn key(&self) -> (&str, &str) {
+        (
+            self.namespace.as_deref().unwrap_or_default(),
+            self.name.as_deref().unwrap_or_default(),
+        )
+    }
+}
+
+impl Keyed for CompactSlice {
+    fn key(&self) -> (&str, &str) {
+        (
+            self.namespace.as_deref().unwrap_or_default(),
+            self.name.as_deref().unwrap_or_default(),
+        )
+    }
+}
+
+fn meta_key(meta: &ObjectMeta) -> (&str, &str) {
+    (
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
+impl Keyed for Node {
+    fn key(&self) -> (&str, &str) {
+        meta_key(&self.metadata)
+    }
+}
+
+impl Keyed for ServiceCIDR {
+    fn key(&self) -> (&str, &str) {
+        meta_key(&self.metadata)
+    }
+}
+
+/// One watcher's objects, as the source keeps them: found by the
+/// namespace and name each holds, with no copy of them as keys.
+struct Kept<T> {
+    objects: ByName<T>,
+    /// A list in progress: it replaces `objects` once complete, so a
+    /// relist never shows a half-empty cluster.
+    listing: Option<ByName<T>>,
+}
+
+impl<T: Keyed> Default for Kept<T> {
     fn default() -> Self {
         Kept {
-            objects: HashMap::new(),
+            objects: ByName::new(T::key),
             listing: None,
         }
     }
@@ -377,7 +423,7 @@ fn spawn_watcher<K, T>(
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-    T: Send + Sync + 'static,
+    T: Keyed + Send + Sync + 'static,
 {
     let api = Api::<K>::all(client.clone());
     let shared = shared.clone();
@@ -431,6 +477,7 @@ async fn follow<K, T>(
 ) -> Followed
 where
     K: Resource,
+    T: Keyed,
 {
     let kind = KINDS[index];
     let mut stream = std::pin::pin!(stream);
@@ -442,24 +489,23 @@ where
             Ok(watcher::Event::Apply(obj)) => {
                 let key = key_of(obj.meta());
                 let value = Arc::new(keep(obj));
-                lock(kept).objects.insert(key.clone(), value);
+                lock(kept).objects.insert(value);
                 changed(shared, index, key);
             }
             Ok(watcher::Event::Delete(obj)) => {
                 let key = key_of(obj.meta());
-                lock(kept).objects.remove(&key);
+                lock(kept).objects.remove(&key.0, &key.1);
                 changed(shared, index, key);
             }
             Ok(watcher::Event::Init) => {
-                lock(kept).listing = Some(HashMap::new());
+                lock(kept).listing = Some(ByName::new(T::key));
             }
             Ok(watcher::Event::InitApply(obj)) => {
-                let key = key_of(obj.meta());
                 let value = Arc::new(keep(obj));
                 lock(kept)
                     .listing
-                    .get_or_insert_default()
-                    .insert(key, value);
+                    .get_or_insert_with(|| ByName::new(T::key))
+                    .insert(value);
             }
             Ok(watcher::Event::InitDone) => {
                 tracing::debug!(kind, streaming, "list complete");
@@ -468,7 +514,7 @@ where
                 }
                 {
                     let mut k = lock(kept);
-                    k.objects = k.listing.take().unwrap_or_default();
+                    k.objects = k.listing.take().unwrap_or_else(|| ByName::new(T::key));
                 }
                 {
                     let mut p = lock(&shared.pending);
@@ -667,7 +713,7 @@ impl KubeSource {
                 out.services += graph.replace_compact_services(all);
             } else {
                 for key in &pending.keys[SERVICES] {
-                    out.services += u64::from(match kept.objects.get(key) {
+                    out.services += u64::from(match kept.objects.get(&key.0, &key.1) {
                         Some(s) if self.wanted(&s.labels) => {
                             graph.upsert_compact_service(s.clone())
                         }
@@ -688,7 +734,7 @@ impl KubeSource {
             } else {
                 for key in &pending.keys[SLICES] {
                     let (ns, name) = key;
-                    match kept.objects.get(key) {
+                    match kept.objects.get(&key.0, &key.1) {
                         Some(s) if self.wanted(&s.labels) => {
                             if graph.upsert_compact_slice(s.clone()) {
                                 out.slices += 1;
@@ -714,7 +760,7 @@ impl KubeSource {
                 out.nodes += graph.replace_nodes(all);
             } else {
                 for key in &pending.keys[NODES] {
-                    out.nodes += u64::from(match kept.objects.get(key) {
+                    out.nodes += u64::from(match kept.objects.get(&key.0, &key.1) {
                         Some(n) if ours(n) => graph.upsert_node(n.clone()),
                         _ => graph.delete_node(&key.1),
                     });
@@ -728,7 +774,7 @@ impl KubeSource {
                     graph.replace_service_cidrs(kept.objects.values().cloned().collect());
             } else {
                 for key in &pending.keys[SERVICE_CIDRS] {
-                    out.service_cidrs += u64::from(match kept.objects.get(key) {
+                    out.service_cidrs += u64::from(match kept.objects.get(&key.0, &key.1) {
                         Some(c) => graph.upsert_service_cidr(c.clone()),
                         None => graph.delete_service_cidr(&key.1),
                     });
@@ -804,10 +850,10 @@ fn sync_ready(s: &Status) -> bool {
         && (s.ready[SERVICE_CIDRS] || s.errors[SERVICE_CIDRS].is_some())
 }
 
-/// The values of `m`, sorted by key.
-fn sorted<T>(m: &HashMap<Key, T>) -> impl Iterator<Item = &T> {
-    let mut entries: Vec<(&Key, &T)> = m.iter().collect();
-    entries.sort_by(|a, b| a.0.cmp(b.0));
+/// The objects of `m`, sorted by namespace and name.
+fn sorted<T>(m: &ByName<T>) -> impl Iterator<Item = &Arc<T>> {
+    let mut entries: Vec<((&str, &str), &Arc<T>)> = m.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
     entries.into_iter().map(|(_, v)| v)
 }
 

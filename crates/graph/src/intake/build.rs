@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::Objects;
 use super::compact::{CompactService, CompactSlice, ProtocolField};
@@ -137,7 +138,7 @@ pub(crate) fn build_unit(
     }
     let known = !services.is_empty();
     // (family, service port name) -> endpoints by ip:port text
-    let mut merged: HashMap<(IpFamily, ServicePortName), BTreeMap<String, Endpoint>> =
+    let mut merged: HashMap<(IpFamily, ServicePortName), BTreeMap<String, Arc<Endpoint>>> =
         HashMap::new();
     for slice in slices {
         intake_slice(
@@ -153,7 +154,7 @@ pub(crate) fn build_unit(
     }
     for ((family, spn), eps) in merged {
         if let Some(sp) = ports.get_mut(&family).and_then(|m| m.get_mut(&spn)) {
-            sp.endpoints = eps.into_values().map(std::sync::Arc::new).collect();
+            sp.endpoints = eps.into_values().collect();
         }
     }
     let mut out = Vec::new();

@@ -2,6 +2,7 @@
 //! merged into that Service's ports.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use super::SERVICE_NAME_LABEL;
 use super::build::{Ctx, SvcKey, special_purpose};
@@ -58,7 +59,7 @@ pub(super) fn intake_slice(
     proxied: bool,
     node: &NodeInfo,
     ports: &BTreeMap<IpFamily, BTreeMap<ServicePortName, ServicePort>>,
-    merged: &mut HashMap<(IpFamily, ServicePortName), BTreeMap<String, Endpoint>>,
+    merged: &mut HashMap<(IpFamily, ServicePortName), BTreeMap<String, Arc<Endpoint>>>,
 ) {
     let (ns, svc_name) = key;
     let sname = slice.name.as_deref().unwrap_or("<unnamed>");
@@ -121,7 +122,7 @@ pub(super) fn intake_slice(
             );
             let entry = merged.entry((family, spn)).or_default();
             for (ei, ep) in slice.endpoints.iter().enumerate() {
-                let Some(address) = &ep.address else {
+                let Some(address) = ep.address() else {
                     cx.warn(
                         ObjectKind::EndpointSlice,
                         &obj,
@@ -161,24 +162,9 @@ pub(super) fn intake_slice(
                         continue;
                     }
                 };
-                let ready = ep.ready().unwrap_or(true);
-                // discovery/v1: a nil `serving` defers to `ready`.
-                let serving = ep.serving().unwrap_or(ready);
-                let terminating = ep.terminating().unwrap_or(false);
-                let hints = ep.hints.as_ref();
-                let endpoint = Endpoint {
-                    ip,
-                    port,
-                    node_name: ep.node_name.clone(),
-                    zone: ep.zone.clone(),
-                    ready,
-                    serving,
-                    terminating,
-                    zone_hints: hints.and_then(|h| h.zones.clone()),
-                    node_hints: hints.and_then(|h| h.nodes.clone()),
-                    is_local: !node.name.is_empty()
-                        && ep.node_name.as_deref() == Some(node.name.as_str()),
-                };
+                let is_local = !node.name.is_empty()
+                    && ep.node_name().map(|n| &**n) == Some(node.name.as_str());
+                let endpoint = ep.graph_endpoint(ip, port, is_local);
                 let text = crate::display::addr_text(endpoint.ip, endpoint.port);
                 match entry.get(&text) {
                     // A duplicate across slices: keep the first, unless a

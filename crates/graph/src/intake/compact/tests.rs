@@ -66,7 +66,10 @@ fn warnings_quote_addresses_as_written() {
 fn an_endpoint_is_small() {
     // The point of the compact form: a k8s-openapi endpoint costs
     // about 480 bytes with its strings.
-    assert!(std::mem::size_of::<CompactEndpoint>() <= 72);
+    assert!(std::mem::size_of::<CompactEndpoint>() <= 16);
+    // The allocation the slice and the graph share: 80 bytes with its
+    // reference counts.
+    assert!(std::mem::size_of::<crate::model::Endpoint>() <= 64);
     assert!(std::mem::size_of::<Addr>() <= 24);
 }
 
@@ -140,4 +143,75 @@ fn compact_intake_matches_typed_intake() {
             "{name}: nothing read"
         );
     }
+}
+
+const SHARED_SLICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: ns}\nspec:\n  clusterIP: 10.0.0.1\n  ports: [{name: a, port: 80}, {name: b, port: 81}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: ns, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: a, port: 8080}, {name: b, port: 8081}]\nendpoints:\n- addresses: [10.1.0.1]\n  nodeName: other\n  conditions: {ready: true, serving: true, terminating: false}\n- addresses: [10.1.0.2]\n  nodeName: n\n- addresses: [\" 10.1.0.3\"]\n  conditions: {ready: false}\n- addresses: [10.1.0.4]\n  hints: {}\n- addresses: [10.1.0.5]\n  hints: {forZones: [{name: z}]}\n";
+
+#[test]
+fn the_graph_shares_the_slices_endpoints() {
+    let (objects, _) = CompactObjects::from_yaml("f.yaml", SHARED_SLICE).unwrap();
+    let config = ProxyConfig {
+        node_name: "n".into(),
+        ..ProxyConfig::default()
+    };
+    let mut inc = crate::IncrementalGraph::new(config);
+    for s in &objects.services {
+        inc.upsert_compact_service(s.clone());
+    }
+    for s in &objects.endpoint_slices {
+        inc.upsert_compact_slice(s.clone());
+    }
+    inc.update();
+    let slice = &objects.endpoint_slices[0];
+    let fg = inc.graph().family(crate::model::IpFamily::V4).unwrap();
+    let mut ports = fg.services.values();
+    let (a, b) = (ports.next().unwrap(), ports.next().unwrap());
+    assert_eq!((a.name.port.as_str(), b.name.port.as_str()), ("a", "b"));
+    let addrs: Vec<String> = a.endpoints.iter().map(|e| e.addr_string()).collect();
+    assert_eq!(
+        addrs,
+        [
+            "10.1.0.1:8080",
+            "10.1.0.2:8080",
+            "10.1.0.3:8080",
+            "10.1.0.4:8080",
+            "10.1.0.5:8080"
+        ]
+    );
+    let shared = |i: usize| slice.endpoints[i].shared();
+    // The first port's endpoints are the slice's own allocations...
+    assert!(Arc::ptr_eq(&a.endpoints[0], shared(0).unwrap()));
+    assert!(Arc::ptr_eq(&a.endpoints[4], shared(4).unwrap()));
+    assert_eq!(a.endpoints[4].zone_hints().unwrap().len(), 1);
+    // ...but for this node (local), another port, a non-canonical
+    // address or empty hints the graph has one of its own.
+    assert!(a.endpoints[1].is_local && !shared(1).unwrap().is_local);
+    assert!(!Arc::ptr_eq(&a.endpoints[1], shared(1).unwrap()));
+    assert!(shared(2).is_none() && shared(3).is_none());
+    assert!(!a.endpoints[2].ready && a.endpoints[3].hints.is_none());
+    assert_eq!(b.endpoints[0].port, 8081);
+    assert_eq!(b.endpoints[0].node_name, a.endpoints[0].node_name);
+    assert!(!Arc::ptr_eq(&b.endpoints[0], shared(0).unwrap()));
+}
+
+#[test]
+fn slices_give_back_what_they_read() {
+    let (objects, _) = CompactObjects::from_yaml("f.yaml", SHARED_SLICE).unwrap();
+    let slice = &objects.endpoint_slices[0];
+    let back = slice.to_slice();
+    let eps = &back.endpoints;
+    let c = |i: usize| eps[i].conditions.clone().unwrap_or_default();
+    assert_eq!(
+        (c(0).ready, c(0).serving, c(0).terminating),
+        (Some(true), Some(true), Some(false))
+    );
+    assert_eq!((c(1).ready, c(1).serving), (None, None));
+    assert_eq!((c(2).ready, c(2).serving), (Some(false), None));
+    assert_eq!(eps[2].addresses, [" 10.1.0.3"]);
+    assert_eq!(eps[3].hints, Some(Default::default()));
+    assert_eq!(
+        eps[4].hints.as_ref().unwrap().for_zones.as_ref().unwrap()[0].name,
+        "z"
+    );
+    assert_eq!(&CompactSlice::from(&back), &**slice);
 }
