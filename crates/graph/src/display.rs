@@ -49,34 +49,19 @@ fn put_ip_port(out: &mut String, ip: std::net::IpAddr, port: u16) {
 
 /// `n` in decimal, as its `Display` writes it.
 fn put_dec(out: &mut String, n: u16) {
-    let mut digits = [0u8; 5];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// `ip` in dotted decimal, as its `Display` writes it (which costs many
 /// times more: a graph prints hundreds of thousands of addresses).
 fn put_ipv4(out: &mut String, ip: std::net::Ipv4Addr) {
-    for (i, b) in ip.octets().into_iter().enumerate() {
+    let [a, b, c, d] = ip.octets();
+    let mut digits = itoa::Buffer::new();
+    for (i, octet) in [a, b, c, d].into_iter().enumerate() {
         if i > 0 {
             out.push('.');
         }
-        if b >= 100 {
-            out.push(char::from(b'0' + b / 100));
-        }
-        if b >= 10 {
-            out.push(char::from(b'0' + b / 10 % 10));
-        }
-        out.push(char::from(b'0' + b % 10));
+        out.push_str(digits.format(octet));
     }
 }
 

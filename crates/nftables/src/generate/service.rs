@@ -23,11 +23,12 @@ pub(super) fn ep_value(ep: &Endpoint) -> String {
 pub(super) fn put_ip(out: &mut String, ip: IpAddr) {
     match ip {
         IpAddr::V4(ip) => {
-            for (i, b) in ip.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                put_dec(out, b.into());
+            let mut digits = itoa::Buffer::new();
+            let [a, b, c, d] = ip.octets();
+            out.push_str(digits.format(a));
+            for octet in [b, c, d] {
+                out.push('.');
+                out.push_str(digits.format(octet));
             }
         }
         IpAddr::V6(ip) => {
@@ -39,20 +40,7 @@ pub(super) fn put_ip(out: &mut String, ip: IpAddr) {
 
 /// `n` in decimal, as its `Display` writes it.
 pub(super) fn put_dec(out: &mut String, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[at..] {
-        out.push(char::from(d));
-    }
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// Which key an endpoint lookup uses.
