@@ -7,12 +7,12 @@ use clap::Parser as _;
 use kproxy_daemon::{cleanup, cli, cmd_diff, cmd_trace, daemon, render, trace};
 
 /// jemalloc instead of the system allocator (glibc malloc), which keeps
-/// freed memory in its arenas: at 50,000 Services x 10 endpoints the kube
-/// source's steady RSS drops from 407 to about 337 MiB, the `run --once`
-/// peak from 339 to 327 MiB, and user CPU time drops too (measured in
-/// docs/performance.md, "The allocator: jemalloc"; mimalloc was measured as
-/// well and did worse). Only the binary picks an allocator, never the
-/// libraries; `--no-default-features` builds with the system allocator.
+/// freed memory in its arenas: lower steady RSS and less CPU at 50,000
+/// Services (docs/performance.md, "The allocator: jemalloc"; mimalloc was
+/// measured as well and held more). Its options (one arena, a 1 s decay)
+/// are compiled in from .cargo/config.toml; docs/operations.md, "Memory",
+/// says why. Only the binary picks an allocator, never the libraries;
+/// `--no-default-features` builds with the system allocator.
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -53,3 +53,16 @@ pub fn mixed_cluster_yaml(n: u32) -> String {
     }
     y
 }
+
+/// The graph of [`mixed_cluster_yaml`]`(n)` as seen from [`MIXED_NODE`],
+/// with the default configuration otherwise.
+pub fn mixed_graph(n: u32) -> kproxy_graph::ServiceGraph {
+    let (objects, warnings) = kproxy_graph::Objects::from_yaml("mixed", &mixed_cluster_yaml(n))
+        .expect("the mixed cluster reads");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let config = kproxy_graph::ProxyConfig {
+        node_name: MIXED_NODE.into(),
+        ..kproxy_graph::ProxyConfig::default()
+    };
+    kproxy_graph::ServiceGraph::build(&objects, &config)
+}

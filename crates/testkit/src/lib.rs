@@ -11,8 +11,9 @@
 //!   servers that answer with the address they were reached on, and the
 //!   probes that read it;
 //! - [`Topology`]: client, node and pod namespaces wired with veth pairs;
-//! - [`mixed_cluster_yaml`]: a synthetic cluster of any size, for the
-//!   paths only large inputs take, and [`tcp_port_name`] for one port;
+//! - [`mixed_cluster_yaml`] and [`mixed_graph`]: a synthetic cluster of
+//!   any size, as YAML and as a graph, for the paths only large inputs
+//!   take, and [`tcp_port_name`] for one port;
 //! - [`seeded`], [`TestRng`] and [`Draw`]: the randomness of the property
 //!   and equivalence tests (`rand`), and [`draws`] and [`proptest_config`]
 //!   to drive the same generators from [`proptest`], with shrinking.
@@ -26,7 +27,7 @@ mod topo;
 
 use std::path::{Path, PathBuf};
 
-pub use cluster::{MIXED_NODE, mixed_cluster_yaml};
+pub use cluster::{MIXED_NODE, mixed_cluster_yaml, mixed_graph};
 pub use echo::{EchoServer, echo_server, probe, probe_many, udp_echo_server, udp_probe};
 pub use netns::{NetNs, in_netns, run_ok};
 /// Property tests with shrinking.

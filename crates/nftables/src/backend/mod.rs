@@ -671,21 +671,13 @@ const KUBE_PROXY_TABLE: &str = "kube-proxy";
 
 #[cfg(test)]
 mod tests {
-    use kproxy_graph::{Objects, ProxyConfig, ServiceGraph};
-    use kproxy_testkit::{MIXED_NODE, mixed_cluster_yaml};
+    use kproxy_testkit::mixed_graph;
 
     use super::*;
 
     #[test]
     fn a_port_as_the_state_keeps_it_generates_the_same_contribution() {
-        let (objects, warnings) =
-            Objects::from_yaml("mixed", &mixed_cluster_yaml(300)).expect("reads");
-        assert!(warnings.is_empty(), "{warnings:?}");
-        let config = ProxyConfig {
-            node_name: MIXED_NODE.into(),
-            ..ProxyConfig::default()
-        };
-        let graph = ServiceGraph::build(&objects, &config);
+        let graph = mixed_graph(300);
         let mut ports = 0;
         for (f, fg) in &graph.families {
             let header = family_header(fg);

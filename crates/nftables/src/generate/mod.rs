@@ -268,21 +268,13 @@ fn ifname(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use kproxy_graph::{Objects, ProxyConfig, ServiceGraph};
-    use kproxy_testkit::{MIXED_NODE, mixed_cluster_yaml};
+    use kproxy_testkit::mixed_graph;
 
     use super::{PARALLEL_MIN, generate_family_split};
 
     #[test]
     fn a_family_generated_on_two_threads_equals_one_generated_on_one() {
-        let (objects, warnings) =
-            Objects::from_yaml("mixed", &mixed_cluster_yaml(600)).expect("reads");
-        assert!(warnings.is_empty(), "{warnings:?}");
-        let config = ProxyConfig {
-            node_name: MIXED_NODE.into(),
-            ..ProxyConfig::default()
-        };
-        let graph = ServiceGraph::build(&objects, &config);
+        let graph = mixed_graph(600);
         let fg = graph.families.values().next().expect("a family");
         assert!(fg.services.len() >= PARALLEL_MIN, "{}", fg.services.len());
         let one = generate_family_split(&graph, fg, false).expect("generates");
