@@ -50,31 +50,6 @@ fn collect(value: Value, objects: &mut Vec<Value>, skipped: &mut Vec<String>) {
     }
 }
 
-/// The files named by `paths`: files as given, directories' `*.yaml`,
-/// `*.yml` and `*.json` files (not recursive), sorted.
-pub fn expand_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, EmulatorError> {
-    let mut out = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            let entries = std::fs::read_dir(p).map_err(|source| read_error(p, source))?;
-            let mut files: Vec<PathBuf> = entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|f| {
-                    f.extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-                })
-                .collect();
-            files.sort();
-            out.extend(files);
-        } else {
-            out.push(p.clone());
-        }
-    }
-    Ok(out)
-}
-
 fn read_error(path: &Path, source: std::io::Error) -> EmulatorError {
     EmulatorError::Read {
         path: path.display().to_string(),
@@ -86,7 +61,7 @@ fn read_error(path: &Path, source: std::io::Error) -> EmulatorError {
 pub fn load_files(paths: &[PathBuf]) -> Result<(Vec<Value>, Vec<String>), EmulatorError> {
     let mut objects = Vec::new();
     let mut skipped = Vec::new();
-    for file in expand_paths(paths)? {
+    for file in kproxy_graph::input_files(paths)? {
         let text = std::fs::read_to_string(&file).map_err(|source| read_error(&file, source))?;
         let (o, s) = parse_objects(&text, &file.display().to_string())?;
         objects.extend(o);

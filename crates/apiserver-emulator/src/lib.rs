@@ -162,6 +162,9 @@ pub enum EmulatorError {
     /// An object could not be turned into JSON.
     #[error("serializing object: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// An input directory could not be listed.
+    #[error(transparent)]
+    Input(#[from] kproxy_graph::IntakeError),
     /// A file could not be read.
     #[error("reading {path}: {source}")]
     Read {

@@ -137,15 +137,37 @@ struct Target {
     figure: String,
 }
 
+fn verdict(ok: Option<bool>) -> String {
+    match ok {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "not measured",
+    }
+    .to_string()
+}
+
+/// A target on the ratio of two medians in seconds, `a / b`: `met` says
+/// whether the ratio meets it, `figure` writes it (with both medians).
+fn ratio_target(
+    what: String,
+    (a, b): (Option<f64>, Option<f64>),
+    met: impl Fn(f64) -> bool,
+    figure: impl Fn(f64, Human, Human) -> String,
+) -> Target {
+    let both = a.zip(b);
+    Target {
+        what,
+        verdict: verdict(both.map(|(a, b)| met(a / b))),
+        figure: both
+            .map(|(a, b)| figure(a / b, Human(a, "s"), Human(b, "s")))
+            .unwrap_or_default(),
+    }
+}
+
 fn targets(o: &Outcome) -> Vec<Target> {
     let nft = "nftables";
     let ipt = "iptables-nft";
     let mut t = Vec::new();
-    let verdict = |ok: Option<bool>| match ok {
-        Some(true) => "met".to_string(),
-        Some(false) => "**missed**".to_string(),
-        None => "not measured".to_string(),
-    };
     // The daemon's full sync: build the graph from the objects it holds,
     // then Backend::sync (render + load). `kproxy run --once` adds reading
     // and parsing the YAML file, which a running daemon does not do on a
@@ -184,22 +206,15 @@ fn targets(o: &Outcome) -> Vec<Target> {
                 .unwrap_or_default(),
         });
     }
-    let kp = median(o, Metric::Loader, "kube-proxy-nft", 10_000);
-    let ours = full(10_000);
-    let ratio = kp.zip(ours).map(|(k, v)| k / v);
-    t.push(Target {
-        what: "nftables full sync at 10k ≥ 50x faster than kube-proxy's nftables layout".into(),
-        verdict: verdict(ratio.map(|r| r >= 50.0)),
-        figure: ratio
-            .map(|r| {
-                format!(
-                    "{r:.1}x (kube-proxy layout `nft -f` {} vs kproxy {})",
-                    Human(kp.unwrap_or(0.0), "s"),
-                    Human(ours.unwrap_or(0.0), "s")
-                )
-            })
-            .unwrap_or_default(),
-    });
+    t.push(ratio_target(
+        "nftables full sync at 10k ≥ 50x faster than kube-proxy's nftables layout".into(),
+        (
+            median(o, Metric::Loader, "kube-proxy-nft", 10_000),
+            full(10_000),
+        ),
+        |r| r >= 50.0,
+        |r, kp, ours| format!("{r:.1}x (kube-proxy layout `nft -f` {kp} vs kproxy {ours})"),
+    ));
     for (subject, limit) in [(nft, 0.030f64), (ipt, 0.5)] {
         let sync = median(o, Metric::IncrEndpoint, subject, 50_000);
         let graph = median(o, Metric::IncrGraph, subject, 50_000);
@@ -220,40 +235,28 @@ fn targets(o: &Outcome) -> Vec<Target> {
         });
     }
     for n in [10_000usize, 50_000] {
-        let ours = median(o, Metric::FullSyncBackend, nft, n);
-        let floor = median(o, Metric::Loader, nft, n);
-        let ratio = ours.zip(floor).map(|(a, b)| a / b);
-        t.push(Target {
-            what: format!("nftables: kproxy full sync over kernel floor at {n} ≤ 1.3"),
-            verdict: verdict(ratio.map(|r| r <= 1.3)),
-            figure: ratio
-                .map(|r| {
-                    format!(
-                        "{r:.2} (Backend::sync {} / nft -f {})",
-                        Human(ours.unwrap_or(0.0), "s"),
-                        Human(floor.unwrap_or(0.0), "s")
-                    )
-                })
-                .unwrap_or_default(),
-        });
+        t.push(ratio_target(
+            format!("nftables: kproxy full sync over kernel floor at {n} ≤ 1.3"),
+            (
+                median(o, Metric::FullSyncBackend, nft, n),
+                median(o, Metric::Loader, nft, n),
+            ),
+            |r| r <= 1.3,
+            |r, ours, floor| format!("{r:.2} (Backend::sync {ours} / nft -f {floor})"),
+        ));
     }
-    let small = median(o, Metric::ConnectLatency, nft, 10);
-    let big = median(o, Metric::ConnectLatency, nft, 50_000);
-    let ratio = small.zip(big).map(|(s, b)| b / s);
-    t.push(Target {
-        what: "data plane: nftables first-packet cost at 50k within 10% of 10 Services".into(),
-        verdict: verdict(ratio.map(|r| r <= 1.10)),
-        figure: ratio
-            .map(|r| {
-                format!(
-                    "{:+.1}% (connect p50 {} at 50k vs {} at 10)",
-                    (r - 1.0) * 100.0,
-                    Human(big.unwrap_or(0.0), "s"),
-                    Human(small.unwrap_or(0.0), "s")
-                )
-            })
-            .unwrap_or_default(),
-    });
+    t.push(ratio_target(
+        "data plane: nftables first-packet cost at 50k within 10% of 10 Services".into(),
+        (
+            median(o, Metric::ConnectLatency, nft, 50_000),
+            median(o, Metric::ConnectLatency, nft, 10),
+        ),
+        |r| r <= 1.10,
+        |r, big, small| {
+            let pct = (r - 1.0) * 100.0;
+            format!("{pct:+.1}% (connect p50 {big} at 50k vs {small} at 10)")
+        },
+    ));
     let rss = median(o, Metric::DaemonRss, nft, 50_000);
     t.push(Target {
         what: "daemon memory at 50k x 10 < 300 MiB (nftables)".into(),

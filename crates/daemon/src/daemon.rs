@@ -184,7 +184,7 @@ async fn run(
 /// reconcile loop refreshes `/status` only at syncs, and before the first
 /// list there is none).
 fn error_sink(shared: std::sync::Arc<Shared>) -> crate::source::ErrorSink {
-    std::sync::Arc::new(move |u: &crate::source::ErrorUpdate<'_>| {
+    crate::source::ErrorSink::new(move |u: &crate::source::ErrorUpdate<'_>| {
         let label = crate::metrics::KindLabel {
             kind: u.kind.to_string(),
         };

@@ -7,6 +7,7 @@ use anyhow::{Context as _, bail};
 use kproxy_graph::config::{parse_cidrs, parse_detect_local_mode, parse_nodeport_addresses};
 use kproxy_graph::{
     IpFamily, KubeProxyConfiguration, Objects, ProxyConfig, ProxyMode, ServiceGraph, Warning,
+    input_files,
 };
 
 /// Flags that shape the graph; they mirror KubeProxyConfiguration fields
@@ -114,34 +115,6 @@ impl InputArgs {
         }
         Ok(pc)
     }
-}
-
-/// Every YAML/JSON file under `paths` (directories are read one level deep,
-/// `*.yaml`, `*.yml`, `*.json`, sorted).
-pub fn input_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
-                .with_context(|| format!("reading directory {}", p.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| is_input_name(f))
-                .collect();
-            entries.sort();
-            out.extend(entries);
-        } else {
-            out.push(p.clone());
-        }
-    }
-    Ok(out)
-}
-
-/// Whether [`input_files`] reads `f` when it is in a directory given.
-pub fn is_input_name(f: &Path) -> bool {
-    matches!(
-        f.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml" | "json")
-    )
 }
 
 /// Read objects from files.

@@ -79,6 +79,47 @@ pub enum IntakeError {
         /// The limit.
         max: usize,
     },
+    /// A directory named as input could not be listed.
+    #[error("reading directory {}: {source}", path.display())]
+    ReadDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Every input file that `paths` name: files as given, and the files of
+/// directories (one level deep) that [`is_input_name`] accepts, sorted.
+pub fn input_files(paths: &[std::path::PathBuf]) -> Result<Vec<std::path::PathBuf>, IntakeError> {
+    let mut out = Vec::new();
+    for p in paths {
+        if !p.is_dir() {
+            out.push(p.clone());
+            continue;
+        }
+        let entries = std::fs::read_dir(p).map_err(|source| IntakeError::ReadDir {
+            path: p.clone(),
+            source,
+        })?;
+        let mut files: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|f| is_input_name(f))
+            .collect();
+        files.sort();
+        out.extend(files);
+    }
+    Ok(out)
+}
+
+/// Whether [`input_files`] reads `f` when it is in a directory given: a
+/// `*.yaml`, `*.yml` or `*.json` name.
+pub fn is_input_name(f: &std::path::Path) -> bool {
+    matches!(
+        f.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
 }
 
 fn object_name<I: Item>(v: &I) -> String {

@@ -47,7 +47,7 @@ pub use config::{
     DetectLocalMode, KubeProxyConfiguration, NodePortAddress, ProxyConfig, ProxyMode,
 };
 pub use incremental::IncrementalGraph;
-pub use intake::{IntakeError, Objects};
+pub use intake::{IntakeError, Objects, input_files, is_input_name};
 pub use model::*;
 pub use warning::{ObjectKind, Warning};
 

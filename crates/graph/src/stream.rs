@@ -352,34 +352,12 @@ fn read_yaml<S: ObjectSink>(
     Some(())
 }
 
-/// Read a document whole, as [`Objects::add_yaml`] does. `explicit`: the
-/// text followed a `---` line, so it is one document even when empty.
-fn read_whole<S: ObjectSink>(
-    doc: &str,
-    explicit: bool,
-    depth: &mut DepthCheck<'_>,
-    objects: &mut S,
-    warnings: &mut Vec<Warning>,
-) -> Option<()> {
-    let values = parse_documents(doc, depth)?;
-    if values.is_empty() && explicit {
-        add_item(objects, Tree::Null, None, warnings);
-    }
-    for value in values {
-        add_item(objects, value, None, warnings);
-    }
-    Some(())
-}
-
-fn read_yaml_document<S: ObjectSink>(
-    doc: &str,
-    explicit: bool,
-    depth: &mut DepthCheck<'_>,
-    objects: &mut S,
-    warnings: &mut Vec<Warning>,
-) -> Option<()> {
+/// A document's list items and their kind, when the document is a List
+/// of objects kproxy reads; `Some(None)` when it is to be read whole, as
+/// [`Objects::add_yaml`] does; `None` when it is not valid YAML.
+fn list_items(doc: &str, depth: &mut DepthCheck<'_>) -> Option<Option<(ItemsBlock, &'static str)>> {
     let Some(block) = find_items(doc).ok()? else {
-        return read_whole(doc, explicit, depth, objects, warnings);
+        return Some(None);
     };
     // The document without its items: a small mapping that says the kind.
     let header_text = format!("{}{}", &doc[..block.key_line], &doc[block.end..]);
@@ -396,10 +374,29 @@ fn read_yaml_document<S: ObjectSink>(
         }
         _ => return None,
     };
-    let Some(item_kind) = item_kind else {
-        // Not a list: its items mean nothing to kproxy, but the whole
-        // object may (read whole, as before).
-        return read_whole(doc, explicit, depth, objects, warnings);
+    // Not a list: its items mean nothing to kproxy, but the whole object
+    // may (read whole, as before).
+    Some(item_kind.map(|kind| (block, kind)))
+}
+
+/// Read one document. `explicit`: the text followed a `---` line, so it
+/// is one document even when empty.
+fn read_yaml_document<S: ObjectSink>(
+    doc: &str,
+    explicit: bool,
+    depth: &mut DepthCheck<'_>,
+    objects: &mut S,
+    warnings: &mut Vec<Warning>,
+) -> Option<()> {
+    let Some((block, item_kind)) = list_items(doc, depth)? else {
+        let values = parse_documents(doc, depth)?;
+        if values.is_empty() && explicit {
+            add_item(objects, Tree::Null, None, warnings);
+        }
+        for value in values {
+            add_item(objects, value, None, warnings);
+        }
+        return Some(());
     };
     let batches = batches(&block);
     let text_of = |(i, j): (usize, usize)| {

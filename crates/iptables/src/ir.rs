@@ -320,6 +320,11 @@ impl Table {
         self.chains.iter().find(|c| c.name == name)
     }
 
+    /// The chains by name, for many lookups.
+    pub(crate) fn chains_by_name(&self) -> std::collections::HashMap<&str, &Chain> {
+        self.chains.iter().map(|c| (c.name.as_str(), c)).collect()
+    }
+
     /// Number of rules in kproxy's own chains.
     pub fn rule_count(&self) -> usize {
         self.chains.iter().map(|c| c.rules.len()).sum()

@@ -2,14 +2,14 @@
 //! ([`plan_full`] against what the kernel holds, [`plan_partial`] against
 //! what the previous sync wrote).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use kproxy_graph::FamilyChanges;
 
 use crate::diff::{ChainEdit, edit_script};
-use crate::ir::{BuiltinRule, FamilyRuleset, Rule, TableName};
+use crate::ir::{BuiltinRule, FamilyRuleset, Rule, Table, TableName};
 use crate::names::is_service_chain;
-use crate::parse::Saved;
+use crate::parse::{Saved, SavedTable};
 use crate::render::RestorePlan;
 
 /// Most rule changes a chain is edited with in place (`-D`/`-I`) rather
@@ -93,9 +93,7 @@ pub fn plan_full(fr: &FamilyRuleset, kernel: &Saved) -> RestorePlan {
     };
     for table in &fr.tables {
         let kt = kernel.table(table.name);
-        let kernel_chains: HashMap<&str, &crate::parse::SavedChain> = kt
-            .map(|t| t.chains.iter().map(|c| (c.name.as_str(), c)).collect())
-            .unwrap_or_default();
+        let kernel_chains = kt.map(SavedTable::chains_by_name).unwrap_or_default();
         let ours: HashSet<&str> = table.chains.iter().map(|c| c.name.as_str()).collect();
         let mut sorted = Sorted::default();
         for c in &table.chains {
@@ -177,9 +175,9 @@ pub fn plan_partial(
         ..RestorePlan::default()
     };
     for nt in &next.tables {
-        let pt = prev.table(nt.name);
-        let prev_chains: HashMap<&str, &crate::ir::Chain> = pt
-            .map(|t| t.chains.iter().map(|c| (c.name.as_str(), c)).collect())
+        let prev_chains = prev
+            .table(nt.name)
+            .map(Table::chains_by_name)
             .unwrap_or_default();
         let dirty = plan.dirty.as_ref();
         let mut sorted = Sorted::default();

@@ -78,6 +78,19 @@ pub enum SetRef<'a> {
 }
 
 /// Objects written into a batch.
+/// What [`Batch::remove`] removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// `flush chain`: every rule of the chain.
+    FlushChain,
+    /// `delete chain`.
+    DeleteChain,
+    /// `flush set`: every element.
+    FlushSet,
+    /// `delete set`.
+    DeleteSet,
+}
+
 impl Batch {
     /// `add table` (`NEWTABLE`, create if absent).
     pub fn add_table(&mut self, family: u8, name: &str, udata: &[u8]) -> u32 {
@@ -99,12 +112,21 @@ impl Batch {
         seq
     }
 
-    /// A message of `kind` (no flags) that names only a table
-    /// (attribute 1) and one object of it (`name`: its attribute and name).
-    fn table_object(&mut self, kind: u8, family: u8, table: &str, name: (u16, &str)) -> u32 {
+    /// `flush chain`, `delete chain`, `flush set` or `delete set` of
+    /// `name` in `table`: a message (no flags) that names only the table
+    /// (attribute 1) and the object.
+    pub fn remove(&mut self, what: Removal, family: u8, table: &str, name: &str) -> u32 {
+        // The object's attribute: NFTA_RULE_CHAIN, NFTA_CHAIN_NAME,
+        // NFTA_SET_ELEM_LIST_SET, NFTA_SET_NAME.
+        let (kind, attr) = match what {
+            Removal::FlushChain => (msg_type::DELRULE, 2),
+            Removal::DeleteChain => (msg_type::DELCHAIN, 3),
+            Removal::FlushSet => (msg_type::DELSETELEM, 2),
+            Removal::DeleteSet => (msg_type::DELSET, 2),
+        };
         let seq = self.begin(kind, 0, family);
         self.put_str(1, table);
-        self.put_str(name.0, name.1);
+        self.put_str(attr, name);
         self.end();
         seq
     }
@@ -130,16 +152,6 @@ impl Batch {
         }
         self.end();
         seq
-    }
-
-    /// `flush chain`: delete every rule of the chain.
-    pub fn flush_chain(&mut self, family: u8, table: &str, name: &str) -> u32 {
-        self.table_object(msg_type::DELRULE, family, table, (2, name))
-    }
-
-    /// `delete chain`.
-    pub fn delete_chain(&mut self, family: u8, table: &str, name: &str) -> u32 {
-        self.table_object(msg_type::DELCHAIN, family, table, (3, name))
     }
 
     /// `add rule` (appended).
@@ -192,16 +204,6 @@ impl Batch {
         }
         self.end();
         seq
-    }
-
-    /// `flush set`: delete every element.
-    pub fn flush_set(&mut self, family: u8, table: &str, name: &str) -> u32 {
-        self.table_object(msg_type::DELSETELEM, family, table, (2, name))
-    }
-
-    /// `delete set`.
-    pub fn delete_set(&mut self, family: u8, table: &str, name: &str) -> u32 {
-        self.table_object(msg_type::DELSET, family, table, (2, name))
     }
 
     /// `add element` (`add`) or `delete element` for `elems`, as one

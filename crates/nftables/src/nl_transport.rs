@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use kproxy_graph::{ApplyError, Transport};
 use kproxy_netlink::NfSocket;
 use kproxy_netlink::batch::{Batch, SendError};
-use kproxy_netlink::obj::{ChainHook, ELEMS_MAX_BYTES, ElemSpec, SetRef};
+use kproxy_netlink::obj::{ChainHook, ELEMS_MAX_BYTES, ElemSpec, Removal, SetRef};
 
 use crate::compile::{self, BatchCtx, CompileError, SetRegistry, nfproto};
 use crate::ir::{ChainType, Family, HookPoint, Op, Transaction, render_op};
@@ -340,10 +340,10 @@ fn encode(
             b.add_chain(fam, t, name, hook.as_ref().map(hook_of).as_ref());
         }
         Op::FlushChain(name) => {
-            b.flush_chain(fam, t, name);
+            b.remove(Removal::FlushChain, fam, t, name);
         }
         Op::DeleteChain(name) => {
-            b.delete_chain(fam, t, name);
+            b.remove(Removal::DeleteChain, fam, t, name);
         }
         Op::AddRule { chain, rule } => {
             let c = compile::rule(f, t, &rule.expr, sets, ctx)?;
@@ -365,10 +365,10 @@ fn encode(
             sets.insert((f, t.to_string(), s.name.clone()), info);
         }
         Op::FlushSet { name, .. } => {
-            b.flush_set(fam, t, name);
+            b.remove(Removal::FlushSet, fam, t, name);
         }
         Op::DeleteSet { name, .. } => {
-            b.delete_set(fam, t, name);
+            b.remove(Removal::DeleteSet, fam, t, name);
             sets.remove(&(f, t.to_string(), name.clone()));
         }
         Op::AddElements { set, elements } => {

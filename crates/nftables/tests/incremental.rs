@@ -6,10 +6,10 @@
 mod common;
 
 use common::cluster::{Svc, bulk, changes, graph};
-use common::normalised_listing;
+use common::{assert_same_tables, normalised_listing};
 use kproxy_graph::{Backend, Generator, ServiceGraph};
 use kproxy_nftables::NftablesBackend;
-use kproxy_testkit::{NetNs, line_diff};
+use kproxy_testkit::NetNs;
 
 fn base() -> Vec<Svc> {
     let mut a = Svc::new("ns1", "a", "172.30.0.41", 80).ep("10.180.0.1", "test-node");
@@ -35,14 +35,6 @@ fn base() -> Vec<Svc> {
         .ep("fd00:10::5", "test-node")
         .ep("fd00:10::6", "node-2");
     vec![a, b, c, d, v6]
-}
-
-/// `a` and `b` list the same tables (see `normalised_listing`).
-fn assert_same_tables(a: &NetNs, b: &NetNs, ignore_empty_chains: bool) {
-    assert_eq!(
-        normalised_listing(a, ignore_empty_chains),
-        normalised_listing(b, ignore_empty_chains)
-    );
 }
 
 /// A fresh namespace where a full sync loaded `g`.
@@ -106,13 +98,7 @@ fn incremental_syncs_match_full_loads() {
         assert_eq!(stats.full, prev.is_none(), "{what}: full sync only first");
 
         let full_ns = full_load(&g);
-        let want = normalised_listing(&full_ns, true);
-        let got = normalised_listing(&inc_ns, true);
-        assert!(
-            want == got,
-            "{what}: incremental table differs from a full load:\n{}",
-            line_diff(&want, &got)
-        );
+        assert_same_tables(&full_ns, &inc_ns, true, what);
         assert!(inc.check().expect("check"), "{what}: check after sync");
         // What the backend says it applied, generated again from its
         // state, is the full render of the graph.
@@ -127,11 +113,7 @@ fn incremental_syncs_match_full_loads() {
     let g = prev.expect("graph");
     inc.sync(&g, Some(&changes(&g, &g))).expect("empty sync");
     let full_ns = full_load(&g);
-    let (want, got) = (
-        normalised_listing(&full_ns, false),
-        normalised_listing(&inc_ns, false),
-    );
-    assert!(want == got, "after cleanup:\n{}", line_diff(&want, &got));
+    assert_same_tables(&full_ns, &inc_ns, false, "after cleanup");
 }
 
 #[test]
@@ -186,7 +168,12 @@ fn failed_transaction_keeps_rules_and_reports_the_statement() {
         .expect("full sync after failure");
     assert!(stats.full);
     let full_ns = full_load(&g2);
-    assert_same_tables(&ns, &full_ns, false);
+    assert_same_tables(
+        &full_ns,
+        &ns,
+        false,
+        "full sync after the failed transaction",
+    );
 }
 
 #[test]
@@ -213,7 +200,7 @@ fn large_full_loads_split_into_bounded_transactions_load_the_same_table() {
         .expect("split load");
     assert!(stats.full);
     let one_ns = full_load(&g);
-    assert_same_tables(&split_ns, &one_ns, false);
+    assert_same_tables(&one_ns, &split_ns, false, "split load");
     // The split really happened: 300 services make far more than 1000 elements.
     let elements: usize = kproxy_nftables::NftGenerator
         .generate(&g)
@@ -252,13 +239,13 @@ fn large_full_resync_is_a_diff_and_drift_reloads() {
         first.bytes_written
     );
     let fresh = full_load(&g2);
-    assert_same_tables(&ns, &fresh, true);
+    assert_same_tables(&fresh, &ns, true, "full resync as a diff");
     // Drift: check() notices, and the next full sync reloads everything.
     ns.exec_all(&["nft delete table ip kproxy"]);
     assert!(!be.check().expect("check"));
     let reload = be.sync(&g2, None).expect("reload");
     assert!(reload.bytes_written > resync.bytes_written * 10);
-    assert_same_tables(&ns, &fresh, false);
+    assert_same_tables(&fresh, &ns, false, "reload after drift");
 }
 
 /// Pipelined batches: each is applied while the next is compiled. When
@@ -359,14 +346,6 @@ fn large_full_resync_in_another_context_equals_a_full_load() {
     let resync = be.sync(&g2, None).expect("resync");
     assert!(resync.full);
     let fresh = full_load(&g2);
-    let (want, got) = (
-        normalised_listing(&fresh, true),
-        normalised_listing(&ns, true),
-    );
-    assert!(
-        want == got,
-        "resync differs from a full load:\n{}",
-        line_diff(&want, &got)
-    );
+    assert_same_tables(&fresh, &ns, true, "resync");
     assert!(be.check().expect("check"), "check after the resync");
 }

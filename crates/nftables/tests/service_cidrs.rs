@@ -5,11 +5,11 @@
 
 mod common;
 
+use common::assert_same_tables;
 use common::cluster::{Svc, changes, config, node_object};
-use common::normalised_listing;
 use kproxy_graph::{Backend, Objects, ServiceGraph};
 use kproxy_nftables::NftablesBackend;
-use kproxy_testkit::{NetNs, line_diff};
+use kproxy_testkit::NetNs;
 use serde_json::json;
 
 /// A ServiceCIDR: its name and `spec.cidrs`.
@@ -92,15 +92,7 @@ fn service_cidr_changes_are_set_updates() {
         NftablesBackend::in_netns(full_ns.name())
             .sync(&g, None)
             .unwrap_or_else(|e| panic!("{what} (full): {e}"));
-        let (want, got) = (
-            normalised_listing(&full_ns, true),
-            normalised_listing(&ns, true),
-        );
-        assert!(
-            want == got,
-            "{what}: incremental table differs from a full load:\n{}",
-            line_diff(&want, &got)
-        );
+        assert_same_tables(&full_ns, &ns, true, what);
         // The set holds the disjoint union of the ServiceCIDRs' ranges.
         let listing = ns.exec(&["nft", "list", "table", "ip", "kproxy"]);
         let want_v4: Vec<&str> = match cidrs.len() {

@@ -40,8 +40,6 @@ use kproxy_graph::{IncrementalGraph, Objects, Warning};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
 use tokio::io::unix::AsyncFd;
 
-use crate::input;
-
 /// How often files are checked for changes when polling.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -213,7 +211,7 @@ impl FileSource {
     /// forget files that are gone. Nothing is kept unless every file read
     /// and parsed.
     fn refresh(&mut self, dirty: &Dirty) -> anyhow::Result<bool> {
-        let order = input::input_files(std::slice::from_ref(&self.path))?;
+        let order = kproxy_graph::input_files(std::slice::from_ref(&self.path))?;
         let mut updates: Vec<(PathBuf, FileState)> = Vec::new();
         for f in &order {
             let again = dirty.all
@@ -612,7 +610,7 @@ impl Watcher {
                 let file = self.dir.join(name);
                 let input = match &self.only {
                     Some(only) => only == name,
-                    None => input::is_input_name(&file),
+                    None => kproxy_graph::is_input_name(&file),
                 };
                 if input {
                     dirty.files.insert(file);

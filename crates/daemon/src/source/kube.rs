@@ -76,7 +76,7 @@ mod client;
 mod streams;
 
 /// What [`KubeSource::new`] needs.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct KubeSourceOptions {
     /// A kubeconfig file; `None` infers the configuration (the
     /// `KUBECONFIG` variable or `~/.kube/config`, else in-cluster).
@@ -91,17 +91,6 @@ pub struct KubeSourceOptions {
     pub rate_limit: Option<RateLimit>,
     /// Told about every change of a watcher's error, as it happens.
     pub on_errors: Option<ErrorSink>,
-}
-
-impl std::fmt::Debug for KubeSourceOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeSourceOptions")
-            .field("kubeconfig", &self.kubeconfig)
-            .field("node_name", &self.node_name)
-            .field("proxy_name", &self.proxy_name)
-            .field("rate_limit", &self.rate_limit)
-            .finish_non_exhaustive()
-    }
 }
 
 /// A token bucket over the client's requests, as client-go's: `burst`
@@ -246,7 +235,7 @@ impl Watchers {
             false
         });
         if let (Some(current), Some(sink)) = (current, &self.sink) {
-            sink(&ErrorUpdate {
+            sink.tell(&ErrorUpdate {
                 kind: KINDS[index],
                 error: error.as_deref(),
                 current,
@@ -451,86 +440,50 @@ impl KubeSource {
     pub fn drain_into(&mut self, graph: &mut IncrementalGraph) -> Applied {
         let pending = std::mem::take(&mut *lock(&self.shared.pending));
         let mut out = Applied::default();
-
-        {
-            let kept = lock(&self.services);
-            if pending.all[SERVICES] {
-                let all = kept
-                    .objects
-                    .values()
-                    .filter(|s| self.wanted(&s.labels))
-                    .cloned();
-                out.services += graph.replace_compact_services(all);
-            } else {
-                for key in &pending.keys[SERVICES] {
-                    out.services += u64::from(match kept.objects.get(&key.0, &key.1) {
-                        Some(s) if self.wanted(&s.labels) => {
-                            graph.upsert_compact_service(s.clone())
-                        }
-                        _ => graph.delete_service(ns_or_default(&key.0), &key.1),
-                    });
-                }
-            }
-        }
-        {
-            let kept = lock(&self.slices);
-            if pending.all[SLICES] {
-                let all = kept
-                    .objects
-                    .values()
-                    .filter(|s| self.wanted(&s.labels))
-                    .cloned();
-                out.merge(graph.replace_compact_slices(all));
-            } else {
-                for key in &pending.keys[SLICES] {
-                    let (ns, name) = key;
-                    match kept.objects.get(&key.0, &key.1) {
-                        Some(s) if self.wanted(&s.labels) => {
+        let wanted = |labels: &Labels| self.wanted(labels);
+        out.services += drained(&self.services, &pending, SERVICES, |s| wanted(&s.labels))
+            .apply_to(
+                graph,
+                |g, all| g.replace_compact_services(all),
+                IncrementalGraph::upsert_compact_service,
+                |g, ns, name| g.delete_service(ns_or_default(ns), name),
+            );
+        match drained(&self.slices, &pending, SLICES, |s| wanted(&s.labels)) {
+            Drained::All(all) => out.merge(graph.replace_compact_slices(all)),
+            Drained::Each(each) => {
+                for ((ns, name), s) in each {
+                    let ns = ns_or_default(ns);
+                    match s {
+                        Some(s) => {
                             if graph.upsert_compact_slice(s.clone()) {
                                 out.slices += 1;
                                 out.changed_slices.push(Arc::new(s.trigger_only()));
                             }
                         }
-                        _ => {
-                            let ns = ns_or_default(ns);
+                        None => {
                             if graph.delete_slice(ns, name) {
                                 out.slices += 1;
-                                out.deleted_slices.push((ns.to_string(), name.clone()));
+                                out.deleted_slices.push((ns.to_string(), name.to_string()));
                             }
                         }
                     }
                 }
             }
         }
-        {
-            let kept = lock(&self.nodes);
-            let ours = |n: &Arc<Node>| n.metadata.name.as_deref() == Some(self.node_name.as_str());
-            if pending.all[NODES] {
-                let all = kept.objects.values().filter(|n| ours(n)).cloned().collect();
-                out.nodes += graph.replace_nodes(all);
-            } else {
-                for key in &pending.keys[NODES] {
-                    out.nodes += u64::from(match kept.objects.get(&key.0, &key.1) {
-                        Some(n) if ours(n) => graph.upsert_node(n.clone()),
-                        _ => graph.delete_node(&key.1),
-                    });
-                }
-            }
-        }
-        {
-            let kept = lock(&self.service_cidrs);
-            if pending.all[SERVICE_CIDRS] {
-                out.service_cidrs +=
-                    graph.replace_service_cidrs(kept.objects.values().cloned().collect());
-            } else {
-                for key in &pending.keys[SERVICE_CIDRS] {
-                    out.service_cidrs += u64::from(match kept.objects.get(&key.0, &key.1) {
-                        Some(c) => graph.upsert_service_cidr(c.clone()),
-                        None => graph.delete_service_cidr(&key.1),
-                    });
-                }
-            }
-        }
+        let ours = |n: &Node| n.metadata.name.as_deref() == Some(self.node_name.as_str());
+        out.nodes += drained(&self.nodes, &pending, NODES, ours).apply_to(
+            graph,
+            IncrementalGraph::replace_nodes,
+            IncrementalGraph::upsert_node,
+            |g, _, name| g.delete_node(name),
+        );
+        out.service_cidrs += drained(&self.service_cidrs, &pending, SERVICE_CIDRS, |_| true)
+            .apply_to(
+                graph,
+                IncrementalGraph::replace_service_cidrs,
+                IncrementalGraph::upsert_service_cidr,
+                |g, _, name| g.delete_service_cidr(name),
+            );
         out
     }
 
@@ -608,6 +561,62 @@ fn sorted<T>(m: &ByName<T>) -> impl Iterator<Item = &Arc<T>> {
 }
 
 /// The namespace the graph files an object under (`default` when unset).
+/// What one watcher's pending changes come to: after a (re)list, every
+/// wanted object; else each object the events named, `None` when it is
+/// gone or not wanted.
+enum Drained<'a, T> {
+    All(Vec<Arc<T>>),
+    Each(Vec<Named<'a, T>>),
+}
+
+/// An object's namespace and name, and the object when it is wanted.
+type Named<'a, T> = ((&'a str, &'a str), Option<Arc<T>>);
+
+impl<T> Drained<'_, T> {
+    /// Hand the changes to `graph` (as a whole set, or each upserted or
+    /// deleted by namespace and name); returns how many changed.
+    fn apply_to(
+        self,
+        graph: &mut IncrementalGraph,
+        replace: fn(&mut IncrementalGraph, Vec<Arc<T>>) -> u64,
+        upsert: fn(&mut IncrementalGraph, Arc<T>) -> bool,
+        delete: fn(&mut IncrementalGraph, &str, &str) -> bool,
+    ) -> u64 {
+        match self {
+            Drained::All(all) => replace(graph, all),
+            Drained::Each(each) => each
+                .into_iter()
+                .map(|((ns, name), o)| {
+                    u64::from(match o {
+                        Some(o) => upsert(graph, o),
+                        None => delete(graph, ns, name),
+                    })
+                })
+                .sum(),
+        }
+    }
+}
+
+/// The pending changes of `kept`, watcher `kind`, looked up in its store
+/// (under its lock, which is released before the graph is touched).
+fn drained<'a, T>(
+    kept: &Mutex<Kept<T>>,
+    pending: &'a Pending,
+    kind: usize,
+    wanted: impl Fn(&T) -> bool,
+) -> Drained<'a, T> {
+    let kept = lock(kept);
+    if pending.all[kind] {
+        let all = kept.objects.values().filter(|o| wanted(o)).cloned();
+        return Drained::All(all.collect());
+    }
+    let each = pending.keys[kind].iter().map(|(ns, name)| {
+        let o = kept.objects.get(ns, name).filter(|o| wanted(o));
+        ((ns.as_str(), name.as_str()), o.cloned())
+    });
+    Drained::Each(each.collect())
+}
+
 fn ns_or_default(ns: &str) -> &str {
     if ns.is_empty() { "default" } else { ns }
 }

@@ -27,15 +27,7 @@ impl Source {
     /// Open the source named by `--source`: `kube` or a path.
     pub async fn open(spec: &str, opts: SourceOptions) -> anyhow::Result<Self> {
         if spec == "kube" {
-            let k = kube::KubeSource::new(kube::KubeSourceOptions {
-                kubeconfig: opts.kubeconfig,
-                node_name: opts.node_name,
-                proxy_name: opts.proxy_name,
-                rate_limit: opts.rate_limit,
-                on_errors: opts.on_errors,
-            })
-            .await?;
-            return Ok(Source::Kube(k));
+            return Ok(Source::Kube(kube::KubeSource::new(opts).await?));
         }
         let path = std::path::PathBuf::from(spec);
         if !path.exists() {
@@ -93,19 +85,7 @@ impl Source {
 }
 
 /// What the API source needs (the file source ignores it).
-#[derive(Clone, Default)]
-pub struct SourceOptions {
-    /// `--kubeconfig` or `clientConnection.kubeconfig`.
-    pub kubeconfig: Option<std::path::PathBuf>,
-    /// This node's name.
-    pub node_name: String,
-    /// `--proxy-name`.
-    pub proxy_name: Option<String>,
-    /// `clientConnection.qps` and `burst`.
-    pub rate_limit: Option<kube::RateLimit>,
-    /// Told about source errors as they come and go.
-    pub on_errors: Option<ErrorSink>,
-}
+pub use kube::KubeSourceOptions as SourceOptions;
 
 /// A change of one watcher's error: what the API source tells the daemon
 /// the moment it happens, rather than at the next sync.
@@ -120,4 +100,23 @@ pub struct ErrorUpdate<'a> {
 }
 
 /// Where the API source reports [`ErrorUpdate`]s (called from its tasks).
-pub type ErrorSink = std::sync::Arc<dyn Fn(&ErrorUpdate<'_>) + Send + Sync>;
+#[derive(Clone)]
+pub struct ErrorSink(std::sync::Arc<dyn Fn(&ErrorUpdate<'_>) + Send + Sync>);
+
+impl ErrorSink {
+    /// A sink that calls `f` with every update.
+    pub fn new(f: impl Fn(&ErrorUpdate<'_>) + Send + Sync + 'static) -> Self {
+        ErrorSink(std::sync::Arc::new(f))
+    }
+
+    /// Tell the sink about `update`.
+    pub fn tell(&self, update: &ErrorUpdate<'_>) {
+        (self.0)(update);
+    }
+}
+
+impl std::fmt::Debug for ErrorSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ErrorSink")
+    }
+}

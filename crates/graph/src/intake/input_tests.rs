@@ -212,3 +212,22 @@ fn the_depth_check_decides_as_if_it_always_ran_first() {
         "some text is not"
     );
 }
+
+#[test]
+fn input_files_are_the_files_given_and_directories_yaml_and_json_sorted() {
+    let dir = kproxy_testkit::TempDir::new("input-files");
+    for name in ["b.yaml", "a.json", "c.yml", "notes.txt", "d.yaml.bak"] {
+        dir.write(name, "");
+    }
+    let given = dir.join("notes.txt");
+    let files = input_files(&[dir.path().to_path_buf(), given.clone()]).unwrap();
+    assert_eq!(
+        files,
+        [
+            dir.join("a.json"),
+            dir.join("b.yaml"),
+            dir.join("c.yml"),
+            given
+        ]
+    );
+}

@@ -77,6 +77,11 @@ impl SavedTable {
     pub fn chain(&self, name: &str) -> Option<&SavedChain> {
         self.chains.iter().find(|c| c.name == name)
     }
+
+    /// The chains by name, for many lookups.
+    pub(crate) fn chains_by_name(&self) -> HashMap<&str, &SavedChain> {
+        self.chains.iter().map(|c| (c.name.as_str(), c)).collect()
+    }
 }
 
 /// Everything one `iptables-save` printed.

@@ -7,7 +7,7 @@
 pub mod cluster;
 pub mod random;
 
-use kproxy_testkit::NetNs;
+use kproxy_testkit::{NetNs, line_diff};
 
 /// `nft list table` of both kproxy tables with the parts that legitimately
 /// differ between an incrementally built and a freshly loaded table
@@ -75,4 +75,18 @@ pub fn normalised_listing(ns: &NetNs, ignore_empty_chains: bool) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Assert that `got` lists the same kproxy tables as `want` (a full
+/// load), as [`normalised_listing`]s, showing the lines that differ.
+pub fn assert_same_tables(want: &NetNs, got: &NetNs, ignore_empty_chains: bool, what: &str) {
+    let (want, got) = (
+        normalised_listing(want, ignore_empty_chains),
+        normalised_listing(got, ignore_empty_chains),
+    );
+    assert!(
+        want == got,
+        "{what}: the tables differ from a full load:\n{}",
+        line_diff(&want, &got)
+    );
 }

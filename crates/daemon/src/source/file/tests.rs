@@ -1,5 +1,7 @@
 use super::*;
 use kproxy_graph::{IpFamily, ProxyConfig};
+
+use crate::input;
 use proptest::prelude::*;
 
 /// A fresh directory under the system's temporary directory.

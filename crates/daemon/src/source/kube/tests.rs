@@ -935,7 +935,7 @@ async fn source_with_sink(h: &Harness) -> (KubeSource, Told) {
     let t = told.clone();
     let src = h
         .source_with(KubeSourceOptions {
-            on_errors: Some(std::sync::Arc::new(move |u: &super::ErrorUpdate<'_>| {
+            on_errors: Some(super::ErrorSink::new(move |u: &super::ErrorUpdate<'_>| {
                 *t.lock().unwrap() = Some(u.current.clone());
             })),
             ..Default::default()
