@@ -168,6 +168,11 @@ fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
     Arc::ptr_eq(a, b) || **a == **b
 }
 
+/// Compact copies of API objects.
+fn compacted<T, C: for<'a> From<&'a T>>(objects: Vec<Arc<T>>) -> impl Iterator<Item = Arc<C>> {
+    objects.into_iter().map(|o| Arc::new(C::from(&o)))
+}
+
 /// An EndpointSlice's identity, as [`ByName`] reads it.
 fn slice_key(slice: &CompactSlice) -> (&str, &str) {
     (
@@ -442,15 +447,6 @@ impl IncrementalGraph {
 
     /// Make the Services the whole set: upsert each, delete the rest (for a
     /// relist). Returns how many changed.
-    pub fn replace_services(&mut self, services: Vec<Arc<Service>>) -> u64 {
-        self.replace_compact_services(
-            services
-                .into_iter()
-                .map(|s| Arc::new(CompactService::from(&*s))),
-        )
-    }
-
-    /// [`replace_services`](Self::replace_services) with compact Services.
     pub fn replace_compact_services(
         &mut self,
         services: impl IntoIterator<Item = Arc<CompactService>>,
@@ -480,18 +476,15 @@ impl IncrementalGraph {
         n
     }
 
+    /// [`replace_compact_services`](Self::replace_compact_services) with
+    /// the API's Services.
+    pub fn replace_services(&mut self, services: Vec<Arc<Service>>) -> u64 {
+        self.replace_compact_services(compacted(services))
+    }
+
     /// Make the EndpointSlices the whole set: upsert each, delete the rest.
     /// Returns the slices counted in [`Applied::slices`],
     /// [`Applied::changed_slices`] and [`Applied::deleted_slices`].
-    pub fn replace_slices(&mut self, slices: Vec<Arc<EndpointSlice>>) -> Applied {
-        self.replace_compact_slices(
-            slices
-                .into_iter()
-                .map(|s| Arc::new(CompactSlice::from(&*s))),
-        )
-    }
-
-    /// [`replace_slices`](Self::replace_slices) with compact slices.
     pub fn replace_compact_slices(
         &mut self,
         slices: impl IntoIterator<Item = Arc<CompactSlice>>,
@@ -518,6 +511,12 @@ impl IncrementalGraph {
             }
         }
         out
+    }
+
+    /// [`replace_compact_slices`](Self::replace_compact_slices) with the
+    /// API's EndpointSlices.
+    pub fn replace_slices(&mut self, slices: Vec<Arc<EndpointSlice>>) -> Applied {
+        self.replace_compact_slices(compacted(slices))
     }
 
     /// Make the Nodes the whole set. Returns how many changed.

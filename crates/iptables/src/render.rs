@@ -516,13 +516,14 @@ mod tests {
 
     #[test]
     fn quoting_follows_iptables_restore() {
-        assert_eq!(quote("ns1/svc1:p80"), "ns1/svc1:p80");
-        assert_eq!(
-            quote("ns1/svc1:p80 cluster IP"),
-            "\"ns1/svc1:p80 cluster IP\""
-        );
-        assert_eq!(quote(""), "\"\"");
-        assert_eq!(quote("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        for (text, quoted) in [
+            ("ns1/svc1:p80", "ns1/svc1:p80"),
+            ("ns1/svc1:p80 cluster IP", "\"ns1/svc1:p80 cluster IP\""),
+            ("", "\"\""),
+            ("a\"b\\c", "\"a\\\"b\\\\c\""),
+        ] {
+            assert_eq!(quote(text), quoted, "{text:?}");
+        }
     }
 
     #[test]

@@ -35,6 +35,25 @@ impl Diff {
         self.lines.push(line);
     }
 
+    /// A chain only one side has (`added`: the desired one), with its
+    /// rules.
+    fn whole_chain<'a>(
+        &mut self,
+        added: bool,
+        here: &str,
+        rules: impl IntoIterator<Item = &'a str>,
+    ) {
+        let (sign, what) = if added {
+            ('+', "added")
+        } else {
+            ('-', "removed")
+        };
+        self.add(&format!("chains {what}"), format!("{sign} chain {here}"));
+        for r in rules {
+            self.add(&format!("rules {what}"), format!("{sign}   {r}"));
+        }
+    }
+
     /// The diff as text, with a summary line.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -86,18 +105,10 @@ pub fn iptables(current: &str, desired: &str) -> Result<Diff, TraceError> {
     let empty = crate::iptables::Tables::default();
     for fam in families {
         let label = fam.map(|f| f.as_k8s_str()).unwrap_or("any family");
-        let c = cur
-            .sections
-            .iter()
-            .find(|(f, _)| *f == fam)
-            .map(|x| &x.1)
-            .unwrap_or(&empty);
-        let w = want
-            .sections
-            .iter()
-            .find(|(f, _)| *f == fam)
-            .map(|x| &x.1)
-            .unwrap_or(&empty);
+        let [c, w] = [&cur, &want].map(|r| {
+            let found = r.sections.iter().find(|(f, _)| *f == fam);
+            found.map_or(&empty, |x| &x.1)
+        });
         let tables: BTreeSet<&String> = c.tables.keys().chain(w.tables.keys()).collect();
         for t in tables {
             let none = BTreeMap::new();
@@ -112,16 +123,12 @@ pub fn iptables(current: &str, desired: &str) -> Result<Diff, TraceError> {
                 let here = format!("{label} {t} {name}");
                 match (cc.get(name), wc.get(name)) {
                     (None, Some(wch)) if !is_builtin(name) => {
-                        d.add("chains added", format!("+ chain {here}"));
-                        for r in owned_rules(name, wch) {
-                            d.add("rules added", format!("+   {}", r.text));
-                        }
+                        let rules = owned_rules(name, wch);
+                        d.whole_chain(true, &here, rules.iter().map(|r| r.text.as_str()));
                     }
                     (Some(cch), None) if !is_builtin(name) => {
-                        d.add("chains removed", format!("- chain {here}"));
-                        for r in owned_rules(name, cch) {
-                            d.add("rules removed", format!("-   {}", r.text));
-                        }
+                        let rules = owned_rules(name, cch);
+                        d.whole_chain(false, &here, rules.iter().map(|r| r.text.as_str()));
                     }
                     (a, b) => {
                         let default = IptChain::default();
@@ -144,27 +151,31 @@ fn rule_changes(d: &mut Diff, here: &str, cur: &[&IptRule], want: &[&IptRule]) {
     }
     let before = d.lines.len();
     d.lines.push(format!("  chain {here}:"));
-    let mut remaining: Vec<&String> = wk.iter().collect();
-    for (r, k) in cur.iter().zip(&ck) {
-        match remaining.iter().position(|x| *x == k) {
-            Some(i) => {
-                remaining.remove(i);
-            }
-            None => d.add("rules removed", format!("-   {}", r.text)),
-        }
+    for r in unmatched(cur, &ck, &wk) {
+        d.add("rules removed", format!("-   {}", r.text));
     }
-    let mut present: Vec<&String> = ck.iter().collect();
-    for (r, k) in want.iter().zip(&wk) {
-        match present.iter().position(|x| *x == k) {
-            Some(i) => {
-                present.remove(i);
-            }
-            None => d.add("rules added", format!("+   {}", r.text)),
-        }
+    for r in unmatched(want, &wk, &ck) {
+        d.add("rules added", format!("+   {}", r.text));
     }
     if d.lines.len() == before + 1 {
         d.add("chains reordered", "~   same rules, new order".to_string());
     }
+}
+
+/// The rules of `rules` (whose canonical forms are `keys`) that `other`
+/// does not match, each rule of `other` matching one rule at most.
+fn unmatched<'a>(rules: &[&'a IptRule], keys: &[String], other: &[String]) -> Vec<&'a IptRule> {
+    let mut left: Vec<&String> = other.iter().collect();
+    let mut out = Vec::new();
+    for (r, k) in rules.iter().zip(keys) {
+        match left.iter().position(|x| *x == k) {
+            Some(i) => {
+                left.remove(i);
+            }
+            None => out.push(*r),
+        }
+    }
+    out
 }
 
 fn canon_nft_rule(r: &crate::nftables::NftRule) -> String {
@@ -206,14 +217,8 @@ pub fn nftables(current: &str, desired: &str) -> Result<Diff, TraceError> {
         cur.tables.iter().chain(&want.tables).map(key).collect();
     let empty = NftTable::default();
     for (fam, name) in names {
-        let c = cur
-            .tables
-            .iter()
-            .find(|t| key(t) == (fam.clone(), name.clone()));
-        let w = want
-            .tables
-            .iter()
-            .find(|t| key(t) == (fam.clone(), name.clone()));
+        let [c, w] =
+            [&cur, &want].map(|r| r.tables.iter().find(|t| t.family == fam && t.name == name));
         let label = format!("table {fam} {name}");
         match (c, w) {
             (None, Some(_)) => d.add("tables added", format!("+ {label}")),
@@ -229,16 +234,12 @@ pub fn nftables(current: &str, desired: &str) -> Result<Diff, TraceError> {
         for ch in chains {
             match (c.chains.get(ch), w.chains.get(ch)) {
                 (None, Some(x)) => {
-                    d.add("chains added", format!("+ chain {label} {ch}"));
-                    for r in &x.rules {
-                        d.add("rules added", format!("+   {}", r.text));
-                    }
+                    let rules = x.rules.iter().map(|r| r.text.as_str());
+                    d.whole_chain(true, &format!("{label} {ch}"), rules);
                 }
                 (Some(x), None) => {
-                    d.add("chains removed", format!("- chain {label} {ch}"));
-                    for r in &x.rules {
-                        d.add("rules removed", format!("-   {}", r.text));
-                    }
+                    let rules = x.rules.iter().map(|r| r.text.as_str());
+                    d.whole_chain(false, &format!("{label} {ch}"), rules);
                 }
                 (Some(a), Some(b)) => {
                     if a.base != b.base {
@@ -331,6 +332,11 @@ mod tests {
 -A KUBE-MARK-MASQ -j MARK --or-mark 0x00004000\n\
 -A KUBE-SERVICES -m comment --comment \"a/b cluster IP\" -m tcp -p tcp -d 10.0.0.1 --dport 80 -j KUBE-MARK-MASQ\nCOMMIT\n";
 
+    /// Every count of `d`, by kind.
+    fn counts(d: &Diff) -> Vec<(&str, usize)> {
+        d.counts.iter().map(|(k, n)| (k.as_str(), *n)).collect()
+    }
+
     #[test]
     fn iptables_spelling_is_not_a_change() {
         let d = iptables(SAVED, RESTORE).expect("parses");
@@ -341,8 +347,12 @@ mod tests {
     fn iptables_changed_rule_is_shown() {
         let changed = RESTORE.replace("--dport 80", "--dport 81");
         let d = iptables(SAVED, &changed).expect("parses");
-        assert_eq!(d.counts.get("rules removed"), Some(&1), "{}", d.render());
-        assert_eq!(d.counts.get("rules added"), Some(&1), "{}", d.render());
+        assert_eq!(
+            counts(&d),
+            [("rules added", 1), ("rules removed", 1)],
+            "{}",
+            d.render()
+        );
     }
 
     #[test]
@@ -353,7 +363,7 @@ mod tests {
         assert!(d.is_empty(), "{}", d.render());
         let more = format!("{script}add element ip kproxy ips {{ 10.0.0.2 }}\n");
         let d = nftables(listed, &more).expect("parses");
-        assert_eq!(d.counts.get("elements added"), Some(&1), "{}", d.render());
+        assert_eq!(counts(&d), [("elements added", 1)], "{}", d.render());
     }
 
     #[test]
@@ -362,7 +372,7 @@ mod tests {
         let listed = "table ip kproxy {\n\tset sync-generation {\n\t\ttype mark\n\t\telements = { 0x00000003 }\n\t}\n\tset affinity {\n\t\ttypeof ip saddr . numgen inc mod 1 . numgen inc mod 1\n\t\tsize 65535\n\t\tflags dynamic,timeout\n\t\telements = { 10.0.0.2 . 5 . 6 timeout 3h expires 2h59m }\n\t}\n\tset ips {\n\t\ttype ipv4_addr\n\t\telements = { 10.0.0.9 }\n\t}\n}\n";
         let d = nftables(listed, script).expect("parses");
         // Only the configured set's element is a difference.
-        assert_eq!(d.counts.get("elements removed"), Some(&1), "{}", d.render());
+        assert_eq!(counts(&d), [("elements removed", 1)], "{}", d.render());
         assert!(d.render().contains("10.0.0.9"), "{}", d.render());
         assert!(!d.render().contains("sync-generation"), "{}", d.render());
     }

@@ -433,6 +433,11 @@ impl KubeSource {
         labels.wanted(self.proxy_name.as_deref())
     }
 
+    /// Whether `node` is this node (the only Node the graph reads).
+    fn is_ours(&self, node: &Node) -> bool {
+        node.metadata.name.as_deref() == Some(self.node_name.as_str())
+    }
+
     /// Hand `graph` what changed since the last drain: the objects the
     /// watchers' events named (looked up in the stores, so a burst of
     /// events for one object is one upsert), or a whole kind after a
@@ -470,8 +475,7 @@ impl KubeSource {
                 }
             }
         }
-        let ours = |n: &Node| n.metadata.name.as_deref() == Some(self.node_name.as_str());
-        out.nodes += drained(&self.nodes, &pending, NODES, ours).apply_to(
+        out.nodes += drained(&self.nodes, &pending, NODES, |n| self.is_ours(n)).apply_to(
             graph,
             IncrementalGraph::replace_nodes,
             IncrementalGraph::upsert_node,
@@ -491,35 +495,16 @@ impl KubeSource {
     /// and the tests; the daemon uses [`KubeSource::drain_into`]). Services
     /// and EndpointSlices have the fields the graph reads only.
     pub fn snapshot(&self) -> Objects {
-        let services = {
-            let kept = lock(&self.services);
-            sorted(&kept.objects)
-                .filter(|s| self.wanted(&s.labels))
-                .map(|s| s.to_service())
-                .collect()
-        };
-        let endpoint_slices = {
-            let kept = lock(&self.slices);
-            sorted(&kept.objects)
-                .filter(|s| self.wanted(&s.labels))
-                .map(|s| s.to_slice())
-                .collect()
-        };
-        let nodes = lock(&self.nodes)
-            .objects
-            .values()
-            .filter(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()))
-            .map(|n| (**n).clone())
-            .collect();
-        let service_cidrs = {
-            let kept = lock(&self.service_cidrs);
-            sorted(&kept.objects).map(|c| (**c).clone()).collect()
-        };
+        let wanted = |labels: &Labels| self.wanted(labels);
         Objects {
-            services,
-            endpoint_slices,
-            nodes,
-            service_cidrs,
+            services: sorted(
+                &self.services,
+                |s| wanted(&s.labels),
+                CompactService::to_service,
+            ),
+            endpoint_slices: sorted(&self.slices, |s| wanted(&s.labels), CompactSlice::to_slice),
+            nodes: sorted(&self.nodes, |n| self.is_ours(n), Node::clone),
+            service_cidrs: sorted(&self.service_cidrs, |_| true, ServiceCIDR::clone),
         }
     }
 
@@ -553,14 +538,20 @@ fn sync_ready(s: &Status) -> bool {
         && (s.ready[SERVICE_CIDRS] || s.errors[SERVICE_CIDRS].is_some())
 }
 
-/// The objects of `m`, sorted by namespace and name.
-fn sorted<T>(m: &ByName<T>) -> impl Iterator<Item = &Arc<T>> {
-    let mut entries: Vec<((&str, &str), &Arc<T>)> = m.iter().collect();
+/// The wanted objects of `kept`, sorted by namespace and name, as `to` makes
+/// them.
+fn sorted<T, U>(
+    kept: &Mutex<Kept<T>>,
+    wanted: impl Fn(&T) -> bool,
+    to: impl Fn(&T) -> U,
+) -> Vec<U> {
+    let kept = lock(kept);
+    let mut entries: Vec<((&str, &str), &Arc<T>)> =
+        kept.objects.iter().filter(|(_, o)| wanted(o)).collect();
     entries.sort_by(|a, b| a.0.cmp(&b.0));
-    entries.into_iter().map(|(_, v)| v)
+    entries.into_iter().map(|(_, o)| to(o)).collect()
 }
 
-/// The namespace the graph files an object under (`default` when unset).
 /// What one watcher's pending changes come to: after a (re)list, every
 /// wanted object; else each object the events named, `None` when it is
 /// gone or not wanted.
@@ -617,6 +608,7 @@ fn drained<'a, T>(
     Drained::Each(each.collect())
 }
 
+/// The namespace the graph files an object under (`default` when unset).
 fn ns_or_default(ns: &str) -> &str {
     if ns.is_empty() { "default" } else { ns }
 }

@@ -14,6 +14,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use serde::de::value::{MapDeserializer, SeqDeserializer};
 use serde::de::{
     self, Deserialize, DeserializeSeed, Deserializer, Expected, IntoDeserializer, MapAccess,
     SeqAccess, Unexpected, Visitor,
@@ -261,11 +262,9 @@ fn visit_string<'de, V: Visitor<'de>>(s: Cow<'de, str>, visitor: V) -> Result<V:
 
 fn visit_array<'de, V: Visitor<'de>>(array: Vec<Tree<'de>>, visitor: V) -> Result<V::Value, Error> {
     let len = array.len();
-    let mut seq = SeqDeserializer {
-        iter: array.into_iter(),
-    };
-    let value = visitor.visit_seq(&mut seq)?;
-    if seq.iter.len() == 0 {
+    let mut items = array.into_iter();
+    let value = visitor.visit_seq(SeqDeserializer::new(&mut items))?;
+    if items.len() == 0 {
         Ok(value)
     } else {
         Err(de::Error::invalid_length(len, &"fewer elements in array"))
@@ -277,12 +276,11 @@ fn visit_object<'de, V: Visitor<'de>>(
     visitor: V,
 ) -> Result<V::Value, Error> {
     let len = pairs.len();
-    let mut map = MapDeserializer {
-        iter: pairs.into_iter(),
-        value: None,
-    };
-    let value = visitor.visit_map(&mut map)?;
-    if map.iter.len() == 0 {
+    let mut entries = pairs
+        .into_iter()
+        .map(|(key, value)| (KeyDeserializer { key }, value));
+    let value = visitor.visit_map(MapDeserializer::new(&mut entries))?;
+    if entries.len() == 0 {
         Ok(value)
     } else {
         Err(de::Error::invalid_length(len, &"fewer elements in map"))
@@ -414,64 +412,18 @@ impl<'de> IntoDeserializer<'de, Error> for Tree<'de> {
     }
 }
 
-struct SeqDeserializer<'de> {
-    iter: std::vec::IntoIter<Tree<'de>>,
-}
-
-impl<'de> SeqAccess<'de> for SeqDeserializer<'de> {
-    type Error = Error;
-
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, Error> {
-        self.iter
-            .next()
-            .map(|value| seed.deserialize(value))
-            .transpose()
-    }
-
-    fn size_hint(&self) -> Option<usize> {
-        Some(self.iter.len())
-    }
-}
-
-struct MapDeserializer<'de> {
-    iter: std::vec::IntoIter<(Cow<'de, str>, Tree<'de>)>,
-    value: Option<Tree<'de>>,
-}
-
-impl<'de> MapAccess<'de> for MapDeserializer<'de> {
-    type Error = Error;
-
-    fn next_key_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, Error> {
-        let Some((key, value)) = self.iter.next() else {
-            return Ok(None);
-        };
-        self.value = Some(value);
-        seed.deserialize(KeyDeserializer { key }).map(Some)
-    }
-
-    fn next_value_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<T::Value, Error> {
-        match self.value.take() {
-            Some(value) => seed.deserialize(value),
-            None => Err(de::Error::custom("value is missing")),
-        }
-    }
-
-    fn size_hint(&self) -> Option<usize> {
-        Some(self.iter.len())
-    }
-}
-
 /// A mapping key, as `serde_json`'s value deserializer gives its keys to
 /// string and field visitors (the objects kproxy reads have no keys of
 /// other types: numeric keys are given as strings).
 struct KeyDeserializer<'de> {
     key: Cow<'de, str>,
+}
+
+impl<'de> IntoDeserializer<'de, Error> for KeyDeserializer<'de> {
+    type Deserializer = Self;
+    fn into_deserializer(self) -> Self {
+        self
+    }
 }
 
 impl<'de> Deserializer<'de> for KeyDeserializer<'de> {

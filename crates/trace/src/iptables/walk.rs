@@ -12,34 +12,16 @@ use super::eval::Ctx;
 use super::{IptChain, IptRule, IptTarget, IptablesRuleset, builtin};
 use crate::{Flow, Flows};
 
-/// Built-in chains per hook, in priority order (raw, mangle, nat
-/// destination NAT, filter, security, nat source NAT).
-fn hook_chains(hook: Hook) -> &'static [(&'static str, &'static str)] {
+/// A hook's built-in chain (named after the hook) and the tables that
+/// have one, in priority order (raw, mangle, nat destination NAT, filter,
+/// security, nat source NAT).
+fn hook_chains(hook: Hook) -> (&'static str, &'static [&'static str]) {
     match hook {
-        Hook::Prerouting => &[
-            ("raw", "PREROUTING"),
-            ("mangle", "PREROUTING"),
-            ("nat", "PREROUTING"),
-        ],
-        Hook::Input => &[
-            ("mangle", "INPUT"),
-            ("filter", "INPUT"),
-            ("security", "INPUT"),
-            ("nat", "INPUT"),
-        ],
-        Hook::Forward => &[
-            ("mangle", "FORWARD"),
-            ("filter", "FORWARD"),
-            ("security", "FORWARD"),
-        ],
-        Hook::Output => &[
-            ("raw", "OUTPUT"),
-            ("mangle", "OUTPUT"),
-            ("nat", "OUTPUT"),
-            ("filter", "OUTPUT"),
-            ("security", "OUTPUT"),
-        ],
-        Hook::Postrouting => &[("mangle", "POSTROUTING"), ("nat", "POSTROUTING")],
+        Hook::Prerouting => ("PREROUTING", &["raw", "mangle", "nat"]),
+        Hook::Input => ("INPUT", &["mangle", "filter", "security", "nat"]),
+        Hook::Forward => ("FORWARD", &["mangle", "filter", "security"]),
+        Hook::Output => ("OUTPUT", &["raw", "mangle", "nat", "filter", "security"]),
+        Hook::Postrouting => ("POSTROUTING", &["mangle", "nat"]),
     }
 }
 
@@ -204,9 +186,10 @@ impl HookRunner for IptablesRuleset {
                 packet.family().as_k8s_str()
             ))
         })?;
+        let (chain, in_tables) = hook_chains(hook);
         // An empty chain with policy ACCEPT changes nothing: leave it
         // out of the walk.
-        let chains = hook_chains(hook).iter().filter_map(|&(table, chain)| {
+        let chains = in_tables.iter().filter_map(|&table| {
             let c = tables.chain(table, chain)?;
             let idle = c.rules.is_empty() && c.policy.as_deref().unwrap_or("ACCEPT") == "ACCEPT";
             (!idle).then_some((table, chain, c))

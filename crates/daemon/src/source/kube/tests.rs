@@ -219,6 +219,15 @@ async fn synced(test: &str, watches: usize) -> (Harness, KubeSource) {
 
 /// `n` Services in namespace `bulk`, each with an EndpointSlice of one
 /// endpoint.
+/// A harness whose API server holds this node and `n` Services, each
+/// with one EndpointSlice.
+async fn bulk_harness(test: &str, n: u16) -> Harness {
+    let h = harness(test).await;
+    h.apply(node(NODE, "z1"));
+    bulk(&h, n);
+    h
+}
+
 fn bulk(h: &Harness, n: u16) {
     for i in 0..n {
         let name = format!("svc-{i:04}");
@@ -656,9 +665,7 @@ async fn bad_kubeconfig_is_a_clear_error() {
 #[tokio::test]
 async fn large_cluster_syncs_and_follows_changes() {
     const N: u16 = 2000;
-    let h = harness("large").await;
-    h.apply(node(NODE, "z1"));
-    bulk(&h, N);
+    let h = bulk_harness("large", N).await;
     let start = std::time::Instant::now();
     let mut src = h.source(None).await;
     first_sync(&mut src, 60).await;
@@ -732,9 +739,7 @@ async fn relist_with_one_more(h: &Harness) {
 async fn streaming_lists_are_used_when_offered_one_request_per_kind() {
     // Three pages of 500 for Services and for EndpointSlices if paged.
     const N: u16 = 1100;
-    let h = harness("stream-offered").await;
-    h.apply(node(NODE, "z1"));
-    bulk(&h, N);
+    let h = bulk_harness("stream-offered", N).await;
     // A rate limit of one request a second after a burst of four: the
     // first sync needs no more than the burst.
     let mut src = h
@@ -765,22 +770,21 @@ async fn streaming_lists_are_used_when_offered_one_request_per_kind() {
     // The streams stay open as the watches: a change arrives without
     // another request.
     h.apply(service("bulk", "late", 99, json!({})));
-    let end = tokio::time::Instant::now() + Duration::from_secs(10);
-    while src.snapshot().services.len() == usize::from(N) {
-        tokio::time::timeout_at(end, src.changed())
-            .await
-            .expect("the change arrives within 10 s")
-            .expect("changed() succeeds");
-    }
+    let more = usize::from(N) + 1;
+    wait_until(
+        &mut src,
+        |o| o.services.len(),
+        &more,
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(h.emu.requests().len(), 4, "{:#?}", h.emu.requests());
 }
 
 #[tokio::test]
 async fn falls_back_to_paged_lists_when_streaming_lists_are_refused() {
     const N: u16 = 1100;
-    let h = harness("stream-refused").await;
-    h.apply(node(NODE, "z1"));
-    bulk(&h, N);
+    let h = bulk_harness("stream-refused", N).await;
     h.emu.set_watch_list(false);
     let mut src = h.source(None).await;
     first_sync(&mut src, 60).await;
@@ -807,14 +811,8 @@ async fn falls_back_to_paged_lists_when_streaming_lists_are_refused() {
     assert!(h.emu.wait_for_watches(4, Duration::from_secs(10)).await);
     let before = h.emu.requests().len();
     relist_with_one_more(&h).await;
-    let end = tokio::time::Instant::now() + CATCH_UP;
-    while src.snapshot().services.len() == usize::from(N) {
-        tokio::time::timeout_at(end, src.changed())
-            .await
-            .expect("the change arrives after the relist")
-            .expect("changed() succeeds");
-    }
-    check_feed(&mut src);
+    let more = usize::from(N) + 1;
+    wait_until(&mut src, |o| o.services.len(), &more, CATCH_UP).await;
     let after = &h.emu.requests()[before..];
     assert!(
         after.iter().any(|r| r.contains("/services?") && is_list(r)),
@@ -864,9 +862,7 @@ async fn sample_until(
 async fn the_graph_never_sees_a_partial_list() {
     const N: usize = 1200;
     for streaming in [true, false] {
-        let h = harness(&format!("partial-{streaming}")).await;
-        h.apply(node(NODE, "z1"));
-        bulk(&h, N as u16);
+        let h = bulk_harness(&format!("partial-{streaming}"), N as u16).await;
         h.emu.set_watch_list(streaming);
         let mut src = h.source(None).await;
         // The first list: nothing, then everything.
