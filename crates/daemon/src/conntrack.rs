@@ -197,12 +197,7 @@ impl Conntrack {
     }
 
     fn socket(&mut self) -> Result<&mut NfSocket, kproxy_netlink::Error> {
-        if self.sock.is_none() {
-            self.sock = Some(NfSocket::open()?);
-        }
-        self.sock.as_mut().ok_or_else(|| {
-            kproxy_netlink::Error::Io(std::io::Error::other("conntrack socket not open"))
-        })
+        NfSocket::kept(&mut self.sock, None)
     }
 
     /// Delete the flows `t` calls stale in `family`: a dump of the

@@ -395,16 +395,13 @@ const NFACCT_METRICS: [(&str, &str, &str); 2] = [
 impl NfacctCollector {
     fn read(&self, counter: &str) -> Option<u64> {
         let mut guard = self.sock.lock().ok()?;
-        if guard.is_none() {
-            match kproxy_netlink::NfSocket::open() {
-                Ok(s) => *guard = Some(s),
-                Err(e) => {
-                    tracing::debug!(error = %e, "nfacct socket");
-                    return None;
-                }
+        let sock = match kproxy_netlink::NfSocket::kept(&mut guard, None) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "nfacct socket");
+                return None;
             }
-        }
-        let sock = guard.as_mut()?;
+        };
         match kproxy_netlink::acct::get(sock, counter) {
             Ok(c) => Some(c.packets),
             Err(e) => {

@@ -293,17 +293,7 @@ impl IptablesBackend {
             backend,
             message: format!("reading {} {chain}: {e}", table.as_str()),
         };
-        let sock = match self.sock.as_mut() {
-            Some(s) => s,
-            None => {
-                let s = match self.transport.runner.netns() {
-                    Some(ns) => NfSocket::open_in_netns(ns),
-                    None => NfSocket::open(),
-                }
-                .map_err(err)?;
-                self.sock.insert(s)
-            }
-        };
+        let sock = NfSocket::kept(&mut self.sock, self.transport.runner.netns()).map_err(err)?;
         let nf = match family {
             IpFamily::V4 => netlink::Family::Ip,
             IpFamily::V6 => netlink::Family::Ip6,

@@ -9,10 +9,7 @@ use crate::generate::NFACCT_COUNTERS;
 /// be created (the kernel has no nfnetlink_acct): the rules are then
 /// written without `-m nfacct`, and the two metrics are not exported.
 pub fn ensure_counters(netns: Option<&str>) -> bool {
-    let sock = match netns {
-        Some(n) => kproxy_netlink::NfSocket::open_in_netns(n),
-        None => kproxy_netlink::NfSocket::open(),
-    };
+    let sock = kproxy_netlink::NfSocket::open_in(netns);
     let result = sock.and_then(|mut s| {
         NFACCT_COUNTERS
             .iter()

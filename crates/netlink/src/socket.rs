@@ -80,12 +80,32 @@ impl NfSocket {
         })
     }
 
-    /// A new socket in the same network namespace.
-    pub fn reopen(&self) -> Result<Self, Error> {
-        match &self.netns {
+    /// A socket in network namespace `netns`, or (`None`) in this
+    /// process's.
+    pub fn open_in(netns: Option<&str>) -> Result<Self, Error> {
+        match netns {
             Some(name) => NfSocket::open_in_netns(name),
             None => NfSocket::open(),
         }
+    }
+
+    /// The socket kept in `slot`, opened in `netns` first when there is
+    /// none (a reader that keeps its socket between calls and drops it
+    /// after an error).
+    pub fn kept<'a>(
+        slot: &'a mut Option<NfSocket>,
+        netns: Option<&str>,
+    ) -> Result<&'a mut Self, Error> {
+        let s = match slot.take() {
+            Some(s) => s,
+            None => NfSocket::open_in(netns)?,
+        };
+        Ok(slot.insert(s))
+    }
+
+    /// A new socket in the same network namespace.
+    pub fn reopen(&self) -> Result<Self, Error> {
+        NfSocket::open_in(self.netns.as_deref())
     }
 
     /// Send the dump `req` on a socket of its own and hand the messages of

@@ -111,10 +111,7 @@ impl NetlinkTransport {
     }
 
     fn socket(&self) -> Result<NfSocket, ApplyError> {
-        let s = match &self.netns {
-            Some(n) => NfSocket::open_in_netns(n),
-            None => NfSocket::open(),
-        };
+        let s = NfSocket::open_in(self.netns.as_deref());
         s.map_err(|e| ApplyError::Other {
             backend: BACKEND,
             message: format!("opening the nf_tables netlink socket: {e}"),

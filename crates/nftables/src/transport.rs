@@ -1,8 +1,7 @@
 //! The transport: the `nft` program, run through kproxy-exec's runner.
 //!
 //! [`Nft::apply`] pipes a script to `nft -f -` (one atomic kernel
-//! transaction), [`Nft::check`] to `nft -c -f -` (parse and evaluate, touch
-//! nothing). nft reports errors as `/dev/stdin:LINE:COL-COL: Error: ...`;
+//! transaction). nft reports errors as `/dev/stdin:LINE:COL-COL: Error: ...`;
 //! the wrapper maps `LINE` back to the statement it sent (bounded around
 //! the column, since an `add element` line can be long) so the error names
 //! the offending statement. Optionally every command is prefixed (`ip netns
@@ -83,11 +82,6 @@ impl Nft {
     /// Apply a script as one transaction (`nft -f -`).
     pub fn apply(&self, script: &str) -> Result<(), ApplyError> {
         self.run(&["-f", "-"], Some(script)).map(|_| ())
-    }
-
-    /// Check a script without applying it (`nft -c -f -`).
-    pub fn check(&self, script: &str) -> Result<(), ApplyError> {
-        self.run(&["-c", "-f", "-"], Some(script)).map(|_| ())
     }
 
     /// `nft list table FAMILY NAME`.

@@ -95,11 +95,7 @@ impl NftablesBackend {
             )?;
             return Ok(affinity_listing(&json));
         }
-        let mut sock = match self.nft.netns() {
-            Some(ns) => NfSocket::open_in_netns(ns),
-            None => NfSocket::open(),
-        }
-        .map_err(netlink_err)?;
+        let mut sock = NfSocket::open_in(self.nft.netns()).map_err(netlink_err)?;
         let elems = netlink::set_elements_expiring(&mut sock, family.into(), TABLE, sets::AFFINITY)
             .map_err(netlink_err)?;
         let addr_len = match family {

@@ -46,17 +46,7 @@ impl NftablesBackend {
             }
             self.expected = Some((self.generation, summaries));
         }
-        let sock = match self.sock.as_mut() {
-            Some(s) => s,
-            None => {
-                let s = match self.nft.netns() {
-                    Some(ns) => NfSocket::open_in_netns(ns),
-                    None => NfSocket::open(),
-                }
-                .map_err(netlink_err)?;
-                self.sock.insert(s)
-            }
-        };
+        let sock = NfSocket::kept(&mut self.sock, self.nft.netns()).map_err(netlink_err)?;
         let Some((_, expected)) = self.expected.as_ref() else {
             return Ok(None);
         };

@@ -44,7 +44,6 @@ impl NftablesBackend {
             .map(|(_, fr)| fr.services.values().map(|s| s.elems.len()).sum::<usize>())
             .sum();
         if elements > self.max_elements
-            && !self.dry_run
             && let Some((changes, skeletons)) = self.reassert_plan(graph, &fams)
         {
             match self.incremental_sync(graph, &changes, Some(&skeletons)) {
@@ -137,38 +136,29 @@ impl NftablesBackend {
         self.generation = self.generation.wrapping_add(1);
         let families: Vec<Family> = fams.iter().map(|(f, _)| *f).collect();
         let mut gen_tx = Transaction::new();
-        if !self.dry_run {
-            for (f, keys) in self.carried_affinity(&fams) {
-                gen_tx.add_elements(
-                    f,
-                    TABLE,
-                    sets::AFFINITY,
-                    keys.into_iter().map(|k| (k, Element::default())),
-                );
-            }
+        for (f, keys) in self.carried_affinity(&fams) {
+            gen_tx.add_elements(
+                f,
+                TABLE,
+                sets::AFFINITY,
+                keys.into_iter().map(|k| (k, Element::default())),
+            );
         }
         self.generation_ops(&mut gen_tx, &families);
-        // `nft -c` of a later part would not see the earlier parts'
-        // objects, so a dry run checks one transaction.
-        let max = if self.dry_run {
-            usize::MAX
-        } else {
-            self.max_elements
-        };
         let mut failure: Option<ApplyError> = None;
         let mut bytes = 0usize;
-        let (transport, peak, dry_run) = (&mut self.transport, &mut self.peak_batch, self.dry_run);
+        let (transport, peak) = (&mut self.transport, &mut self.peak_batch);
         let mut sink = |tx: Transaction| {
             if failure.is_some() {
                 return;
             }
             // Over netlink each part is applied while the next is built.
-            match send_via_pipelined(transport, peak, dry_run, tx) {
+            match send_via_pipelined(transport, peak, tx) {
                 Ok(n) => bytes += n,
                 Err(e) => failure = Some(e),
             }
         };
-        let mut w = ChunkWriter::streaming_ops(max, &mut sink);
+        let mut w = ChunkWriter::streaming_ops(self.max_elements, &mut sink);
         for (_, fr) in &fams {
             fr.render_full(&mut w);
             stats.rules_total += fr.assemble_rule_count();

@@ -24,7 +24,7 @@ impl NftablesBackend {
     ) -> Result<SyncStats, ApplyError> {
         // Chains flushed by an earlier sync go first, in their own
         // transaction; a failure here only delays their removal.
-        if !self.stale.is_empty() && !self.dry_run {
+        if !self.stale.is_empty() {
             let tx = diff::delete_stale(TABLE, self.stale.iter());
             if self.send(&tx).is_ok() {
                 self.stale.clear();
@@ -170,9 +170,6 @@ impl NftablesBackend {
                 self.state = None;
                 return Err(e);
             }
-        }
-        if self.dry_run {
-            return Ok(stats);
         }
         let Some(state) = self.state.as_mut() else {
             return Ok(stats);

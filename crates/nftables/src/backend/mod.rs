@@ -315,22 +315,6 @@ impl NftTransport {
             NftTransport::Netlink(nl) => nl.wait(),
         }
     }
-
-    /// Check `tx` without applying it (`nft -c`; over netlink the batch is
-    /// compiled and not sent); the bytes it would send.
-    pub fn check(&mut self, tx: &Transaction) -> Result<usize, ApplyError> {
-        match self {
-            NftTransport::Exec(nft) => {
-                let text = tx.render();
-                nft.check(&text)?;
-                Ok(text.len())
-            }
-            NftTransport::Netlink(nl) => {
-                let c = nl.compile(tx)?;
-                Ok(c.chunks.iter().map(Vec::len).sum())
-            }
-        }
-    }
 }
 
 impl Transport for NftTransport {
@@ -365,7 +349,6 @@ pub struct NftablesBackend {
     /// Sets up to this size are counted exactly by the drift check.
     exact_limit: usize,
     max_elements: usize,
-    dry_run: bool,
 }
 
 impl Default for NftablesBackend {
@@ -402,7 +385,6 @@ impl NftablesBackend {
             sock: None,
             exact_limit: drift::EXACT_LIMIT,
             max_elements: DEFAULT_MAX_ELEMENTS,
-            dry_run: false,
         }
     }
 
@@ -417,12 +399,6 @@ impl NftablesBackend {
     /// [`drift::EXACT_LIMIT`]).
     pub fn drift_exact_limit(mut self, n: usize) -> Self {
         self.exact_limit = n;
-        self
-    }
-
-    /// `--dry-run`: check every transaction with `nft -c` and apply nothing.
-    pub fn dry_run(mut self, on: bool) -> Self {
-        self.dry_run = on;
         self
     }
 
@@ -453,23 +429,19 @@ impl NftablesBackend {
         self.send_counted(tx).map(|_| ())
     }
 
-    /// Apply (or, in a dry run, check) one transaction; the bytes sent.
+    /// Apply one transaction; the bytes sent.
     fn send_counted(&mut self, tx: &Transaction) -> Result<usize, ApplyError> {
-        send_via(&mut self.transport, &mut self.peak_batch, self.dry_run, tx)
+        send_via(&mut self.transport, &mut self.peak_batch, tx)
     }
 }
 
-/// One transaction through `transport` (checked only in a dry run); the
-/// bytes sent, the largest batch kept in `peak`.
+/// One transaction through `transport`; the bytes sent, the largest
+/// batch kept in `peak`.
 fn send_via(
     transport: &mut NftTransport,
     peak: &mut usize,
-    dry_run: bool,
     tx: &Transaction,
 ) -> Result<usize, ApplyError> {
-    if dry_run {
-        return transport.check(tx);
-    }
     let n = transport.send(tx)?;
     if transport.kind() == TransportKind::Netlink {
         *peak = (*peak).max(n);
@@ -482,12 +454,8 @@ fn send_via(
 fn send_via_pipelined(
     transport: &mut NftTransport,
     peak: &mut usize,
-    dry_run: bool,
     tx: Transaction,
 ) -> Result<usize, ApplyError> {
-    if dry_run {
-        return transport.check(&tx);
-    }
     let n = transport.send_pipelined(tx)?;
     if transport.kind() == TransportKind::Netlink {
         *peak = (*peak).max(n);
@@ -499,11 +467,7 @@ impl NftablesBackend {
     /// Whether table `name` of family `f` exists, read over netlink
     /// (`Some(())` when it does).
     fn table_present(&self, f: Family, name: &str) -> Result<Option<()>, ApplyError> {
-        let mut sock = match self.nft.netns() {
-            Some(ns) => NfSocket::open_in_netns(ns),
-            None => NfSocket::open(),
-        }
-        .map_err(netlink_err)?;
+        let mut sock = NfSocket::open_in(self.nft.netns()).map_err(netlink_err)?;
         let t = netlink::read_table(&mut sock, f.into(), name, &|_: &str| false)
             .map_err(netlink_err)?;
         Ok(t.map(|_| ()))
@@ -544,9 +508,7 @@ impl Backend for NftablesBackend {
         changes: Option<&ChangeSet>,
     ) -> Result<SyncStats, ApplyError> {
         match changes {
-            // A dry run applies nothing, so there is no kernel state to
-            // diff against: every dry-run sync checks a full load.
-            Some(c) if self.state.is_some() && !c.needs_full_sync && !self.dry_run => {
+            Some(c) if self.state.is_some() && !c.needs_full_sync => {
                 // Changed service CIDRs: the new skeletons, whose diff is
                 // element updates of the `service-cidrs` set.
                 let skeletons = if c.service_cidrs_changed {
