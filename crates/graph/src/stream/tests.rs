@@ -64,6 +64,17 @@ fn kubectl_list(n: usize, indent: &str) -> String {
     s + "kind: List\nmetadata:\n  resourceVersion: \"\"\n"
 }
 
+/// `text` with the first `n` places of `from` replaced by `to`: there
+/// must be that many, so a change of the generated text cannot turn an
+/// edit into a silent no-op.
+fn edited(text: &str, from: &str, to: &str, n: usize) -> String {
+    assert!(
+        text.matches(from).count() >= n,
+        "fewer than {n} of {from:?}"
+    );
+    text.replacen(from, to, n)
+}
+
 #[test]
 fn lines_split_as_split_inclusive_does() {
     for text in ["", "a", "a\n", "\n\n", "a\nb", "é\n\nü x\r\n- y", "\n"] {
@@ -243,7 +254,8 @@ fn a_large_list_that_fails_early_gives_up_without_waiting() {
     // Read on two threads; the second item does not parse: the
     // reader gives up, the thread reading ahead stops, and the whole
     // reading reports the error.
-    let text = kubectl_list(4000, "").replacen(
+    let text = edited(
+        &kubectl_list(4000, ""),
         "  - {name: http, port: 8080, protocol: TCP}\n",
         "  - {name: http, port: 8080\n",
         1,
@@ -260,13 +272,16 @@ fn a_large_list_that_fails_early_gives_up_without_waiting() {
 fn one_item_outside_plain_block_yaml_leaves_the_others_plain() {
     // A block scalar and a flow mapping, as `kubectl apply` leaves in
     // annotations: those items take the full parser, the rest not.
-    let mut text = kubectl_list(40, "");
-    text = text.replacen(
+    let note = "    annotations:\n      note: |\n        {\"a\": 1}\n\n        # kept\n";
+    let text = kubectl_list(40, "");
+    let text = edited(
+        &text,
         "    name: svc-7\n",
-        "    name: svc-7\n    annotations:\n      note: |\n        {\"a\": 1}\n\n        # kept\n",
+        &format!("    name: svc-7\n{note}"),
         1,
     );
-    text = text.replacen(
+    let text = edited(
+        &text,
         "    name: svc-9\n",
         "    name: svc-9\n    labels: {app: x}\n",
         1,
@@ -341,11 +356,9 @@ fn multi_document_input_mixes_lists_and_objects() {
 
 #[test]
 fn a_malformed_item_is_skipped_with_a_warning_naming_it() {
-    let mut text = kubectl_list(3, "");
-    text = text.replace(
-            "    name: svc-1\n    namespace: ns\n  spec:\n    clusterIP: 172.16.0.2\n    ports:\n    - {name: http, port: 80, protocol: TCP}\n",
-            "    name: svc-1\n    namespace: ns\n  spec:\n    clusterIP: 172.16.0.2\n    ports: not-a-list\n",
-        );
+    let ports = "  spec:\n    clusterIP: 172.16.0.2\n    ports:\n    - {name: http, port: 80, protocol: TCP}\n";
+    let broken = "  spec:\n    clusterIP: 172.16.0.2\n    ports: not-a-list\n";
+    let text = edited(&kubectl_list(3, ""), ports, broken, 1);
     let (o, w) = streams_as_whole(&text);
     assert_eq!(names(&o.services), ["svc-0", "svc-2"]);
     assert_eq!(w.len(), 1, "{w:?}");
@@ -364,7 +377,8 @@ fn a_document_that_does_not_parse_fails_naming_its_number() {
         &service(7, "")[2..].replace("\n  ", "\n"),
         kubectl_list(3, "")
     );
-    text = text.replacen(
+    text = edited(
+        &text,
         "  ports:\n  - {name: http, port: 8080, protocol: TCP}\n",
         "  ports:\n  - {name: http, port: 8080\n",
         3,
