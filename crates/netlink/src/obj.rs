@@ -77,7 +77,6 @@ pub enum SetRef<'a> {
     Id(u32),
 }
 
-/// Objects written into a batch.
 /// What [`Batch::remove`] removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Removal {
@@ -91,6 +90,7 @@ pub enum Removal {
     DeleteSet,
 }
 
+/// Objects written into a batch.
 impl Batch {
     /// `add table` (`NEWTABLE`, create if absent).
     pub fn add_table(&mut self, family: u8, name: &str, udata: &[u8]) -> u32 {

@@ -89,9 +89,9 @@ impl NfSocket {
         }
     }
 
-    /// The socket kept in `slot`, opened in `netns` first when there is
-    /// none (a reader that keeps its socket between calls and drops it
-    /// after an error).
+    /// The socket kept in `slot`, opened in `netns` first when the slot is
+    /// empty: for a reader that keeps its socket between calls (and empties
+    /// the slot after an error, so that the next call opens a new one).
     pub fn kept<'a>(
         slot: &'a mut Option<NfSocket>,
         netns: Option<&str>,

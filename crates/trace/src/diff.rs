@@ -356,6 +356,56 @@ mod tests {
     }
 
     #[test]
+    fn iptables_chains_only_one_side_has_are_shown_with_their_rules() {
+        let more = RESTORE
+            .replace("*nat\n", "*nat\n:KUBE-SVC-NEW - [0:0]\n")
+            .replace("COMMIT\n", "-A KUBE-SVC-NEW -j KUBE-MARK-MASQ\nCOMMIT\n");
+        let d = iptables(SAVED, &more).expect("parses");
+        assert_eq!(
+            counts(&d),
+            [("chains added", 1), ("rules added", 1)],
+            "{}",
+            d.render()
+        );
+        assert_eq!(
+            d.lines,
+            [
+                "+ chain any family nat KUBE-SVC-NEW",
+                "+   -A KUBE-SVC-NEW -j KUBE-MARK-MASQ"
+            ]
+        );
+        let d = iptables(&more, RESTORE).expect("parses");
+        assert_eq!(
+            counts(&d),
+            [("chains removed", 1), ("rules removed", 1)],
+            "{}",
+            d.render()
+        );
+    }
+
+    #[test]
+    fn nft_chains_only_one_side_has_are_shown_with_their_rules() {
+        let script =
+            "add table ip kproxy\nadd chain ip kproxy masq\nadd rule ip kproxy masq masquerade\n";
+        let more = format!("{script}add chain ip kproxy extra\nadd rule ip kproxy extra drop\n");
+        let d = nftables(script, &more).expect("parses");
+        assert_eq!(
+            counts(&d),
+            [("chains added", 1), ("rules added", 1)],
+            "{}",
+            d.render()
+        );
+        assert_eq!(d.lines, ["+ chain table ip kproxy extra", "+   drop"]);
+        let d = nftables(&more, script).expect("parses");
+        assert_eq!(
+            counts(&d),
+            [("chains removed", 1), ("rules removed", 1)],
+            "{}",
+            d.render()
+        );
+    }
+
+    #[test]
     fn nft_listing_matches_script() {
         let script = "add table ip kproxy\nadd chain ip kproxy masq\nadd rule ip kproxy masq meta mark & 0x4000 != 0 meta mark set meta mark ^ 0x4000 masquerade fully-random\nadd set ip kproxy ips { type ipv4_addr ; }\nadd element ip kproxy ips { 10.0.0.1 }\n";
         let listed = "table ip kproxy {\n\tset ips {\n\t\ttype ipv4_addr\n\t\telements = { 10.0.0.1 }\n\t}\n\n\tchain masq {\n\t\tmeta mark & 0x00004000 != 0x00000000 meta mark set meta mark ^ 0x00004000 masquerade fully-random\n\t}\n}\n";
