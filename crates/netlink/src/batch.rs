@@ -1,6 +1,6 @@
 //! The write side: an nf_tables transaction as one nfnetlink batch
 //! (`NFNL_MSG_BATCH_BEGIN`, the messages, `NFNL_MSG_BATCH_END`), encoded
-//! into a list of chunks of bounded size, and [`NfSocket::send_batch`],
+//! into a list of chunks of bounded size, and [`NfSocket::send_batch`](crate::NfSocket::send_batch),
 //! which hands every chunk to the kernel in one `sendmsg` (one iovec per
 //! chunk) so no buffer holds the whole batch.
 //!

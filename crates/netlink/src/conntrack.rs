@@ -299,7 +299,7 @@ fn send_batch(
     Ok(())
 }
 
-/// Delete `flows` (of `family`), [`BATCH`] per `send`. A flow that is gone
+/// Delete `flows` (of `family`), 128 per `send`. A flow that is gone
 /// already counts as [`Deleted::gone`]; `on_error` sees the errno of any
 /// other refusal.
 pub fn delete<'a>(

@@ -29,7 +29,7 @@
 //! - [`batch`], [`expr`], [`obj`]: the write side, an nf_tables
 //!   transaction as one atomic nfnetlink batch (tables, chains, rules with
 //!   their expressions, sets and elements), sent in chunks by
-//!   [`NfSocket::send_batch`] with errors mapped to sequence numbers.
+//!   [`NfSocket::send_batch`](crate::NfSocket::send_batch) with errors mapped to sequence numbers.
 //!
 //! The readers only read. The netlink framing (headers, attribute
 //! buffers) comes from `netlink-packet-core`, the socket from
