@@ -355,54 +355,38 @@ mod tests {
         );
     }
 
-    #[test]
-    fn iptables_chains_only_one_side_has_are_shown_with_their_rules() {
-        let more = RESTORE
-            .replace("*nat\n", "*nat\n:KUBE-SVC-NEW - [0:0]\n")
-            .replace("COMMIT\n", "-A KUBE-SVC-NEW -j KUBE-MARK-MASQ\nCOMMIT\n");
-        let d = iptables(SAVED, &more).expect("parses");
-        assert_eq!(
-            counts(&d),
-            [("chains added", 1), ("rules added", 1)],
-            "{}",
-            d.render()
-        );
-        assert_eq!(
-            d.lines,
-            [
-                "+ chain any family nat KUBE-SVC-NEW",
-                "+   -A KUBE-SVC-NEW -j KUBE-MARK-MASQ"
-            ]
-        );
-        let d = iptables(&more, RESTORE).expect("parses");
-        assert_eq!(
-            counts(&d),
-            [("chains removed", 1), ("rules removed", 1)],
-            "{}",
-            d.render()
-        );
+    /// A chain only `with` has is added, with its rule (`lines`), from
+    /// `without` to `with`, and removed the other way.
+    fn whole_chain_both_ways(
+        diff: fn(&str, &str) -> Result<Diff, TraceError>,
+        without: &str,
+        with: &str,
+        lines: [&str; 2],
+    ) {
+        let d = diff(without, with).expect("parses");
+        let added = [("chains added", 1), ("rules added", 1)];
+        assert_eq!(counts(&d), added, "{}", d.render());
+        assert_eq!(d.lines, lines);
+        let d = diff(with, without).expect("parses");
+        let removed = [("chains removed", 1), ("rules removed", 1)];
+        assert_eq!(counts(&d), removed, "{}", d.render());
     }
 
     #[test]
-    fn nft_chains_only_one_side_has_are_shown_with_their_rules() {
+    fn chains_only_one_side_has_are_shown_with_their_rules() {
+        let more = RESTORE
+            .replace("*nat\n", "*nat\n:KUBE-SVC-NEW - [0:0]\n")
+            .replace("COMMIT\n", "-A KUBE-SVC-NEW -j KUBE-MARK-MASQ\nCOMMIT\n");
+        let lines = [
+            "+ chain any family nat KUBE-SVC-NEW",
+            "+   -A KUBE-SVC-NEW -j KUBE-MARK-MASQ",
+        ];
+        whole_chain_both_ways(iptables, RESTORE, &more, lines);
         let script =
             "add table ip kproxy\nadd chain ip kproxy masq\nadd rule ip kproxy masq masquerade\n";
         let more = format!("{script}add chain ip kproxy extra\nadd rule ip kproxy extra drop\n");
-        let d = nftables(script, &more).expect("parses");
-        assert_eq!(
-            counts(&d),
-            [("chains added", 1), ("rules added", 1)],
-            "{}",
-            d.render()
-        );
-        assert_eq!(d.lines, ["+ chain table ip kproxy extra", "+   drop"]);
-        let d = nftables(&more, script).expect("parses");
-        assert_eq!(
-            counts(&d),
-            [("chains removed", 1), ("rules removed", 1)],
-            "{}",
-            d.render()
-        );
+        let lines = ["+ chain table ip kproxy extra", "+   drop"];
+        whole_chain_both_ways(nftables, script, &more, lines);
     }
 
     #[test]
